@@ -1,0 +1,33 @@
+# tailaudit: `make demo` and `make test` install what they need first.
+PY ?= python3
+VENV ?= .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_OUT ?= runs/demo
+
+.PHONY: install system-deps demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	# torch is left to the registry's current release (see README, "Installing").
+	$(VPY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) system-deps
+
+# Headless Chromium (HTML report tests) and poppler (pdftoppm/pdftotext) from Debian.
+system-deps:
+	@bash scripts/system_deps.sh
+
+demo: $(STAMP)
+	$(VPY) cli.py audit examples/digits_cnn.onnx --dataset digitslt --out $(DEMO_OUT)
+
+test: install
+	$(VPY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(VPY) bench/attack_speed.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,32 @@
+"""Errors that mean "the user gave us something we cannot work with".
+
+The CLI maps every :class:`TailAuditError` to exit code 2 and prints its message as one
+line (no traceback unless ``--debug``). Messages say what is wrong and what to do.
+"""
+from __future__ import annotations
+
+
+class TailAuditError(Exception):
+    """Base class for user-facing errors (bad input, missing files, impossible settings)."""
+
+    exit_code = 2
+
+
+class ModelLoadError(TailAuditError):
+    """The model file or architecture cannot be loaded."""
+
+
+class ParityError(TailAuditError):
+    """The converted PyTorch model disagrees with onnxruntime."""
+
+
+class DatasetError(TailAuditError):
+    """The dataset cannot be found, read or does not fit the model."""
+
+
+class ConfigError(TailAuditError):
+    """A flag or setting is out of range or inconsistent."""
+
+
+class ResultsError(TailAuditError):
+    """A results file is missing, unreadable or incompatible."""

@@ -1,0 +1,141 @@
+"""The one choke point that turns [0, 1] pixels into logits.
+
+Every attack and metric calls :class:`PixelClassifier`: normalisation (mean/std) and the
+input layout (NCHW or NHWC) live here, never in the data or the attack.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass
+class Preprocessing:
+    """What the wrapped network expects, so the attack can work on raw pixels.
+
+    ``mean``/``std`` are applied inside the wrapper (``None`` = the network takes [0, 1]
+    pixels). ``input_size`` is (C, H, W) of the pixels the wrapper takes; ``layout`` is the
+    layout of the tensor handed to the inner network ("NCHW" or "NHWC").
+    """
+
+    input_size: tuple[int, int, int]
+    mean: Optional[tuple[float, ...]] = None
+    std: Optional[tuple[float, ...]] = None
+    layout: str = "NCHW"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["input_size"] = list(self.input_size)
+        d["mean"] = list(self.mean) if self.mean is not None else None
+        d["std"] = list(self.std) if self.std is not None else None
+        return d
+
+    def apply_numpy(self, x: np.ndarray) -> np.ndarray:
+        """Normalise and re-lay out a float32 NCHW pixel batch for a non-torch runtime."""
+        x = x.astype(np.float32, copy=True)
+        if self.mean is not None:
+            mean = np.asarray(self.mean, dtype=np.float32).reshape(1, -1, 1, 1)
+            std = np.asarray(self.std, dtype=np.float32).reshape(1, -1, 1, 1)
+            x = (x - mean) / std
+        if self.layout == "NHWC":
+            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        return x
+
+
+class PixelClassifier(nn.Module):
+    """Wraps a network so that ``forward`` takes NCHW pixels in [0, 1] and returns logits."""
+
+    def __init__(self, net: nn.Module, preprocessing: Preprocessing) -> None:
+        super().__init__()
+        self.net = net
+        self.preprocessing = preprocessing
+        c = preprocessing.input_size[0]
+        if preprocessing.mean is not None:
+            if preprocessing.std is None or len(preprocessing.mean) != len(preprocessing.std):
+                raise ValueError("mean and std must both be given, with the same length")
+            mean = torch.tensor(preprocessing.mean, dtype=torch.float32).reshape(1, -1, 1, 1)
+            std = torch.tensor(preprocessing.std, dtype=torch.float32).reshape(1, -1, 1, 1)
+            if mean.shape[1] not in (1, c):
+                raise ValueError(f"mean has {mean.shape[1]} values but the model takes {c} channels")
+        else:
+            mean = torch.zeros(1, 1, 1, 1)
+            std = torch.ones(1, 1, 1, 1)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std if self.preprocessing.mean is not None else x
+        if self.preprocessing.layout == "NHWC":
+            x = x.permute(0, 2, 3, 1)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return self.net(self.normalise(x))
+
+
+# A scorer maps float32 NCHW pixels in [0, 1] (numpy) to float32 logits (numpy).
+Scorer = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for auditing, plus everything the results must say about it."""
+
+    module: PixelClassifier
+    spec: str
+    format: str  # "timm" | "onnx" | "torch"
+    num_classes: int
+    preprocessing: Preprocessing
+    path: Optional[Path] = None
+    sha256: Optional[str] = None
+    arch: Optional[str] = None
+    # For ONNX models: onnxruntime re-scores clean and adversarial points.
+    reference_scorer: Optional[Scorer] = None
+    parity: Optional[dict[str, Any]] = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec,
+            "path": str(self.path) if self.path else None,
+            "sha256": self.sha256,
+            "format": self.format,
+            "arch": self.arch,
+            "num_classes": self.num_classes,
+            "preprocessing": self.preprocessing.to_dict(),
+            "parity": self.parity,
+            "info": self.info,
+        }
+
+
+def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, streamed."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def parse_floats(text: str | Sequence[float] | None, what: str) -> Optional[tuple[float, ...]]:
+    """Parse "0.5,0.5,0.5" into floats, with a clear error for non-numbers."""
+    from ..errors import ConfigError
+
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        return tuple(float(v) for v in text)
+    try:
+        vals = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"{what} must be comma-separated numbers, got {text!r}") from None
+    if not vals:
+        raise ConfigError(f"{what} is empty; give comma-separated numbers such as 0.5,0.5,0.5")
+    return vals
