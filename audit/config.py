@@ -1,0 +1,142 @@
+"""Dataclass configs for an audit; they are dumped verbatim into ``results.json``."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from typing import Any, Optional, Sequence
+
+from .errors import ConfigError
+
+NORMS = ("linf", "l2")
+
+
+def parse_number(text: str | float | int, what: str) -> float:
+    """Parse ``0.03``, ``8/255`` or ``1e-2`` into a float, with a clear error otherwise."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    s = str(text).strip()
+    try:
+        if "/" in s:
+            num, den = s.split("/", 1)
+            return float(Fraction(float(num.strip())).limit_denominator(10**9) / Fraction(float(den.strip())))
+        return float(s)
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"{what} must be a number such as 0.03 or 8/255, got {text!r}") from None
+
+
+def parse_number_list(text: str | Sequence[float] | float, what: str) -> list[float]:
+    """Parse ``"0.1,0.5,2"`` (or a single value) into floats."""
+    if isinstance(text, (int, float)):
+        return [float(text)]
+    if not isinstance(text, str):
+        return [parse_number(v, what) for v in text]
+    vals = [parse_number(v, what) for v in text.split(",") if v.strip()]
+    if not vals:
+        raise ConfigError(f"{what} is empty; give one number or a comma-separated list")
+    return vals
+
+
+@dataclass
+class AttackSpec:
+    """One attack in the cascade. ``name`` is the key used in results."""
+
+    kind: str
+    name: str
+    norm: str
+    eps: float
+    steps: int
+    step_size: float
+    random_start: bool = True
+    temperature: Optional[float] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k not in ("norm", "eps")}
+
+
+@dataclass
+class AuditConfig:
+    """Everything an audit run needs; validated before any work starts."""
+
+    model: str
+    dataset: str = "digitslt"
+    checkpoint: Optional[str] = None
+    num_classes: Optional[int] = None
+    mean: Optional[tuple[float, ...]] = None
+    std: Optional[tuple[float, ...]] = None
+    input_size: Optional[int] = None
+    imbalance: float = 0.01
+    data_root: Optional[str] = None
+    class_counts: Optional[str] = None
+    n_per_class: Optional[int] = None
+    group_rule: str = "thirds"
+    attacks: Sequence[str] = ("pgd", "temp-pgd")
+    norm: str = "linf"
+    eps: float = 8 / 255
+    eps_text: str = "8/255"
+    steps: int = 20
+    step_size: Optional[float] = None
+    temperatures: Sequence[float] = (0.5,)
+    independent: bool = False
+    seed: int = 0
+    device: str = "auto"
+    batch_size: int = 256
+    amp: str = "off"
+    out: Optional[str] = None
+    quiet: bool = False
+    examples_per_class: int = 2
+    parity_tol: float = 1e-3
+    download: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Reject impossible settings with one actionable sentence each."""
+        if self.norm not in NORMS:
+            raise ConfigError(f"--norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        if not (0.0 <= self.eps <= 1.0) or (self.eps == 0.0 and not self.extra.get("allow_zero_eps")):
+            raise ConfigError(f"--eps must be in (0, 1] (pixels are in [0, 1]), got {self.eps_text}; try 8/255")
+        if self.steps < 1:
+            raise ConfigError(f"--steps must be at least 1, got {self.steps}")
+        if self.step_size is not None and not (0 < self.step_size <= 1):
+            raise ConfigError(f"--step-size must be in (0, 1], got {self.step_size}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.n_per_class is not None and self.n_per_class < 1:
+            raise ConfigError(f"--n-per-class must be at least 1, got {self.n_per_class}")
+        if not (0 < self.imbalance <= 1):
+            raise ConfigError(f"--imbalance must be in (0, 1] (smallest/largest class), got {self.imbalance}")
+        if any(t <= 0 for t in self.temperatures):
+            raise ConfigError("--temperature values must be positive")
+        if self.amp not in ("off", "bf16"):
+            raise ConfigError(f"--amp must be off or bf16, got {self.amp!r}")
+        if not self.attacks:
+            raise ConfigError("--attacks is empty; choose from pgd, temp-pgd")
+        if self.group_rule not in ("thirds", "shots"):
+            raise ConfigError(f"--groups must be thirds or shots, got {self.group_rule!r}")
+
+    def default_step_size(self) -> float:
+        """alpha: 2/255 for the CIFAR default 8/255 at 20 steps; otherwise eps/4 (L-inf) or eps/4 (L2)."""
+        if self.step_size is not None:
+            return self.step_size
+        return self.eps / 4
+
+    def attack_specs(self) -> list[AttackSpec]:
+        """Expand ``attacks`` and ``temperatures`` into the ordered cascade."""
+        specs: list[AttackSpec] = []
+        alpha = self.default_step_size()
+        for kind in self.attacks:
+            if kind == "temp-pgd":
+                for t in self.temperatures:
+                    name = "temp-pgd" if len(self.temperatures) == 1 else f"temp-pgd@T={t:g}"
+                    specs.append(AttackSpec(kind, name, self.norm, self.eps, self.steps, alpha, True, float(t)))
+            else:
+                specs.append(AttackSpec(kind, kind, self.norm, self.eps, self.steps, alpha, True, None))
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"--attacks lists an attack twice: {','.join(self.attacks)}")
+        return specs
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["attacks"] = list(self.attacks)
+        d["temperatures"] = list(self.temperatures)
+        return d

@@ -1,0 +1,62 @@
+"""Model loading: ``timm:ARCH`` with a checkpoint, or an ONNX file, into a :class:`LoadedModel`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..errors import ModelLoadError
+from .wrapper import LoadedModel, PixelClassifier, Preprocessing, parse_floats, sha256_of
+
+
+def load_model(
+    spec: str,
+    *,
+    num_classes: int,
+    checkpoint: Optional[str] = None,
+    mean: Optional[tuple[float, ...]] = None,
+    std: Optional[tuple[float, ...]] = None,
+    input_size: Optional[int] = None,
+    data_size: Optional[tuple[int, int, int]] = None,
+    device: torch.device | str = "cpu",
+) -> LoadedModel:
+    """Load ``timm:ARCH`` (with ``checkpoint``) or ``path/to/model.onnx`` for auditing."""
+    if spec.startswith("timm:"):
+        from .timm_model import load_timm
+
+        return load_timm(spec[5:], checkpoint, num_classes=num_classes, mean=mean, std=std,
+                         input_size=input_size, data_size=data_size, device=device)
+    path = Path(spec)
+    if not path.exists():
+        raise ModelLoadError(f"model file {spec} not found; pass an .onnx file or timm:ARCH --checkpoint FILE")
+    if path.is_dir():
+        raise ModelLoadError(f"model {spec} is a folder; pass an .onnx file or timm:ARCH --checkpoint FILE")
+    if checkpoint:
+        raise ModelLoadError("--checkpoint goes with timm:ARCH models; an ONNX file carries its own weights")
+    if path.suffix.lower() in (".pth", ".pt", ".safetensors", ".bin", ".ckpt"):
+        raise ModelLoadError(
+            f"{spec} looks like a checkpoint; pass it as timm:ARCH --checkpoint {spec} (e.g. timm:resnet18)"
+        )
+    from .onnx_model import load_onnx
+
+    loaded = load_onnx(path, num_classes=num_classes, mean=mean, std=std, device=device)
+    loaded.spec = spec
+    return loaded
+
+
+def final_linear_of(loaded: LoadedModel) -> Optional[nn.Linear]:
+    """The classifier's last linear layer (for weight norms and penultimate features), if any."""
+    net = loaded.module.net
+    if loaded.format == "timm":
+        from .timm_model import final_linear
+
+        return final_linear(net)
+    from .onnx_model import find_final_linear
+
+    return find_final_linear(net)
+
+
+__all__ = ["LoadedModel", "PixelClassifier", "Preprocessing", "load_model", "final_linear_of",
+           "parse_floats", "sha256_of"]

@@ -1,0 +1,149 @@
+"""timm architectures with a user checkpoint, loaded without unpickling arbitrary objects."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from ..errors import ModelLoadError
+from .wrapper import LoadedModel, PixelClassifier, Preprocessing, sha256_of
+
+log = logging.getLogger(__name__)
+
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "state_dict_ema", "model_ema")
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from .safetensors or .pth/.pt (``weights_only=True``), unwrapped."""
+    if not path.is_file():
+        raise ModelLoadError(f"checkpoint {path} not found; pass --checkpoint with an existing .pth/.pt/.safetensors file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            sd: Any = load_file(str(path), device="cpu")
+        except Exception as exc:  # safetensors raises its own error types
+            raise ModelLoadError(f"checkpoint {path} is not a readable safetensors file ({exc})") from exc
+    else:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+                raise ModelLoadError(
+                    f"checkpoint {path} holds arbitrary Python objects and will not be unpickled; "
+                    "save a plain state dict (torch.save(model.state_dict(), ...)) or safetensors"
+                ) from exc
+            raise ModelLoadError(f"checkpoint {path} cannot be read as a PyTorch state dict ({text})") from exc
+    if isinstance(sd, dict):
+        for key in _WRAPPER_KEYS:
+            if key in sd and isinstance(sd[key], dict):
+                sd = sd[key]
+                break
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ModelLoadError(f"checkpoint {path} is not a state dict of tensors; save model.state_dict()")
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
+
+
+def _classes_in(sd: dict[str, torch.Tensor], net: nn.Module) -> Optional[int]:
+    """Rows of the checkpoint's classifier weight, if the model has a known classifier."""
+    get_classifier = getattr(net, "get_classifier", None)
+    if get_classifier is None:
+        return None
+    clf = get_classifier()
+    for name, mod in net.named_modules():
+        if mod is clf and isinstance(mod, nn.Linear):
+            w = sd.get(f"{name}.weight")
+            return int(w.shape[0]) if w is not None else None
+    return None
+
+
+def _runs_at(net: nn.Module, size: tuple[int, int, int]) -> bool:
+    try:
+        with torch.no_grad():
+            net(torch.zeros(1, *size))
+        return True
+    except Exception:
+        return False
+
+
+def load_timm(
+    arch: str,
+    checkpoint: Optional[str | Path],
+    *,
+    num_classes: int,
+    mean: Optional[tuple[float, ...]] = None,
+    std: Optional[tuple[float, ...]] = None,
+    input_size: Optional[int] = None,
+    data_size: Optional[tuple[int, int, int]] = None,
+    device: torch.device | str = "cpu",
+) -> LoadedModel:
+    """Build ``timm.create_model(arch)`` and load ``checkpoint``; preprocessing from the model's config.
+
+    The input size is ``input_size`` when given, else the data's native size when the
+    architecture runs at it (CNNs trained on CIFAR at 32x32), else the model's config size.
+    """
+    import timm
+
+    if not timm.is_model(arch):
+        close = timm.list_models(f"*{arch.split('_')[0]}*")[:6]
+        hint = f" (similar: {', '.join(close)})" if close else ""
+        raise ModelLoadError(f"timm has no architecture {arch!r}{hint}; see timm.list_models()")
+    sd = read_state_dict(Path(checkpoint)) if checkpoint else None
+    try:
+        net = timm.create_model(arch, pretrained=False, num_classes=num_classes)
+    except Exception as exc:
+        raise ModelLoadError(f"timm could not build {arch!r}: {exc}") from exc
+    if sd is not None:
+        k = _classes_in(sd, net)
+        if k is not None and k != num_classes:
+            raise ModelLoadError(
+                f"checkpoint {checkpoint} has {k} classes but the dataset has {num_classes}; "
+                "audit it on the dataset it was trained for, or pass --num-classes"
+            )
+        missing, unexpected = net.load_state_dict(sd, strict=False)
+        if missing or unexpected:
+            raise ModelLoadError(
+                f"checkpoint {checkpoint} does not fit timm:{arch} (missing keys: {list(missing)[:3]}, "
+                f"unexpected keys: {list(unexpected)[:3]}); check the architecture name"
+            )
+    else:
+        log.warning("no --checkpoint given: auditing timm:%s with random weights", arch)
+    net.eval()
+    cfg = getattr(net, "pretrained_cfg", {}) or {}
+    cfg_size = tuple(cfg.get("input_size", (3, 224, 224)))
+    chans = int(cfg_size[0])
+    if input_size is not None:
+        size = (chans, int(input_size), int(input_size))
+    elif data_size is not None and _runs_at(net, (chans, data_size[1], data_size[2])):
+        size = (chans, int(data_size[1]), int(data_size[2]))
+    else:
+        size = (chans, int(cfg_size[1]), int(cfg_size[2]))
+    pre = Preprocessing(
+        input_size=size,
+        mean=tuple(mean) if mean is not None else tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406))),
+        std=tuple(std) if std is not None else tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225))),
+    )
+    module = PixelClassifier(net, pre).to(device).eval()
+    path = Path(checkpoint).resolve() if checkpoint else None
+    return LoadedModel(
+        module=module,
+        spec=f"timm:{arch}",
+        format="timm",
+        num_classes=num_classes,
+        preprocessing=pre,
+        path=path,
+        sha256=sha256_of(path) if path else None,
+        arch=arch,
+        info={"pretrained_cfg_input_size": list(cfg_size)},
+    )
+
+
+def final_linear(net: nn.Module) -> Optional[nn.Linear]:
+    """timm's classifier when it is a plain linear layer, else None."""
+    get_classifier = getattr(net, "get_classifier", None)
+    clf = get_classifier() if get_classifier else None
+    return clf if isinstance(clf, nn.Linear) else None

@@ -1,0 +1,91 @@
+"""Writing run artefacts atomically, and describing the environment they came from."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+
+def _atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> Path:
+    """Write through a temporary file in the same folder, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def _default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+def _clean_nan(o: Any) -> Any:
+    """JSON has no NaN: store it as null."""
+    if isinstance(o, float) and o != o:
+        return None
+    if isinstance(o, dict):
+        return {k: _clean_nan(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean_nan(v) for v in o]
+    return o
+
+
+def write_json(path: Path, data: Any, *, indent: int | None = 2) -> Path:
+    """Atomically write ``data`` as JSON (NaN becomes null)."""
+    text = json.dumps(_clean_nan(data), indent=indent, default=_default, allow_nan=False)
+    return _atomic(path, lambda fh: fh.write(text.encode("utf-8") + b"\n"))
+
+
+def write_npz(path: Path, **arrays: np.ndarray) -> Path:
+    """Atomically write a compressed npz."""
+    return _atomic(path, lambda fh: np.savez_compressed(fh, **arrays))
+
+
+def environment(device: Any) -> dict[str, Any]:
+    """Versions and device the numbers came from."""
+    import torch
+
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if str(device).startswith("cuda") else platform.processor() or "cpu",
+        "argv": sys.argv,
+    }
+    for mod in ("torchvision", "timm", "onnx", "onnxruntime", "onnx2torch"):
+        try:
+            env[mod] = __import__(mod).__version__
+        except Exception:  # optional at run time
+            env[mod] = None
+    return env

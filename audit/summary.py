@@ -1,0 +1,56 @@
+"""The terminal summary: classes sorted by training count, clean and robust accuracy."""
+from __future__ import annotations
+
+from typing import Any
+
+
+def _pct(v: Any) -> str:
+    return "   -  " if v is None else f"{100 * v:5.1f}%"
+
+
+def format_summary(results: dict[str, Any], max_rows: int = 40) -> str:
+    """A plain-text table plus the headline figures."""
+    attacks = [a["name"] for a in results["attacks"]]
+    rows = sorted(results["per_class"], key=lambda r: (-r["train_count"], r["index"]))
+    name_w = min(24, max([5] + [len(r["name"]) for r in rows]))
+    head = f"{'class':<{name_w}} {'train':>6} {'group':<6} {'n':>5} {'clean':>6}"
+    for a in attacks:
+        head += f" {a[:12]:>12}"
+    head += f" {'worst':>6}"
+    lines = [head, "-" * len(head)]
+    shown = rows if len(rows) <= max_rows else rows[: max_rows // 2] + [None] + rows[-max_rows // 2:]
+    for r in shown:
+        if r is None:
+            lines.append(f"{'...':<{name_w}} ({len(rows) - max_rows} more classes in results.json)")
+            continue
+        line = f"{r['name'][:name_w]:<{name_w}} {r['train_count']:>6} {r['group']:<6} {r['n_eval']:>5} {_pct(r['clean_acc']):>6}"
+        for a in attacks:
+            line += f" {_pct(r['robust_acc'][a]):>12}"
+        line += f" {_pct(r['robust_acc']['worst_case']):>6}"
+        lines.append(line)
+    s = results["summary"]
+    wc = s["robust"]["worst_case"]
+    ds = results["dataset"]
+    tm = results["threat_model"]
+    lines.append("")
+    lines.append(f"model {results['model']['spec']} on {ds['name']} (rho {ds['imbalance']}), "
+                 f"{tm['norm']} eps {tm['eps_text']}, {results['mode']}, {ds['n_eval']} points")
+    lines.append(f"clean accuracy {_pct(s['clean']['overall']).strip()}   "
+                 + "   ".join(f"{a} {_pct(s['robust'][a]['overall']).strip()}" for a in attacks)
+                 + f"   worst case {_pct(wc['overall']).strip()}")
+    if wc.get("mean") is not None:
+        names = results["dataset"]["classes"]
+        g = wc.get("groups") or {}
+        lines.append(f"balanced robust accuracy {_pct(wc['mean']).strip()}; worst class "
+                     f"{names[wc['worst_class']]} {_pct(wc['worst']).strip()}; head {_pct(g.get('head')).strip()} "
+                     f"/ medium {_pct(g.get('medium')).strip()} / tail {_pct(g.get('tail')).strip()}")
+        sp = wc.get("spearman")
+        if sp:
+            lines.append(f"Spearman(robust accuracy, training count) = {sp['rho']:+.2f} (p={sp['p']:.2g})")
+    par = results["model"].get("parity")
+    if par:
+        lines.append(f"ONNX parity: max logit difference {par.get('max_abs_logit_diff', 0):.2e} on {par.get('n')} "
+                     "images; robust accuracy scored by onnxruntime")
+    for w in results.get("warnings", []):
+        lines.append(f"warning: {w}")
+    return "\n".join(lines)

@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""tailaudit command line: parse flags, call the Python API, map known errors to exit codes."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Optional, Sequence
+
+EXIT_USAGE = 2
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {v}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {v}")
+    return v
+
+
+def _number(text: str) -> float:
+    from audit.config import parse_number
+    from audit.errors import ConfigError
+
+    try:
+        return parse_number(text, "value")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that prints one line (not the whole usage) on bad flags, exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _add_model_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="path/to/model.onnx or timm:ARCH (with --checkpoint)")
+    p.add_argument("--checkpoint", help="state dict for timm:ARCH (.pth/.pt/.safetensors; never unpickled)")
+    p.add_argument("--num-classes", type=_positive_int, help="default: the dataset's class count")
+    p.add_argument("--mean", help="per-channel mean the model expects, e.g. 0.4914,0.4822,0.4465 (folded into the wrapper)")
+    p.add_argument("--std", help="per-channel std the model expects, e.g. 0.2471,0.2435,0.2616")
+    p.add_argument("--input-size", type=_positive_int, help="square input size the model was trained at")
+    _add_dataset_args(p)
+    p.add_argument("--n-per-class", type=_positive_int, help="stratified seeded subset: K test images per class")
+    p.add_argument("--groups", default="thirds", choices=["thirds", "shots"],
+                   help="head/medium/tail rule: thirds of classes by count, or shots (>100, <20)")
+
+
+def _add_dataset_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="digitslt", help="cifar10lt | cifar100lt | digitslt | imagefolder (default digitslt)")
+    p.add_argument("--imbalance", type=_number, default=0.01, help="rho = smallest/largest class (default 0.01)")
+    p.add_argument("--data-root", help="folder with the data (torchvision CIFAR layout or train/<class>/, test/<class>/)")
+    p.add_argument("--class-counts", help="JSON training counts for an imagefolder with only an evaluation folder")
+    p.add_argument("--no-download", action="store_true", help="never try to download datasets")
+
+
+def _add_attack_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--attacks", default="pgd,temp-pgd", help="comma-separated cascade order (default pgd,temp-pgd)")
+    p.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    p.add_argument("--eps", default="8/255", help="radius of the threat model in [0,1] pixels (accepts 8/255)")
+    p.add_argument("--steps", type=_positive_int, default=20, help="PGD iterations (default 20)")
+    p.add_argument("--step-size", type=_number, help="step size alpha (default eps/4, i.e. 2/255 at 8/255)")
+    p.add_argument("--temperature", default="0.5", help="Temperature-PGD T, one value or a list to sweep (e.g. 0.1,0.5,2,5)")
+    p.add_argument("--independent", action="store_true",
+                   help="run every attack on every clean-correct point (head-to-head) instead of the cascade")
+    p.add_argument("--seed", type=_nonneg_int, default=0)
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: the GPU when torch sees one)")
+    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--amp", default="off", choices=["off", "bf16"], help="bf16 autocast for the attack (GPU)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tailaudit", description="Class-wise adversarial robustness audits on long-tailed data.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("audit", help="audit a model: class-wise PGD / Temperature-PGD robustness")
+    _add_model_data_args(p)
+    _add_attack_args(p)
+    _add_run_args(p)
+    p.add_argument("--out", help="output folder (default runs/<model>-<dataset>-<time>)")
+    p.add_argument("--no-html", action="store_true", help="do not write report.html")
+    p.add_argument("--no-pdf", action="store_true", help="do not write report.pdf")
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    p = sub.add_parser("dataset", help="print a dataset's class names and long-tailed training counts")
+    p.add_argument("name")
+    _add_dataset_args(p)
+    p.add_argument("--groups", default="thirds", choices=["thirds", "shots"])
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    p = sub.add_parser("report", help="render HTML/PDF reports from saved results.json")
+    p.add_argument("results", help="results.json (the 'before' run with --compare)")
+    p.add_argument("--compare", help="a second results.json: the 'after' run")
+    p.add_argument("--out", help="output folder (default: next to RESULTS)")
+    p.add_argument("--format", default="html,pdf", help="html, pdf or html,pdf")
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def _audit_config(args: argparse.Namespace):
+    from audit.config import AuditConfig, parse_number, parse_number_list
+    from audit.models.wrapper import parse_floats
+
+    return AuditConfig(
+        model=args.model, dataset=args.dataset, checkpoint=args.checkpoint, num_classes=args.num_classes,
+        mean=parse_floats(args.mean, "--mean"), std=parse_floats(args.std, "--std"), input_size=args.input_size,
+        imbalance=args.imbalance, data_root=args.data_root, class_counts=args.class_counts,
+        n_per_class=args.n_per_class, group_rule=args.groups,
+        attacks=tuple(a.strip() for a in args.attacks.split(",") if a.strip()),
+        norm=args.norm, eps=parse_number(args.eps, "--eps"), eps_text=args.eps, steps=args.steps,
+        step_size=args.step_size, temperatures=tuple(parse_number_list(args.temperature, "--temperature")),
+        independent=args.independent, seed=args.seed, device=args.device, batch_size=args.batch_size,
+        amp=args.amp, out=args.out, quiet=args.quiet, download=not args.no_download,
+    )
+
+
+def _formats(args: argparse.Namespace) -> list[str]:
+    return [f for f, off in (("html", args.no_html), ("pdf", args.no_pdf)) if not off]
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from audit import run_audit
+    from audit.summary import format_summary
+
+    config = _audit_config(args)
+    if (config.mean is None) != (config.std is None):
+        from audit.errors import ConfigError
+
+        raise ConfigError("--mean and --std go together; pass both (comma-separated, one value per channel)")
+    run = run_audit(config)
+    print(format_summary(run.results))
+    formats = _formats(args)
+    if formats:
+        from reports import render_report
+
+        paths = render_report(run.results_path, run.out_dir, formats=formats)
+        for kind, path in paths.items():
+            logging.getLogger("tailaudit").info("wrote %s", path)
+    print(f"results: {run.results_path}")
+    return 0
+
+
+def cmd_dataset(args: argparse.Namespace) -> int:
+    from audit.data import assign_groups, load_dataset
+
+    data = load_dataset(args.name, imbalance=args.imbalance, data_root=args.data_root,
+                        class_counts=args.class_counts, download=not args.no_download)
+    desc = data.describe()
+    desc["groups"] = assign_groups(list(data.train_counts), rule=args.groups)
+    if args.json:
+        print(json.dumps(desc, indent=2))
+    else:
+        for name, count, group in zip(data.class_names, data.train_counts, desc["groups"]):
+            print(f"{name:<24} {count:>7}  {group}")
+        print(f"total {sum(data.train_counts)} training images, {len(data.test_labels)} test images")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from audit.errors import ConfigError
+    from reports import render_report
+
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    bad = [f for f in formats if f not in ("html", "pdf")]
+    if bad or not formats:
+        raise ConfigError(f"--format takes html, pdf or html,pdf, got {args.format!r}")
+    out = Path(args.out) if args.out else Path(args.compare or args.results).parent
+    paths = render_report(args.results, out, formats=formats, compare=args.compare)
+    for path in paths.values():
+        print(path)
+    return 0
+
+
+COMMANDS = {"audit": cmd_audit, "dataset": cmd_dataset, "report": cmd_report}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = args.debug or "--debug" in argv
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s: %(message)s",
+                        stream=sys.stderr)
+    for name in ("audit", "reports", "reat_finetune", "tailaudit"):
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.INFO)
+    from audit.errors import TailAuditError
+
+    try:
+        return COMMANDS[args.command](args)
+    except TailAuditError as exc:
+        if debug:
+            raise
+        print(f"tailaudit: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("tailaudit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""Attack engine: geometry, known optimum on a linear model, cascade bookkeeping, torchattacks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from audit.attacks import create_attack
+from audit.config import AttackSpec, AuditConfig
+from audit.engine import run_cascade
+from audit.errors import ConfigError
+
+
+def _spec(kind="pgd", norm="linf", eps=8 / 255, steps=10, alpha=None, t=None, random_start=True):
+    return AttackSpec(kind, kind, norm, eps, steps, alpha if alpha is not None else eps / 4, random_start, t)
+
+
+class SmallCNN(nn.Module):
+    def __init__(self, classes=10):
+        super().__init__()
+        self.f = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+                               nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(64, classes))
+
+    def forward(self, x):
+        return self.f(x)
+
+
+@pytest.fixture(scope="module")
+def cnn_and_data():
+    torch.manual_seed(0)
+    model = SmallCNN().eval()
+    x = torch.rand(48, 3, 12, 12)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # all clean-correct
+    return model, x, y
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 8 / 255), ("l2", 0.5)])
+@pytest.mark.parametrize("kind,t", [("pgd", None), ("temp-pgd", 0.5), ("temp-pgd", 5.0)])
+def test_adversarial_points_stay_in_ball_and_pixel_range(cnn_and_data, norm, eps, kind, t):
+    model, x, y = cnn_and_data
+    attack = create_attack(_spec(kind, norm, eps, steps=5, t=t))
+    out = attack.run(model, x, y, generator=torch.Generator().manual_seed(0), early_stop=False)
+    d = (out.x_adv - x).flatten(1)
+    if norm == "linf":
+        assert d.abs().max() <= eps + 1e-6
+    else:
+        assert d.norm(dim=1).max() <= eps + 1e-5
+    assert out.x_adv.min() >= 0 and out.x_adv.max() <= 1
+    assert out.step.min() >= -1 and out.step.max() <= 5
+    # the recorded prediction is the model's prediction on the recorded point
+    with torch.no_grad():
+        assert torch.equal(model(out.x_adv).argmax(1), out.pred)
+    broken = out.step >= 0
+    assert torch.all(out.pred[broken] != y[broken])
+
+
+def test_linear_model_linf_reaches_known_optimum():
+    """Two-class linear model: the worst case in the L-inf ball is x - eps*sign(w1 - w0) (for label 1)."""
+    torch.manual_seed(1)
+    d = 20
+    lin = nn.Linear(d, 2)
+    model = nn.Sequential(nn.Flatten(), lin).eval()
+    x = 0.25 + 0.5 * torch.rand(200, 1, 4, 5)  # interior: clipping never binds at eps 0.15
+    eps = 0.15
+    w = (lin.weight[1] - lin.weight[0]).detach()
+    b = float((lin.bias[1] - lin.bias[0]).detach())
+    with torch.no_grad():
+        y = model(x).argmax(1)
+        sgn = torch.where(y == 1, 1.0, -1.0)  # margin of the true class = sgn * (w.x + b)
+        margin = sgn * (x.flatten(1) @ w + b)
+        worst_margin = margin - eps * w.abs().sum()
+    out = create_attack(_spec("pgd", "linf", eps, steps=10, alpha=eps / 4)).run(
+        model, x, y, generator=torch.Generator().manual_seed(0), early_stop=False)
+    expected_broken = worst_margin < 0
+    assert torch.equal(out.step >= 0, expected_broken)
+    # robust points end exactly on the optimal vertex
+    keep = ~expected_broken
+    vertex = x.flatten(1) - eps * sgn[:, None] * w.sign()[None, :]
+    assert torch.allclose(out.x_adv.flatten(1)[keep], vertex[keep], atol=1e-6)
+    assert expected_broken.any() and keep.any()
+
+
+def test_linear_model_l2_reaches_known_optimum():
+    torch.manual_seed(2)
+    lin = nn.Linear(10, 2)
+    model = nn.Sequential(nn.Flatten(), lin).eval()
+    x = 0.4 + 0.2 * torch.rand(100, 1, 2, 5)
+    eps = 0.1
+    w = (lin.weight[1] - lin.weight[0]).detach()
+    with torch.no_grad():
+        y = model(x).argmax(1)
+        sgn = torch.where(y == 1, 1.0, -1.0)
+        worst_margin = sgn * (x.flatten(1) @ w + float((lin.bias[1] - lin.bias[0]).detach())) - eps * w.norm()
+    out = create_attack(_spec("pgd", "l2", eps, steps=50, alpha=eps / 4)).run(
+        model, x, y, generator=torch.Generator().manual_seed(0), early_stop=False)
+    keep = worst_margin > 1e-3
+    target = x.flatten(1) - eps * sgn[:, None] * (w / w.norm())[None, :]
+    assert torch.allclose(out.x_adv.flatten(1)[keep], target[keep], atol=2e-3)
+    assert torch.equal((out.step >= 0)[worst_margin.abs() > 1e-3], (worst_margin < 0)[worst_margin.abs() > 1e-3])
+
+
+def _robust_acc(model, x, y, eps, kinds=("pgd",), seed=0, independent=False):
+    attacks = [create_attack(_spec(k, "linf", eps, steps=10, t=0.5 if k == "temp-pgd" else None)) for k in kinds]
+    rec = run_cascade(model, [(x, y, torch.arange(len(y)))], attacks, n_total=len(y), num_classes=10,
+                      input_size=x.shape[1:], device=torch.device("cpu"), seed=seed, independent=independent,
+                      progress=False)
+    return rec
+
+
+def test_robust_accuracy_bounded_by_clean_and_monotone_in_eps():
+    torch.manual_seed(3)
+    model = SmallCNN().eval()
+    x = torch.rand(64, 3, 12, 12)
+    y = torch.randint(0, 10, (64,))
+    with torch.no_grad():
+        clean = (model(x).argmax(1) == y).float().mean().item()
+    y[:40] = model(x[:40]).argmax(1)  # make most points clean-correct
+    with torch.no_grad():
+        clean = (model(x).argmax(1) == y).float().mean().item()
+    accs = []
+    for eps in [0.0, 1 / 255, 4 / 255, 16 / 255, 64 / 255]:
+        rec = _robust_acc(model, x, y, eps, kinds=("pgd", "temp-pgd"))
+        rob = (rec.clean_correct & ~rec.broken().any(0)).mean()
+        assert rob <= clean + 1e-9
+        accs.append(rob)
+    assert accs[0] == pytest.approx(clean)  # eps 0: nothing can be broken
+    assert all(a >= b for a, b in zip(accs, accs[1:]))
+    assert accs[-1] < accs[0]
+
+
+def test_cascade_attacks_only_still_robust_points():
+    torch.manual_seed(4)
+    model = SmallCNN().eval()
+    x = torch.rand(64, 3, 12, 12)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    y[:8] = (y[:8] + 1) % 10  # 8 clean-misclassified points
+    rec = _robust_acc(model, x, y, 2 / 255, kinds=("pgd", "temp-pgd"))
+    broken = rec.broken()
+    assert rec.attacked[0] == 56  # clean-misclassified points are never attacked
+    assert rec.attacked[1] == 56 - int(broken[0].sum())
+    assert not (broken[0] & broken[1]).any()  # a point is broken once
+    assert (rec.step[:, :8] == -1).all()
+    ind = _robust_acc(model, x, y, 2 / 255, kinds=("pgd", "temp-pgd"), independent=True)
+    assert ind.attacked == [56, 56]
+    # the same seed gives the same records
+    again = _robust_acc(model, x, y, 2 / 255, kinds=("pgd", "temp-pgd"))
+    assert np.array_equal(again.step, rec.step) and np.array_equal(again.pred, rec.pred)
+
+
+def test_matches_or_beats_torchattacks_on_same_points():
+    torchattacks = pytest.importorskip("torchattacks")
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(432, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
+    x = torch.rand(256, 3, 12, 12)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    for eps in (1 / 255, 4 / 255):
+        ta = torchattacks.PGD(model, eps=eps, alpha=eps / 4, steps=10, random_start=True)
+        torch.manual_seed(0)
+        x_ta = ta(x, y)
+        with torch.no_grad():
+            ta_rob = (model(x_ta).argmax(1) == y).float().mean().item()
+        rec = _robust_acc(model, x, y, eps)
+        ours = (rec.clean_correct & ~rec.broken().any(0)).mean()
+        assert 0.3 < ta_rob < 0.99  # the comparison is informative
+        assert ours <= ta_rob + 0.01
+
+
+def test_temperature_pgd_needs_temperature_and_config_names():
+    with pytest.raises(ConfigError):
+        create_attack(_spec("temp-pgd", t=None))
+    with pytest.raises(ConfigError, match="unknown attack"):
+        create_attack(_spec("fgsm"))
+    cfg = AuditConfig(model="m.onnx", temperatures=(0.1, 2.0))
+    assert [s.name for s in cfg.attack_specs()] == ["pgd", "temp-pgd@T=0.1", "temp-pgd@T=2"]
