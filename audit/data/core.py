@@ -1,0 +1,181 @@
+"""The :class:`LTDataset` bundle and the two torch datasets behind it (in-memory arrays, image files).
+
+Every item is ``(image, label)`` with ``image`` a float32 C x H x W tensor in [0, 1]:
+normalisation belongs to the model wrapper, never to the data.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from ..errors import DatasetError
+from .longtail import assign_groups
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def default_data_root() -> Path:
+    """Where datasets live when no ``--data-root`` is given."""
+    return Path.home() / ".cache" / "tailaudit" / "data"
+
+
+@dataclass(kw_only=True)
+class LTDataset:
+    """A long-tailed dataset: balanced test set plus the training counts the audit relates to."""
+
+    name: str
+    class_names: list[str]
+    train_counts: list[int]
+    test: Dataset
+    test_labels: np.ndarray
+    train: Optional[Dataset] = None
+    train_labels: Optional[np.ndarray] = None
+    image_shape: tuple[int, int, int]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.class_names) != len(self.train_counts):
+            raise DatasetError(
+                f"{self.name}: {len(self.class_names)} classes but {len(self.train_counts)} training counts; "
+                "give one count per class"
+            )
+        if len(self.test_labels) != len(self.test):  # type: ignore[arg-type]
+            raise DatasetError(f"{self.name}: test labels and test images differ in length")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready summary for ``tailaudit dataset NAME --json``."""
+        test_counts = np.bincount(self.test_labels.astype(np.int64), minlength=self.num_classes)
+        return {
+            "name": self.name,
+            "classes": list(self.class_names),
+            "train_counts": [int(n) for n in self.train_counts],
+            "test_counts": [int(n) for n in test_counts],
+            "groups": assign_groups(self.train_counts),
+            "imbalance": self.info.get("imbalance"),
+            "root": self.info.get("root"),
+            "source": self.info.get("source"),
+            "image_shape": list(self.image_shape),
+            "train_available": self.train is not None,
+        }
+
+
+class ArrayImageDataset(Dataset):
+    """Images held in memory as an N x C x H x W array (uint8 0..255 or float already in [0, 1])."""
+
+    def __init__(self, images: np.ndarray, labels: Sequence[int] | np.ndarray, scale: Optional[float] = None) -> None:
+        if images.ndim != 4:
+            raise DatasetError(f"expected an N x C x H x W image array, got shape {images.shape}")
+        if len(images) != len(labels):
+            raise DatasetError(f"{len(images)} images but {len(labels)} labels")
+        self.images = images
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.scale = scale if scale is not None else (1.0 / 255.0 if images.dtype == np.uint8 else 1.0)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x = torch.from_numpy(np.asarray(self.images[i], dtype=np.float32) * np.float32(self.scale))
+        return x, int(self.labels[i])
+
+
+def _open_rgb(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise DatasetError(f"cannot read image {path} ({exc}); remove or replace the file") from None
+
+
+class ImageFileDataset(Dataset):
+    """Image files decoded lazily with PIL (RGB); resized bilinearly to ``size`` (W, H) when they differ."""
+
+    def __init__(self, paths: Sequence[Path], labels: Sequence[int] | np.ndarray, size: Optional[tuple[int, int]] = None) -> None:
+        if len(paths) != len(labels):
+            raise DatasetError(f"{len(paths)} images but {len(labels)} labels")
+        self.paths = [Path(p) for p in paths]
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        im = _open_rgb(self.paths[i])
+        if self.size is not None and im.size != self.size:
+            im = im.resize(self.size, Image.BILINEAR)
+        arr = np.asarray(im, dtype=np.uint8)
+        x = torch.from_numpy(arr.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0))
+        return x, int(self.labels[i])
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(W, H) of an image from its header only; DatasetError when PIL cannot read it."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise DatasetError(f"cannot read image {path} ({exc}); remove or replace the file") from None
+
+
+def _is_image(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+
+
+def list_class_folders(folder: Path) -> list[str]:
+    """Sorted names of the class subfolders of ``folder`` (hidden ones skipped)."""
+    if not folder.is_dir():
+        raise DatasetError(f"folder {folder} does not exist; expected {folder}/<class>/<images>")
+    names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not names:
+        raise DatasetError(f"folder {folder} has no class subfolders; put images in {folder}/<class>/")
+    return names
+
+
+def scan_image_folder(folder: Path, class_names: Optional[Sequence[str]] = None) -> tuple[list[Path], np.ndarray, list[str]]:
+    """Image paths and labels of ``folder/<class>/**/*`` in class then file-name order.
+
+    Class order is the sorted folder names, or ``class_names`` when given (e.g. the
+    training classes, so evaluation labels line up); unknown folders are an error.
+    """
+    found = list_class_folders(folder)
+    if class_names is None:
+        class_names = found
+    else:
+        unknown = sorted(set(found) - set(class_names))
+        if unknown:
+            raise DatasetError(
+                f"{folder} has class folders not in the training classes: {', '.join(unknown[:5])}; "
+                "use the same class folder names in train and eval"
+            )
+        missing = [c for c in class_names if c not in found]
+        if missing:
+            log.warning("%s has no folder for %d classes (%s); they get no evaluation images", folder, len(missing), ", ".join(missing[:5]))
+    paths: list[Path] = []
+    labels: list[int] = []
+    for idx, name in enumerate(class_names):
+        cdir = folder / name
+        if not cdir.is_dir():
+            continue
+        files = sorted((p for p in cdir.rglob("*") if _is_image(p)), key=lambda p: p.relative_to(cdir).as_posix())
+        if not files:
+            raise DatasetError(
+                f"class folder {cdir} has no images ({', '.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)}); "
+                "add images or remove the folder"
+            )
+        paths.extend(files)
+        labels.extend([idx] * len(files))
+    return paths, np.asarray(labels, dtype=np.int64), list(class_names)
