@@ -50,6 +50,21 @@ class PointRecords:
         """(A, N) bool: attack a broke the point."""
         return self.step >= 0
 
+    def robust_masks(self, independent: bool) -> dict[str, np.ndarray]:
+        """Per attack name (and ``worst_case``): which points stayed robust.
+
+        Cascade: cumulative after each attack in order. Independent: each attack on its own.
+        """
+        correct = self.clean_correct
+        broken = self.broken()
+        out: dict[str, np.ndarray] = {}
+        acc = np.zeros_like(correct)
+        for a, name in enumerate(self.attack_names):
+            acc = acc | broken[a]
+            out[name] = correct & ~(broken[a] if independent else acc)
+        out["worst_case"] = correct & ~broken.any(0)
+        return out
+
     def to_json(self) -> dict:
         d = {"index": self.index.tolist(), "label": self.label.tolist(), "clean_pred": self.clean_pred.tolist()}
         d["attacks"] = {

@@ -162,22 +162,6 @@ def write_outputs(out_dir: Path, results: dict[str, Any], records: PointRecords)
     write_json(out_dir / "results.json", results)
 
 
-def robust_masks(records: PointRecords, independent: bool) -> dict[str, np.ndarray]:
-    """Per attack name (and ``worst_case``): which points stayed robust.
-
-    Cascade: cumulative after each attack in order. Independent: each attack on its own.
-    """
-    correct = records.clean_correct
-    broken = records.broken()
-    out: dict[str, np.ndarray] = {}
-    acc = np.zeros_like(correct)
-    for a, name in enumerate(records.attack_names):
-        acc = acc | broken[a]
-        out[name] = correct & ~(broken[a] if independent else acc)
-    out["worst_case"] = correct & ~broken.any(0)
-    return out
-
-
 def build_results(config: AuditConfig, specs, data: LTDataset, model: LoadedModel, eval_idx: np.ndarray,
                   records: PointRecords, device: torch.device, timings: dict[str, float]) -> dict[str, Any]:
     """Assemble the results.json dict (schema in docs/results_schema.md)."""
@@ -187,7 +171,7 @@ def build_results(config: AuditConfig, specs, data: LTDataset, model: LoadedMode
     groups = groups_to_indices(group_of)
     labels = records.label
     clean_acc, clean_k, n_cls = per_class_accuracy(records.clean_correct, labels, C)
-    masks = robust_masks(records, config.independent)
+    masks = records.robust_masks(config.independent)
     rob = {name: per_class_accuracy(m, labels, C) for name, m in masks.items()}
     broken = records.broken()
     lin = final_linear_of(model)
