@@ -24,8 +24,13 @@ def longtail_counts(n_max: int, num_classes: int, rho: float) -> list[int]:
 
     Class 0 is the head; ``rho`` is the ratio smallest/largest (0.01 = imbalance ratio 100).
     """
-    if not isinstance(rho, (int, float)) or math.isnan(rho) or not 0.0 < rho <= 1.0:
+    try:
+        value = float(rho)
+    except (TypeError, ValueError):
+        value = math.nan
+    if math.isnan(value) or not 0.0 < value <= 1.0:
         raise ConfigError(f"imbalance must be in (0, 1] (ratio smallest/largest, e.g. 0.01), got {rho!r}")
+    rho = value
     if int(num_classes) < 1:
         raise ConfigError(f"the number of classes must be at least 1, got {num_classes!r}")
     if int(n_max) < 1:
