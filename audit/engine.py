@@ -191,7 +191,7 @@ def run_cascade(
             with torch.no_grad():
                 try:
                     logits = model(x)
-                except RuntimeError as exc:
+                except Exception as exc:  # shape errors surface as RuntimeError, AssertionError, ...
                     raise ModelLoadError(
                         f"the model cannot run on inputs of size {tuple(x.shape[1:])} ({str(exc).splitlines()[0]}); "
                         "pass --input-size the model was trained at") from exc
