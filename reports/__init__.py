@@ -1,0 +1,14 @@
+"""HTML and PDF audit reports, and before/after comparisons, rendered from results.json.
+
+Public API (used by ``cli.py audit``, ``cli.py report`` and the repair command)::
+
+    render_report(results, out_dir, formats=("html", "pdf"), compare=None, training_log=None, basename="report")
+    load_results(path)
+    check_comparable(before, after)
+"""
+from __future__ import annotations
+
+from .load import check_comparable, load_results
+from .render import render_report
+
+__all__ = ["check_comparable", "load_results", "render_report"]

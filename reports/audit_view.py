@@ -1,0 +1,273 @@
+"""What an audit report shows, computed from one results.json (the template only lays it out)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from markupsafe import Markup
+
+from . import charts
+from .examples import build_examples
+from .fmt import (attack_label, count, eps_text, interval, num, over_255, pct, points, seconds, short_name,
+                  threat_text)
+from .verdict import BANDS, audit_verdict, extra_broken, head_tail, weakest
+
+LARGE = 40  # above this many classes, bar charts show the worst classes and the groups
+TOP = 20  # how many classes the bar charts show for large class counts
+HEATMAP_MAX = 20  # above this many classes, confusion is shown as top flows
+GROUP_ORDER = ("head", "many", "medium", "tail", "few")
+
+
+def by_count(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Most common class first (the order of every per-class chart and table)."""
+    return sorted(rows, key=lambda r: (-r["train_count"], r["index"]))
+
+
+def group_names(results: Mapping[str, Any]) -> list[str]:
+    """Groups in head -> tail order."""
+    groups = [g for g, idx in (results["dataset"].get("groups") or {}).items() if idx]
+    return sorted(groups, key=lambda g: (GROUP_ORDER.index(g) if g in GROUP_ORDER else 99, g))
+
+
+def attack_columns(results: Mapping[str, Any]) -> list[dict[str, str]]:
+    """Per-attack robust accuracy columns, without the one that equals the worst case in cascade mode."""
+    attacks = results["attacks"]
+    cascade = results.get("mode", "cascade") == "cascade"
+    cols = []
+    for i, a in enumerate(attacks):
+        if cascade and i == len(attacks) - 1:
+            break
+        head = ("after " if i == 0 else "after + ") if cascade else ""
+        cols.append({"name": a["name"], "label": head + attack_label(a) + ("" if cascade else " alone"),
+                     "short": short_name(a)})
+    return cols
+
+
+def kpis(results: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The headline figures, in reading order."""
+    s = results["summary"]
+    wc = s["robust"]["worst_case"]
+    cascade = results.get("mode", "cascade") == "cascade"
+    out = [{"label": "Clean accuracy", "value": pct(s["clean"].get("overall", s["clean"]["mean"])),
+            "note": f"balanced {pct(s['clean']['mean'])}"}]
+    for col in attack_columns(results):
+        node = s["robust"].get(col["name"], {})
+        out.append({"label": "Robust, " + col["label"], "value": pct(node.get("overall", node.get("mean"))),
+                    "note": "first attack" if cascade else "this attack alone"})
+    out.append({"label": "Robust, worst case", "value": pct(wc.get("overall", wc["mean"])),
+                "note": "after " + " → ".join(short_name(a) for a in results["attacks"])})
+    out.append({"label": "Balanced robust accuracy", "value": pct(wc["mean"]), "note": "mean over classes"})
+    worst = results["per_class"][wc["worst_class"]] if wc.get("worst_class") is not None else weakest(results, 1)[0]
+    out.append({"label": "Worst class (robust)", "value": pct(worst["robust_acc"]["worst_case"]),
+                "note": str(worst["name"]), "quoted": "1"})
+    head, tail = head_tail(results)
+    gap = (s.get("head_tail_gap") or {}).get("worst_case")
+    if gap is not None and head and tail:
+        groups = wc.get("groups", {})
+        out.append({"label": f"{head.capitalize()}/{tail} robustness gap", "value": f"{points(gap)} pts",
+                    "note": f"{head} {pct(groups.get(head))} vs {tail} {pct(groups.get(tail))}"})
+    return out
+
+
+def class_table(results: Mapping[str, Any]) -> dict[str, Any]:
+    """The full per-class table, most common class first."""
+    cols = attack_columns(results)
+    names = [a["name"] for a in results["attacks"]]
+    weakest_idx = {r["index"] for r in weakest(results, 3)}
+    rows = []
+    for r in by_count(results["per_class"]):
+        ci = r.get("robust_ci95") or {}
+        broken = r.get("broken_by") or {}
+        rows.append({
+            "index": r["index"], "name": r["name"], "group": r["group"], "train": count(r["train_count"]),
+            "n": r["n_eval"], "clean": num(r["clean_acc"]), "clean_ci": interval(r.get("clean_ci95")),
+            "attacks": [num(r["robust_acc"].get(c["name"])) for c in cols],
+            "worst": num(r["robust_acc"]["worst_case"]), "worst_ci": interval(ci.get("worst_case")),
+            "broken": [broken.get(n, "–") for n in names],
+            "norm": f"{r['weight_norm']:.2f}" if r.get("weight_norm") is not None else "–",
+            "weak": r["index"] in weakest_idx,
+        })
+    return {"columns": cols, "broken_columns": [short_name(a) for a in results["attacks"]],
+            "has_norm": any(r.get("weight_norm") is not None for r in results["per_class"]), "rows": rows}
+
+
+def _chart_rows(results: Mapping[str, Any], key: Any = None) -> list[Mapping[str, Any]]:
+    rows = results["per_class"]
+    if len(rows) <= LARGE:
+        return by_count(rows)
+    picked = sorted(rows, key=key)[:TOP] if key else weakest(results, TOP)
+    return by_count(picked)
+
+
+def _group_labels(results: Mapping[str, Any]) -> list[str]:
+    groups = results["dataset"]["groups"]
+    return [f"{g} ({len(groups[g])})" for g in group_names(results)]
+
+
+def build_charts(results: Mapping[str, Any], prefix: str = "a") -> dict[str, Markup | None]:
+    """All charts of an audit report."""
+    rows = results["per_class"]
+    n = len(rows)
+    large = n > LARGE
+    s = results["summary"]
+    out: dict[str, Markup | None] = {}
+    gnames = group_names(results)
+    out["groups"] = charts.group_bars(
+        f"{prefix}-groups", _group_labels(results),
+        [("clean", [s["clean"]["groups"].get(g, 0) for g in gnames], charts.CLEAN),
+         ("robust (worst case)", [s["robust"]["worst_case"]["groups"].get(g, 0) for g in gnames], charts.ROBUST)],
+        label="Mean clean and robust accuracy per group", title="mean accuracy per group")
+    sel = _chart_rows(results)
+    out["per_class"] = charts.class_bars(
+        f"{prefix}-per-class", [r["name"] for r in sel], [r["group"] for r in sel], [r["train_count"] for r in sel],
+        [("clean", [r["clean_acc"] for r in sel], charts.CLEAN),
+         ("robust (worst case)", [r["robust_acc"]["worst_case"] for r in sel], charts.ROBUST)],
+        label="Per-class clean and robust accuracy, ordered by training count",
+        annotate=[f"{r['robust_acc']['worst_case'] * 100:.0f}" for r in sel] if len(sel) <= 20 else None)
+    sp = s["robust"]["worst_case"].get("spearman") or {}
+    title = "one point per class"
+    if sp.get("rho") is not None:
+        title = f"Spearman ρ = {sp['rho']:.2f}" + (f" (p = {sp['p']:.2g})" if sp.get("p") is not None else "")
+    label_idx = ([r["index"] for r in rows] if n <= 12 else [r["index"] for r in weakest(results, 5)])
+    out["scatter"] = charts.count_scatter(
+        f"{prefix}-scatter", [r["train_count"] for r in rows], [r["group"] for r in rows], [r["name"] for r in rows],
+        [r["robust_acc"]["worst_case"] for r in rows], label="Robust accuracy against training count",
+        title=title, intervals=[(r.get("robust_ci95") or {}).get("worst_case") for r in rows],
+        label_classes=label_idx)
+    out["attacks"] = None
+    if len(results["attacks"]) > 1:
+        extra = dict(zip((r["index"] for r in rows), extra_broken(results)))
+        sel = _chart_rows(results, key=lambda r: (-extra[r["index"]], -r["train_count"], r["index"]))
+        out["attacks"] = charts.class_bars(
+            f"{prefix}-attacks", [r["name"] for r in sel], [r["group"] for r in sel], [r["train_count"] for r in sel],
+            [("extra points broken (accuracy points)", [extra[r["index"]] / max(1, r["n_eval"]) * 100 for r in sel],
+              charts.ROBUST)],
+            label="Extra points the later attacks broke, per class", percent=False, ylabel="accuracy points",
+            annotate=[f"{extra[r['index']]}" if extra[r["index"]] else "" for r in sel], height=2.5)
+    out["large"] = large  # type: ignore[assignment]
+    return out
+
+
+def confusion(results: Mapping[str, Any], prefix: str = "a", heatmap: bool = True) -> dict[str, Any]:
+    """Heatmap for up to HEATMAP_MAX classes, else the top flows."""
+    conf = results["summary"].get("confusion") or {}
+    matrix = conf.get("matrix")
+    names = results["dataset"]["classes"]
+    n = len(names)
+    flows = list(conf.get("top_flows") or [])
+    if not flows and matrix:
+        for i, row in enumerate(matrix):
+            total = sum(row) or 1
+            flows += [{"true": i, "pred": j, "count": c, "fraction": c / total} for j, c in enumerate(row) if c]
+        flows.sort(key=lambda f: (-f["count"], f["true"], f["pred"]))
+    out: dict[str, Any] = {"svg": None, "flows": [
+        {"true": names[f["true"]], "pred": names[f["pred"]], "fraction": pct(f["fraction"], 0), "count": f["count"]}
+        for f in flows[:TOP] if 0 <= f["true"] < n and 0 <= f["pred"] < n]}
+    if heatmap and matrix and n <= HEATMAP_MAX:
+        fractions = [[c / (sum(row) or 1) for c in row] for row in matrix]
+        out["svg"] = charts.confusion_heatmap(f"{prefix}-confusion", fractions, names,
+                                              label="Adversarial confusion heatmap")
+    return out
+
+
+def _kv(*pairs: tuple[str, Any]) -> list[tuple[str, str]]:
+    return [(k, str(v)) for k, v in pairs if v is not None and v != ""]
+
+
+def method(results: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings, versions, timings and provenance."""
+    m, d, t = results["model"], results["dataset"], results.get("timings") or {}
+    attacks = [{
+        "order": i + 1, "name": a.get("name"), "label": attack_label(a), "kind": a.get("kind"), "steps": a.get("steps"),
+        "step_size": (f"{a['step_size']:.5g}" + (f" ({over_255(a['step_size'])})" if over_255(a["step_size"]) else ""))
+        if a.get("step_size") is not None else "–",
+        "random_start": "yes" if a.get("random_start") else "no",
+        "temperature": f"{a['temperature']:g}" if a.get("temperature") is not None else "–",
+        "time": seconds((t.get("attacks_s") or {}).get(a.get("name"))),
+    } for i, a in enumerate(results["attacks"])]
+    groups = d.get("groups") or {}
+    parity = m.get("parity")
+    parity_rows: list[tuple[str, str]] = []
+    if parity:
+        ok = parity.get("max_abs_logit_diff") is not None and parity.get("tolerance") is not None \
+            and parity["max_abs_logit_diff"] <= parity["tolerance"]
+        parity_rows = _kv(
+            ("points compared", parity.get("n")),
+            ("max |logit difference|", f"{parity['max_abs_logit_diff']:.2e}" if parity.get("max_abs_logit_diff")
+             is not None else None),
+            ("tolerance", parity.get("tolerance")),
+            ("argmax agreement", pct(parity.get("argmax_agreement"))),
+            ("providers", ", ".join(parity.get("providers") or [])),
+            ("result", "within tolerance" if ok else "OUTSIDE tolerance"),
+        )
+    pre = m.get("preprocessing") or {}
+    mode = results.get("mode", "cascade")
+    return {
+        "threat": threat_text(results["threat_model"]),
+        "eps": f"{results['threat_model'].get('eps', 0):.6g} ({eps_text(results['threat_model'])})",
+        "mode": mode,
+        "mode_text": ("cascade: each attack runs only on points still robust; a point is robust only if it survives "
+                      "every attack" if mode == "cascade" else
+                      "independent: each attack runs on every point; worst case counts a point robust only if it "
+                      "survived every attack"),
+        "attacks": attacks,
+        "evaluation": _kv(
+            ("dataset", d.get("name")), ("dataset root", d.get("root")), ("classes", len(d.get("classes", []))),
+            ("imbalance (smallest/largest)", d.get("imbalance")),
+            ("evaluated points", count(d.get("n_eval"))),
+            ("points per class", d.get("n_per_class") if d.get("n_per_class") else "whole test set"),
+            ("evaluated points fingerprint (sha256)", d.get("eval_indices_sha256")),
+            ("groups", f"{d.get('group_rule', '?')}: " + ", ".join(f"{g} {len(groups[g])}" for g in group_names(results))),
+            ("seed", results.get("seed")),
+        ),
+        "model": _kv(
+            ("model", m.get("spec")), ("path", m.get("path")), ("format", m.get("format")), ("architecture", m.get("arch")),
+            ("sha256", m.get("sha256") or "n/a"), ("classes", m.get("num_classes")),
+            ("input size", "×".join(map(str, pre.get("input_size") or [])) or None),
+            ("normalisation", f"mean {pre.get('mean')}, std {pre.get('std')}" if pre.get("mean") is not None else
+             "none (pixels in [0, 1])"),
+        ),
+        "parity": parity_rows,
+        "environment": _kv(*((k, v) for k, v in (results.get("environment") or {}).items())),
+        "timings": _kv(("loading", seconds(t.get("load_s"))), ("clean pass", seconds(t.get("clean_s"))),
+                       *((f"attack {k}", seconds(v)) for k, v in (t.get("attacks_s") or {}).items()),
+                       ("total", seconds(t.get("total_s"))),
+                       ("throughput", f"{t['points_per_s']:.1f} points/s" if t.get("points_per_s") else None)),
+        "provenance": _kv(("tool", f"{(results.get('tool') or {}).get('name', 'tailaudit')} "
+                                   f"{(results.get('tool') or {}).get('version', '')}"),
+                          ("audit run", results.get("created"))),
+        "bands": [f"{word} at {t:.0%} or more" if t > 0 else f"{word} below {BANDS[i - 1][0]:.0%}"
+                  for i, (t, word, _css) in enumerate(BANDS)],
+    }
+
+
+def headline(results: Mapping[str, Any]) -> str:
+    """'MODEL on DATASET (N classes), threat model L∞, ε = 8/255, attacks PGD-20 → …'."""
+    d = results["dataset"]
+    return (f"{results['model']['spec']} on {d['name']} ({len(d['classes'])} classes, {count(d.get('n_eval'))} "
+            f"test points) · threat model {threat_text(results['threat_model'])} · attacks "
+            + " → ".join(attack_label(a) for a in results["attacks"]))
+
+
+def audit_context(results: Mapping[str, Any], folder: Path) -> dict[str, Any]:
+    """Everything the audit template shows."""
+    chart_svgs = build_charts(results)
+    return {
+        "kind": "audit",
+        "title": f"Robustness audit: {results['model']['spec']}",
+        "running": f"audit: {results['model']['spec']}",
+        "headline": headline(results),
+        "created": results.get("created"),
+        "verdict": audit_verdict(results),
+        "kpis": kpis(results),
+        "warnings": [str(w) for w in results.get("warnings") or []],
+        "charts": chart_svgs,
+        "large": chart_svgs["large"],
+        "n_classes": len(results["per_class"]),
+        "top": TOP,
+        "attack_names": [short_name(a) for a in results["attacks"]],
+        "confusion": confusion(results),
+        "examples": build_examples(results, folder),
+        "table": class_table(results),
+        "method": method(results),
+    }

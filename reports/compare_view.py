@@ -1,0 +1,209 @@
+"""What a before/after comparison report shows (two comparable results.json files)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from markupsafe import Markup
+
+from . import charts
+from .audit_view import LARGE, TOP, attack_columns, by_count, confusion, group_names, method
+from .examples import build_examples
+from .fmt import attack_label, count, interval, num, pct, points, seconds, short_name, threat_text
+from .verdict import compare_verdict, extra_broken, head_tail, weakest
+
+
+def _overall(node: Mapping[str, Any]) -> float:
+    return node["overall"] if node.get("overall") is not None else node["mean"]
+
+
+def class_deltas(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per class (results order): before/after/delta of clean and worst-case robust accuracy, and flags.
+
+    A class is flagged *worse* when its after value lies below the before run's 95% interval,
+    *better* when above it.
+    """
+    out = []
+    for b, a in zip(before["per_class"], after["per_class"]):
+        rb, ra = b["robust_acc"]["worst_case"], a["robust_acc"]["worst_case"]
+        cb, ca = b["clean_acc"], a["clean_acc"]
+        rci = (b.get("robust_ci95") or {}).get("worst_case")
+        cci = b.get("clean_ci95")
+        out.append({
+            "index": b["index"], "name": b["name"], "group": a["group"], "train_count": a["train_count"],
+            "robust_before": rb, "robust_after": ra, "d_robust": ra - rb, "robust_ci": rci,
+            "clean_before": cb, "clean_after": ca, "d_clean": ca - cb, "clean_ci": cci,
+            "worse": bool(rci) and ra < rci[0] - 1e-12, "better": bool(rci) and ra > rci[1] + 1e-12,
+            "clean_worse": bool(cci) and ca < cci[0] - 1e-12,
+        })
+    return out
+
+
+def kpi_rows(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[dict[str, str]]:
+    """Headline figures side by side: before, after, change (points)."""
+    sb, sa = before["summary"], after["summary"]
+    rows = []
+
+    def add(label: str, b: float | None, a: float | None, higher_is_better: bool = True) -> None:
+        d = None if a is None or b is None else a - b
+        good = None if d is None or abs(d) < 0.0005 else (d > 0) == higher_is_better
+        rows.append({"label": label, "before": pct(b), "after": pct(a), "delta": points(d),
+                     "cls": "" if good is None else ("pos" if good else "neg")})
+
+    add("Clean accuracy", _overall(sb["clean"]), _overall(sa["clean"]))
+    add("Balanced clean accuracy", sb["clean"]["mean"], sa["clean"]["mean"])
+    for col in attack_columns(after):
+        add("Robust, " + col["label"], _overall(sb["robust"].get(col["name"], {"mean": None})),
+            _overall(sa["robust"].get(col["name"], {"mean": None})))
+    add("Robust, worst case", _overall(sb["robust"]["worst_case"]), _overall(sa["robust"]["worst_case"]))
+    add("Balanced robust accuracy", sb["robust"]["worst_case"]["mean"], sa["robust"]["worst_case"]["mean"])
+    add("Worst class, robust", sb["robust"]["worst_case"]["worst"], sa["robust"]["worst_case"]["worst"])
+    head, tail = head_tail(after)
+    for g in group_names(after):
+        add(f"Robust, {g} classes", sb["robust"]["worst_case"]["groups"].get(g),
+            sa["robust"]["worst_case"]["groups"].get(g))
+    gb = (sb.get("head_tail_gap") or {}).get("worst_case")
+    ga = (sa.get("head_tail_gap") or {}).get("worst_case")
+    if head and tail and gb is not None and ga is not None:
+        d = ga - gb
+        rows.append({"label": f"{head.capitalize()}/{tail} robustness gap (points)", "before": points(gb),
+                     "after": points(ga), "delta": points(d),
+                     "cls": "" if abs(d) < 0.0005 else ("pos" if abs(ga) < abs(gb) else "neg")})
+    return rows
+
+
+def group_rows(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per-group means before/after for robust (worst case) and clean accuracy."""
+    rows = []
+    for g in group_names(after):
+        rb = before["summary"]["robust"]["worst_case"]["groups"].get(g)
+        ra = after["summary"]["robust"]["worst_case"]["groups"].get(g)
+        cb = before["summary"]["clean"]["groups"].get(g)
+        ca = after["summary"]["clean"]["groups"].get(g)
+        rows.append({"group": g, "n": len(after["dataset"]["groups"][g]),
+                     "robust_before": pct(rb), "robust_after": pct(ra),
+                     "d_robust": points(None if rb is None or ra is None else ra - rb),
+                     "d_robust_raw": 0.0 if rb is None or ra is None else ra - rb,
+                     "clean_before": pct(cb), "clean_after": pct(ca),
+                     "d_clean": points(None if cb is None or ca is None else ca - cb),
+                     "d_clean_raw": 0.0 if cb is None or ca is None else ca - cb})
+    return rows
+
+
+def _charts(before: Mapping[str, Any], after: Mapping[str, Any], deltas: list[dict[str, Any]],
+            groups: list[dict[str, Any]], training_log: Mapping[str, Any] | None) -> dict[str, Markup | None]:
+    n = len(deltas)
+    large = n > LARGE
+    out: dict[str, Markup | None] = {}
+    sel = by_count(sorted(deltas, key=lambda d: (d["d_robust"], -d["train_count"]))[:TOP] if large else deltas)
+    out["delta"] = charts.class_bars(
+        "c-delta", [d["name"] for d in sel], [d["group"] for d in sel], [d["train_count"] for d in sel],
+        [("change in robust accuracy (worst case)", [d["d_robust"] * 100 for d in sel], charts.ROBUST),
+         ("change in clean accuracy", [d["d_clean"] * 100 for d in sel], charts.CLEAN)],
+        label="Per-class change in robust and clean accuracy, ordered by training count", percent=False,
+        ylabel="change (points)", flagged=[d["worse"] for d in sel], height=2.9)
+    labels = [f"{g['group']} ({g['n']})" for g in groups]
+    out["group_delta"] = charts.group_bars(
+        "c-group-delta", labels,
+        [("robust", [g["d_robust_raw"] * 100 for g in groups], charts.ROBUST),
+         ("clean", [g["d_clean_raw"] * 100 for g in groups], charts.CLEAN)],
+        label="Change per group", percent=False, title="change per group (points)")
+    sel = by_count(weakest(after, TOP)) if large else by_count(after["per_class"])
+    idx = [r["index"] for r in sel]
+    out["per_class"] = charts.class_bars(
+        "c-per-class", [after["per_class"][i]["name"] for i in idx], [after["per_class"][i]["group"] for i in idx],
+        [after["per_class"][i]["train_count"] for i in idx],
+        [("robust before", [before["per_class"][i]["robust_acc"]["worst_case"] for i in idx], charts.BEFORE),
+         ("robust after", [after["per_class"][i]["robust_acc"]["worst_case"] for i in idx], charts.AFTER)],
+        label="Per-class robust accuracy before and after", flagged=[deltas[i]["worse"] for i in idx])
+    rows = after["per_class"]
+    sp_b = (before["summary"]["robust"]["worst_case"].get("spearman") or {}).get("rho")
+    sp_a = (after["summary"]["robust"]["worst_case"].get("spearman") or {}).get("rho")
+    title = "Spearman ρ " + (f"{sp_b:.2f}" if sp_b is not None else "n/a") + " → " + \
+        (f"{sp_a:.2f}" if sp_a is not None else "n/a")
+    out["scatter"] = charts.count_scatter(
+        "c-scatter", [r["train_count"] for r in rows], [r["group"] for r in rows], [r["name"] for r in rows],
+        [r["robust_acc"]["worst_case"] for r in rows], label="Robust accuracy against training count, before and after",
+        title=title, before=[r["robust_acc"]["worst_case"] for r in before["per_class"]],
+        label_classes=[r["index"] for r in weakest(after, 3)])
+    out["attacks"] = None
+    if len(after["attacks"]) > 1:
+        eb, ea = extra_broken(before), extra_broken(after)
+        sel = by_count(sorted(rows, key=lambda r: -(eb[r["index"]] + ea[r["index"]]))[:TOP]) if large else by_count(rows)
+        out["attacks"] = charts.class_bars(
+            "c-attacks", [r["name"] for r in sel], [r["group"] for r in sel], [r["train_count"] for r in sel],
+            [("before", [eb[r["index"]] / max(1, r["n_eval"]) * 100 for r in sel], charts.BEFORE),
+             ("after", [ea[r["index"]] / max(1, r["n_eval"]) * 100 for r in sel], charts.AFTER)],
+            label="Extra points the later attacks broke, before and after", percent=False,
+            ylabel="accuracy points", height=2.8)
+    epochs = list((training_log or {}).get("epochs") or [])
+    out["training"] = charts.training_curves("c-training", epochs, label="Training curves") if epochs else None
+    return out
+
+
+def class_table(deltas: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of the per-class comparison table, most common class first."""
+    return [{
+        "index": d["index"], "name": d["name"], "group": d["group"], "train": count(d["train_count"]),
+        "clean_before": num(d["clean_before"]), "clean_after": num(d["clean_after"]), "d_clean": points(d["d_clean"]),
+        "d_clean_cls": "neg" if d["clean_worse"] else "",
+        "robust_before": num(d["robust_before"]), "robust_ci": interval(d["robust_ci"]),
+        "robust_after": num(d["robust_after"]), "d_robust": points(d["d_robust"]),
+        "worse": d["worse"], "better": d["better"], "clean_worse": d["clean_worse"],
+    } for d in by_count(deltas)]
+
+
+def _run_rows(results: Mapping[str, Any], other: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Provenance of one run; environment entries only where they differ from the other run."""
+    m, t = results["model"], results.get("timings") or {}
+    rows = [("model", m.get("spec")), ("sha256", m.get("sha256") or "n/a"), ("audit run", results.get("created")),
+            ("seed", results.get("seed")), ("total run time", seconds(t.get("total_s")) if t else None)]
+    env, other_env = results.get("environment") or {}, other.get("environment") or {}
+    rows += [(k, v) for k, v in env.items() if other_env.get(k) != v]
+    return [(k, str(v)) for k, v in rows if v is not None]
+
+
+def merged_warnings(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+    """Sanity warnings of both runs, each said once and labelled with the run it came from."""
+    wb = [str(w) for w in before.get("warnings") or []]
+    wa = [str(w) for w in after.get("warnings") or []]
+    return ([f"both runs: {w}" for w in wb if w in wa] + [f"before: {w}" for w in wb if w not in wa]
+            + [f"after: {w}" for w in wa if w not in wb])
+
+
+def compare_context(before: Mapping[str, Any], before_dir: Path, after: Mapping[str, Any], after_dir: Path,
+                    training_log: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Everything the comparison template shows."""
+    deltas = class_deltas(before, after)
+    worse = [(d["name"], d["d_robust"]) for d in sorted(deltas, key=lambda d: d["d_robust"]) if d["worse"]]
+    groups = group_rows(before, after)
+    chart_svgs = _charts(before, after, deltas, groups, training_log)
+    d = after["dataset"]
+    spec_b, spec_a = before["model"]["spec"], after["model"]["spec"]
+    models = spec_a if spec_a == spec_b else f"{spec_b} → {spec_a}"
+    return {
+        "kind": "compare",
+        "title": "Robustness before and after",
+        "running": f"before/after: {models}",
+        "headline": (f"{d['name']} ({len(d['classes'])} classes, {count(d.get('n_eval'))} test points) · threat model "
+                     f"{threat_text(after['threat_model'])} · attacks "
+                     + " → ".join(attack_label(a) for a in after["attacks"])),
+        "before_spec": spec_b, "after_spec": spec_a,
+        "verdict": compare_verdict(before, after, worse),
+        "kpi_rows": kpi_rows(before, after),
+        "groups": groups,
+        "n_worse": len(worse), "n_better": sum(1 for x in deltas if x["better"]),
+        "n_clean_worse": sum(1 for x in deltas if x["clean_worse"]),
+        "warnings": merged_warnings(before, after),
+        "charts": chart_svgs,
+        "large": len(deltas) > LARGE, "top": TOP, "n_classes": len(deltas),
+        "attack_names": [short_name(a) for a in after["attacks"]],
+        "confusion_before": confusion(before, "cb", heatmap=False),
+        "confusion_after": confusion(after, "ca", heatmap=False),
+        "examples_before": build_examples(before, before_dir, max_classes=4),
+        "examples_after": build_examples(after, after_dir, max_classes=4),
+        "table": class_table(deltas),
+        "method": method(after),
+        "run_before": _run_rows(before, after), "run_after": _run_rows(after, before),
+        "has_training": chart_svgs["training"] is not None,
+    }

@@ -1,0 +1,183 @@
+"""Load and validate ``results.json`` files, and check that two runs can be compared."""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+from audit.errors import ResultsError
+
+LOG = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+# Keys a report needs; anything else in results.json is optional.
+_REQUIRED: tuple[tuple[str, ...], ...] = (
+    ("model", "spec"),
+    ("dataset", "name"),
+    ("dataset", "classes"),
+    ("dataset", "n_eval"),
+    ("threat_model", "norm"),
+    ("threat_model", "eps"),
+    ("attacks",),
+    ("per_class",),
+    ("summary", "clean"),
+    ("summary", "robust", "worst_case"),
+)
+_PER_CLASS_REQUIRED = ("name", "train_count", "group", "n_eval", "clean_acc", "robust_acc")
+
+
+def _where(source: str | Path | None) -> str:
+    return str(source) if source is not None else "the results"
+
+
+def validate_results(results: Mapping[str, Any], source: str | Path | None = None) -> None:
+    """Raise :class:`ResultsError` unless ``results`` is a schema-1 results dict a report can render."""
+    where = _where(source)
+    if not isinstance(results, Mapping):
+        raise ResultsError(f"{where} is not a JSON object; point at a results.json written by `cli.py audit`")
+    version = results.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ResultsError(
+            f"{where} has schema_version {version!r}, this tailaudit reads version {SCHEMA_VERSION}; "
+            "re-run the audit with this version of tailaudit"
+        )
+    for path in _REQUIRED:
+        node: Any = results
+        for key in path:
+            if not isinstance(node, Mapping) or key not in node:
+                raise ResultsError(
+                    f"{where} lacks '{'.'.join(path)}'; it is incomplete or not a tailaudit results file, "
+                    "re-run the audit"
+                )
+            node = node[key]
+    per_class = results["per_class"]
+    classes = results["dataset"]["classes"]
+    if not isinstance(per_class, list) or not per_class:
+        raise ResultsError(f"{where} has no per-class results; re-run the audit")
+    if len(per_class) != len(classes):
+        raise ResultsError(
+            f"{where} has {len(per_class)} per-class entries for {len(classes)} classes; "
+            "the file is inconsistent, re-run the audit"
+        )
+    if not isinstance(results["attacks"], list) or not results["attacks"]:
+        raise ResultsError(f"{where} lists no attacks; re-run the audit")
+    names = [a.get("name") for a in results["attacks"]]
+    for i, row in enumerate(per_class):
+        missing = [k for k in _PER_CLASS_REQUIRED if k not in row]
+        if missing:
+            raise ResultsError(f"{where}: per_class[{i}] lacks {', '.join(missing)}; re-run the audit")
+        absent = [n for n in [*names, "worst_case"] if n not in row["robust_acc"]]
+        if absent:
+            raise ResultsError(
+                f"{where}: per_class[{i}] has no robust accuracy for {', '.join(map(str, absent))}; re-run the audit"
+            )
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    """Read and validate a results.json; :class:`ResultsError` when missing, invalid or of another schema."""
+    path = Path(path)
+    if not path.is_file():
+        raise ResultsError(f"results file not found: {path}; check the path or run `cli.py audit` first")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ResultsError(f"cannot read {path}: {exc}; check the file's permissions and encoding") from exc
+    try:
+        results = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ResultsError(
+            f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+            "the file is damaged, re-run the audit"
+        ) from exc
+    validate_results(results, path)
+    LOG.debug("loaded %s (%d classes)", path, len(results["per_class"]))
+    return results
+
+
+def coerce_results(results: str | Path | Mapping[str, Any], default_dir: Path) -> tuple[dict[str, Any], Path]:
+    """Return (results dict, folder its side files live in) for a path or an in-memory dict.
+
+    A dict is deep-copied (the caller's object is never changed); its side files are looked up
+    in ``default_dir`` (the output folder), since it has no folder of its own.
+    """
+    if isinstance(results, (str, Path)):
+        path = Path(results)
+        return load_results(path), path.resolve().parent
+    validate_results(results)
+    return copy.deepcopy(dict(results)), Path(default_dir).resolve()
+
+
+def _attack_settings(results: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    return [
+        (a.get("kind"), a.get("steps"), a.get("step_size"), a.get("temperature"), a.get("random_start"))
+        for a in results["attacks"]
+    ]
+
+
+def _close(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-12)
+    return a == b
+
+
+def _settings_equal(a: list[tuple[Any, ...]], b: list[tuple[Any, ...]]) -> bool:
+    return len(a) == len(b) and all(len(x) == len(y) and all(map(_close, x, y)) for x, y in zip(a, b))
+
+
+def _describe_attacks(results: Mapping[str, Any]) -> str:
+    parts = []
+    for a in results["attacks"]:
+        t = f", T={a.get('temperature')}" if a.get("temperature") is not None else ""
+        parts.append(f"{a.get('kind')}({a.get('steps')} steps of {a.get('step_size')}{t})")
+    return " then ".join(parts)
+
+
+def check_comparable(before: Mapping[str, Any], after: Mapping[str, Any]) -> None:
+    """Raise :class:`ResultsError` naming what differs when two runs cannot be compared fairly.
+
+    Compared: threat model, attack settings and order, cascade/independent mode, dataset name,
+    class list, evaluated points (count and fingerprint).
+    """
+    validate_results(before, "the 'before' results")
+    validate_results(after, "the 'after' results")
+    diffs: list[str] = []
+    tb, ta = before["threat_model"], after["threat_model"]
+    if tb.get("norm") != ta.get("norm") or not _close(tb.get("eps"), ta.get("eps")):
+        diffs.append(
+            f"threat model (before {tb.get('norm')} eps {tb.get('eps_text') or tb.get('eps')}, "
+            f"after {ta.get('norm')} eps {ta.get('eps_text') or ta.get('eps')})"
+        )
+    if not _settings_equal(_attack_settings(before), _attack_settings(after)):
+        diffs.append(f"attack settings (before {_describe_attacks(before)}, after {_describe_attacks(after)})")
+    if before.get("mode") != after.get("mode"):
+        diffs.append(f"attack mode (before {before.get('mode')}, after {after.get('mode')})")
+    db, da = before["dataset"], after["dataset"]
+    if db.get("name") != da.get("name"):
+        diffs.append(f"dataset (before {db.get('name')}, after {da.get('name')})")
+    if list(db.get("classes", [])) != list(da.get("classes", [])):
+        diffs.append(f"classes (before {len(db.get('classes', []))}, after {len(da.get('classes', []))}, or renamed)")
+    if db.get("n_eval") != da.get("n_eval"):
+        diffs.append(f"evaluation size (before {db.get('n_eval')} points, after {da.get('n_eval')})")
+    if db.get("eval_indices_sha256") != da.get("eval_indices_sha256"):
+        diffs.append("evaluated test points (eval_indices_sha256 differs)")
+    if diffs:
+        raise ResultsError(
+            "cannot compare these runs, they differ in " + "; ".join(diffs)
+            + ": re-run both audits with the same threat model, attacks and evaluation set"
+        )
+
+
+def resolve_inside(folder: Path, relative: str | None) -> Path | None:
+    """Resolve ``relative`` inside ``folder``; None when empty or when it escapes the folder."""
+    if not relative:
+        return None
+    base = folder.resolve()
+    target = (base / relative).resolve()
+    if target != base and base not in target.parents:
+        LOG.warning("refusing to read %s: it lies outside the results folder %s", relative, base)
+        return None
+    return target

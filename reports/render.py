@@ -1,0 +1,141 @@
+"""Render audit and comparison reports to one self-contained HTML file and an A4 PDF."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from audit.errors import ConfigError, ResultsError
+
+from .audit_view import audit_context
+from .compare_view import compare_context
+from .fetcher import LocalOnlyFetcher
+from .fmt import interval, num, pct, points
+from .load import check_comparable, coerce_results
+
+LOG = logging.getLogger(__name__)
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+FORMATS = ("html", "pdf")
+
+
+def make_env() -> Environment:
+    """Jinja2 environment on reports/templates with autoescape always on."""
+    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=True, undefined=StrictUndefined,
+                      trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters.update(pct=pct, num=num, points=points, interval=interval)
+    return env
+
+
+def render_html(context: Mapping[str, Any], template: str) -> str:
+    """The report as one HTML string."""
+    return make_env().get_template(template).render(**context)
+
+
+def _atomic_write(target: Path, write: Callable[[Path], None]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class _SvgStyleNoise(logging.Filter):
+    """Drops WeasyPrint's warnings about SVG presentation properties (fill, stroke, …) in style
+    attributes of inline SVG: its HTML stylesheet parser does not know them, its SVG renderer does."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Ignored `") and message.endswith("unknown property."))
+
+
+@contextlib.contextmanager
+def _quiet_svg_css() -> Iterator[None]:
+    logger = logging.getLogger("weasyprint")
+    noise = _SvgStyleNoise()
+    logger.addFilter(noise)
+    try:
+        yield
+    finally:
+        logger.removeFilter(noise)
+
+
+def write_pdf(html: str, target: Path) -> None:
+    """HTML -> A4 PDF with WeasyPrint; resources only from data: URLs and the templates folder."""
+    import weasyprint  # imported lazily: loading it takes a moment and HTML-only callers do not need it
+
+    def write(tmp: Path) -> None:
+        document = weasyprint.HTML(string=html, base_url=str(TEMPLATES), url_fetcher=LocalOnlyFetcher(TEMPLATES))
+        with _quiet_svg_css():
+            document.write_pdf(str(tmp))
+
+    _atomic_write(target, write)
+
+
+def _formats(formats: Sequence[str] | str) -> list[str]:
+    if isinstance(formats, str):
+        formats = formats.split(",")
+    wanted = [f.strip().lower() for f in formats if f and f.strip()]
+    unknown = [f for f in wanted if f not in FORMATS]
+    if unknown or not wanted:
+        raise ConfigError(f"unknown report format {', '.join(unknown) or '(none)'}; use html, pdf or html,pdf")
+    return list(dict.fromkeys(wanted))
+
+
+def render_report(
+    results: str | Path | Mapping[str, Any],
+    out_dir: str | Path,
+    *,
+    formats: Sequence[str] = FORMATS,
+    compare: str | Path | Mapping[str, Any] | None = None,
+    training_log: Mapping[str, Any] | None = None,
+    basename: str = "report",
+) -> dict[str, Path]:
+    """Render a report from saved results; with ``compare``, ``results`` is before and ``compare`` after.
+
+    Files are written atomically as ``out_dir/basename.html`` and ``.pdf``; returns
+    ``{"html": path, "pdf": path}`` for the formats asked for. Raises :class:`ResultsError`
+    for unreadable or incomparable results, :class:`ConfigError` for an unknown format.
+    """
+    wanted = _formats(formats)
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ResultsError(f"cannot create the report folder {out}: {exc}; choose another --out") from exc
+    started = time.perf_counter()
+    first, first_dir = coerce_results(results, out)
+    sources = [str(results) if isinstance(results, (str, Path)) else "results"]
+    if compare is not None:
+        second, second_dir = coerce_results(compare, out)
+        check_comparable(first, second)
+        sources.append(str(compare) if isinstance(compare, (str, Path)) else "results")
+        context = compare_context(first, first_dir, second, second_dir, training_log)
+        template = "compare.html.j2"
+    else:
+        context = audit_context(first, first_dir)
+        template = "audit.html.j2"
+    context["sources"] = " and ".join(Path(s).name if s != "results" else s for s in sources)
+    html = render_html(context, template)
+    LOG.debug("report HTML built in %.2f s", time.perf_counter() - started)
+    written: dict[str, Path] = {}
+    if "html" in wanted:
+        target = out / f"{basename}.html"
+        _atomic_write(target, lambda tmp: tmp.write_text(html, encoding="utf-8"))
+        written["html"] = target
+    if "pdf" in wanted:
+        target = out / f"{basename}.pdf"
+        write_pdf(html, target)
+        written["pdf"] = target
+    LOG.info("wrote %s in %.1f s", ", ".join(str(p) for p in written.values()), time.perf_counter() - started)
+    return written

@@ -1,0 +1,214 @@
+"""Schema-conforming ``results.json`` dicts for report tests, seeded and realistic.
+
+Long-tailed training counts (exponential profile), robust accuracy that falls with rarity,
+Wilson intervals, a cascade of PGD then Temperature-PGD, an adversarial confusion matrix,
+weight norms, warnings and an ``examples.npz`` of broken points.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+ATTACKS = [
+    {"name": "pgd", "kind": "pgd", "steps": 20, "step_size": 2 / 255, "random_start": True, "temperature": None},
+    {"name": "temp-pgd", "kind": "temp-pgd", "steps": 20, "step_size": 2 / 255, "random_start": True,
+     "temperature": 0.5},
+]
+CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def wilson(k: int, n: int, z: float = 1.959964) -> list[float]:
+    """Wilson 95% interval for k successes out of n."""
+    if n == 0:
+        return [0.0, 1.0]
+    p = k / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def _spearman(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
+    from scipy.stats import spearmanr
+
+    rho, p = spearmanr(x, y)
+    if not np.isfinite(rho):
+        return {"rho": 0.0, "p": 1.0}
+    return {"rho": float(rho), "p": float(p)}
+
+
+def _stats(values: list[float], counts: list[int], groups: dict[str, list[int]], overall: float) -> dict[str, Any]:
+    v = np.asarray(values)
+    return {
+        "mean": float(v.mean()), "worst": float(v.min()), "worst_class": int(v.argmin()),
+        "best": float(v.max()), "best_class": int(v.argmax()), "gap": float(v.max() - v.min()),
+        "std": float(v.std()),
+        "groups": {g: float(v[idx].mean()) for g, idx in groups.items() if idx},
+        "spearman": _spearman(counts, values), "overall": overall,
+    }
+
+
+def make_results(
+    n_classes: int = 10,
+    *,
+    seed: int = 0,
+    class_names: Sequence[str] | None = None,
+    model_spec: str = "examples/digits_cnn.onnx",
+    n_per_class: int | None = None,
+    robust_shift: float = 0.0,
+    clean_shift: float = 0.0,
+    sha256: str | None = None,
+    eps_text: str = "8/255",
+    weaker_classes: Sequence[int] = (),
+) -> dict[str, Any]:
+    """Build a results dict for ``n_classes`` classes.
+
+    ``robust_shift`` / ``clean_shift`` move accuracies (a "repaired" run); ``weaker_classes``
+    lose about 40 points of robust accuracy.
+    """
+    rng = np.random.default_rng(seed)
+    eval_rng = np.random.default_rng(1234)  # the evaluation set does not depend on the seed
+    if class_names is None:
+        class_names = CIFAR10 if n_classes == 10 else [f"class_{i:03d}" for i in range(n_classes)]
+    names = list(class_names)
+    assert len(names) == n_classes
+    n_max, rho = (500 if n_classes > 10 else 5000), 0.01
+    counts = [max(1, int(n_max * rho ** (i / max(1, n_classes - 1)))) for i in range(n_classes)]
+    order = sorted(range(n_classes), key=lambda i: -counts[i])
+    third = max(1, n_classes // 3)
+    groups = {"head": sorted(order[:third]), "medium": sorted(order[third:n_classes - third]),
+              "tail": sorted(order[n_classes - third:])}
+    group_of = {i: g for g, idx in groups.items() for i in idx}
+    n_eval_class = n_per_class or (50 if n_classes <= 10 else 20 if n_classes <= 100 else 10)
+    names_attacks = [a["name"] for a in ATTACKS]
+
+    per_class: list[dict[str, Any]] = []
+    matrix = np.zeros((n_classes, n_classes), dtype=int)
+    tot_clean = tot_pgd = tot_worst = 0
+    for i in range(n_classes):
+        rarity = i / max(1, n_classes - 1)
+        n = n_eval_class
+        p_clean = float(np.clip(0.95 - 0.25 * rarity + clean_shift + rng.normal(0, 0.03), 0.05, 0.995))
+        p_rob = float(np.clip(0.55 - 0.35 * rarity + robust_shift + rng.normal(0, 0.05), 0.0, p_clean))
+        if i in weaker_classes:  # a class the "repair" made much less robust
+            p_rob = max(0.0, p_rob - 0.4)
+        k_clean = int(rng.binomial(n, p_clean))
+        k_pgd = int(min(k_clean, rng.binomial(n, min(1.0, p_rob + 0.04))))
+        k_worst = int(max(0, k_pgd - rng.binomial(max(k_pgd, 0), 0.08)))
+        tot_clean, tot_pgd, tot_worst = tot_clean + k_clean, tot_pgd + k_pgd, tot_worst + k_worst
+        broken = k_clean - k_worst
+        neighbours = [(i + d) % n_classes for d in (1, 2, 3) if (i + d) % n_classes != i] or [i]
+        share = rng.dirichlet(np.ones(len(neighbours)) * 0.7)
+        for j, s in zip(neighbours, rng.multinomial(broken, share)):
+            matrix[i, j] += int(s)
+        per_class.append({
+            "index": i, "name": names[i], "train_count": counts[i], "group": group_of[i], "n_eval": n,
+            "clean_acc": k_clean / n, "clean_ci95": wilson(k_clean, n),
+            "robust_acc": {"pgd": k_pgd / n, "temp-pgd": k_worst / n, "worst_case": k_worst / n},
+            "robust_ci95": {"pgd": wilson(k_pgd, n), "temp-pgd": wilson(k_worst, n),
+                            "worst_case": wilson(k_worst, n)},
+            "broken_by": {"pgd": k_clean - k_pgd, "temp-pgd": k_pgd - k_worst},
+            "weight_norm": float(1.2 + 0.6 * (1 - rarity) + rng.normal(0, 0.05)),
+        })
+    n_total = n_eval_class * n_classes
+    flows = []
+    for i in range(n_classes):
+        row = matrix[i].sum()
+        for j in np.nonzero(matrix[i])[0]:
+            flows.append({"true": i, "pred": int(j), "count": int(matrix[i, j]),
+                          "fraction": float(matrix[i, j] / row)})
+    flows.sort(key=lambda f: (-f["count"], -f["fraction"], f["true"], f["pred"]))
+
+    clean = [r["clean_acc"] for r in per_class]
+    summary = {
+        "clean": _stats(clean, counts, groups, tot_clean / n_total),
+        "robust": {
+            "pgd": _stats([r["robust_acc"]["pgd"] for r in per_class], counts, groups, tot_pgd / n_total),
+            "temp-pgd": _stats([r["robust_acc"]["temp-pgd"] for r in per_class], counts, groups, tot_worst / n_total),
+            "worst_case": _stats([r["robust_acc"]["worst_case"] for r in per_class], counts, groups,
+                                 tot_worst / n_total),
+        },
+    }
+    summary["head_tail_gap"] = {
+        "clean": summary["clean"]["groups"]["head"] - summary["clean"]["groups"]["tail"],
+        "worst_case": summary["robust"]["worst_case"]["groups"]["head"]
+        - summary["robust"]["worst_case"]["groups"]["tail"],
+    }
+    summary["weight_norm_spearman"] = _spearman([r["weight_norm"] for r in per_class],
+                                                [r["robust_acc"]["worst_case"] for r in per_class])
+    summary["confusion"] = {"matrix": matrix.tolist(), "top_flows": flows[:20]}
+    eval_idx = eval_rng.permutation(10000)[:n_total]
+    return {
+        "schema_version": 1,
+        "tool": {"name": "tailaudit", "version": "0.1.0"},
+        "created": "2026-11-21T16:03:11+00:00",
+        "model": {
+            "spec": model_spec, "path": f"/abs/{Path(model_spec).name}",
+            "sha256": sha256 or ("ab12" * 16), "format": "onnx", "arch": None, "num_classes": n_classes,
+            "preprocessing": {"input_size": [1, 8, 8], "mean": None, "std": None, "layout": "NCHW"},
+            "parity": {"n": 64, "max_abs_logit_diff": 1.2e-6, "argmax_agreement": 1.0, "tolerance": 1e-3,
+                       "providers": ["CPUExecutionProvider"]},
+            "info": {"opset": 17},
+        },
+        "dataset": {
+            "name": "digitslt" if n_classes == 10 else f"synthetic{n_classes}lt", "root": None,
+            "imbalance": rho, "classes": names, "train_counts": counts, "groups": groups,
+            "group_rule": "thirds", "n_eval": n_total, "n_per_class": n_per_class,
+            "eval_indices_sha256": hashlib.sha256(eval_idx.astype(np.int64).tobytes()).hexdigest(),
+        },
+        "threat_model": {"norm": "linf", "eps": 8 / 255 if eps_text == "8/255" else 4 / 255, "eps_text": eps_text},
+        "attacks": [dict(a) for a in ATTACKS],
+        "mode": "cascade",
+        "seed": seed,
+        "environment": {"python": "3.11.7", "torch": "2.5.1", "timm": "1.0.31", "onnx": "1.23.2",
+                        "onnxruntime": "1.31.1", "platform": "Linux-x86_64", "device": "cpu",
+                        "device_name": "cpu"},
+        "timings": {"load_s": 0.4, "clean_s": 0.1, "attacks_s": {"pgd": 3.1, "temp-pgd": 0.6},
+                    "total_s": 4.5, "points_per_s": n_total / 4.5},
+        "per_class": per_class,
+        "summary": summary,
+        "warnings": [f"{n_eval_class} evaluation points per class: intervals are wide (about ±"
+                     f"{int(100 / math.sqrt(n_eval_class))} points)"],
+        "files": {"points": "points.json", "examples": "examples.npz"},
+    }
+
+
+def make_examples(results: dict[str, Any], *, seed: int = 0, per_class: int = 2,
+                  shape: tuple[int, int, int] = (1, 8, 8)) -> dict[str, np.ndarray]:
+    """Arrays for examples.npz: a few broken points per class, images that look like blobs."""
+    rng = np.random.default_rng(seed)
+    n_classes = len(results["per_class"])
+    matrix = np.asarray(results["summary"]["confusion"]["matrix"])
+    c, h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    clean, adv, label, pred, attack = [], [], [], [], []
+    for i in range(n_classes):
+        for k in range(per_class):
+            cy, cx = rng.uniform(0.3, 0.7, 2) * (h, w)
+            blob = np.exp(-(((yy - cy) / (h / 4)) ** 2 + ((xx - cx) / (w / 4)) ** 2))
+            img = np.stack([blob * (0.6 + 0.4 * ((i + ch) % 3) / 2) for ch in range(c)]) * 230
+            x = np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
+            delta = rng.choice([-8, 8], size=img.shape)
+            clean.append(x)
+            adv.append(np.clip(x.astype(int) + delta, 0, 255).astype(np.uint8))
+            label.append(i)
+            pred.append(int(matrix[i].argmax()) if matrix[i].sum() else (i + 1) % n_classes)
+            attack.append(k % 2)
+    return {"clean": np.stack(clean), "adv": np.stack(adv), "label": np.asarray(label),
+            "adv_pred": np.asarray(pred), "attack": np.asarray(attack)}
+
+
+def write_run(folder: Path, results: dict[str, Any], *, examples: bool = True,
+              shape: tuple[int, int, int] = (1, 8, 8)) -> Path:
+    """Write results.json (and examples.npz) into ``folder``; return the results path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "results.json"
+    path.write_text(json.dumps(results, indent=1), encoding="utf-8")
+    if examples:
+        np.savez_compressed(folder / results["files"]["examples"], **make_examples(results, shape=shape))
+    return path
