@@ -260,6 +260,8 @@ def confusion_heatmap(
         for side in ("top", "right", "left", "bottom"):
             ax.spines[side].set_visible(False)
         bar = fig.colorbar(mesh, ax=ax, shrink=0.8, pad=0.02)
+        if bar.solids is not None:
+            bar.solids.set_rasterized(False)  # keep the whole chart vector
         bar.set_label("% of the class's broken points")
         return to_svg(fig, chart_id, label)
 
