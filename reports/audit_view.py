@@ -128,7 +128,7 @@ def build_charts(results: Mapping[str, Any], prefix: str = "a") -> dict[str, Mar
     title = "one point per class"
     if sp.get("rho") is not None:
         title = f"Spearman ρ = {sp['rho']:.2f}" + (f" (p = {sp['p']:.2g})" if sp.get("p") is not None else "")
-    label_idx = ([r["index"] for r in rows] if n <= 12 else [r["index"] for r in weakest(results, 5)])
+    label_idx = [r["index"] for r in rows] if n <= 12 else [r["index"] for r in weakest(results, 3)] if n <= LARGE else []
     out["scatter"] = charts.count_scatter(
         f"{prefix}-scatter", [r["train_count"] for r in rows], [r["group"] for r in rows], [r["name"] for r in rows],
         [r["robust_acc"]["worst_case"] for r in rows], label="Robust accuracy against training count",
@@ -170,8 +170,14 @@ def confusion(results: Mapping[str, Any], prefix: str = "a", heatmap: bool = Tru
     return out
 
 
+def _text(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value))
+    return str(value)
+
+
 def _kv(*pairs: tuple[str, Any]) -> list[tuple[str, str]]:
-    return [(k, str(v)) for k, v in pairs if v is not None and v != ""]
+    return [(k, _text(v)) for k, v in pairs if v is not None and v != "" and v != []]
 
 
 def method(results: Mapping[str, Any]) -> dict[str, Any]:
@@ -198,6 +204,9 @@ def method(results: Mapping[str, Any]) -> dict[str, Any]:
             ("tolerance", parity.get("tolerance")),
             ("argmax agreement", pct(parity.get("argmax_agreement"))),
             ("providers", ", ".join(parity.get("providers") or [])),
+            ("adversarial examples re-scored by onnxruntime",
+             f"{parity['adversarial_rescored']} ({parity.get('adversarial_rejected', 0)} rejected)"
+             if parity.get("adversarial_rescored") is not None else None),
             ("result", "within tolerance" if ok else "OUTSIDE tolerance"),
         )
     pre = m.get("preprocessing") or {}

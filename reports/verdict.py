@@ -2,7 +2,8 @@
 
 Bands for the one-word verdict, by the share of correct predictions that survive the
 attacks (worst-case robust accuracy / clean accuracy): at least 80% "robust", 50-80%
-"partly robust", 20-50% "weakly robust", below 20% "not robust".
+"partly robust", 20-50% "weakly robust", below 20% "not robust"; qualified when the rare
+classes (head/tail gap of 15 points or more) or single classes lag far behind.
 """
 from __future__ import annotations
 
@@ -31,6 +32,32 @@ def band(robust: float, clean: float) -> tuple[str, str]:
         if survive >= threshold:
             return word, css
     return BANDS[-1][1], BANDS[-1][2]
+
+
+UNEVEN = 0.15  # a head/tail gap of 15 points or more: the rare classes are singled out in the verdict
+
+
+def qualified_band(results: Mapping[str, Any]) -> tuple[str, str]:
+    """The one-word band, qualified when rare classes (or some classes) are far less robust.
+
+    "Robust overall, but not on rare classes" when the head/tail gap is at least 15 points;
+    "…, but not on every class" when the worst class is below half the balanced robust accuracy.
+    """
+    s = results["summary"]
+    wc = s["robust"]["worst_case"]
+    robust = wc["overall"] if wc.get("overall") is not None else wc["mean"]
+    clean = s["clean"]["overall"] if s["clean"].get("overall") is not None else s["clean"]["mean"]
+    word, css = band(robust, clean)
+    gap = (s.get("head_tail_gap") or {}).get("worst_case")
+    rare_weak = gap is not None and gap >= UNEVEN and all(head_tail(results))
+    uneven = wc.get("worst") is not None and wc["worst"] < 0.5 * wc["mean"]
+    if not (rare_weak or uneven):
+        return word, css
+    where = "rare classes" if rare_weak else "every class"
+    if css in ("good", "fair"):
+        worse_css = {"good": "fair", "fair": "poor"}[css]
+        return f"{word} overall, but not on {where}", worse_css
+    return (f"{word}; rare classes weakest" if rare_weak else f"{word}; uneven across classes"), css
 
 
 def head_tail(results: Mapping[str, Any]) -> tuple[str | None, str | None]:
@@ -100,9 +127,9 @@ def _attack_sentence(results: Mapping[str, Any]) -> str | None:
 
 
 def weakest(results: Mapping[str, Any], k: int = 3) -> list[Mapping[str, Any]]:
-    """The ``k`` classes with the lowest worst-case robust accuracy (rarer first on ties)."""
+    """The ``k`` classes with the lowest worst-case robust accuracy (lower index first on ties, like argmin)."""
     rows = results["per_class"]
-    return sorted(rows, key=lambda r: (r["robust_acc"]["worst_case"], r["train_count"], r["index"]))[:k]
+    return sorted(rows, key=lambda r: (r["robust_acc"]["worst_case"], r["index"]))[:k]
 
 
 def audit_verdict(results: Mapping[str, Any]) -> dict[str, Any]:
@@ -111,16 +138,23 @@ def audit_verdict(results: Mapping[str, Any]) -> dict[str, Any]:
     robust, clean = s["robust"]["worst_case"].get("overall"), s["clean"].get("overall")
     robust = s["robust"]["worst_case"]["mean"] if robust is None else robust
     clean = s["clean"]["mean"] if clean is None else clean
-    word, css = band(robust, clean)
+    word, css = qualified_band(results)
     sentences = []
     flip = f": an attacker flips {1 - robust / clean:.0%} of its correct predictions" if clean > 0 else ""
     sentences.append(f"Under attack ({threat_text(results['threat_model'])}) the model keeps {pct(robust)} of "
                      f"the test images correct, down from {pct(clean)} clean{flip}.")
     weak = weakest(results)
     best = max(results["per_class"], key=lambda r: r["robust_acc"]["worst_case"])
-    listed = ", ".join(f"{quote(r['name'])} {pct(r['robust_acc']['worst_case'])}" for r in weak)
-    sentences.append(f"Weakest classes under attack: {listed}; strongest: {quote(best['name'])} "
-                     f"{pct(best['robust_acc']['worst_case'])}.")
+    strongest = f"strongest: {quote(best['name'])} {pct(best['robust_acc']['worst_case'])}"
+    lowest = weak[0]["robust_acc"]["worst_case"]
+    tied = sum(1 for r in results["per_class"] if r["robust_acc"]["worst_case"] == lowest)
+    if tied > len(weak):
+        names = ", ".join(quote(r["name"]) for r in weak)
+        sentences.append(f"{tied} classes share the lowest robust accuracy, {pct(lowest)} (e.g. {names}); "
+                         f"{strongest}.")
+    else:
+        listed = ", ".join(f"{quote(r['name'])} {pct(r['robust_acc']['worst_case'])}" for r in weak)
+        sentences.append(f"Weakest classes under attack: {listed}; {strongest}.")
     sentences += [t for t in (_gap_sentence(results), _correlation_sentence(results), _attack_sentence(results)) if t]
     return {"band": word, "band_class": css, "sentences": sentences}
 
@@ -135,7 +169,7 @@ def compare_verdict(before: Mapping[str, Any], after: Mapping[str, Any],
         return node["overall"] if node.get("overall") is not None else node["mean"]
 
     rb, ra, cb, ca = overall(sb, "robust"), overall(sa, "robust"), overall(sb, "clean"), overall(sa, "clean")
-    wb, wa = band(rb, cb), band(ra, ca)
+    wb, wa = qualified_band(before), qualified_band(after)
     sentences = [f"Robust accuracy (worst case) went from {pct(rb)} to {pct(ra)} ({points(ra - rb)} points); "
                  f"balanced robust accuracy from {pct(sb['robust']['worst_case']['mean'])} to "
                  f"{pct(sa['robust']['worst_case']['mean'])}."]
@@ -173,5 +207,6 @@ def compare_verdict(before: Mapping[str, Any], after: Mapping[str, Any],
     wk_b, wk_a = weakest(before, 1)[0], weakest(after, 1)[0]
     sentences.append(f"Weakest class after: {quote(wk_a['name'])} at {pct(wk_a['robust_acc']['worst_case'])} "
                      f"(before: {quote(wk_b['name'])} at {pct(wk_b['robust_acc']['worst_case'])}).")
-    return {"band": f"{wb[0]} → {wa[0]}", "band_class": wa[1], "band_before": wb, "band_after": wa,
-            "sentences": sentences}
+    if wb[0] != wa[0]:
+        sentences.insert(1, f"Verdict before: {wb[0].lower()}; after: {wa[0].lower()}.")
+    return {"band": wa[0], "band_class": wa[1], "band_before": wb, "band_after": wa, "sentences": sentences}

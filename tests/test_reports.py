@@ -382,3 +382,36 @@ def test_pdf_render_fetches_nothing(tmp_path, monkeypatch):
     target = tmp_path / "x.pdf"
     write_pdf(html, target)
     assert target.stat().st_size > 0 and attempts == []
+
+
+def test_sparse_results_render(tmp_path):
+    """Optional fields absent, one attack, independent mode, shot groups: the report still renders."""
+    results = make_results(12)
+    results["attacks"] = results["attacks"][:1]
+    results["mode"] = "independent"
+    results["dataset"]["groups"] = {"many": results["dataset"]["groups"]["head"],
+                                    "medium": results["dataset"]["groups"]["medium"],
+                                    "few": results["dataset"]["groups"]["tail"]}
+    results["dataset"]["group_rule"] = "shots"
+    for row in results["per_class"]:
+        row["group"] = {"head": "many", "tail": "few"}.get(row["group"], row["group"])
+        row["robust_acc"] = {"pgd": row["robust_acc"]["pgd"], "worst_case": row["robust_acc"]["pgd"]}
+        for key in ("robust_ci95", "clean_ci95", "broken_by"):
+            row.pop(key)
+        row["weight_norm"] = None
+    s = results["summary"]
+    s["robust"] = {"pgd": s["robust"]["pgd"], "worst_case": s["robust"]["pgd"]}
+    for node in (s["clean"], s["robust"]["pgd"]):
+        node.pop("overall")
+        node["spearman"] = None
+    s["head_tail_gap"] = {"clean": 0.1, "worst_case": 0.005}
+    for key in ("confusion", "weight_norm_spearman"):
+        s.pop(key)
+    for key in ("warnings", "files", "timings", "environment", "tool", "created"):
+        results.pop(key)
+    results["model"]["parity"] = None
+    text = render_report(results, tmp_path, formats=["html"])["html"].read_text(encoding="utf-8")
+    assert "about the same as on the 4 most common" in text
+    assert "No example images were kept" in text and "No broken points were recorded" in text
+    assert "Temperature-PGD" not in text and "Sanity warnings" not in text
+    assert text.count("<svg") == 3  # per-class, groups, scatter; no attack comparison with one attack
