@@ -7,11 +7,8 @@ import re
 from typing import Iterator
 
 import matplotlib
-
-matplotlib.use("Agg")  # never a GUI backend; figures below are built without pyplot anyway
-
-from matplotlib.figure import Figure  # noqa: E402
-from markupsafe import Markup  # noqa: E402
+from matplotlib.figure import Figure  # used directly, without pyplot: no backend, no GUI, no figure registry
+from markupsafe import Markup
 
 STYLE = {
     "svg.fonttype": "none",  # text stays text: extractable from the PDF, small files

@@ -208,5 +208,5 @@ def compare_verdict(before: Mapping[str, Any], after: Mapping[str, Any],
     sentences.append(f"Weakest class after: {quote(wk_a['name'])} at {pct(wk_a['robust_acc']['worst_case'])} "
                      f"(before: {quote(wk_b['name'])} at {pct(wk_b['robust_acc']['worst_case'])}).")
     if wb[0] != wa[0]:
-        sentences.insert(1, f"Verdict before: {wb[0].lower()}; after: {wa[0].lower()}.")
+        sentences.insert(1, f"The verdict moved from “{wb[0]}” to “{wa[0]}”.")
     return {"band": wa[0], "band_class": wa[1], "band_before": wb, "band_after": wa, "sentences": sentences}

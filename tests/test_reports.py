@@ -1,7 +1,8 @@
 """Reports: HTML and PDF from fixture results (10, 100, 1000 classes), comparisons, escaping, no fetching.
 
-Browser checks drive Debian's /usr/bin/chromium through Playwright (never a downloaded browser);
-screenshots are saved under test-artifacts/ for a person to look at.
+Browser checks drive Debian's /usr/bin/chromium through Playwright (never a downloaded browser;
+Playwright gives it a temporary --user-data-dir); screenshots are saved under test-artifacts/
+for a person to look at.
 """
 from __future__ import annotations
 
