@@ -108,7 +108,7 @@ def class_bars(
         ax.set_ylabel(ylabel)
         ax.set_xlim(-0.6, n - 0.4)
         labels = [short(s) for s in names]
-        rotate = n > 8 or max((len(s) for s in labels), default=0) > 9
+        rotate = n * (max((len(s) for s in labels), default=0) + 1) > 70  # labels would collide
         ax.set_xticks(x, labels, rotation=45 if rotate else 0, ha="right" if rotate else "center",
                       rotation_mode="anchor")
         for xi, (tick, bad) in enumerate(zip(ax.get_xticklabels(), flagged or [])):
@@ -239,7 +239,7 @@ def confusion_heatmap(
     """
     m = np.asarray(fractions, dtype=float) * 100
     n = m.shape[0]
-    height = min(6.0, 1.0 + 0.23 * n)
+    height = min(6.0, 0.9 + 0.21 * n)
     with style():
         fig = new_figure(min(width_in, 1.9 + 0.3 * n), height)
         ax = fig.add_subplot()

@@ -101,7 +101,7 @@ def _charts(before: Mapping[str, Any], after: Mapping[str, Any], deltas: list[di
         [("change in robust accuracy (worst case)", [d["d_robust"] * 100 for d in sel], charts.ROBUST),
          ("change in clean accuracy", [d["d_clean"] * 100 for d in sel], charts.CLEAN)],
         label="Per-class change in robust and clean accuracy, ordered by training count", percent=False,
-        ylabel="change (points)", flagged=[d["worse"] for d in sel], height=2.9)
+        ylabel="change (points)", flagged=[d["worse"] for d in sel], height=2.6)
     labels = [f"{g['group']} ({g['n']})" for g in groups]
     out["group_delta"] = charts.group_bars(
         "c-group-delta", labels,
