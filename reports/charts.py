@@ -253,7 +253,9 @@ def confusion_heatmap(
                     ax.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center", fontsize=6 if n > 12 else 7,
                             color="white" if m[i, j] >= 55 else "#222222")
         labels = [short(s, 14) for s in names]
-        ax.set_xticks(np.arange(n), labels, rotation=45, ha="right", rotation_mode="anchor")
+        rotate = n * (max((len(s) for s in labels), default=0) + 1) > 40
+        ax.set_xticks(np.arange(n), labels, rotation=45 if rotate else 0, ha="right" if rotate else "center",
+                      rotation_mode="anchor")
         ax.set_yticks(np.arange(n), labels)
         ax.set_xlabel("predicted under attack")
         ax.set_ylabel("true class")
