@@ -154,9 +154,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if formats:
         from reports import render_report
 
-        paths = render_report(run.results_path, run.out_dir, formats=formats)
-        for kind, path in paths.items():
-            logging.getLogger("tailaudit").info("wrote %s", path)
+        render_report(run.results_path, run.out_dir, formats=formats)
     print(f"results: {run.results_path}")
     return 0
 
