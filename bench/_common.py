@@ -98,11 +98,16 @@ def standard_model(arch: str = "resnet10t", epochs: int = 2, device: str = "cpu"
     return model.eval()
 
 
-def best_of(fn, repeats: int = 3) -> float:
-    """Minimum wall time of ``fn`` over ``repeats`` runs."""
-    best = float("inf")
+def alternate(runs: dict, repeats: int) -> tuple[dict, dict]:
+    """Run each callable of ``runs`` in turn, ``repeats`` rounds (so drift hits all alike).
+
+    Returns (best wall time per name, last return value per name).
+    """
+    times: dict = {k: [] for k in runs}
+    results: dict = {}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+        for name, fn in runs.items():
+            t0 = time.perf_counter()
+            results[name] = fn()
+            times[name].append(time.perf_counter() - t0)
+    return {k: min(v) for k, v in times.items()}, results

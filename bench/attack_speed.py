@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
 
 import torch
 
-from _common import best_of, load_tensors, standard_model
+from _common import alternate, load_tensors, standard_model
 
 
 def main() -> None:
@@ -67,15 +66,8 @@ def main() -> None:
             robust.append(ok & clean[i:i + bs])
         return torch.cat(robust)
 
-    times = {"torchattacks": [], "ours (cascade)": [], "ours (no cascade)": []}
-    results = {}
-    for r in range(args.repeats):  # alternate the three so drift hits all alike
-        for name, fn in (("torchattacks", run_ta), ("ours (cascade)", lambda: run_ours(True)),
-                         ("ours (no cascade)", lambda: run_ours(False))):
-            t0 = time.perf_counter()
-            results[name] = fn()
-            times[name].append(time.perf_counter() - t0)
-    best = {k: min(v) for k, v in times.items()}
+    best, results = alternate({"torchattacks": run_ta, "ours (cascade)": lambda: run_ours(True),
+                               "ours (no cascade)": lambda: run_ours(False)}, args.repeats)
     print(f"model {args.arch} (standard training), {len(y)} CIFAR-10 test images, clean acc {clean.float().mean():.3f}, "
           f"L-inf eps {args.eps:.4f}, PGD-{args.steps}, device {args.device}, threads {torch.get_num_threads()}")
     for k, v in best.items():

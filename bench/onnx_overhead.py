@@ -10,12 +10,11 @@ from __future__ import annotations
 import argparse
 import logging
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from _common import load_tensors, standard_model
+from _common import alternate, load_tensors, standard_model
 
 
 def main() -> None:
@@ -52,13 +51,7 @@ def main() -> None:
 
     with torch.no_grad():
         diff = (native(x[:64]) - conv(x[:64])).abs().max().item()
-    times = {"timm (native)": [], "onnx -> torch": []}
-    for _ in range(args.repeats):
-        for name, model in (("timm (native)", native), ("onnx -> torch", conv)):
-            t0 = time.perf_counter()
-            run(model)
-            times[name].append(time.perf_counter() - t0)
-    best = {k: min(v) for k, v in times.items()}
+    best, _ = alternate({"timm (native)": lambda: run(native), "onnx -> torch": lambda: run(conv)}, args.repeats)
     print(f"{args.arch}, {len(y)} CIFAR-10 images 32x32, PGD-{args.steps} without early stop, CPU threads "
           f"{torch.get_num_threads()}; max logit difference native vs converted {diff:.2e}")
     for k, v in best.items():
