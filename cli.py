@@ -100,6 +100,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pdf", action="store_true", help="do not write report.pdf")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
+    p = sub.add_parser("repair", help="adversarially fine-tune a model (REAT, AT-BSL or PGD-AT) and audit it before/after")
+    _add_model_data_args(p)
+    _add_attack_args(p)  # the before/after audit; the after-audit repeats it unchanged
+    _add_run_args(p)
+    t = p.add_argument_group("fine-tuning (defaults are for fine-tuning a pretrained model, not training from scratch)")
+    t.add_argument("--method", default="reat", choices=["reat", "at-bsl", "pgd-at"],
+                   help="reat: RBL counts + Balanced Softmax + tail feature penalty; at-bsl: Balanced Softmax only; "
+                        "pgd-at: cross-entropy (default reat)")
+    t.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs (default 5; the paper trains 80 from scratch)")
+    t.add_argument("--lr", type=_number, default=0.01,
+                   help="initial SGD learning rate, momentum 0.9, weight decay 5e-4 (default 0.01, a fine-tuning "
+                        "rate; the paper uses 0.1 from scratch)")
+    t.add_argument("--schedule", default="cosine", choices=["cosine", "step"],
+                   help="cosine decay per step, or x0.1 at 75%% and 90%% of the epochs (default cosine)")
+    t.add_argument("--batch-size-train", type=int, default=128, help="training batch size (default 128)")
+    t.add_argument("--train-eps", help="training attack radius (default: --eps, e.g. 8/255)")
+    t.add_argument("--train-steps", type=int, default=10, help="training PGD steps (default 10)")
+    t.add_argument("--train-step-size", type=_number, help="training PGD step (default train eps / 4: 2/255 at 8/255)")
+    t.add_argument("--tail-penalty", choices=["pairwise", "reference", "off"],
+                   help="REAT tail feature penalty: pairwise (default), reference (the authors' code, collapsed to a "
+                        "scalar per anchor) or off")
+    t.add_argument("--tail-lambda", type=_number, default=1.0, help="coefficient of the tail feature penalty (default 1)")
+    t.add_argument("--margin", type=_number, default=0.1,
+                   help="hinge margin on the KL of different-class pairs in the pairwise penalty (default 0.1)")
+    t.add_argument("--val-fraction", type=_number, default=0.1,
+                   help="stratified, seeded share of the training set held out to pick the epoch (default 0.1)")
+    t.add_argument("--augment", default="none", choices=["none", "flip-crop"],
+                   help="training augmentation: none, or random flip + 4-pixel crop for natural images (default none)")
+    t.add_argument("--resume", metavar="DIR", help="continue a killed or interrupted run from DIR/checkpoint.pt")
+    p.add_argument("--out", help="output folder (default: the --resume folder, else runs/<model>-<dataset>-repair-<time>)")
+    p.add_argument("--no-html", action="store_true", help="do not write report.html")
+    p.add_argument("--no-pdf", action="store_true", help="do not write report.pdf")
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
     p = sub.add_parser("dataset", help="print a dataset's class names and long-tailed training counts")
     p.add_argument("name")
     _add_dataset_args(p)
@@ -157,6 +191,32 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_repair(args: argparse.Namespace) -> int:
+    from audit.config import parse_number
+    from reat_finetune import RepairConfig, RepairInterrupted, format_comparison, run_repair
+
+    audit = _audit_config(args)
+    audit.out = None
+    config = RepairConfig(
+        audit=audit, method=args.method, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size_train,
+        schedule=args.schedule, train_eps=parse_number(args.train_eps, "--train-eps") if args.train_eps else None,
+        train_steps=args.train_steps, train_step_size=args.train_step_size, tail_penalty=args.tail_penalty,
+        tail_lambda=args.tail_lambda, margin=args.margin, val_fraction=args.val_fraction, augment=args.augment,
+        out=args.out, resume=args.resume, formats=tuple(_formats(args)), quiet=args.quiet,
+    )
+    try:
+        run = run_repair(config)
+    except RepairInterrupted as exc:
+        print(f"tailaudit: {exc}", file=sys.stderr)
+        return 130
+    print(format_comparison(run))
+    for path in run.reports.values():
+        print(f"report: {path}")
+    print(f"repaired model: {run.model_path}")
+    print(f"results: {run.before_path} (before), {run.after_path} (after)")
+    return 0
+
+
 def cmd_dataset(args: argparse.Namespace) -> int:
     from audit.data import assign_groups, load_dataset
 
@@ -190,7 +250,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"audit": cmd_audit, "dataset": cmd_dataset, "report": cmd_report}
+COMMANDS = {"audit": cmd_audit, "repair": cmd_repair, "dataset": cmd_dataset, "report": cmd_report}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,0 +1,152 @@
+"""``RepairConfig``: everything a repair run needs, validated up front and dumped into its outputs."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional, Sequence
+
+from audit.config import AttackSpec, AuditConfig
+
+from .errors import RepairError
+
+PENALTIES = ("pairwise", "reference", "off")
+SCHEDULES = ("cosine", "step")
+AUGMENTS = ("none", "flip-crop")
+FORMATS = ("html", "pdf")
+
+# Fields that change the trained weights: a --resume must agree on all of them.
+TRAINING_KEYS = ("method", "epochs", "lr", "batch_size", "momentum", "weight_decay", "schedule", "train_eps",
+                 "train_steps", "train_step_size", "tail_penalty", "tail_lambda", "margin", "val_fraction",
+                 "augment", "amp", "seed", "norm")
+
+
+@dataclass
+class RepairConfig:
+    """A repair run: the audit settings (used before and after, unchanged) plus the fine-tuning settings.
+
+    ``train_eps``/``train_step_size`` default to the audit's eps and eps/4 (10 steps: 8/255 with
+    2/255 steps on CIFAR-like data, as in the paper); ``tail_penalty`` None means the method's
+    default (REAT: pairwise, falling back to logits with a warning when the model has no
+    penultimate layer; an explicit pairwise/reference without features is an error).
+    Defaults are for *fine-tuning* a pretrained model: lr 0.01, 5 epochs, cosine decay.
+    """
+
+    audit: AuditConfig
+    method: str = "reat"
+    epochs: int = 5
+    lr: float = 0.01
+    batch_size: int = 128
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    train_eps: Optional[float] = None
+    train_steps: int = 10
+    train_step_size: Optional[float] = None
+    tail_penalty: Optional[str] = None
+    tail_lambda: float = 1.0
+    margin: float = 0.1
+    val_fraction: float = 0.1
+    augment: str = "none"
+    out: Optional[str] = None
+    resume: Optional[str] = None
+    formats: Sequence[str] = FORMATS
+    quiet: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # -- derived -------------------------------------------------------------------------
+    @property
+    def seed(self) -> int:
+        return int(self.audit.seed)
+
+    @property
+    def amp(self) -> str:
+        return self.audit.amp
+
+    @property
+    def eps(self) -> float:
+        """Radius of the training attack (the audit's eps unless set)."""
+        return float(self.train_eps if self.train_eps is not None else self.audit.eps)
+
+    @property
+    def step_size(self) -> float:
+        return float(self.train_step_size if self.train_step_size is not None else self.eps / 4)
+
+    def train_attack_spec(self) -> AttackSpec:
+        """PGD with random start under the audit's norm: the training (and validation) attack."""
+        return AttackSpec("pgd", "pgd-train", self.audit.norm, self.eps, int(self.train_steps), self.step_size, True)
+
+    def resolved_penalty(self, method_default: str) -> str:
+        return self.tail_penalty if self.tail_penalty is not None else method_default
+
+    # -- checks --------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Reject settings that make no sense, one actionable sentence each (RepairError, exit code 2)."""
+        from audit.errors import ConfigError
+
+        try:
+            self.audit.validate()
+        except ConfigError as exc:
+            raise RepairError(str(exc)) from None
+        from audit.registry import METHODS
+
+        from . import methods as _methods  # noqa: F401  (fills the registry)
+
+        if self.method not in METHODS:
+            raise RepairError(f"--method {self.method!r} is unknown; choose one of: {', '.join(METHODS.names())}")
+        if not _finite(self.lr) or self.lr <= 0 or self.lr > 10:
+            raise RepairError(f"--lr must be a positive learning rate (e.g. 0.01 for fine-tuning), got {self.lr}")
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or not 1 <= self.epochs <= 100_000:
+            raise RepairError(f"--epochs must be a whole number of epochs >= 1 (e.g. 5), got {self.epochs}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 2:
+            raise RepairError(f"--batch-size-train must be at least 2 (BatchNorm needs two images), got {self.batch_size}")
+        if not _finite(self.momentum) or not 0 <= self.momentum < 1:
+            raise RepairError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not _finite(self.weight_decay) or self.weight_decay < 0:
+            raise RepairError(f"weight decay must be >= 0, got {self.weight_decay}")
+        if self.schedule not in SCHEDULES:
+            raise RepairError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not _finite(self.eps) or not 0 < self.eps <= 1:
+            raise RepairError(f"--train-eps must be in (0, 1] (pixels are in [0, 1]), got {self.eps}")
+        if not isinstance(self.train_steps, int) or self.train_steps < 1:
+            raise RepairError(f"--train-steps must be at least 1, got {self.train_steps}")
+        if not _finite(self.step_size) or not 0 < self.step_size <= 1:
+            raise RepairError(f"--train-step-size must be in (0, 1], got {self.step_size}")
+        if self.tail_penalty is not None and self.tail_penalty not in PENALTIES:
+            raise RepairError(f"--tail-penalty must be one of {', '.join(PENALTIES)}, got {self.tail_penalty!r}")
+        if self.tail_penalty in ("pairwise", "reference") and self.method != "reat":
+            raise RepairError(f"--tail-penalty {self.tail_penalty} belongs to --method reat; {self.method} trains "
+                              "without a feature penalty (drop the flag or use --method reat)")
+        if not _finite(self.tail_lambda) or self.tail_lambda < 0:
+            raise RepairError(f"--tail-lambda must be >= 0, got {self.tail_lambda}")
+        if not _finite(self.margin) or self.margin < 0:
+            raise RepairError(f"--margin must be >= 0, got {self.margin}")
+        if not _finite(self.val_fraction) or not 0 < self.val_fraction <= 0.5:
+            raise RepairError(f"--val-fraction must be in (0, 0.5], got {self.val_fraction}")
+        if self.augment not in AUGMENTS:
+            raise RepairError(f"--augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
+        bad = [f for f in self.formats if f not in FORMATS]
+        if bad:
+            raise RepairError(f"report formats must be html and/or pdf, got {', '.join(bad)}")
+
+    # -- dumps ---------------------------------------------------------------------------
+    def training_dict(self) -> dict[str, Any]:
+        """The settings that determine the trained weights (compared on --resume)."""
+        d = {k: getattr(self, k) for k in TRAINING_KEYS if k not in ("train_eps", "train_step_size", "seed",
+                                                                        "amp", "norm")}
+        d.update(train_eps=self.eps, train_step_size=self.step_size, seed=self.seed, amp=self.amp,
+                 norm=self.audit.norm)
+        return d
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["audit"] = self.audit.to_dict()
+        d["formats"] = list(self.formats)
+        d["resolved"] = {"train_eps": self.eps, "train_step_size": self.step_size}
+        return d
+
+
+def _finite(v: Any) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False

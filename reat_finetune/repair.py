@@ -1,0 +1,262 @@
+"""``run_repair``: audit, fine-tune on the long-tailed training split, export, audit again, report.
+
+The after-audit reuses the before-audit's settings and evaluation points unchanged (only the
+model changes), so the before/after report compares like with like. For an ONNX input the
+after-audit scores the exported ONNX file, so onnxruntime has the last word on it as well.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from audit import __version__
+from audit.config import AuditConfig
+from audit.data import LTDataset, assign_groups
+from audit.engine import adapt_images
+from audit.pipeline import default_out_dir, prepare, resolve_device, run_audit
+from audit.results import environment, write_json
+
+from .checkpoint import CHECKPOINT_NAME, check_fingerprint, fingerprint, is_disk_full, labels_digest, load_checkpoint
+from .config import RepairConfig
+from .errors import RepairError
+from .export import export_repaired
+from .features import build_feature_model
+from .losses import tail_class_weights
+from .methods import get_method
+from .train import BatchSource, TrainHooks, TrainSetup, fine_tune, split_train_val, training_log
+
+log = logging.getLogger(__name__)
+
+PROBE = 64
+
+
+@dataclass
+class RepairRun:
+    """What :func:`run_repair` returns: both audits, the training log and where everything went."""
+
+    out_dir: Path
+    before: dict[str, Any]
+    after: dict[str, Any]
+    training_log: dict[str, Any]
+    model_path: Path
+    best_epoch: int
+    summary: dict[str, Any]
+    reports: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def before_path(self) -> Path:
+        return self.out_dir / "before" / "results.json"
+
+    @property
+    def after_path(self) -> Path:
+        return self.out_dir / "after" / "results.json"
+
+
+def _comparable_config(d: dict[str, Any]) -> dict[str, Any]:
+    """An audit config as JSON, without the fields that do not change results."""
+    d = json.loads(json.dumps(d, default=str))
+    for k in ("out", "quiet", "device", "model", "checkpoint", "batch_size"):
+        d.pop(k, None)
+    return d
+
+
+def _reusable_before(path: Path, audit: AuditConfig) -> Optional[dict[str, Any]]:
+    """The before-audit of a resumed run, when it exists and was made with the same audit settings."""
+    if not path.is_file():
+        return None
+    try:
+        res = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if _comparable_config(res.get("config") or {}) != _comparable_config(audit.to_dict()):
+        return None
+    return res
+
+
+def _probe_images(data: LTDataset, indices: np.ndarray, n: int, size: tuple[int, int, int]) -> torch.Tensor:
+    xs = [data.train[int(i)][0] for i in indices[:n]] if data.train is not None else []
+    if not xs:
+        xs = [data.test[i][0] for i in range(min(n, len(data.test)))]  # type: ignore[arg-type]
+    return adapt_images(torch.stack(xs).float(), size)
+
+
+def _eval_images(data: LTDataset, n: int, size: tuple[int, int, int]) -> torch.Tensor:
+    xs = [data.test[i][0] for i in range(min(n, len(data.test)))]  # type: ignore[arg-type]
+    return adapt_images(torch.stack(xs).float(), size)
+
+
+def _headline(res: dict[str, Any]) -> dict[str, Any]:
+    s = res["summary"]
+    wc = s["robust"]["worst_case"]
+    return {"clean": s["clean"]["overall"], "clean_balanced": s["clean"]["mean"],
+            "robust_worst_case": wc["overall"], "robust_balanced": wc["mean"],
+            "robust_groups": wc.get("groups"), "clean_groups": s["clean"].get("groups"),
+            "worst_class": wc.get("worst_class"), "worst_class_robust": wc.get("worst")}
+
+
+def run_repair(config: RepairConfig, *, hooks: Optional[TrainHooks] = None,
+               progress: Optional[bool] = None) -> RepairRun:
+    """Audit ``config.audit.model``, fine-tune it with ``config.method``, export it, audit it again, report.
+
+    Outputs in ``config.out`` (default: the --resume folder, else runs/<model>-<dataset>-repair-<time>):
+    before/results.json, after/results.json, repaired.onnx or repaired.safetensors,
+    training_log.json, checkpoint.pt, repair.json and report.html/.pdf.
+    """
+    try:
+        return _run_repair(config, hooks=hooks, progress=progress)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise RepairError(f"disk full ({exc.filename or 'writing outputs'}); the last checkpoint in the output "
+                              "folder is intact: free some space and continue with --resume") from exc
+        raise
+
+
+def _run_repair(config: RepairConfig, *, hooks: Optional[TrainHooks], progress: Optional[bool]) -> RepairRun:
+    config.validate()
+    if (config.audit.mean is None) != (config.audit.std is None):
+        raise RepairError("--mean and --std go together; pass both (comma-separated, one value per channel)")
+    show = (not config.quiet) if progress is None else progress
+    t_start = time.perf_counter()
+    resume_state = load_checkpoint(Path(config.resume)) if config.resume else None
+    if config.out:
+        out = Path(config.out)
+    elif config.resume:
+        out = Path(config.resume)
+    else:
+        base = default_out_dir(config.audit)
+        out = base.with_name(base.name.replace(f"-{config.audit.dataset}-", f"-{config.audit.dataset}-repair-", 1))
+    device = resolve_device(config.audit.device)
+    torch.manual_seed(config.seed)
+
+    # -- load and check everything before any long work ----------------------------------
+    data, loaded, _ = prepare(config.audit, device)
+    if data.train is None or data.train_labels is None or len(data.train_labels) == 0:
+        raise RepairError(f"dataset {data.name} has no training images; repair fine-tunes on the long-tailed "
+                          "training split: give --data-root with train/<class>/ folders (an evaluation folder "
+                          "plus --class-counts is enough for an audit, not for a repair)")
+    method = get_method(config.method)
+    penalty = config.resolved_penalty(method.default_penalty) if method.needs_features else "off"
+    C = len(data.class_names)
+    labels = np.asarray(data.train_labels, dtype=np.int64)
+    train_idx, val_idx = split_train_val(labels, config.val_fraction, config.seed)
+    split_counts = [int(c) for c in np.bincount(labels[train_idx], minlength=C)]
+    size = tuple(loaded.preprocessing.input_size)
+    fm, feature_warnings = build_feature_model(loaded, _probe_images(data, train_idx, 8, size).to(device),
+                                               explicit_penalty=config.tail_penalty, need_features=penalty != "off")
+    groups = assign_groups(list(data.train_counts), rule=config.audit.group_rule)
+    fp = fingerprint(
+        model={"sha256": loaded.sha256 or f"random-init:{loaded.spec}", "spec": loaded.spec, "format": loaded.format,
+               "arch": loaded.arch},
+        dataset={"name": data.name, "classes": list(data.class_names), "train_counts": [int(c) for c in data.train_counts],
+                 "imbalance": config.audit.imbalance, "n_train_total": int(len(labels)),
+                 "train_labels_sha256": labels_digest(labels), "image_shape": list(data.image_shape)},
+        training=config.training_dict(),
+    )
+    if resume_state is not None:
+        check_fingerprint(resume_state["fingerprint"], fp, Path(config.resume))  # type: ignore[arg-type]
+    out.mkdir(parents=True, exist_ok=True)
+
+    # -- before ----------------------------------------------------------------------------
+    before_cfg = replace(config.audit, out=str(out / "before"), quiet=config.quiet or config.audit.quiet)
+    before = _reusable_before(out / "before" / "results.json", before_cfg) if resume_state is not None else None
+    if before is None:
+        log.info("auditing the input model (before)")
+        before = run_audit(before_cfg, progress=show).results
+    else:
+        log.info("reusing the before-audit in %s", out / "before")
+
+    # -- fine-tune ---------------------------------------------------------------------------
+    setup = TrainSetup(
+        fm=fm, method=method,
+        train=BatchSource(data.train, train_idx, labels, data.image_shape),
+        val=BatchSource(data.train, val_idx, labels, data.image_shape),
+        train_counts=split_counts,
+        is_tail=torch.tensor([g == "tail" for g in groups], dtype=torch.bool),
+        v=tail_class_weights(split_counts), device=device, input_size=size, num_classes=C,
+        fingerprint=fp, penalty=penalty, feature_source=fm.source if penalty != "off" else "unused",
+    )
+    log.info("fine-tuning with %s (tail penalty %s, features: %s) on %d images, validating on %d",
+             method.name, penalty, setup.feature_source, len(train_idx), len(val_idx))
+    result = fine_tune(setup, config, out_dir=out, resume=resume_state, hooks=hooks, progress=show)
+    fm.remove()
+    loaded.module.net.load_state_dict(result.best_state)
+    loaded.module.eval()
+
+    # -- export + after ------------------------------------------------------------------------
+    exported = export_repaired(loaded, out, _eval_images(data, PROBE, size), tol=config.audit.parity_tol,
+                               device=device)
+    after_cfg = replace(before_cfg, model=exported.audit_model, checkpoint=exported.audit_checkpoint,
+                        out=str(out / "after"))
+    log.info("auditing the repaired model (after)")
+    after_run = run_audit(after_cfg, progress=show)
+    after = after_run.results
+
+    # -- log, summary, report ------------------------------------------------------------------
+    state = {"log": result.log, "best": {"epoch": result.best_epoch,
+                                         "score": next((e.get("val_robust_acc") for e in result.log
+                                                        if e["epoch"] == result.best_epoch), None)}}
+    tlog = training_log(state, setup, config)
+    tlog["warnings"] = feature_warnings + result.warnings
+    write_json(out / "training_log.json", tlog)
+    summary = {
+        "tool": {"name": "tailaudit", "version": __version__},
+        "created": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "config": config.to_dict(),
+        "method": method.name, "description": method.description, "tail_penalty": penalty,
+        "feature_source": setup.feature_source,
+        "best_epoch": result.best_epoch, "epochs": config.epochs,
+        "model": {"input": loaded.spec, "input_sha256": loaded.sha256, "repaired": str(exported.path),
+                  "format": exported.format, "parity": exported.parity},
+        "split": {"n_train": len(train_idx), "n_val": len(val_idx), "train_counts": split_counts,
+                  "val_counts": [int(c) for c in np.bincount(labels[val_idx], minlength=C)], "seed": config.seed},
+        "before": _headline(before), "after": _headline(after),
+        "timings": {"fine_tune_s": result.seconds, "total_s": time.perf_counter() - t_start},
+        "environment": environment(device),
+        "warnings": tlog["warnings"],
+        "files": {"before": "before/results.json", "after": "after/results.json", "training_log": "training_log.json",
+                  "checkpoint": CHECKPOINT_NAME, "model": exported.path.name},
+    }
+    reports: dict[str, Path] = {}
+    if config.formats:
+        try:
+            from reports import render_report
+        except ImportError as exc:  # the renderer is optional at import time only
+            log.warning("cannot render the before/after report (%s); results are in %s", exc, out)
+        else:
+            reports = render_report(out / "before" / "results.json", out, formats=tuple(config.formats),
+                                    compare=after_run.results_path, training_log=tlog, basename="report")
+    summary["files"].update({k: p.name for k, p in reports.items()})
+    summary["timings"]["total_s"] = time.perf_counter() - t_start
+    write_json(out / "repair.json", summary)
+    return RepairRun(out_dir=out, before=before, after=after, training_log=tlog, model_path=exported.path,
+                     best_epoch=result.best_epoch, summary=summary, reports=reports)
+
+
+def format_comparison(run: RepairRun) -> str:
+    """A small before/after table for the terminal."""
+    b, a = run.summary["before"], run.summary["after"]
+
+    def pct(v: Any) -> str:
+        return "   n/a" if v is None else f"{100 * v:5.1f}%"
+
+    rows = [("clean accuracy", b["clean"], a["clean"]), ("worst-case robust", b["robust_worst_case"], a["robust_worst_case"])]
+    for g in ("head", "medium", "tail"):
+        rows.append((f"  {g} robust", (b["robust_groups"] or {}).get(g), (a["robust_groups"] or {}).get(g)))
+    rows.append(("worst class robust", b["worst_class_robust"], a["worst_class_robust"]))
+    lines = [f"{'':<22}{'before':>8}{'after':>8}{'change':>9}"]
+    for name, x, y in rows:
+        d = "" if x is None or y is None else f"{100 * (y - x):+8.1f}"
+        lines.append(f"{name:<22}{pct(x):>8}{pct(y):>8}{d:>9}")
+    s = run.summary
+    lines.append(f"method {s['method']} (tail penalty {s['tail_penalty']}), best epoch {s['best_epoch']}/{s['epochs']} "
+                 f"by validation robust accuracy; fine-tuning {s["timings"]["fine_tune_s"]:.1f} s, "
+                 f"total {s['timings']['total_s']:.0f} s")
+    return "\n".join(lines)

@@ -1,0 +1,493 @@
+"""The fine-tuning loop: training attack in eval mode, update in train mode, validation, checkpoints.
+
+Determinism: every epoch draws its batch order, attack starts and augmentation from
+generators seeded by (seed, epoch); their states, the global torch RNG, the optimiser and
+the schedule position go into each checkpoint, so a resumed run ends with the same weights
+as an uninterrupted one. Ctrl-C is deferred to the next batch boundary, where a checkpoint
+is written before :class:`RepairInterrupted` is raised.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
+
+from audit.attacks import create_attack
+from audit.attacks.base import Attack
+from audit.config import AttackSpec
+from audit.engine import adapt_images
+from audit.results import write_json
+
+from .checkpoint import rng_state, restore_rng, save_checkpoint, state_dict_cpu
+from .config import RepairConfig
+from .errors import RepairError, RepairInterrupted
+from .features import FeatureModel
+from .losses import rbl_weights
+from .methods import LossContext, RepairMethod
+
+log = logging.getLogger(__name__)
+
+IN_MEMORY_LIMIT = 2 << 30  # bytes of float32 pixels kept in memory; larger training sets stream from disk
+VAL_BATCH = 256
+
+Autocast = Optional[Callable[[], contextlib.AbstractContextManager]]
+
+
+# --------------------------------------------------------------------------- data
+
+
+def split_train_val(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified seeded hold-out: ``floor(fraction * n_c)`` images of each class go to validation.
+
+    Classes too small for one validation image keep all their images for training (the
+    tail is rare enough already). Returns sorted (train, val) index arrays.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = int(math.floor(fraction * len(idx) + 1e-9))
+        k = min(k, len(idx) - 1)
+        val.append(idx[:k])
+        train.append(idx[k:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val) if val else np.zeros(0, np.int64))
+
+
+class BatchSource:
+    """Images of a split by index: in memory when small enough, else decoded from the dataset per batch."""
+
+    def __init__(self, dataset: Dataset, indices: np.ndarray, labels: np.ndarray, image_shape: tuple[int, ...]) -> None:
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.y = torch.as_tensor(np.asarray(labels)[self.indices], dtype=torch.long)
+        self.dataset = dataset
+        self.x: Optional[torch.Tensor] = None
+        nbytes = len(self.indices) * int(np.prod(image_shape)) * 4
+        if nbytes <= IN_MEMORY_LIMIT and len(self.indices):
+            loader = DataLoader(Subset(dataset, self.indices.tolist()), batch_size=512, shuffle=False, num_workers=0)
+            self.x = torch.cat([xb.float() for xb, _ in loader])
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def batch(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and labels at positions ``pos`` (0..len-1) of the split."""
+        if self.x is not None:
+            return self.x[pos], self.y[pos]
+        items = [self.dataset[int(self.indices[int(p)])] for p in pos]
+        return torch.stack([it[0].float() for it in items]), self.y[pos]
+
+
+def augment(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
+    """``flip-crop``: random horizontal flip and random 4-pixel-padded crop, vectorised; ``none``: as is."""
+    if kind == "none":
+        return x
+    B, C, H, W = x.shape
+    flip = torch.rand(B, generator=gen) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    pad = 4
+    xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (B,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (B,), generator=gen)
+    rows = (dy[:, None] + torch.arange(H)[None, :])[:, :, None]
+    cols = (dx[:, None] + torch.arange(W)[None, :])[:, None, :]
+    out = xp.permute(0, 2, 3, 1)[torch.arange(B)[:, None, None], rows, cols]
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+# --------------------------------------------------------------------------- attack + step
+
+
+def perturb(attack: Attack, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
+            autocast: Autocast = None) -> torch.Tensor:
+    """The final PGD iterate (not the first fooling one): the audit engine's start, loss and step.
+
+    ``model`` must be in eval mode (BatchNorm statistics untouched); gradients go to the input only.
+    """
+    ctx = autocast or contextlib.nullcontext
+    x0 = x.detach()
+    xa = attack._random_start(x0, gen)
+    for _ in range(attack.spec.steps):
+        xa.requires_grad_(True)
+        with ctx():
+            logits = model(xa)
+        loss = attack.loss(logits.float(), y).sum()
+        (grad,) = torch.autograd.grad(loss, xa)
+        with torch.no_grad():
+            xa = attack._step(xa.detach(), x0, grad)
+    return xa.detach()
+
+
+def train_step(fm: FeatureModel, attack: Attack, method: RepairMethod, ctx: LossContext, x: torch.Tensor,
+               y: torch.Tensor, opt: torch.optim.Optimizer, gen: torch.Generator,
+               autocast: Autocast = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One adversarial training step; returns (loss, tail penalty, adversarial predictions), detached."""
+    pm = fm.pixel_model
+    pm.eval()
+    x_adv = perturb(attack, pm, x, y, gen, autocast)
+    pm.train()
+    ac = autocast or contextlib.nullcontext
+    with ac():
+        if ctx.penalty != "off":
+            feats, logits = fm(x_adv)
+        else:
+            feats, logits = None, pm(x_adv)
+    loss, pen = method.loss(logits.float(), feats.float() if feats is not None else None, y, ctx)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach(), pen, logits.detach().argmax(1)
+
+
+def lr_at(iteration: int, total: int, base: float, schedule: str, epochs: int) -> float:
+    """Cosine decay per iteration to 0, or step decay x0.1 at 75% and 90% of the epochs."""
+    if schedule == "cosine":
+        return base * 0.5 * (1.0 + math.cos(math.pi * min(iteration, total) / max(1, total)))
+    epoch = int(iteration * epochs // max(1, total))
+    drops = sum(epoch >= m for m in (int(0.75 * epochs), int(0.9 * epochs)) if m > 0)
+    return base * (0.1 ** drops)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@torch.no_grad()
+def _predict(model: torch.nn.Module, x: torch.Tensor, autocast: Autocast) -> torch.Tensor:
+    with (autocast or contextlib.nullcontext)():
+        return model(x).argmax(1)
+
+
+def evaluate(model: torch.nn.Module, source: BatchSource, spec: AttackSpec, *, device: torch.device,
+             input_size: tuple[int, int, int], num_classes: int, seed: int, autocast: Autocast = None) -> dict[str, Any]:
+    """Clean and PGD robust accuracy on the validation split, overall and class-balanced.
+
+    Balanced = mean over the classes that have validation images (the test set is balanced,
+    so this is the figure the audit cares about); misclassified points count as non-robust.
+    """
+    model.eval()
+    n = len(source)
+    if n == 0:
+        return {"val_clean_acc": None, "val_robust_acc": None, "val_clean_acc_overall": None,
+                "val_robust_acc_overall": None, "val_robust_per_class": [None] * num_classes}
+    attack = create_attack(spec)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    clean = torch.zeros(n, dtype=torch.bool)
+    robust = torch.zeros(n, dtype=torch.bool)
+    for s in range(0, n, VAL_BATCH):
+        pos = torch.arange(s, min(n, s + VAL_BATCH))
+        x, y = source.batch(pos)
+        x = adapt_images(x.to(device).float(), input_size)
+        y = y.to(device)
+        ok = _predict(model, x, autocast) == y
+        clean[pos] = ok.cpu()
+        if ok.any():
+            with torch.enable_grad():
+                out = attack.run(model, x[ok], y[ok], generator=gen, early_stop=True, autocast=autocast)
+            r = torch.zeros_like(ok)
+            r[ok] = out.step < 0
+            robust[pos] = r.cpu()
+    y_all = source.y
+    per_clean, per_rob = [], []
+    for c in range(num_classes):
+        m = y_all == c
+        k = int(m.sum())
+        per_clean.append(float(clean[m].float().mean()) if k else None)
+        per_rob.append(float(robust[m].float().mean()) if k else None)
+    present = [c for c in range(num_classes) if per_clean[c] is not None]
+    return {
+        "val_clean_acc": float(np.mean([per_clean[c] for c in present])),
+        "val_robust_acc": float(np.mean([per_rob[c] for c in present])),
+        "val_clean_acc_overall": float(clean.float().mean()),
+        "val_robust_acc_overall": float(robust.float().mean()),
+        "val_robust_per_class": per_rob,
+    }
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class TrainSetup:
+    """What the loop trains and on which data (built by repair.py)."""
+
+    fm: FeatureModel
+    method: RepairMethod
+    train: BatchSource
+    val: BatchSource
+    train_counts: list[int]
+    is_tail: torch.Tensor
+    v: torch.Tensor
+    device: torch.device
+    input_size: tuple[int, int, int]
+    num_classes: int
+    fingerprint: dict[str, Any]
+    penalty: str
+    feature_source: str
+
+
+@dataclass
+class TrainHooks:
+    """Optional callbacks (tests, benches): ``on_epoch_end(epoch, log_entry)`` after each epoch's checkpoint."""
+
+    on_epoch_end: Optional[Callable[[int, dict[str, Any]], None]] = None
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_state: dict[str, torch.Tensor]
+    log: list[dict[str, Any]]
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+
+class _StopFlag:
+    def __init__(self) -> None:
+        self.requested = False
+
+
+@contextlib.contextmanager
+def deferred_sigint() -> Iterator[_StopFlag]:
+    """First Ctrl-C sets a flag checked at batch boundaries; a second one interrupts at once."""
+    flag = _StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag.requested:
+            raise KeyboardInterrupt
+        flag.requested = True
+        print("\ntailaudit: stopping after this batch to save a checkpoint (Ctrl-C again to abort at once)",
+              file=sys.stderr)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _mix(seed: int, epoch: int, stream: int) -> int:
+    return (int(seed) * 1_000_003 + int(epoch) * 10_007 + stream) % (2 ** 63 - 1)
+
+
+def _n_batches(n: int, batch: int) -> int:
+    """Batches per epoch; a last batch of a single image is dropped (BatchNorm cannot train on it)."""
+    nb = n // batch
+    rest = n - nb * batch
+    return nb + (1 if rest >= 2 else 0)
+
+
+def fine_tune(setup: TrainSetup, config: RepairConfig, *, out_dir: Path, resume: Optional[dict[str, Any]] = None,
+              hooks: Optional[TrainHooks] = None, progress: bool = True) -> TrainResult:
+    """Adversarially fine-tune ``setup.fm`` with ``setup.method``; keeps the best validation epoch.
+
+    Writes ``out_dir/checkpoint.pt`` after every epoch and ``out_dir/training_log.json``.
+    """
+    hooks = hooks or TrainHooks()
+    dev = setup.device
+    pm = setup.fm.pixel_model
+    net = pm.net
+    ckpt_path = out_dir / "checkpoint.pt"
+    log_path = out_dir / "training_log.json"
+    E, B = int(config.epochs), int(config.batch_size)
+    n_train = len(setup.train)
+    if n_train < 2:
+        raise RepairError(f"the training split has {n_train} image(s); repair needs a training set "
+                          "(lower --val-fraction or use more data)")
+    nb = _n_batches(n_train, B)
+    total_iters = nb * E
+    attack = create_attack(config.train_attack_spec())
+    val_spec = config.train_attack_spec()
+    autocast: Autocast = None
+    if config.amp == "bf16":
+        autocast = lambda: torch.autocast(device_type=dev.type, dtype=torch.bfloat16)  # noqa: E731
+    ctx = LossContext(
+        log_n=torch.tensor(np.log(np.maximum(np.asarray(setup.train_counts, dtype=np.float64), 1.0)),
+                           dtype=torch.float32, device=dev),
+        is_tail=setup.is_tail.to(dev), v=setup.v.to(dev), penalty=setup.penalty,
+        tail_lambda=float(config.tail_lambda), margin=float(config.margin))
+    params = [p for p in net.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    C = setup.num_classes
+    warnings: list[str] = []
+    if len(setup.val) == 0:
+        warnings.append("the validation split is empty (classes too small for --val-fraction); the last epoch is kept")
+        log.warning("%s", warnings[-1])
+
+    def val(epoch: int) -> dict[str, Any]:
+        return evaluate(pm, setup.val, val_spec, device=dev, input_size=setup.input_size, num_classes=C,
+                        seed=_mix(config.seed, epoch, 4), autocast=autocast)
+
+    t_start = time.perf_counter()
+    if resume is None:
+        torch.manual_seed(config.seed)
+        t0 = time.perf_counter()
+        base = val(0)
+        entry0 = {"epoch": 0, "loss": None, "lr": None, "time_s": time.perf_counter() - t0, **base,
+                  "note": "the input model, before fine-tuning"}
+        state: dict[str, Any] = {
+            "next_epoch": 1, "pos": 0, "iteration": 0,
+            "counts_prev": [int(c) for c in setup.train_counts],  # first epoch: n_i = N_i
+            "accum": None, "gens": None, "log": [entry0], "best": None, "elapsed_s": 0.0,
+        }
+        log.info("epoch 0 (input model): validation clean %.1f%% robust %.1f%%",
+                 100 * (base["val_clean_acc"] or 0), 100 * (base["val_robust_acc"] or 0))
+    else:
+        state = {k: resume[k] for k in ("next_epoch", "pos", "iteration", "counts_prev", "accum", "gens", "log",
+                                         "best", "elapsed_s")}
+        net.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        restore_rng(resume["rng"], dev)
+        log.info("resuming at epoch %d, batch %d/%d", state["next_epoch"], state["pos"], nb)
+
+    def checkpoint() -> Path:
+        return save_checkpoint(ckpt_path, {
+            "fingerprint": setup.fingerprint, "model": state_dict_cpu(net), "optimizer": opt.state_dict(),
+            "schedule": {"kind": config.schedule, "iteration": state["iteration"], "total": total_iters},
+            "rng": rng_state(dev), **{k: state[k] for k in ("next_epoch", "pos", "iteration", "counts_prev",
+                                                            "accum", "gens", "log", "best", "elapsed_s")},
+        })
+
+    consistent = True
+    with deferred_sigint() as stop:
+        try:
+            while state["next_epoch"] <= E:
+                epoch = state["next_epoch"]
+                perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(_mix(config.seed, epoch, 1)))
+                att_gen = torch.Generator(device=dev)
+                aug_gen = torch.Generator()
+                if state["pos"] == 0 and state["accum"] is None:
+                    att_gen.manual_seed(_mix(config.seed, epoch, 2))
+                    aug_gen.manual_seed(_mix(config.seed, epoch, 3))
+                    state["accum"] = {"loss": 0.0, "penalty": 0.0, "n": 0, "adv_correct": 0, "train_s": 0.0,
+                                      "counts": [0] * C, "lr_start": lr_at(state["iteration"], total_iters,
+                                                                           config.lr, config.schedule, E)}
+                    state["gens"] = {"attack": att_gen.get_state(), "augment": aug_gen.get_state()}
+                else:
+                    att_gen.set_state(state["gens"]["attack"])
+                    aug_gen.set_state(state["gens"]["augment"])
+                acc = state["accum"]
+                weights = rbl_weights(setup.train_counts, state["counts_prev"]) if setup.method.uses_rbl else None
+                bar = tqdm(total=nb, initial=state["pos"], desc=f"epoch {epoch}/{E}", unit="batch", file=sys.stderr,
+                           disable=not progress, dynamic_ncols=True, leave=False)
+                try:
+                    for b in range(state["pos"], nb):
+                        if stop.requested:
+                            raise KeyboardInterrupt
+                        consistent = False
+                        t0 = time.perf_counter()
+                        pos = perm[b * B:(b + 1) * B]
+                        x, y = setup.train.batch(pos)
+                        x = augment(x, config.augment, aug_gen)
+                        x = adapt_images(x.to(dev, non_blocking=True).float(), setup.input_size)
+                        y = y.to(dev, non_blocking=True)
+                        lr = lr_at(state["iteration"], total_iters, config.lr, config.schedule, E)
+                        for g in opt.param_groups:
+                            g["lr"] = lr
+                        loss, pen, pred = train_step(setup.fm, attack, setup.method, ctx, x, y, opt, att_gen, autocast)
+                        loss_v = float(loss)
+                        if not math.isfinite(loss_v):
+                            raise RepairError(f"the training loss became {loss_v} at epoch {epoch}, batch {b + 1}; "
+                                              f"lower --lr (now {config.lr}); the last good checkpoint is {ckpt_path}")
+                        k = int(y.shape[0])
+                        acc["loss"] += loss_v * k
+                        acc["penalty"] += float(pen) * k
+                        acc["n"] += k
+                        acc["adv_correct"] += int((pred == y).sum())
+                        bc = torch.bincount(pred, minlength=C).cpu().tolist()
+                        acc["counts"] = [a + int(c) for a, c in zip(acc["counts"], bc)]
+                        dt = time.perf_counter() - t0
+                        acc["train_s"] += dt
+                        state["iteration"] += 1
+                        state["pos"] = b + 1
+                        state["gens"] = {"attack": att_gen.get_state(), "augment": aug_gen.get_state()}
+                        consistent = True
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{acc['loss'] / acc['n']:.3f}", img_s=f"{k / max(dt, 1e-9):.0f}")
+                finally:
+                    bar.close()
+                if stop.requested:
+                    raise KeyboardInterrupt
+                # end of epoch: validation, counts, log, best, checkpoint
+                t0 = time.perf_counter()
+                v = val(epoch)
+                val_s = time.perf_counter() - t0
+                entry = {
+                    "epoch": epoch, "loss": acc["loss"] / max(1, acc["n"]),
+                    "tail_penalty": acc["penalty"] / max(1, acc["n"]) if setup.penalty != "off" else None,
+                    "train_adv_acc": acc["adv_correct"] / max(1, acc["n"]), **v,
+                    "adv_pred_counts": list(acc["counts"]),
+                    "rbl_weights": [float(w) for w in weights] if weights is not None else None,
+                    "lr": acc["lr_start"],
+                    "lr_end": lr_at(state["iteration"] - 1, total_iters, config.lr, config.schedule, E),
+                    "train_s": acc["train_s"], "val_s": val_s, "time_s": acc["train_s"] + val_s,
+                    "images_per_s": acc["n"] / max(acc["train_s"], 1e-9),
+                }
+                state["log"].append(entry)
+                score = v["val_robust_acc"]
+                best = state["best"]
+                if best is None or score is None or (best["score"] is not None and score >= best["score"]):
+                    state["best"] = {"epoch": epoch, "score": score, "model": state_dict_cpu(net)}
+                state["counts_prev"] = list(acc["counts"])
+                state["next_epoch"], state["pos"], state["accum"], state["gens"] = epoch + 1, 0, None, None
+                state["elapsed_s"] = float(state["elapsed_s"]) + entry["time_s"]
+                log.info("epoch %d/%d: loss %.4f, validation clean %s robust %s, lr %.4g, %.1f s (%.0f img/s)",
+                         epoch, E, entry["loss"], _pct(v["val_clean_acc"]), _pct(v["val_robust_acc"]), entry["lr"],
+                         entry["time_s"], entry["images_per_s"])
+                checkpoint()
+                write_json(log_path, training_log(state, setup, config))
+                if hooks.on_epoch_end is not None:
+                    hooks.on_epoch_end(epoch, entry)
+        except KeyboardInterrupt as exc:
+            if isinstance(exc, RepairInterrupted):
+                raise
+            saved: Optional[Path] = None
+            if consistent:
+                saved = checkpoint()
+                where = f"epoch {state['next_epoch']}, batch {state['pos']}/{nb}"
+            else:
+                saved = ckpt_path if ckpt_path.exists() else None
+                where = "the last completed epoch"
+            hint = (f"checkpoint {saved}; continue with the same command plus --resume {out_dir}" if saved
+                    else "no checkpoint yet; start again")
+            raise RepairInterrupted(f"interrupted at {where}: {hint}", saved) from None
+    best = state["best"]
+    return TrainResult(best_epoch=int(best["epoch"]), best_state=best["model"], log=list(state["log"]),
+                       seconds=time.perf_counter() - t_start, warnings=warnings)
+
+
+def _pct(v: Optional[float]) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def training_log(state: dict[str, Any], setup: TrainSetup, config: RepairConfig) -> dict[str, Any]:
+    """The JSON training log the report charts (``epochs`` list) plus what produced it."""
+    best = state.get("best") or {}
+    return {
+        "method": config.method,
+        "tail_penalty": setup.penalty,
+        "feature_source": setup.feature_source,
+        "selection": "best epoch by val_robust_acc (class-balanced PGD accuracy on the held-out validation split)",
+        "metrics_note": "val_*_acc are means over the classes with validation images; *_overall are plain means",
+        "train_counts_split": list(setup.train_counts),
+        "n_train": len(setup.train), "n_val": len(setup.val),
+        "best_epoch": best.get("epoch"), "best_val_robust_acc": best.get("score"),
+        "epochs": list(state["log"]),
+    }
