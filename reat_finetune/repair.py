@@ -257,6 +257,6 @@ def format_comparison(run: RepairRun) -> str:
         lines.append(f"{name:<22}{pct(x):>8}{pct(y):>8}{d:>9}")
     s = run.summary
     lines.append(f"method {s['method']} (tail penalty {s['tail_penalty']}), best epoch {s['best_epoch']}/{s['epochs']} "
-                 f"by validation robust accuracy; fine-tuning {s["timings"]["fine_tune_s"]:.1f} s, "
+                 f"by validation robust accuracy; fine-tuning {s['timings']['fine_tune_s']:.1f} s, "
                  f"total {s['timings']['total_s']:.0f} s")
     return "\n".join(lines)
