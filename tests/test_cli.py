@@ -171,3 +171,18 @@ def test_bad_input_one_line_exit_2_no_output(tmp_path, name, args, needle):
 def test_debug_shows_traceback(tmp_path):
     proc = run_cli("--debug", "audit", str(tmp_path / "nope.onnx"))
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_audit_writes_reports_by_default_and_report_command_rerenders(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli("audit", str(DEMO), "--n-per-class", "5", "--steps", "3", "--out", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    html = (out / "report.html").read_text()
+    assert "digits_cnn.onnx" in html and (out / "report.pdf").read_bytes()[:5] == b"%PDF-"
+    again = tmp_path / "again"
+    proc = run_cli("report", str(out / "results.json"), "--compare", str(out / "results.json"), "--out", str(again),
+                   "--format", "html")
+    assert proc.returncode == 0, proc.stderr
+    assert (again / "report.html").exists() and not (again / "report.pdf").exists()
+    proc = run_cli("report", str(out / "results.json"), "--format", "docx", "--out", str(again))
+    assert proc.returncode == 2 and "format" in proc.stderr

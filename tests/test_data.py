@@ -1,7 +1,7 @@
 """audit.data: long-tail profile, seeded selection, groups, loaders and the restricted unpickler.
 
 Offline and deterministic: synthetic CIFAR folders are written to tmp_path; the real
-CIFAR-10 test runs only when /work/shared/data/cifar10-jpeg.zip exists.
+CIFAR-10 test runs only when ../shared/data/cifar10-jpeg.zip exists.
 """
 from __future__ import annotations
 
@@ -30,7 +30,10 @@ from audit.data import (
 from audit.errors import ConfigError, DatasetError
 
 ROOT = Path(__file__).resolve().parents[1]
-CIFAR10_ZIP = Path("/work/shared/data/cifar10-jpeg.zip")
+# the shared folder sits beside the checkout (CI clones elsewhere, with ../shared beside it)
+CIFAR10_ZIP = next((p for p in (ROOT.parent / "shared" / "data" / "cifar10-jpeg.zip",
+                                Path("/work/shared/data/cifar10-jpeg.zip")) if p.is_file()),
+                   ROOT.parent / "shared" / "data" / "cifar10-jpeg.zip")
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
