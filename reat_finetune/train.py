@@ -239,9 +239,14 @@ class TrainSetup:
 
 @dataclass
 class TrainHooks:
-    """Optional callbacks (tests, benches): ``on_epoch_end(epoch, log_entry)`` after each epoch's checkpoint."""
+    """Optional callbacks (tests, benches), called at consistent points (a KeyboardInterrupt there is clean).
+
+    ``on_epoch_end(epoch, log_entry)`` after each epoch's checkpoint; ``on_batch_end(epoch, done)``
+    after each optimiser step.
+    """
 
     on_epoch_end: Optional[Callable[[int, dict[str, Any]], None]] = None
+    on_batch_end: Optional[Callable[[int, int], None]] = None  # (epoch, batches done in it)
 
 
 @dataclass
@@ -421,6 +426,8 @@ def fine_tune(setup: TrainSetup, config: RepairConfig, *, out_dir: Path, resume:
                         consistent = True
                         bar.update(1)
                         bar.set_postfix(loss=f"{acc['loss'] / acc['n']:.3f}", img_s=f"{k / max(dt, 1e-9):.0f}")
+                        if hooks.on_batch_end is not None:
+                            hooks.on_batch_end(epoch, b + 1)
                 finally:
                     bar.close()
                 if stop.requested:
