@@ -151,6 +151,13 @@ def _run_repair(config: RepairConfig, *, hooks: Optional[TrainHooks], progress: 
     size = tuple(loaded.preprocessing.input_size)
     fm, feature_warnings = build_feature_model(loaded, _probe_images(data, train_idx, 8, size).to(device),
                                                explicit_penalty=config.tail_penalty, need_features=penalty != "off")
+    frozen = [b for name, b in loaded.module.net.named_buffers()
+              if name.startswith("initializers.") and b.is_floating_point() and b.numel() > 1]
+    if frozen:
+        feature_warnings.append(f"{len(frozen)} float constants of the ONNX graph ({sum(b.numel() for b in frozen)} "
+                                "values, e.g. MatMul weights) are not trainable and stay as they are; only "
+                                "Conv/Gemm/BatchNorm parameters are fine-tuned")
+        log.warning("%s", feature_warnings[-1])
     groups = assign_groups(list(data.train_counts), rule=config.audit.group_rule)
     fp = fingerprint(
         model={"sha256": loaded.sha256 or f"random-init:{loaded.spec}", "spec": loaded.spec, "format": loaded.format,
