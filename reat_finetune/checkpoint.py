@@ -12,7 +12,7 @@ import errno
 import hashlib
 import logging
 from pathlib import Path
-from typing import Any, BinaryIO, Mapping, Optional
+from typing import Any, BinaryIO, Mapping
 
 import numpy as np
 import torch

@@ -254,7 +254,8 @@ class TrainResult:
     best_epoch: int
     best_state: dict[str, torch.Tensor]
     log: list[dict[str, Any]]
-    seconds: float
+    seconds: float  # training + validation over all sessions of the run (resumes included)
+    session_seconds: float  # wall time of this call
     warnings: list[str] = field(default_factory=list)
 
 
@@ -477,7 +478,8 @@ def fine_tune(setup: TrainSetup, config: RepairConfig, *, out_dir: Path, resume:
             raise RepairInterrupted(f"interrupted at {where}: {hint}", saved) from None
     best = state["best"]
     return TrainResult(best_epoch=int(best["epoch"]), best_state=best["model"], log=list(state["log"]),
-                       seconds=time.perf_counter() - t_start, warnings=warnings)
+                       seconds=float(state["elapsed_s"]), session_seconds=time.perf_counter() - t_start,
+                       warnings=warnings)
 
 
 def _pct(v: Optional[float]) -> str:

@@ -35,10 +35,10 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
-def cheap_config(out: Path | None, model: Path = DEMO, **kw) -> RepairConfig:
+def cheap_config(out: Path | None, model: Path = DEMO, imbalance: float = 0.01, **kw) -> RepairConfig:
     """A repair of the demo model with a tiny audit (5 points per class, 3 PGD steps); ``out`` None: the --resume folder."""
     audit = AuditConfig(model=str(model), dataset="digitslt", eps=0.1, eps_text="0.1", attacks=("pgd",), steps=3,
-                        n_per_class=5, quiet=True, device="cpu")
+                        n_per_class=5, quiet=True, device="cpu", imbalance=imbalance)
     kw.setdefault("epochs", 2)
     kw.setdefault("batch_size", 64)
     return RepairConfig(audit=audit, formats=(), quiet=True, out=str(out) if out else None, **kw)
@@ -472,3 +472,9 @@ def test_resume_with_other_training_settings_is_refused(uninterrupted, tmp_path)
     full_out, _ = uninterrupted
     with pytest.raises(RepairError, match="other settings.*lr"):
         run_repair(cheap_config(tmp_path / "o", resume=str(full_out), lr=0.2))
+
+
+def test_resume_on_another_dataset_is_refused(uninterrupted, tmp_path):
+    full_out, _ = uninterrupted
+    with pytest.raises(RepairError, match="different dataset.*train_counts"):
+        run_repair(cheap_config(tmp_path / "o", resume=str(full_out), imbalance=0.1))
