@@ -65,6 +65,27 @@ class PointRecords:
         out["worst_case"] = correct & ~broken.any(0)
         return out
 
+    def sanity_warnings(self, independent: bool) -> list[str]:
+        """AutoAttack-style check: in head-to-head mode, a weak attack must not beat a strong one.
+
+        Temperature-PGD is meant to find what PGD misses; when PGD breaks clearly more points
+        than a Temperature-PGD run on the same points, that temperature is the weaker loss here.
+        """
+        if not independent or "pgd" not in self.attack_names:
+            return []
+        broken = self.broken()
+        n_pgd = int(broken[self.attack_names.index("pgd")].sum())
+        out = []
+        for a, name in enumerate(self.attack_names):
+            if not name.startswith("temp-pgd"):
+                continue
+            n = int(broken[a].sum())
+            if n_pgd - n > max(2, 0.01 * len(self.label)):
+                out.append(f"{name} broke fewer points than plain PGD ({n} vs {n_pgd}) on the same points: "
+                           "this temperature is a weaker loss for this model; keep pgd in the cascade, sweep "
+                           "--temperature and report the worst case")
+        return out
+
     def to_json(self) -> dict:
         d = {"index": self.index.tolist(), "label": self.label.tolist(), "clean_pred": self.clean_pred.tolist()}
         d["attacks"] = {

@@ -60,3 +60,16 @@ def test_robust_masks_cascade_is_cumulative_and_independent_is_not():
     m = rec.robust_masks(independent=True)
     assert m["temp-pgd"].tolist() == [True, False, True, False]
     assert m["worst_case"].tolist() == [False, False, True, False]
+
+
+def test_sanity_warning_when_weak_attack_beats_strong_one():
+    step = np.full((2, 200), -1)
+    step[0, :40] = 1  # pgd breaks 40
+    step[1, :10] = 2  # temp-pgd only 10 of the same points
+    rec = PointRecords(np.arange(200), np.zeros(200, np.int64), np.zeros(200, np.int64), np.zeros_like(step), step,
+                       ["pgd", "temp-pgd"], [0, 0], 0, [0, 0], [0, 0])
+    (w,) = rec.sanity_warnings(independent=True)
+    assert "temp-pgd broke fewer points than plain PGD (10 vs 40)" in w
+    assert rec.sanity_warnings(independent=False) == []  # in the cascade the later attack sees fewer points
+    step[1, :40] = 3
+    assert rec.sanity_warnings(independent=True) == []
