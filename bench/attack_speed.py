@@ -18,7 +18,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=500, help="test images (stratified)")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--eps", type=float, default=8 / 255)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=250)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--arch", default="resnet10t")
