@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from functools import partial
 from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
@@ -127,12 +128,15 @@ class _Rewriter:
         return output
 
 
-def _rewrite(model: onnx.ModelProto, prefix: str, fn) -> int:
-    """Replace nodes for which ``fn(node, rw)`` returns a node list, keeping topological order."""
+def _rewrite(model: onnx.ModelProto, prefix: str, fn, op_type: Optional[str] = None) -> int:
+    """Replace nodes for which ``fn(node, rw)`` returns a node list, keeping topological order.
+
+    With ``op_type``, ``fn`` only sees nodes of that type (the decompositions need no guard).
+    """
     rw = _Rewriter(model, prefix)
     new_nodes: list[onnx.NodeProto] = []
     for node in model.graph.node:
-        repl = fn(node, rw)
+        repl = fn(node, rw) if op_type is None or node.op_type == op_type else None
         if repl is None:
             new_nodes.append(node)
         else:
@@ -269,9 +273,7 @@ def _resolve_identity_of_initializers(model: onnx.ModelProto) -> int:
 # --------------------------------------------------------------------------- decompositions
 
 
-def _gelu(node: onnx.NodeProto, rw: _Rewriter) -> Optional[list[onnx.NodeProto]]:
-    if node.op_type != "Gelu":
-        return None
+def _gelu(node: onnx.NodeProto, rw: _Rewriter) -> list[onnx.NodeProto]:
     x, out = node.input[0], node.output[0]
     approx = _attrs(node).get("approximate", b"none")
     approx = approx.decode() if isinstance(approx, bytes) else approx
@@ -289,110 +291,98 @@ def _gelu(node: onnx.NodeProto, rw: _Rewriter) -> Optional[list[onnx.NodeProto]]
     return nodes
 
 
-def _make_split(shapes: dict[str, Shape], consts: dict[str, np.ndarray]):
-    def split(node: onnx.NodeProto, rw: _Rewriter) -> Optional[list[onnx.NodeProto]]:
-        if node.op_type != "Split":
-            return None
-        a = _attrs(node)
-        shape = shapes.get(node.input[0])
-        axis = int(a.get("axis", 0))
-        if len(node.input) > 1 and node.input[1]:
-            if node.input[1] not in consts:
-                raise ModelLoadError("the model splits a tensor into sizes computed at run time, "
-                                     "which the PyTorch conversion cannot follow; re-export with opset_version=17")
-            sizes = [int(s) for s in consts[node.input[1]].reshape(-1)]
+def _split(node: onnx.NodeProto, rw: _Rewriter, *, shapes: dict[str, Shape], consts: dict[str, np.ndarray]
+           ) -> list[onnx.NodeProto]:
+    a = _attrs(node)
+    shape = shapes.get(node.input[0])
+    axis = int(a.get("axis", 0))
+    if len(node.input) > 1 and node.input[1]:
+        if node.input[1] not in consts:
+            raise ModelLoadError("the model splits a tensor into sizes computed at run time, "
+                                 "which the PyTorch conversion cannot follow; re-export with opset_version=17")
+        sizes = [int(s) for s in consts[node.input[1]].reshape(-1)]
+    else:
+        if shape is None or shape[axis] is None:
+            raise ModelLoadError("the model splits a tensor of unknown size; re-export it with a fixed "
+                                 "input size and opset_version=17")
+        n = int(a.get("num_outputs", len(node.output)))
+        chunk = -(-shape[axis] // n)
+        sizes = [min(chunk, shape[axis] - i * chunk) for i in range(n)]
+    nodes: list[onnx.NodeProto] = []
+    start = 0
+    axes = rw.const(np.asarray([axis], dtype=np.int64), "axes")
+    for out, size in zip(node.output, sizes):
+        starts = rw.const(np.asarray([start], dtype=np.int64), "starts")
+        ends = rw.const(np.asarray([start + size], dtype=np.int64), "ends")
+        if out:
+            rw.node(nodes, "Slice", [node.input[0], starts, ends, axes], output=out)
+        start += size
+    return nodes
+
+
+def _group_norm(node: onnx.NodeProto, rw: _Rewriter, *, shapes: dict[str, Shape], consts: dict[str, np.ndarray]
+                ) -> list[onnx.NodeProto]:
+    a = _attrs(node)
+    g = int(a["num_groups"])
+    eps = float(a.get("epsilon", 1e-5))
+    shape = shapes.get(node.input[0])
+    if shape is None or shape[1] is None or node.input[1] not in consts or node.input[2] not in consts:
+        raise ModelLoadError("the model's GroupNormalization has an unknown channel count or computed "
+                             "weights; re-export it with opset_version=17")
+    c, rank = shape[1], len(shape)
+    scale = consts[node.input[1]].astype(np.float32).reshape(-1)
+    bias = consts[node.input[2]].astype(np.float32).reshape(-1)
+    if scale.size == g and c != g:  # opset-18 semantics: one scale per group
+        scale, bias = np.repeat(scale, c // g), np.repeat(bias, c // g)
+    bshape = [c] + [1] * (rank - 2)
+    nodes: list[onnx.NodeProto] = []
+    x = rw.node(nodes, "Reshape", [node.input[0], rw.const(np.asarray([0, g, -1], dtype=np.int64))])
+    x = rw.node(nodes, "InstanceNormalization",
+                [x, rw.const(np.ones(g, np.float32)), rw.const(np.zeros(g, np.float32))], epsilon=eps)
+    if all(d is not None for d in shape[1:]):
+        back = rw.const(np.asarray([0] + list(shape[1:]), dtype=np.int64))
+    else:
+        back = rw.node(nodes, "Shape", [node.input[0]])
+    x = rw.node(nodes, "Reshape", [x, back])
+    x = rw.node(nodes, "Mul", [x, rw.const(scale.reshape(bshape))])
+    rw.node(nodes, "Add", [x, rw.const(bias.reshape(bshape))], output=node.output[0])
+    return nodes
+
+
+def _attention(node: onnx.NodeProto, rw: _Rewriter, *, shapes: dict[str, Shape], bools: set[str]
+               ) -> list[onnx.NodeProto]:
+    a = _attrs(node)
+    q, k, v = node.input[:3]
+    mask = node.input[3] if len(node.input) > 3 and node.input[3] else None
+    qs, ks = shapes.get(q), shapes.get(k)
+    unsupported = (
+        any(node.input[4:]) or any(node.output[1:]) or a.get("is_causal", 0)
+        or a.get("softcap", 0.0) or a.get("qk_matmul_output_mode", 0)
+        or qs is None or len(qs) != 4 or ks is None or len(ks) != 4 or qs[1] != ks[1]
+    )
+    if unsupported:
+        raise ModelLoadError("the model uses an ONNX Attention op variant (causal, cached, grouped or "
+                             "3-D) that the PyTorch conversion does not support; re-export with "
+                             "opset_version=18")
+    scale = a.get("scale")
+    if scale is None:
+        if qs[3] is None:
+            raise ModelLoadError("the model's Attention op has an unknown head size; re-export with a "
+                                 "fixed input size")
+        scale = 1.0 / math.sqrt(qs[3])
+    nodes: list[onnx.NodeProto] = []
+    kt = rw.node(nodes, "Transpose", [k], perm=[0, 1, 3, 2])
+    s = rw.node(nodes, "MatMul", [q, kt])
+    s = rw.node(nodes, "Mul", [s, rw.const(np.asarray(scale, dtype=np.float32))])
+    if mask is not None:
+        if mask in bools:
+            ninf = rw.const(np.asarray(-np.inf, dtype=np.float32))
+            s = rw.node(nodes, "Where", [mask, s, ninf])
         else:
-            if shape is None or shape[axis] is None:
-                raise ModelLoadError("the model splits a tensor of unknown size; re-export it with a fixed "
-                                     "input size and opset_version=17")
-            n = int(a.get("num_outputs", len(node.output)))
-            chunk = -(-shape[axis] // n)
-            sizes = [min(chunk, shape[axis] - i * chunk) for i in range(n)]
-        nodes: list[onnx.NodeProto] = []
-        start = 0
-        axes = rw.const(np.asarray([axis], dtype=np.int64), "axes")
-        for out, size in zip(node.output, sizes):
-            starts = rw.const(np.asarray([start], dtype=np.int64), "starts")
-            ends = rw.const(np.asarray([start + size], dtype=np.int64), "ends")
-            if out:
-                rw.node(nodes, "Slice", [node.input[0], starts, ends, axes], output=out)
-            start += size
-        return nodes
-
-    return split
-
-
-def _make_group_norm(shapes: dict[str, Shape], consts: dict[str, np.ndarray]):
-    def group_norm(node: onnx.NodeProto, rw: _Rewriter) -> Optional[list[onnx.NodeProto]]:
-        if node.op_type != "GroupNormalization":
-            return None
-        a = _attrs(node)
-        g = int(a["num_groups"])
-        eps = float(a.get("epsilon", 1e-5))
-        shape = shapes.get(node.input[0])
-        if shape is None or shape[1] is None or node.input[1] not in consts or node.input[2] not in consts:
-            raise ModelLoadError("the model's GroupNormalization has an unknown channel count or computed "
-                                 "weights; re-export it with opset_version=17")
-        c, rank = shape[1], len(shape)
-        scale = consts[node.input[1]].astype(np.float32).reshape(-1)
-        bias = consts[node.input[2]].astype(np.float32).reshape(-1)
-        if scale.size == g and c != g:  # opset-18 semantics: one scale per group
-            scale, bias = np.repeat(scale, c // g), np.repeat(bias, c // g)
-        bshape = [c] + [1] * (rank - 2)
-        nodes: list[onnx.NodeProto] = []
-        x = rw.node(nodes, "Reshape", [node.input[0], rw.const(np.asarray([0, g, -1], dtype=np.int64))])
-        x = rw.node(nodes, "InstanceNormalization",
-                    [x, rw.const(np.ones(g, np.float32)), rw.const(np.zeros(g, np.float32))], epsilon=eps)
-        if all(d is not None for d in shape[1:]):
-            back = rw.const(np.asarray([0] + list(shape[1:]), dtype=np.int64))
-        else:
-            back = rw.node(nodes, "Shape", [node.input[0]])
-        x = rw.node(nodes, "Reshape", [x, back])
-        x = rw.node(nodes, "Mul", [x, rw.const(scale.reshape(bshape))])
-        rw.node(nodes, "Add", [x, rw.const(bias.reshape(bshape))], output=node.output[0])
-        return nodes
-
-    return group_norm
-
-
-def _make_attention(shapes: dict[str, Shape], bools: set[str]):
-    def attention(node: onnx.NodeProto, rw: _Rewriter) -> Optional[list[onnx.NodeProto]]:
-        if node.op_type != "Attention":
-            return None
-        a = _attrs(node)
-        q, k, v = node.input[:3]
-        mask = node.input[3] if len(node.input) > 3 and node.input[3] else None
-        qs, ks = shapes.get(q), shapes.get(k)
-        unsupported = (
-            any(node.input[4:]) or any(node.output[1:]) or a.get("is_causal", 0)
-            or a.get("softcap", 0.0) or a.get("qk_matmul_output_mode", 0)
-            or qs is None or len(qs) != 4 or ks is None or len(ks) != 4 or qs[1] != ks[1]
-        )
-        if unsupported:
-            raise ModelLoadError("the model uses an ONNX Attention op variant (causal, cached, grouped or "
-                                 "3-D) that the PyTorch conversion does not support; re-export with "
-                                 "opset_version=18")
-        scale = a.get("scale")
-        if scale is None:
-            if qs[3] is None:
-                raise ModelLoadError("the model's Attention op has an unknown head size; re-export with a "
-                                     "fixed input size")
-            scale = 1.0 / math.sqrt(qs[3])
-        nodes: list[onnx.NodeProto] = []
-        kt = rw.node(nodes, "Transpose", [k], perm=[0, 1, 3, 2])
-        s = rw.node(nodes, "MatMul", [q, kt])
-        s = rw.node(nodes, "Mul", [s, rw.const(np.asarray(scale, dtype=np.float32))])
-        if mask is not None:
-            if mask in bools:
-                ninf = rw.const(np.asarray(-np.inf, dtype=np.float32))
-                s = rw.node(nodes, "Where", [mask, s, ninf])
-            else:
-                s = rw.node(nodes, "Add", [s, mask])
-        p = rw.node(nodes, "Softmax", [s], axis=-1)
-        rw.node(nodes, "MatMul", [p, v], output=node.output[0])
-        return nodes
-
-    return attention
+            s = rw.node(nodes, "Add", [s, mask])
+    p = rw.node(nodes, "Softmax", [s], axis=-1)
+    rw.node(nodes, "MatMul", [p, v], output=node.output[0])
+    return nodes
 
 
 def _bool_values(model: onnx.ModelProto) -> set[str]:
@@ -406,9 +396,7 @@ def _bool_values(model: onnx.ModelProto) -> set[str]:
     return names | {i.name for i in g.initializer if i.data_type == TensorProto.BOOL}
 
 
-def _mish(node: onnx.NodeProto, rw: _Rewriter) -> Optional[list[onnx.NodeProto]]:
-    if node.op_type != "Mish":
-        return None
+def _mish(node: onnx.NodeProto, rw: _Rewriter) -> list[onnx.NodeProto]:
     nodes: list[onnx.NodeProto] = []
     t = rw.node(nodes, "Tanh", [rw.node(nodes, "Softplus", [node.input[0]])])
     rw.node(nodes, "Mul", [node.input[0], t], output=node.output[0])
@@ -424,19 +412,23 @@ def decompose_new_ops(model: onnx.ModelProto) -> dict[str, int]:
     done: dict[str, int] = {}
     ops = {n.op_type for n in model.graph.node}
     if "Gelu" in ops:
-        done["gelu_decomposed"] = _rewrite(model, "tailaudit_gelu", _gelu)
+        done["gelu_decomposed"] = _rewrite(model, "tailaudit_gelu", _gelu, "Gelu")
     if "Mish" in ops:
-        done["mish_decomposed"] = _rewrite(model, "tailaudit_mish", _mish)
+        done["mish_decomposed"] = _rewrite(model, "tailaudit_mish", _mish, "Mish")
     needs_shapes = ops & {"Split", "GroupNormalization", "Attention"}
     if needs_shapes:
         shapes, consts = inferred_shapes(model), constant_values(model)
         if "Split" in ops and opset_of(model) >= 18:
-            done["split18_to_slices"] = _rewrite(model, "tailaudit_split", _make_split(shapes, consts))
+            done["split18_to_slices"] = _rewrite(model, "tailaudit_split",
+                                                 partial(_split, shapes=shapes, consts=consts), "Split")
         if "GroupNormalization" in ops:
-            done["group_norm_decomposed"] = _rewrite(model, "tailaudit_gn", _make_group_norm(shapes, consts))
+            done["group_norm_decomposed"] = _rewrite(model, "tailaudit_gn",
+                                                     partial(_group_norm, shapes=shapes, consts=consts),
+                                                     "GroupNormalization")
         if "Attention" in ops:
             done["attention_decomposed"] = _rewrite(model, "tailaudit_attn",
-                                                    _make_attention(shapes, _bool_values(model)))
+                                                    partial(_attention, shapes=shapes, bools=_bool_values(model)),
+                                                    "Attention")
     return {k: v for k, v in done.items() if v}
 
 
