@@ -70,7 +70,8 @@ def _add_dataset_args(p: argparse.ArgumentParser) -> None:
 def _add_attack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attacks", default="pgd,temp-pgd", help="comma-separated cascade order (default pgd,temp-pgd)")
     p.add_argument("--norm", default="linf", choices=["linf", "l2"])
-    p.add_argument("--eps", default="8/255", help="radius of the threat model in [0,1] pixels (accepts 8/255)")
+    p.add_argument("--eps", default="8/255", help="radius of the threat model in [0,1] pixels (accepts 8/255); several "
+                   "(1/255,2/255,4/255,8/255) audit a robustness curve, the largest is the headline")
     p.add_argument("--steps", type=_positive_int, default=20, help="PGD iterations (default 20)")
     p.add_argument("--step-size", type=_number, help="step size alpha (default eps/4, i.e. 2/255 at 8/255)")
     p.add_argument("--temperature", default="0.5", help="Temperature-PGD T, one value or a list to sweep (e.g. 0.1,0.5,2,5)")
@@ -86,6 +87,15 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_verdict_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--labels", metavar="FILE",
+                   help="the model's class names in output order (one per line, or a JSON list); default: the "
+                        "dataset's order")
+    p.add_argument("--fail-under", metavar="KEY=VALUE,...",
+                   help="CI gate: exit 3 when a figure misses its threshold; keys clean, robust, balanced, "
+                        "worst-class, tail (floors) and max-gap (ceiling); values 0.4 or 40%%")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tailaudit", description="Class-wise adversarial robustness audits on long-tailed data.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -95,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_data_args(p)
     _add_attack_args(p)
     _add_run_args(p)
+    _add_verdict_args(p)
     p.add_argument("--out", help="output folder (default runs/<model>-<dataset>-<time>)")
     p.add_argument("--no-html", action="store_true", help="do not write report.html")
     p.add_argument("--no-pdf", action="store_true", help="do not write report.pdf")
@@ -104,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_data_args(p)
     _add_attack_args(p)  # the before/after audit; the after-audit repeats it unchanged
     _add_run_args(p)
+    _add_verdict_args(p)  # --fail-under judges the after-audit
     t = p.add_argument_group("fine-tuning (defaults are for fine-tuning a pretrained model, not training from scratch)")
     t.add_argument("--method", default="reat", choices=["reat", "at-bsl", "pgd-at"],
                    help="reat: RBL counts + Balanced Softmax + tail feature penalty; at-bsl: Balanced Softmax only; "
@@ -150,8 +162,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _eps_args(text: str) -> dict:
+    """--eps: one radius, or several for a curve (the largest is the headline budget)."""
+    from audit.config import parse_number
+
+    if "," not in text:
+        return {"eps": parse_number(text, "--eps"), "eps_text": text}
+    from audit.curve import parse_eps_list
+
+    budgets = parse_eps_list(text)
+    return {"eps": budgets[-1][0], "eps_text": budgets[-1][1],
+            "eps_curve": tuple(t for _, t in budgets) if len(budgets) > 1 else ()}
+
+
 def _audit_config(args: argparse.Namespace):
-    from audit.config import AuditConfig, parse_number, parse_number_list
+    from audit.config import AuditConfig, parse_number_list
     from audit.models.wrapper import parse_floats
 
     return AuditConfig(
@@ -160,10 +185,11 @@ def _audit_config(args: argparse.Namespace):
         imbalance=args.imbalance, data_root=args.data_root, class_counts=args.class_counts,
         n_per_class=args.n_per_class, group_rule=args.groups,
         attacks=tuple(a.strip() for a in args.attacks.split(",") if a.strip()),
-        norm=args.norm, eps=parse_number(args.eps, "--eps"), eps_text=args.eps, steps=args.steps,
+        norm=args.norm, **_eps_args(args.eps), steps=args.steps,
         step_size=args.step_size, temperatures=tuple(parse_number_list(args.temperature, "--temperature")),
         independent=args.independent, seed=args.seed, device=args.device, batch_size=args.batch_size,
         amp=args.amp, out=args.out, quiet=args.quiet, download=not args.no_download,
+        labels=getattr(args, "labels", None), fail_under=getattr(args, "fail_under", None),
     )
 
 
@@ -188,7 +214,19 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
         render_report(run.results_path, run.out_dir, formats=formats)
     print(f"results: {run.results_path}")
-    return 0
+    return _gate_exit(run.results)
+
+
+def _gate_exit(results: dict) -> int:
+    """0, or 3 with one stderr line per failing --fail-under condition."""
+    from audit.gate import EXIT_GATE, gate_failures
+
+    gate = results.get("gate")
+    if not gate or gate["passed"]:
+        return 0
+    for line in gate_failures(gate):
+        print(line, file=sys.stderr)
+    return EXIT_GATE
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
@@ -214,21 +252,21 @@ def cmd_repair(args: argparse.Namespace) -> int:
         print(f"report: {path}")
     print(f"repaired model: {run.model_path}")
     print(f"results: {run.before_path} (before), {run.after_path} (after)")
-    return 0
+    return _gate_exit(run.after)
 
 
 def cmd_dataset(args: argparse.Namespace) -> int:
-    from audit.data import assign_groups, load_dataset
+    from audit.data import class_groups, load_dataset
 
     data = load_dataset(args.name, imbalance=args.imbalance, data_root=args.data_root,
                         class_counts=args.class_counts, download=not args.no_download)
     desc = data.describe()
-    desc["groups"] = assign_groups(list(data.train_counts), rule=args.groups)
+    desc["groups"] = class_groups(list(data.train_counts), rule=args.groups)  # null for a balanced set
     if args.json:
         print(json.dumps(desc, indent=2))
     else:
         for name, count, group in zip(data.class_names, data.train_counts, desc["groups"]):
-            print(f"{name:<24} {count:>7}  {group}")
+            print(f"{name:<24} {count:>7}  {group or '-'}")
         print(f"total {sum(data.train_counts)} training images, {len(data.test_labels)} test images")
     return 0
 

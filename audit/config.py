@@ -86,6 +86,9 @@ class AuditConfig:
     examples_per_class: int = 2
     parity_tol: float = 1e-3
     download: bool = True
+    labels: Optional[str] = None  # --labels FILE: class names in the model's output order
+    fail_under: Optional[str] = None  # --fail-under KEY=VALUE,...: the CI gate (audit/gate.py)
+    eps_curve: Sequence[str] = ()  # --eps with several budgets: their texts, ascending (audit/curve.py)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -112,6 +115,14 @@ class AuditConfig:
             raise ConfigError("--attacks is empty; choose from pgd, temp-pgd")
         if self.group_rule not in ("thirds", "shots"):
             raise ConfigError(f"--groups must be thirds or shots, got {self.group_rule!r}")
+        if self.fail_under:
+            from .gate import parse_fail_under
+
+            parse_fail_under(self.fail_under)
+        if self.eps_curve:
+            from .curve import parse_eps_list
+
+            parse_eps_list(",".join(self.eps_curve))
 
     def default_step_size(self) -> float:
         """alpha: 2/255 for the CIFAR default 8/255 at 20 steps; otherwise eps/4 (L-inf) or eps/4 (L2)."""
@@ -139,4 +150,5 @@ class AuditConfig:
         d = asdict(self)
         d["attacks"] = list(self.attacks)
         d["temperatures"] = list(self.temperatures)
+        d["eps_curve"] = list(self.eps_curve)
         return d

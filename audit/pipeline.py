@@ -17,12 +17,18 @@ from torch.utils.data import DataLoader, Dataset
 from . import __version__
 from .attacks import create_attack
 from .config import AuditConfig
-from .data import LTDataset, assign_groups, groups_to_indices, load_dataset, stratified_subset
+from .curve import run_curve
+from .data import LTDataset, class_groups, groups_to_indices, is_balanced, load_dataset, stratified_subset
 from .engine import PointRecords, adapt_images, run_cascade
 from .errors import ConfigError, ModelLoadError
+from .exports import CSV_NAME, MD_NAME, write_exports
+from .gate import check_available, evaluate_gate, parse_fail_under
+from .inputs import input_info, input_warnings
+from .labels import check_label_order, clean_confusion, label_warning, read_label_order
 from .metrics import adversarial_confusion, cross_class_summary, per_class_accuracy, spearman, wilson_interval
 from .models import LoadedModel, final_linear_of, load_model
 from .results import SCHEMA_VERSION, environment, write_json, write_npz
+from .verdict import compute_verdict
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +114,8 @@ def prepare(config: AuditConfig, device: torch.device) -> tuple[LTDataset, Loade
     if model.num_classes != num_classes:
         raise ModelLoadError(f"the model has {model.num_classes} outputs but dataset {config.dataset} has "
                              f"{num_classes} classes; audit it on the dataset it was trained for")
+    if config.labels:
+        model.apply_output_order(read_label_order(config.labels, data.class_names))
     return data, model, _eval_indices(data, config)
 
 
@@ -120,6 +128,9 @@ def run_audit(config: AuditConfig, *, progress: Optional[bool] = None) -> AuditR
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     data, model, eval_idx = prepare(config, device)
+    gate = parse_fail_under(config.fail_under) if config.fail_under else None
+    if gate:
+        check_available(gate, class_groups(list(data.train_counts), config.group_rule))
     module = model.module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
@@ -135,30 +146,49 @@ def run_audit(config: AuditConfig, *, progress: Optional[bool] = None) -> AuditR
         first = next(iter(DataLoader(_Indexed(data.test, eval_idx[:64]), batch_size=64)))
         check_parity(model, adapt_images(first[0].float(), size).to(device), tol=config.parity_tol)
 
-    records = run_cascade(
-        module, loader, attacks, n_total=len(eval_idx), num_classes=len(data.class_names), input_size=size,
-        device=device, seed=config.seed, independent=config.independent, reference_scorer=model.reference_scorer,
-        examples_per_class=config.examples_per_class, amp=config.amp,
-        progress=(not config.quiet) if progress is None else progress,
-    )
+    def cascade(cfg: AuditConfig, indices: np.ndarray) -> PointRecords:
+        batches = loader if indices is eval_idx else DataLoader(
+            _Indexed(data.test, indices), batch_size=cfg.batch_size, shuffle=False, num_workers=0,
+            pin_memory=device.type == "cuda")
+        return run_cascade(
+            module, batches, [create_attack(s) for s in cfg.attack_specs()] if cfg is not config else attacks,
+            n_total=len(indices), num_classes=len(data.class_names), input_size=size,
+            device=device, seed=cfg.seed, independent=cfg.independent, reference_scorer=model.reference_scorer,
+            examples_per_class=cfg.examples_per_class, amp=cfg.amp,
+            progress=(not cfg.quiet) if progress is None else progress,
+        )
+
+    curve = None
+    if config.eps_curve:
+        group_idx = groups_to_indices(class_groups([int(c) for c in data.train_counts], config.group_rule))
+        records, curve = run_curve(config, eval_idx, cascade, group_idx, len(data.class_names))
+    else:
+        records = cascade(config, eval_idx)
     if _bn_fingerprint(module) != bn_before:
         raise RuntimeError("BatchNorm statistics changed during the audit; this is a bug, please report it")
     total_s = time.perf_counter() - t_start
     results = build_results(config, specs, data, model, eval_idx, records, device,
                             {"load_s": load_s, "total_s": total_s})
+    if curve is not None:
+        results["curve"] = curve
+    results["verdict"] = compute_verdict(results)
+    if gate:
+        results["gate"] = evaluate_gate(gate, results)
     out_dir = Path(config.out) if config.out else default_out_dir(config)
     write_outputs(out_dir, results, records)
     return AuditRun(results, out_dir, records)
 
 
 def write_outputs(out_dir: Path, results: dict[str, Any], records: PointRecords) -> None:
-    """points.json and examples.npz first, results.json last (each atomically)."""
+    """points.json, examples.npz, per_class.csv and summary.md first, results.json last (each atomically)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "points.json", records.to_json(), indent=None)
     if records.examples:
         write_npz(out_dir / "examples.npz", **records.examples)
     else:
         results["files"].pop("examples", None)
+    results["files"].update({"per_class_csv": CSV_NAME, "summary_md": MD_NAME})
+    write_exports(out_dir, results)
     write_json(out_dir / "results.json", results)
 
 
@@ -167,7 +197,7 @@ def build_results(config: AuditConfig, specs, data: LTDataset, model: LoadedMode
     """Assemble the results.json dict (schema in docs/results_schema.md)."""
     C = len(data.class_names)
     counts = [int(c) for c in data.train_counts]
-    group_of = assign_groups(counts, rule=config.group_rule)
+    group_of = class_groups(counts, rule=config.group_rule)  # all None when the training set is balanced
     groups = groups_to_indices(group_of)
     labels = records.label
     clean_acc, clean_k, n_cls = per_class_accuracy(records.clean_correct, labels, C)
@@ -202,8 +232,15 @@ def build_results(config: AuditConfig, specs, data: LTDataset, model: LoadedMode
     first_attack = np.where(any_broken, broken.argmax(0), 0)
     adv_pred = records.pred[first_attack, np.arange(n)] if n else np.zeros(0, np.int64)
     summary["confusion"] = adversarial_confusion(labels, adv_pred, any_broken, C)
+    clean_conf = clean_confusion(labels, records.clean_pred, C)
+    summary["clean_confusion"] = clean_conf.tolist()
 
     warnings = list(model.info.get("warnings", [])) + records.warnings + records.sanity_warnings(config.independent)
+    inp = input_info(data.image_shape, model.preprocessing.input_size)
+    warnings += input_warnings(inp)
+    label_check = check_label_order(clean_conf, data.class_names, model.info.get("output_order"))
+    if label_check:
+        warnings.append(label_warning(label_check))
     clean_overall = summary["clean"]["overall"] or 0
     wc = summary["robust"]["worst_case"]["overall"]
     if wc is not None and clean_overall > 0 and wc == clean_overall and config.eps > 0 and sum(records.attacked) > 20:
@@ -224,13 +261,16 @@ def build_results(config: AuditConfig, specs, data: LTDataset, model: LoadedMode
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": model_desc,
         "dataset": {
-            "name": data.name, "root": data.info.get("root"), "imbalance": config.imbalance,
+            "name": data.name, "root": data.info.get("root"),
+            "imbalance": config.imbalance if data.info.get("profile") == "exponential" else None,
+            "balanced": is_balanced(counts),
             "classes": list(data.class_names), "train_counts": counts, "groups": groups,
             "group_rule": config.group_rule, "n_eval": n, "n_per_class": config.n_per_class,
             "test_size": len(data.test_labels),
             "eval_indices_sha256": hashlib.sha256(np.asarray(eval_idx, dtype=np.int64).tobytes()).hexdigest(),
             "info": data.info,
         },
+        "input": inp,
         "threat_model": {"norm": config.norm, "eps": config.eps, "eps_text": eps_text},
         "attacks": [s.to_dict() for s in specs],
         "mode": "independent" if config.independent else "cascade",
@@ -246,4 +286,5 @@ def build_results(config: AuditConfig, specs, data: LTDataset, model: LoadedMode
         "summary": summary,
         "warnings": warnings,
         "files": {"points": "points.json", "examples": "examples.npz"},
+        **({"label_check": label_check} if label_check else {}),
     }

@@ -92,3 +92,8 @@ def environment(device: Any) -> dict[str, Any]:
         except Exception:  # optional at run time
             env[mod] = None
     return env
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Atomically write UTF-8 text."""
+    return _atomic(path, lambda fh: fh.write(text.encode("utf-8")))

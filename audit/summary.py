@@ -23,7 +23,8 @@ def format_summary(results: dict[str, Any], max_rows: int = 40) -> str:
         if r is None:
             lines.append(f"{'...':<{name_w}} ({len(rows) - max_rows} more classes in results.json)")
             continue
-        line = f"{r['name'][:name_w]:<{name_w}} {r['train_count']:>6} {r['group']:<6} {r['n_eval']:>5} {_pct(r['clean_acc']):>6}"
+        line = (f"{r['name'][:name_w]:<{name_w}} {r['train_count']:>6} {r.get('group') or '-':<6} {r['n_eval']:>5} "
+                f"{_pct(r['clean_acc']):>6}")
         for a in attacks:
             line += f" {_pct(r['robust_acc'][a]):>12}"
         line += f" {_pct(r['robust_acc']['worst_case']):>6}"
@@ -33,7 +34,9 @@ def format_summary(results: dict[str, Any], max_rows: int = 40) -> str:
     ds = results["dataset"]
     tm = results["threat_model"]
     lines.append("")
-    lines.append(f"model {results['model']['spec']} on {ds['name']} (rho {ds['imbalance']}), "
+    profile = (" (balanced training set)" if ds.get("balanced") else
+               f" (rho {ds['imbalance']})" if ds.get("imbalance") is not None else "")
+    lines.append(f"model {results['model']['spec']} on {ds['name']}{profile}, "
                  f"{tm['norm']} eps {tm['eps_text']}, {results['mode']}, {ds['n_eval']} points")
     lines.append(f"clean accuracy {_pct(s['clean']['overall']).strip()}   "
                  + "   ".join(f"{a} {_pct(s['robust'][a]['overall']).strip()}" for a in attacks)
@@ -41,9 +44,9 @@ def format_summary(results: dict[str, Any], max_rows: int = 40) -> str:
     if wc.get("mean") is not None:
         names = results["dataset"]["classes"]
         g = wc.get("groups") or {}
+        by_group = "".join(f"; {k} {_pct(v).strip()}" for k, v in g.items()) if g else ""
         lines.append(f"balanced robust accuracy {_pct(wc['mean']).strip()}; worst class "
-                     f"{names[wc['worst_class']]} {_pct(wc['worst']).strip()}; head {_pct(g.get('head')).strip()} "
-                     f"/ medium {_pct(g.get('medium')).strip()} / tail {_pct(g.get('tail')).strip()}")
+                     f"{names[wc['worst_class']]} {_pct(wc['worst']).strip()}{by_group}")
         sp = wc.get("spearman")
         if sp:
             lines.append(f"Spearman(robust accuracy, training count) = {sp['rho']:+.2f} (p={sp['p']:.2g})")
@@ -51,6 +54,25 @@ def format_summary(results: dict[str, Any], max_rows: int = 40) -> str:
     if par:
         lines.append(f"ONNX parity: max logit difference {par.get('max_abs_logit_diff', 0):.2e} on {par.get('n')} "
                      "images; robust accuracy scored by onnxruntime")
+    for c in results.get("curve") or []:
+        lines.append(f"  eps {c['eps_text']:>8}: robust {_pct(c['overall']).strip()}, balanced {_pct(c['balanced']).strip()}")
     for w in results.get("warnings", []):
         lines.append(f"warning: {w}")
+    lines += verdict_lines(results)
     return "\n".join(lines)
+
+
+def verdict_lines(results: dict[str, Any]) -> list[str]:
+    """The verdict (from results["verdict"]), its reasons and what to do next; no grade when not meaningful."""
+    v = results.get("verdict")
+    if not v:
+        return []
+    lines = ["", f"verdict: {v['code']}: {v['headline']}"]
+    lines += [f"  because {r}" for r in v.get("reasons", [])]
+    lines += [f"  next: {a}" for a in v.get("actions", [])]
+    gate = results.get("gate")
+    if gate:
+        lines.append(f"gate: {'passed' if gate['passed'] else 'FAILED'} ("
+                     + ", ".join(f"{c['key']} {_pct(c['value']).strip()} {'ok' if c['passed'] else 'fail'}"
+                                 for c in gate["conditions"]) + ")")
+    return lines

@@ -145,9 +145,17 @@ def export_timm(loaded: LoadedModel, out_dir: Path, probe: torch.Tensor, *, tol:
 
 def export_repaired(loaded: LoadedModel, out_dir: Path, probe: torch.Tensor, *, tol: float = 1e-3,
                     device: torch.device | str = "cpu") -> ExportResult:
-    """ONNX in, ONNX out; timm in, safetensors out."""
-    if loaded.format == "onnx":
-        return export_onnx(loaded, out_dir, probe, tol=tol, device=device)
-    if loaded.format == "timm":
-        return export_timm(loaded, out_dir, probe, tol=tol, device=device)
+    """ONNX in, ONNX out; timm in, safetensors out.
+
+    The file keeps the network's own output order: a ``--labels`` re-ordering is switched off
+    for the parity checks (the after-audit applies the same ``--labels`` again).
+    """
+    order, loaded.module.output_order = loaded.module.output_order, None
+    try:
+        if loaded.format == "onnx":
+            return export_onnx(loaded, out_dir, probe, tol=tol, device=device)
+        if loaded.format == "timm":
+            return export_timm(loaded, out_dir, probe, tol=tol, device=device)
+    finally:
+        loaded.module.output_order = order
     raise RepairError(f"cannot write a repaired model of format {loaded.format!r}")

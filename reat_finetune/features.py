@@ -57,7 +57,7 @@ class FeatureModel(nn.Module):
         if self.source == "timm-pre-logits":
             net = pm.net
             f = net.forward_head(net.forward_features(pm.normalise(x)), pre_logits=True)
-            return f.flatten(1), net.get_classifier()(f)
+            return f.flatten(1), pm.reorder(net.get_classifier()(f))  # --labels order, like pm(x)
         if self.source == "final-linear-input":
             self._capture = True
             try:
@@ -84,7 +84,7 @@ def _timm_ok(pm: PixelClassifier, probe: torch.Tensor) -> bool:
             clf = net.get_classifier()
             if not isinstance(clf, nn.Module) or f.dim() != 2:
                 return False
-            got, want = clf(f), pm(probe)
+            got, want = pm.reorder(clf(f)), pm(probe)
     except Exception as exc:  # noqa: BLE001 - any failure means "not usable"
         log.debug("timm pre-logits path fails: %s", exc)
         return False

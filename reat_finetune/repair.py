@@ -19,7 +19,7 @@ import torch
 
 from audit import __version__
 from audit.config import AuditConfig
-from audit.data import LTDataset, assign_groups
+from audit.data import LTDataset, class_groups
 from audit.engine import adapt_images
 from audit.pipeline import default_out_dir, prepare, resolve_device, run_audit
 from audit.results import environment, write_json
@@ -158,7 +158,11 @@ def _run_repair(config: RepairConfig, *, hooks: Optional[TrainHooks], progress: 
                                 "values, e.g. MatMul weights) are not trainable and stay as they are; only "
                                 "Conv/Gemm/BatchNorm parameters are fine-tuned")
         log.warning("%s", feature_warnings[-1])
-    groups = assign_groups(list(data.train_counts), rule=config.audit.group_rule)
+    groups = class_groups(list(data.train_counts), rule=config.audit.group_rule)  # no tail when balanced
+    if config.audit.fail_under:  # the gate judges the after-audit; refuse impossible conditions now
+        from audit.gate import check_available, parse_fail_under
+
+        check_available(parse_fail_under(config.audit.fail_under), groups)
     fp = fingerprint(
         model={"sha256": loaded.sha256 or f"random-init:{loaded.spec}", "spec": loaded.spec, "format": loaded.format,
                "arch": loaded.arch},
@@ -172,7 +176,8 @@ def _run_repair(config: RepairConfig, *, hooks: Optional[TrainHooks], progress: 
     out.mkdir(parents=True, exist_ok=True)
 
     # -- before ----------------------------------------------------------------------------
-    before_cfg = replace(config.audit, out=str(out / "before"), quiet=config.quiet or config.audit.quiet)
+    before_cfg = replace(config.audit, out=str(out / "before"), quiet=config.quiet or config.audit.quiet,
+                         fail_under=None)
     before = _reusable_before(out / "before" / "results.json", before_cfg) if resume_state is not None else None
     if before is None:
         log.info("auditing the input model (before)")
@@ -201,7 +206,7 @@ def _run_repair(config: RepairConfig, *, hooks: Optional[TrainHooks], progress: 
     exported = export_repaired(loaded, out, _eval_images(data, PROBE, size), tol=config.audit.parity_tol,
                                device=device)
     after_cfg = replace(before_cfg, model=exported.audit_model, checkpoint=exported.audit_checkpoint,
-                        out=str(out / "after"))
+                        out=str(out / "after"), fail_under=config.audit.fail_under)
     log.info("auditing the repaired model (after)")
     after_run = run_audit(after_cfg, progress=show)
     after = after_run.results

@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from ..errors import DatasetError
-from .longtail import assign_groups
+from .longtail import class_groups
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class LTDataset:
             "classes": list(self.class_names),
             "train_counts": [int(n) for n in self.train_counts],
             "test_counts": [int(n) for n in test_counts],
-            "groups": assign_groups(self.train_counts),
+            "groups": class_groups(self.train_counts),
             "imbalance": self.info.get("imbalance"),
             "root": self.info.get("root"),
             "source": self.info.get("source"),

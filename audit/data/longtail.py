@@ -1,4 +1,4 @@
-"""Long-tailed profile, seeded selection and head/medium/tail groups (ALGORITHMS.md, section 1).
+"""Long-tailed profile, seeded selection and head/medium/tail groups (docs/method.md, "Datasets").
 
 The published long-tail baselines (LDAM, RoBal, REAT, AT-BSL) all train on the same
 subsets, so the count formula and the selection RNG here reproduce the reference code
@@ -7,7 +7,7 @@ bit for bit.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -92,8 +92,27 @@ def assign_groups(train_counts: Sequence[int], rule: str = "thirds") -> list[str
     return groups
 
 
-def groups_to_indices(groups: Sequence[str]) -> dict[str, list[int]]:
-    """Class indices of each group, e.g. ``{"head": [0, 1, 2], "medium": [...], "tail": [...]}``."""
+def is_balanced(train_counts: Sequence[int]) -> bool:
+    """True when every class has the same training count, or no counts are known (all zero / none)."""
+    counts = [int(n) for n in train_counts]
+    return len(set(counts)) <= 1
+
+
+def class_groups(train_counts: Sequence[int], rule: str = "thirds") -> list[Optional[str]]:
+    """Like :func:`assign_groups`, but ``None`` for every class of a balanced training set.
+
+    With equal counts a "tail" would be an arbitrary third of the classes (ties break by
+    index), so a balanced set has no head/medium/tail groups at all.
+    """
+    if is_balanced(train_counts):
+        return [None] * len(train_counts)
+    return list(assign_groups(train_counts, rule))
+
+
+def groups_to_indices(groups: Sequence[Optional[str]]) -> dict[str, list[int]]:
+    """Class indices of each group, e.g. ``{"head": [0, 1, 2], "medium": [...], "tail": [...]}``; ``{}`` when balanced."""
+    if all(g is None for g in groups):
+        return {}
     out: dict[str, list[int]] = {g: [] for g in GROUPS}
     for i, g in enumerate(groups):
         if g not in out:

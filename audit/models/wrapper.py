@@ -67,6 +67,26 @@ class PixelClassifier(nn.Module):
             std = torch.ones(1, 1, 1, 1)
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
+        self.output_order: Optional[torch.Tensor] = None
+
+    def set_output_order(self, order: Optional[Sequence[int]]) -> None:
+        """Re-order the logits: column ``c`` of the output becomes the network's output ``order[c]``.
+
+        Set from ``--labels`` so that the dataset's class ``c`` and logit ``c`` mean the same class
+        everywhere (attacks, metrics, onnxruntime re-scoring); ``None`` keeps the network's order.
+        """
+        if order is None:
+            self.output_order = None
+            return
+        self.output_order = torch.as_tensor(list(order), dtype=torch.long)
+
+    def reorder(self, logits: torch.Tensor) -> torch.Tensor:
+        """Apply :meth:`set_output_order` to logits computed by ``self.net`` directly."""
+        if self.output_order is None:
+            return logits
+        if self.output_order.device != logits.device:
+            self.output_order = self.output_order.to(logits.device)
+        return logits.index_select(1, self.output_order)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - self.mean) / self.std if self.preprocessing.mean is not None else x
@@ -75,11 +95,27 @@ class PixelClassifier(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return self.net(self.normalise(x))
+        return self.reorder(self.net(self.normalise(x)))
 
 
 # A scorer maps float32 NCHW pixels in [0, 1] (numpy) to float32 logits (numpy).
 Scorer = Callable[[np.ndarray], np.ndarray]
+
+
+class ReorderedScorer:
+    """A reference scorer whose logit columns are re-ordered like :meth:`PixelClassifier.set_output_order`."""
+
+    def __init__(self, scorer: Scorer, order: Sequence[int]) -> None:
+        self.scorer = scorer
+        self.order = np.asarray(list(order), dtype=np.int64)
+
+    @property
+    def providers(self) -> Any:
+        return getattr(self.scorer, "providers", None)
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        logits = np.asarray(self.scorer(pixels))
+        return logits[:, self.order] if logits.ndim == 2 and logits.shape[1] == len(self.order) else logits
 
 
 @dataclass
@@ -98,6 +134,15 @@ class LoadedModel:
     reference_scorer: Optional[Scorer] = None
     parity: Optional[dict[str, Any]] = None
     info: dict[str, Any] = field(default_factory=dict)
+
+    def apply_output_order(self, order: Optional[Sequence[int]]) -> None:
+        """Re-order the outputs of the module and of the reference scorer alike (``--labels``)."""
+        if order is None or list(order) == list(range(self.num_classes)):
+            return
+        self.module.set_output_order(order)
+        if self.reference_scorer is not None:
+            self.reference_scorer = ReorderedScorer(self.reference_scorer, order)
+        self.info["output_order"] = [int(i) for i in order]
 
     def describe(self) -> dict[str, Any]:
         return {

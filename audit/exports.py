@@ -1,0 +1,102 @@
+"""Exports beside results.json for people and pipelines: ``per_class.csv`` and ``summary.md``."""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from .results import write_text
+
+CSV_NAME = "per_class.csv"
+MD_NAME = "summary.md"
+
+
+def _f(v: Optional[float]) -> str:
+    return "" if v is None else f"{v:.6g}"
+
+
+def per_class_csv(results: Mapping[str, Any]) -> str:
+    """One row per class: counts, group, clean and robust accuracy (per attack and worst case) with 95% intervals."""
+    names = [a["name"] for a in results["attacks"]] + ["worst_case"]
+    head = ["class", "index", "train_count", "group", "n_eval", "clean_acc", "clean_ci95_low", "clean_ci95_high"]
+    for n in names:
+        head += [f"robust_{n}", f"robust_{n}_ci95_low", f"robust_{n}_ci95_high"]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(head)
+    for r in results["per_class"]:
+        row = [r["name"], r["index"], r["train_count"], r.get("group") or "", r["n_eval"], _f(r["clean_acc"]),
+               _f(r["clean_ci95"][0]), _f(r["clean_ci95"][1])]
+        for n in names:
+            ci = r["robust_ci95"].get(n) or [None, None]
+            row += [_f(r["robust_acc"].get(n)), _f(ci[0]), _f(ci[1])]
+        w.writerow(row)
+    return buf.getvalue()
+
+
+def _md(text: Any) -> str:
+    """Escape a user string for a Markdown table cell or line."""
+    s = str(text).replace("\\", "\\\\").replace("\r", " ").replace("\n", " ")
+    for ch in "|`*_[]<>#":
+        s = s.replace(ch, "\\" + ch)
+    return s
+
+
+def _p(v: Optional[float]) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def summary_markdown(results: Mapping[str, Any], k_weakest: int = 5) -> str:
+    """A short Markdown summary for pull-request comments and CI logs."""
+    v = results.get("verdict") or {}
+    s = results["summary"]
+    wc = s["robust"]["worst_case"]
+    ds, tm = results["dataset"], results["threat_model"]
+    norm = "L∞" if tm["norm"] == "linf" else "L2"
+    lines = [f"## tailaudit: {_md(results['model']['spec'])} on {_md(ds['name'])}", ""]
+    if v:
+        lines += [f"**Verdict: {_md(v.get('label', v.get('code')))}** (`{v.get('code')}`). {_md(v.get('headline', ''))}", ""]
+        lines += [f"- {_md(r)}" for r in v.get("reasons", [])]
+        lines.append("")
+    lines += [f"Threat model {norm} ε = {_md(tm['eps_text'])}, {results['mode']}, {ds['n_eval']} test images, "
+              f"{len(ds['classes'])} classes" + (" (balanced training set)" if ds.get("balanced") else "") + ".", "",
+              "| figure | value |", "|---|---|",
+              f"| clean accuracy | {_p(s['clean'].get('overall'))} |",
+              f"| worst-case robust accuracy | {_p(wc.get('overall'))} |",
+              f"| balanced robust accuracy (class mean) | {_p(wc.get('mean'))} |"]
+    if wc.get("worst_class") is not None:
+        lines.append(f"| weakest class | {_md(ds['classes'][wc['worst_class']])} {_p(wc.get('worst'))} |")
+    for g, val in (wc.get("groups") or {}).items():
+        lines.append(f"| {g} classes robust | {_p(val)} |")
+    gap = (s.get("head_tail_gap") or {}).get("worst_case")
+    if gap is not None:
+        lines.append(f"| head − tail gap | {100 * gap:.1f} points |")
+    rows = sorted(results["per_class"], key=lambda r: (r["robust_acc"]["worst_case"] if r["robust_acc"]["worst_case"]
+                                                         is not None else 2, r["index"]))[:k_weakest]
+    lines += ["", f"Weakest classes under attack:", "", "| class | training images | group | clean | robust (worst case) |",
+              "|---|---:|---|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {_md(r['name'])} | {r['train_count']} | {r.get('group') or '-'} | {_p(r['clean_acc'])} | "
+                     f"{_p(r['robust_acc']['worst_case'])} |")
+    curve = results.get("curve") or []
+    if curve:
+        lines += ["", "Robustness curve (worst case):", "", "| ε | robust | balanced |", "|---|---:|---:|"]
+        lines += [f"| {_md(c['eps_text'])} | {_p(c['overall'])} | {_p(c['balanced'])} |" for c in curve]
+    gate = results.get("gate")
+    if gate:
+        lines += ["", f"Gate: **{'passed' if gate['passed'] else 'FAILED'}**", ""]
+        for c in gate["conditions"]:
+            lines.append(f"- {c['key']}: {_p(c['value'])} ({c['direction']} {_p(c['threshold'])}) — "
+                         f"{'pass' if c['passed'] else 'FAIL'}")
+    if v.get("actions"):
+        lines += ["", "What to do next:", ""] + [f"1. {_md(a)}" for a in v["actions"]]
+    if results.get("warnings"):
+        lines += ["", "Warnings:", ""] + [f"- {_md(w)}" for w in results["warnings"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_exports(out_dir: Path, results: Mapping[str, Any]) -> None:
+    """Write per_class.csv and summary.md atomically."""
+    write_text(Path(out_dir) / CSV_NAME, per_class_csv(results))
+    write_text(Path(out_dir) / MD_NAME, summary_markdown(results))

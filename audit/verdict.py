@@ -1,0 +1,218 @@
+"""The one verdict of an audit, computed once from figures already in ``results.json``.
+
+Codes, in order: ``robust``, ``partly-robust``, ``weakly-robust``, ``not-robust`` (bands on
+the share of correct answers that survive the attacks) and ``not-meaningful`` (the model does
+not work on this data, so no robustness grade is given). The terminal summary, the reports and
+``summary.md`` all read ``results["verdict"]``; the rules are explained in docs/method.md
+("Verdict").
+"""
+from __future__ import annotations
+
+import shlex
+from typing import Any, Mapping, Optional, Sequence
+
+from .inputs import MAX_RESIZE
+from .metrics import wilson_interval
+
+CODES = ("robust", "partly-robust", "weakly-robust", "not-robust", "not-meaningful")
+LABELS = {"robust": "Robust", "partly-robust": "Partly robust", "weakly-robust": "Weakly robust",
+          "not-robust": "Not robust", "not-meaningful": "Not meaningful"}
+# (lowest share of clean-correct answers that survive, code): worst-case robust / clean accuracy
+BANDS: tuple[tuple[float, str], ...] = ((0.8, "robust"), (0.5, "partly-robust"), (0.2, "weakly-robust"),
+                                        (0.0, "not-robust"))
+UNEVEN = 0.15  # head/tail robust gap (fraction) from which the rare classes are singled out
+WORST_SHARE = 0.5  # a worst class below half the balanced robust accuracy makes the grade uneven
+COLLAPSE_TOP = 0.5  # one class takes more than half of all clean predictions ...
+COLLAPSE_COVER = 0.9  # ... or 90% of the predictions fall into at most a quarter of the classes
+LOOKUP_CHECKS = ("the label order (does output i mean the dataset's class i? pass --labels FILE)",
+                 "that --dataset is the data the model was trained on",
+                 "the preprocessing (--mean/--std, --input-size, channels)",
+                 "that the weights are the trained ones (--checkpoint / the ONNX file)")
+
+
+def band(robust: float, clean: float) -> str:
+    """Band code for overall worst-case robust accuracy ``robust`` and clean accuracy ``clean``."""
+    survive = robust / clean if clean > 0 else 0.0
+    for threshold, code in BANDS:
+        if survive >= threshold:
+            return code
+    return BANDS[-1][1]
+
+
+def _pct(v: Optional[float]) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def _overall(node: Mapping[str, Any]) -> Optional[float]:
+    return node.get("overall") if node.get("overall") is not None else node.get("mean")
+
+
+def prediction_collapse(matrix: Sequence[Sequence[int]], names: Optional[Sequence[str]] = None) -> Optional[str]:
+    """A sentence when the clean predictions collapse onto few classes, else None.
+
+    ``matrix[true][pred]`` is the clean confusion matrix. Collapse: the most predicted class takes
+    more than half of all predictions (and more than twice the largest class's share of the labels),
+    or, with 8 classes or more, 90% of the predictions fall into at most a quarter of the classes
+    while the labels need more than half of the classes to reach 90%.
+    """
+    rows = [list(map(int, r)) for r in matrix]
+    C = len(rows)
+    n = sum(sum(r) for r in rows)
+    if C < 2 or n == 0:
+        return None
+    pred = [sum(rows[t][p] for t in range(C)) for p in range(C)]
+    true = [sum(r) for r in rows]
+    top = max(range(C), key=lambda p: (pred[p], -p))
+    top_share, label_share = pred[top] / n, max(true) / n
+    if top_share > COLLAPSE_TOP and top_share > 2 * label_share:
+        what = f"“{names[top]}”" if names is not None else f"index {top}"
+        return f"{top_share:.0%} of all clean predictions are class {what}"
+
+    def cover(counts: list[int]) -> int:
+        acc, k = 0, 0
+        for v in sorted(counts, reverse=True):
+            acc, k = acc + v, k + 1
+            if acc >= COLLAPSE_COVER * n:
+                break
+        return k
+
+    if C >= 8:
+        kp, kt = cover(pred), cover(true)
+        if kp <= C / 4 and kt > C / 2:
+            return f"90% of the clean predictions fall into only {kp} of the {C} classes"
+    return None
+
+
+def _meaningful_problems(results: Mapping[str, Any]) -> list[str]:
+    """Reasons why the figures cannot be read as robustness at all (empty list: they can)."""
+    s = results["summary"]
+    C = len(results["dataset"]["classes"])
+    n = int(results["dataset"].get("n_eval") or 0)
+    clean = s["clean"].get("overall")
+    out = []
+    if not n or clean is None:
+        return ["no test image was evaluated"]
+    k = round(clean * n)
+    lo, _ = wilson_interval(k, n)
+    chance = 1.0 / C
+    if lo <= chance:
+        out.append(f"clean accuracy {_pct(clean)} is not clearly above chance ({_pct(chance)} for {C} classes; "
+                   f"its 95% interval starts at {_pct(lo)})")
+    conf = s.get("clean_confusion")
+    if conf:
+        collapsed = prediction_collapse(conf, results["dataset"]["classes"])
+        if collapsed:
+            out.append(f"the predictions collapse: {collapsed}")
+    lc = results.get("label_check") or {}
+    if lc.get("suspected"):
+        out.append(f"the label order looks permuted: clean accuracy is {_pct(lc.get('accuracy_now'))}, but "
+                   f"{_pct(lc.get('accuracy_mapped'))} once the model's outputs are re-mapped to other classes")
+    return out
+
+
+def input_reasons(results: Mapping[str, Any]) -> list[str]:
+    """Sentences about the images being converted to fit the model (``results["input"]``)."""
+    inp = results.get("input") or {}
+    out = []
+    if inp.get("channel_conversion"):
+        out.append(f"the images were converted ({inp['channel_conversion']}) to fit the model: the model was "
+                   "probably trained on other data")
+    f = inp.get("resize_factor")
+    if f is not None and (f > MAX_RESIZE or f < 1 / MAX_RESIZE):
+        out.append(f"the images were resized by a factor {f:.3g} (data {inp.get('data_shape')}, model "
+                   f"{inp.get('model_shape')}): the model was probably trained on other data")
+    return out
+
+
+def _repair_command(results: Mapping[str, Any]) -> str:
+    cfg = results.get("config") or {}
+    parts = ["python", "cli.py", "repair", str(results["model"]["spec"]), "--dataset", str(results["dataset"]["name"])]
+    if cfg.get("checkpoint"):
+        parts += ["--checkpoint", str(cfg["checkpoint"])]
+    if cfg.get("data_root"):
+        parts += ["--data-root", str(cfg["data_root"])]
+    tm = results.get("threat_model") or {}
+    if tm.get("norm") and tm["norm"] != "linf":
+        parts += ["--norm", str(tm["norm"])]
+    if tm.get("eps_text"):
+        parts += ["--eps", str(tm["eps_text"])]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _weakest(results: Mapping[str, Any], k: int, group: Optional[str] = None) -> list[Mapping[str, Any]]:
+    rows = [r for r in results["per_class"] if r["robust_acc"].get("worst_case") is not None
+            and (group is None or r.get("group") == group)]
+    return sorted(rows, key=lambda r: (r["robust_acc"]["worst_case"], r["index"]))[:k]
+
+
+def _names(rows: Sequence[Mapping[str, Any]]) -> str:
+    quoted = [f"“{r['name']}”" for r in rows]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
+
+
+def compute_verdict(results: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"code", "headline", "reasons", "actions", ...}`` for an audit's results (see module doc)."""
+    s = results["summary"]
+    extra = input_reasons(results)
+    problems = _meaningful_problems(results)
+    if problems:
+        return {
+            "code": "not-meaningful", "label": LABELS["not-meaningful"],
+            "headline": (f"No robustness grade: {problems[0]}. Check the label order, the dataset, the "
+                         "preprocessing and the weights before reading any figure here."),
+            "reasons": problems + extra,
+            "actions": [f"check {c}" for c in LOOKUP_CHECKS]
+                       + ([f"re-run with --labels FILE listing the model's outputs in order: "
+                           f"{', '.join(m['class'] for m in results['label_check']['mapping'])}"]
+                          if (results.get("label_check") or {}).get("suspected") else []),
+            "band": None, "survival": None, "qualifier": None,
+        }
+    wc = s["robust"]["worst_case"]
+    robust, clean = _overall(wc), _overall(s["clean"])
+    survive = robust / clean if clean else 0.0
+    base = band(robust, clean)
+    reasons = [f"worst-case robust accuracy {_pct(robust)} keeps {survive:.0%} of the clean accuracy "
+               f"{_pct(clean)} (bands: 80% or more robust, 50-80% partly, 20-50% weakly, below 20% not robust)"]
+    gap = (s.get("head_tail_gap") or {}).get("worst_case")
+    groups = results["dataset"].get("groups") or {}
+    rare_weak = gap is not None and gap >= UNEVEN and bool(groups.get("tail")) and bool(groups.get("head"))
+    uneven = wc.get("worst") is not None and wc.get("mean") and wc["worst"] < WORST_SHARE * wc["mean"]
+    qualifier = None
+    code = base
+    if rare_weak:
+        qualifier = "rare classes"
+        reasons.append(f"robust accuracy on the tail (rarest) classes is {100 * gap:.1f} points below the head "
+                       f"classes (15 points or more singles them out)")
+    if uneven:
+        worst = results["per_class"][wc["worst_class"]]
+        qualifier = qualifier or "every class"
+        reasons.append(f"the weakest class “{worst['name']}” keeps {_pct(wc['worst'])} robust accuracy, below half "
+                       f"the balanced robust accuracy {_pct(wc['mean'])}")
+    if qualifier and base in ("robust", "partly-robust"):
+        code = {"robust": "partly-robust", "partly-robust": "weakly-robust"}[base]
+        lead = f"{LABELS[base]} overall, but not on {qualifier}"
+    elif qualifier:
+        lead = f"{LABELS[base]}; {'rare classes weakest' if rare_weak else 'uneven across classes'}"
+    else:
+        lead = LABELS[base]
+    tm = results.get("threat_model") or {}
+    threat = f"{'L∞' if tm.get('norm') == 'linf' else 'L2'} ε = {tm.get('eps_text', tm.get('eps'))}"
+    headline = (f"{lead}: under attack ({threat}) the model keeps {survive:.0%} of its correct answers "
+                f"({_pct(robust)} of the test images stay correct, {_pct(clean)} without attack).")
+    reasons += extra
+    actions = []
+    if code != "robust":
+        actions.append(f"repair it with adversarial fine-tuning (REAT): {_repair_command(results)}")
+    if rare_weak:
+        rows = _weakest(results, 2, "tail")
+        if rows:
+            actions.append(f"collect more training images for {_names(rows)} (rare classes with the lowest robust "
+                           "accuracy)")
+    elif uneven:
+        actions.append(f"look at the weakest classes {_names(_weakest(results, 2))}: more or cleaner training data "
+                       "there helps most")
+    if extra:
+        actions.append("audit the model on data of the size and colour it was trained on")
+    actions.append("confirm the figures with the stronger attack suite (--suite standard) before relying on them")
+    return {"code": code, "label": LABELS[code], "headline": headline, "reasons": reasons, "actions": actions,
+            "band": base, "survival": survive, "qualifier": qualifier}
