@@ -263,8 +263,9 @@ def run_cascade(
             step_all[:, sl] = step_b.cpu().numpy()
             pos += n
             n_robust += int(alive.sum())
+            bar.set_postfix(robust=f"{n_robust / max(pos, 1):.1%}", refresh=False)  # before update: it refreshes
             bar.update(n)
-            bar.set_postfix(robust=f"{n_robust / max(pos, 1):.1%}", refresh=False)
+        bar.set_postfix(robust=f"{n_robust / max(pos, 1):.1%}", refresh=True)  # the final figure, never stale
     finally:
         bar.close()
     if pos != n_total:

@@ -104,8 +104,8 @@ def _meaningful_problems(results: Mapping[str, Any]) -> list[str]:
         if collapsed:
             out.append(f"the predictions collapse: {collapsed}")
     lc = results.get("label_check") or {}
-    if lc.get("suspected"):
-        out.append(f"the label order looks permuted: clean accuracy is {_pct(lc.get('accuracy_now'))}, but "
+    if lc.get("suspected"):  # the most likely cause goes first
+        out.insert(0, f"the label order looks permuted: clean accuracy is {_pct(lc.get('accuracy_now'))}, but "
                    f"{_pct(lc.get('accuracy_mapped'))} once the model's outputs are re-mapped to other classes")
     return out
 
@@ -127,8 +127,11 @@ def input_reasons(results: Mapping[str, Any]) -> list[str]:
 def _repair_command(results: Mapping[str, Any]) -> str:
     cfg = results.get("config") or {}
     parts = ["python", "cli.py", "repair", str(results["model"]["spec"]), "--dataset", str(results["dataset"]["name"])]
-    if cfg.get("checkpoint"):
-        parts += ["--checkpoint", str(cfg["checkpoint"])]
+    for key in ("checkpoint", "labels", "mean", "std", "input_size"):
+        if cfg.get(key) is not None:
+            val = cfg[key]
+            val = ",".join(f"{v:g}" for v in val) if isinstance(val, (list, tuple)) else str(val)
+            parts += [f"--{key.replace('_', '-')}", val]
     if cfg.get("data_root"):
         parts += ["--data-root", str(cfg["data_root"])]
     tm = results.get("threat_model") or {}
