@@ -22,6 +22,7 @@ BANDS: tuple[tuple[float, str], ...] = ((0.8, "robust"), (0.5, "partly-robust"),
                                         (0.0, "not-robust"))
 UNEVEN = 0.15  # head/tail robust gap (fraction) from which the rare classes are singled out
 WORST_SHARE = 0.5  # a worst class below half the balanced robust accuracy makes the grade uneven
+CHANCE_MARGIN = 0.1  # "clearly above chance": the 95% interval starts 10% of the way from chance to 100%
 COLLAPSE_TOP = 0.5  # one class takes more than half of all clean predictions ...
 COLLAPSE_COVER = 0.9  # ... or 90% of the predictions fall into at most a quarter of the classes
 LOOKUP_CHECKS = ("the label order (does output i mean the dataset's class i? pass --labels FILE)",
@@ -95,9 +96,10 @@ def _meaningful_problems(results: Mapping[str, Any]) -> list[str]:
     k = round(clean * n)
     lo, _ = wilson_interval(k, n)
     chance = 1.0 / C
-    if lo <= chance:
+    floor = chance + CHANCE_MARGIN * (1 - chance)
+    if lo <= floor:
         out.append(f"clean accuracy {_pct(clean)} is not clearly above chance ({_pct(chance)} for {C} classes; "
-                   f"its 95% interval starts at {_pct(lo)})")
+                   f"its 95% interval starts at {_pct(lo)}, at or below {_pct(floor)})")
     conf = s.get("clean_confusion")
     if conf:
         collapsed = prediction_collapse(conf, results["dataset"]["classes"])

@@ -1,0 +1,268 @@
+"""CI gate, per_class.csv / summary.md, --labels and the permutation check, balanced sets, the eps curve."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import cli
+from audit.errors import ConfigError
+from audit.gate import evaluate_gate, parse_fail_under
+from audit.inputs import input_info, input_warnings
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "examples" / "digits_cnn.onnx"
+FAST = ["--steps", "3", "--eps", "0.1", "--quiet", "--no-html", "--no-pdf"]
+
+
+def audit(out: Path, *extra: str, model: Path = DEMO, n: str = "10") -> int:
+    return cli.main(["audit", str(model), "--n-per-class", n, "--out", str(out), *FAST, *extra])
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gate") / "run"
+    assert audit(out) == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+# -- gate -------------------------------------------------------------------------------------------
+
+def test_fail_under_parsing_fractions_and_percent():
+    conds = parse_fail_under("robust=0.3, tail=25%,max-gap=40%")
+    assert [(c.key, c.threshold) for c in conds] == [("robust", 0.3), ("tail", 0.25), ("max-gap", 0.4)]
+    for bad, needle in (("robust=50", "ambiguous"), ("robust=1", "ambiguous"), ("speed=0.5", "not a condition"),
+                        ("robust", "not a condition"), ("robust=abc", "not a number"), ("robust=0.2,robust=0.3", "twice"),
+                        ("robust=150%", "between"), ("", "empty"), ("robust=nan", "finite")):
+        with pytest.raises(ConfigError, match=needle):
+            parse_fail_under(bad)
+
+
+def test_gate_exit_codes_and_section(demo, tmp_path, capsys):
+    _, res = demo
+    wc = res["summary"]["robust"]["worst_case"]
+    capsys.readouterr()
+    out = tmp_path / "fail"
+    rc = audit(out, "--fail-under", f"clean=0.05,robust={min(0.99, wc['overall'] + 0.05):.3f},max-gap=0.01")
+    err = capsys.readouterr().err
+    assert rc == 3
+    gate = json.loads((out / "results.json").read_text())["gate"]
+    assert gate["passed"] is False
+    assert [(c["key"], c["passed"]) for c in gate["conditions"]] == [("clean", True), ("robust", False), ("max-gap", False)]
+    assert gate["conditions"][1]["value"] == pytest.approx(wc["overall"])
+    failing = [ln for ln in err.splitlines() if ln.startswith("tailaudit: gate failed")]
+    assert len(failing) == 2 and "robust" in failing[0] and "max-gap" in failing[1] and "at most" in failing[1]
+    out = tmp_path / "pass"
+    assert audit(out, "--fail-under", f"robust={max(0.0, wc['overall'] - 0.05) * 100:.1f}%,worst-class=0") == 0
+    assert json.loads((out / "results.json").read_text())["gate"]["passed"] is True
+    assert "Gate: **passed**" in (out / "summary.md").read_text()
+
+
+def test_gate_bad_input_is_exit_2_before_any_output(tmp_path, capsys):
+    out = tmp_path / "bad"
+    assert audit(out, "--fail-under", "robust=40") == 2
+    assert "ambiguous" in capsys.readouterr().err and not out.exists()
+
+
+def test_gate_value_is_measured_as_documented(demo):
+    _, res = demo
+    g = evaluate_gate(parse_fail_under("balanced=0,worst-class=0,tail=0,max-gap=100%"), res)
+    wc = res["summary"]["robust"]["worst_case"]
+    assert [c["value"] for c in g["conditions"]] == [wc["mean"], wc["worst"], wc["groups"]["tail"],
+                                                     res["summary"]["head_tail_gap"]["worst_case"]]
+    assert g["passed"]
+
+
+# -- exports ------------------------------------------------------------------------------------------
+
+def test_per_class_csv_matches_results(demo):
+    out, res = demo
+    rows = list(csv.DictReader((out / "per_class.csv").open(encoding="utf-8")))
+    assert len(rows) == 10
+    assert list(rows[0])[:8] == ["class", "index", "train_count", "group", "n_eval", "clean_acc", "clean_ci95_low",
+                                 "clean_ci95_high"]
+    for row, pc in zip(rows, res["per_class"]):
+        assert row["class"] == pc["name"] and int(row["index"]) == pc["index"]
+        assert int(row["train_count"]) == pc["train_count"] and row["group"] == pc["group"]
+        assert int(row["n_eval"]) == pc["n_eval"] == 10
+        assert float(row["clean_acc"]) == pytest.approx(pc["clean_acc"], abs=1e-5)
+        for name in ("pgd", "temp-pgd", "worst_case"):
+            assert float(row[f"robust_{name}"]) == pytest.approx(pc["robust_acc"][name], abs=1e-5)
+            assert float(row[f"robust_{name}_ci95_low"]) == pytest.approx(pc["robust_ci95"][name][0], abs=1e-5)
+            assert float(row[f"robust_{name}_ci95_high"]) == pytest.approx(pc["robust_ci95"][name][1], abs=1e-5)
+    assert res["files"]["per_class_csv"] == "per_class.csv" and res["files"]["summary_md"] == "summary.md"
+
+
+def test_summary_markdown_has_verdict_figures_and_weakest_classes(demo):
+    out, res = demo
+    md = (out / "summary.md").read_text(encoding="utf-8")
+    v = res["verdict"]
+    assert f"(`{v['code']}`)" in md and v["label"] in md
+    wc = res["summary"]["robust"]["worst_case"]
+    assert f"| worst-case robust accuracy | {100 * wc['overall']:.1f}% |" in md
+    assert f"| clean accuracy | {100 * res['summary']['clean']['overall']:.1f}% |" in md
+    weakest = sorted(res["per_class"], key=lambda r: (r["robust_acc"]["worst_case"], r["index"]))[0]
+    assert f"| {weakest['name']} | {weakest['train_count']} | {weakest['group']} |" in md
+    assert "What to do next:" in md
+
+
+def test_markdown_escapes_user_strings():
+    from audit.exports import _md
+
+    assert _md("a|b`c\nd<script>") == "a\\|b\\`c d\\<script\\>"
+
+
+# -- label order --------------------------------------------------------------------------------------
+
+PERM = [3, 7, 0, 9, 1, 5, 2, 8, 6, 4]  # output j of the permuted model is digit PERM[j]
+
+
+def _permuted_demo(path: Path) -> Path:
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = onnx.load(str(DEMO))
+    name = m.graph.output[0].name
+    for node in m.graph.node:
+        for i, o in enumerate(node.output):
+            if o == name:
+                node.output[i] = name + "_raw"
+    m.graph.initializer.append(numpy_helper.from_array(np.array(PERM, dtype=np.int64), "perm_idx"))
+    m.graph.node.append(helper.make_node("Gather", [name + "_raw", "perm_idx"], [name], axis=1))
+    onnx.save(m, str(path))
+    return path
+
+
+def test_permuted_label_order_is_detected_and_labels_fixes_it(demo, tmp_path, capsys):
+    model = _permuted_demo(tmp_path / "perm.onnx")
+    out = tmp_path / "perm"
+    assert audit(out, model=model) == 0
+    res = json.loads((out / "results.json").read_text())
+    lc = res["label_check"]
+    assert lc["suspected"] and lc["accuracy_now"] < 0.3 and lc["accuracy_mapped"] > 0.7
+    assert lc["mapping"] == [{"output": j, "class": str(PERM[j])} for j in range(10)]
+    assert res["verdict"]["code"] == "not-meaningful" and "label order" in res["verdict"]["headline"]
+    assert any("--labels" in w and "3,7,0,9,1,5,2,8,6,4" in w for w in res["warnings"])
+    # the suggested file, one name per line, restores the original model's figures exactly
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(m["class"] for m in lc["mapping"]) + "\n")
+    fixed = tmp_path / "fixed"
+    assert audit(fixed, "--labels", str(labels), model=model) == 0
+    got = json.loads((fixed / "results.json").read_text())
+    _, ref = demo
+    assert "label_check" not in got and got["verdict"]["code"] != "not-meaningful"
+    assert got["model"]["info"]["output_order"] == [PERM.index(c) for c in range(10)]
+    assert got["model"]["parity"]["argmax_agreement"] == 1.0  # onnxruntime permuted alike
+    for a, b in zip(got["per_class"], ref["per_class"]):
+        assert a["clean_acc"] == b["clean_acc"] and a["robust_acc"] == b["robust_acc"]
+    # a JSON list works too
+    labels.write_text(json.dumps([m["class"] for m in lc["mapping"]]))
+    assert audit(tmp_path / "json", "--labels", str(labels), model=model) == 0
+
+
+@pytest.mark.parametrize("content,needle", [("0\n1\n2\n", "missing: 3"), ("\n".join(["0"] * 10), "repeated: 0"),
+                                            (json.dumps(["a"] * 10), "not in the dataset: a"), ("[1, 2", "JSON")])
+def test_labels_file_that_does_not_match_is_one_line_exit_2(tmp_path, capsys, content, needle):
+    f = tmp_path / "labels.txt"
+    f.write_text(content)
+    out = tmp_path / "out"
+    assert audit(out, "--labels", str(f)) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and needle in err[0] and "--labels" in err[0]
+    assert not (out / "results.json").exists()
+
+
+# -- balanced image folder, input mismatch ----------------------------------------------------------------
+
+def _balanced_folder(root: Path, per_class: int = 3, size: int = 40) -> Path:
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in range(10):
+            d = root / split / str(c)
+            d.mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    return root
+
+
+def test_balanced_folder_has_no_groups_and_warns_about_input_mismatch(tmp_path, capsys):
+    root = _balanced_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    rc = cli.main(["audit", str(DEMO), "--dataset", "imagefolder", "--data-root", str(root), "--out", str(out),
+                   "--fail-under", "clean=0", *FAST])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    ds = res["dataset"]
+    assert ds["balanced"] is True and ds["groups"] == {} and ds["imbalance"] is None
+    assert all(pc["group"] is None for pc in res["per_class"])
+    assert res["summary"]["head_tail_gap"] == {"clean": None, "worst_case": None}
+    assert res["summary"]["robust"]["worst_case"]["groups"] == {}
+    assert res["input"] == {"data_shape": [3, 40, 40], "model_shape": [1, 8, 8], "channel_conversion": "RGB to grey",
+                            "resize_factor": 0.2}
+    assert sum(w.startswith("input mismatch") for w in res["warnings"]) == 2
+    assert any("converted (RGB to grey)" in r for r in res["verdict"]["reasons"])
+    assert "balanced training set" in printed and "rho" not in printed and "tail" not in printed
+    rows = list(csv.DictReader((out / "per_class.csv").open()))
+    assert {r["group"] for r in rows} == {""}
+    # a gate on the tail of a balanced set is refused before any work
+    out2 = tmp_path / "tail"
+    rc = cli.main(["audit", str(DEMO), "--dataset", "imagefolder", "--data-root", str(root), "--out", str(out2),
+                   "--fail-under", "tail=0.2", *FAST])
+    assert rc == 2 and "balanced" in capsys.readouterr().err and not out2.exists()
+
+
+def test_input_info_thresholds():
+    assert input_warnings(input_info([3, 32, 32], [3, 128, 128])) == []  # 4x exactly is fine
+    assert len(input_warnings(input_info([3, 32, 32], [3, 224, 224]))) == 1
+    assert input_info([1, 28, 28], [3, 28, 28])["channel_conversion"] == "grey to RGB"
+
+
+def test_digits_results_keep_groups_and_rho(demo):
+    _, res = demo
+    assert res["dataset"]["balanced"] is False and res["dataset"]["imbalance"] == 0.01
+    assert res["input"]["channel_conversion"] is None and res["input"]["resize_factor"] == 1.0
+    assert [g for g in ("head", "medium", "tail") if res["dataset"]["groups"].get(g)] == ["head", "medium", "tail"]
+
+
+# -- robustness curve -----------------------------------------------------------------------------------------
+
+def test_eps_curve_is_monotone_and_matches_single_budget_runs(tmp_path):
+    args = ["--steps", "5", "--quiet", "--no-html", "--no-pdf"]
+    base = ["audit", str(DEMO), "--n-per-class", "20", *args]
+    assert cli.main([*base, "--eps", "0.1,0.03,0.05", "--out", str(tmp_path / "curve")]) == 0
+    curve_res = json.loads((tmp_path / "curve" / "results.json").read_text())
+    curve = curve_res["curve"]
+    assert [c["eps_text"] for c in curve] == ["0.03", "0.05", "0.1"]
+    assert curve_res["threat_model"]["eps"] == 0.1 and curve_res["config"]["eps_curve"] == ["0.03", "0.05", "0.1"]
+    for a, b in zip(curve, curve[1:]):
+        assert b["overall"] <= a["overall"] and b["balanced"] <= a["balanced"]
+        assert all(y <= x for x, y in zip(a["per_class"], b["per_class"]))
+        assert b["points_run"] < a["points_run"]  # broken points are not attacked again
+    last = curve[-1]
+    wc = curve_res["summary"]["robust"]["worst_case"]
+    assert last["overall"] == wc["overall"] and last["balanced"] == wc["mean"]
+    assert last["per_class"] == [pc["robust_acc"]["worst_case"] for pc in curve_res["per_class"]]
+    assert set(last["groups"]) == {"head", "medium", "tail"}
+    singles = {}
+    for eps in ("0.03", "0.1"):
+        assert cli.main([*base, "--eps", eps, "--out", str(tmp_path / eps)]) == 0
+        singles[eps] = json.loads((tmp_path / eps / "results.json").read_text())
+    # the smallest budget runs on every point with the same batches and seeds: identical
+    assert curve[0]["per_class"] == [pc["robust_acc"]["worst_case"] for pc in singles["0.03"]["per_class"]]
+    # the largest differs from a single run only through the random starts of points attacked in other batches
+    single = singles["0.1"]["summary"]["robust"]["worst_case"]
+    assert abs(last["overall"] - single["overall"]) <= 0.02
+    assert max(abs(x - pc["robust_acc"]["worst_case"]) for x, pc in zip(last["per_class"], singles["0.1"]["per_class"])) <= 0.1
+    assert "curve" not in singles["0.1"]
+    md = (tmp_path / "curve" / "summary.md").read_text()
+    assert "| 0.03 |" in md and "Robustness curve" in md
+
+
+def test_eps_list_refuses_duplicates(tmp_path, capsys):
+    assert audit(tmp_path / "d", "--eps", "0.1,1/10") == 2
+    assert "twice" in capsys.readouterr().err
