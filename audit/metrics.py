@@ -1,4 +1,4 @@
-"""Class-wise metrics of ALGORITHMS.md section 3, from per-point records."""
+"""Class-wise metrics (docs/method.md, "Metrics"), from per-point records."""
 from __future__ import annotations
 
 import math

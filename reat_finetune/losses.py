@@ -1,4 +1,4 @@
-"""REAT's losses (ALGORITHMS.md section 4), vectorised over the batch.
+"""REAT's losses (docs/method.md, "Repair"), vectorised over the batch.
 
 * :func:`rbl_weights`: effective-number class weights from the previous epoch's adversarial
   prediction counts. With sign steps (L-inf PGD) or per-sample normalised steps (L2 PGD) a

@@ -1,7 +1,7 @@
 """CIFAR-10-LT and CIFAR-100-LT from torchvision's pickle layout or an image-folder layout.
 
 The test set stays balanced and complete; the training set is the seeded exponential
-long-tail selection of ALGORITHMS.md section 1 with ``n_max`` = the largest class.
+long-tail selection of docs/method.md ("Datasets") with ``n_max`` = the largest class.
 Pickles go through :mod:`audit.data.safe_pickle`, never through torchvision's loader.
 """
 from __future__ import annotations
