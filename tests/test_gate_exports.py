@@ -266,3 +266,28 @@ def test_eps_curve_is_monotone_and_matches_single_budget_runs(tmp_path):
 def test_eps_list_refuses_duplicates(tmp_path, capsys):
     assert audit(tmp_path / "d", "--eps", "0.1,1/10") == 2
     assert "twice" in capsys.readouterr().err
+
+
+# -- repair: the gate judges the after-audit; --labels survives fine-tuning and export ---------------------
+
+def test_repair_with_labels_and_gate_on_the_after_audit(tmp_path, capsys):
+    model = _permuted_demo(tmp_path / "perm.onnx")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(str(p) for p in PERM) + "\n")
+    out = tmp_path / "repair"
+    rc = cli.main(["repair", str(model), "--labels", str(labels), "--epochs", "1", "--batch-size-train", "32",
+                   "--n-per-class", "10", "--steps", "3", "--eps", "0.1", "--fail-under", "clean=0.5,robust=99%",
+                   "--out", str(out), "--quiet", "--no-html", "--no-pdf"])
+    err = capsys.readouterr().err
+    assert rc == 3
+    lines = [ln for ln in err.splitlines() if ln.startswith("tailaudit: gate failed")]
+    assert len(lines) == 1 and "robust" in lines[0]
+    before = json.loads((out / "before" / "results.json").read_text())
+    after = json.loads((out / "after" / "results.json").read_text())
+    assert "gate" not in before and after["gate"]["passed"] is False
+    assert [c["passed"] for c in after["gate"]["conditions"]] == [True, False]
+    # the labels apply before and after: no permutation suspected, accuracy of the working model
+    for res in (before, after):
+        assert "label_check" not in res and res["summary"]["clean"]["overall"] > 0.6
+        assert res["verdict"]["code"] != "not-meaningful"
+    assert (out / "repaired.onnx").exists() and (out / "after" / "per_class.csv").exists()
