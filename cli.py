@@ -248,6 +248,9 @@ def cmd_repair(args: argparse.Namespace) -> int:
         print(f"tailaudit: {exc}", file=sys.stderr)
         return 130
     print(format_comparison(run))
+    from audit.summary import verdict_lines
+
+    print("\n".join(["", "after repair:"] + verdict_lines(run.after)[1:]))
     for path in run.reports.values():
         print(f"report: {path}")
     print(f"repaired model: {run.model_path}")

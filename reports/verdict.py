@@ -1,22 +1,20 @@
 """Plain-language sentences generated from the figures in results.json.
 
-Bands for the one-word verdict, by the share of correct predictions that survive the
-attacks (worst-case robust accuracy / clean accuracy): at least 80% "robust", 50-80%
-"partly robust", 20-50% "weakly robust", below 20% "not robust"; qualified when the rare
-classes (head/tail gap of 15 points or more) or single classes lag far behind.
+The bands and their qualification are defined once, in :mod:`audit.verdict` (which also
+computes ``results["verdict"]``); this module only turns them into words and CSS classes.
 """
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+from audit.verdict import BANDS as _BANDS
+from audit.verdict import LABELS as _LABELS
+from audit.verdict import UNEVEN
+
 from .fmt import pct, points, short_name, threat_text
 
-BANDS: tuple[tuple[float, str, str], ...] = (
-    (0.8, "Robust", "good"),
-    (0.5, "Partly robust", "fair"),
-    (0.2, "Weakly robust", "poor"),
-    (0.0, "Not robust", "bad"),
-)
+CSS = {"robust": "good", "partly-robust": "fair", "weakly-robust": "poor", "not-robust": "bad", "not-meaningful": "bad"}
+BANDS: tuple[tuple[float, str, str], ...] = tuple((t, _LABELS[code], CSS[code]) for t, code in _BANDS)
 SAME = 0.02  # differences below 2 points are "about the same"
 
 
@@ -34,8 +32,6 @@ def band(robust: float, clean: float) -> tuple[str, str]:
     return BANDS[-1][1], BANDS[-1][2]
 
 
-UNEVEN = 0.15  # a head/tail gap of 15 points or more: the rare classes are singled out in the verdict
-
 
 def qualified_band(results: Mapping[str, Any]) -> tuple[str, str]:
     """The one-word band, qualified when rare classes (or some classes) are far less robust.
@@ -43,6 +39,8 @@ def qualified_band(results: Mapping[str, Any]) -> tuple[str, str]:
     "Robust overall, but not on rare classes" when the head/tail gap is at least 15 points;
     "…, but not on every class" when the worst class is below half the balanced robust accuracy.
     """
+    if (results.get("verdict") or {}).get("code") == "not-meaningful":  # never graded (audit/verdict.py)
+        return _LABELS["not-meaningful"], CSS["not-meaningful"]
     s = results["summary"]
     wc = s["robust"]["worst_case"]
     robust = wc["overall"] if wc.get("overall") is not None else wc["mean"]
