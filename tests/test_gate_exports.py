@@ -291,3 +291,29 @@ def test_repair_with_labels_and_gate_on_the_after_audit(tmp_path, capsys):
         assert "label_check" not in res and res["summary"]["clean"]["overall"] > 0.6
         assert res["verdict"]["code"] != "not-meaningful"
     assert (out / "repaired.onnx").exists() and (out / "after" / "per_class.csv").exists()
+
+
+# -- progress bar ------------------------------------------------------------------------------------------
+
+def test_progress_bar_ends_on_the_final_robust_figure(capsys):
+    import re
+
+    import torch
+    from torch import nn
+
+    from audit.attacks import create_attack
+    from audit.config import AttackSpec
+    from audit.engine import run_cascade
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    x = torch.rand(40, 1, 4, 4)
+    y = net(x).argmax(1)  # every point clean-correct
+    y[30:] = (y[30:] + 1) % 3  # the last batch is all wrong: the final share differs from the one before
+    batches = [(x[i:i + 10], y[i:i + 10], torch.arange(i, i + 10)) for i in range(0, 40, 10)]
+    attack = create_attack(AttackSpec("pgd", "pgd", "linf", 0.001, 1, 0.001))
+    rec = run_cascade(net, batches, [attack], n_total=40, num_classes=3, input_size=(1, 4, 4),
+                      device=torch.device("cpu"), seed=0, progress=True)
+    final = rec.robust_masks(False)["worst_case"].mean()
+    shown = re.findall(r"robust=([0-9.]+)%", capsys.readouterr().err)
+    assert shown and float(shown[-1]) == pytest.approx(100 * final, abs=0.05)
