@@ -77,7 +77,9 @@ def _add_attack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", default="0.5", help="Temperature-PGD T, one value or a list to sweep (e.g. 0.1,0.5,2,5)")
     p.add_argument("--independent", action="store_true",
                    help="run every attack on every clean-correct point (head-to-head) instead of the cascade")
-    p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--seed", type=_nonneg_int, default=0,
+                   help="attack randomness: a point's random start depends only on (seed, attack, its test-set index)")
+    p.add_argument("--subset-seed", type=_nonneg_int, default=0, help="picks the --n-per-class subset (default 0)")
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -187,7 +189,7 @@ def _audit_config(args: argparse.Namespace):
         attacks=tuple(a.strip() for a in args.attacks.split(",") if a.strip()),
         norm=args.norm, **_eps_args(args.eps), steps=args.steps,
         step_size=args.step_size, temperatures=tuple(parse_number_list(args.temperature, "--temperature")),
-        independent=args.independent, seed=args.seed, device=args.device, batch_size=args.batch_size,
+        independent=args.independent, seed=args.seed, subset_seed=args.subset_seed, device=args.device, batch_size=args.batch_size,
         amp=args.amp, out=args.out, quiet=args.quiet, download=not args.no_download,
         labels=getattr(args, "labels", None), fail_under=getattr(args, "fail_under", None),
     )

@@ -78,6 +78,7 @@ class AuditConfig:
     temperatures: Sequence[float] = (0.5,)
     independent: bool = False
     seed: int = 0
+    subset_seed: int = 0
     device: str = "auto"
     batch_size: int = 256
     amp: str = "off"

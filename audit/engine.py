@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .attacks import Attack
+from .attacks import Attack, PointNoise
 from .errors import DatasetError, ModelLoadError
 from .models.wrapper import Scorer
 
@@ -150,11 +150,6 @@ def _looks_like_probabilities(logits: torch.Tensor) -> bool:
         torch.allclose(logits.sum(1), torch.ones(logits.shape[0], device=logits.device), atol=1e-3))
 
 
-def batch_seed(seed: int, attack: int, batch: int) -> int:
-    """Seed of one attack on one batch: reproducible whatever ran before."""
-    return (seed * 1_000_003 + attack * 7_919 + batch * 104_729) % (2**63 - 1)
-
-
 def run_cascade(
     model: torch.nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
@@ -233,8 +228,8 @@ def run_cascade(
                 if sel.numel() == 0:
                     continue
                 t0 = time.perf_counter()
-                gen = torch.Generator(device=device).manual_seed(batch_seed(seed, a, b))
-                out = attack.run(model, x[sel], y[sel], generator=gen, early_stop=True, autocast=autocast)
+                noise = PointNoise.for_points(seed, attack.spec.name, ids[sel.cpu()], device)
+                out = attack.run(model, x[sel], y[sel], noise=noise, early_stop=True, autocast=autocast)
                 fooled = out.step >= 0
                 adv_pred = out.pred
                 if reference_scorer is not None and bool(fooled.any()):

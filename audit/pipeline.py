@@ -97,7 +97,7 @@ def _bn_fingerprint(module: torch.nn.Module) -> float:
 def _eval_indices(data: LTDataset, config: AuditConfig) -> np.ndarray:
     labels = np.asarray(data.test_labels)
     if config.n_per_class:
-        return np.asarray(stratified_subset(labels, config.n_per_class, config.seed), dtype=np.int64)
+        return np.asarray(stratified_subset(labels, config.n_per_class, config.subset_seed), dtype=np.int64)
     return np.arange(len(labels), dtype=np.int64)
 
 
@@ -275,6 +275,7 @@ def build_results(config: AuditConfig, specs, data: LTDataset, model: LoadedMode
         "attacks": [s.to_dict() for s in specs],
         "mode": "independent" if config.independent else "cascade",
         "seed": config.seed,
+        "subset_seed": config.subset_seed,
         "config": config.to_dict(),
         "environment": environment(device),
         "timings": {

@@ -27,7 +27,7 @@ def main() -> None:
     torch.set_num_threads(torch.get_num_threads())
     import torchattacks
 
-    from audit.attacks import create_attack
+    from audit.attacks import PointNoise, create_attack
     from audit.config import AttackSpec
 
     dev = torch.device(args.device)
@@ -60,7 +60,7 @@ def main() -> None:
             ok = torch.zeros_like(yb, dtype=torch.bool)
             sel = keep.nonzero().squeeze(1)
             if sel.numel():
-                out = ours.run(model, xb[sel], yb[sel], generator=torch.Generator(dev).manual_seed(i),
+                out = ours.run(model, xb[sel], yb[sel], noise=PointNoise.for_points(0, "pgd", (i + sel).tolist()),
                                early_stop=cascade)
                 ok[sel] = out.step < 0
             robust.append(ok & clean[i:i + bs])

@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=250)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    from audit.attacks import create_attack
+    from audit.attacks import PointNoise, create_attack
     from audit.config import AttackSpec
     from audit.models.onnx_model import load_onnx
 
@@ -47,7 +47,7 @@ def main() -> None:
 
     def run(model):
         for i in range(0, len(y), bs):
-            attack.run(model, x[i:i + bs], y[i:i + bs], generator=torch.Generator().manual_seed(i), early_stop=False)
+            attack.run(model, x[i:i + bs], y[i:i + bs], noise=PointNoise.for_points(0, "pgd", range(i, i + len(y[i:i + bs]))), early_stop=False)
 
     with torch.no_grad():
         diff = (native(x[:64]) - conv(x[:64])).abs().max().item()

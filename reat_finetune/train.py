@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from audit.attacks import create_attack
+from audit.attacks import BatchNoise, create_attack
 from audit.attacks.base import Attack
 from audit.config import AttackSpec
 from audit.engine import adapt_images
@@ -112,22 +112,11 @@ def augment(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
 
 def perturb(attack: Attack, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
             autocast: Autocast = None) -> torch.Tensor:
-    """The final PGD iterate (not the first fooling one): the audit engine's start, loss and step.
+    """The final PGD iterate (not the first fooling one), drawn from one generator for the batch.
 
     ``model`` must be in eval mode (BatchNorm statistics untouched); gradients go to the input only.
     """
-    ctx = autocast or contextlib.nullcontext
-    x0 = x.detach()
-    xa = attack._random_start(x0, gen)
-    for _ in range(attack.spec.steps):
-        xa.requires_grad_(True)
-        with ctx():
-            logits = model(xa)
-        loss = attack.loss(logits.float(), y).sum()
-        (grad,) = torch.autograd.grad(loss, xa)
-        with torch.no_grad():
-            xa = attack._step(xa.detach(), x0, grad)
-    return xa.detach()
+    return attack.perturb(model, x, y, noise=BatchNoise(gen, x.shape[0]), autocast=autocast)
 
 
 def train_step(fm: FeatureModel, attack: Attack, method: RepairMethod, ctx: LossContext, x: torch.Tensor,
@@ -194,7 +183,8 @@ def evaluate(model: torch.nn.Module, source: BatchSource, spec: AttackSpec, *, d
         clean[pos] = ok.cpu()
         if ok.any():
             with torch.enable_grad():
-                out = attack.run(model, x[ok], y[ok], generator=gen, early_stop=True, autocast=autocast)
+                out = attack.run(model, x[ok], y[ok], noise=BatchNoise(gen, int(ok.sum())), early_stop=True,
+                                 autocast=autocast)
             r = torch.zeros_like(ok)
             r[ok] = out.step < 0
             robust[pos] = r.cpu()

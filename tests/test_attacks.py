@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from audit.attacks import create_attack
+from audit.attacks import PointNoise, create_attack
 from audit.config import AttackSpec, AuditConfig
 from audit.engine import run_cascade
 from audit.errors import ConfigError
@@ -41,7 +41,7 @@ def cnn_and_data():
 def test_adversarial_points_stay_in_ball_and_pixel_range(cnn_and_data, norm, eps, kind, t):
     model, x, y = cnn_and_data
     attack = create_attack(_spec(kind, norm, eps, steps=5, t=t))
-    out = attack.run(model, x, y, generator=torch.Generator().manual_seed(0), early_stop=False)
+    out = attack.run(model, x, y, noise=PointNoise.for_points(0, "test", range(len(x))), early_stop=False)
     d = (out.x_adv - x).flatten(1)
     if norm == "linf":
         assert d.abs().max() <= eps + 1e-6
@@ -72,7 +72,7 @@ def test_linear_model_linf_reaches_known_optimum():
         margin = sgn * (x.flatten(1) @ w + b)
         worst_margin = margin - eps * w.abs().sum()
     out = create_attack(_spec("pgd", "linf", eps, steps=10, alpha=eps / 4)).run(
-        model, x, y, generator=torch.Generator().manual_seed(0), early_stop=False)
+        model, x, y, noise=PointNoise.for_points(0, "test", range(len(x))), early_stop=False)
     expected_broken = worst_margin < 0
     assert torch.equal(out.step >= 0, expected_broken)
     # robust points end exactly on the optimal vertex
@@ -94,7 +94,7 @@ def test_linear_model_l2_reaches_known_optimum():
         sgn = torch.where(y == 1, 1.0, -1.0)
         worst_margin = sgn * (x.flatten(1) @ w + float((lin.bias[1] - lin.bias[0]).detach())) - eps * w.norm()
     out = create_attack(_spec("pgd", "l2", eps, steps=50, alpha=eps / 4)).run(
-        model, x, y, generator=torch.Generator().manual_seed(0), early_stop=False)
+        model, x, y, noise=PointNoise.for_points(0, "test", range(len(x))), early_stop=False)
     keep = worst_margin > 1e-3
     target = x.flatten(1) - eps * sgn[:, None] * (w / w.norm())[None, :]
     assert torch.allclose(out.x_adv.flatten(1)[keep], target[keep], atol=2e-3)
@@ -176,3 +176,39 @@ def test_temperature_pgd_needs_temperature_and_config_names():
         create_attack(_spec("fgsm"))
     cfg = AuditConfig(model="m.onnx", temperatures=(0.1, 2.0))
     assert [s.name for s in cfg.attack_specs()] == ["pgd", "temp-pgd@T=0.1", "temp-pgd@T=2"]
+
+
+def _cascade_in_batches(model, x, y, ids, batch, seed=0, eps=0.01):
+    attacks = [create_attack(_spec("pgd", "linf", eps, steps=5)), create_attack(_spec("temp-pgd", "linf", eps, steps=5, t=0.5))]
+    batches = [(x[i:i + batch], y[i:i + batch], ids[i:i + batch]) for i in range(0, len(y), batch)]
+    return run_cascade(model, batches, attacks, n_total=len(y), num_classes=10, input_size=x.shape[1:],
+                       device=torch.device("cpu"), seed=seed, progress=False)
+
+
+def test_results_do_not_depend_on_batch_size_order_or_sharding():
+    """A point's random start depends only on (seed, attack, test-set index)."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 12 * 12, 10)).eval()
+    x = torch.rand(40, 3, 12, 12)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    y[::7] = (y[::7] + 1) % 10  # a few clean mistakes
+    ids = torch.arange(100, 140)
+    ref = _cascade_in_batches(model, x, y, ids, batch=40)
+    assert 0 < int(ref.broken().any(0).sum()) < 40  # informative: some broken, some robust
+    for batch in (1, 7, 16):
+        rec = _cascade_in_batches(model, x, y, ids, batch=batch)
+        assert np.array_equal(rec.step, ref.step) and np.array_equal(rec.pred, ref.pred)
+    # two shards run separately, concatenated, and the points in reverse order
+    a = _cascade_in_batches(model, x[:13], y[:13], ids[:13], batch=5)
+    b = _cascade_in_batches(model, x[13:], y[13:], ids[13:], batch=9)
+    assert np.array_equal(np.concatenate([a.step, b.step], 1), ref.step)
+    r = torch.arange(39, -1, -1)
+    rev = _cascade_in_batches(model, x[r], y[r], ids[r], batch=11)
+    assert np.array_equal(rev.step[:, ::-1], ref.step)
+    # the streams: same (seed, attack, index) -> same draws; another seed, attack or index -> others
+    draw = lambda seed, attack, idx: PointNoise.for_points(seed, attack, idx).rand((3, 4))  # noqa: E731
+    assert torch.equal(draw(0, "pgd", [5, 9])[1], draw(0, "pgd", [9])[0])
+    assert torch.equal(draw(0, "pgd", [5, 9]).flip(0), draw(0, "pgd", [9, 5]))
+    for other in (draw(1, "pgd", [5]), draw(0, "temp-pgd", [5]), draw(0, "pgd", [6])):
+        assert not torch.equal(other[0], draw(0, "pgd", [5])[0])

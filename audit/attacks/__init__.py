@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..config import AttackSpec
 from ..registry import ATTACKS
 from .base import Attack, AttackOutcome
+from .noise import BatchNoise, Noise, PointNoise, point_seed
 from . import pgd as _pgd  # noqa: F401  (registers "pgd")
 from . import temp_pgd as _temp_pgd  # noqa: F401  (registers "temp-pgd")
 
@@ -13,4 +14,4 @@ def create_attack(spec: AttackSpec) -> Attack:
     return ATTACKS.get(spec.kind)(spec)
 
 
-__all__ = ["Attack", "AttackOutcome", "create_attack", "ATTACKS"]
+__all__ = ["Attack", "AttackOutcome", "create_attack", "ATTACKS", "Noise", "PointNoise", "BatchNoise", "point_seed"]

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..config import AttackSpec
+from .noise import Noise
 
 
 @dataclass
@@ -44,16 +45,17 @@ class Attack:
         raise NotImplementedError
 
     # -- geometry -----------------------------------------------------------------------
-    def _random_start(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def _random_start(self, x: torch.Tensor, noise: Noise) -> torch.Tensor:
         eps = self.spec.eps
         if not self.spec.random_start or eps == 0:
             return x.clone()
+        shape = tuple(x.shape[1:])
         if self.spec.norm == "linf":
-            delta = (torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) * 2 - 1) * eps
+            delta = (noise.rand(shape, dtype=x.dtype).to(x.device) * 2 - 1) * eps
         else:
-            d = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+            d = noise.randn(shape, dtype=x.dtype).to(x.device)
             norms = d.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
-            r = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), generator=gen, device=x.device, dtype=x.dtype)
+            r = noise.rand((1,) * (x.dim() - 1), dtype=x.dtype).to(x.device)
             delta = d / norms * r * eps
         return (x + delta).clamp_(0, 1)
 
@@ -79,11 +81,15 @@ class Attack:
         x: torch.Tensor,
         y: torch.Tensor,
         *,
-        generator: torch.Generator,
+        noise: Noise,
         early_stop: bool = True,
         autocast: Optional[Callable[[], contextlib.AbstractContextManager]] = None,
     ) -> AttackOutcome:
-        """Attack ``x`` (labels ``y``); ``model`` maps pixels to logits and is in eval mode."""
+        """Attack ``x`` (labels ``y``) for the audit; ``model`` maps pixels to logits and is in eval mode.
+
+        ``noise`` gives one random stream per point (:mod:`.noise`). With ``early_stop`` a point
+        leaves the batch the step it is first fooled.
+        """
         n = x.shape[0]
         ctx = autocast or contextlib.nullcontext
         out_x = x.detach().clone()
@@ -92,7 +98,7 @@ class Attack:
         idx = torch.arange(n, device=x.device)
         x0 = x.detach()
         yy = y
-        xa = self._random_start(x0, generator)
+        xa = self._random_start(x0, noise)
         zero_grad = 0
         forwards = 0
         for t in range(self.spec.steps + 1):
@@ -127,3 +133,29 @@ class Attack:
                 if not bool(keep.all()):
                     xa, x0, yy, idx = xa[keep], x0[keep], yy[keep], idx[keep]
         return AttackOutcome(out_x, out_pred, out_step, zero_grad, forwards)
+
+    def perturb(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        noise: Noise,
+        autocast: Optional[Callable[[], contextlib.AbstractContextManager]] = None,
+    ) -> torch.Tensor:
+        """The final iterate after every step, no early stop (what adversarial training uses).
+
+        ``model`` must be in eval mode (BatchNorm statistics untouched); gradients go to the input only.
+        """
+        ctx = autocast or contextlib.nullcontext
+        x0 = x.detach()
+        xa = self._random_start(x0, noise)
+        for _ in range(self.spec.steps):
+            xa.requires_grad_(True)
+            with ctx():
+                logits = model(xa)
+            loss = self.loss(logits.float(), y).sum()
+            (grad,) = torch.autograd.grad(loss, xa)
+            with torch.no_grad():
+                xa = self._step(xa.detach(), x0, grad)
+        return xa.detach()
