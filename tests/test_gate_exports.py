@@ -254,10 +254,19 @@ def test_eps_curve_is_monotone_and_matches_single_budget_runs(tmp_path):
         singles[eps] = json.loads((tmp_path / eps / "results.json").read_text())
     # the smallest budget runs on every point with the same batches and seeds: identical
     assert curve[0]["per_class"] == [pc["robust_acc"]["worst_case"] for pc in singles["0.03"]["per_class"]]
-    # the largest differs from a single run only through the random starts of points attacked in other batches
-    single = singles["0.1"]["summary"]["robust"]["worst_case"]
-    assert abs(last["overall"] - single["overall"]) <= 0.02
-    assert max(abs(x - pc["robust_acc"]["worst_case"]) for x, pc in zip(last["per_class"], singles["0.1"]["per_class"])) <= 0.1
+    # per-point seeding: a point attacked at the largest budget gets the same random start as in a single run,
+    # so the curve can only differ where a smaller budget broke a point that a fresh attack would miss
+    def robust(folder: Path) -> np.ndarray:
+        pts = json.loads((folder / "points.json").read_text())
+        ok = np.array(pts["clean_pred"]) == np.array(pts["label"])
+        for a in pts["attacks"].values():
+            ok &= np.array(a["step"]) < 0
+        return ok
+
+    assert not (robust(tmp_path / "curve") & ~robust(tmp_path / "0.1")).any()  # never more optimistic
+    assert last["per_class"] == [pc["robust_acc"]["worst_case"] for pc in singles["0.1"]["per_class"]]
+    assert curve_res["summary"]["clean"] == singles["0.1"]["summary"]["clean"]
+    assert curve_res["summary"]["robust"]["worst_case"] == singles["0.1"]["summary"]["robust"]["worst_case"]
     assert "curve" not in singles["0.1"]
     md = (tmp_path / "curve" / "summary.md").read_text()
     assert "| 0.03 |" in md and "Robustness curve" in md
