@@ -206,6 +206,8 @@ def build_results(config: AuditConfig, specs, data: LTDataset, model: LoadedMode
     broken = records.broken()
     lin = final_linear_of(model)
     norms = lin.weight.detach().float().norm(dim=1).cpu().numpy() if lin is not None and lin.out_features == C else None
+    if norms is not None and model.info.get("output_order"):
+        norms = norms[np.asarray(model.info["output_order"])]  # rows follow the model's outputs; --labels re-orders
 
     per_class = []
     for c in range(C):

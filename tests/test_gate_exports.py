@@ -122,17 +122,15 @@ PERM = [3, 7, 0, 9, 1, 5, 2, 8, 6, 4]  # output j of the permuted model is digit
 
 
 def _permuted_demo(path: Path) -> Path:
+    """The demo CNN as if trained with another class order: rows of its final Gemm permuted."""
     import onnx
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
     m = onnx.load(str(DEMO))
-    name = m.graph.output[0].name
-    for node in m.graph.node:
-        for i, o in enumerate(node.output):
-            if o == name:
-                node.output[i] = name + "_raw"
-    m.graph.initializer.append(numpy_helper.from_array(np.array(PERM, dtype=np.int64), "perm_idx"))
-    m.graph.node.append(helper.make_node("Gather", [name + "_raw", "perm_idx"], [name], axis=1))
+    for init in m.graph.initializer:
+        if init.name in ("fc.weight", "fc.bias"):
+            arr = numpy_helper.to_array(init)[PERM]
+            init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(arr), init.name))
     onnx.save(m, str(path))
     return path
 
@@ -326,3 +324,19 @@ def test_progress_bar_ends_on_the_final_robust_figure(capsys):
     final = rec.robust_masks(False)["worst_case"].mean()
     shown = re.findall(r"robust=([0-9.]+)%", capsys.readouterr().err)
     assert shown and float(shown[-1]) == pytest.approx(100 * final, abs=0.05)
+
+
+def test_weight_norms_follow_the_labels_order(tmp_path):
+    """The classifier's weight rows are in the model's output order; results list them by dataset class."""
+    from audit.config import AuditConfig
+    from audit.pipeline import run_audit
+
+    model = _permuted_demo(tmp_path / "perm.onnx")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(str(p) for p in PERM) + "\n")
+    common = dict(dataset="digitslt", n_per_class=2, steps=1, eps=0.1, eps_text="0.1", quiet=True)
+    plain = run_audit(AuditConfig(model=str(DEMO), out=str(tmp_path / "a"), **common)).results
+    fixed = run_audit(AuditConfig(model=str(model), labels=str(labels), out=str(tmp_path / "b"), **common)).results
+    norms = [r["weight_norm"] for r in plain["per_class"]]
+    assert None not in norms and len(set(norms)) == 10
+    assert [r["weight_norm"] for r in fixed["per_class"]] == pytest.approx(norms, rel=1e-6)
