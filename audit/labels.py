@@ -16,6 +16,7 @@ from .errors import ConfigError
 from .metrics import wilson_interval
 
 MIN_GAIN = 0.2  # re-mapped accuracy must beat the current one by 20 points or more ...
+MIN_MAPPED = 0.5  # ... and reach at least 50%: on few points an assignment finds 30% in pure noise
 
 
 def read_label_order(path: str | Path, class_names: Sequence[str]) -> list[int]:
@@ -68,9 +69,9 @@ def check_label_order(confusion: np.ndarray, class_names: Sequence[str],
     """``label_check`` for results.json when a re-mapping of outputs to classes fits far better, else None.
 
     Solves the assignment (``scipy.optimize.linear_sum_assignment``) that maximises the clean
-    accuracy after re-mapping. Suspected when the re-mapped accuracy beats the current one by at
-    least 20 points and their 95% Wilson intervals do not overlap (a chance-level model on few
-    points cannot trigger it by luck). ``order`` is the ``--labels`` order already applied, so the
+    accuracy after re-mapping. Suspected when the re-mapped accuracy is at least 50%, beats the
+    current one by at least 20 points, and their 95% Wilson intervals do not overlap (an
+    assignment fitted to a chance-level model on few points finds 30% by luck). ``order`` is the ``--labels`` order already applied, so the
     suggested mapping names the model's real output indices.
     """
     from scipy.optimize import linear_sum_assignment
@@ -82,7 +83,8 @@ def check_label_order(confusion: np.ndarray, class_names: Sequence[str],
     rows, cols = linear_sum_assignment(m, maximize=True)  # rows: true class, cols: predicted column
     now_k, mapped_k = int(np.trace(m)), int(m[rows, cols].sum())
     now, mapped = now_k / n, mapped_k / n
-    if mapped - now < MIN_GAIN or wilson_interval(mapped_k, n)[0] <= wilson_interval(now_k, n)[1]:
+    if (mapped - now < MIN_GAIN or mapped < MIN_MAPPED
+            or wilson_interval(mapped_k, n)[0] <= wilson_interval(now_k, n)[1]):
         return None
     class_of_column = {int(c): int(r) for r, c in zip(rows, cols)}
     output_of_column = list(order) if order is not None else list(range(m.shape[0]))

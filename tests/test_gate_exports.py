@@ -340,3 +340,23 @@ def test_weight_norms_follow_the_labels_order(tmp_path):
     norms = [r["weight_norm"] for r in plain["per_class"]]
     assert None not in norms and len(set(norms)) == 10
     assert [r["weight_norm"] for r in fixed["per_class"]] == pytest.approx(norms, rel=1e-6)
+
+
+def test_label_check_names_real_outputs_when_a_wrong_labels_order_was_applied():
+    from audit.labels import check_label_order
+
+    names = [str(c) for c in range(10)]
+    wrong = [(c + 3) % 10 for c in range(10)]  # a --labels order that is not the model's: column c = output wrong[c]
+    conf = np.zeros((10, 10), dtype=np.int64)
+    for t in range(10):
+        column = wrong.index(PERM.index(t))  # the model answers class t with output PERM.index(t)
+        conf[t, column] = 45
+        conf[t, (column + 1) % 10] = 5
+    lc = check_label_order(conf, names, wrong)
+    assert lc["accuracy_mapped"] == pytest.approx(0.9)
+    assert lc["mapping"] == [{"output": o, "class": str(PERM[o])} for o in range(10)]
+    # a chance-level model on few points is not flagged by luck
+    rng = np.random.default_rng(0)
+    noise = np.zeros((10, 10), dtype=np.int64)
+    np.add.at(noise, (rng.integers(0, 10, 50), rng.integers(0, 10, 50)), 1)
+    assert check_label_order(noise, names) is None
