@@ -85,6 +85,9 @@ def _gap_sentence(results: Mapping[str, Any]) -> str | None:
 
 def _correlation_sentence(results: Mapping[str, Any]) -> str | None:
     sp = results["summary"]["robust"]["worst_case"].get("spearman")
+    d = results["dataset"]
+    if d.get("balanced") or not any((d.get("groups") or {}).values()):
+        return None  # equal training counts: there is no rarity to correlate with
     if not sp or sp.get("rho") is None:
         return None
     rho, p = float(sp["rho"]), sp.get("p")
