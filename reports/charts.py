@@ -72,7 +72,7 @@ def _label_bars(ax, bars, values: np.ndarray, percent: bool, n_bars: int, signed
     texts = [fmt.format(v) if np.isfinite(v) else "n/a" for v in values]
     if not percent:
         texts = ["0" if t in ("+0.0", "-0.0", "0.0") else t for t in texts]
-    vertical = n_bars > 16
+    vertical = n_bars > 24
     ax.bar_label(bars, labels=texts, fontsize=5.5 if vertical else 6.5, padding=1.5,
                  rotation=90 if vertical else 0)
 

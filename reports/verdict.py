@@ -163,8 +163,12 @@ def audit_verdict(results: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def compare_verdict(before: Mapping[str, Any], after: Mapping[str, Any],
-                    worse: Sequence[tuple[str, float]]) -> dict[str, Any]:
-    """Sentences for a before/after comparison; ``worse`` = (class name, robust delta) of flagged classes."""
+                    worse: Sequence[tuple[str, float]], labels: tuple[str, str] | None = None) -> dict[str, Any]:
+    """Sentences for a before/after comparison; ``worse`` = (class name, robust delta) of flagged classes.
+
+    ``labels`` = the (before, after) verdict labels to name when they differ (the runs' own verdicts);
+    without them the band rule of this module gives them.
+    """
     sb, sa = before["summary"], after["summary"]
 
     def overall(s: Mapping[str, Any], key: str) -> float:
@@ -210,6 +214,7 @@ def compare_verdict(before: Mapping[str, Any], after: Mapping[str, Any],
     wk_b, wk_a = weakest(before, 1)[0], weakest(after, 1)[0]
     sentences.append(f"Weakest class after: {quote(wk_a['name'])} at {pct(wk_a['robust_acc']['worst_case'])} "
                      f"(before: {quote(wk_b['name'])} at {pct(wk_b['robust_acc']['worst_case'])}).")
-    if wb[0] != wa[0]:
-        sentences.insert(1, f"The verdict moved from “{wb[0]}” to “{wa[0]}”.")
+    lb, la = labels if labels is not None else (wb[0], wa[0])
+    if lb != la:
+        sentences.insert(1, f"The verdict moved from “{lb}” to “{la}”.")
     return {"band": wa[0], "band_class": wa[1], "band_before": wb, "band_after": wa, "sentences": sentences}
