@@ -282,6 +282,7 @@ def method(results: Mapping[str, Any]) -> dict[str, Any]:
         "bands": [f"{word} at {t:.0%} or more" if t > 0 else f"{word} below {BANDS[i - 1][0]:.0%}"
                   for i, (t, word, _css) in enumerate(BANDS)],
         "meaningful": resolve_verdict(results)["meaningful"],
+        "verdict_here": resolve_verdict(results)["computed_here"],
         "balanced": is_balanced(results),
     }
 

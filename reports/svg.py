@@ -38,11 +38,11 @@ STYLE = {
 CLEAN = "#56B4E9"
 ROBUST = "#003F7F"
 BEFORE = "#CC79A7"
-AFTER = "#0072B2"
+AFTER = ROBUST  # "robust after" is the robust series: the same colour in every chart
 WORSE = "#B2182B"
 BETTER = "#1A7F3C"
-GROUP_COLOURS = {"head": "#009E73", "medium": "#8C8C8C", "tail": "#D55E00"}
-OTHER_GROUP = "#E69F00"
+GROUP_COLOURS = {"head": "#009E73", "medium": "#666666", "tail": "#D55E00"}
+OTHER_GROUP = "#222222"
 CURVE_COLOURS = ("#000000", "#E69F00", "#F0E442", "#56B4E9", "#CC79A7")  # overall/balanced lines and classes
 
 _ID_RE = re.compile(r'\bid="([^"]+)"')
