@@ -43,7 +43,7 @@ WORSE = "#B2182B"
 BETTER = "#1A7F3C"
 GROUP_COLOURS = {"head": "#009E73", "medium": "#666666", "tail": "#D55E00"}
 OTHER_GROUP = "#222222"
-CURVE_COLOURS = ("#000000", "#E69F00", "#F0E442", "#56B4E9", "#CC79A7")  # overall/balanced lines and classes
+CURVE_COLOURS = ("#000000", "#E69F00", "#56B4E9", "#CC79A7", "#8C6D00")  # overall/balanced lines and classes
 
 _ID_RE = re.compile(r'\bid="([^"]+)"')
 

