@@ -153,7 +153,7 @@ def class_bars(
                 low = min(0.0, min(float(vals[xi]) * scale for _, vals, _ in series))
                 ax.annotate("▼", (xi, low), xytext=(0, -2), textcoords="offset points", ha="center", va="top",
                             color=WORSE, fontsize=8)
-        real_groups = [g for g in groups if g]
+        real_groups = [g for g in groups if g and g != "–"]
         handles = ax.get_legend_handles_labels()[0] + (_group_legend(real_groups) if counts is not None else [])
         fig.legend(handles=handles, loc="outside upper center", ncols=min(len(handles), 7), frameon=False,
                    title=None, handlelength=1.2, columnspacing=1.2)

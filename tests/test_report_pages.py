@@ -158,7 +158,8 @@ def test_page1_answers_in_plain_words(full):
     weakest = sorted(results["per_class"], key=lambda r: (r["robust_acc"]["worst_case"], r["index"]))[0]
     assert f"“{weakest['name']}”: {pct(weakest['robust_acc']['worst_case'])} robust" in page1
     assert "rare: " in page1 and "training images" in page1  # why: rarity, from the training counts
-    assert "Findings in detail" not in page1  # technical detail comes after page 1
+    whole = page_text(files["pdf"], 1, 3)
+    assert whole.index("Words used in this report") < whole.index("Key figures") < whole.index("Findings in detail")
 
 
 def test_one_verdict_from_results(full):
@@ -378,3 +379,25 @@ def test_new_sections_in_chromium(full, repair_folder, chance, browser):  # noqa
             assert needle in info["text"], needle
         if shot == "report-not-meaningful.png":
             assert not any(g in info["text"] for g in GRADES)
+
+
+def test_compare_with_not_meaningful_after_and_escaping(tmp_path):
+    """A compare whose after run is not meaningful grades only the before run; every new user string is escaped."""
+    xss = "<img src=x onerror=alert(1)>"
+    before = with_verdict(make_results(10), "partly-robust", "Partly robust before.", actions=["Repair it."])
+    after = make_results(10, seed=2, clean_shift=-0.85, robust_shift=-0.5)
+    with_verdict(after, "not-meaningful", f"Not meaningful {xss}", reasons=[f"reason {xss}"], actions=[f"act {xss}"])
+    after["label_check"] = {"suspected": True, "accuracy_now": 0.1, "accuracy_mapped": 0.9,
+                            "mapping": [{"output": 0, "class": xss}]}
+    after["gate"] = {"conditions": [{"key": xss, "threshold": 0.5, "value": 0.1, "passed": False}], "passed": False}
+    html = render_report(before, tmp_path, compare=after, formats=["html"],
+                         training_log={"method": xss, "selection": {"rule": xss, "chosen_epoch": 1}, "epochs": []},
+                         repair={"description": xss})["html"].read_text(encoding="utf-8")
+    assert xss not in html and "onerror=alert(1)>" not in html
+    assert html.count("&lt;img src=x onerror=alert(1)&gt;") >= 7
+    text = visible_text(html)
+    assert "before: Partly robust" in text and "after: Result not meaningful" in text
+    assert "What changed:" not in text and "Classes still at risk" not in text
+    assert "No robustness grade is given for this run" in text
+    for grade in ("Robust overall", "Weakly robust", "Not robust"):
+        assert grade not in text, grade
