@@ -241,6 +241,13 @@ def test_balanced_training_set_has_no_groups(tmp_path):
     per_class = svg_of(html, "Per-class clean and robust accuracy, ordered by training count")
     assert per_class is not None and "training" not in " ".join(svg_texts(per_class))  # no count strip
     assert "None" not in text
+    after = make_balanced(make_results(10, seed=1, robust_shift=0.1))
+    html = render_report(results, tmp_path / "c", compare=after, formats=["html"])["html"].read_text(encoding="utf-8")
+    text = visible_text(html)
+    assert "The training set is balanced" in text and "None" not in text
+    assert not re.search(r"\b(head|medium|tail|rarest|imbalance|rho)\b", text, re.I), \
+        re.search(r".{40}\b(head|medium|tail|rarest|imbalance|rho)\b.{40}", text, re.I).group(0)
+    assert svg_of(html, "Change per group") is None and "ρ" not in text
 
 
 # ----------------------------------------------------------------------------------------- repair training section
