@@ -4,13 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from markupsafe import Markup
-
 from . import charts
 from .examples import build_examples
 from .fmt import (attack_label, count, eps_text, interval, num, over_255, pct, points, seconds, short_name,
                   threat_text)
-from .plain import at_risk, budget_sentence, critical_warnings, gate_rows, is_balanced, resolve_verdict, GLOSSARY
+from .plain import GLOSSARY, at_risk, budget_sentence, critical_warnings, gate_rows, is_balanced, resolve_verdict
 from .verdict import BANDS, audit_verdict, extra_broken, head_tail, weakest
 
 LARGE = 40  # above this many classes, bar charts show the worst classes and the groups
