@@ -1,9 +1,11 @@
-"""Plain-language sentences generated from the figures in results.json.
+"""Plain-language sentences generated from the figures in results.json (the reports' "findings").
 
-Bands for the one-word verdict, by the share of correct predictions that survive the
-attacks (worst-case robust accuracy / clean accuracy): at least 80% "robust", 50-80%
-"partly robust", 20-50% "weakly robust", below 20% "not robust"; qualified when the rare
-classes (head/tail gap of 15 points or more) or single classes lag far behind.
+The verdict a report shows is the one the audit stored in ``results["verdict"]`` (see
+:mod:`reports.plain`). The bands below only grade results files written before verdicts
+existed: by the share of correct predictions that survive the attacks (worst-case robust
+accuracy / clean accuracy): at least 80% "robust", 50-80% "partly robust", 20-50% "weakly
+robust", below 20% "not robust"; qualified when the rare classes (head/tail gap of 15 points
+or more) or single classes lag far behind.
 """
 from __future__ import annotations
 
