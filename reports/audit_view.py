@@ -316,6 +316,7 @@ def first_page(results: Mapping[str, Any]) -> dict[str, Any]:
     return {"verdict": verdict, "budget": budget_sentence(results), "data": data, "balanced": balanced,
             "critical": critical_warnings(results),
             "at_risk": at_risk(results) if verdict["meaningful"] else [],
+            "at_risk_title": "Weakest classes, and why" if verdict["code"] == "robust" else "Classes at risk, and why",
             "gate": gate_rows(results),
             "glossary": [(t, x) for t, x in GLOSSARY if not (balanced and t.startswith("Head"))]}
 

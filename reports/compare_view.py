@@ -209,6 +209,8 @@ def compare_context(before: Mapping[str, Any], before_dir: Path, after: Mapping[
         "page1": {"before": vb, "after": va, "changes": change_sentences(before, after) if va["meaningful"]
                   and vb["meaningful"] else [], "budget": budget_sentence(after),
                   "critical": critical, "at_risk": at_risk(after) if va["meaningful"] else [],
+                  "at_risk_title": "Weakest classes after, and why" if va["code"] == "robust"
+                  else "Classes still at risk, and why",
                   "gate": gate_rows(after), "balanced": balanced,
                   "glossary": [(t, x) for t, x in GLOSSARY if not (balanced and t.startswith("Head"))]},
         "verdict": compare_verdict(before, after, worse, (vb["label"], va["label"])),

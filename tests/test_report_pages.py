@@ -162,7 +162,7 @@ def test_page1_answers_in_plain_words(full):
     assert whole.index("Words used in this report") < whole.index("Key figures") < whole.index("Findings in detail")
 
 
-def test_one_verdict_from_results(full):
+def test_one_verdict_from_results(full, tmp_path):
     html = full["files"]["html"].read_text(encoding="utf-8")
     text = visible_text(html)
     assert text.count(HEADLINE) == 1
@@ -170,6 +170,10 @@ def test_one_verdict_from_results(full):
     assert "Weakly robust" not in text and 'class="badge fair"' in html
     old = resolve_verdict(make_results(10))  # a file without verdict: band fallback, marked as such
     assert old["code"] == "weakly-robust" and old["computed_here"] and old["actions"]
+    robust = with_verdict(make_results(10), "robust", "Robust: most correct answers survive.", actions=["Keep it."])
+    text = visible_text(render_report(robust, tmp_path, formats=["html"])["html"].read_text(encoding="utf-8"))
+    assert "Robust: most correct answers survive." in text and "Weakest classes, and why" in text
+    assert "Classes at risk" not in text and "verdict of its own" not in text
 
 
 def test_robustness_curve_chart_and_table(full, chance):
