@@ -245,7 +245,8 @@ def _run_repair(config: RepairConfig, *, hooks: Optional[TrainHooks], progress: 
             log.warning("cannot render the before/after report (%s); results are in %s", exc, out)
         else:
             reports = render_report(out / "before" / "results.json", out, formats=tuple(config.formats),
-                                    compare=after_run.results_path, training_log=tlog, basename="report")
+                                    compare=after_run.results_path, training_log=tlog, repair=summary,
+                                    basename="report")
     summary["files"].update({k: p.name for k, p in reports.items()})
     summary["timings"]["total_s"] = time.perf_counter() - t_start
     write_json(out / "repair.json", summary)

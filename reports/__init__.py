@@ -2,7 +2,8 @@
 
 Public API (used by ``cli.py audit``, ``cli.py report`` and the repair command)::
 
-    render_report(results, out_dir, formats=("html", "pdf"), compare=None, training_log=None, basename="report")
+    render_report(results, out_dir, formats=("html", "pdf"), compare=None, training_log=None, repair=None,
+                  basename="report")
     load_results(path)
     check_comparable(before, after)
 """

@@ -4,12 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from markupsafe import Markup
-
 from . import charts
 from .examples import build_examples
 from .fmt import (attack_label, count, eps_text, interval, num, over_255, pct, points, seconds, short_name,
                   threat_text)
+from .plain import GLOSSARY, at_risk, budget_sentence, critical_warnings, gate_rows, is_balanced, resolve_verdict
 from .verdict import BANDS, audit_verdict, extra_broken, head_tail, weakest
 
 LARGE = 40  # above this many classes, bar charts show the worst classes and the groups
@@ -20,7 +19,7 @@ GROUP_ORDER = ("head", "many", "medium", "tail", "few")
 
 def by_count(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """Most common class first (the order of every per-class chart and table)."""
-    return sorted(rows, key=lambda r: (-r["train_count"], r["index"]))
+    return sorted(rows, key=lambda r: (-(r["train_count"] or 0), r["index"]))
 
 
 def group_names(results: Mapping[str, Any]) -> list[str]:
@@ -79,7 +78,7 @@ def class_table(results: Mapping[str, Any]) -> dict[str, Any]:
         ci = r.get("robust_ci95") or {}
         broken = r.get("broken_by") or {}
         rows.append({
-            "index": r["index"], "name": r["name"], "group": r["group"], "train": count(r["train_count"]),
+            "index": r["index"], "name": r["name"], "group": r["group"] or "–", "train": count(r["train_count"]),
             "n": r["n_eval"], "clean": num(r["clean_acc"]), "clean_ci": interval(r.get("clean_ci95")),
             "attacks": [num(r["robust_acc"].get(c["name"])) for c in cols],
             "worst": num(r["robust_acc"]["worst_case"]), "worst_ci": interval(ci.get("worst_case")),
@@ -104,47 +103,80 @@ def _group_labels(results: Mapping[str, Any]) -> list[str]:
     return [f"{g} ({len(groups[g])})" for g in group_names(results)]
 
 
-def build_charts(results: Mapping[str, Any], prefix: str = "a") -> dict[str, Markup | None]:
-    """All charts of an audit report."""
+def strip_counts(results: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[int] | None:
+    """Training counts for the strip over per-class bars; None when they say nothing (balanced, unknown)."""
+    counts = [r.get("train_count") for r in rows]
+    if is_balanced(results) or any(c is None for c in counts) or len(set(counts)) <= 1:
+        return None
+    return [int(c) for c in counts]  # type: ignore[arg-type]
+
+
+def curve_view(results: Mapping[str, Any], prefix: str = "a", k: int = 4) -> dict[str, Any] | None:
+    """Robust accuracy against eps (the ``curve`` key): chart and table; None without a curve of 2+ budgets."""
+    curve = [c for c in results.get("curve") or [] if isinstance(c, Mapping)]
+    if len(curve) < 2:
+        return None
+    curve = sorted(curve, key=lambda c: float(c.get("eps") or 0.0))
+    labels = [str(c.get("eps_text") or over_255(c.get("eps")) or f"{float(c.get('eps') or 0):g}") for c in curve]
+    gnames = [g for g in group_names(results) if all(g in (c.get("groups") or {}) for c in curve)]
+    lines = [("overall", [c.get("overall") for c in curve], "#000000", "-"),
+             ("balanced", [c.get("balanced") for c in curve], "#555555", "--")]
+    lines += [(g, [(c.get("groups") or {}).get(g) for c in curve], charts.group_colour(g), "-") for g in gnames]
+    n = len(results["per_class"])
+    have = all(len(c.get("per_class") or []) == n for c in curve)
+    picked = weakest(results, k) if have else []
+    class_lines = [(str(r["name"]), [c["per_class"][r["index"]] for c in curve]) for r in picked]
+    svg = charts.eps_curve(f"{prefix}-curve", labels, lines, class_lines,
+                           label="Robust accuracy against the attack budget")
+    rows = [{"eps": lab, "overall": pct(c.get("overall")), "balanced": pct(c.get("balanced")),
+             "groups": [pct((c.get("groups") or {}).get(g)) for g in gnames]} for lab, c in zip(labels, curve)]
+    return {"svg": svg, "rows": rows, "groups": gnames, "classes": [str(r["name"]) for r in picked]}
+
+
+def build_charts(results: Mapping[str, Any], prefix: str = "a") -> dict[str, Any]:
+    """All charts of an audit report; a chart with nothing to show is None (and not drawn)."""
     rows = results["per_class"]
     n = len(rows)
     large = n > LARGE
     s = results["summary"]
-    out: dict[str, Markup | None] = {}
+    out: dict[str, Any] = {}
     gnames = group_names(results)
     out["groups"] = charts.group_bars(
         f"{prefix}-groups", _group_labels(results),
         [("clean", [s["clean"]["groups"].get(g, 0) for g in gnames], charts.CLEAN),
          ("robust (worst case)", [s["robust"]["worst_case"]["groups"].get(g, 0) for g in gnames], charts.ROBUST)],
-        label="Mean clean and robust accuracy per group", title="mean accuracy per group")
+        label="Mean clean and robust accuracy per group", title="mean accuracy per group") if gnames else None
     sel = _chart_rows(results)
     out["per_class"] = charts.class_bars(
-        f"{prefix}-per-class", [r["name"] for r in sel], [r["group"] for r in sel], [r["train_count"] for r in sel],
+        f"{prefix}-per-class", [r["name"] for r in sel], [r["group"] for r in sel], strip_counts(results, sel),
         [("clean", [r["clean_acc"] for r in sel], charts.CLEAN),
          ("robust (worst case)", [r["robust_acc"]["worst_case"] for r in sel], charts.ROBUST)],
         label="Per-class clean and robust accuracy, ordered by training count",
-        annotate=[f"{r['robust_acc']['worst_case'] * 100:.0f}" for r in sel] if len(sel) <= 20 else None)
+        value_labels="last" if len(sel) <= 20 else "none")
     sp = s["robust"]["worst_case"].get("spearman") or {}
     title = "one point per class"
     if sp.get("rho") is not None:
         title = f"Spearman ρ = {sp['rho']:.2f}" + (f" (p = {sp['p']:.2g})" if sp.get("p") is not None else "")
     label_idx = [r["index"] for r in rows] if n <= 12 else [r["index"] for r in weakest(results, 3)] if n <= LARGE else []
-    out["scatter"] = charts.count_scatter(
-        f"{prefix}-scatter", [r["train_count"] for r in rows], [r["group"] for r in rows], [r["name"] for r in rows],
-        [r["robust_acc"]["worst_case"] for r in rows], label="Robust accuracy against training count",
-        title=title, intervals=[(r.get("robust_ci95") or {}).get("worst_case") for r in rows],
-        label_classes=label_idx)
+    out["scatter"] = None
+    if strip_counts(results, rows) is not None:
+        out["scatter"] = charts.count_scatter(
+            f"{prefix}-scatter", [r["train_count"] for r in rows], [r["group"] for r in rows],
+            [r["name"] for r in rows], [r["robust_acc"]["worst_case"] for r in rows],
+            label="Robust accuracy against training count", title=title,
+            intervals=[(r.get("robust_ci95") or {}).get("worst_case") for r in rows], label_classes=label_idx)
     out["attacks"] = None
-    if len(results["attacks"]) > 1:
-        extra = dict(zip((r["index"] for r in rows), extra_broken(results)))
-        sel = _chart_rows(results, key=lambda r: (-extra[r["index"]], -r["train_count"], r["index"]))
+    extra = dict(zip((r["index"] for r in rows), extra_broken(results))) if len(results["attacks"]) > 1 else {}
+    if any(extra.values()):
+        sel = _chart_rows(results, key=lambda r: (-extra[r["index"]], -(r["train_count"] or 0), r["index"]))
         out["attacks"] = charts.class_bars(
-            f"{prefix}-attacks", [r["name"] for r in sel], [r["group"] for r in sel], [r["train_count"] for r in sel],
-            [("extra points broken (accuracy points)", [extra[r["index"]] / max(1, r["n_eval"]) * 100 for r in sel],
+            f"{prefix}-attacks", [r["name"] for r in sel], [r["group"] for r in sel], strip_counts(results, sel),
+            [("accuracy points the later attacks took", [extra[r["index"]] / max(1, r["n_eval"]) * 100 for r in sel],
               charts.ROBUST)],
             label="Extra points the later attacks broke, per class", percent=False, ylabel="accuracy points",
-            annotate=[f"{extra[r['index']]}" if extra[r["index"]] else "" for r in sel], height=2.5)
-    out["large"] = large  # type: ignore[assignment]
+            value_labels="all" if len(sel) <= 40 else "none", signed=False, height=2.5)
+    out["curve"] = curve_view(results, prefix)
+    out["large"] = large
     return out
 
 
@@ -212,8 +244,7 @@ def method(results: Mapping[str, Any]) -> dict[str, Any]:
     pre = m.get("preprocessing") or {}
     mode = results.get("mode", "cascade")
     return {
-        "threat": threat_text(results["threat_model"]),
-        "eps": f"{results['threat_model'].get('eps', 0):.6g} ({eps_text(results['threat_model'])})",
+        "threat": threat_with_decimal(results["threat_model"]),
         "mode": mode,
         "mode_text": ("cascade: each attack runs only on points still robust; a point is robust only if it survives "
                       "every attack" if mode == "cascade" else
@@ -226,7 +257,8 @@ def method(results: Mapping[str, Any]) -> dict[str, Any]:
             ("evaluated points", count(d.get("n_eval"))),
             ("points per class", d.get("n_per_class") if d.get("n_per_class") else "whole test set"),
             ("evaluated points fingerprint (sha256)", d.get("eval_indices_sha256")),
-            ("groups", f"{d.get('group_rule', '?')}: " + ", ".join(f"{g} {len(groups[g])}" for g in group_names(results))),
+            ("groups", "none: the training set is balanced" if is_balanced(results) else
+             f"{d.get('group_rule', '?')}: " + ", ".join(f"{g} {len(groups[g])}" for g in group_names(results))),
             ("seed", results.get("seed")),
         ),
         "model": _kv(
@@ -247,7 +279,20 @@ def method(results: Mapping[str, Any]) -> dict[str, Any]:
                           ("audit run", results.get("created"))),
         "bands": [f"{word} at {t:.0%} or more" if t > 0 else f"{word} below {BANDS[i - 1][0]:.0%}"
                   for i, (t, word, _css) in enumerate(BANDS)],
+        "meaningful": resolve_verdict(results)["meaningful"],
+        "verdict_here": resolve_verdict(results)["computed_here"],
+        "balanced": is_balanced(results),
     }
+
+
+def threat_with_decimal(threat: Mapping[str, Any]) -> str:
+    """'L∞, ε = 8/255 (0.03137)'; the decimal only when the recorded text is not already that number."""
+    text = threat_text(dict(threat))
+    eps = threat.get("eps")
+    if eps is None:
+        return text
+    decimal = f"{float(eps):.4g}"
+    return text if eps_text(dict(threat)) == decimal else f"{text} ({decimal})"
 
 
 def headline(results: Mapping[str, Any]) -> str:
@@ -256,6 +301,24 @@ def headline(results: Mapping[str, Any]) -> str:
     return (f"{results['model']['spec']} on {d['name']} ({len(d['classes'])} classes, {count(d.get('n_eval'))} "
             f"test points) · threat model {threat_text(results['threat_model'])} · attacks "
             + " → ".join(attack_label(a) for a in results["attacks"]))
+
+
+def first_page(results: Mapping[str, Any]) -> dict[str, Any]:
+    """Page 1 in plain words: verdict, what it means, critical warnings, next steps, classes at risk, gate."""
+    verdict = resolve_verdict(results)
+    d = results["dataset"]
+    balanced = is_balanced(results)
+    data = f"{d['name']}: {len(d['classes'])} classes, {count(d.get('n_eval'))} test images"
+    if balanced:
+        data += "; the training set is balanced (every class has as many training images), so there are no rare classes"
+    elif d.get("imbalance") is not None:
+        data += f"; long-tailed training set, imbalance factor {d['imbalance']:g} (rarest / most common class)"
+    return {"verdict": verdict, "budget": budget_sentence(results), "data": data, "balanced": balanced,
+            "critical": critical_warnings(results),
+            "at_risk": at_risk(results) if verdict["meaningful"] else [],
+            "at_risk_title": "Weakest classes, and why" if verdict["code"] == "robust" else "Classes at risk, and why",
+            "gate": gate_rows(results),
+            "glossary": [(t, x) for t, x in GLOSSARY if not (balanced and t.startswith("Head"))]}
 
 
 def audit_context(results: Mapping[str, Any], folder: Path) -> dict[str, Any]:
@@ -267,10 +330,12 @@ def audit_context(results: Mapping[str, Any], folder: Path) -> dict[str, Any]:
         "running": f"audit: {results['model']['spec']}",
         "headline": headline(results),
         "created": results.get("created"),
-        "verdict": audit_verdict(results),
+        "page1": first_page(results),
+        "findings": audit_verdict(results)["sentences"],
         "kpis": kpis(results),
         "warnings": [str(w) for w in results.get("warnings") or []],
         "charts": chart_svgs,
+        "curve": chart_svgs["curve"],
         "large": chart_svgs["large"],
         "n_classes": len(results["per_class"]),
         "top": TOP,

@@ -14,7 +14,8 @@ from markupsafe import Markup
 from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
-from .svg import AFTER, BEFORE, BETTER, CLEAN, GROUP_COLOURS, OTHER_GROUP, ROBUST, WORSE, new_figure, style, to_svg
+from .svg import (AFTER, BEFORE, BETTER, CLEAN, CURVE_COLOURS, GROUP_COLOURS, OTHER_GROUP, ROBUST, WORSE, new_figure,
+                  style, to_svg)
 
 FULL_WIDTH = 7.1  # inches: the A4 text width at 12 mm margins
 _PERCENT = FuncFormatter(lambda v, _pos: f"{v:.0f}%")
@@ -36,8 +37,10 @@ def short(name: str, limit: int = 20) -> str:
     return name if len(name) <= limit else name[: limit - 1] + "…"
 
 
-def group_colour(group: str) -> str:
+def group_colour(group: str | None) -> str:
     """Colour of a head / medium / tail (or many / medium / few) group."""
+    if not group:
+        return OTHER_GROUP
     return GROUP_COLOURS.get(group, {"many": GROUP_COLOURS["head"], "few": GROUP_COLOURS["tail"]}.get(group, OTHER_GROUP))
 
 
@@ -46,65 +49,97 @@ def _group_legend(groups: Sequence[str]) -> list[Patch]:
     return [Patch(color=group_colour(g), label=g) for g in seen]
 
 
+def _value_format(percent: bool, signed: bool = True) -> str:
+    """Bar labels: '42' for an accuracy in %, '+3.5' for a change in points, '3.5' for an amount in points."""
+    return "{:.0f}" if percent else ("{:+.1f}" if signed else "{:.1f}")
+
+
+def _fit_axis(ax, values: Sequence[float], labelled: bool) -> None:
+    """A points axis that fits the data and always shows 0: no negative range without negative values."""
+    lo = min(0.0, min(values, default=0.0))
+    hi = max(0.0, max(values, default=0.0))
+    span = max(hi - lo, 5.0)
+    pad = (0.22 if labelled else 0.1) * span
+    bottom = lo - pad if lo < 0 else 0.0
+    top = hi + pad if hi > 0 else (span if lo == 0 else 0.5 * pad)
+    ax.set_ylim(bottom, top)
+    ax.axhline(0, color="#444444", linewidth=0.8)
+
+
+def _label_bars(ax, bars, values: np.ndarray, percent: bool, n_bars: int, signed: bool = True) -> None:
+    """Write each bar's own value on it (zeros included: 0 is a result, not missing data)."""
+    fmt = _value_format(percent, signed)
+    texts = [fmt.format(v) if np.isfinite(v) else "n/a" for v in values]
+    if not percent:
+        texts = ["0" if t in ("+0.0", "-0.0", "0.0") else t for t in texts]
+    vertical = n_bars > 24
+    ax.bar_label(bars, labels=texts, fontsize=5.5 if vertical else 6.5, padding=1.5,
+                 rotation=90 if vertical else 0)
+
+
 def class_bars(
     chart_id: str,
     names: Sequence[str],
-    groups: Sequence[str],
-    counts: Sequence[int],
+    groups: Sequence[str | None],
+    counts: Sequence[int] | None,
     series: Sequence[tuple[str, Sequence[float], str]],
     *,
     label: str,
     percent: bool = True,
     ylabel: str = "accuracy",
     flagged: Sequence[bool] | None = None,
-    annotate: Sequence[str] | None = None,
+    value_labels: str = "none",
+    signed: bool = True,
     height: float = 3.3,
-) -> Markup:
+) -> Markup | None:
     """Grouped bars per class (x ordered as given: by training count) over a training-count strip.
 
     ``series`` are (legend label, values, colour); fractions when ``percent`` (drawn as %),
-    else points (a zero line is drawn). ``flagged`` classes get red, bold axis labels.
-    ``annotate`` puts a short text above the last series' bars.
+    else points (a zero line is drawn and the axis fits the data). ``flagged`` classes get red,
+    bold axis labels. ``value_labels``: "all" writes every bar's value on it, "last" only the
+    last series', "none" nothing; labels are formatted from the bar heights, so they agree.
+    ``counts`` None (a balanced training set) drops the strip. None when there is nothing to draw.
     """
     n = len(names)
+    if n == 0 or not series:
+        return None
     with style():
-        fig = new_figure(FULL_WIDTH, height)
-        grid = fig.add_gridspec(2, 1, height_ratios=[1, 3.4])
-        strip = fig.add_subplot(grid[0])
-        ax = fig.add_subplot(grid[1], sharex=strip)
+        fig = new_figure(FULL_WIDTH, height if counts is not None else height * 0.8)
+        if counts is not None:
+            grid = fig.add_gridspec(2, 1, height_ratios=[1, 3.4])
+            strip = fig.add_subplot(grid[0])
+            ax = fig.add_subplot(grid[1], sharex=strip)
+        else:
+            ax = fig.add_subplot()
         x = np.arange(n)
-        strip.bar(x, counts, width=0.7, color=[group_colour(g) for g in groups])
-        strip.set_yscale("log")
-        strip.set_ylabel("training\nimages", fontsize=7)
-        lo, hi = max(1, min(counts, default=1)), max(1, max(counts, default=1))
-        strip.set_ylim(lo / 1.6, hi * 1.25)
-        strip.yaxis.set_major_locator(FixedLocator(sorted({lo, hi})))
-        strip.yaxis.set_major_formatter(_COUNTS)
-        strip.yaxis.set_minor_locator(NullLocator())
-        strip.tick_params(axis="x", labelbottom=False, length=0)
-        strip.grid(False)
+        if counts is not None:
+            strip.bar(x, counts, width=0.7, color=[group_colour(g) for g in groups])
+            strip.set_yscale("log")
+            strip.set_ylabel("training\nimages", fontsize=7)
+            lo, hi = max(1, min(counts, default=1)), max(1, max(counts, default=1))
+            strip.set_ylim(lo / 1.6, hi * 1.25)
+            strip.yaxis.set_major_locator(FixedLocator(sorted({lo, hi})))
+            strip.yaxis.set_major_formatter(_COUNTS)
+            strip.yaxis.set_minor_locator(NullLocator())
+            strip.tick_params(axis="x", labelbottom=False, length=0)
+            strip.grid(False)
         k = len(series)
         width = 0.8 / k
         scale = 100.0 if percent else 1.0
         for j, (legend, values, colour) in enumerate(series):
             vals = np.asarray(values, dtype=float) * scale
-            ax.bar(x - 0.4 + width * (j + 0.5), vals, width=width * 0.95, color=colour, label=legend)
-        if annotate is not None:
-            last = np.asarray(series[-1][1], dtype=float) * scale
-            for xi, (v, text) in enumerate(zip(last, annotate)):
-                if text:
-                    ax.annotate(text, (xi - 0.4 + width * (k - 0.5), max(v, 0)), xytext=(0, 2),
-                                textcoords="offset points", ha="center", va="bottom", fontsize=6.5)
+            bars = ax.bar(x - 0.4 + width * (j + 0.5), vals, width=width * 0.95, color=colour, label=legend)
+            if value_labels == "all" or (value_labels == "last" and j == k - 1):
+                _label_bars(ax, bars, vals, percent, n * (k if value_labels == "all" else 1), signed)
+        labelled = value_labels != "none"
         if percent:
-            ax.set_ylim(0, 109 if annotate is not None else 100)
+            ax.set_ylim(0, 112 if labelled else 100)
             ax.yaxis.set_major_formatter(_PERCENT)
             ax.set_yticks([0, 25, 50, 75, 100])
         else:
-            ax.axhline(0, color="#444444", linewidth=0.8)
-            flat = [float(v) for _, vals, _ in series for v in vals]
-            lim = max(5.0, max((abs(v) for v in flat), default=0.0) * 1.18)
-            ax.set_ylim(-lim if any(v < 0 for v in flat) else 0, lim)
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:+.0f}" if v else "0"))
+            _fit_axis(ax, [float(v) * scale for _, vals, _ in series for v in vals], labelled)
+            ax.yaxis.set_major_formatter(FuncFormatter((lambda v, _p: f"{v:+.0f}" if v else "0") if signed
+                                                       else (lambda v, _p: f"{v:.0f}")))
         ax.set_ylabel(ylabel)
         ax.set_xlim(-0.6, n - 0.4)
         labels = [short(s) for s in names]
@@ -118,7 +153,8 @@ def class_bars(
                 low = min(0.0, min(float(vals[xi]) * scale for _, vals, _ in series))
                 ax.annotate("▼", (xi, low), xytext=(0, -2), textcoords="offset points", ha="center", va="top",
                             color=WORSE, fontsize=8)
-        handles = ax.get_legend_handles_labels()[0] + _group_legend(groups)
+        real_groups = [g for g in groups if g and g != "–"]
+        handles = ax.get_legend_handles_labels()[0] + (_group_legend(real_groups) if counts is not None else [])
         fig.legend(handles=handles, loc="outside upper center", ncols=min(len(handles), 7), frameon=False,
                    title=None, handlelength=1.2, columnspacing=1.2)
         return to_svg(fig, chart_id, label)
@@ -134,8 +170,10 @@ def group_bars(
     width_in: float = 3.4,
     height: float = 2.4,
     title: str | None = None,
-) -> Markup:
-    """Bars per group (head / medium / tail) with the value written on each bar."""
+) -> Markup | None:
+    """Bars per group (head / medium / tail) with the value written on each bar; None without groups."""
+    if not groups or not series:
+        return None
     with style():
         fig = new_figure(width_in, height)
         ax = fig.add_subplot()
@@ -147,15 +185,17 @@ def group_bars(
             vals = np.asarray(values, dtype=float) * scale
             bars = ax.bar(x - 0.4 + width * (j + 0.5), vals, width=width * 0.95, color=colour, label=legend)
             fmt = "{:.0f}%" if percent else "{:+.1f}"
-            ax.bar_label(bars, labels=[fmt.format(v) for v in vals], fontsize=6.5, padding=1)
+            texts = [fmt.format(v) for v in vals]
+            if not percent:
+                texts = ["0" if t in ("+0.0", "-0.0") else t for t in texts]
+            ax.bar_label(bars, labels=texts, fontsize=6.5, padding=1)
         if percent:
             ax.set_ylim(0, 112)
             ax.set_yticks([0, 25, 50, 75, 100])
             ax.yaxis.set_major_formatter(_PERCENT)
         else:
-            ax.axhline(0, color="#444444", linewidth=0.8)
-            lim = max(5.0, max((abs(float(v)) for _, vals, _ in series for v in vals), default=0.0) * 1.3)
-            ax.set_ylim(-lim, lim)
+            _fit_axis(ax, [float(v) * scale for _, vals, _ in series for v in vals], True)
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:+.0f}" if v else "0"))
         ax.set_xticks(x, groups)
         for tick, g in zip(ax.get_xticklabels(), groups):
             tick.set_color(group_colour(g.split(" ")[0]))
@@ -268,8 +308,10 @@ def confusion_heatmap(
         return to_svg(fig, chart_id, label)
 
 
-def training_curves(chart_id: str, epochs: Sequence[Mapping[str, float]], *, label: str) -> Markup:
-    """Loss, validation accuracies (clean and robust) and learning rate per epoch."""
+def training_curves(chart_id: str, epochs: Sequence[Mapping[str, float]], *, label: str) -> Markup | None:
+    """Loss, validation accuracies (clean and robust) and learning rate per epoch; None without epochs."""
+    if not epochs:
+        return None
     ep = [e.get("epoch", i + 1) for i, e in enumerate(epochs)]
 
     def col(key: str) -> list[float]:
@@ -294,7 +336,54 @@ def training_curves(chart_id: str, epochs: Sequence[Mapping[str, float]], *, lab
         return to_svg(fig, chart_id, label)
 
 
+def eps_curve(
+    chart_id: str,
+    eps_labels: Sequence[str],
+    lines: Sequence[tuple[str, Sequence[float | None], str, str]],
+    class_lines: Sequence[tuple[str, Sequence[float | None]]],
+    *,
+    label: str,
+) -> Markup | None:
+    """Robust accuracy against the attack budget: groups (left panel) and the weakest classes (right).
+
+    ``lines`` are (legend, accuracies per eps, colour, line style) for overall / balanced / groups;
+    ``class_lines`` (name, accuracies per eps) for a few classes. The eps axis is categorical
+    (one tick per audited budget, labelled as recorded, e.g. 2/255). None with fewer than 2 budgets.
+    """
+    n = len(eps_labels)
+    if n < 2 or not lines:
+        return None
+    x = np.arange(n)
+
+    def ys(values: Sequence[float | None]) -> np.ndarray:
+        return np.array([np.nan if v is None else float(v) * 100 for v in values], dtype=float)
+
+    markers = ("o", "s", "^", "D", "v")
+    with style():
+        fig = new_figure(FULL_WIDTH, 2.6)
+        axes = fig.subplots(1, 2 if class_lines else 1, squeeze=False)[0]
+        for legend, values, colour, ls in lines:
+            axes[0].plot(x, ys(values), color=colour, linestyle=ls, marker="o", markersize=3, linewidth=1.4,
+                         label=legend)
+        axes[0].set_title("overall and per group")
+        if class_lines:
+            for j, (name, values) in enumerate(class_lines):
+                axes[1].plot(x, ys(values), color=CURVE_COLOURS[j % len(CURVE_COLOURS)],
+                             marker=markers[j % len(markers)], markersize=3, linewidth=1.2, label=short(name, 18))
+            axes[1].set_title(f"the {len(class_lines)} weakest classes")
+        for ax in axes:
+            ax.set_xticks(x, list(eps_labels))
+            ax.set_xlabel("attack budget ε")
+            ax.set_ylim(-3, 103)
+            ax.yaxis.set_major_formatter(_PERCENT)
+            ax.grid(True, axis="both")
+            ax.legend(frameon=False, fontsize=6.5, loc="upper right")
+        axes[0].set_ylabel("robust accuracy")
+        return to_svg(fig, chart_id, label)
+
+
 __all__ = [
     "AFTER", "BEFORE", "BETTER", "CLEAN", "ROBUST", "WORSE",
-    "class_bars", "confusion_heatmap", "count_scatter", "group_bars", "group_colour", "short", "training_curves",
+    "class_bars", "confusion_heatmap", "count_scatter", "eps_curve", "group_bars", "group_colour", "short",
+    "training_curves",
 ]

@@ -7,7 +7,10 @@ from typing import Any, Mapping, Sequence
 from markupsafe import Markup
 
 from . import charts
-from .audit_view import LARGE, TOP, attack_columns, by_count, confusion, group_names, method
+from .audit_view import LARGE, TOP, attack_columns, by_count, confusion, group_names, method, strip_counts
+from .plain import GLOSSARY, at_risk, budget_sentence, change_sentences, critical_warnings, gate_rows, is_balanced, \
+    resolve_verdict
+from .repair_view import repair_view
 from .examples import build_examples
 from .fmt import attack_label, count, interval, num, pct, points, seconds, short_name, threat_text
 from .verdict import compare_verdict, extra_broken, head_tail, weakest
@@ -30,7 +33,7 @@ def class_deltas(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[di
         rci = (b.get("robust_ci95") or {}).get("worst_case")
         cci = b.get("clean_ci95")
         out.append({
-            "index": b["index"], "name": b["name"], "group": a["group"], "train_count": a["train_count"],
+            "index": b["index"], "name": b["name"], "group": a["group"] or "–", "train_count": a["train_count"],
             "robust_before": rb, "robust_after": ra, "d_robust": ra - rb, "robust_ci": rci,
             "clean_before": cb, "clean_after": ca, "d_clean": ca - cb, "clean_ci": cci,
             "worse": bool(rci) and ra < rci[0] - 1e-12, "better": bool(rci) and ra > rci[1] + 1e-12,
@@ -91,52 +94,59 @@ def group_rows(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[dict
 
 
 def _charts(before: Mapping[str, Any], after: Mapping[str, Any], deltas: list[dict[str, Any]],
-            groups: list[dict[str, Any]], training_log: Mapping[str, Any] | None) -> dict[str, Markup | None]:
+            groups: list[dict[str, Any]], epochs: Sequence[Mapping[str, Any]]) -> dict[str, Markup | None]:
+    """The comparison's charts; every bar carries its value (0 included), empty charts are None."""
     n = len(deltas)
     large = n > LARGE
     out: dict[str, Markup | None] = {}
-    sel = by_count(sorted(deltas, key=lambda d: (d["d_robust"], -d["train_count"]))[:TOP] if large else deltas)
+    sel = by_count(sorted(deltas, key=lambda d: (d["d_robust"], -(d["train_count"] or 0)))[:TOP] if large else deltas)
+    rows_sel = [after["per_class"][d["index"]] for d in sel]
     out["delta"] = charts.class_bars(
-        "c-delta", [d["name"] for d in sel], [d["group"] for d in sel], [d["train_count"] for d in sel],
+        "c-delta", [d["name"] for d in sel], [d["group"] for d in sel], strip_counts(after, rows_sel),
         [("change in robust accuracy (worst case)", [d["d_robust"] * 100 for d in sel], charts.ROBUST),
          ("change in clean accuracy", [d["d_clean"] * 100 for d in sel], charts.CLEAN)],
         label="Per-class change in robust and clean accuracy, ordered by training count", percent=False,
-        ylabel="change (points)", flagged=[d["worse"] for d in sel], height=2.6)
+        ylabel="change (points)", flagged=[d["worse"] for d in sel], value_labels="all", height=2.8)
     labels = [f"{g['group']} ({g['n']})" for g in groups]
     out["group_delta"] = charts.group_bars(
         "c-group-delta", labels,
         [("robust", [g["d_robust_raw"] * 100 for g in groups], charts.ROBUST),
          ("clean", [g["d_clean_raw"] * 100 for g in groups], charts.CLEAN)],
-        label="Change per group", percent=False, title="change per group (points)")
+        label="Change per group", percent=False, title="change per group (points)") if groups else None
     sel = by_count(weakest(after, TOP)) if large else by_count(after["per_class"])
     idx = [r["index"] for r in sel]
     out["per_class"] = charts.class_bars(
         "c-per-class", [after["per_class"][i]["name"] for i in idx], [after["per_class"][i]["group"] for i in idx],
-        [after["per_class"][i]["train_count"] for i in idx],
+        strip_counts(after, sel),
         [("robust before", [before["per_class"][i]["robust_acc"]["worst_case"] for i in idx], charts.BEFORE),
          ("robust after", [after["per_class"][i]["robust_acc"]["worst_case"] for i in idx], charts.AFTER)],
-        label="Per-class robust accuracy before and after", flagged=[deltas[i]["worse"] for i in idx])
+        label="Per-class robust accuracy before and after", flagged=[deltas[i]["worse"] for i in idx],
+        value_labels="all")
     rows = after["per_class"]
     sp_b = (before["summary"]["robust"]["worst_case"].get("spearman") or {}).get("rho")
     sp_a = (after["summary"]["robust"]["worst_case"].get("spearman") or {}).get("rho")
     title = "Spearman ρ " + (f"{sp_b:.2f}" if sp_b is not None else "n/a") + " → " + \
         (f"{sp_a:.2f}" if sp_a is not None else "n/a")
-    out["scatter"] = charts.count_scatter(
-        "c-scatter", [r["train_count"] for r in rows], [r["group"] for r in rows], [r["name"] for r in rows],
-        [r["robust_acc"]["worst_case"] for r in rows], label="Robust accuracy against training count, before and after",
-        title=title, before=[r["robust_acc"]["worst_case"] for r in before["per_class"]],
-        label_classes=[r["index"] for r in weakest(after, 3)])
+    out["scatter"] = None
+    if strip_counts(after, rows) is not None:
+        out["scatter"] = charts.count_scatter(
+            "c-scatter", [r["train_count"] for r in rows], [r["group"] for r in rows], [r["name"] for r in rows],
+            [r["robust_acc"]["worst_case"] for r in rows],
+            label="Robust accuracy against training count, before and after",
+            title=title, before=[r["robust_acc"]["worst_case"] for r in before["per_class"]],
+            label_classes=[r["index"] for r in weakest(after, 3)])
     out["attacks"] = None
     if len(after["attacks"]) > 1:
         eb, ea = extra_broken(before), extra_broken(after)
-        sel = by_count(sorted(rows, key=lambda r: -(eb[r["index"]] + ea[r["index"]]))[:TOP]) if large else by_count(rows)
-        out["attacks"] = charts.class_bars(
-            "c-attacks", [r["name"] for r in sel], [r["group"] for r in sel], [r["train_count"] for r in sel],
-            [("before", [eb[r["index"]] / max(1, r["n_eval"]) * 100 for r in sel], charts.BEFORE),
-             ("after", [ea[r["index"]] / max(1, r["n_eval"]) * 100 for r in sel], charts.AFTER)],
-            label="Extra points the later attacks broke, before and after", percent=False,
-            ylabel="accuracy points", height=2.8)
-    epochs = list((training_log or {}).get("epochs") or [])
+        if any(eb) or any(ea):
+            sel = by_count(sorted(rows, key=lambda r: -(eb[r["index"]] + ea[r["index"]]))[:TOP]) if large \
+                else by_count(rows)
+            out["attacks"] = charts.class_bars(
+                "c-attacks", [r["name"] for r in sel], [r["group"] for r in sel], strip_counts(after, sel),
+                [("before", [eb[r["index"]] / max(1, r["n_eval"]) * 100 for r in sel], charts.BEFORE),
+                 ("after", [ea[r["index"]] / max(1, r["n_eval"]) * 100 for r in sel], charts.AFTER)],
+                label="Extra points the later attacks broke, before and after", percent=False,
+                ylabel="accuracy points", value_labels="all", signed=False, height=2.8)
     out["training"] = charts.training_curves("c-training", epochs, label="Training curves") if epochs else None
     return out
 
@@ -172,15 +182,22 @@ def merged_warnings(before: Mapping[str, Any], after: Mapping[str, Any]) -> list
 
 
 def compare_context(before: Mapping[str, Any], before_dir: Path, after: Mapping[str, Any], after_dir: Path,
-                    training_log: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                    training_log: Mapping[str, Any] | None = None,
+                    repair: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Everything the comparison template shows."""
     deltas = class_deltas(before, after)
     worse = [(d["name"], d["d_robust"]) for d in sorted(deltas, key=lambda d: d["d_robust"]) if d["worse"]]
     groups = group_rows(before, after)
-    chart_svgs = _charts(before, after, deltas, groups, training_log)
+    training = repair_view(training_log, repair, list(after["dataset"]["classes"]))
+    chart_svgs = _charts(before, after, deltas, groups, (training or {}).get("epochs") or [])
     d = after["dataset"]
     spec_b, spec_a = before["model"]["spec"], after["model"]["spec"]
     models = spec_a if spec_a == spec_b else f"{spec_b} → {spec_a}"
+    vb, va = resolve_verdict(before), resolve_verdict(after)
+    balanced = is_balanced(after)
+    critical = critical_warnings(before, "before") + critical_warnings(after, "after")
+    if training and training["missing"]:
+        critical.append({"title": "Repair: classes missing from the validation split", "text": training["warnings"][0]})
     return {
         "kind": "compare",
         "title": "Robustness before and after",
@@ -189,7 +206,14 @@ def compare_context(before: Mapping[str, Any], before_dir: Path, after: Mapping[
                      f"{threat_text(after['threat_model'])} · attacks "
                      + " → ".join(attack_label(a) for a in after["attacks"])),
         "before_spec": spec_b, "after_spec": spec_a,
-        "verdict": compare_verdict(before, after, worse),
+        "page1": {"before": vb, "after": va, "changes": change_sentences(before, after) if va["meaningful"]
+                  and vb["meaningful"] else [], "budget": budget_sentence(after),
+                  "critical": critical, "at_risk": at_risk(after) if va["meaningful"] else [],
+                  "at_risk_title": "Weakest classes after, and why" if va["code"] == "robust"
+                  else "Classes still at risk, and why",
+                  "gate": gate_rows(after), "balanced": balanced,
+                  "glossary": [(t, x) for t, x in GLOSSARY if not (balanced and t.startswith("Head"))]},
+        "verdict": compare_verdict(before, after, worse, (vb["label"], va["label"])),
         "kpi_rows": kpi_rows(before, after),
         "groups": groups,
         "n_worse": len(worse), "n_better": sum(1 for x in deltas if x["better"]),
@@ -205,5 +229,6 @@ def compare_context(before: Mapping[str, Any], before_dir: Path, after: Mapping[
         "table": class_table(deltas),
         "method": method(after),
         "run_before": _run_rows(before, after), "run_after": _run_rows(after, before),
-        "has_training": chart_svgs["training"] is not None,
+        "training": training,
+        "has_training": training is not None,
     }

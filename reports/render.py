@@ -18,6 +18,7 @@ from .compare_view import compare_context
 from .fetcher import LocalOnlyFetcher
 from .fmt import interval, num, pct, points
 from .load import check_comparable, coerce_results
+from .repair_view import find_repair_files
 
 LOG = logging.getLogger(__name__)
 
@@ -82,6 +83,23 @@ def write_pdf(html: str, target: Path) -> None:
     _atomic_write(target, write)
 
 
+def source_names(sources: Sequence[str]) -> str:
+    """'before/results.json and after/results.json': as many trailing path parts as it takes to tell them apart."""
+    if len(sources) == 1:
+        return Path(sources[0]).name if sources[0] != "results" else "the results"
+    if all(s == "results" for s in sources):
+        return "the before and after results"
+    parts = [Path(s).resolve().parts if s != "results" else ("results",) for s in sources]
+    depth = 1
+    longest = max(len(p) for p in parts)
+    while depth < longest and len({"/".join(p[-depth:]) for p in parts}) < len(parts):
+        depth += 1
+    names = ["/".join(p[-depth:]) for p in parts]
+    if len(sources) == 2:
+        return f"{names[0]} (before) and {names[1]} (after)"
+    return " and ".join(names)
+
+
 def _formats(formats: Sequence[str] | str) -> list[str]:
     if isinstance(formats, str):
         formats = formats.split(",")
@@ -99,9 +117,14 @@ def render_report(
     formats: Sequence[str] = FORMATS,
     compare: str | Path | Mapping[str, Any] | None = None,
     training_log: Mapping[str, Any] | None = None,
+    repair: Mapping[str, Any] | None = None,
     basename: str = "report",
 ) -> dict[str, Path]:
     """Render a report from saved results; with ``compare``, ``results`` is before and ``compare`` after.
+
+    A comparison of two results files in the same folder's ``before/`` and ``after/`` (a repair run)
+    also reads that folder's ``training_log.json`` and ``repair.json`` for the training section,
+    unless ``training_log`` / ``repair`` are given.
 
     Files are written atomically as ``out_dir/basename.html`` and ``.pdf``; returns
     ``{"html": path, "pdf": path}`` for the formats asked for. Raises :class:`ResultsError`
@@ -120,12 +143,16 @@ def render_report(
         second, second_dir = coerce_results(compare, out)
         check_comparable(first, second)
         sources.append(str(compare) if isinstance(compare, (str, Path)) else "results")
-        context = compare_context(first, first_dir, second, second_dir, training_log)
+        if training_log is None or repair is None:
+            found_log, found_repair = find_repair_files(first_dir, second_dir)
+            training_log = training_log if training_log is not None else found_log
+            repair = repair if repair is not None else found_repair
+        context = compare_context(first, first_dir, second, second_dir, training_log, repair)
         template = "compare.html.j2"
     else:
         context = audit_context(first, first_dir)
         template = "audit.html.j2"
-    context["sources"] = " and ".join(Path(s).name if s != "results" else s for s in sources)
+    context["sources"] = source_names(sources)
     html = render_html(context, template)
     LOG.debug("report HTML built in %.2f s", time.perf_counter() - started)
     written: dict[str, Path] = {}

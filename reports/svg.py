@@ -31,15 +31,19 @@ STYLE = {
     "text.parse_math": False,  # a class called "$5 bill" is text, not mathtext
 }
 
-# Okabe-Ito colours: readable for colour-blind readers and in greyscale print.
-CLEAN = "#9ecae1"
-ROBUST = "#08519c"
-BEFORE = "#bdbdbd"
-AFTER = "#08519c"
-WORSE = "#c0392b"
-BETTER = "#1a9850"
-GROUP_COLOURS = {"head": "#0072B2", "medium": "#999999", "tail": "#D55E00"}
-OTHER_GROUP = "#CC79A7"
+# Okabe-Ito colours, readable for colour-blind readers. Every series that can share a chart has its
+# own hue: accuracies in blues that differ clearly in lightness (clean light, robust dark), groups in
+# green / grey / vermillion (never blue, so "head" cannot be mistaken for "robust"), before in
+# reddish purple against after in blue. tests/test_report_pages.py checks the pairs stay apart.
+CLEAN = "#56B4E9"
+ROBUST = "#003F7F"
+BEFORE = "#CC79A7"
+AFTER = ROBUST  # "robust after" is the robust series: the same colour in every chart
+WORSE = "#B2182B"
+BETTER = "#1A7F3C"
+GROUP_COLOURS = {"head": "#009E73", "medium": "#666666", "tail": "#D55E00"}
+OTHER_GROUP = "#222222"
+CURVE_COLOURS = ("#000000", "#E69F00", "#56B4E9", "#CC79A7", "#8C6D00")  # overall/balanced lines and classes
 
 _ID_RE = re.compile(r'\bid="([^"]+)"')
 

@@ -1,7 +1,9 @@
-"""Plain-language sentences generated from the figures in results.json.
+"""Plain-language sentences generated from the figures in results.json (the reports' "findings").
 
-The bands and their qualification are defined once, in :mod:`audit.verdict` (which also
-computes ``results["verdict"]``); this module only turns them into words and CSS classes.
+The verdict a report shows is the one the audit stored in ``results["verdict"]`` (see
+:mod:`reports.plain`). The bands below only grade results files written before verdicts
+existed; their thresholds and the 15-point rare-class rule come from :mod:`audit.verdict`,
+the single source (rules in docs/method.md, "Verdict").
 """
 from __future__ import annotations
 
@@ -30,7 +32,6 @@ def band(robust: float, clean: float) -> tuple[str, str]:
         if survive >= threshold:
             return word, css
     return BANDS[-1][1], BANDS[-1][2]
-
 
 
 def qualified_band(results: Mapping[str, Any]) -> tuple[str, str]:
@@ -83,6 +84,9 @@ def _gap_sentence(results: Mapping[str, Any]) -> str | None:
 
 def _correlation_sentence(results: Mapping[str, Any]) -> str | None:
     sp = results["summary"]["robust"]["worst_case"].get("spearman")
+    d = results["dataset"]
+    if d.get("balanced") or not any((d.get("groups") or {}).values()):
+        return None  # equal training counts: there is no rarity to correlate with
     if not sp or sp.get("rho") is None:
         return None
     rho, p = float(sp["rho"]), sp.get("p")
@@ -158,8 +162,12 @@ def audit_verdict(results: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def compare_verdict(before: Mapping[str, Any], after: Mapping[str, Any],
-                    worse: Sequence[tuple[str, float]]) -> dict[str, Any]:
-    """Sentences for a before/after comparison; ``worse`` = (class name, robust delta) of flagged classes."""
+                    worse: Sequence[tuple[str, float]], labels: tuple[str, str] | None = None) -> dict[str, Any]:
+    """Sentences for a before/after comparison; ``worse`` = (class name, robust delta) of flagged classes.
+
+    ``labels`` = the (before, after) verdict labels to name when they differ (the runs' own verdicts);
+    without them the band rule of this module gives them.
+    """
     sb, sa = before["summary"], after["summary"]
 
     def overall(s: Mapping[str, Any], key: str) -> float:
@@ -205,6 +213,7 @@ def compare_verdict(before: Mapping[str, Any], after: Mapping[str, Any],
     wk_b, wk_a = weakest(before, 1)[0], weakest(after, 1)[0]
     sentences.append(f"Weakest class after: {quote(wk_a['name'])} at {pct(wk_a['robust_acc']['worst_case'])} "
                      f"(before: {quote(wk_b['name'])} at {pct(wk_b['robust_acc']['worst_case'])}).")
-    if wb[0] != wa[0]:
-        sentences.insert(1, f"The verdict moved from “{wb[0]}” to “{wa[0]}”.")
+    lb, la = labels if labels is not None else (wb[0], wa[0])
+    if lb != la:
+        sentences.insert(1, f"The verdict moved from “{lb}” to “{la}”.")
     return {"band": wa[0], "band_class": wa[1], "band_before": wb, "band_after": wa, "sentences": sentences}

@@ -212,3 +212,46 @@ def write_run(folder: Path, results: dict[str, Any], *, examples: bool = True,
     if examples:
         np.savez_compressed(folder / results["files"]["examples"], **make_examples(results, shape=shape))
     return path
+
+
+# ---------------------------------------------------------------- keys the audit adds for the page-1 report
+
+def with_verdict(results: dict[str, Any], code: str, headline: str, reasons: Sequence[str] = (),
+                 actions: Sequence[str] = ()) -> dict[str, Any]:
+    """Add ``verdict`` as the audit writes it (one verdict, computed once)."""
+    results["verdict"] = {"code": code, "headline": headline, "reasons": list(reasons), "actions": list(actions)}
+    return results
+
+
+def make_balanced(results: dict[str, Any], per_class: int = 5000) -> dict[str, Any]:
+    """The results of a balanced training set: equal counts, no groups, no imbalance factor, no gap."""
+    d = results["dataset"]
+    n = len(d["classes"])
+    d.update(balanced=True, imbalance=None, groups={}, train_counts=[per_class] * n)
+    for row in results["per_class"]:
+        row.update(train_count=per_class, group=None)
+    s = results["summary"]
+    for node in (s["clean"], *s["robust"].values()):
+        node["groups"] = {}
+        node["spearman"] = None
+    s["head_tail_gap"] = None
+    return results
+
+
+def make_curve(results: dict[str, Any], eps_texts: Sequence[str] = ("1/255", "2/255", "4/255", "8/255")) -> dict[str, Any]:
+    """A robustness curve that ends at the results' own figures (largest eps) and rises towards small eps."""
+    s = results["summary"]
+    wc = s["robust"]["worst_case"]
+    clean = [r["clean_acc"] for r in results["per_class"]]
+    final = [r["robust_acc"]["worst_case"] for r in results["per_class"]]
+    curve = []
+    for k, text in enumerate(eps_texts):
+        w = (len(eps_texts) - 1 - k) / max(1, len(eps_texts) - 1)  # 1 at the smallest eps, 0 at the largest
+        per = [f + w * 0.8 * (c - f) for c, f in zip(clean, final)]
+        groups = {g: float(np.mean([per[i] for i in idx])) for g, idx in results["dataset"]["groups"].items() if idx}
+        overall = wc["overall"] + w * 0.8 * (s["clean"]["overall"] - wc["overall"])
+        num, den = (int(x) for x in text.split("/"))
+        curve.append({"eps": num / den, "eps_text": text, "overall": overall, "balanced": float(np.mean(per)),
+                      "groups": groups, "per_class": per})
+    results["curve"] = curve
+    return results

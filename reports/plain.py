@@ -1,0 +1,239 @@
+"""Page 1 in plain words: the verdict, what it means, classes at risk, critical warnings, the gate, a glossary.
+
+The verdict is the one in ``results["verdict"]`` (computed once by the audit); this module only
+lays it out. Results files written before verdicts existed get the same band rule the reports used
+to apply (:func:`reports.verdict.qualified_band`), marked as such.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+from .fmt import count, pct, points, threat_text
+from .verdict import qualified_band, quote, weakest
+
+CODES = ("robust", "partly-robust", "weakly-robust", "not-robust", "not-meaningful")
+# code -> (badge text, badge css class); not-meaningful has no grade, only a stop sign.
+GRADES: dict[str, tuple[str, str]] = {
+    "robust": ("Robust", "good"),
+    "partly-robust": ("Partly robust", "fair"),
+    "weakly-robust": ("Weakly robust", "poor"),
+    "not-robust": ("Not robust", "bad"),
+    "not-meaningful": ("Result not meaningful", "void"),
+}
+MEANING: dict[str, str] = {
+    "robust": "Most of the model's correct answers survive the attack: someone who alters images within this "
+              "budget rarely changes its decisions.",
+    "partly-robust": "Many of the model's correct answers survive the attack, but a clear share can be flipped by "
+                     "changes to the image too small for a person to notice.",
+    "weakly-robust": "Most of the model's correct answers can be flipped by changes to the image too small for a "
+                     "person to notice; only a minority survive.",
+    "not-robust": "Almost every correct answer can be flipped by changes to the image too small for a person to "
+                  "notice. Do not rely on this model where someone may tamper with its input.",
+    "not-meaningful": "The model does not work on this data as it was audited, so its robustness figures say "
+                      "nothing and no robustness grade is given. Fix the setup first, then audit again.",
+}
+_BAND_CODE = {"Robust": "robust", "Partly robust": "partly-robust", "Weakly robust": "weakly-robust",
+              "Not robust": "not-robust"}
+RESIZE_LIMIT = 4.0  # resizing by more than this factor either way is an input mismatch
+
+GLOSSARY: tuple[tuple[str, str], ...] = (
+    ("Clean accuracy", "share of test images the model classifies correctly, untouched."),
+    ("Robust accuracy", "share of test images still classified correctly after an attacker altered them "
+                        "within the budget."),
+    ("Attack budget (ε)", "how much the attacker may change each pixel, on a 0–1 scale; 8/255 is about 3% of "
+                          "the brightness range, invisible to most people."),
+    ("Worst case", "a test image counts as robust only if it survives every attack that was tried."),
+    ("Balanced", "the average over classes, so rare and common classes weigh the same."),
+    ("Head / medium / tail", "classes grouped by how many training images they had: head = most, tail = "
+                             "fewest (the rare classes)."),
+    ("Interval", "the range the true value lies in with 95% confidence, given the number of test images "
+                 "(Wilson interval); few test images give wide intervals."),
+)
+
+
+def _overall(node: Mapping[str, Any]) -> float:
+    return node["overall"] if node.get("overall") is not None else node["mean"]
+
+
+def is_balanced(results: Mapping[str, Any]) -> bool:
+    """True when the training set is balanced: flagged so, or no groups were formed."""
+    d = results["dataset"]
+    if d.get("balanced") is not None:
+        return bool(d["balanced"])
+    return not any((d.get("groups") or {}).values())
+
+
+def resolve_verdict(results: Mapping[str, Any]) -> dict[str, Any]:
+    """The verdict to show: ``results["verdict"]`` when present, else the band rule (older files).
+
+    Returns code, headline, reasons, actions, meaning, ``grade`` (badge text; None for
+    not-meaningful) and ``css``.
+    """
+    given = results.get("verdict")
+    if isinstance(given, Mapping) and given.get("code") in CODES:
+        code = str(given["code"])
+        out = {"code": code, "headline": str(given.get("headline") or MEANING[code]),
+               "reasons": [str(r) for r in given.get("reasons") or []],
+               "actions": [str(a) for a in given.get("actions") or []], "computed_here": False}
+    else:
+        word, _css = qualified_band(results)
+        code = _BAND_CODE.get(word.split(" overall")[0].split(";")[0], "not-robust")
+        s = results["summary"]
+        clean, robust = _overall(s["clean"]), _overall(s["robust"]["worst_case"])
+        out = {"code": code, "headline": f"{word}: under attack the model keeps {pct(robust)} of the test images "
+                                         f"correct, down from {pct(clean)} without attack.",
+               "reasons": [], "actions": _fallback_actions(results, code), "computed_here": True}
+    grade, css = GRADES[out["code"]]
+    out.update(meaning=MEANING[out["code"]], grade=None if out["code"] == "not-meaningful" else grade,
+               label=grade, css=css, meaningful=out["code"] != "not-meaningful")
+    return out
+
+
+def _fallback_actions(results: Mapping[str, Any], code: str) -> list[str]:
+    """What to do next, for results files that carry no verdict of their own."""
+    if code == "robust":
+        return ["Keep this audit as the reference and re-run it whenever the model or its training data change."]
+    names = ", ".join(quote(r["name"]) for r in weakest(results, 2))
+    return [f"Repair the model with adversarial fine-tuning: python cli.py repair {results['model']['spec']} "
+            f"--dataset {results['dataset']['name']}",
+            f"Collect more training images for the weakest classes ({names}).",
+            "Confirm the figures with stronger or more attacks before relying on them."]
+
+
+def budget_sentence(results: Mapping[str, Any]) -> str:
+    """The threat model in plain words."""
+    t = results["threat_model"]
+    eps = float(t.get("eps") or 0.0)
+    norm = str(t.get("norm", "")).lower()
+    if norm == "linf":
+        return (f"Attack budget ({threat_text(t)}): every pixel may change by at most {eps * 100:.1f}% of the "
+                "brightness range.")
+    return f"Attack budget ({threat_text(t)}): the total change to the image is limited to {eps:g} ({norm} norm)."
+
+
+def at_risk(results: Mapping[str, Any], k: int = 3) -> list[dict[str, str]]:
+    """The ``k`` least robust classes with the reasons the figures give: rarity, low clean accuracy, where attacks
+    push them."""
+    rows = results["per_class"]
+    balanced = is_balanced(results)
+    most = max((r.get("train_count") or 0 for r in rows), default=0)
+    clean_all = _overall(results["summary"]["clean"])
+    flows = ((results["summary"].get("confusion") or {}).get("top_flows")) or []
+    matrix = (results["summary"].get("confusion") or {}).get("matrix")
+    names = results["dataset"]["classes"]
+    out = []
+    for r in weakest(results, k):
+        why = []
+        tc = r.get("train_count")
+        if not balanced and tc and r.get("group") in ("tail", "few"):
+            factor = f", {most / tc:.0f}× fewer than the most common class" if most and most / tc >= 2 else ""
+            why.append(f"rare: {count(tc)} training images{factor}")
+        if r["clean_acc"] < clean_all - 0.10:
+            why.append(f"often wrong even without attack (clean {pct(r['clean_acc'])})")
+        target = _main_flow(r["index"], flows, matrix)
+        if target is not None and 0 <= target[0] < len(names):
+            why.append(f"attacks mostly turn it into {quote(names[target[0]])} ({target[1]} of its broken images)")
+        out.append({"name": str(r["name"]), "robust": pct(r["robust_acc"]["worst_case"]), "clean": pct(r["clean_acc"]),
+                    "why": "; ".join(why) if why else "no single cause stands out in the figures"})
+    return out
+
+
+def _main_flow(index: int, flows: Sequence[Mapping[str, Any]], matrix: Any) -> tuple[int, int] | None:
+    if matrix and 0 <= index < len(matrix) and sum(matrix[index]):
+        row = matrix[index]
+        j = max(range(len(row)), key=lambda c: (row[c], -c))
+        return (j, int(row[j])) if row[j] else None
+    mine = [f for f in flows if f.get("true") == index]
+    if mine:
+        best = max(mine, key=lambda f: f.get("count", 0))
+        return int(best["pred"]), int(best.get("count", 0))
+    return None
+
+
+def critical_warnings(results: Mapping[str, Any], who: str = "") -> list[dict[str, Any]]:
+    """Input mismatch and suspected label order, from the structured keys the audit writes."""
+    out: list[dict[str, Any]] = []
+    prefix = f"{who}: " if who else ""
+    inp = results.get("input") or {}
+    if inp:
+        data = "×".join(map(str, inp.get("data_shape") or [])) or "?"
+        model = "×".join(map(str, inp.get("model_shape") or [])) or "?"
+        conv = inp.get("channel_conversion")
+        factor = inp.get("resize_factor")
+        if conv:
+            out.append({"title": prefix + "Input mismatch: colour channels converted",
+                        "text": f"The images ({data}) do not have the channels the model expects ({model}); they "
+                                f"were converted ({conv}). The model may never have seen images like these: check "
+                                "that this is the right dataset for this model."})
+        if isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0 and \
+                (factor > RESIZE_LIMIT or factor < 1 / RESIZE_LIMIT):
+            how = f"enlarged {factor:.1f}×" if factor > 1 else f"shrunk {1 / factor:.1f}×"
+            out.append({"title": prefix + "Input mismatch: images resized a lot",
+                        "text": f"The images ({data}) were {how} to the model's input ({model}). Check that this is "
+                                "the right dataset for this model."})
+    lc = results.get("label_check") or {}
+    if lc.get("suspected"):
+        classes = results["dataset"]["classes"]
+        mapping = [m for m in lc.get("mapping") or []
+                   if not (0 <= int(m.get("output", -1)) < len(classes) and classes[int(m["output"])] == m.get("class"))]
+        out.append({"title": prefix + "The label order looks wrong",
+                    "text": f"Clean accuracy is {pct(lc.get('accuracy_now'))} with the class order used, but would be "
+                            f"{pct(lc.get('accuracy_mapped'))} if the model's outputs meant the classes below. Pass "
+                            "the model's class order with --labels FILE (one class name per line) and audit again.",
+                    "mapping": [{"output": str(m.get("output")), "class": str(m.get("class")),
+                                 "assumed": str(classes[int(m["output"])]) if 0 <= int(m.get("output", -1))
+                                 < len(classes) else "?"} for m in mapping[:12]],
+                    "more": max(0, len(mapping) - 12)})
+    return out
+
+
+def _gate_value(key: str, value: Any, threshold: Any) -> tuple[str, str]:
+    """Format a gate condition's value and threshold: fractions as % (points for max-gap), else as given."""
+    nums = [v for v in (value, threshold) if isinstance(v, (int, float))]
+    fractions = bool(nums) and all(abs(v) <= 1.0 for v in nums)
+
+    def f(v: Any) -> str:
+        if not isinstance(v, (int, float)):
+            return "n/a" if v is None else str(v)
+        if key == "max-gap":
+            return f"{v * 100 if fractions else v:.1f} points"
+        return pct(v) if fractions else f"{v:g}%"
+
+    return f(value), f(threshold)
+
+
+def gate_rows(results: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The CI gate's conditions for a table, or None when the run had no gate."""
+    gate = results.get("gate")
+    if not isinstance(gate, Mapping) or not gate.get("conditions"):
+        return None
+    rows = []
+    for c in gate["conditions"]:
+        key = str(c.get("key"))
+        value, threshold = _gate_value(key, c.get("value"), c.get("threshold"))
+        rule = "at most" if key == "max-gap" else "at least"
+        rows.append({"key": key, "rule": f"{rule} {threshold}", "value": value, "passed": bool(c.get("passed"))})
+    passed = bool(gate.get("passed", all(r["passed"] for r in rows)))
+    return {"passed": passed, "rows": rows, "n_failed": sum(1 for r in rows if not r["passed"])}
+
+
+def change_sentences(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+    """What changed, in plain words, for the first page of a comparison."""
+    sb, sa = before["summary"], after["summary"]
+    rb, ra = _overall(sb["robust"]["worst_case"]), _overall(sa["robust"]["worst_case"])
+    cb, ca = _overall(sb["clean"]), _overall(sa["clean"])
+    out = [f"Under attack the model now keeps {pct(ra)} of the test images correct, against {pct(rb)} before "
+           f"({points(ra - rb)} points)."]
+    if abs(ca - cb) < 0.005:
+        out.append(f"Without attack it is as accurate as before ({pct(cb)} → {pct(ca)}).")
+    else:
+        out.append(f"Without attack its accuracy {'rose' if ca > cb else 'fell'} from {pct(cb)} to {pct(ca)}"
+                   + (" — the usual price of robustness." if ca < cb else "."))
+    groups_b = sb["robust"]["worst_case"].get("groups") or {}
+    groups_a = sa["robust"]["worst_case"].get("groups") or {}
+    tail = next((g for g in ("tail", "few") if g in groups_a and g in groups_b), None)
+    if tail and not is_balanced(after):
+        out.append(f"The rare ({tail}) classes went from {pct(groups_b[tail])} to {pct(groups_a[tail])} robust "
+                   f"({points(groups_a[tail] - groups_b[tail])} points).")
+    return out

@@ -1,0 +1,414 @@
+"""Reports for people who never open a terminal: page 1 in plain words, the results' own verdict (no grade
+for a not-meaningful model), balanced training sets, the robustness curve, the repair's training section
+after `report --compare`, and the chart defects of issue 8 (palette, value labels, fitted axes, empty charts,
+threat text, footer names).
+
+Each report is rendered once per module and checked in HTML, in pdftotext output and in headless Chromium.
+"""
+from __future__ import annotations
+
+import copy
+import html as htmllib
+import itertools
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import cli
+from report_fixtures import make_balanced, make_curve, make_results, with_verdict, write_run
+from reports import charts, render_report
+from reports.charts import _count_label
+from reports.fmt import pct
+from reports.plain import resolve_verdict
+from reports.render import source_names
+from reports.svg import AFTER, BEFORE, CLEAN, GROUP_COLOURS, OTHER_GROUP, ROBUST
+from test_reports import browser, open_in_browser, pdf_text  # noqa: F401  (browser is a fixture)
+
+GRADES = ("Robust overall", "Partly robust", "Weakly robust", "Not robust", "Robust at 80%", "rare classes weakest")
+ACTIONS = ["Repair the model: python cli.py repair examples/digits_cnn.onnx --dataset digitslt",
+           "Collect more training images for “ship” and “truck”.",
+           "Confirm with the standard attack suite before release."]
+HEADLINE = "Partly robust: 38% of the test images survive the attack; the rare classes are the weak ones."
+
+
+def page_text(pdf: Path, first: int, last: int | None = None) -> str:
+    """pdftotext of pages first..last, whitespace collapsed."""
+    out = subprocess.run(["pdftotext", "-enc", "UTF-8", "-f", str(first), "-l", str(last or first), str(pdf), "-"],
+                         capture_output=True, text=True, check=True)
+    return " ".join(out.stdout.split())
+
+
+def visible_text(html: str) -> str:
+    """The document's text without markup, style and SVG (what a reader sees, charts aside)."""
+    body = re.sub(r"<style.*?</style>|<svg.*?</svg>", " ", html, flags=re.S)
+    return " ".join(htmllib.unescape(re.sub(r"<[^>]+>", " ", body)).split())
+
+
+def svg_of(html: str, label: str) -> str | None:
+    m = re.search(r'<svg[^>]*aria-label="' + re.escape(label) + r'".*?</svg>', html, re.S)
+    return m.group(0) if m else None
+
+
+def svg_texts(svg: str) -> list[str]:
+    return [htmllib.unescape(t) for t in re.findall(r"<text[^>]*>([^<]*)</text>", svg)]
+
+
+def negative_ticks(svg: str) -> list[str]:
+    return [t for t in svg_texts(svg) if re.fullmatch(r"[-−]\d+(\.\d+)?%?", t)]
+
+
+# ----------------------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    """An audit with every new key: verdict, input mismatch, gate, curve."""
+    folder = tmp_path_factory.mktemp("full")
+    results = make_curve(make_results(10, eps_text="8/255"))
+    with_verdict(results, "partly-robust", HEADLINE, reasons=["The 3 rarest classes are 31 points less robust."],
+                 actions=ACTIONS)
+    results["input"] = {"data_shape": [3, 32, 32], "model_shape": [1, 8, 8], "channel_conversion": "RGB to grey",
+                        "resize_factor": 0.25 / 1.1}
+    results["warnings"].append("input mismatch: RGB images converted to grey for a 1-channel model")
+    results["gate"] = {"conditions": [{"key": "robust", "threshold": 0.5, "value": 0.384, "passed": False},
+                                      {"key": "clean", "threshold": 0.7, "value": 0.844, "passed": True},
+                                      {"key": "max-gap", "threshold": 0.2, "value": 0.313, "passed": False}],
+                       "passed": False}
+    path = write_run(folder, results)
+    return {"results": results, "files": render_report(path, folder)}
+
+
+@pytest.fixture(scope="module")
+def chance(tmp_path_factory):
+    """A chance-level model with a permuted label order: not meaningful, no grade anywhere."""
+    folder = tmp_path_factory.mktemp("chance")
+    results = make_results(10, clean_shift=-0.85, robust_shift=-0.5)
+    classes = results["dataset"]["classes"]
+    with_verdict(results, "not-meaningful",
+                 "Not meaningful: clean accuracy 9.8% is not clearly above chance (10.0%); check the label order.",
+                 reasons=["clean accuracy is within the 95% interval of chance"],
+                 actions=["Check the model's label order (pass --labels FILE).",
+                          "Check the dataset, the preprocessing (--mean/--std) and the weights."])
+    results["label_check"] = {"suspected": True, "accuracy_now": 0.098, "accuracy_mapped": 0.912,
+                              "mapping": [{"output": i, "class": classes[(i + 1) % 10]} for i in range(10)]}
+    path = write_run(folder, results)
+    return {"results": results, "files": render_report(path, folder)}
+
+
+@pytest.fixture(scope="module")
+def repair_folder(tmp_path_factory):
+    """A repair run's folder (before/, after/, training_log.json, repair.json) re-rendered by `report --compare`."""
+    folder = tmp_path_factory.mktemp("repair")
+    before = make_results(10)
+    after = make_results(10, seed=1, robust_shift=0.08, clean_shift=-0.03, model_spec="runs/repair/repaired.onnx",
+                         sha256="cd34" * 16)
+    for results in (before, after):  # one class at 0 before and after: its bars must still carry "0"
+        row = results["per_class"][9]
+        row["robust_acc"] = {k: 0.0 for k in row["robust_acc"]}
+        row["robust_ci95"] = {k: [0.0, 0.07] for k in row["robust_ci95"]}
+    write_run(folder / "before", before)
+    write_run(folder / "after", after)
+    counts = before["dataset"]["train_counts"]
+    val = [c // 10 for c in counts]
+    val[9] = 0  # the rarest class gave no validation image
+    epochs = [{"epoch": 0, "loss": None, "lr": None, "val_clean_acc": 0.6, "val_robust_acc": 0.3, "time_s": 1.0}] + [
+        {"epoch": e, "loss": 2.0 / e, "val_clean_acc": 0.6 + 0.02 * e, "val_robust_acc": 0.3 + 0.01 * e,
+         "lr": 0.01 * 0.8 ** e, "time_s": 12.5} for e in range(1, 6)]
+    log = {"method": "reat", "tail_penalty": "pairwise", "n_train": 9000, "n_val": sum(val), "best_epoch": 4,
+           "selection": "best epoch by val_robust_acc (class-balanced PGD accuracy on the held-out validation split)",
+           "train_counts_split": [c - v for c, v in zip(counts, val)], "epochs": epochs, "warnings": []}
+    summary = {"method": "reat", "description": "RBL loss with a tail feature penalty", "tail_penalty": "pairwise",
+               "best_epoch": 4, "epochs": 5,
+               "config": {"method": "reat", "epochs": 5, "lr": 0.01, "batch_size": 128, "schedule": "cosine",
+                          "train_steps": 10, "train_eps": None,
+                          "resolved": {"train_eps": 8 / 255, "train_step_size": 2 / 255}},
+               "split": {"n_train": 9000, "n_val": sum(val), "train_counts": log["train_counts_split"],
+                         "val_counts": val},
+               "timings": {"fine_tune_s": 62.5, "resumed": False},
+               "environment": {"device": "cpu", "device_name": "cpu"}}
+    (folder / "training_log.json").write_text(json.dumps(log), encoding="utf-8")
+    (folder / "repair.json").write_text(json.dumps(summary), encoding="utf-8")
+    assert cli.main(["report", str(folder / "before" / "results.json"), "--compare",
+                     str(folder / "after" / "results.json"), "--out", str(folder)]) == 0
+    return {"folder": folder, "before": before, "after": after, "log": log, "summary": summary,
+            "html": folder / "report.html", "pdf": folder / "report.pdf"}
+
+
+# ----------------------------------------------------------------------------------------- page 1
+
+def test_page1_answers_in_plain_words(full):
+    results, files = full["results"], full["files"]
+    page1 = page_text(files["pdf"], 1)
+    for needle in [HEADLINE, "What this means", "Partly robust", "Repair the model: python cli.py repair", *ACTIONS[1:],
+                   "What to do next",
+                   "Classes at risk, and why", "The 3 rarest classes are 31 points less robust",
+                   # the critical warning, on page 1
+                   "Check before trusting these figures", "Input mismatch: colour channels converted", "RGB to grey",
+                   "Input mismatch: images resized a lot", "shrunk 4.4×",
+                   # the gate
+                   "CI gate: FAILED (2 of 3 conditions)", "at least 50.0%", "38.4%", "at most 20.0 points",
+                   "every pixel may change by at most 3.1%"]:
+        assert needle in page1, needle
+    for needle in ["Words used in this report", "Clean accuracy share of test images",
+                   "Robust accuracy share of test images still", "Attack budget (ε) how much the attacker may change",
+                   "Worst case a test image counts", "Head / medium / tail classes grouped", "Interval the range"]:
+        assert needle in page1, needle
+    weakest = sorted(results["per_class"], key=lambda r: (r["robust_acc"]["worst_case"], r["index"]))[0]
+    assert f"“{weakest['name']}”: {pct(weakest['robust_acc']['worst_case'])} robust" in page1
+    assert "rare: " in page1 and "training images" in page1  # why: rarity, from the training counts
+    whole = page_text(files["pdf"], 1, 3)
+    assert whole.index("Words used in this report") < whole.index("Key figures") < whole.index("Findings in detail")
+
+
+def test_one_verdict_from_results(full, tmp_path):
+    html = full["files"]["html"].read_text(encoding="utf-8")
+    text = visible_text(html)
+    assert text.count(HEADLINE) == 1
+    # the band rule of older reports would call this run "Weakly robust": the report shows the results' verdict only
+    assert "Weakly robust" not in text and 'class="badge fair"' in html
+    old = resolve_verdict(make_results(10))  # a file without verdict: band fallback, marked as such
+    assert old["code"] == "weakly-robust" and old["computed_here"] and old["actions"]
+    robust = with_verdict(make_results(10), "robust", "Robust: most correct answers survive.", actions=["Keep it."])
+    text = visible_text(render_report(robust, tmp_path, formats=["html"])["html"].read_text(encoding="utf-8"))
+    assert "Robust: most correct answers survive." in text and "Weakest classes, and why" in text
+    assert "Classes at risk" not in text and "verdict of its own" not in text
+
+
+def test_robustness_curve_chart_and_table(full, chance):
+    html = full["files"]["html"].read_text(encoding="utf-8")
+    svg = svg_of(html, "Robust accuracy against the attack budget")
+    assert svg is not None
+    labels = svg_texts(svg)
+    for needle in ["1/255", "2/255", "4/255", "8/255", "overall", "balanced", "head", "tail"]:
+        assert needle in labels, needle
+    curve = full["results"]["curve"]
+    text = page_text(full["files"]["pdf"], 1, 9)
+    assert "Robustness against the attack budget" in text
+    assert all(pct(c["overall"]) in text for c in curve)
+    no_curve = chance["files"]["html"].read_text(encoding="utf-8")
+    assert svg_of(no_curve, "Robust accuracy against the attack budget") is None
+    assert "Robustness against the attack budget" not in no_curve
+
+
+def test_threat_text_once_and_footer(full, tmp_path):
+    html = full["files"]["html"].read_text(encoding="utf-8")
+    text = visible_text(html)
+    assert "L∞, ε = 8/255 (0.03137)" in text and "(ε =" not in text
+    assert "Generated by tailaudit from results.json." in text
+    plain = make_results(10)
+    plain["threat_model"] = {"norm": "linf", "eps": 0.1, "eps_text": "0.1"}
+    out = visible_text(render_report(plain, tmp_path, formats=["html"])["html"].read_text(encoding="utf-8"))
+    assert "Threat model: L∞, ε = 0.1" in out and "ε = 0.1 (" not in out and "(ε =" not in out
+    assert source_names(["/r/run/before/results.json", "/r/run/after/results.json"]) == \
+        "before/results.json (before) and after/results.json (after)"
+    assert source_names(["/a/x/results.json", "/b/x/results.json"]) == "a/x/results.json (before) and " \
+                                                                       "b/x/results.json (after)"
+
+
+# ----------------------------------------------------------------------------------------- no grade
+
+def test_not_meaningful_shows_no_grade(chance):
+    html = chance["files"]["html"].read_text(encoding="utf-8")
+    text = visible_text(html)
+    pdf = pdf_text(chance["files"]["pdf"])
+    for where in (text, pdf):
+        for grade in GRADES:
+            assert grade not in where, grade
+        assert "Result not meaningful" in where and "not clearly above chance" in where
+        assert "No robustness grade is given for this run" in where
+    assert not re.search(r'class="badge (good|fair|poor|bad)"', html)
+    assert "Classes at risk" not in text  # no ranking of classes of a model that does not work
+    page1 = page_text(chance["files"]["pdf"], 1)
+    for needle in ["The label order looks wrong", "9.8%", "91.2%", "--labels FILE", "Check the model's label order"]:
+        assert needle in page1, needle
+    # the mapping: model output 0 seems to mean "automobile", not "airplane"
+    assert re.search(r'<td class="num">0</td><td class="name">airplane</td>\s*<td class="name"><strong>automobile',
+                     html)
+
+
+# ----------------------------------------------------------------------------------------- balanced
+
+def test_balanced_training_set_has_no_groups(tmp_path):
+    results = make_balanced(make_results(10))
+    with_verdict(results, "partly-robust", "Partly robust: 38% of the test images survive the attack.",
+                 actions=["Repair the model."])
+    html = render_report(results, tmp_path, formats=["html"])["html"].read_text(encoding="utf-8")
+    text = visible_text(html)
+    assert "the training set is balanced" in text
+    assert not re.search(r"\b(head|medium|tail|rarest|imbalance|rho)\b", text, re.I), \
+        re.search(r".{40}\b(head|medium|tail|rarest|imbalance|rho)\b.{40}", text, re.I).group(0)
+    assert "ρ" not in text and "Are the rare classes the weak ones" not in text
+    assert svg_of(html, "Mean clean and robust accuracy per group") is None
+    assert svg_of(html, "Robust accuracy against training count") is None
+    per_class = svg_of(html, "Per-class clean and robust accuracy, ordered by training count")
+    assert per_class is not None and "training" not in " ".join(svg_texts(per_class))  # no count strip
+    assert "None" not in text
+    after = make_balanced(make_results(10, seed=1, robust_shift=0.1))
+    html = render_report(results, tmp_path / "c", compare=after, formats=["html"])["html"].read_text(encoding="utf-8")
+    text = visible_text(html)
+    assert "The training set is balanced" in text and "None" not in text
+    assert not re.search(r"\b(head|medium|tail|rarest|imbalance|rho)\b", text, re.I), \
+        re.search(r".{40}\b(head|medium|tail|rarest|imbalance|rho)\b.{40}", text, re.I).group(0)
+    assert svg_of(html, "Change per group") is None and "ρ" not in text
+
+
+# ----------------------------------------------------------------------------------------- repair training section
+
+def test_repair_section_survives_report_compare(repair_folder):
+    html = repair_folder["html"].read_text(encoding="utf-8")
+    text = visible_text(html)
+    for needle in ["Training: what the repair did", "reat — RBL loss with a tail feature penalty", "5 epochs",
+                   "0.01, cosine schedule", "chosen epoch", "best epoch by val_robust_acc", "1 min 2 s", "cpu",
+                   "PGD, 10 steps, ε = 8/255, step 2/255", "validation images",
+                   "1 class has no images in the validation split (“truck”)"]:
+        assert needle in text, needle
+    assert svg_of(html, "Training curves") is not None
+    page1 = page_text(repair_folder["pdf"], 1)
+    assert "What was done: Repaired with reat for 5 epochs at learning rate 0.01; epoch 4 was kept" in page1
+    assert "fine-tuning took 1 min 2 s on cpu" in page1
+    assert "Repair: classes missing from the validation split" in page1
+    assert "before/results.json (before) and after/results.json (after)" in pdf_text(repair_folder["pdf"])
+
+
+def test_repair_section_reads_budget_and_selection(repair_folder, tmp_path):
+    """The keys the reworked repair writes: budget in optimiser steps, the selection rule and its validation."""
+    folder = tmp_path / "run"
+    for sub in ("before", "after"):
+        (folder / sub).mkdir(parents=True)
+        (folder / sub / "results.json").write_text(
+            (repair_folder["folder"] / sub / "results.json").read_text(encoding="utf-8"), encoding="utf-8")
+    log = copy.deepcopy(repair_folder["log"])
+    log["budget"] = {"steps_total": 1200, "epochs": 8, "steps_per_epoch": 150, "source": "auto"}
+    log["selection"] = {"rule": "Keep the checkpoint with the highest balanced worst-case robust accuracy on the "
+                                "validation split.", "metric": "val_balanced_robust_acc", "chosen_epoch": 6,
+                        "validation": {"per_class_counts": [50] * 9 + [0], "missing_classes": ["truck"],
+                                       "fallback": "the tail classes' training robust accuracy must not fall"}}
+    (folder / "training_log.json").write_text(json.dumps(log), encoding="utf-8")
+    files = render_report(folder / "before" / "results.json", folder, compare=folder / "after" / "results.json",
+                          formats=["html"])
+    text = visible_text(files["html"].read_text(encoding="utf-8"))
+    for needle in ["1,200 optimiser steps (8 epochs, 150 steps per epoch), chosen automatically from the "
+                   "training-set size", "Keep the checkpoint with the highest balanced worst-case robust accuracy",
+                   "val_balanced_robust_acc", "epoch 6 was kept",
+                   "fallback used: the tail classes' training robust accuracy must not fall"]:
+        assert needle in text, needle
+
+
+def test_no_training_section_without_repair_files(tmp_path):
+    b = write_run(tmp_path / "x" / "before", make_results(10), examples=False)
+    a = write_run(tmp_path / "y" / "after", make_results(10, seed=1), examples=False)
+    html = render_report(b, tmp_path, compare=a, formats=["html"])["html"].read_text(encoding="utf-8")
+    assert "Training: what the repair did" not in html and "What was done" not in html
+
+
+# ----------------------------------------------------------------------------------------- chart defects
+
+def _distance(a: str, b: str) -> float:
+    ra, rb = (tuple(int(c[i:i + 2], 16) for i in (1, 3, 5)) for c in (a, b))
+    return sum((x - y) ** 2 for x, y in zip(ra, rb)) ** 0.5
+
+
+def test_palette_series_are_distinct():
+    """Every pair of colours that can share a chart differs clearly (no two near-identical blues)."""
+    together = sorted({CLEAN, ROBUST, BEFORE, AFTER, OTHER_GROUP, *GROUP_COLOURS.values()})
+    for a, b in itertools.combinations(together, 2):
+        assert _distance(a, b) > 90, (a, b)
+    assert _distance("#08519c", "#0072B2") < 90  # the old robust/head pair this test would have caught
+
+
+def test_before_after_bars_carry_values_including_zero(repair_folder):
+    html = repair_folder["html"].read_text(encoding="utf-8")
+    before, after = repair_folder["before"], repair_folder["after"]
+    svg = svg_of(html, "Per-class robust accuracy before and after")
+    labels = svg_texts(svg)
+    expected = [f"{r['robust_acc']['worst_case'] * 100:.0f}" for r in before["per_class"] + after["per_class"]]
+    value_labels = [t for t in labels if re.fullmatch(r"\d+", t)]
+    for tick in {_count_label(min(before["dataset"]["train_counts"])), _count_label(max(before["dataset"]["train_counts"]))}:
+        if re.fullmatch(r"\d+", tick):
+            value_labels.remove(tick)  # the training-count strip's axis
+    assert sorted(value_labels) == sorted(expected)  # one label per bar, matching its height
+    assert value_labels.count("0") >= 2  # "truck" 0 -> 0 is labelled, not an empty slot
+    delta = svg_texts(svg_of(html, "Per-class change in robust and clean accuracy, ordered by training count"))
+    assert sum(1 for t in delta if re.fullmatch(r"[+-]\d+\.\d|0", t)) >= 2 * len(before["per_class"])
+
+
+def test_stronger_attack_labels_match_bar_heights(full):
+    html = full["files"]["html"].read_text(encoding="utf-8")
+    results = full["results"]
+    svg = svg_of(html, "Extra points the later attacks broke, per class")
+    labels = [t for t in svg_texts(svg) if re.fullmatch(r"\d+(\.\d)?", t)]
+    extra = [round((r["robust_acc"]["pgd"] - r["robust_acc"]["worst_case"]) * r["n_eval"]) for r in results["per_class"]]
+    heights = sorted(f"{e / r['n_eval'] * 100:.1f}" if e else "0" for e, r in zip(extra, results["per_class"]))
+    ticks = [t for t in labels if t not in heights]
+    assert sorted(t for t in labels if t in heights) == heights, (labels, heights)
+    assert all(re.fullmatch(r"\d+", t) for t in ticks)  # the rest are axis ticks
+
+
+def test_change_axis_fits_the_data():
+    up = charts.group_bars("g", ["head (3)", "tail (3)"], [("robust", [2.7, 9.3], ROBUST), ("clean", [1.0, 0.0], CLEAN)],
+                           label="up", percent=False)
+    assert negative_ticks(str(up)) == [] and "0" in svg_texts(str(up))
+    bars = charts.class_bars("b", ["a", "b", "c"], ["head", "medium", "tail"], [500, 50, 5],
+                             [("change", [4.0, 0.0, 12.0], ROBUST)], label="bars", percent=False, value_labels="all")
+    assert negative_ticks(str(bars)) == [] and {"+4.0", "0", "+12.0"} <= set(svg_texts(str(bars)))
+    down = charts.group_bars("d", ["head (3)"], [("robust", [-6.0], ROBUST)], label="down", percent=False)
+    assert negative_ticks(str(down))  # negative values do get a negative range
+
+
+def test_empty_charts_are_not_drawn(tmp_path):
+    results = make_results(12)
+    for row in results["per_class"]:  # the second attack found nothing
+        row["robust_acc"]["worst_case"] = row["robust_acc"]["temp-pgd"] = row["robust_acc"]["pgd"]
+    html = render_report(results, tmp_path, formats=["html"])["html"].read_text(encoding="utf-8")
+    assert "found no adversarial example that PGD missed" in html
+    assert svg_of(html, "Extra points the later attacks broke, per class") is None
+    assert "What the stronger attack found" not in html
+    figures = re.findall(r"<figure.*?</figure>", html, re.S)
+    assert figures and all("<svg" in f for f in figures)
+    assert charts.group_bars("e", [], [("x", [], ROBUST)], label="e") is None
+    assert charts.class_bars("e", [], [], None, [("x", [], ROBUST)], label="e") is None
+    assert charts.training_curves("e", [], label="e") is None
+    assert charts.eps_curve("e", ["8/255"], [("overall", [0.3], "#000000", "-")], [], label="e") is None
+
+
+# ----------------------------------------------------------------------------------------- browser
+
+def test_new_sections_in_chromium(full, repair_folder, chance, browser):  # noqa: F811
+    for html, shot, needles in (
+            (full["files"]["html"], "report-page1.png",
+             ["What to do next", "Classes at risk, and why", "Words used in this report", "CI gate: FAILED",
+              "Check before trusting these figures", "Robustness against the attack budget"]),
+            (repair_folder["html"], "compare-repair.png",
+             ["What was done", "Training: what the repair did", "Classes still at risk, and why"]),
+            (chance["files"]["html"], "report-not-meaningful.png", ["Result not meaningful", "The label order looks wrong"])):
+        info = open_in_browser(browser, html, shot)
+        assert info["errors"] == [] and info["requests"] == [] and info["dialogs"] == []
+        assert all(w > 50 and h > 50 for w, h in info["boxes"]), info["boxes"]
+        for needle in needles:
+            assert needle in info["text"], needle
+        if shot == "report-not-meaningful.png":
+            assert not any(g in info["text"] for g in GRADES)
+
+
+def test_compare_with_not_meaningful_after_and_escaping(tmp_path):
+    """A compare whose after run is not meaningful grades only the before run; every new user string is escaped."""
+    xss = "<img src=x onerror=alert(1)>"
+    before = with_verdict(make_results(10), "partly-robust", "Partly robust before.", actions=["Repair it."])
+    after = make_results(10, seed=2, clean_shift=-0.85, robust_shift=-0.5)
+    with_verdict(after, "not-meaningful", f"Not meaningful {xss}", reasons=[f"reason {xss}"], actions=[f"act {xss}"])
+    after["label_check"] = {"suspected": True, "accuracy_now": 0.1, "accuracy_mapped": 0.9,
+                            "mapping": [{"output": 0, "class": xss}]}
+    after["gate"] = {"conditions": [{"key": xss, "threshold": 0.5, "value": 0.1, "passed": False}], "passed": False}
+    html = render_report(before, tmp_path, compare=after, formats=["html"],
+                         training_log={"method": xss, "selection": {"rule": xss, "chosen_epoch": 1}, "epochs": []},
+                         repair={"description": xss})["html"].read_text(encoding="utf-8")
+    assert xss not in html and "onerror=alert(1)>" not in html
+    assert html.count("&lt;img src=x onerror=alert(1)&gt;") >= 7
+    text = visible_text(html)
+    assert "before: Partly robust" in text and "after: Result not meaningful" in text
+    assert "What changed:" not in text and "Classes still at risk" not in text
+    assert "No robustness grade is given for this run" in text
+    for grade in ("Robust overall", "Weakly robust", "Not robust"):
+        assert grade not in text, grade
