@@ -166,8 +166,8 @@ def compute_verdict(results: Mapping[str, Any]) -> dict[str, Any]:
             "headline": (f"No robustness grade: {problems[0]}. Check the label order, the dataset, the "
                          "preprocessing and the weights before reading any figure here."),
             "reasons": problems + extra,
-            "actions": [f"check {c}" for c in LOOKUP_CHECKS]
-                       + ([f"re-run with --labels FILE listing the model's outputs in order: "
+            "actions": [f"Check {c}" for c in LOOKUP_CHECKS]
+                       + ([f"Re-run with --labels FILE listing the model's outputs in order: "
                            f"{', '.join(m['class'] for m in results['label_check']['mapping'])}"]
                           if (results.get("label_check") or {}).get("suspected") else []),
             "band": None, "survival": None, "qualifier": None,
@@ -207,17 +207,17 @@ def compute_verdict(results: Mapping[str, Any]) -> dict[str, Any]:
     reasons += extra
     actions = []
     if code != "robust":
-        actions.append(f"repair it with adversarial fine-tuning (REAT): {_repair_command(results)}")
+        actions.append(f"Repair it with adversarial fine-tuning (REAT): {_repair_command(results)}")
     if rare_weak:
         rows = _weakest(results, 2, "tail")
         if rows:
-            actions.append(f"collect more training images for {_names(rows)} (rare classes with the lowest robust "
+            actions.append(f"Collect more training images for {_names(rows)} (rare classes with the lowest robust "
                            "accuracy)")
     elif uneven:
-        actions.append(f"look at the weakest classes {_names(_weakest(results, 2))}: more or cleaner training data "
+        actions.append(f"Look at the weakest classes {_names(_weakest(results, 2))}: more or cleaner training data "
                        "there helps most")
     if extra:
-        actions.append("audit the model on data of the size and colour it was trained on")
-    actions.append("confirm the figures with the stronger attack suite (--suite standard) before relying on them")
+        actions.append("Audit the model on data of the size and colour it was trained on")
+    actions.append("Confirm the figures with the stronger attack suite (--suite standard) before relying on them")
     return {"code": code, "label": LABELS[code], "headline": headline, "reasons": reasons, "actions": actions,
             "band": base, "survival": survive, "qualifier": qualifier}

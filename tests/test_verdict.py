@@ -74,7 +74,7 @@ def test_rare_classes_lagging_downgrade_robust_to_partly_and_name_classes_to_col
     assert v["band"] == "robust" and v["code"] == "partly-robust" and v["qualifier"] == "rare classes"
     assert v["headline"].startswith("Robust overall, but not on rare classes:")
     assert any("tail" in r and "points below" in r for r in v["reasons"])
-    assert any(a.startswith("collect more training images for “c8” and “c7”") for a in v["actions"])
+    assert any(a.startswith("Collect more training images for “c8” and “c7”") for a in v["actions"])
 
 
 def test_chance_level_accuracy_is_not_meaningful_and_says_what_to_check():
