@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +22,8 @@ from .engine import PointRecords, adapt_images, run_cascade
 from .errors import ConfigError, ModelLoadError
 from .metrics import adversarial_confusion, cross_class_summary, per_class_accuracy, spearman, wilson_interval
 from .models import LoadedModel, final_linear_of, load_model
-from .results import SCHEMA_VERSION, environment, write_json, write_npz
+from .outputs import RunFiles, output_error, prepare_out_dir
+from .results import SCHEMA_VERSION, environment
 
 log = logging.getLogger(__name__)
 
@@ -111,14 +112,17 @@ def prepare(config: AuditConfig, device: torch.device) -> tuple[LTDataset, Loade
     return data, model, _eval_indices(data, config)
 
 
-def run_audit(config: AuditConfig, *, progress: Optional[bool] = None) -> AuditRun:
-    """Audit ``config.model`` on ``config.dataset``; writes results.json, points.json and examples.npz."""
+def run_audit(config: AuditConfig, *, progress: Optional[bool] = None, formats: Sequence[str] = ()) -> AuditRun:
+    """Audit ``config.model`` on ``config.dataset``; writes results.json, points.json, examples.npz
+    and the ``formats`` reports (html, pdf) as one set into the output folder."""
     config.validate()
     specs = config.attack_specs()
     attacks = [create_attack(s) for s in specs]
     t_start = time.perf_counter()
+    apply_threads(config.threads)
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
+    out_dir = prepare_out_dir(config.out if config.out else default_out_dir(config))
     data, model, eval_idx = prepare(config, device)
     module = model.module.eval()
     for p in module.parameters():
@@ -141,25 +145,48 @@ def run_audit(config: AuditConfig, *, progress: Optional[bool] = None) -> AuditR
         examples_per_class=config.examples_per_class, amp=config.amp,
         progress=(not config.quiet) if progress is None else progress,
     )
-    if _bn_fingerprint(module) != bn_before:
+    bn_after = _bn_fingerprint(module)
+    if bn_after != bn_before and not (np.isnan(bn_after) and np.isnan(bn_before)):
         raise RuntimeError("BatchNorm statistics changed during the audit; this is a bug, please report it")
     total_s = time.perf_counter() - t_start
     results = build_results(config, specs, data, model, eval_idx, records, device,
                             {"load_s": load_s, "total_s": total_s})
-    out_dir = Path(config.out) if config.out else default_out_dir(config)
-    write_outputs(out_dir, results, records)
+    write_outputs(out_dir, results, records, formats=formats)
     return AuditRun(results, out_dir, records)
 
 
-def write_outputs(out_dir: Path, results: dict[str, Any], records: PointRecords) -> None:
-    """points.json and examples.npz first, results.json last (each atomically)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "points.json", records.to_json(), indent=None)
-    if records.examples:
-        write_npz(out_dir / "examples.npz", **records.examples)
-    else:
-        results["files"].pop("examples", None)
-    write_json(out_dir / "results.json", results)
+def write_outputs(out_dir: Path, results: dict[str, Any], records: PointRecords,
+                  formats: Sequence[str] = ()) -> None:
+    """points.json, examples.npz, results.json and the reports, committed together (audit/outputs.py)."""
+    with RunFiles(out_dir) as files:
+        files.add_json("points.json", records.to_json(), indent=None)
+        if records.examples:
+            files.add_npz("examples.npz", **records.examples)
+        else:
+            results["files"].pop("examples", None)
+        files.add_json("results.json", results)
+        if formats:
+            from reports import render_report
+
+            try:
+                written = render_report(files.path("results.json"), files.staging, formats=list(formats))
+            except OSError as exc:
+                raise output_error(exc, out_dir) from None
+            for path in written.values():
+                files.adopt(path.name)
+        files.commit()
+
+
+def apply_threads(threads: Optional[int]) -> None:
+    """``--threads N``: torch's intra-op and (when still possible) inter-op thread pools."""
+    if threads is None:
+        return
+    torch.set_num_threads(int(threads))
+    try:
+        torch.set_num_interop_threads(int(threads))
+    except RuntimeError:  # only settable before the first parallel work of the process
+        if torch.get_num_interop_threads() != int(threads):
+            log.debug("inter-op threads stay at %d (already in use)", torch.get_num_interop_threads())
 
 
 def build_results(config: AuditConfig, specs, data: LTDataset, model: LoadedModel, eval_idx: np.ndarray,
