@@ -272,7 +272,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from audit.errors import ConfigError
-    from audit.outputs import prepare_out_dir
+    from audit.outputs import out_dir_guard
     from reports import render_report
 
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
@@ -280,8 +280,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if bad or not formats:
         raise ConfigError(f"--format takes html, pdf or html,pdf, got {args.format!r}")
     out = Path(args.out) if args.out else Path(args.compare or args.results).parent
-    prepare_out_dir(out)
-    paths = render_report(args.results, out, formats=formats, compare=args.compare)
+    with out_dir_guard(out):
+        paths = render_report(args.results, out, formats=formats, compare=args.compare)
     for path in paths.values():
         print(path)
     return 0

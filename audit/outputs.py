@@ -11,6 +11,7 @@ touches a file tailaudit did not write.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -18,7 +19,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 from .errors import TailAuditError
 
@@ -75,6 +76,23 @@ def prepare_out_dir(path: str | Path, flag: str = "--out") -> Path:
     except OSError as exc:
         raise OutputError(f"cannot write into {flag} folder {out}: {_reason(exc)}; choose another {flag}") from None
     return out
+
+
+@contextlib.contextmanager
+def out_dir_guard(path: str | Path, flag: str = "--out") -> Iterator[Path]:
+    """:func:`prepare_out_dir`, and on an exception remove the folders it created if they are still empty."""
+    out = Path(path).expanduser()
+    missing = [d for d in [out, *out.parents] if not d.exists()]
+    out = prepare_out_dir(out, flag)
+    try:
+        yield out
+    except BaseException:
+        for d in missing:  # deepest first
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
 
 
 def read_manifest(out_dir: Path) -> list[str]:

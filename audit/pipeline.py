@@ -21,8 +21,8 @@ from .data import LTDataset, assign_groups, groups_to_indices, load_dataset, str
 from .engine import PointRecords, adapt_images, run_cascade
 from .errors import ConfigError, ModelLoadError
 from .metrics import adversarial_confusion, cross_class_summary, per_class_accuracy, spearman, wilson_interval
-from .models import LoadedModel, final_linear_of, load_model
-from .outputs import RunFiles, output_error, prepare_out_dir
+from .models import LoadedModel, check_finite_logits, final_linear_of, load_model
+from .outputs import RunFiles, out_dir_guard, output_error
 from .results import SCHEMA_VERSION, environment
 
 log = logging.getLogger(__name__)
@@ -105,11 +105,16 @@ def prepare(config: AuditConfig, device: torch.device) -> tuple[LTDataset, Loade
         raise ConfigError(f"--num-classes {config.num_classes} but dataset {config.dataset} has {num_classes} classes")
     model = load_model(config.model, num_classes=num_classes, checkpoint=config.checkpoint, mean=config.mean,
                        std=config.std, input_size=config.input_size, data_size=tuple(data.image_shape),
-                       device=device)
+                       device=device, allow_large_input=config.allow_large_input)
     if model.num_classes != num_classes:
         raise ModelLoadError(f"the model has {model.num_classes} outputs but dataset {config.dataset} has "
                              f"{num_classes} classes; audit it on the dataset it was trained for")
-    return data, model, _eval_indices(data, config)
+    data.fit_to_model(model.preprocessing.input_size)
+    eval_idx = _eval_indices(data, config)
+    if len(eval_idx):
+        first = torch.stack([data.test[int(i)][0] for i in eval_idx[:8]]).float()
+        check_finite_logits(model, adapt_images(first, model.preprocessing.input_size).to(device))
+    return data, model, eval_idx
 
 
 def run_audit(config: AuditConfig, *, progress: Optional[bool] = None, formats: Sequence[str] = ()) -> AuditRun:
@@ -122,7 +127,12 @@ def run_audit(config: AuditConfig, *, progress: Optional[bool] = None, formats: 
     apply_threads(config.threads)
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
-    out_dir = prepare_out_dir(config.out if config.out else default_out_dir(config))
+    with out_dir_guard(config.out if config.out else default_out_dir(config)) as out_dir:
+        return _audit_into(out_dir, config, specs, attacks, device, t_start, progress, formats)
+
+
+def _audit_into(out_dir: Path, config: AuditConfig, specs: list, attacks: list, device: torch.device,
+                t_start: float, progress: Optional[bool], formats: Sequence[str]) -> AuditRun:
     data, model, eval_idx = prepare(config, device)
     module = model.module.eval()
     for p in module.parameters():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -126,9 +127,13 @@ def read_class_counts(path: Path, class_names: Sequence[str]) -> list[int]:
 
 
 def _target_size(paths: Sequence[Path], size: Optional[tuple[int, int]]) -> tuple[tuple[int, int], int]:
-    """(size every image is brought to, how many differ from it); reads headers, so bad files fail early."""
+    """(the most common size, how many differ from it); reads headers, so bad or huge files fail early.
+
+    The most common size is only a hint (a timm CNN may run at it); the audit decodes every
+    image at the model's input size (:meth:`LTDataset.fit_to_model`).
+    """
     sizes = [image_size(p) for p in paths]
-    target = size or sizes[0]
+    target = size or Counter(sizes).most_common(1)[0][0]
     return target, sum(s != target for s in sizes)
 
 
@@ -165,7 +170,8 @@ def _imagefolder(*, imbalance: float, data_root: Optional[Path], class_counts: O
         _, resized_train = _target_size(train_paths, size)
         train = ImageFileDataset(train_paths, train_labels, size=size)
     if resized_test or resized_train:
-        log.warning("%d eval / %d train images differ from %dx%d and are resized to it", resized_test, resized_train, *size)
+        log.info("%d eval / %d train images differ from the most common size %dx%d; every image is resized to "
+                 "the model's input size", resized_test, resized_train, *size)
     top = max(counts)
     return LTDataset(
         name="imagefolder",
@@ -184,6 +190,6 @@ def _imagefolder(*, imbalance: float, data_root: Optional[Path], class_counts: O
             "class_counts_file": str(class_counts) if class_counts is not None else None,
             "imbalance": (min(counts) / top) if top > 0 else None,
             "image_size_wh": list(size),
-            "resized": {"test": int(resized_test), "train": int(resized_train), "method": "bilinear to the first eval image"},
+            "resized": {"test": int(resized_test), "train": int(resized_train), "method": "bilinear to the model input size"},
         },
     )
