@@ -224,5 +224,4 @@ class RunFiles:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if not self.committed:
-            self._drop_staging()
+        self._drop_staging()  # after commit it is empty; after a failure it holds the only copies

@@ -240,7 +240,10 @@ def build_results(config: AuditConfig, specs, data: LTDataset, model: LoadedMode
     adv_pred = records.pred[first_attack, np.arange(n)] if n else np.zeros(0, np.int64)
     summary["confusion"] = adversarial_confusion(labels, adv_pred, any_broken, C)
 
-    warnings = list(model.info.get("warnings", [])) + records.warnings + records.sanity_warnings(config.independent)
+    model_warnings = list(model.info.get("warnings", []))
+    said_probabilities = any("outputs probabilities" in w for w in model_warnings)
+    warnings = model_warnings + [w for w in records.warnings if not (said_probabilities and "outputs probabilities" in w)]
+    warnings += records.sanity_warnings(config.independent)
     clean_overall = summary["clean"]["overall"] or 0
     wc = summary["robust"]["worst_case"]["overall"]
     if wc is not None and clean_overall > 0 and wc == clean_overall and config.eps > 0 and sum(records.attacked) > 20:

@@ -13,7 +13,9 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from ..bounds import MAX_COUNT
 from ..errors import ConfigError, DatasetError
+from ..jsonfile import read_json
 from ..registry import DATASETS, register_dataset
 from . import cifar as _cifar  # noqa: F401  (registers cifar10lt / cifar100lt)
 from .core import ArrayImageDataset, ImageFileDataset, LTDataset, image_size, scan_image_folder
@@ -103,8 +105,10 @@ def read_class_counts(path: Path, class_names: Sequence[str]) -> list[int]:
     if not path.is_file():
         raise DatasetError(f"class counts file {path} does not exist; {_COUNTS_HINT}")
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        raw = read_json(path)
+    except OSError as exc:
+        raise DatasetError(f"cannot read class counts {path} ({exc.strerror or exc}); {_COUNTS_HINT}") from None
+    except ValueError as exc:
         raise DatasetError(f"cannot read class counts {path} ({exc}); {_COUNTS_HINT}") from None
     if isinstance(raw, dict):
         if set(raw) != set(class_names):
@@ -121,8 +125,8 @@ def read_class_counts(path: Path, class_names: Sequence[str]) -> list[int]:
         values = raw
     else:
         raise DatasetError(f"class counts {path} is neither a JSON object nor a list; {_COUNTS_HINT}")
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
-        raise DatasetError(f"class counts {path} must be non-negative integers; {_COUNTS_HINT}")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_COUNT for v in values):
+        raise DatasetError(f"class counts {path} must be whole numbers in 0..{MAX_COUNT:.0e}; {_COUNTS_HINT}")
     return [int(v) for v in values]
 
 

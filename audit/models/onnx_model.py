@@ -142,6 +142,10 @@ def _read(path: Path) -> onnx.ModelProto:
         raise ModelLoadError(f"{path} refers to external weight data that is missing ({exc}); copy the "
                              f".data file next to the .onnx file") from None
     except Exception as exc:  # noqa: BLE001 - protobuf raises assorted errors on garbage
+        if "points outside the directory" in str(exc) or "outside the directory" in str(exc):
+            raise ModelLoadError(f"{path} refers to external weight data outside its folder, which tailaudit "
+                                 "does not read; keep the .data file next to the .onnx file (re-save it with "
+                                 "onnx.save(..., location='NAME.data'))") from None
         raise ModelLoadError(f"{path} is not a valid ONNX model ({type(exc).__name__}); re-export it "
                              f"(e.g. torch.onnx.export) and check the file was copied completely") from None
     if model.ir_version <= 0 or not model.graph.node or not model.graph.output:
