@@ -83,9 +83,8 @@ def out_dir_guard(path: str | Path, flag: str = "--out") -> Iterator[Path]:
     """:func:`prepare_out_dir`, and on an exception remove the folders it created if they are still empty."""
     out = Path(path).expanduser()
     missing = [d for d in [out, *out.parents] if not d.exists()]
-    out = prepare_out_dir(out, flag)
     try:
-        yield out
+        yield prepare_out_dir(out, flag)
     except BaseException:
         for d in missing:  # deepest first
             try:

@@ -96,7 +96,10 @@ def check_schema(results: Any, source: str | Path | None = None) -> None:
     bad = _first_non_finite(results)
     if bad is not None:
         raise ResultsError(f"{where}: {bad} is NaN or infinite; the file is damaged, re-run the audit")
-    error = jsonschema.exceptions.best_match(_validator().iter_errors(results))
+    errors = list(_validator().iter_errors(results))
+    first = min(errors, key=lambda e: tuple(f"{p:012d}" if isinstance(p, int) else str(p) for p in e.absolute_path),
+                default=None)  # the first bad field in path order (items in order), then its most specific cause
+    error = jsonschema.exceptions.best_match([first]) if first is not None else None
     if error is not None and error.validator == "required" and isinstance(error.instance, Mapping):
         missing = next((k for k in error.validator_value if k not in error.instance), "?")
         raise ResultsError(f"{where} lacks {_json_path([*error.absolute_path, missing])}; it is incomplete or "
