@@ -74,7 +74,9 @@ class _Parser(argparse.ArgumentParser):
     """argparse that prints one line (not the whole usage) on bad flags, exit code 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+        from audit.textsafe import one_line
+
+        self.exit(EXIT_USAGE, f"tailaudit: error: {one_line(message)} (see {self.prog} --help)\n")
 
 
 def _add_model_data_args(p: argparse.ArgumentParser) -> None:

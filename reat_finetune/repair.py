@@ -6,6 +6,7 @@ after-audit scores the exported ONNX file, so onnxruntime has the last word on i
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import time
@@ -21,9 +22,8 @@ from audit import __version__
 from audit.config import AuditConfig
 from audit.data import LTDataset, assign_groups
 from audit.engine import adapt_images
-from audit.pipeline import default_out_dir, prepare, resolve_device, run_audit
 from audit.outputs import RunFiles, out_dir_guard, output_error
-from audit.pipeline import apply_threads
+from audit.pipeline import apply_threads, default_out_dir, prepare, resolve_device, run_audit
 from audit.results import environment
 
 from .checkpoint import CHECKPOINT_NAME, check_fingerprint, fingerprint, is_disk_full, labels_digest, load_checkpoint
@@ -118,6 +118,8 @@ def run_repair(config: RepairConfig, *, hooks: Optional[TrainHooks] = None,
         if is_disk_full(exc):
             raise RepairError(f"disk full ({exc.filename or 'writing outputs'}); the last checkpoint in the output "
                               "folder is intact: free some space and continue with --resume") from exc
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise output_error(exc, exc.filename or config.out or "the output folder") from exc
         raise
 
 

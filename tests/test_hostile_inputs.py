@@ -363,6 +363,26 @@ def test_own_results_validate_against_the_schema(demo_results):
     assert set(json.loads(json.dumps(schema))["required"]) <= set(demo_results)
 
 
+def test_repair_before_after_results_validate(tmp_path, capsys):
+    import jsonschema
+
+    from reports.load import load_results
+
+    out = tmp_path / "rep"
+    code, _, err = run_main(["repair", str(DEMO), "--epochs", "1", "--train-steps", "1", "--batch-size-train", "64",
+                             "--out", str(out), *FAST], capsys)
+    assert code == 0, err
+    schema = json.loads((ROOT / "docs" / "results.schema.json").read_text())
+    for side in ("before", "after"):
+        res = json.loads((out / side / "results.json").read_text())
+        jsonschema.validate(res, schema, cls=jsonschema.Draft202012Validator)
+        load_results(out / side / "results.json")  # the report's own check (schema + cross-field)
+        assert MANIFEST in {p.name for p in (out / side).iterdir()}
+    top = json.loads((out / MANIFEST).read_text())["files"]
+    assert {"training_log.json", "repair.json", "checkpoint.pt"} <= set(top)
+    assert any(n.startswith("repaired.") for n in top)
+
+
 def test_schema_doc_in_step_with_markdown():
     """Every top-level key the schema names is documented in docs/results_schema.md."""
     schema = json.loads((ROOT / "docs" / "results.schema.json").read_text())

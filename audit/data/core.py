@@ -58,10 +58,14 @@ class LTDataset:
         return len(self.class_names)
 
     def fit_to_model(self, input_size: Sequence[int]) -> None:
-        """Decode image files straight to the model's (C, H, W) input size (in-memory arrays are left as is)."""
+        """Decode a user's image files straight to the model's (C, H, W) input size.
+
+        Datasets with a fixed native size (CIFAR's 32x32, in memory or as files) are left as they
+        are and resized by the engine like any tensor, so both CIFAR layouts give the same pixels.
+        """
         changed = False
         for ds in (self.test, self.train):
-            if isinstance(ds, ImageFileDataset):
+            if isinstance(ds, ImageFileDataset) and ds.follow_model:
                 ds.size = (int(input_size[2]), int(input_size[1]))
                 changed = True
         if changed:
@@ -135,12 +139,14 @@ class ImageFileDataset(Dataset):
     data file decides how large every image becomes.
     """
 
-    def __init__(self, paths: Sequence[Path], labels: Sequence[int] | np.ndarray, size: Optional[tuple[int, int]] = None) -> None:
+    def __init__(self, paths: Sequence[Path], labels: Sequence[int] | np.ndarray, size: Optional[tuple[int, int]] = None,
+                 follow_model: bool = False) -> None:
         if len(paths) != len(labels):
             raise DatasetError(f"{len(paths)} images but {len(labels)} labels")
         self.paths = [Path(p) for p in paths]
         self.labels = np.asarray(labels, dtype=np.int64)
         self.size = size
+        self.follow_model = follow_model  # True: ``size`` becomes the model's input size (user folders)
 
     def __len__(self) -> int:
         return len(self.paths)

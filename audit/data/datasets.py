@@ -172,7 +172,7 @@ def _imagefolder(*, imbalance: float, data_root: Optional[Path], class_counts: O
     resized_train = 0
     if train_labels is not None:
         _, resized_train = _target_size(train_paths, size)
-        train = ImageFileDataset(train_paths, train_labels, size=size)
+        train = ImageFileDataset(train_paths, train_labels, size=size, follow_model=True)
     if resized_test or resized_train:
         log.info("%d eval / %d train images differ from the most common size %dx%d; every image is resized to "
                  "the model's input size", resized_test, resized_train, *size)
@@ -181,7 +181,7 @@ def _imagefolder(*, imbalance: float, data_root: Optional[Path], class_counts: O
         name="imagefolder",
         class_names=names,
         train_counts=counts,
-        test=ImageFileDataset(test_paths, test_labels, size=size),
+        test=ImageFileDataset(test_paths, test_labels, size=size, follow_model=True),
         test_labels=test_labels,
         train=train,
         train_labels=train_labels,
