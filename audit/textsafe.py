@@ -31,6 +31,32 @@ class SafeFormatter(logging.Formatter):
         return terminal_safe(super().format(record))
 
 
+class _OnceFilter(logging.Filter):
+    """Library log records once each; all missing-glyph notes folded into one line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+        self.glyph_said = False
+
+    def filter(self, record: logging.LogRecord) -> bool:  # noqa: D102
+        message = record.getMessage()
+        if ".notdef glyph" in message or ("glyph" in message.lower() and "missing from" in message):
+            if self.glyph_said:
+                return False
+            self.glyph_said = True
+            record.msg = ("some characters (first: %s) have no glyph in the report's fonts and show as boxes in "
+                          "the PDF; the HTML report shows them")
+            record.args = (message.rsplit(":", 1)[-1].strip()[:40],)
+            return True
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
+_ONCE = _OnceFilter()
+NOISY_LOGGERS = ("weasyprint", "fontTools", "matplotlib", "PIL", "py.warnings")
 _ROUTED = False
 
 
@@ -48,6 +74,12 @@ def route_warnings(debug: bool = False) -> None:
             handler.setFormatter(SafeFormatter(fmt))
     logging.captureWarnings(True)
     logging.getLogger("py.warnings").setLevel(logging.DEBUG if debug else logging.ERROR)
+    _ONCE.seen.clear()  # once per command run
+    _ONCE.glyph_said = False
+    for name in NOISY_LOGGERS:
+        logger = logging.getLogger(name)
+        if _ONCE not in logger.filters:
+            logger.addFilter(_ONCE)
     if not _ROUTED:
         warnings.filterwarnings("once", module="matplotlib")
         warnings.filterwarnings("once", message=".*[Gg]lyph.*missing from.*")

@@ -139,5 +139,5 @@ def render_report(
         for path in written.values():  # the set or nothing
             path.unlink(missing_ok=True)
         raise output_error(exc, target) from None
-    LOG.info("wrote %s in %.1f s", ", ".join(str(p) for p in written.values()), time.perf_counter() - started)
+    LOG.debug("wrote %s in %.1f s", ", ".join(str(p) for p in written.values()), time.perf_counter() - started)
     return written

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import struct
 import subprocess
@@ -482,6 +483,22 @@ def test_threads_recorded_in_results(tmp_path, capsys):
     assert code == 0, err
     res = json.loads((tmp_path / "o" / "results.json").read_text())
     assert res["config"]["threads"] == 1 and res["environment"]["torch_threads"] == 1
+
+
+def test_library_log_noise_once(caplog):
+    """WeasyPrint logs one line per missing glyph and per page: folded into one line, repeats dropped."""
+    from audit.textsafe import route_warnings
+
+    route_warnings(debug=False)
+    lib = logging.getLogger("weasyprint")
+    with caplog.at_level(logging.WARNING):
+        for ch in "猫犬猫鳥":
+            lib.warning('.notdef glyph rendered for Unicode string unsupported by fonts: "%s"', ch)
+        lib.warning("Ignored `gap` at 1:2, unknown property.")
+        lib.warning("Ignored `gap` at 1:2, unknown property.")
+    messages = [r.getMessage() for r in caplog.records if r.name == "weasyprint"]
+    assert len(messages) == 2, messages
+    assert "no glyph" in messages[0] and "猫" in messages[0]
 
 
 def test_bounds_helper_for_new_flags():
