@@ -105,8 +105,8 @@ def read_manifest(out_dir: Path) -> list[str]:
 
 
 def _is_plain_name(name: str) -> bool:
-    p = Path(name)
-    return bool(name) and not p.is_absolute() and ".." not in p.parts and name not in (MANIFEST, ".")
+    """A bare file name: no folders (so a tampered manifest cannot reach outside --out), not the manifest."""
+    return bool(name) and "/" not in name and "\\" not in name and name not in (MANIFEST, ".", "..")
 
 
 class RunFiles:
@@ -128,7 +128,7 @@ class RunFiles:
     # -- staging ----------------------------------------------------------------------------
     def path(self, name: str) -> Path:
         """Where ``name`` is staged (writers may also read staged files back from here)."""
-        if not _is_plain_name(name) or "/" in name:
+        if not _is_plain_name(name):
             raise ValueError(f"output names are plain file names, got {name!r}")
         return self.staging / name
 
