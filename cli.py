@@ -220,8 +220,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     formats = _formats(args)
     run = run_audit(config, formats=formats)
     print(terminal_safe(format_summary(run.results)))
-    for fmt in formats:
-        print(f"report: {run.out_dir / f'report.{fmt}'}")
+    for report in (run.out_dir / f"report.{fmt}" for fmt in formats):
+        if report.is_file():
+            print(f"report: {report}")
     print(f"results: {run.results_path}")
     return 0
 

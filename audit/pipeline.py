@@ -182,6 +182,11 @@ def write_outputs(out_dir: Path, results: dict[str, Any], records: PointRecords,
                 written = render_report(files.path("results.json"), files.staging, formats=list(formats))
             except OSError as exc:
                 raise output_error(exc, out_dir) from None
+            except Exception as exc:  # noqa: BLE001 - a renderer failure must not throw away the audit
+                log.warning("the report could not be rendered (%s); the results are kept, render it later with "
+                            "`tailaudit report %s`", str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                            out_dir / "results.json")
+                written = {}
             for path in written.values():
                 files.adopt(path.name)
         files.commit()

@@ -411,6 +411,22 @@ def test_rerun_removes_only_files_tailaudit_wrote(tmp_path, capsys):
     assert not [p for p in out.iterdir() if p.name.startswith(".tailaudit-staging")]
 
 
+def test_renderer_failure_keeps_the_results(tmp_path, monkeypatch, capsys):
+    """A broken report renderer must not throw away the audit: results are committed, no report, exit 0."""
+    import reports
+
+    def broken(*a, **k):
+        raise RuntimeError("renderer exploded")
+
+    monkeypatch.setattr(reports, "render_report", broken)
+    out = tmp_path / "run"
+    code, stdout, err = run_main(["audit", str(DEMO), "--out", str(out), "--n-per-class", "2", "--steps", "1",
+                                  "--quiet"], capsys)
+    assert code == 0, err
+    assert (out / "results.json").is_file() and not list(out.glob("report.*"))
+    assert "report:" not in stdout
+
+
 @pytest.mark.parametrize("err_no", [errno.ENOSPC, errno.EROFS, errno.EACCES], ids=["ENOSPC", "EROFS", "EACCES"])
 def test_write_failure_keeps_previous_run_and_leaves_nothing(tmp_path, monkeypatch, capsys, err_no):
     """A full disk, read-only filesystem or permission error while writing results: one line, exit 2, the
