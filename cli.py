@@ -222,8 +222,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     print(terminal_safe(format_summary(run.results)))
     for report in (run.out_dir / f"report.{fmt}" for fmt in formats):
         if report.is_file():
-            print(f"report: {report}")
-    print(f"results: {run.results_path}")
+            print(terminal_safe(f"report: {report}"))
+    print(terminal_safe(f"results: {run.results_path}"))
     return 0
 
 
@@ -249,9 +249,9 @@ def cmd_repair(args: argparse.Namespace) -> int:
 
     print(terminal_safe(format_comparison(run)))
     for path in run.reports.values():
-        print(f"report: {path}")
-    print(f"repaired model: {run.model_path}")
-    print(f"results: {run.before_path} (before), {run.after_path} (after)")
+        print(terminal_safe(f"report: {path}"))
+    print(terminal_safe(f"repaired model: {run.model_path}"))
+    print(terminal_safe(f"results: {run.before_path} (before), {run.after_path} (after)"))
     return 0
 
 
@@ -265,8 +265,10 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(desc, indent=2))
     else:
+        from audit.textsafe import terminal_safe
+
         for name, count, group in zip(data.class_names, data.train_counts, desc["groups"]):
-            print(f"{name:<24} {count:>7}  {group}")
+            print(terminal_safe(f"{name:<24} {count:>7}  {group}"))
         print(f"total {sum(data.train_counts)} training images, {len(data.test_labels)} test images")
     return 0
 
@@ -285,8 +287,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.compare or args.results).parent
     with out_dir_guard(out):
         paths = render_report(args.results, out, formats=formats, compare=args.compare)
+    from audit.textsafe import terminal_safe
+
     for path in paths.values():
-        print(path)
+        print(terminal_safe(str(path)))
     return 0
 
 

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from audit.errors import ConfigError, ResultsError
+from audit.errors import ConfigError
 from audit.outputs import output_error, prepare_out_dir
 
 from .audit_view import audit_context

@@ -5,7 +5,6 @@ arguments, so the CLI dispatches by name and unknown names get the registry's li
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from pathlib import Path
