@@ -450,6 +450,22 @@ def test_write_failure_keeps_previous_run_and_leaves_nothing(tmp_path, monkeypat
     assert snapshot(out) == before
 
 
+def test_report_write_failure_one_line_nothing_left(tmp_path, monkeypatch, capsys, demo_results):
+    path = results_file(tmp_path, demo_results, lambda r: None)
+    real_replace = os.replace
+
+    def failing(src, dst, *a, **k):
+        if Path(dst).name.startswith("report."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+        return real_replace(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "replace", failing)
+    code, _, err = run_main(["report", str(path), "--out", str(tmp_path / "rep"), "--format", "html"], capsys)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert_refused(code, err, "no space left")
+    assert not (tmp_path / "rep").exists()
+
+
 def test_read_only_out_folder_refused_before_loading(tmp_path, monkeypatch, capsys):
     """chmod where it binds (non-root); as root, chmod is ignored, so the probe write is made to fail instead."""
     ro = tmp_path / "ro"
