@@ -577,7 +577,7 @@ def test_memory_bounded_under_address_space_limit(tmp_path, demo_results):
     big_onnx = tiny_onnx(tmp_path / "big.onnx", shape=(None, 3, 20000, 20000))
     res = results_file(tmp_path, demo_results, lambda r: r["files"].__setitem__("examples", "examples.npz"))
     npz_with_header(res.parent / "examples.npz", (100000, 3, 4096, 4096))
-    fast = ["--n-per-class", "1", "--steps", "1", "--quiet", "--no-html", "--no-pdf"]
+    fast = ["--n-per-class", "1", "--steps", "1", "--quiet", "--no-html", "--no-pdf", "--device", "cpu"]
     cases = [
         # the first image is 7000x7000: every image used to be resized to it (10 x 590 MB floats)
         ["audit", str(DEMO), D, "imagefolder", "--data-root", str(big_first), "--class-counts", str(counts),
@@ -587,7 +587,8 @@ def test_memory_bounded_under_address_space_limit(tmp_path, demo_results):
         ["audit", str(big_onnx), "--out", str(tmp_path / "o3"), *fast],
         ["report", str(res), "--out", str(tmp_path / "o4"), "--format", "html"],
     ]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    # CPU only: a CUDA context alone reserves more address space than the limit
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run([sys.executable, "-c", _SCRIPT.format(limit=MEMORY_LIMIT), json.dumps(cases)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
