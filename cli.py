@@ -39,29 +39,62 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _limit(value):
+    from audit import bounds
+
+    return getattr(bounds, value) if isinstance(value, str) else value
+
+
+def _b(name: str, lo, hi):
+    """argparse type: whole number in [lo, hi]; limits by name from audit/bounds.py."""
+    from audit.bounds import bounded_int
+
+    return bounded_int(name, _limit(lo), _limit(hi))
+
+
+def _f(name: str, lo, hi, **kw):
+    """argparse type: finite number (accepts 8/255) in the range; limits by name from audit/bounds.py."""
+    from audit.bounds import bounded_float
+
+    return bounded_float(name, _limit(lo), _limit(hi), **kw)
+
+
+def _add_limits_args(p: argparse.ArgumentParser) -> None:
+    """Flags of the hardening work: thread count and the large-input override."""
+    from audit.bounds import MAX_INPUT_SIDE, MAX_THREADS
+
+    p.add_argument("--threads", type=_b("--threads", 1, MAX_THREADS),
+                   help="CPU threads for torch (intra- and inter-op); recorded in results. Identical results need "
+                        "the same threads, device and library versions")
+    p.add_argument("--allow-large-input", action="store_true",
+                   help=f"allow model inputs above {MAX_INPUT_SIDE} pixels a side (memory grows with it)")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that prints one line (not the whole usage) on bad flags, exit code 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+        from audit.textsafe import one_line
+
+        self.exit(EXIT_USAGE, f"tailaudit: error: {one_line(message)} (see {self.prog} --help)\n")
 
 
 def _add_model_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="path/to/model.onnx or timm:ARCH (with --checkpoint)")
     p.add_argument("--checkpoint", help="state dict for timm:ARCH (.pth/.pt/.safetensors; never unpickled)")
-    p.add_argument("--num-classes", type=_positive_int, help="default: the dataset's class count")
+    p.add_argument("--num-classes", type=_b("--num-classes", 1, "MAX_CLASSES"), help="default: the dataset's class count")
     p.add_argument("--mean", help="per-channel mean the model expects, e.g. 0.4914,0.4822,0.4465 (folded into the wrapper)")
     p.add_argument("--std", help="per-channel std the model expects, e.g. 0.2471,0.2435,0.2616")
-    p.add_argument("--input-size", type=_positive_int, help="square input size the model was trained at")
+    p.add_argument("--input-size", type=_b("--input-size", 1, 10**6), help="square input size the model was trained at")
     _add_dataset_args(p)
-    p.add_argument("--n-per-class", type=_positive_int, help="stratified seeded subset: K test images per class")
+    p.add_argument("--n-per-class", type=_b("--n-per-class", 1, "MAX_N_PER_CLASS"), help="stratified seeded subset: K test images per class")
     p.add_argument("--groups", default="thirds", choices=["thirds", "shots"],
                    help="head/medium/tail rule: thirds of classes by count, or shots (>100, <20)")
 
 
 def _add_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="digitslt", help="cifar10lt | cifar100lt | digitslt | imagefolder (default digitslt)")
-    p.add_argument("--imbalance", type=_number, default=0.01, help="rho = smallest/largest class (default 0.01)")
+    p.add_argument("--imbalance", type=_f("--imbalance", 0, 1, lo_open=True), default=0.01, help="rho = smallest/largest class (default 0.01)")
     p.add_argument("--data-root", help="folder with the data (torchvision CIFAR layout or train/<class>/, test/<class>/)")
     p.add_argument("--class-counts", help="JSON training counts for an imagefolder with only an evaluation folder")
     p.add_argument("--no-download", action="store_true", help="never try to download datasets")
@@ -72,19 +105,21 @@ def _add_attack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--norm", default="linf", choices=["linf", "l2"])
     p.add_argument("--eps", default="8/255", help="radius of the threat model in [0,1] pixels (accepts 8/255); several "
                    "(1/255,2/255,4/255,8/255) audit a robustness curve, the largest is the headline")
-    p.add_argument("--steps", type=_positive_int, default=20, help="PGD iterations (default 20)")
-    p.add_argument("--step-size", type=_number, help="step size alpha (default eps/4, i.e. 2/255 at 8/255)")
+    p.add_argument("--steps", type=_b("--steps", 1, "MAX_STEPS"), default=20, help="PGD iterations (default 20)")
+    p.add_argument("--step-size", type=_f("--step-size", 0, 1, lo_open=True), help="step size alpha (default eps/4, i.e. 2/255 at 8/255)")
     p.add_argument("--temperature", default="0.5", help="Temperature-PGD T, one value or a list to sweep (e.g. 0.1,0.5,2,5)")
     p.add_argument("--independent", action="store_true",
                    help="run every attack on every clean-correct point (head-to-head) instead of the cascade")
-    p.add_argument("--seed", type=_nonneg_int, default=0,
-                   help="attack randomness: a point's random start depends only on (seed, attack, its test-set index)")
-    p.add_argument("--subset-seed", type=_nonneg_int, default=0, help="picks the --n-per-class subset (default 0)")
+    p.add_argument("--seed", type=_b("--seed", 0, "SEED_MAX"), default=0,
+                   help="attack randomness, 0 .. 2**63-1: a point's random start depends only on (seed, attack, its "
+                        "test-set index)")
+    p.add_argument("--subset-seed", type=_b("--subset-seed", 0, "SEED_MAX"), default=0,
+                   help="picks the --n-per-class subset, 0 .. 2**63-1 (default 0)")
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: the GPU when torch sees one)")
-    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--batch-size", type=_b("--batch-size", 1, "MAX_BATCH"), default=256)
     p.add_argument("--amp", default="off", choices=["off", "bf16"], help="bf16 autocast for the attack (GPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -107,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_data_args(p)
     _add_attack_args(p)
     _add_run_args(p)
+    _add_limits_args(p)
     _add_verdict_args(p)
     p.add_argument("--out", help="output folder (default runs/<model>-<dataset>-<time>)")
     p.add_argument("--no-html", action="store_true", help="do not write report.html")
@@ -117,28 +153,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_data_args(p)
     _add_attack_args(p)  # the before/after audit; the after-audit repeats it unchanged
     _add_run_args(p)
+    _add_limits_args(p)
     _add_verdict_args(p)  # --fail-under judges the after-audit
     t = p.add_argument_group("fine-tuning (defaults are for fine-tuning a pretrained model, not training from scratch)")
     t.add_argument("--method", default="reat", choices=["reat", "at-bsl", "pgd-at"],
                    help="reat: RBL counts + Balanced Softmax + tail feature penalty; at-bsl: Balanced Softmax only; "
                         "pgd-at: cross-entropy (default reat)")
-    t.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs (default 5; the paper trains 80 from scratch)")
-    t.add_argument("--lr", type=_number, default=0.01,
+    t.add_argument("--epochs", type=_b("--epochs", 1, "MAX_EPOCHS"), default=5, help="fine-tuning epochs (default 5; the paper trains 80 from scratch)")
+    t.add_argument("--lr", type=_f("--lr", 0, "MAX_LR", lo_open=True), default=0.01,
                    help="initial SGD learning rate, momentum 0.9, weight decay 5e-4 (default 0.01, a fine-tuning "
                         "rate; the paper uses 0.1 from scratch)")
     t.add_argument("--schedule", default="cosine", choices=["cosine", "step"],
                    help="cosine decay per step, or x0.1 at 75%% and 90%% of the epochs (default cosine)")
-    t.add_argument("--batch-size-train", type=int, default=128, help="training batch size (default 128)")
+    t.add_argument("--batch-size-train", type=_b("--batch-size-train", 2, "MAX_BATCH"), default=128, help="training batch size (default 128)")
     t.add_argument("--train-eps", help="training attack radius (default: --eps, e.g. 8/255)")
-    t.add_argument("--train-steps", type=int, default=10, help="training PGD steps (default 10)")
-    t.add_argument("--train-step-size", type=_number, help="training PGD step (default train eps / 4: 2/255 at 8/255)")
+    t.add_argument("--train-steps", type=_b("--train-steps", 1, "MAX_STEPS"), default=10, help="training PGD steps (default 10)")
+    t.add_argument("--train-step-size", type=_f("--train-step-size", 0, 1, lo_open=True), help="training PGD step (default train eps / 4: 2/255 at 8/255)")
     t.add_argument("--tail-penalty", choices=["pairwise", "reference", "off"],
                    help="REAT tail feature penalty: pairwise (default), reference (the authors' code, collapsed to a "
                         "scalar per anchor) or off")
-    t.add_argument("--tail-lambda", type=_number, default=1.0, help="coefficient of the tail feature penalty (default 1)")
-    t.add_argument("--margin", type=_number, default=0.1,
+    t.add_argument("--tail-lambda", type=_f("--tail-lambda", 0, "MAX_COEFFICIENT"), default=1.0, help="coefficient of the tail feature penalty (default 1)")
+    t.add_argument("--margin", type=_f("--margin", 0, "MAX_COEFFICIENT"), default=0.1,
                    help="hinge margin on the KL of different-class pairs in the pairwise penalty (default 0.1)")
-    t.add_argument("--val-fraction", type=_number, default=0.1,
+    t.add_argument("--val-fraction", type=_f("--val-fraction", 0, 0.5, lo_open=True), default=0.1,
                    help="stratified, seeded share of the training set held out to pick the epoch (default 0.1)")
     t.add_argument("--augment", default="none", choices=["none", "flip-crop"],
                    help="training augmentation: none, or random flip + 4-pixel crop for natural images (default none)")
@@ -191,6 +228,7 @@ def _audit_config(args: argparse.Namespace):
         step_size=args.step_size, temperatures=tuple(parse_number_list(args.temperature, "--temperature")),
         independent=args.independent, seed=args.seed, subset_seed=args.subset_seed, device=args.device, batch_size=args.batch_size,
         amp=args.amp, out=args.out, quiet=args.quiet, download=not args.no_download,
+        allow_large_input=args.allow_large_input, threads=args.threads,
         labels=getattr(args, "labels", None), fail_under=getattr(args, "fail_under", None),
     )
 
@@ -202,32 +240,33 @@ def _formats(args: argparse.Namespace) -> list[str]:
 def cmd_audit(args: argparse.Namespace) -> int:
     from audit import run_audit
     from audit.summary import format_summary
+    from audit.textsafe import terminal_safe
 
     config = _audit_config(args)
     if (config.mean is None) != (config.std is None):
         from audit.errors import ConfigError
 
         raise ConfigError("--mean and --std go together; pass both (comma-separated, one value per channel)")
-    run = run_audit(config)
-    print(format_summary(run.results))
     formats = _formats(args)
-    if formats:
-        from reports import render_report
-
-        render_report(run.results_path, run.out_dir, formats=formats)
-    print(f"results: {run.results_path}")
+    run = run_audit(config, formats=formats)
+    print(terminal_safe(format_summary(run.results)))
+    for report in (run.out_dir / f"report.{fmt}" for fmt in formats):
+        if report.is_file():
+            print(terminal_safe(f"report: {report}"))
+    print(terminal_safe(f"results: {run.results_path}"))
     return _gate_exit(run.results)
 
 
 def _gate_exit(results: dict) -> int:
     """0, or 3 with one stderr line per failing --fail-under condition."""
     from audit.gate import EXIT_GATE, gate_failures
+    from audit.textsafe import terminal_safe
 
     gate = results.get("gate")
     if not gate or gate["passed"]:
         return 0
     for line in gate_failures(gate):
-        print(line, file=sys.stderr)
+        print(terminal_safe(line), file=sys.stderr)
     return EXIT_GATE
 
 
@@ -249,14 +288,15 @@ def cmd_repair(args: argparse.Namespace) -> int:
     except RepairInterrupted as exc:
         print(f"tailaudit: {exc}", file=sys.stderr)
         return 130
-    print(format_comparison(run))
     from audit.summary import verdict_lines
+    from audit.textsafe import terminal_safe
 
-    print("\n".join(["", "after repair:"] + verdict_lines(run.after)[1:]))
+    print(terminal_safe(format_comparison(run)))
+    print(terminal_safe("\n".join(["", "after repair:"] + verdict_lines(run.after)[1:])))
     for path in run.reports.values():
-        print(f"report: {path}")
-    print(f"repaired model: {run.model_path}")
-    print(f"results: {run.before_path} (before), {run.after_path} (after)")
+        print(terminal_safe(f"report: {path}"))
+    print(terminal_safe(f"repaired model: {run.model_path}"))
+    print(terminal_safe(f"results: {run.before_path} (before), {run.after_path} (after)"))
     return _gate_exit(run.after)
 
 
@@ -270,8 +310,10 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(desc, indent=2))
     else:
+        from audit.textsafe import terminal_safe
+
         for name, count, group in zip(data.class_names, data.train_counts, desc["groups"]):
-            print(f"{name:<24} {count:>7}  {group or '-'}")
+            print(terminal_safe(f"{name:<24} {count:>7}  {group or '-'}"))
         print(f"total {sum(data.train_counts)} training images, {len(data.test_labels)} test images")
     return 0
 
@@ -280,6 +322,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from audit.errors import ConfigError
+    from audit.outputs import out_dir_guard
     from reports import render_report
 
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
@@ -287,9 +330,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     if bad or not formats:
         raise ConfigError(f"--format takes html, pdf or html,pdf, got {args.format!r}")
     out = Path(args.out) if args.out else Path(args.compare or args.results).parent
-    paths = render_report(args.results, out, formats=formats, compare=args.compare)
+    with out_dir_guard(out):
+        paths = render_report(args.results, out, formats=formats, compare=args.compare)
+    from audit.textsafe import terminal_safe
+
     for path in paths.values():
-        print(path)
+        print(terminal_safe(str(path)))
     return 0
 
 
@@ -306,13 +352,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for name in ("audit", "reports", "reat_finetune", "tailaudit"):
         logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.INFO)
     from audit.errors import TailAuditError
+    from audit.textsafe import one_line, route_warnings
 
+    route_warnings(debug)
+    if getattr(args, "threads", None):
+        from audit.pipeline import apply_threads
+
+        apply_threads(args.threads)
     try:
         return COMMANDS[args.command](args)
     except TailAuditError as exc:
         if debug:
             raise
-        print(f"tailaudit: error: {exc}", file=sys.stderr)
+        print(f"tailaudit: error: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("tailaudit: interrupted", file=sys.stderr)

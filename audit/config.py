@@ -1,6 +1,7 @@
 """Dataclass configs for an audit; they are dumped verbatim into ``results.json``."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from typing import Any, Optional, Sequence
@@ -20,7 +21,7 @@ def parse_number(text: str | float | int, what: str) -> float:
             num, den = s.split("/", 1)
             return float(Fraction(float(num.strip())).limit_denominator(10**9) / Fraction(float(den.strip())))
         return float(s)
-    except (ValueError, ZeroDivisionError):
+    except (ValueError, ZeroDivisionError, OverflowError):
         raise ConfigError(f"{what} must be a number such as 0.03 or 8/255, got {text!r}") from None
 
 
@@ -87,29 +88,47 @@ class AuditConfig:
     examples_per_class: int = 2
     parity_tol: float = 1e-3
     download: bool = True
+    allow_large_input: bool = False
+    threads: Optional[int] = None
     labels: Optional[str] = None  # --labels FILE: class names in the model's output order
     fail_under: Optional[str] = None  # --fail-under KEY=VALUE,...: the CI gate (audit/gate.py)
     eps_curve: Sequence[str] = ()  # --eps with several budgets: their texts, ascending (audit/curve.py)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        """Reject impossible settings with one actionable sentence each."""
+        """Reject impossible settings with one actionable sentence each (bounds in audit/bounds.py)."""
+        from . import bounds as B
+
         if self.norm not in NORMS:
             raise ConfigError(f"--norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
-        if not (0.0 <= self.eps <= 1.0) or (self.eps == 0.0 and not self.extra.get("allow_zero_eps")):
+        if not math.isfinite(self.eps) or not (0.0 <= self.eps <= 1.0) or (
+                self.eps == 0.0 and not self.extra.get("allow_zero_eps")):
             raise ConfigError(f"--eps must be in (0, 1] (pixels are in [0, 1]), got {self.eps_text}; try 8/255")
-        if self.steps < 1:
-            raise ConfigError(f"--steps must be at least 1, got {self.steps}")
-        if self.step_size is not None and not (0 < self.step_size <= 1):
-            raise ConfigError(f"--step-size must be in (0, 1], got {self.step_size}")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.n_per_class is not None and self.n_per_class < 1:
-            raise ConfigError(f"--n-per-class must be at least 1, got {self.n_per_class}")
-        if not (0 < self.imbalance <= 1):
+        B.check_int(self.steps, "--steps", 1, B.MAX_STEPS)
+        if self.step_size is not None:
+            B.check_float(self.step_size, "--step-size", 0, 1, lo_open=True)
+        B.check_int(self.batch_size, "--batch-size", 1, B.MAX_BATCH)
+        B.optional_check_int(self.n_per_class, "--n-per-class", 1, B.MAX_N_PER_CLASS)
+        B.optional_check_int(self.num_classes, "--num-classes", 1, B.MAX_CLASSES)
+        B.optional_check_int(self.threads, "--threads", 1, B.MAX_THREADS)
+        B.check_int(self.seed, "--seed", 0, B.SEED_MAX)
+        if self.input_size is not None:
+            B.check_int(self.input_size, "--input-size", 1, 10**6)
+            B.check_input_size((3, self.input_size, self.input_size), f"--input-size {self.input_size}",
+                               self.allow_large_input)
+        if not math.isfinite(self.imbalance) or not (0 < self.imbalance <= 1):
             raise ConfigError(f"--imbalance must be in (0, 1] (smallest/largest class), got {self.imbalance}")
-        if any(t <= 0 for t in self.temperatures):
-            raise ConfigError("--temperature values must be positive")
+        for t in self.temperatures:
+            B.check_float(t, "--temperature", *B.TEMPERATURE_RANGE)
+        for what, vals, positive in (("--mean", self.mean, False), ("--std", self.std, True)):
+            for v in vals or ():
+                if not math.isfinite(v) or abs(v) > B.MAX_NORM_STD or (positive and v <= 0):
+                    need = "positive finite numbers (one per channel)" if positive else "finite numbers"
+                    raise ConfigError(f"{what} must be {need}, got {v:g}; e.g. {what} "
+                                      f"{'0.2471,0.2435,0.2616' if positive else '0.4914,0.4822,0.4465'}")
+        if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
+            raise ConfigError(f"--mean has {len(self.mean)} values but --std has {len(self.std)}; give one "
+                              "value per channel to both")
         if self.amp not in ("off", "bf16"):
             raise ConfigError(f"--amp must be off or bf16, got {self.amp!r}")
         if not self.attacks:

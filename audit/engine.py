@@ -213,6 +213,9 @@ def run_cascade(
                         "pass --input-size the model was trained at") from exc
             if logits.dim() != 2 or logits.shape[1] != num_classes:
                 raise ModelLoadError(f"the model returns shape {tuple(logits.shape)}, expected (batch, {num_classes})")
+            if not bool(torch.isfinite(logits).all()):
+                raise ModelLoadError("the model returns NaN or infinite outputs on evaluation images; check its "
+                                     "weights and --mean/--std")
             if b == 0 and _looks_like_probabilities(logits):
                 warnings.append("the model outputs probabilities (rows sum to 1), not logits: attack gradients "
                                 "are weak and robust accuracy is overestimated; export the logits")

@@ -3,10 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
-from pathlib import Path
 from typing import Any, Mapping, Optional
-
-from .results import write_text
 
 CSV_NAME = "per_class.csv"
 MD_NAME = "summary.md"
@@ -94,9 +91,3 @@ def summary_markdown(results: Mapping[str, Any], k_weakest: int = 5) -> str:
     if results.get("warnings"):
         lines += ["", "Warnings:", ""] + [f"- {_md(w)}" for w in results["warnings"]]
     return "\n".join(lines) + "\n"
-
-
-def write_exports(out_dir: Path, results: Mapping[str, Any]) -> None:
-    """Write per_class.csv and summary.md atomically."""
-    write_text(Path(out_dir) / CSV_NAME, per_class_csv(results))
-    write_text(Path(out_dir) / MD_NAME, summary_markdown(results))

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -21,13 +21,14 @@ from .curve import run_curve
 from .data import LTDataset, class_groups, groups_to_indices, is_balanced, load_dataset, stratified_subset
 from .engine import PointRecords, adapt_images, run_cascade
 from .errors import ConfigError, ModelLoadError
-from .exports import CSV_NAME, MD_NAME, write_exports
+from .exports import CSV_NAME, MD_NAME, per_class_csv, summary_markdown
 from .gate import check_available, evaluate_gate, parse_fail_under
 from .inputs import input_info, input_warnings
 from .labels import check_label_order, clean_confusion, label_warning, read_label_order
 from .metrics import adversarial_confusion, cross_class_summary, per_class_accuracy, spearman, wilson_interval
-from .models import LoadedModel, final_linear_of, load_model
-from .results import SCHEMA_VERSION, environment, write_json, write_npz
+from .models import LoadedModel, check_finite_logits, final_linear_of, load_model
+from .outputs import RunFiles, out_dir_guard, output_error
+from .results import SCHEMA_VERSION, environment, write_text
 from .verdict import compute_verdict
 
 log = logging.getLogger(__name__)
@@ -110,23 +111,37 @@ def prepare(config: AuditConfig, device: torch.device) -> tuple[LTDataset, Loade
         raise ConfigError(f"--num-classes {config.num_classes} but dataset {config.dataset} has {num_classes} classes")
     model = load_model(config.model, num_classes=num_classes, checkpoint=config.checkpoint, mean=config.mean,
                        std=config.std, input_size=config.input_size, data_size=tuple(data.image_shape),
-                       device=device)
+                       device=device, allow_large_input=config.allow_large_input)
     if model.num_classes != num_classes:
         raise ModelLoadError(f"the model has {model.num_classes} outputs but dataset {config.dataset} has "
                              f"{num_classes} classes; audit it on the dataset it was trained for")
     if config.labels:
         model.apply_output_order(read_label_order(config.labels, data.class_names))
-    return data, model, _eval_indices(data, config)
+    data.info.setdefault("native_shape", [int(v) for v in data.image_shape])  # before fit_to_model (input check)
+    data.fit_to_model(model.preprocessing.input_size)
+    eval_idx = _eval_indices(data, config)
+    if len(eval_idx):
+        first = torch.stack([data.test[int(i)][0] for i in eval_idx[:8]]).float()
+        check_finite_logits(model, adapt_images(first, model.preprocessing.input_size).to(device))
+    return data, model, eval_idx
 
 
-def run_audit(config: AuditConfig, *, progress: Optional[bool] = None) -> AuditRun:
-    """Audit ``config.model`` on ``config.dataset``; writes results.json, points.json and examples.npz."""
+def run_audit(config: AuditConfig, *, progress: Optional[bool] = None, formats: Sequence[str] = ()) -> AuditRun:
+    """Audit ``config.model`` on ``config.dataset``; writes results.json, points.json, examples.npz
+    and the ``formats`` reports (html, pdf) as one set into the output folder."""
     config.validate()
     specs = config.attack_specs()
     attacks = [create_attack(s) for s in specs]
     t_start = time.perf_counter()
+    apply_threads(config.threads)
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
+    with out_dir_guard(config.out if config.out else default_out_dir(config)) as out_dir:
+        return _audit_into(out_dir, config, specs, attacks, device, t_start, progress, formats)
+
+
+def _audit_into(out_dir: Path, config: AuditConfig, specs: list, attacks: list, device: torch.device,
+                t_start: float, progress: Optional[bool], formats: Sequence[str]) -> AuditRun:
     data, model, eval_idx = prepare(config, device)
     gate = parse_fail_under(config.fail_under) if config.fail_under else None
     if gate:
@@ -164,7 +179,8 @@ def run_audit(config: AuditConfig, *, progress: Optional[bool] = None) -> AuditR
         records, curve = run_curve(config, eval_idx, cascade, group_idx, len(data.class_names))
     else:
         records = cascade(config, eval_idx)
-    if _bn_fingerprint(module) != bn_before:
+    bn_after = _bn_fingerprint(module)
+    if bn_after != bn_before and not (np.isnan(bn_after) and np.isnan(bn_before)):
         raise RuntimeError("BatchNorm statistics changed during the audit; this is a bug, please report it")
     total_s = time.perf_counter() - t_start
     results = build_results(config, specs, data, model, eval_idx, records, device,
@@ -174,22 +190,51 @@ def run_audit(config: AuditConfig, *, progress: Optional[bool] = None) -> AuditR
     results["verdict"] = compute_verdict(results)
     if gate:
         results["gate"] = evaluate_gate(gate, results)
-    out_dir = Path(config.out) if config.out else default_out_dir(config)
-    write_outputs(out_dir, results, records)
+    write_outputs(out_dir, results, records, formats=formats)
     return AuditRun(results, out_dir, records)
 
 
-def write_outputs(out_dir: Path, results: dict[str, Any], records: PointRecords) -> None:
-    """points.json, examples.npz, per_class.csv and summary.md first, results.json last (each atomically)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "points.json", records.to_json(), indent=None)
-    if records.examples:
-        write_npz(out_dir / "examples.npz", **records.examples)
-    else:
-        results["files"].pop("examples", None)
-    results["files"].update({"per_class_csv": CSV_NAME, "summary_md": MD_NAME})
-    write_exports(out_dir, results)
-    write_json(out_dir / "results.json", results)
+def write_outputs(out_dir: Path, results: dict[str, Any], records: PointRecords,
+                  formats: Sequence[str] = ()) -> None:
+    """points.json, examples.npz, per_class.csv, summary.md, results.json and the reports, committed
+    together (audit/outputs.py)."""
+    with RunFiles(out_dir) as files:
+        files.add_json("points.json", records.to_json(), indent=None)
+        if records.examples:
+            files.add_npz("examples.npz", **records.examples)
+        else:
+            results["files"].pop("examples", None)
+        results["files"].update({"per_class_csv": CSV_NAME, "summary_md": MD_NAME})
+        files.add(CSV_NAME, lambda path: write_text(path, per_class_csv(results)))
+        files.add(MD_NAME, lambda path: write_text(path, summary_markdown(results)))
+        files.add_json("results.json", results)
+        if formats:
+            from reports import render_report
+
+            try:
+                written = render_report(files.path("results.json"), files.staging, formats=list(formats))
+            except OSError as exc:
+                raise output_error(exc, out_dir) from None
+            except Exception as exc:  # noqa: BLE001 - a renderer failure must not throw away the audit
+                log.warning("the report could not be rendered (%s); the results are kept, render it later with "
+                            "`tailaudit report %s`", str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                            out_dir / "results.json")
+                written = {}
+            for path in written.values():
+                files.adopt(path.name)
+        files.commit()
+
+
+def apply_threads(threads: Optional[int]) -> None:
+    """``--threads N``: torch's intra-op and (when still possible) inter-op thread pools."""
+    if threads is None:
+        return
+    torch.set_num_threads(int(threads))
+    try:
+        torch.set_num_interop_threads(int(threads))
+    except RuntimeError:  # only settable before the first parallel work of the process
+        if torch.get_num_interop_threads() != int(threads):
+            log.debug("inter-op threads stay at %d (already in use)", torch.get_num_interop_threads())
 
 
 def build_results(config: AuditConfig, specs, data: LTDataset, model: LoadedModel, eval_idx: np.ndarray,
@@ -237,8 +282,11 @@ def build_results(config: AuditConfig, specs, data: LTDataset, model: LoadedMode
     clean_conf = clean_confusion(labels, records.clean_pred, C)
     summary["clean_confusion"] = clean_conf.tolist()
 
-    warnings = list(model.info.get("warnings", [])) + records.warnings + records.sanity_warnings(config.independent)
-    inp = input_info(data.image_shape, model.preprocessing.input_size)
+    model_warnings = list(model.info.get("warnings", []))
+    said_probabilities = any("outputs probabilities" in w for w in model_warnings)
+    warnings = model_warnings + [w for w in records.warnings if not (said_probabilities and "outputs probabilities" in w)]
+    warnings += records.sanity_warnings(config.independent)
+    inp = input_info(data.info.get("native_shape") or data.image_shape, model.preprocessing.input_size)
     warnings += input_warnings(inp)
     label_check = check_label_order(clean_conf, data.class_names, model.info.get("output_order"))
     if label_check:

@@ -82,6 +82,7 @@ def environment(device: Any) -> dict[str, Any]:
         "torch": torch.__version__,
         "numpy": np.__version__,
         "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if str(device).startswith("cuda") else platform.processor() or "cpu",
         "argv": sys.argv,

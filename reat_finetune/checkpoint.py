@@ -65,7 +65,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        text = str(exc)
+        if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+            raise RepairError(f"--resume: {path} holds pickled Python objects, which tailaudit never unpickles; "
+                              "it is not a checkpoint tailaudit wrote: start afresh with another --out") from None
+        first = (text.strip().splitlines() or [type(exc).__name__])[0]
         raise RepairError(f"--resume: {path} is not a readable repair checkpoint ({first[:160]}); "
                           "start afresh with another --out") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:

@@ -6,6 +6,7 @@ after-audit scores the exported ONNX file, so onnxruntime has the last word on i
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import time
@@ -21,8 +22,9 @@ from audit import __version__
 from audit.config import AuditConfig
 from audit.data import LTDataset, class_groups
 from audit.engine import adapt_images
-from audit.pipeline import default_out_dir, prepare, resolve_device, run_audit
-from audit.results import environment, write_json
+from audit.outputs import RunFiles, out_dir_guard, output_error
+from audit.pipeline import apply_threads, default_out_dir, prepare, resolve_device, run_audit
+from audit.results import environment
 
 from .checkpoint import CHECKPOINT_NAME, check_fingerprint, fingerprint, is_disk_full, labels_digest, load_checkpoint
 from .config import RepairConfig
@@ -116,6 +118,8 @@ def run_repair(config: RepairConfig, *, hooks: Optional[TrainHooks] = None,
         if is_disk_full(exc):
             raise RepairError(f"disk full ({exc.filename or 'writing outputs'}); the last checkpoint in the output "
                               "folder is intact: free some space and continue with --resume") from exc
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise output_error(exc, exc.filename or config.out or "the output folder") from exc
         raise
 
 
@@ -135,7 +139,13 @@ def _run_repair(config: RepairConfig, *, hooks: Optional[TrainHooks], progress: 
         out = base.with_name(base.name.replace(f"-{config.audit.dataset}-", f"-{config.audit.dataset}-repair-", 1))
     device = resolve_device(config.audit.device)
     torch.manual_seed(config.seed)
+    apply_threads(config.audit.threads)
+    with out_dir_guard(out) as out:  # created and probed before any loading
+        return _repair_into(out, config, hooks, show, t_start, resume_state, device)
 
+
+def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], show: bool, t_start: float,
+                 resume_state: Optional[dict[str, Any]], device: torch.device) -> RepairRun:
     # -- load and check everything before any long work ----------------------------------
     data, loaded, _ = prepare(config.audit, device)
     if data.train is None or data.train_labels is None or len(data.train_labels) == 0:
@@ -217,7 +227,6 @@ def _run_repair(config: RepairConfig, *, hooks: Optional[TrainHooks], progress: 
                                                         if e["epoch"] == result.best_epoch), None)}}
     tlog = training_log(state, setup, config)
     tlog["warnings"] = feature_warnings + result.warnings
-    write_json(out / "training_log.json", tlog)
     summary = {
         "tool": {"name": "tailaudit", "version": __version__},
         "created": datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -237,21 +246,38 @@ def _run_repair(config: RepairConfig, *, hooks: Optional[TrainHooks], progress: 
         "files": {"before": "before/results.json", "after": "after/results.json", "training_log": "training_log.json",
                   "checkpoint": CHECKPOINT_NAME, "model": exported.path.name},
     }
-    reports: dict[str, Path] = {}
-    if config.formats:
-        try:
-            from reports import render_report
-        except ImportError as exc:  # the renderer is optional at import time only
-            log.warning("cannot render the before/after report (%s); results are in %s", exc, out)
-        else:
-            reports = render_report(out / "before" / "results.json", out, formats=tuple(config.formats),
-                                    compare=after_run.results_path, training_log=tlog, repair=summary,
-                                    basename="report")
-    summary["files"].update({k: p.name for k, p in reports.items()})
-    summary["timings"]["total_s"] = time.perf_counter() - t_start
-    write_json(out / "repair.json", summary)
+    reports = _write_top_level(out, config, tlog, summary, after_run.results_path, exported.path.name, t_start)
     return RepairRun(out_dir=out, before=before, after=after, training_log=tlog, model_path=exported.path,
                      best_epoch=result.best_epoch, summary=summary, reports=reports)
+
+
+def _write_top_level(out: Path, config: RepairConfig, tlog: dict[str, Any], summary: dict[str, Any],
+                     after_path: Path, model_name: str, t_start: float) -> dict[str, Path]:
+    """training_log.json, the before/after report and repair.json as one set (before/ and after/ have their own)."""
+    reports: dict[str, Path] = {}
+    with RunFiles(out) as files:
+        files.add_json("training_log.json", tlog)
+        files.own([CHECKPOINT_NAME, model_name])
+        if config.formats:
+            try:
+                from reports import render_report
+            except ImportError as exc:  # the renderer is optional at import time only
+                log.warning("cannot render the before/after report (%s); results are in %s", exc, out)
+            else:
+                try:
+                    staged = render_report(out / "before" / "results.json", files.staging,
+                                           formats=tuple(config.formats), compare=after_path, training_log=tlog,
+                                           repair=summary, basename="report")
+                except OSError as exc:
+                    raise output_error(exc, out) from None
+                for p in staged.values():
+                    files.adopt(p.name)
+                reports = {k: out / p.name for k, p in staged.items()}
+        summary["files"].update({k: p.name for k, p in reports.items()})
+        summary["timings"]["total_s"] = time.perf_counter() - t_start
+        files.add_json("repair.json", summary)
+        files.commit()
+    return reports
 
 
 def format_comparison(run: RepairRun) -> str:

@@ -12,6 +12,9 @@ from typing import Any, Mapping
 import numpy as np
 from PIL import Image
 
+from audit.bounds import MAX_EXAMPLES_BYTES
+from audit.errors import ResultsError
+
 from .fmt import short_name
 from .load import resolve_inside
 from .verdict import weakest
@@ -60,7 +63,43 @@ def magnified(clean: np.ndarray, adv: np.ndarray) -> tuple[np.ndarray, float]:
     return np.clip(128 + delta * factor, 0, 255).astype(np.uint8), factor
 
 
+_DTYPES = {"clean": "u1", "adv": "u1"}  # images are uint8; labels and indices any integer type
+
+
+def check_npz_headers(path: Path, limit: int = MAX_EXAMPLES_BYTES) -> None:
+    """Read every array's .npy header (shape, dtype) and refuse the file before loading it when the
+    declared arrays exceed ``limit`` bytes in total, hold objects, or disagree with the zip sizes."""
+    total = 0
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            with zf.open(info) as fh:
+                version = np.lib.format.read_magic(fh)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+                else:
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+            if dtype.hasobject:
+                raise ResultsError(f"{path}: array {name!r} holds Python objects; examples.npz holds numbers only, "
+                                   "re-run the audit")
+            want = _DTYPES.get(name)
+            if want is not None and dtype.str.lstrip("|<>=") != want:
+                raise ResultsError(f"{path}: array {name!r} is {dtype}, expected uint8 images; re-run the audit")
+            nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            total += nbytes
+            if total > limit or nbytes > info.file_size:
+                raise ResultsError(f"{path}: array {name!r} declares shape {tuple(shape)[:6]} ({dtype}), "
+                                   f"{nbytes:,} bytes, beyond {'the file' if total <= limit else 'the limit of'}"
+                                   f"{'' if total <= limit else f' {limit:,} bytes'}; the file is damaged or "
+                                   "not tailaudit's, remove it or re-run the audit")
+
+
 def _read_npz(path: Path) -> dict[str, np.ndarray] | None:
+    try:
+        check_npz_headers(path)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        LOG.warning("cannot read example images from %s: %s", path, exc)
+        return None
     try:
         with np.load(path, allow_pickle=False) as data:
             if not all(k in data.files for k in _KEYS):

@@ -11,7 +11,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from audit.errors import ConfigError, ResultsError
+from audit.errors import ConfigError
+from audit.outputs import output_error, prepare_out_dir
 
 from .audit_view import audit_context
 from .compare_view import compare_context
@@ -131,11 +132,7 @@ def render_report(
     for unreadable or incomparable results, :class:`ConfigError` for an unknown format.
     """
     wanted = _formats(formats)
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ResultsError(f"cannot create the report folder {out}: {exc}; choose another --out") from exc
+    out = prepare_out_dir(out_dir)
     started = time.perf_counter()
     first, first_dir = coerce_results(results, out)
     sources = [str(results) if isinstance(results, (str, Path)) else "results"]
@@ -156,13 +153,18 @@ def render_report(
     html = render_html(context, template)
     LOG.debug("report HTML built in %.2f s", time.perf_counter() - started)
     written: dict[str, Path] = {}
-    if "html" in wanted:
-        target = out / f"{basename}.html"
-        _atomic_write(target, lambda tmp: tmp.write_text(html, encoding="utf-8"))
-        written["html"] = target
-    if "pdf" in wanted:
-        target = out / f"{basename}.pdf"
-        write_pdf(html, target)
-        written["pdf"] = target
-    LOG.info("wrote %s in %.1f s", ", ".join(str(p) for p in written.values()), time.perf_counter() - started)
+    try:
+        if "html" in wanted:
+            target = out / f"{basename}.html"
+            _atomic_write(target, lambda tmp: tmp.write_text(html, encoding="utf-8"))
+            written["html"] = target
+        if "pdf" in wanted:
+            target = out / f"{basename}.pdf"
+            write_pdf(html, target)
+            written["pdf"] = target
+    except OSError as exc:
+        for path in written.values():  # the set or nothing
+            path.unlink(missing_ok=True)
+        raise output_error(exc, target) from None
+    LOG.debug("wrote %s in %.1f s", ", ".join(str(p) for p in written.values()), time.perf_counter() - started)
     return written

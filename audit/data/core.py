@@ -6,6 +6,7 @@ normalisation belongs to the model wrapper, never to the data.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -15,6 +16,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from ..bounds import MAX_IMAGE_PIXELS
 from ..errors import DatasetError
 from .longtail import class_groups
 
@@ -55,6 +57,20 @@ class LTDataset:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def fit_to_model(self, input_size: Sequence[int]) -> None:
+        """Decode a user's image files straight to the model's (C, H, W) input size.
+
+        Datasets with a fixed native size (CIFAR's 32x32, in memory or as files) are left as they
+        are and resized by the engine like any tensor, so both CIFAR layouts give the same pixels.
+        """
+        changed = False
+        for ds in (self.test, self.train):
+            if isinstance(ds, ImageFileDataset) and ds.follow_model:
+                ds.size = (int(input_size[2]), int(input_size[1]))
+                changed = True
+        if changed:
+            self.image_shape = (self.image_shape[0], int(input_size[1]), int(input_size[2]))
+
     def describe(self) -> dict[str, Any]:
         """JSON-ready summary for ``tailaudit dataset NAME --json``."""
         test_counts = np.bincount(self.test_labels.astype(np.int64), minlength=self.num_classes)
@@ -92,23 +108,45 @@ class ArrayImageDataset(Dataset):
         return x, int(self.labels[i])
 
 
+# PIL's own guard, set to the documented limit: decoding larger images raises (see _open_rgb).
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+
+
+def _too_large(path: Path, size: tuple[int, int]) -> DatasetError:
+    return DatasetError(f"image {path} is {size[0]}x{size[1]} pixels, above tailaudit's limit of "
+                        f"{MAX_IMAGE_PIXELS:,} pixels per image; shrink or remove the file")
+
+
 def _open_rgb(path: Path) -> Image.Image:
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:
+                    raise _too_large(path, im.size)
+                return im.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DatasetError(f"image {path} is above tailaudit's limit of {MAX_IMAGE_PIXELS:,} pixels per image "
+                           "(a decompression bomb?); shrink or remove the file") from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
         raise DatasetError(f"cannot read image {path} ({exc}); remove or replace the file") from None
 
 
 class ImageFileDataset(Dataset):
-    """Image files decoded lazily with PIL (RGB); resized bilinearly to ``size`` (W, H) when they differ."""
+    """Image files decoded lazily with PIL (RGB); resized bilinearly to ``size`` (W, H) when they differ.
 
-    def __init__(self, paths: Sequence[Path], labels: Sequence[int] | np.ndarray, size: Optional[tuple[int, int]] = None) -> None:
+    The audit sets ``size`` to the model's input size (:meth:`LTDataset.fit_to_model`), so no
+    data file decides how large every image becomes.
+    """
+
+    def __init__(self, paths: Sequence[Path], labels: Sequence[int] | np.ndarray, size: Optional[tuple[int, int]] = None,
+                 follow_model: bool = False) -> None:
         if len(paths) != len(labels):
             raise DatasetError(f"{len(paths)} images but {len(labels)} labels")
         self.paths = [Path(p) for p in paths]
         self.labels = np.asarray(labels, dtype=np.int64)
         self.size = size
+        self.follow_model = follow_model  # True: ``size`` becomes the model's input size (user folders)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -123,12 +161,20 @@ class ImageFileDataset(Dataset):
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(W, H) of an image from its header only; DatasetError when PIL cannot read it."""
+    """(W, H) of an image from its header only; DatasetError when PIL cannot read it or it is too large."""
     try:
-        with Image.open(path) as im:
-            return im.size
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                size = im.size
+    except Image.DecompressionBombError:
+        raise DatasetError(f"image {path} is above tailaudit's limit of {MAX_IMAGE_PIXELS:,} pixels per image "
+                           "(a decompression bomb?); shrink or remove the file") from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
         raise DatasetError(f"cannot read image {path} ({exc}); remove or replace the file") from None
+    if size[0] * size[1] > MAX_IMAGE_PIXELS:
+        raise _too_large(path, size)
+    return size
 
 
 def _is_image(p: Path) -> bool:

@@ -5,14 +5,16 @@ arguments, so the CLI dispatches by name and unknown names get the registry's li
 """
 from __future__ import annotations
 
-import json
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from ..bounds import MAX_COUNT
 from ..errors import ConfigError, DatasetError
+from ..jsonfile import read_json
 from ..registry import DATASETS, register_dataset
 from . import cifar as _cifar  # noqa: F401  (registers cifar10lt / cifar100lt)
 from .core import ArrayImageDataset, ImageFileDataset, LTDataset, image_size, scan_image_folder
@@ -102,8 +104,10 @@ def read_class_counts(path: Path, class_names: Sequence[str]) -> list[int]:
     if not path.is_file():
         raise DatasetError(f"class counts file {path} does not exist; {_COUNTS_HINT}")
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        raw = read_json(path)
+    except OSError as exc:
+        raise DatasetError(f"cannot read class counts {path} ({exc.strerror or exc}); {_COUNTS_HINT}") from None
+    except ValueError as exc:
         raise DatasetError(f"cannot read class counts {path} ({exc}); {_COUNTS_HINT}") from None
     if isinstance(raw, dict):
         if set(raw) != set(class_names):
@@ -120,15 +124,19 @@ def read_class_counts(path: Path, class_names: Sequence[str]) -> list[int]:
         values = raw
     else:
         raise DatasetError(f"class counts {path} is neither a JSON object nor a list; {_COUNTS_HINT}")
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
-        raise DatasetError(f"class counts {path} must be non-negative integers; {_COUNTS_HINT}")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_COUNT for v in values):
+        raise DatasetError(f"class counts {path} must be whole numbers in 0..{MAX_COUNT:.0e}; {_COUNTS_HINT}")
     return [int(v) for v in values]
 
 
 def _target_size(paths: Sequence[Path], size: Optional[tuple[int, int]]) -> tuple[tuple[int, int], int]:
-    """(size every image is brought to, how many differ from it); reads headers, so bad files fail early."""
+    """(the most common size, how many differ from it); reads headers, so bad or huge files fail early.
+
+    The most common size is only a hint (a timm CNN may run at it); the audit decodes every
+    image at the model's input size (:meth:`LTDataset.fit_to_model`).
+    """
     sizes = [image_size(p) for p in paths]
-    target = size or sizes[0]
+    target = size or Counter(sizes).most_common(1)[0][0]
     return target, sum(s != target for s in sizes)
 
 
@@ -163,15 +171,16 @@ def _imagefolder(*, imbalance: float, data_root: Optional[Path], class_counts: O
     resized_train = 0
     if train_labels is not None:
         _, resized_train = _target_size(train_paths, size)
-        train = ImageFileDataset(train_paths, train_labels, size=size)
+        train = ImageFileDataset(train_paths, train_labels, size=size, follow_model=True)
     if resized_test or resized_train:
-        log.warning("%d eval / %d train images differ from %dx%d and are resized to it", resized_test, resized_train, *size)
+        log.info("%d eval / %d train images differ from the most common size %dx%d; every image is resized to "
+                 "the model's input size", resized_test, resized_train, *size)
     top = max(counts)
     return LTDataset(
         name="imagefolder",
         class_names=names,
         train_counts=counts,
-        test=ImageFileDataset(test_paths, test_labels, size=size),
+        test=ImageFileDataset(test_paths, test_labels, size=size, follow_model=True),
         test_labels=test_labels,
         train=train,
         train_labels=train_labels,
@@ -184,6 +193,6 @@ def _imagefolder(*, imbalance: float, data_root: Optional[Path], class_counts: O
             "class_counts_file": str(class_counts) if class_counts is not None else None,
             "imbalance": (min(counts) / top) if top > 0 else None,
             "image_size_wh": list(size),
-            "resized": {"test": int(resized_test), "train": int(resized_train), "method": "bilinear to the first eval image"},
+            "resized": {"test": int(resized_test), "train": int(resized_train), "method": "bilinear to the model input size"},
         },
     )

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelLoadError
+from .sanity import check_finite_logits, check_finite_weights
 from .wrapper import LoadedModel, PixelClassifier, Preprocessing, parse_floats, sha256_of
 
 
@@ -21,13 +22,17 @@ def load_model(
     input_size: Optional[int] = None,
     data_size: Optional[tuple[int, int, int]] = None,
     device: torch.device | str = "cpu",
+    allow_large_input: bool = False,
 ) -> LoadedModel:
     """Load ``timm:ARCH`` (with ``checkpoint``) or ``path/to/model.onnx`` for auditing."""
     if spec.startswith("timm:"):
         from .timm_model import load_timm
 
-        return load_timm(spec[5:], checkpoint, num_classes=num_classes, mean=mean, std=std,
-                         input_size=input_size, data_size=data_size, device=device)
+        loaded = load_timm(spec[5:], checkpoint, num_classes=num_classes, mean=mean, std=std,
+                           input_size=input_size, data_size=data_size, device=device,
+                           allow_large_input=allow_large_input)
+        check_finite_weights(loaded)
+        return loaded
     path = Path(spec)
     if not path.exists():
         raise ModelLoadError(f"model file {spec} not found; pass an .onnx file or timm:ARCH --checkpoint FILE")
@@ -41,8 +46,10 @@ def load_model(
         )
     from .onnx_model import load_onnx
 
-    loaded = load_onnx(path, num_classes=num_classes, mean=mean, std=std, device=device)
+    loaded = load_onnx(path, num_classes=num_classes, mean=mean, std=std, device=device,
+                       allow_large_input=allow_large_input)
     loaded.spec = spec
+    check_finite_weights(loaded)
     return loaded
 
 
@@ -58,5 +65,5 @@ def final_linear_of(loaded: LoadedModel) -> Optional[nn.Linear]:
     return find_final_linear(net)
 
 
-__all__ = ["LoadedModel", "PixelClassifier", "Preprocessing", "load_model", "final_linear_of",
+__all__ = ["check_finite_logits", "check_finite_weights", "LoadedModel", "PixelClassifier", "Preprocessing", "load_model", "final_linear_of",
            "parse_floats", "sha256_of"]

@@ -18,7 +18,8 @@ from torch import nn
 
 from ..errors import ConfigError, ModelLoadError, ParityError
 from . import onnx_graph
-from .wrapper import LoadedModel, PixelClassifier, Preprocessing, sha256_of
+from ..bounds import check_input_size
+from .wrapper import LoadedModel, PixelClassifier, Preprocessing, check_norm_channels, sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,10 @@ def _read(path: Path) -> onnx.ModelProto:
         raise ModelLoadError(f"{path} refers to external weight data that is missing ({exc}); copy the "
                              f".data file next to the .onnx file") from None
     except Exception as exc:  # noqa: BLE001 - protobuf raises assorted errors on garbage
+        if "points outside the directory" in str(exc) or "outside the directory" in str(exc):
+            raise ModelLoadError(f"{path} refers to external weight data outside its folder, which tailaudit "
+                                 "does not read; keep the .data file next to the .onnx file (re-save it with "
+                                 "onnx.save(..., location='NAME.data'))") from None
         raise ModelLoadError(f"{path} is not a valid ONNX model ({type(exc).__name__}); re-export it "
                              f"(e.g. torch.onnx.export) and check the file was copied completely") from None
     if model.ir_version <= 0 or not model.graph.node or not model.graph.output:
@@ -323,7 +328,8 @@ def find_final_linear(module: nn.Module) -> Optional[nn.Linear]:
 
 
 def load_onnx(path: str | Path, *, num_classes: int | None = None, mean: Optional[Sequence[float]] = None,
-              std: Optional[Sequence[float]] = None, device: str | torch.device = "cpu") -> LoadedModel:
+              std: Optional[Sequence[float]] = None, device: str | torch.device = "cpu",
+              allow_large_input: bool = False) -> LoadedModel:
     """Validate, normalise and convert an ONNX image classifier; onnxruntime becomes its reference scorer.
 
     ``mean``/``std`` are folded into the wrapper for models that expect normalised input.
@@ -337,6 +343,8 @@ def load_onnx(path: str | Path, *, num_classes: int | None = None, mean: Optiona
     _, dims = _image_io(model, path)
     layout = detect_layout(dims)
     c, h, w = (dims[1], dims[2], dims[3]) if layout == "NCHW" else (dims[3], dims[1], dims[2])
+    check_input_size((c, h, w), str(path), allow_large_input)
+    check_norm_channels(mean, std, c, str(path))
     prep = Preprocessing(input_size=(c, h, w), mean=tuple(mean) if mean is not None else None,
                          std=tuple(std) if std is not None else None, layout=layout)
     info: dict[str, Any] = {"exporter": model.producer_name or None,
@@ -429,6 +437,12 @@ def check_parity(model: LoadedModel, images: torch.Tensor, *, tol: float = 1e-3)
                           for i in range(0, len(x), TORCH_CHUNK)]).numpy()
     ref = model.reference_scorer(x.numpy())
     n = int(x.shape[0])
+    if not (np.isfinite(ours).all() and np.isfinite(ref).all()):
+        side = "onnxruntime and the conversion" if not np.isfinite(ref).all() else "the PyTorch conversion"
+        hint = ("check --mean/--std (a zero std divides by zero)" if model.preprocessing.mean is not None
+                else "check the model's weights")
+        raise ModelLoadError(f"{model.spec}: {side} return NaN or infinite outputs on real images, so the model "
+                             f"cannot be audited; {hint}")
     finite = bool(np.isfinite(ours).all() and np.isfinite(ref).all()) and ours.shape == ref.shape
     diff = float(np.abs(ours - ref).max()) if finite else float("inf")
     rel = diff / max(1.0, float(np.abs(ref).max())) if finite else float("inf")

@@ -8,8 +8,9 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ..errors import ModelLoadError
-from .wrapper import LoadedModel, PixelClassifier, Preprocessing, sha256_of
+from ..bounds import check_input_size
+from ..errors import ConfigError, ModelLoadError
+from .wrapper import LoadedModel, PixelClassifier, Preprocessing, check_norm_channels, sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,18 @@ def _classes_in(sd: dict[str, torch.Tensor], net: nn.Module) -> Optional[int]:
     return None
 
 
+def _check_shapes(sd: dict[str, torch.Tensor], net: nn.Module, checkpoint: Any, arch: str) -> None:
+    """ModelLoadError listing the first tensors whose shape differs between checkpoint and architecture."""
+    own = net.state_dict()
+    bad = [f"{k} {list(v.shape)} vs {list(own[k].shape)}" for k, v in sd.items()
+           if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise ModelLoadError(f"checkpoint {checkpoint} does not fit timm:{arch}: tensor shapes differ "
+                             f"(checkpoint vs model: {'; '.join(bad[:3])}{more}); check the architecture name "
+                             "and --num-classes")
+
+
 def _runs_at(net: nn.Module, size: tuple[int, int, int]) -> bool:
     try:
         with torch.no_grad():
@@ -80,6 +93,7 @@ def load_timm(
     input_size: Optional[int] = None,
     data_size: Optional[tuple[int, int, int]] = None,
     device: torch.device | str = "cpu",
+    allow_large_input: bool = False,
 ) -> LoadedModel:
     """Build ``timm.create_model(arch)`` and load ``checkpoint``; preprocessing from the model's config.
 
@@ -104,6 +118,7 @@ def load_timm(
                 f"checkpoint {checkpoint} has {k} classes but the dataset has {num_classes}; "
                 "audit it on the dataset it was trained for, or pass --num-classes"
             )
+        _check_shapes(sd, net, checkpoint, arch)
         missing, unexpected = net.load_state_dict(sd, strict=False)
         if missing or unexpected:
             raise ModelLoadError(
@@ -116,12 +131,19 @@ def load_timm(
     cfg = getattr(net, "pretrained_cfg", {}) or {}
     cfg_size = tuple(cfg.get("input_size", (3, 224, 224)))
     chans = int(cfg_size[0])
+    if data_size is not None and not allow_large_input:
+        try:
+            check_input_size(tuple(data_size), "the data", False)
+        except ConfigError:
+            data_size = None  # only a hint: fall back to the model's own size
     if input_size is not None:
         size = (chans, int(input_size), int(input_size))
     elif data_size is not None and _runs_at(net, (chans, data_size[1], data_size[2])):
         size = (chans, int(data_size[1]), int(data_size[2]))
     else:
         size = (chans, int(cfg_size[1]), int(cfg_size[2]))
+    check_input_size(size, f"timm:{arch}", allow_large_input)
+    check_norm_channels(mean, std, chans, f"timm:{arch}")
     pre = Preprocessing(
         input_size=size,
         mean=tuple(mean) if mean is not None else tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406))),

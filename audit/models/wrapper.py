@@ -98,6 +98,17 @@ class PixelClassifier(nn.Module):
         return self.reorder(self.net(self.normalise(x)))
 
 
+def check_norm_channels(mean: Optional[Sequence[float]], std: Optional[Sequence[float]], channels: int,
+                        model: str) -> None:
+    """ConfigError unless --mean/--std give one value, or one per input channel of the model."""
+    from ..errors import ConfigError
+
+    for what, vals in (("--mean", mean), ("--std", std)):
+        if vals is not None and len(vals) not in (1, channels):
+            raise ConfigError(f"{what} has {len(vals)} values but {model} takes {channels}-channel images; "
+                              f"give {channels} value{'s' if channels > 1 else ''} (one per channel)")
+
+
 # A scorer maps float32 NCHW pixels in [0, 1] (numpy) to float32 logits (numpy).
 Scorer = Callable[[np.ndarray], np.ndarray]
 

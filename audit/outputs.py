@@ -1,0 +1,226 @@
+"""Output folders: probed before any work, and a run's files written as one set.
+
+:func:`prepare_out_dir` creates ``--out`` and writes and removes a probe file, so a folder
+that is a file, lies under a file, is read-only or full fails in a second, not after the
+compute. :class:`RunFiles` stages every file of a run in a hidden folder inside ``--out``
+(same filesystem, so renames are atomic), then moves them into place together; on any
+failure nothing of the new run is left. A manifest (``.tailaudit-manifest.json``) records
+which files tailaudit wrote, so a re-run into the same folder removes the files an earlier
+run wrote and this one does not (a stale ``report.pdf`` after ``--no-pdf``), and never
+touches a file tailaudit did not write.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+from .errors import TailAuditError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = ".tailaudit-manifest.json"
+_STAGING_PREFIX = ".tailaudit-staging-"
+
+
+class OutputError(TailAuditError):
+    """The output folder cannot be created or written."""
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return "no space left on the device"
+    if exc.errno == errno.EROFS:
+        return "the filesystem is read-only"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if exc.errno == errno.ENOTDIR:
+        return "a part of the path is a file, not a folder"
+    if exc.errno == errno.EEXIST:
+        return "a file of that name exists"
+    return exc.strerror or type(exc).__name__
+
+
+def output_error(exc: OSError, path: Path | str, what: str = "write") -> OutputError:
+    """One-line error for an OSError while writing outputs."""
+    return OutputError(f"cannot {what} {path}: {_reason(exc)}; free space, fix the permissions or choose "
+                       "another --out (nothing of this run was kept)")
+
+
+def prepare_out_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Create ``path`` (and parents) and prove it is writable by writing and removing a probe file."""
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{flag} {out} is an existing file, not a folder; choose a folder path")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise OutputError(f"{flag} {out} lies under {parent}, which is a file; choose a folder path")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {flag} folder {out}: {_reason(exc)}; choose another {flag}") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".tailaudit-probe-", dir=out)
+        try:
+            os.write(fd, b"probe")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"cannot write into {flag} folder {out}: {_reason(exc)}; choose another {flag}") from None
+    return out
+
+
+@contextlib.contextmanager
+def out_dir_guard(path: str | Path, flag: str = "--out") -> Iterator[Path]:
+    """:func:`prepare_out_dir`, and on an exception remove the folders it created if they are still empty."""
+    out = Path(path).expanduser()
+    missing = [d for d in [out, *out.parents] if not d.exists()]
+    try:
+        yield prepare_out_dir(out, flag)
+    except BaseException:
+        for d in missing:  # deepest first
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def read_manifest(out_dir: Path) -> list[str]:
+    """Files an earlier run recorded as its own (relative names); [] when none or unreadable."""
+    try:
+        data = json.loads((Path(out_dir) / MANIFEST).read_text(encoding="utf-8"))
+        files = data.get("files", []) if isinstance(data, dict) else []
+        return [f for f in files if isinstance(f, str) and _is_plain_name(f)]
+    except (OSError, ValueError, RecursionError):
+        return []
+
+
+def _is_plain_name(name: str) -> bool:
+    """A bare file name: no folders (so a tampered manifest cannot reach outside --out), not the manifest."""
+    return bool(name) and "/" not in name and "\\" not in name and name not in (MANIFEST, ".", "..")
+
+
+class RunFiles:
+    """A run's output files, staged together and committed as a set.
+
+    Use ``add_json`` / ``add_npz`` / ``add`` (any writer taking a path) while the run
+    produces outputs, ``own`` for files written in place by other means (a checkpoint),
+    then ``commit()``. Used as a context manager, an exception before ``commit`` removes
+    everything staged; OSErrors become :class:`OutputError` (exit code 2).
+    """
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.out_dir = Path(out_dir)
+        self.staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=self.out_dir))
+        self.names: list[str] = []
+        self.owned: list[str] = []
+        self.committed = False
+
+    # -- staging ----------------------------------------------------------------------------
+    def path(self, name: str) -> Path:
+        """Where ``name`` is staged (writers may also read staged files back from here)."""
+        if not _is_plain_name(name):
+            raise ValueError(f"output names are plain file names, got {name!r}")
+        return self.staging / name
+
+    def add(self, name: str, write: Callable[[Path], Any]) -> Path:
+        """Stage ``name`` by calling ``write(staged_path)``."""
+        target = self.path(name)
+        try:
+            write(target)
+        except OSError as exc:
+            raise output_error(exc, self.out_dir / name) from None
+        if name not in self.names:
+            self.names.append(name)
+        return target
+
+    def add_json(self, name: str, data: Any, *, indent: Optional[int] = 2) -> Path:
+        from .results import write_json
+
+        return self.add(name, lambda p: write_json(p, data, indent=indent))
+
+    def add_npz(self, name: str, **arrays: Any) -> Path:
+        from .results import write_npz
+
+        return self.add(name, lambda p: write_npz(p, **arrays))
+
+    def adopt(self, name: str) -> None:
+        """Record a file already written into the staging folder by other code (e.g. a renderer)."""
+        if not self.path(name).is_file():
+            raise FileNotFoundError(self.path(name))
+        if name not in self.names:
+            self.names.append(name)
+
+    def own(self, names: Iterable[str]) -> None:
+        """Files in ``out_dir`` written in place by this run (kept and recorded, not moved)."""
+        self.owned.extend(n for n in names if n not in self.owned)
+
+    # -- commit -------------------------------------------------------------------------------
+    def commit(self) -> list[Path]:
+        """Move every staged file into ``out_dir``, then drop stale files of earlier runs."""
+        done: list[tuple[Path, Optional[Path]]] = []
+        previous = read_manifest(self.out_dir)
+        try:
+            for name in self.names:
+                target = self.out_dir / name
+                backup = None
+                if target.exists() and not target.is_dir():
+                    backup = self.staging / f".old.{name}"
+                    os.replace(target, backup)
+                done.append((target, backup))
+                os.replace(self.staging / name, target)
+            current = self.names + [n for n in self.owned if n not in self.names]
+            self._write_manifest(current)
+        except OSError as exc:
+            self._roll_back(done)
+            raise output_error(exc, self.out_dir) from None
+        for old in previous:
+            if old not in current:
+                stale = self.out_dir / old
+                try:
+                    if stale.is_file() or stale.is_symlink():
+                        stale.unlink()
+                        log.info("removed %s, written by an earlier run into this folder", stale)
+                except OSError as exc:
+                    log.warning("cannot remove stale %s from an earlier run: %s", stale, exc)
+        self.committed = True
+        self._drop_staging()
+        return [self.out_dir / n for n in self.names]
+
+    def _write_manifest(self, names: list[str]) -> None:
+        text = json.dumps({"tool": "tailaudit", "files": names}, indent=2) + "\n"
+        tmp = self.staging / MANIFEST
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, self.out_dir / MANIFEST)
+
+    def _roll_back(self, done: list[tuple[Path, Optional[Path]]]) -> None:
+        for target, backup in reversed(done):
+            try:
+                if target.exists():
+                    target.unlink()
+                if backup is not None and backup.exists():
+                    os.rename(backup, target)
+            except OSError as exc:  # best effort: report, keep going
+                log.warning("could not restore %s: %s", target, exc)
+
+    def discard(self) -> None:
+        """Remove everything staged (nothing of this run is left)."""
+        self._drop_staging()
+
+    def _drop_staging(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def __enter__(self) -> "RunFiles":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._drop_staging()  # after commit it is empty; after a failure it holds the only copies

@@ -1,0 +1,87 @@
+"""Text that reaches the terminal: no control characters, errors on one line, library warnings via logging.
+
+Class names, file names and model specs come from the user's files; an escape sequence in a
+class folder name must not drive the terminal. Every string tailaudit prints (summary,
+comparison, error lines) goes through :func:`terminal_safe` or :func:`one_line`.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+
+# C0 controls except newline and tab, DEL, C1 controls, and bidi overrides / isolates
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with control characters (ESC, BEL, CR, C1, bidi overrides) replaced by '?'; newlines kept."""
+    return _CONTROL.sub("?", str(text))
+
+
+def one_line(text: str) -> str:
+    """:func:`terminal_safe`, with newlines and tabs folded into spaces (one error, one line)."""
+    return " ".join(terminal_safe(text).split())
+
+
+class SafeFormatter(logging.Formatter):
+    """A log formatter whose output is :func:`terminal_safe` (log lines quote user strings)."""
+
+    def format(self, record: logging.LogRecord) -> str:  # noqa: D102
+        return terminal_safe(super().format(record))
+
+
+class _OnceFilter(logging.Filter):
+    """Library log records once each; all missing-glyph notes folded into one line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+        self.glyph_said = False
+
+    def filter(self, record: logging.LogRecord) -> bool:  # noqa: D102
+        message = record.getMessage()
+        if ".notdef glyph" in message or ("glyph" in message.lower() and "missing from" in message):
+            if self.glyph_said:
+                return False
+            self.glyph_said = True
+            record.msg = ("some characters (first: %s) have no glyph in the report's fonts and show as boxes in "
+                          "the PDF; the HTML report shows them")
+            record.args = (message.rsplit(":", 1)[-1].strip()[:40],)
+            return True
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
+_ONCE = _OnceFilter()
+NOISY_LOGGERS = ("weasyprint", "fontTools", "matplotlib", "PIL", "py.warnings")
+_ROUTED = False
+
+
+def route_warnings(debug: bool = False) -> None:
+    """Send Python warnings (matplotlib missing glyphs, torch's pickle notes, ...) through logging.
+
+    They go to the ``py.warnings`` logger, shown with ``--debug`` and hidden otherwise; each
+    distinct warning is emitted once per process. tailaudit's own warnings are log records and
+    are not affected.
+    """
+    global _ROUTED
+    for handler in logging.getLogger().handlers:
+        if type(handler) is logging.StreamHandler and not isinstance(handler.formatter, SafeFormatter):
+            fmt = handler.formatter._fmt if handler.formatter is not None else None  # noqa: SLF001
+            handler.setFormatter(SafeFormatter(fmt))
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.DEBUG if debug else logging.ERROR)
+    _ONCE.seen.clear()  # once per command run
+    _ONCE.glyph_said = False
+    for name in NOISY_LOGGERS:
+        logger = logging.getLogger(name)
+        if _ONCE not in logger.filters:
+            logger.addFilter(_ONCE)
+    if not _ROUTED:
+        warnings.filterwarnings("once", module="matplotlib")
+        warnings.filterwarnings("once", message=".*[Gg]lyph.*missing from.*")
+        warnings.filterwarnings("once", message=".*weights_only.*")
+        _ROUTED = True
