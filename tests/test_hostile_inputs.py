@@ -406,8 +406,8 @@ def test_rerun_removes_only_files_tailaudit_wrote(tmp_path, capsys):
     assert run_main(argv + ["--no-pdf", "--no-html"], capsys)[0] == 0
     assert not (out / "report.html").exists(), "stale report of the earlier run left behind"
     assert (out / "report.pdf").read_bytes() == b"%PDF- not ours" and (out / "notes.txt").read_text() == "mine"
-    assert sorted(json.loads((out / MANIFEST).read_text())["files"]) == ["examples.npz", "points.json",
-                                                                          "results.json"]
+    assert sorted(json.loads((out / MANIFEST).read_text())["files"]) == ["examples.npz", "per_class.csv",
+                                                                          "points.json", "results.json", "summary.md"]
     assert not [p for p in out.iterdir() if p.name.startswith(".tailaudit-staging")]
 
 
