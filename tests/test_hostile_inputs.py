@@ -357,11 +357,15 @@ def test_own_results_validate_against_the_schema(demo_results):
     jsonschema.Draft202012Validator.check_schema(schema)
     jsonschema.validate(demo_results, schema, cls=jsonschema.Draft202012Validator)
     # additions by newer writers (verdict, gate, sections' new keys) still validate
-    extended = dict(demo_results, verdict={"pass": True}, gate={"fail_under": 0.3})
+    extended = dict(demo_results, verdict={"code": "robust", "headline": "h", "reasons": [], "actions": [], "later": 1},
+                    gate={"conditions": [], "passed": True, "later": 1})
     extended["environment"] = dict(extended["environment"], world_size=2)
     extended["summary"] = dict(extended["summary"], curve=[{"eps": 0.1, "robust": 0.4}])
     jsonschema.validate(extended, schema, cls=jsonschema.Draft202012Validator)
     assert set(json.loads(json.dumps(schema))["required"]) <= set(demo_results)
+    with pytest.raises(jsonschema.ValidationError):  # the verdict's own keys are typed (audit/verdict.py)
+        jsonschema.validate(dict(demo_results, verdict={"code": "excellent", "headline": "h", "reasons": [],
+                                                        "actions": []}), schema, cls=jsonschema.Draft202012Validator)
 
 
 def test_repair_before_after_results_validate(tmp_path, capsys):
