@@ -87,6 +87,7 @@ class AuditConfig:
     examples_per_class: int = 2
     parity_tol: float = 1e-3
     download: bool = True
+    workers: int = 0  # DataLoader processes decoding images (results do not depend on it)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
