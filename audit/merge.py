@@ -57,7 +57,8 @@ def concat_records(parts: Sequence[PointRecords], *, examples_per_class: int) ->
     counts = [len(p.index) for p in parts]
     n_attacks = len(parts[0].attack_names)
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(PointRecords):
+    cls = type(parts[0])
+    for f in dataclasses.fields(cls):
         vals = [getattr(p, f.name) for p in parts]
         first = vals[0]
         if f.name == "examples":
@@ -75,7 +76,7 @@ def concat_records(parts: Sequence[PointRecords], *, examples_per_class: int) ->
             values[f.name] = first
         else:
             raise ValueError(f"PointRecords.{f.name} differs between shards and has no merge rule")
-    return PointRecords(**values)
+    return cls(**values)
 
 
 def _equal(a: Any, b: Any) -> bool:
