@@ -170,3 +170,80 @@ def test_workers_flag_is_checked(capsys):
         cli.main(["audit", str(DEMO), "--workers", "-1"])
     assert exc.value.code == 2
     assert "--workers" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- DDP repair
+
+
+def _ddp_worker(rank: int, port: int, out: str) -> None:
+    """One rank of a two-process repair (spawned with the launcher's environment variables)."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    from audit import distributed
+    from reat_finetune import RepairConfig, repair, run_repair
+
+    real = repair.fine_tune
+
+    def keep_final_weights(setup, config, **kw):
+        result = real(setup, config, **kw)
+        torch.save({"final": {k: v.clone() for k, v in setup.fm.pixel_model.net.state_dict().items()},
+                    "best": result.best_state}, Path(out) / f"weights-rank{rank}.pt")
+        return result
+
+    repair.fine_tune = keep_final_weights
+    audit = AuditConfig(model=str(DEMO), dataset="digitslt", eps=0.1, eps_text="0.1", attacks=("pgd",), steps=3,
+                        n_per_class=5, quiet=True, device="cpu")
+    try:
+        run_repair(RepairConfig(audit=audit, epochs=1, batch_size=64, formats=(), quiet=True, out=out))
+    finally:
+        distributed.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ddp_repair(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    out.mkdir()
+    torch.multiprocessing.spawn(_ddp_worker, args=(_free_port(), str(out)), nprocs=2, join=True)
+    return out
+
+
+def test_ddp_epoch_leaves_identical_weights_on_both_ranks(ddp_repair):
+    w0, w1 = (torch.load(ddp_repair / f"weights-rank{r}.pt", weights_only=True) for r in (0, 1))
+    for which in ("final", "best"):
+        assert w0[which].keys() == w1[which].keys()
+        assert all(torch.equal(w0[which][k], w1[which][k]) for k in w0[which]), which
+    start = torch.load(ddp_repair / "checkpoint.pt", weights_only=True)
+    assert start["world_size"] == 2 and len(start["ranks"]) == 2
+    assert all(torch.equal(start["model"][k], w0["final"][k]) for k in w0["final"])
+    log = json.loads((ddp_repair / "training_log.json").read_text())
+    assert sum(log["epochs"][1]["adv_pred_counts"]) == log["n_train"]  # counts of the whole global batches
+    for side in ("before", "after"):
+        res = json.loads((ddp_repair / side / "results.json").read_text())
+        assert res["environment"]["world_size"] == 2 and res["dataset"]["n_eval"] == 50
+    assert json.loads((ddp_repair / "repair.json").read_text())["environment"]["world_size"] == 2
+
+
+def test_resume_with_another_world_size_is_refused(ddp_repair, capsys):
+    code = cli.main(["repair", str(DEMO), "--dataset", "digitslt", "--n-per-class", "5", "--attacks", "pgd",
+                     "--steps", "3", "--eps", "0.1", "--epochs", "1", "--batch-size-train", "64", "--device", "cpu",
+                     "--no-html", "--no-pdf", "--quiet", "--resume", str(ddp_repair)])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "written by 2 process(es), this run has 1" in err
+
+
+def test_sync_batchnorm_swap_shares_tensors_and_is_undone():
+    from reat_finetune.ddp import convert_sync_batchnorm, restore_batchnorm
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4),
+                              torch.nn.Sequential(torch.nn.Flatten(), torch.nn.BatchNorm1d(4 * 36)))
+    bn = net[1]
+    swaps = convert_sync_batchnorm(net)
+    assert len(swaps) == 2 and isinstance(net[1], torch.nn.SyncBatchNorm) and isinstance(net[2][1], torch.nn.SyncBatchNorm)
+    assert net[1].weight is bn.weight and net[1].running_mean is bn.running_mean
+    with torch.no_grad():
+        net[1].running_mean.add_(1.0)
+    restore_batchnorm(swaps)
+    assert net[1] is bn and type(net[2][1]) is torch.nn.BatchNorm1d
+    assert torch.equal(bn.running_mean, torch.ones(4))
