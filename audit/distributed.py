@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
 
@@ -56,7 +56,6 @@ class Dist:
     store: Any
     objects: Any  # the gloo group for Python objects and small reductions (None = the default group)
     phase: int = 0
-    info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_main(self) -> bool:
@@ -142,9 +141,7 @@ def setup(device: str = "auto") -> Optional[Dist]:
     store.set_timeout(timeout)
     dist.init_process_group(backend, store=store, rank=rk, world_size=world, timeout=timeout)
     objects = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else None
-    _CTX = Dist(rk, world, local, backend, store, objects,
-                info={"world_size": world, "rank_device": f"cuda:{local}" if use_cuda else "cpu", "backend": backend,
-                      "nnodes": int(os.environ.get("GROUP_WORLD_SIZE", os.environ.get("NNODES", "0")) or 0) or None})
+    _CTX = Dist(rk, world, local, backend, store, objects)
     log.debug("rank %d/%d joined (%s, local rank %d)", rk, world, backend, local)
     return _CTX
 

@@ -247,3 +247,19 @@ def test_sync_batchnorm_swap_shares_tensors_and_is_undone():
     restore_batchnorm(swaps)
     assert net[1] is bn and type(net[2][1]) is torch.nn.BatchNorm1d
     assert torch.equal(bn.running_mean, torch.ones(4))
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_training_images_decode_the_same_with_workers(tmp_path, monkeypatch, in_memory):
+    from audit.data import load_dataset
+    from reat_finetune import train
+
+    if not in_memory:
+        monkeypatch.setattr(train, "IN_MEMORY_LIMIT", 0)  # decoded batch by batch
+    data = load_dataset("imagefolder", data_root=_image_folder(tmp_path / "data"))
+    idx = np.arange(0, len(data.train_labels), 2)
+    plain, pooled = (train.BatchSource(data.train, idx, data.train_labels, data.image_shape, workers=w) for w in (0, 2))
+    assert (plain.x is not None) == in_memory
+    pos = torch.tensor([5, 0, 3, 9])
+    (xa, ya), (xb, yb) = plain.batch(pos), pooled.batch(pos)
+    assert torch.equal(xa, xb) and torch.equal(ya, yb) and xa.shape == (4, 3, 8, 8)
