@@ -294,6 +294,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     where = f"[rank {distributed.launcher_rank()}] " if distributed.launched() else ""
     try:
+        if quiet_rank and args.command not in ("audit", "repair"):
+            return 0  # [distributed] nothing to share out: rank 0 does it alone
         return COMMANDS[args.command](args)
     except distributed.PeerFailed as exc:  # [distributed] the failing rank reports its own error
         if not quiet_rank:

@@ -43,6 +43,14 @@ def check_world_size(resume_state: Optional[dict[str, Any]], folder: str) -> Non
                           f"resume with the same launch (world size {saved}), or start afresh with another --out")
 
 
+def check_global_batch(batch: int) -> None:
+    """Under torchrun ``--batch-size-train`` is split across processes: at least two images each."""
+    world = distributed.world_size()
+    if world > 1 and batch < 2 * world:
+        raise RepairError(f"--batch-size-train {batch} is the global batch: with {world} processes it must "
+                          f"be at least {2 * world} (two images per process for BatchNorm)")
+
+
 class TrainDist:
     """What :func:`~reat_finetune.train.fine_tune` does differently under torchrun (nothing in a plain run)."""
 
@@ -67,9 +75,7 @@ class TrainDist:
         """Batches per epoch; under torchrun a last partial batch needs two images per rank."""
         if not self.active:
             return plain(n, batch)
-        if batch < 2 * self.world:
-            raise RepairError(f"--batch-size-train {batch} is the global batch: with {self.world} processes it must "
-                              f"be at least {2 * self.world} (two images per rank for BatchNorm)")
+        check_global_batch(batch)
         nb, rest = divmod(n, batch)
         return nb + (1 if rest >= 2 * self.world else 0)
 

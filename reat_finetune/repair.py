@@ -26,7 +26,7 @@ from audit.results import environment, write_json
 
 from .checkpoint import CHECKPOINT_NAME, check_fingerprint, fingerprint, is_disk_full, labels_digest, load_checkpoint
 from .config import RepairConfig
-from .ddp import check_world_size
+from .ddp import check_global_batch, check_world_size
 from .errors import RepairError
 from .export import export_repaired
 from .features import build_feature_model
@@ -130,6 +130,7 @@ def _run_repair(config: RepairConfig, *, hooks: Optional[TrainHooks], progress: 
     distributed.setup(config.audit.device)  # [distributed] under torchrun: DDP, sharded audits (docs/scaling.md)
     resume_state = load_checkpoint(Path(config.resume)) if config.resume else None
     check_world_size(resume_state, str(config.resume))
+    check_global_batch(config.batch_size)
     if config.out:
         out = Path(config.out)
     elif config.resume:
