@@ -141,7 +141,9 @@ def setup(device: str = "auto") -> Optional[Dist]:
     store.set_timeout(timeout)
     dist.init_process_group(backend, store=store, rank=rk, world_size=world, timeout=timeout)
     objects = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else None
-    _CTX = Dist(rk, world, local, backend, store, objects)
+    # our keys, apart from a previous attempt's when torchrun restarts the ranks (--max-restarts)
+    ours = dist.PrefixStore(f"restart{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+    _CTX = Dist(rk, world, local, backend, ours, objects)
     log.debug("rank %d/%d joined (%s, local rank %d)", rk, world, backend, local)
     return _CTX
 

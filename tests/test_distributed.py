@@ -124,6 +124,7 @@ def test_sharded_audit_is_identical_to_one_process(one_process, tmp_path):
     assert a.files == b.files and np.bincount(b["label"]).max() <= 2
     assert set(b["index"].tolist()) <= set(json.loads((out / "points.json").read_text())["index"])
     assert proc.stdout.count("results: ") == 1  # rank 1 prints nothing
+    assert "70/70" in proc.stderr  # one bar, counting both ranks' points (rank 0 has 35)
     assert "[rank 1]" not in proc.stderr
 
 
