@@ -146,8 +146,8 @@ def run_audit(config: AuditConfig, *, progress: Optional[bool] = None) -> AuditR
         from .models.onnx_model import check_parity
 
         check_idx = shard_idx[:64] if lo > 0 else eval_idx[:64]  # rank 0 checks what a plain run checks
-        first = next(iter(DataLoader(_Indexed(data.test, check_idx), batch_size=64)))
-        check_parity(model, adapt_images(first[0].float(), size).to(device), tol=config.parity_tol)
+        for first in DataLoader(_Indexed(data.test, check_idx), batch_size=64):  # none for an empty shard
+            check_parity(model, adapt_images(first[0].float(), size).to(device), tol=config.parity_tol)
 
     show = (not config.quiet) if progress is None else progress
     bar = distributed.GlobalProgress(len(eval_idx), enabled=show) if distributed.current() else None  # [distributed]
