@@ -90,6 +90,7 @@ class AuditConfig:
     download: bool = True
     allow_large_input: bool = False
     threads: Optional[int] = None
+    workers: int = 0  # DataLoader processes decoding images (results do not depend on it)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
