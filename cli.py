@@ -133,6 +133,15 @@ def _add_verdict_args(p: argparse.ArgumentParser) -> None:
                         "worst-class, tail (floors) and max-gap (ceiling); values 0.4 or 40%%")
 
 
+def _add_scaling_args(p: argparse.ArgumentParser, *, repair: bool = False) -> None:
+    """Data-loading workers and DDP options (launch under torchrun for several processes)."""
+    p.add_argument("--workers", type=_nonneg_int, default=0,
+                   help="DataLoader processes decoding images (default 0: in the main process); pinned memory on GPU")
+    if repair:
+        p.add_argument("--no-sync-bn", action="store_true",
+                       help="under torchrun on GPUs: keep per-rank BatchNorm statistics instead of SyncBatchNorm")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tailaudit", description="Class-wise adversarial robustness audits on long-tailed data.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -154,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_attack_args(p)  # the before/after audit; the after-audit repeats it unchanged
     _add_run_args(p)
     _add_limits_args(p)
+    _add_scaling_args(p, repair=True)
     _add_verdict_args(p)  # --fail-under judges the after-audit
     t = p.add_argument_group("fine-tuning (defaults are for fine-tuning a pretrained model, not training from scratch)")
     t.add_argument("--method", default="reat", choices=["reat", "at-bsl", "pgd-at"],
@@ -228,7 +238,7 @@ def _audit_config(args: argparse.Namespace):
         step_size=args.step_size, temperatures=tuple(parse_number_list(args.temperature, "--temperature")),
         independent=args.independent, seed=args.seed, subset_seed=args.subset_seed, device=args.device, batch_size=args.batch_size,
         amp=args.amp, out=args.out, quiet=args.quiet, download=not args.no_download,
-        allow_large_input=args.allow_large_input, threads=args.threads,
+        allow_large_input=args.allow_large_input, threads=args.threads, workers=args.workers,
         labels=getattr(args, "labels", None), fail_under=getattr(args, "fail_under", None),
     )
 
@@ -249,6 +259,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         raise ConfigError("--mean and --std go together; pass both (comma-separated, one value per channel)")
     formats = _formats(args)
     run = run_audit(config, formats=formats)
+    if not _is_main():  # [distributed] rank 0 prints
+        return 0
     print(terminal_safe(format_summary(run.results)))
     for report in (run.out_dir / f"report.{fmt}" for fmt in formats):
         if report.is_file():
@@ -282,15 +294,19 @@ def cmd_repair(args: argparse.Namespace) -> int:
         train_steps=args.train_steps, train_step_size=args.train_step_size, tail_penalty=args.tail_penalty,
         tail_lambda=args.tail_lambda, margin=args.margin, val_fraction=args.val_fraction, augment=args.augment,
         out=args.out, resume=args.resume, formats=tuple(_formats(args)), quiet=args.quiet,
+        sync_bn=not args.no_sync_bn,
     )
     try:
         run = run_repair(config)
     except RepairInterrupted as exc:
-        print(f"tailaudit: {exc}", file=sys.stderr)
+        if _is_main():
+            print(f"tailaudit: {exc}", file=sys.stderr)
         return 130
     from audit.summary import verdict_lines
     from audit.textsafe import terminal_safe
 
+    if not _is_main():  # [distributed] rank 0 prints
+        return 0
     print(terminal_safe(format_comparison(run)))
     print(terminal_safe("\n".join(["", "after repair:"] + verdict_lines(run.after)[1:])))
     for path in run.reports.values():
@@ -339,6 +355,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_main() -> bool:
+    from audit import distributed
+
+    return distributed.is_main()
+
+
 COMMANDS = {"audit": cmd_audit, "repair": cmd_repair, "dataset": cmd_dataset, "report": cmd_report}
 
 
@@ -349,8 +371,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     debug = args.debug or "--debug" in argv
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s: %(message)s",
                         stream=sys.stderr)
+    from audit import distributed
+
+    quiet_rank = distributed.launcher_rank() != 0  # [distributed] other ranks print nothing but errors
     for name in ("audit", "reports", "reat_finetune", "tailaudit"):
-        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.INFO)
+        logging.getLogger(name).setLevel(logging.ERROR if quiet_rank else logging.DEBUG if debug else logging.INFO)
     from audit.errors import TailAuditError
     from audit.textsafe import one_line, route_warnings
 
@@ -359,16 +384,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from audit.pipeline import apply_threads
 
         apply_threads(args.threads)
+    where = f"[rank {distributed.launcher_rank()}] " if distributed.launched() else ""
     try:
+        if quiet_rank and args.command not in ("audit", "repair"):
+            return 0  # [distributed] nothing to share out: rank 0 does it alone
         return COMMANDS[args.command](args)
+    except distributed.PeerFailed as exc:  # [distributed] the failing rank reports its own error
+        if not quiet_rank:
+            print(f"tailaudit: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     except TailAuditError as exc:
         if debug:
             raise
-        print(f"tailaudit: error: {one_line(str(exc))}", file=sys.stderr)
+        print(f"tailaudit: {where}error: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("tailaudit: interrupted", file=sys.stderr)
+        if not quiet_rank:
+            print("tailaudit: interrupted", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -93,6 +93,7 @@ class AuditConfig:
     labels: Optional[str] = None  # --labels FILE: class names in the model's output order
     fail_under: Optional[str] = None  # --fail-under KEY=VALUE,...: the CI gate (audit/gate.py)
     eps_curve: Sequence[str] = ()  # --eps with several budgets: their texts, ascending (audit/curve.py)
+    workers: int = 0  # DataLoader processes decoding images (results do not depend on it)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:

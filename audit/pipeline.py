@@ -14,17 +14,19 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from . import __version__
+from . import __version__, distributed
 from .attacks import create_attack
 from .config import AuditConfig
 from .curve import run_curve
 from .data import LTDataset, class_groups, groups_to_indices, is_balanced, load_dataset, stratified_subset
 from .engine import PointRecords, adapt_images, run_cascade
+from .data.loading import loader_options
 from .errors import ConfigError, ModelLoadError
 from .exports import CSV_NAME, MD_NAME, per_class_csv, summary_markdown
 from .gate import check_available, evaluate_gate, parse_fail_under
 from .inputs import input_info, input_warnings
 from .labels import check_label_order, clean_confusion, label_warning, read_label_order
+from .merge import gather_records
 from .metrics import adversarial_confusion, cross_class_summary, per_class_accuracy, spearman, wilson_interval
 from .models import LoadedModel, check_finite_logits, final_linear_of, load_model
 from .outputs import RunFiles, out_dir_guard, output_error
@@ -64,6 +66,8 @@ class _Indexed(Dataset):
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` = the GPU when torch sees one; asking for CUDA without one is an error."""
+    if distributed.current() is not None:  # [distributed] under torchrun: cuda:LOCAL_RANK or the CPU
+        return distributed.rank_device()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda"):
@@ -126,62 +130,91 @@ def prepare(config: AuditConfig, device: torch.device) -> tuple[LTDataset, Loade
     return data, model, eval_idx
 
 
+@distributed.reports_failure
 def run_audit(config: AuditConfig, *, progress: Optional[bool] = None, formats: Sequence[str] = ()) -> AuditRun:
     """Audit ``config.model`` on ``config.dataset``; writes results.json, points.json, examples.npz
-    and the ``formats`` reports (html, pdf) as one set into the output folder."""
+    and the ``formats`` reports (html, pdf) as one set into the output folder.
+
+    Under torchrun every rank audits a contiguous block of the points and rank 0 joins the
+    records, computes the metrics and writes every output (docs/scaling.md); every rank returns
+    rank 0's results (``records`` is the whole run on rank 0, the rank's own shard elsewhere).
+    """
     config.validate()
+    distributed.setup(config.device)
     specs = config.attack_specs()
     attacks = [create_attack(s) for s in specs]
     t_start = time.perf_counter()
     apply_threads(config.threads)
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
+    if not distributed.is_main():  # [distributed] only rank 0 creates, probes and writes the output folder
+        return _audit_into(None, config, specs, attacks, device, t_start, progress, formats)
     with out_dir_guard(config.out if config.out else default_out_dir(config)) as out_dir:
         return _audit_into(out_dir, config, specs, attacks, device, t_start, progress, formats)
 
 
-def _audit_into(out_dir: Path, config: AuditConfig, specs: list, attacks: list, device: torch.device,
+def _audit_into(out_dir: Optional[Path], config: AuditConfig, specs: list, attacks: list, device: torch.device,
                 t_start: float, progress: Optional[bool], formats: Sequence[str]) -> AuditRun:
     data, model, eval_idx = prepare(config, device)
     gate = parse_fail_under(config.fail_under) if config.fail_under else None
     if gate:
         check_available(gate, class_groups(list(data.train_counts), config.group_rule))
+    if config.eps_curve and distributed.current() is not None:
+        raise ConfigError("--eps with several budgets (a robustness curve) runs in one process; launch it without "
+                          "torchrun, or audit one budget per run")
     module = model.module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
     bn_before = _bn_fingerprint(module)
     load_s = time.perf_counter() - t_start
 
-    loader = DataLoader(_Indexed(data.test, eval_idx), batch_size=config.batch_size, shuffle=False,
-                        num_workers=0, pin_memory=device.type == "cuda")
+    lo, hi = distributed.shard_bounds(len(eval_idx))  # [distributed] this rank's points (all in a plain run)
+    shard_idx = eval_idx[lo:hi]
+    loader = DataLoader(_Indexed(data.test, shard_idx), batch_size=config.batch_size, shuffle=False,
+                        **loader_options(config.workers, device))
     size = model.preprocessing.input_size
     if model.reference_scorer is not None:
         from .models.onnx_model import check_parity
 
-        first = next(iter(DataLoader(_Indexed(data.test, eval_idx[:64]), batch_size=64)))
-        check_parity(model, adapt_images(first[0].float(), size).to(device), tol=config.parity_tol)
+        check_idx = shard_idx[:64] if lo > 0 else eval_idx[:64]  # rank 0 checks what a plain run checks
+        for first in DataLoader(_Indexed(data.test, check_idx), batch_size=64):  # none for an empty shard
+            check_parity(model, adapt_images(first[0].float(), size).to(device), tol=config.parity_tol)
 
-    def cascade(cfg: AuditConfig, indices: np.ndarray) -> PointRecords:
-        batches = loader if indices is eval_idx else DataLoader(
-            _Indexed(data.test, indices), batch_size=cfg.batch_size, shuffle=False, num_workers=0,
-            pin_memory=device.type == "cuda")
-        return run_cascade(
-            module, batches, [create_attack(s) for s in cfg.attack_specs()] if cfg is not config else attacks,
-            n_total=len(indices), num_classes=len(data.class_names), input_size=size,
-            device=device, seed=cfg.seed, independent=cfg.independent, reference_scorer=model.reference_scorer,
-            examples_per_class=cfg.examples_per_class, amp=cfg.amp,
-            progress=(not cfg.quiet) if progress is None else progress,
-        )
-
+    show = (not config.quiet) if progress is None else progress
+    bar = distributed.GlobalProgress(len(eval_idx), enabled=show) if distributed.current() else None  # [distributed]
     curve = None
     if config.eps_curve:
+        def cascade(cfg: AuditConfig, indices: np.ndarray) -> PointRecords:
+            batches = DataLoader(_Indexed(data.test, indices), batch_size=cfg.batch_size, shuffle=False,
+                                 **loader_options(cfg.workers, device))
+            return run_cascade(
+                module, batches, [create_attack(s) for s in cfg.attack_specs()], n_total=len(indices),
+                num_classes=len(data.class_names), input_size=size, device=device, seed=cfg.seed,
+                independent=cfg.independent, reference_scorer=model.reference_scorer,
+                examples_per_class=cfg.examples_per_class, amp=cfg.amp, progress=show)
+
         group_idx = groups_to_indices(class_groups([int(c) for c in data.train_counts], config.group_rule))
         records, curve = run_curve(config, eval_idx, cascade, group_idx, len(data.class_names))
     else:
-        records = cascade(config, eval_idx)
+        records = run_cascade(
+            module, loader if bar is None else distributed.counted(loader, bar.add), attacks, n_total=len(shard_idx),
+            num_classes=len(data.class_names), input_size=size,
+            device=device, seed=config.seed, independent=config.independent, reference_scorer=model.reference_scorer,
+            examples_per_class=config.examples_per_class, amp=config.amp,
+            progress=show and bar is None,
+        )
     bn_after = _bn_fingerprint(module)
     if bn_after != bn_before and not (np.isnan(bn_after) and np.isnan(bn_before)):
         raise RuntimeError("BatchNorm statistics changed during the audit; this is a bug, please report it")
+    shard_records = records
+    records = gather_records(records, examples_per_class=config.examples_per_class,  # [distributed] rank 0: all
+                             on_wait=bar.refresh if bar is not None else None)
+    if bar is not None:
+        bar.close()
+    if records is None:  # [distributed] not rank 0: rank 0 writes; wait for it and take its results
+        distributed.wait_for_peers("written")
+        return AuditRun(distributed.broadcast_from_main(None), Path(distributed.broadcast_from_main(None)),
+                        shard_records)
     total_s = time.perf_counter() - t_start
     results = build_results(config, specs, data, model, eval_idx, records, device,
                             {"load_s": load_s, "total_s": total_s})
@@ -190,7 +223,13 @@ def _audit_into(out_dir: Path, config: AuditConfig, specs: list, attacks: list, 
     results["verdict"] = compute_verdict(results)
     if gate:
         results["gate"] = evaluate_gate(gate, results)
+    results["environment"].update(distributed.describe())  # world_size (1 in a plain run)
+    assert out_dir is not None
     write_outputs(out_dir, results, records, formats=formats)
+    if distributed.current() is not None:  # [distributed] the other ranks get rank 0's results
+        distributed.wait_for_peers("written")
+        distributed.broadcast_from_main(results)
+        distributed.broadcast_from_main(str(out_dir))
     return AuditRun(results, out_dir, records)
 
 

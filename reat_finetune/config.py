@@ -51,6 +51,7 @@ class RepairConfig:
     resume: Optional[str] = None
     formats: Sequence[str] = FORMATS
     quiet: bool = False
+    sync_bn: bool = True  # under torchrun on GPUs: SyncBatchNorm (--no-sync-bn keeps per-rank statistics)
     extra: dict[str, Any] = field(default_factory=dict)
 
     # -- derived -------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from audit import __version__
+from audit import __version__, distributed
 from audit.config import AuditConfig
 from audit.data import LTDataset, class_groups
 from audit.engine import adapt_images
@@ -28,6 +28,7 @@ from audit.results import environment
 
 from .checkpoint import CHECKPOINT_NAME, check_fingerprint, fingerprint, is_disk_full, labels_digest, load_checkpoint
 from .config import RepairConfig
+from .ddp import check_global_batch, check_world_size
 from .errors import RepairError
 from .export import export_repaired
 from .features import build_feature_model
@@ -65,7 +66,7 @@ class RepairRun:
 def _comparable_config(d: dict[str, Any]) -> dict[str, Any]:
     """An audit config as JSON, without the fields that do not change results."""
     d = json.loads(json.dumps(d, default=str))
-    for k in ("out", "quiet", "device", "model", "checkpoint", "batch_size"):
+    for k in ("out", "quiet", "device", "model", "checkpoint", "batch_size", "workers"):
         d.pop(k, None)
     return d
 
@@ -104,6 +105,7 @@ def _headline(res: dict[str, Any]) -> dict[str, Any]:
             "worst_class": wc.get("worst_class"), "worst_class_robust": wc.get("worst")}
 
 
+@distributed.reports_failure
 def run_repair(config: RepairConfig, *, hooks: Optional[TrainHooks] = None,
                progress: Optional[bool] = None) -> RepairRun:
     """Audit ``config.audit.model``, fine-tune it with ``config.method``, export it, audit it again, report.
@@ -129,7 +131,10 @@ def _run_repair(config: RepairConfig, *, hooks: Optional[TrainHooks], progress: 
         raise RepairError("--mean and --std go together; pass both (comma-separated, one value per channel)")
     show = (not config.quiet) if progress is None else progress
     t_start = time.perf_counter()
+    distributed.setup(config.audit.device)  # [distributed] under torchrun: DDP, sharded audits (docs/scaling.md)
     resume_state = load_checkpoint(Path(config.resume)) if config.resume else None
+    check_world_size(resume_state, str(config.resume))
+    check_global_batch(config.batch_size)
     if config.out:
         out = Path(config.out)
     elif config.resume:
@@ -137,9 +142,12 @@ def _run_repair(config: RepairConfig, *, hooks: Optional[TrainHooks], progress: 
     else:
         base = default_out_dir(config.audit)
         out = base.with_name(base.name.replace(f"-{config.audit.dataset}-", f"-{config.audit.dataset}-repair-", 1))
+    out = Path(distributed.broadcast_from_main(str(out)))  # [distributed] rank 0's time stamp
     device = resolve_device(config.audit.device)
     torch.manual_seed(config.seed)
     apply_threads(config.audit.threads)
+    if not distributed.is_main():  # [distributed] only rank 0 creates, probes and writes the folder
+        return _repair_into(out, config, hooks, show, t_start, resume_state, device)
     with out_dir_guard(out) as out:  # created and probed before any loading
         return _repair_into(out, config, hooks, show, t_start, resume_state, device)
 
@@ -183,12 +191,14 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
     )
     if resume_state is not None:
         check_fingerprint(resume_state["fingerprint"], fp, Path(config.resume))  # type: ignore[arg-type]
-    out.mkdir(parents=True, exist_ok=True)
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
 
     # -- before ----------------------------------------------------------------------------
     before_cfg = replace(config.audit, out=str(out / "before"), quiet=config.quiet or config.audit.quiet,
                          fail_under=None)
     before = _reusable_before(out / "before" / "results.json", before_cfg) if resume_state is not None else None
+    before = distributed.broadcast_from_main(before)  # [distributed] rank 0 decides
     if before is None:
         log.info("auditing the input model (before)")
         before = run_audit(before_cfg, progress=show).results
@@ -198,8 +208,8 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
     # -- fine-tune ---------------------------------------------------------------------------
     setup = TrainSetup(
         fm=fm, method=method,
-        train=BatchSource(data.train, train_idx, labels, data.image_shape),
-        val=BatchSource(data.train, val_idx, labels, data.image_shape),
+        train=BatchSource(data.train, train_idx, labels, data.image_shape, workers=config.audit.workers),
+        val=BatchSource(data.train, val_idx, labels, data.image_shape, workers=config.audit.workers),
         train_counts=split_counts,
         is_tail=torch.tensor([g == "tail" for g in groups], dtype=torch.bool),
         v=tail_class_weights(split_counts), device=device, input_size=size, num_classes=C,
@@ -213,8 +223,12 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
     loaded.module.eval()
 
     # -- export + after ------------------------------------------------------------------------
-    exported = export_repaired(loaded, out, _eval_images(data, PROBE, size), tol=config.audit.parity_tol,
-                               device=device)
+    exported = None
+    if distributed.is_main():  # [distributed] rank 0 exports; the others audit its file
+        exported = export_repaired(loaded, out, _eval_images(data, PROBE, size), tol=config.audit.parity_tol,
+                                   device=device)
+    distributed.wait_for_peers("exported")
+    exported = distributed.broadcast_from_main(exported)
     after_cfg = replace(before_cfg, model=exported.audit_model, checkpoint=exported.audit_checkpoint,
                         out=str(out / "after"), fail_under=config.audit.fail_under)
     log.info("auditing the repaired model (after)")
@@ -246,7 +260,10 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
         "files": {"before": "before/results.json", "after": "after/results.json", "training_log": "training_log.json",
                   "checkpoint": CHECKPOINT_NAME, "model": exported.path.name},
     }
-    reports = _write_top_level(out, config, tlog, summary, after_run.results_path, exported.path.name, t_start)
+    summary["environment"].update(distributed.describe())
+    reports: dict[str, Path] = {}
+    if distributed.is_main():  # [distributed] rank 0 writes
+        reports = _write_top_level(out, config, tlog, summary, after_run.results_path, exported.path.name, t_start)
     return RepairRun(out_dir=out, before=before, after=after, training_log=tlog, model_path=exported.path,
                      best_epoch=result.best_epoch, summary=summary, reports=reports)
 

@@ -27,11 +27,13 @@ from tqdm import tqdm
 from audit.attacks import BatchNoise, create_attack
 from audit.attacks.base import Attack
 from audit.config import AttackSpec
+from audit.distributed import launched, launcher_rank
 from audit.engine import adapt_images
 from audit.results import write_json
 
 from .checkpoint import rng_state, restore_rng, save_checkpoint, state_dict_cpu
 from .config import RepairConfig
+from .ddp import TrainDist
 from .errors import RepairError, RepairInterrupted
 from .features import FeatureModel
 from .losses import rbl_weights
@@ -69,14 +71,17 @@ def split_train_val(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.
 class BatchSource:
     """Images of a split by index: in memory when small enough, else decoded from the dataset per batch."""
 
-    def __init__(self, dataset: Dataset, indices: np.ndarray, labels: np.ndarray, image_shape: tuple[int, ...]) -> None:
+    def __init__(self, dataset: Dataset, indices: np.ndarray, labels: np.ndarray, image_shape: tuple[int, ...],
+                 workers: int = 0) -> None:
+        self.workers = int(workers)  # DataLoader processes decoding images (--workers)
         self.indices = np.asarray(indices, dtype=np.int64)
         self.y = torch.as_tensor(np.asarray(labels)[self.indices], dtype=torch.long)
         self.dataset = dataset
         self.x: Optional[torch.Tensor] = None
         nbytes = len(self.indices) * int(np.prod(image_shape)) * 4
         if nbytes <= IN_MEMORY_LIMIT and len(self.indices):
-            loader = DataLoader(Subset(dataset, self.indices.tolist()), batch_size=512, shuffle=False, num_workers=0)
+            loader = DataLoader(Subset(dataset, self.indices.tolist()), batch_size=512, shuffle=False,
+                                num_workers=self.workers)
             self.x = torch.cat([xb.float() for xb, _ in loader])
 
     def __len__(self) -> int:
@@ -86,6 +91,10 @@ class BatchSource:
         """Images and labels at positions ``pos`` (0..len-1) of the split."""
         if self.x is not None:
             return self.x[pos], self.y[pos]
+        if self.workers:  # decode the batch in worker processes
+            sub = Subset(self.dataset, [int(self.indices[int(p)]) for p in pos])
+            xs, _ = next(iter(DataLoader(sub, batch_size=len(sub), num_workers=min(self.workers, len(sub)))))
+            return xs.float(), self.y[pos]
         items = [self.dataset[int(self.indices[int(p)])] for p in pos]
         return torch.stack([it[0].float() for it in items]), self.y[pos]
 
@@ -121,18 +130,22 @@ def perturb(attack: Attack, model: torch.nn.Module, x: torch.Tensor, y: torch.Te
 
 def train_step(fm: FeatureModel, attack: Attack, method: RepairMethod, ctx: LossContext, x: torch.Tensor,
                y: torch.Tensor, opt: torch.optim.Optimizer, gen: torch.Generator,
-               autocast: Autocast = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One adversarial training step; returns (loss, tail penalty, adversarial predictions), detached."""
+               autocast: Autocast = None, forward: Optional[Callable] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One adversarial training step; returns (loss, tail penalty, adversarial predictions), detached.
+
+    ``forward`` is the training forward when it is not ``fm``/its pixel model (the DDP wrapper).
+    """
     pm = fm.pixel_model
     pm.eval()
     x_adv = perturb(attack, pm, x, y, gen, autocast)
     pm.train()
     ac = autocast or contextlib.nullcontext
+    fwd = forward or (fm if ctx.penalty != "off" else pm)  # [distributed] DDP around the same module
     with ac():
         if ctx.penalty != "off":
-            feats, logits = fm(x_adv)
+            feats, logits = fwd(x_adv)
         else:
-            feats, logits = None, pm(x_adv)
+            feats, logits = None, fwd(x_adv)
     loss, pen = method.loss(logits.float(), feats.float() if feats is not None else None, y, ctx)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -252,6 +265,7 @@ class TrainResult:
 class _StopFlag:
     def __init__(self) -> None:
         self.requested = False
+        self.at = 0.0
 
 
 @contextlib.contextmanager
@@ -265,8 +279,13 @@ def deferred_sigint() -> Iterator[_StopFlag]:
 
     def handler(signum: int, frame: Any) -> None:
         if flag.requested:
+            if launched() and time.monotonic() - flag.at < 5:  # [distributed] torchrun relays the terminal's Ctrl-C
+                return
             raise KeyboardInterrupt
         flag.requested = True
+        flag.at = time.monotonic()
+        if launcher_rank() != 0:
+            return
         print("\ntailaudit: stopping after this batch to save a checkpoint (Ctrl-C again to abort at once)",
               file=sys.stderr)
 
@@ -305,7 +324,8 @@ def fine_tune(setup: TrainSetup, config: RepairConfig, *, out_dir: Path, resume:
     if n_train < 2:
         raise RepairError(f"the training split has {n_train} image(s); repair needs a training set "
                           "(lower --val-fraction or use more data)")
-    nb = _n_batches(n_train, B)
+    dd = TrainDist(sync_bn=getattr(config, "sync_bn", True))  # [distributed] no-ops in a plain run
+    nb = dd.n_batches(n_train, B, _n_batches)
     total_iters = nb * E
     attack = create_attack(config.train_attack_spec())
     val_spec = config.train_attack_spec()
@@ -321,6 +341,8 @@ def fine_tune(setup: TrainSetup, config: RepairConfig, *, out_dir: Path, resume:
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    forward = dd.wrap(setup.fm if setup.penalty != "off" else pm, net, dev)  # [distributed] DDP (None: plain)
+    progress = progress and dd.is_main
     C = setup.num_classes
     warnings: list[str] = []
     if len(setup.val) == 0:
@@ -328,8 +350,9 @@ def fine_tune(setup: TrainSetup, config: RepairConfig, *, out_dir: Path, resume:
         log.warning("%s", warnings[-1])
 
     def val(epoch: int) -> dict[str, Any]:
-        return evaluate(pm, setup.val, val_spec, device=dev, input_size=setup.input_size, num_classes=C,
-                        seed=_mix(config.seed, epoch, 4), autocast=autocast)
+        dd.sync_buffers(pm)  # [distributed] rank 0's BatchNorm statistics everywhere, rank 0's figures everywhere
+        return dd.same(evaluate(pm, setup.val, val_spec, device=dev, input_size=setup.input_size, num_classes=C,
+                                seed=_mix(config.seed, epoch, 4), autocast=autocast))
 
     t_start = time.perf_counter()
     if resume is None:
@@ -351,10 +374,18 @@ def fine_tune(setup: TrainSetup, config: RepairConfig, *, out_dir: Path, resume:
         net.load_state_dict(resume["model"])
         opt.load_state_dict(resume["optimizer"])
         restore_rng(resume["rng"], dev)
+        if dd.active:  # [distributed] this rank's own streams
+            mine = resume["ranks"][dd.rank]
+            state["gens"] = mine["gens"]
+            restore_rng(mine["rng"], dev)
         log.info("resuming at epoch %d, batch %d/%d", state["next_epoch"], state["pos"], nb)
 
     def checkpoint() -> Path:
-        return save_checkpoint(ckpt_path, {
+        ranks = dd.per_rank({"gens": state["gens"], "rng": rng_state(dev)}) if dd.active else None
+        if not dd.is_main:  # [distributed] rank 0 writes
+            return ckpt_path
+        extra = {"world_size": dd.world, "ranks": ranks} if dd.active else {}
+        return save_checkpoint(ckpt_path, {**extra,
             "fingerprint": setup.fingerprint, "model": state_dict_cpu(net), "optimizer": opt.state_dict(),
             "schedule": {"kind": config.schedule, "iteration": state["iteration"], "total": total_iters},
             "rng": rng_state(dev), **{k: state[k] for k in ("next_epoch", "pos", "iteration", "counts_prev",
@@ -370,8 +401,8 @@ def fine_tune(setup: TrainSetup, config: RepairConfig, *, out_dir: Path, resume:
                 att_gen = torch.Generator(device=dev)
                 aug_gen = torch.Generator()
                 if state["pos"] == 0 and state["accum"] is None:
-                    att_gen.manual_seed(_mix(config.seed, epoch, 2))
-                    aug_gen.manual_seed(_mix(config.seed, epoch, 3))
+                    att_gen.manual_seed(_mix(config.seed, epoch, dd.stream(2)))
+                    aug_gen.manual_seed(_mix(config.seed, epoch, dd.stream(3)))
                     state["accum"] = {"loss": 0.0, "penalty": 0.0, "n": 0, "adv_correct": 0, "train_s": 0.0,
                                       "counts": [0] * C, "lr_start": lr_at(state["iteration"], total_iters,
                                                                            config.lr, config.schedule, E)}
@@ -385,11 +416,11 @@ def fine_tune(setup: TrainSetup, config: RepairConfig, *, out_dir: Path, resume:
                            disable=not progress, dynamic_ncols=True, leave=False)
                 try:
                     for b in range(state["pos"], nb):
-                        if stop.requested:
+                        if dd.stop(stop.requested):
                             raise KeyboardInterrupt
                         consistent = False
                         t0 = time.perf_counter()
-                        pos = perm[b * B:(b + 1) * B]
+                        pos = dd.local(perm[b * B:(b + 1) * B])  # [distributed] this rank's part
                         x, y = setup.train.batch(pos)
                         x = augment(x, config.augment, aug_gen)
                         x = adapt_images(x.to(dev, non_blocking=True).float(), setup.input_size)
@@ -397,7 +428,9 @@ def fine_tune(setup: TrainSetup, config: RepairConfig, *, out_dir: Path, resume:
                         lr = lr_at(state["iteration"], total_iters, config.lr, config.schedule, E)
                         for g in opt.param_groups:
                             g["lr"] = lr
-                        loss, pen, pred = train_step(setup.fm, attack, setup.method, ctx, x, y, opt, att_gen, autocast)
+                        loss, pen, pred = train_step(setup.fm, attack, setup.method, ctx, x, y, opt, att_gen, autocast,
+                                                     forward)
+                        loss, pen, pred, y = dd.batch_outcome(loss, pen, pred, y)  # [distributed] the global batch
                         loss_v = float(loss)
                         if not math.isfinite(loss_v):
                             raise RepairError(f"the training loss became {loss_v} at epoch {epoch}, batch {b + 1}; "
@@ -421,7 +454,7 @@ def fine_tune(setup: TrainSetup, config: RepairConfig, *, out_dir: Path, resume:
                             hooks.on_batch_end(epoch, b + 1)
                 finally:
                     bar.close()
-                if stop.requested:
+                if dd.stop(stop.requested):
                     raise KeyboardInterrupt
                 # end of epoch: validation, counts, log, best, checkpoint
                 t0 = time.perf_counter()
@@ -450,7 +483,8 @@ def fine_tune(setup: TrainSetup, config: RepairConfig, *, out_dir: Path, resume:
                          epoch, E, entry["loss"], _pct(v["val_clean_acc"]), _pct(v["val_robust_acc"]), entry["lr"],
                          entry["time_s"], entry["images_per_s"])
                 checkpoint()
-                write_json(log_path, training_log(state, setup, config))
+                if dd.is_main:
+                    write_json(log_path, training_log(state, setup, config))
                 if hooks.on_epoch_end is not None:
                     hooks.on_epoch_end(epoch, entry)
         except KeyboardInterrupt as exc:
@@ -466,6 +500,7 @@ def fine_tune(setup: TrainSetup, config: RepairConfig, *, out_dir: Path, resume:
             hint = (f"checkpoint {saved}; continue with the same command plus --resume {out_dir}" if saved
                     else "no checkpoint yet; start again")
             raise RepairInterrupted(f"interrupted at {where}: {hint}", saved) from None
+    dd.finish()
     best = state["best"]
     return TrainResult(best_epoch=int(best["epoch"]), best_state=best["model"], log=list(state["log"]),
                        seconds=float(state["elapsed_s"]), session_seconds=time.perf_counter() - t_start,
