@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_attack_args(p)
     _add_run_args(p)
     _add_limits_args(p)
+    _add_scaling_args(p)
     p.add_argument("--out", help="output folder (default runs/<model>-<dataset>-<time>)")
     p.add_argument("--no-html", action="store_true", help="do not write report.html")
     p.add_argument("--no-pdf", action="store_true", help="do not write report.pdf")
