@@ -6,14 +6,17 @@ import pytest
 import torch
 from torch import nn
 
-from audit.attacks import PointNoise, create_attack
-from audit.config import AttackSpec, AuditConfig
+from audit.attacks import PointNoise, create_attack, make_spec
+from audit.config import AuditConfig
 from audit.engine import run_cascade
 from audit.errors import ConfigError
 
 
 def _spec(kind="pgd", norm="linf", eps=8 / 255, steps=10, alpha=None, t=None, random_start=True):
-    return AttackSpec(kind, kind, norm, eps, steps, alpha if alpha is not None else eps / 4, random_start, t)
+    params = {"steps": steps, "step_size": alpha if alpha is not None else eps / 4, "random_start": random_start}
+    if t is not None:
+        params["temperature"] = t
+    return make_spec(kind, norm, eps, **params)
 
 
 class SmallCNN(nn.Module):
@@ -170,8 +173,8 @@ def test_matches_or_beats_torchattacks_on_same_points():
 
 
 def test_temperature_pgd_needs_temperature_and_config_names():
-    with pytest.raises(ConfigError):
-        create_attack(_spec("temp-pgd", t=None))
+    with pytest.raises(ConfigError, match="--temperature"):
+        create_attack(_spec("temp-pgd", t=-1.0))
     with pytest.raises(ConfigError, match="unknown attack"):
         create_attack(_spec("fgsm"))
     cfg = AuditConfig(model="m.onnx", temperatures=(0.1, 2.0))
