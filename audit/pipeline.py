@@ -104,7 +104,7 @@ def prepare(config: AuditConfig, device: torch.device) -> tuple[LTDataset, Loade
         raise ConfigError(f"--num-classes {config.num_classes} but dataset {config.dataset} has {num_classes} classes")
     model = load_model(config.model, num_classes=num_classes, checkpoint=config.checkpoint, mean=config.mean,
                        std=config.std, input_size=config.input_size, data_size=tuple(data.image_shape),
-                       device=device)
+                       device=device, black_box=config.black_box)
     if model.num_classes != num_classes:
         raise ModelLoadError(f"the model has {model.num_classes} outputs but dataset {config.dataset} has "
                              f"{num_classes} classes; audit it on the dataset it was trained for")
@@ -124,12 +124,15 @@ def run_audit(config: AuditConfig, *, progress: Optional[bool] = None) -> AuditR
     for p in module.parameters():
         p.requires_grad_(False)
     bn_before = _bn_fingerprint(module)
+    if not model.gradient_access and not config.black_box:  # conversion failed: black-box mode, noted by the loader
+        specs = config.attack_specs(black_box=True)
+        attacks = [create_attack(s) for s in specs]
     load_s = time.perf_counter() - t_start
 
     loader = DataLoader(_Indexed(data.test, eval_idx), batch_size=config.batch_size, shuffle=False,
                         num_workers=0, pin_memory=device.type == "cuda")
     size = model.preprocessing.input_size
-    if model.reference_scorer is not None:
+    if model.reference_scorer is not None and model.gradient_access:
         from .models.onnx_model import check_parity
 
         first = next(iter(DataLoader(_Indexed(data.test, eval_idx[:64]), batch_size=64)))
@@ -141,11 +144,17 @@ def run_audit(config: AuditConfig, *, progress: Optional[bool] = None) -> AuditR
         examples_per_class=config.examples_per_class, amp=config.amp,
         progress=(not config.quiet) if progress is None else progress,
     )
+    large_eps = None
+    if config.sanity:
+        from .sanity import run_large_eps
+
+        large_eps = run_large_eps(module, loader, specs, data.class_names, norm=config.norm, input_size=size,
+                                  device=device, seed=config.seed, reference_scorer=model.reference_scorer)
     if _bn_fingerprint(module) != bn_before:
         raise RuntimeError("BatchNorm statistics changed during the audit; this is a bug, please report it")
     total_s = time.perf_counter() - t_start
     results = build_results(config, specs, data, model, eval_idx, records, device,
-                            {"load_s": load_s, "total_s": total_s})
+                            {"load_s": load_s, "total_s": total_s}, large_eps=large_eps)
     out_dir = Path(config.out) if config.out else default_out_dir(config)
     write_outputs(out_dir, results, records)
     return AuditRun(results, out_dir, records)
@@ -163,8 +172,12 @@ def write_outputs(out_dir: Path, results: dict[str, Any], records: PointRecords)
 
 
 def build_results(config: AuditConfig, specs, data: LTDataset, model: LoadedModel, eval_idx: np.ndarray,
-                  records: PointRecords, device: torch.device, timings: dict[str, float]) -> dict[str, Any]:
+                  records: PointRecords, device: torch.device, timings: dict[str, float],
+                  large_eps: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Assemble the results.json dict (schema in docs/results_schema.md)."""
+    from .attacks import SUITES
+    from .sanity import sanity_section
+
     C = len(data.class_names)
     counts = [int(c) for c in data.train_counts]
     group_of = assign_groups(counts, rule=config.group_rule)
@@ -203,7 +216,9 @@ def build_results(config: AuditConfig, specs, data: LTDataset, model: LoadedMode
     adv_pred = records.pred[first_attack, np.arange(n)] if n else np.zeros(0, np.int64)
     summary["confusion"] = adversarial_confusion(labels, adv_pred, any_broken, C)
 
-    warnings = list(model.info.get("warnings", [])) + records.warnings + records.sanity_warnings(config.independent)
+    sanity, sanity_warnings = sanity_section(records, specs, data.class_names, large_eps)
+    warnings = (list(model.info.get("warnings", [])) + records.warnings + records.sanity_warnings(config.independent)
+                + sanity_warnings)
     clean_overall = summary["clean"]["overall"] or 0
     wc = summary["robust"]["worst_case"]["overall"]
     if wc is not None and clean_overall > 0 and wc == clean_overall and config.eps > 0 and sum(records.attacked) > 20:
@@ -216,7 +231,8 @@ def build_results(config: AuditConfig, specs, data: LTDataset, model: LoadedMode
     model_desc = model.describe()
     if model.reference_scorer is not None and model_desc.get("parity") is not None:
         model_desc["parity"] = dict(model_desc["parity"], adversarial_rescored=records.rescored,
-                                    adversarial_rejected=records.rescore_disagreed)
+                                    adversarial_rejected=records.rescore_disagreed,
+                                    survivors_broken=int(sum(records.survivors_broken)))
     eps_text = config.eps_text
     return {
         "schema_version": SCHEMA_VERSION,
@@ -233,6 +249,11 @@ def build_results(config: AuditConfig, specs, data: LTDataset, model: LoadedMode
         },
         "threat_model": {"norm": config.norm, "eps": config.eps, "eps_text": eps_text},
         "attacks": [s.to_dict() for s in specs],
+        "suite": config.suite_name,
+        "suite_note": SUITES.get(config.suite).note if config.attacks is None else None,
+        "mode_label": "white-box" if model.gradient_access else "black-box (upper bound)",
+        "verdict_runtime": records.verified_by,
+        "sanity": sanity,
         "mode": "independent" if config.independent else "cascade",
         "seed": config.seed,
         "subset_seed": config.subset_seed,
