@@ -64,7 +64,8 @@ def checkpoints(steps: int) -> list[int]:
     p = [0.0, 0.22]
     while p[-1] < 1:
         p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-    return sorted({math.ceil(q * steps) for q in p[1:] if 0 < math.ceil(q * steps) <= steps})
+    its = (math.ceil(round(q * steps, 6)) for q in p[1:])
+    return sorted({i for i in its if 0 < i <= steps})
 
 
 class _State:
