@@ -7,6 +7,7 @@ refuses to audit a conversion that disagrees with it.
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -408,8 +409,10 @@ def load_onnx(path: str | Path, *, num_classes: int | None = None, mean: Optiona
     except ConversionError as exc:
         if not fallback:
             raise
-        log.warning("%s", exc)
-        return black_box_model(f"{path.name} cannot be converted to PyTorch for gradients ({str(exc)[:160]})")
+        log.info("%s", exc)
+        op = re.search(r"operation_type='(\w+)'", str(exc))
+        why = f"onnx2torch lacks the {op.group(1)} operator" if op else str(exc).replace(str(path), path.name)[:120]
+        return black_box_model(f"{path.name} cannot be converted to PyTorch for gradients ({why})")
     info.update(graph_info)
     if per_sample:
         net = _PerSample(net)
