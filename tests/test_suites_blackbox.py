@@ -118,3 +118,25 @@ def test_black_box_flag_on_a_convertible_model_and_the_quick_suite_note(tmp_path
     res = _audit(tmp_path, DEMO, "--black-box")
     assert res["mode_label"] == "black-box (upper bound)" and [a["kind"] for a in res["attacks"]] == ["square"]
     assert res["suite"] == "quick" and "--suite standard" in res["suite_note"]
+
+
+def test_compare_refuses_runs_whose_suite_or_attack_parameters_differ():
+    from report_fixtures import make_results
+
+    from audit.errors import ResultsError
+    from reports import check_comparable
+
+    before = make_results()
+    check_comparable(before, make_results())  # identical settings compare fine
+    cases = {
+        "attack suite": dict(before, suite="standard"),
+        "gradient access": dict(before, mode_label="black-box (upper bound)"),
+        "attack settings": dict(before, attacks=[dict(before["attacks"][0], steps=50), before["attacks"][1]]),
+    }
+    for needle, after in cases.items():
+        with pytest.raises(ResultsError, match=needle):
+            check_comparable(before, after)
+    square = [dict(before["attacks"][1], kind="square", display_name="Square", queries=q) for q in (5000, 1000)]
+    with pytest.raises(ResultsError, match="queries=5000"):
+        check_comparable(dict(before, attacks=[before["attacks"][0], square[0]]),
+                         dict(before, attacks=[before["attacks"][0], square[1]]))
