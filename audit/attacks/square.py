@@ -31,6 +31,7 @@ from .noise import Noise
 
 MAX_QUERIES = 100_000
 _CANDIDATES = 4  # L-inf colour candidates per query: the first one that changes the window is used
+_CHUNK = 32  # queries' worth of random numbers drawn per point at once (cheaper than one draw per query)
 
 
 @dataclass(frozen=True)
@@ -146,10 +147,13 @@ class Square(Attack):
         return delta * self.spec.eps / view_rows(delta.flatten(1).norm(dim=1) + 1e-12, delta)
 
     # -- one query per active point -------------------------------------------------------
-    def _propose_linf(self, x: torch.Tensor, xb: torch.Tensor, noise: Noise, s: int) -> torch.Tensor:
+    def _draws(self, c: int) -> int:
+        """Uniform numbers one query uses per point."""
+        return 5 + c if self.spec.norm == "l2" else 2 + _CANDIDATES * c
+
+    def _propose_linf(self, x: torch.Tensor, xb: torch.Tensor, u: torch.Tensor, s: int) -> torch.Tensor:
         n, c, h, w = x.shape
         eps = self.spec.eps
-        u = noise.rand((2 + _CANDIDATES * c,), dtype=torch.float64).to(x.device)
         vh = (u[:, 0] * (h - s + 1)).floor().long().clamp_(0, h - s)
         vw = (u[:, 1] * (w - s + 1)).floor().long().clamp_(0, w - s)
         mask = _window_mask(x.shape, vh, vw, s, x.device)
@@ -165,10 +169,9 @@ class Square(Attack):
         new = (x + eps * chosen[:, :, None, None]).clamp(0, 1)
         return torch.where(mask, new, xb)
 
-    def _propose_l2(self, x: torch.Tensor, xb: torch.Tensor, noise: Noise, s: int) -> torch.Tensor:
+    def _propose_l2(self, x: torch.Tensor, xb: torch.Tensor, u: torch.Tensor, s: int) -> torch.Tensor:
         n, c, h, w = x.shape
         eps = self.spec.eps
-        u = noise.rand((5 + c,), dtype=torch.float64).to(x.device)
         span = h - s + 1, w - s + 1
         vh = (u[:, 0] * span[0]).floor().long().clamp_(0, h - s)
         vw = (u[:, 1] * span[1]).floor().long().clamp_(0, w - s)
@@ -227,15 +230,22 @@ class Square(Attack):
         pred = logits.argmax(1)
         fooled = pred != y
         out_step[fooled] = 0
+        row = torch.full((n,), -1, dtype=torch.long, device=x.device)
+        buf = torch.empty(0)
         for it in range(self.params.queries):
             active = ~fooled if early_stop else torch.ones_like(fooled)
             if not bool(active.any()):
                 break
             ai = active.nonzero().squeeze(1)
-            sub = noise.subset(active.cpu())
+            if it % _CHUNK == 0:
+                # every point still querying draws its next _CHUNK queries' numbers from its own stream;
+                # points only ever leave, so a point's draws never depend on the others
+                buf = noise.subset(active.cpu()).rand((_CHUNK, self._draws(c)), dtype=torch.float64).to(x.device)
+                row[ai] = torch.arange(len(ai), device=x.device)
+            u = buf[row[ai], it % _CHUNK]
             s = self._side(it, h, w, c)
             xa, xba = x[ai], xb[ai]
-            x_new = self._propose_l2(xa, xba, sub, s) if self.spec.norm == "l2" else self._propose_linf(xa, xba, sub, s)
+            x_new = self._propose_l2(xa, xba, u, s) if self.spec.norm == "l2" else self._propose_linf(xa, xba, u, s)
             lg = score(x_new)
             forwards += int(ai.numel())
             m_new = _margin(lg, y[ai])
