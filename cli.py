@@ -70,15 +70,19 @@ def _add_dataset_args(p: argparse.ArgumentParser) -> None:
 def _add_suite_args(p: argparse.ArgumentParser) -> None:
     """--suite, --attacks and the per-attack budgets; choices and help come from the registries."""
     from audit.attacks import ATTACKS, SUITES
+    from audit.attacks.apgd import MAX_RESTARTS
+    from audit.attacks.pgd import MAX_STEPS
+    from audit.attacks.square import MAX_QUERIES
 
     suites = "; ".join(f"{n}: {SUITES.get(n).description}" for n in SUITES.names())
     kinds = ", ".join(f"{n} ({ATTACKS.get(n).display_name})" for n in ATTACKS.names())
     p.add_argument("--suite", default="quick", choices=SUITES.names(), help=f"attack suite (default quick). {suites}")
     p.add_argument("--attacks", help=f"explicit comma-separated cascade instead of a suite, from: {kinds}")
     p.add_argument("--steps", type=_positive_int,
-                   help="iterations of every gradient attack (default: each attack's own, PGD 20, APGD 100; at most 10000)")
-    p.add_argument("--restarts", type=_positive_int, help="APGD runs per point (default 1; thorough 5; at most 100)")
-    p.add_argument("--queries", type=_positive_int, help="Square queries per point (default 5000; at most 100000)")
+                   help=f"iterations of every gradient attack (default: each attack's own, PGD 20, APGD 100; at most "
+                        f"{MAX_STEPS})")
+    p.add_argument("--restarts", type=_positive_int, help=f"APGD runs per point (default 1; thorough 5; at most {MAX_RESTARTS})")
+    p.add_argument("--queries", type=_positive_int, help=f"Square queries per point (default 5000; at most {MAX_QUERIES})")
     p.add_argument("--targets", type=_positive_int, help="APGD-T target classes (default 9, C-1 when fewer)")
 
 
