@@ -125,7 +125,11 @@ def run_audit(config: AuditConfig, *, progress: Optional[bool] = None) -> AuditR
         p.requires_grad_(False)
     bn_before = _bn_fingerprint(module)
     if not model.gradient_access and not config.black_box:  # conversion failed: black-box mode, noted by the loader
-        specs = config.attack_specs(black_box=True)
+        try:
+            specs = config.attack_specs(black_box=True)
+        except ConfigError:
+            raise ModelLoadError(f"{config.model} cannot be converted to PyTorch for gradients, so only score-based "
+                                 "attacks can run on it: use --attacks square or a --suite") from None
         attacks = [create_attack(s) for s in specs]
     load_s = time.perf_counter() - t_start
 
