@@ -109,7 +109,7 @@ def prepare(config: AuditConfig, device: torch.device) -> tuple[LTDataset, Loade
         raise ConfigError(f"--num-classes {config.num_classes} but dataset {config.dataset} has {num_classes} classes")
     model = load_model(config.model, num_classes=num_classes, checkpoint=config.checkpoint, mean=config.mean,
                        std=config.std, input_size=config.input_size, data_size=tuple(data.image_shape),
-                       device=device, allow_large_input=config.allow_large_input)
+                       device=device, allow_large_input=config.allow_large_input, black_box=config.black_box)
     if model.num_classes != num_classes:
         raise ModelLoadError(f"the model has {model.num_classes} outputs but dataset {config.dataset} has "
                              f"{num_classes} classes; audit it on the dataset it was trained for")
@@ -151,6 +151,13 @@ def _audit_into(out_dir: Optional[Path], config: AuditConfig, specs: list, attac
     for p in module.parameters():
         p.requires_grad_(False)
     bn_before = _bn_fingerprint(module)
+    if not model.gradient_access and not config.black_box:  # conversion failed: black-box mode, noted by the loader
+        try:
+            specs = config.attack_specs(black_box=True)
+        except ConfigError:
+            raise ModelLoadError(f"{config.model} cannot be converted to PyTorch for gradients, so only score-based "
+                                 "attacks can run on it: use --attacks square or a --suite") from None
+        attacks = [create_attack(s) for s in specs]
     load_s = time.perf_counter() - t_start
 
     lo, hi = distributed.shard_bounds(len(eval_idx))  # [distributed] this rank's points (all in a plain run)
@@ -158,7 +165,7 @@ def _audit_into(out_dir: Optional[Path], config: AuditConfig, specs: list, attac
     loader = DataLoader(_Indexed(data.test, shard_idx), batch_size=config.batch_size, shuffle=False,
                         **loader_options(config.workers, device))
     size = model.preprocessing.input_size
-    if model.reference_scorer is not None:
+    if model.reference_scorer is not None and model.gradient_access:
         from .models.onnx_model import check_parity
 
         check_idx = shard_idx[:64] if lo > 0 else eval_idx[:64]  # rank 0 checks what a plain run checks
@@ -176,6 +183,14 @@ def _audit_into(out_dir: Optional[Path], config: AuditConfig, specs: list, attac
     )
     bn_after = _bn_fingerprint(module)
     if bn_after != bn_before and not (np.isnan(bn_after) and np.isnan(bn_before)):
+    large_eps = None
+    if config.sanity:
+        from .sanity import run_large_eps
+
+        large_eps = run_large_eps(module, loader, specs, data.class_names, norm=config.norm, input_size=size,
+                                  device=device, seed=config.seed, reference_scorer=model.reference_scorer)
+    bn_after = _bn_fingerprint(module)
+    if bn_after != bn_before and not (np.isnan(bn_after) and np.isnan(bn_before)):
         raise RuntimeError("BatchNorm statistics changed during the audit; this is a bug, please report it")
     shard_records = records
     records = gather_records(records, examples_per_class=config.examples_per_class,  # [distributed] rank 0: all
@@ -188,7 +203,7 @@ def _audit_into(out_dir: Optional[Path], config: AuditConfig, specs: list, attac
                         shard_records)
     total_s = time.perf_counter() - t_start
     results = build_results(config, specs, data, model, eval_idx, records, device,
-                            {"load_s": load_s, "total_s": total_s})
+                            {"load_s": load_s, "total_s": total_s}, large_eps=large_eps)
     results["environment"].update(distributed.describe())  # world_size (1 in a plain run)
     assert out_dir is not None
     write_outputs(out_dir, results, records, formats=formats)
@@ -239,8 +254,12 @@ def apply_threads(threads: Optional[int]) -> None:
 
 
 def build_results(config: AuditConfig, specs, data: LTDataset, model: LoadedModel, eval_idx: np.ndarray,
-                  records: PointRecords, device: torch.device, timings: dict[str, float]) -> dict[str, Any]:
+                  records: PointRecords, device: torch.device, timings: dict[str, float],
+                  large_eps: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Assemble the results.json dict (schema in docs/results_schema.md)."""
+    from .attacks import SUITES
+    from .sanity import sanity_section
+
     C = len(data.class_names)
     counts = [int(c) for c in data.train_counts]
     group_of = assign_groups(counts, rule=config.group_rule)
@@ -283,6 +302,11 @@ def build_results(config: AuditConfig, specs, data: LTDataset, model: LoadedMode
     said_probabilities = any("outputs probabilities" in w for w in model_warnings)
     warnings = model_warnings + [w for w in records.warnings if not (said_probabilities and "outputs probabilities" in w)]
     warnings += records.sanity_warnings(config.independent)
+    sanity, sanity_warnings = sanity_section(records, specs, data.class_names, large_eps)
+    warnings += sanity_warnings
+    sanity, sanity_warnings = sanity_section(records, specs, data.class_names, large_eps)
+    warnings = (list(model.info.get("warnings", [])) + records.warnings + records.sanity_warnings(config.independent)
+                + sanity_warnings)
     clean_overall = summary["clean"]["overall"] or 0
     wc = summary["robust"]["worst_case"]["overall"]
     if wc is not None and clean_overall > 0 and wc == clean_overall and config.eps > 0 and sum(records.attacked) > 20:
@@ -295,7 +319,8 @@ def build_results(config: AuditConfig, specs, data: LTDataset, model: LoadedMode
     model_desc = model.describe()
     if model.reference_scorer is not None and model_desc.get("parity") is not None:
         model_desc["parity"] = dict(model_desc["parity"], adversarial_rescored=records.rescored,
-                                    adversarial_rejected=records.rescore_disagreed)
+                                    adversarial_rejected=records.rescore_disagreed,
+                                    survivors_broken=int(sum(records.survivors_broken)))
     eps_text = config.eps_text
     return {
         "schema_version": SCHEMA_VERSION,
@@ -312,6 +337,11 @@ def build_results(config: AuditConfig, specs, data: LTDataset, model: LoadedMode
         },
         "threat_model": {"norm": config.norm, "eps": config.eps, "eps_text": eps_text},
         "attacks": [s.to_dict() for s in specs],
+        "suite": config.suite_name,
+        "suite_note": SUITES.get(config.suite).note if config.attacks is None else None,
+        "mode_label": "white-box" if model.gradient_access else "black-box (upper bound)",
+        "verdict_runtime": records.verified_by,
+        "sanity": sanity,
         "mode": "independent" if config.independent else "cascade",
         "seed": config.seed,
         "subset_seed": config.subset_seed,
