@@ -100,14 +100,32 @@ def _add_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-download", action="store_true", help="never try to download datasets")
 
 
+def _add_suite_args(p: argparse.ArgumentParser) -> None:
+    """--suite, --attacks and the per-attack budgets; choices and help come from the registries."""
+    from audit.attacks import ATTACKS, SUITES
+    from audit.bounds import MAX_QUERIES, MAX_RESTARTS, MAX_STEPS, MAX_TARGETS
+
+    suites = "; ".join(f"{n}: {SUITES.get(n).description}" for n in SUITES.names())
+    kinds = ", ".join(f"{n} ({ATTACKS.get(n).display_name})" for n in ATTACKS.names())
+    p.add_argument("--suite", default="quick", choices=SUITES.names(), help=f"attack suite (default quick). {suites}")
+    p.add_argument("--attacks", help=f"explicit comma-separated cascade instead of a suite, from: {kinds}")
+    p.add_argument("--steps", type=_b("--steps", 1, "MAX_STEPS"),
+                   help=f"iterations of every gradient attack (default: each attack's own, PGD 20, APGD 100; at most "
+                        f"{MAX_STEPS})")
+    p.add_argument("--restarts", type=_b("--restarts", 1, "MAX_RESTARTS"), help=f"APGD runs per point (default 1; thorough 5; at most {MAX_RESTARTS})")
+    p.add_argument("--queries", type=_b("--queries", 1, "MAX_QUERIES"), help=f"Square queries per point (default 5000; at most {MAX_QUERIES})")
+    p.add_argument("--targets", type=_b("--targets", 1, "MAX_TARGETS"),
+                   help=f"APGD-T target classes (default 9, C-1 when fewer; at most {MAX_TARGETS})")
+
+
 def _add_attack_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--attacks", default="pgd,temp-pgd", help="comma-separated cascade order (default pgd,temp-pgd)")
+    _add_suite_args(p)
     p.add_argument("--norm", default="linf", choices=["linf", "l2"])
     p.add_argument("--eps", default="8/255", help="radius of the threat model in [0,1] pixels (accepts 8/255); several "
                    "(1/255,2/255,4/255,8/255) audit a robustness curve, the largest is the headline")
-    p.add_argument("--steps", type=_b("--steps", 1, "MAX_STEPS"), default=20, help="PGD iterations (default 20)")
-    p.add_argument("--step-size", type=_f("--step-size", 0, 1, lo_open=True), help="step size alpha (default eps/4, i.e. 2/255 at 8/255)")
-    p.add_argument("--temperature", default="0.5", help="Temperature-PGD T, one value or a list to sweep (e.g. 0.1,0.5,2,5)")
+    p.add_argument("--step-size", type=_f("--step-size", 0, 1, lo_open=True), help="PGD step size alpha (default eps/4, i.e. 2/255 at 8/255)")
+    p.add_argument("--temperature", help="Temperature-PGD T, one value or a list to sweep (default 0.5; thorough "
+                                         "0.1,0.5,2,5)")
     p.add_argument("--independent", action="store_true",
                    help="run every attack on every clean-correct point (head-to-head) instead of the cascade")
     p.add_argument("--seed", type=_b("--seed", 0, "SEED_MAX"), default=0,
@@ -135,7 +153,7 @@ def _add_verdict_args(p: argparse.ArgumentParser) -> None:
 
 def _add_scaling_args(p: argparse.ArgumentParser, *, repair: bool = False) -> None:
     """Data-loading workers and DDP options (launch under torchrun for several processes)."""
-    p.add_argument("--workers", type=_nonneg_int, default=0,
+    p.add_argument("--workers", type=_b("--workers", 0, "MAX_WORKERS"), default=0,
                    help="DataLoader processes decoding images (default 0: in the main process); pinned memory on GPU")
     if repair:
         p.add_argument("--no-sync-bn", action="store_true",
@@ -153,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(p)
     _add_limits_args(p)
     _add_scaling_args(p)
+    p.add_argument("--black-box", action="store_true",
+                   help="ONNX only: no gradients, Square on onnxruntime alone (an upper bound; automatic when the "
+                        "model cannot be converted)")
+    p.add_argument("--sanity", action="store_true",
+                   help="also check that robust accuracy falls to about zero at a huge radius (gradient masking)")
     _add_verdict_args(p)
     p.add_argument("--out", help="output folder (default runs/<model>-<dataset>-<time>)")
     p.add_argument("--no-html", action="store_true", help="do not write report.html")
@@ -234,9 +257,13 @@ def _audit_config(args: argparse.Namespace):
         mean=parse_floats(args.mean, "--mean"), std=parse_floats(args.std, "--std"), input_size=args.input_size,
         imbalance=args.imbalance, data_root=args.data_root, class_counts=args.class_counts,
         n_per_class=args.n_per_class, group_rule=args.groups,
-        attacks=tuple(a.strip() for a in args.attacks.split(",") if a.strip()),
+        suite=args.suite,
+        attacks=tuple(a.strip() for a in args.attacks.split(",") if a.strip()) if args.attacks is not None else None,
         norm=args.norm, **_eps_args(args.eps), steps=args.steps,
-        step_size=args.step_size, temperatures=tuple(parse_number_list(args.temperature, "--temperature")),
+        step_size=args.step_size,
+        temperatures=tuple(parse_number_list(args.temperature, "--temperature")) if args.temperature else None,
+        restarts=args.restarts, queries=args.queries, targets=args.targets,
+        black_box=getattr(args, "black_box", False), sanity=getattr(args, "sanity", False),
         independent=args.independent, seed=args.seed, subset_seed=args.subset_seed, device=args.device, batch_size=args.batch_size,
         amp=args.amp, out=args.out, quiet=args.quiet, download=not args.no_download,
         allow_large_input=args.allow_large_input, threads=args.threads, workers=args.workers,

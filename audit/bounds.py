@@ -14,12 +14,15 @@ from .errors import ConfigError
 
 # -- attack and run sizes ---------------------------------------------------------------
 MAX_STEPS = 10_000  # attack iterations (PGD steps, training PGD steps)
-MAX_QUERIES = 1_000_000  # black-box query budgets
+MAX_QUERIES = 100_000  # Square queries per point
+MAX_RESTARTS = 100  # APGD restarts per point
+MAX_TARGETS = 999  # APGD-T target classes
 MAX_BATCH = 65_536  # batch sizes (attack and training)
 MAX_EPOCHS = 10_000
 MAX_N_PER_CLASS = 1_000_000
 MAX_CLASSES = 100_000
 MAX_THREADS = 1_024
+MAX_WORKERS = 256  # DataLoader worker processes
 SEED_MAX = 2**63 - 1  # seeds are 0 .. 2**63 - 1 (torch and numpy take 64-bit seeds)
 
 # -- floats -------------------------------------------------------------------------------

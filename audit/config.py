@@ -39,19 +39,26 @@ def parse_number_list(text: str | Sequence[float] | float, what: str) -> list[fl
 
 @dataclass
 class AttackSpec:
-    """One attack in the cascade. ``name`` is the key used in results."""
+    """One attack in the cascade. ``name`` is the key used in results.
+
+    Only what every attack shares lives here; the attack's own parameters are ``params``,
+    an instance of the attack class's ``Params`` dataclass (None = its defaults).
+    """
 
     kind: str
     name: str
     norm: str
     eps: float
-    steps: int
-    step_size: float
-    random_start: bool = True
-    temperature: Optional[float] = None
+    params: Any = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k not in ("norm", "eps")}
+        """kind, name, display_name and the attack's parameters, flat (what results.json records)."""
+        from .registry import ATTACKS
+
+        cls = ATTACKS.get(self.kind)
+        params = self.params if self.params is not None else cls.Params()
+        return {"kind": self.kind, "name": self.name, "display_name": cls.display_name,
+                "gradient_free": bool(cls.gradient_free), **params.to_dict()}
 
 
 @dataclass
@@ -70,13 +77,19 @@ class AuditConfig:
     class_counts: Optional[str] = None
     n_per_class: Optional[int] = None
     group_rule: str = "thirds"
-    attacks: Sequence[str] = ("pgd", "temp-pgd")
+    suite: str = "quick"
+    attacks: Optional[Sequence[str]] = None  # explicit cascade (then the suite is "custom")
     norm: str = "linf"
     eps: float = 8 / 255
     eps_text: str = "8/255"
-    steps: int = 20
+    steps: Optional[int] = None  # None: each attack's default (PGD 20, APGD 100)
     step_size: Optional[float] = None
-    temperatures: Sequence[float] = (0.5,)
+    temperatures: Optional[Sequence[float]] = None  # None: the suite's (0.5; thorough sweeps 0.1,0.5,2,5)
+    restarts: Optional[int] = None
+    queries: Optional[int] = None
+    targets: Optional[int] = None
+    black_box: bool = False
+    sanity: bool = False
     independent: bool = False
     seed: int = 0
     subset_seed: int = 0
@@ -105,7 +118,7 @@ class AuditConfig:
         if not math.isfinite(self.eps) or not (0.0 <= self.eps <= 1.0) or (
                 self.eps == 0.0 and not self.extra.get("allow_zero_eps")):
             raise ConfigError(f"--eps must be in (0, 1] (pixels are in [0, 1]), got {self.eps_text}; try 8/255")
-        B.check_int(self.steps, "--steps", 1, B.MAX_STEPS)
+        B.optional_check_int(self.steps, "--steps", 1, B.MAX_STEPS)
         if self.step_size is not None:
             B.check_float(self.step_size, "--step-size", 0, 1, lo_open=True)
         B.check_int(self.batch_size, "--batch-size", 1, B.MAX_BATCH)
@@ -119,7 +132,7 @@ class AuditConfig:
                                self.allow_large_input)
         if not math.isfinite(self.imbalance) or not (0 < self.imbalance <= 1):
             raise ConfigError(f"--imbalance must be in (0, 1] (smallest/largest class), got {self.imbalance}")
-        for t in self.temperatures:
+        for t in self.temperatures or ():
             B.check_float(t, "--temperature", *B.TEMPERATURE_RANGE)
         for what, vals, positive in (("--mean", self.mean, False), ("--std", self.std, True)):
             for v in vals or ():
@@ -132,8 +145,7 @@ class AuditConfig:
                               "value per channel to both")
         if self.amp not in ("off", "bf16"):
             raise ConfigError(f"--amp must be off or bf16, got {self.amp!r}")
-        if not self.attacks:
-            raise ConfigError("--attacks is empty; choose from pgd, temp-pgd")
+        self._validate_attacks()
         if self.group_rule not in ("thirds", "shots"):
             raise ConfigError(f"--groups must be thirds or shots, got {self.group_rule!r}")
         if self.fail_under:
@@ -151,25 +163,67 @@ class AuditConfig:
             return self.step_size
         return self.eps / 4
 
-    def attack_specs(self) -> list[AttackSpec]:
-        """Expand ``attacks`` and ``temperatures`` into the ordered cascade."""
+    @property
+    def suite_name(self) -> str:
+        """The suite recorded in results: the --suite name, or "custom" for an explicit --attacks list."""
+        return "custom" if self.attacks is not None else self.suite
+
+    def _validate_attacks(self) -> None:
+        from .attacks import ATTACKS, SUITES
+
+        if self.attacks is not None and not list(self.attacks):
+            raise ConfigError(f"--attacks is empty; choose from {', '.join(ATTACKS.names())}")
+        SUITES.get(self.suite)
+        for kind in self.attacks or ():
+            ATTACKS.get(kind)
+        if self.black_box and self.model.startswith("timm:"):
+            raise ConfigError("--black-box is for ONNX files (a timm model gives gradients); drop --black-box")
+        for spec in self.attack_specs():
+            spec.params.validate(spec.kind)
+
+    def attack_specs(self, *, black_box: Optional[bool] = None) -> list[AttackSpec]:
+        """Expand the suite (or ``attacks``), the budget flags and ``temperatures`` into the ordered cascade.
+
+        Flags set only the parameters an attack declares (``--queries`` means nothing to PGD).
+        In black-box mode only score-based attacks run (Square when the suite has none).
+        """
+        from .attacks import ATTACKS, SUITES
+
+        black_box = self.black_box if black_box is None else black_box
+        suite = SUITES.get(self.suite)
+        entries = list(suite.attacks) if self.attacks is None else [(k, {}) for k in self.attacks]
+        temps = tuple(self.temperatures) if self.temperatures else suite.temperatures
+        if black_box:
+            white = [k for k, _ in entries if not ATTACKS.get(k).gradient_free]
+            if self.attacks is not None and white:
+                raise ConfigError(f"--black-box runs score-based attacks only (square); drop {', '.join(white)} "
+                                  "from --attacks")
+            entries = [(k, o) for k, o in entries if ATTACKS.get(k).gradient_free] or [("square", {})]
+        flags = {"steps": self.steps, "step_size": self.step_size, "restarts": self.restarts,
+                 "queries": self.queries, "targets": self.targets}
         specs: list[AttackSpec] = []
-        alpha = self.default_step_size()
-        for kind in self.attacks:
-            if kind == "temp-pgd":
-                for t in self.temperatures:
-                    name = "temp-pgd" if len(self.temperatures) == 1 else f"temp-pgd@T={t:g}"
-                    specs.append(AttackSpec(kind, name, self.norm, self.eps, self.steps, alpha, True, float(t)))
+        for kind, overrides in entries:
+            cls = ATTACKS.get(kind)
+            names = cls.Params.field_names()
+            params = dict(overrides)
+            params.update({k: v for k, v in flags.items() if v is not None and k in names})
+            if "step_size" in names and params.get("step_size") is None:
+                params["step_size"] = self.default_step_size()
+            if "temperature" in names:
+                for t in temps:
+                    name = kind if len(temps) == 1 else f"{kind}@T={t:g}"
+                    specs.append(AttackSpec(kind, name, self.norm, self.eps,
+                                            cls.Params(**params, temperature=float(t))))
             else:
-                specs.append(AttackSpec(kind, kind, self.norm, self.eps, self.steps, alpha, True, None))
-        names = [s.name for s in specs]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"--attacks lists an attack twice: {','.join(self.attacks)}")
+                specs.append(AttackSpec(kind, kind, self.norm, self.eps, cls.Params(**params)))
+        names_ = [s.name for s in specs]
+        if len(set(names_)) != len(names_):
+            raise ConfigError(f"--attacks lists an attack twice: {','.join(self.attacks or suite.kinds)}")
         return specs
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["attacks"] = list(self.attacks)
-        d["temperatures"] = list(self.temperatures)
+        d["attacks"] = list(self.attacks) if self.attacks is not None else None
+        d["temperatures"] = list(self.temperatures) if self.temperatures is not None else None
         d["eps_curve"] = list(self.eps_curve)
         return d

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from .attacks import Attack, PointNoise
 from .errors import DatasetError, ModelLoadError
-from .models.wrapper import Scorer
+from .models.wrapper import Scorer, ScorerClassifier
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,14 @@ class PointRecords:
     rescore_disagreed: int = 0
     examples: dict[str, np.ndarray] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # (A, N) bool: the input gradient was exactly zero at the attack's first step (indexed like ``index``)
+    zero_grad_points: Optional[np.ndarray] = None
+    # (N,) largest |logit difference| between two identical clean forward passes (randomised model check)
+    logit_jitter: Optional[np.ndarray] = None
+    # which runtime's verdict counts: "model", "onnxruntime" (ONNX) or "fp32" (--amp bf16 re-check)
+    verified_by: str = "model"
+    # per attack: points the attack left robust on the attacked model but the verifying runtime misclassifies
+    survivors_broken: list[int] = field(default_factory=list)
 
     @property
     def clean_correct(self) -> np.ndarray:
@@ -170,7 +178,9 @@ def run_cascade(
 
     ``batches`` yields (pixels N×C×H×W in [0, 1], labels, test-set indices). With a
     ``reference_scorer`` (onnxruntime for ONNX models) the clean predictions and every
-    adversarial example are scored by it, and only its verdict counts.
+    attack's final point, fooled or not, are scored by it and only its verdict counts;
+    score-based attacks (Square) query it directly. With ``amp="bf16"`` and no reference
+    scorer, every verdict is re-checked in fp32.
     """
     A = len(attacks)
     idx_all = np.empty(n_total, np.int64)
@@ -181,6 +191,9 @@ def run_cascade(
     secs = [0.0] * A
     zero_grad = [0] * A
     attacked = [0] * A
+    zg_all = np.zeros((A, n_total), bool)
+    jitter_all = np.zeros(n_total, np.float32)
+    surv_broken = [0] * A
     clean_s = 0.0
     rescored = disagreed = 0
     keeper = _ExampleKeeper(num_classes, examples_per_class)
@@ -192,6 +205,18 @@ def run_cascade(
     def ref_pred(x: torch.Tensor) -> torch.Tensor:
         logits = reference_scorer(x.detach().float().cpu().numpy())  # type: ignore[misc]
         return torch.from_numpy(np.asarray(logits)).argmax(1).to(device)
+
+    def fp32_pred(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(x.detach().float()).argmax(1)
+
+    verify: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    verified_by = "model"
+    if reference_scorer is not None:
+        verify, verified_by = ref_pred, "onnxruntime"
+    elif amp == "bf16":
+        verify, verified_by = fp32_pred, "fp32"
+    ref_model = ScorerClassifier(reference_scorer, device) if reference_scorer is not None else None
 
     pos = 0
     n_robust = 0
@@ -207,6 +232,7 @@ def run_cascade(
             with torch.no_grad():
                 try:
                     logits = model(x)
+                    again = model(x)
                 except Exception as exc:  # shape errors surface as RuntimeError, AssertionError, ...
                     raise ModelLoadError(
                         f"the model cannot run on inputs of size {tuple(x.shape[1:])} ({str(exc).splitlines()[0]}); "
@@ -219,6 +245,7 @@ def run_cascade(
             if b == 0 and _looks_like_probabilities(logits):
                 warnings.append("the model outputs probabilities (rows sum to 1), not logits: attack gradients "
                                 "are weak and robust accuracy is overestimated; export the logits")
+            jitter_all[sl] = (logits.float() - again.float()).abs().amax(1).cpu().numpy()
             clean = ref_pred(x) if reference_scorer else logits.argmax(1)
             clean_s += time.perf_counter() - t0
             correct = clean == y
@@ -232,25 +259,29 @@ def run_cascade(
                     continue
                 t0 = time.perf_counter()
                 noise = PointNoise.for_points(seed, attack.spec.name, ids[sel.cpu()], device)
-                out = attack.run(model, x[sel], y[sel], noise=noise, early_stop=True, autocast=autocast)
+                on_ref = attack.gradient_free and ref_model is not None
+                out = attack.run(ref_model if on_ref else model, x[sel], y[sel], noise=noise, early_stop=True,
+                                 autocast=None if on_ref else autocast)
                 fooled = out.step >= 0
                 adv_pred = out.pred
-                if reference_scorer is not None and bool(fooled.any()):
-                    fi = fooled.nonzero().squeeze(1)
-                    rp = ref_pred(out.x_adv[fi])
-                    rescored += int(fi.numel())
-                    confirmed = rp != y[sel][fi]
-                    disagreed += int((~confirmed).sum())
-                    adv_pred = adv_pred.clone()
-                    adv_pred[fi] = rp
-                    fooled = fooled.clone()
-                    fooled[fi[~confirmed]] = False
+                step = out.step
+                if verify is not None and not on_ref:
+                    # every verdict on the deployed runtime: fooled points and survivors alike
+                    rp = verify(out.x_adv)
+                    rescored += int(sel.numel())
+                    confirmed = rp != y[sel]
+                    disagreed += int((fooled & ~confirmed).sum())
+                    only_there = confirmed & ~fooled
+                    surv_broken[a] += int(only_there.sum())
+                    step = torch.where(only_there, torch.full_like(step, attack.budget), step)
+                    fooled, adv_pred = confirmed, rp
                 secs[a] += time.perf_counter() - t0
                 zero_grad[a] += out.zero_grad
+                zg_all[a, pos + sel.cpu().numpy()] = out.zero_grad_mask.cpu().numpy()
                 attacked[a] += int(sel.numel())
                 br = sel[fooled]
                 pred_b[a, br] = adv_pred[fooled]
-                step_b[a, br] = out.step[fooled]
+                step_b[a, br] = step[fooled]
                 alive[br] = False
                 if bool(fooled.any()):
                     keeper.offer(x[br], out.x_adv[fooled], y[br], adv_pred[fooled], a, ids.to(device)[br])
@@ -274,8 +305,14 @@ def run_cascade(
                 f"{attack.spec.name}: the input gradient was exactly zero for {zero_grad[a]} of {attacked[a]} "
                 "attacked points; the model may saturate or mask gradients, so its robust accuracy is an upper "
                 "bound (try Temperature-PGD with T > 1)")
-    if reference_scorer is not None and disagreed:
-        warnings.append(f"onnxruntime rejected {disagreed} of {rescored} adversarial examples found on the "
-                        "converted model (they fool PyTorch but not onnxruntime); they count as robust")
+    runtime = "onnxruntime" if reference_scorer is not None else "the fp32 model"
+    if verify is not None and disagreed:
+        warnings.append(f"{runtime} rejected {disagreed} of the adversarial examples found on the attacked model "
+                        f"({rescored} final points re-checked); they count as robust")
+    if verify is not None and sum(surv_broken):
+        warnings.append(f"{runtime} misclassifies {sum(surv_broken)} final points that survived the attack on the "
+                        "attacked model; they count as broken")
     return PointRecords(idx_all, lab_all, clean_all, pred_all, step_all, [a.spec.name for a in attacks], secs,
-                        clean_s, zero_grad, attacked, rescored, disagreed, keeper.arrays(), warnings)
+                        clean_s, zero_grad, attacked, rescored, disagreed, keeper.arrays(), warnings,
+                        zero_grad_points=zg_all, logit_jitter=jitter_all, verified_by=verified_by,
+                        survivors_broken=surv_broken)

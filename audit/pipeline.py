@@ -115,7 +115,7 @@ def prepare(config: AuditConfig, device: torch.device) -> tuple[LTDataset, Loade
         raise ConfigError(f"--num-classes {config.num_classes} but dataset {config.dataset} has {num_classes} classes")
     model = load_model(config.model, num_classes=num_classes, checkpoint=config.checkpoint, mean=config.mean,
                        std=config.std, input_size=config.input_size, data_size=tuple(data.image_shape),
-                       device=device, allow_large_input=config.allow_large_input)
+                       device=device, allow_large_input=config.allow_large_input, black_box=config.black_box)
     if model.num_classes != num_classes:
         raise ModelLoadError(f"the model has {model.num_classes} outputs but dataset {config.dataset} has "
                              f"{num_classes} classes; audit it on the dataset it was trained for")
@@ -166,6 +166,13 @@ def _audit_into(out_dir: Optional[Path], config: AuditConfig, specs: list, attac
     for p in module.parameters():
         p.requires_grad_(False)
     bn_before = _bn_fingerprint(module)
+    if not model.gradient_access and not config.black_box:  # conversion failed: black-box mode, noted by the loader
+        try:
+            specs = config.attack_specs(black_box=True)
+        except ConfigError:
+            raise ModelLoadError(f"{config.model} cannot be converted to PyTorch for gradients, so only score-based "
+                                 "attacks can run on it: use --attacks square or a --suite") from None
+        attacks = [create_attack(s) for s in specs]
     load_s = time.perf_counter() - t_start
 
     lo, hi = distributed.shard_bounds(len(eval_idx))  # [distributed] this rank's points (all in a plain run)
@@ -173,7 +180,7 @@ def _audit_into(out_dir: Optional[Path], config: AuditConfig, specs: list, attac
     loader = DataLoader(_Indexed(data.test, shard_idx), batch_size=config.batch_size, shuffle=False,
                         **loader_options(config.workers, device))
     size = model.preprocessing.input_size
-    if model.reference_scorer is not None:
+    if model.reference_scorer is not None and model.gradient_access:
         from .models.onnx_model import check_parity
 
         check_idx = shard_idx[:64] if lo > 0 else eval_idx[:64]  # rank 0 checks what a plain run checks
@@ -203,6 +210,12 @@ def _audit_into(out_dir: Optional[Path], config: AuditConfig, specs: list, attac
             examples_per_class=config.examples_per_class, amp=config.amp,
             progress=show and bar is None,
         )
+    large_eps = None
+    if config.sanity:
+        from .sanity import run_large_eps
+
+        large_eps = run_large_eps(module, loader, specs, data.class_names, norm=config.norm, input_size=size,
+                                  device=device, seed=config.seed, reference_scorer=model.reference_scorer)
     bn_after = _bn_fingerprint(module)
     if bn_after != bn_before and not (np.isnan(bn_after) and np.isnan(bn_before)):
         raise RuntimeError("BatchNorm statistics changed during the audit; this is a bug, please report it")
@@ -217,7 +230,7 @@ def _audit_into(out_dir: Optional[Path], config: AuditConfig, specs: list, attac
                         shard_records)
     total_s = time.perf_counter() - t_start
     results = build_results(config, specs, data, model, eval_idx, records, device,
-                            {"load_s": load_s, "total_s": total_s})
+                            {"load_s": load_s, "total_s": total_s}, large_eps=large_eps)
     if curve is not None:
         results["curve"] = curve
     results["verdict"] = compute_verdict(results)
@@ -277,8 +290,12 @@ def apply_threads(threads: Optional[int]) -> None:
 
 
 def build_results(config: AuditConfig, specs, data: LTDataset, model: LoadedModel, eval_idx: np.ndarray,
-                  records: PointRecords, device: torch.device, timings: dict[str, float]) -> dict[str, Any]:
+                  records: PointRecords, device: torch.device, timings: dict[str, float],
+                  large_eps: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Assemble the results.json dict (schema in docs/results_schema.md)."""
+    from .attacks import SUITES
+    from .sanity import sanity_section
+
     C = len(data.class_names)
     counts = [int(c) for c in data.train_counts]
     group_of = class_groups(counts, rule=config.group_rule)  # all None when the training set is balanced
@@ -325,6 +342,8 @@ def build_results(config: AuditConfig, specs, data: LTDataset, model: LoadedMode
     said_probabilities = any("outputs probabilities" in w for w in model_warnings)
     warnings = model_warnings + [w for w in records.warnings if not (said_probabilities and "outputs probabilities" in w)]
     warnings += records.sanity_warnings(config.independent)
+    sanity, sanity_warnings = sanity_section(records, specs, data.class_names, large_eps)
+    warnings += sanity_warnings
     inp = input_info(data.info.get("native_shape") or data.image_shape, model.preprocessing.input_size)
     warnings += input_warnings(inp)
     label_check = check_label_order(clean_conf, data.class_names, model.info.get("output_order"))
@@ -342,7 +361,8 @@ def build_results(config: AuditConfig, specs, data: LTDataset, model: LoadedMode
     model_desc = model.describe()
     if model.reference_scorer is not None and model_desc.get("parity") is not None:
         model_desc["parity"] = dict(model_desc["parity"], adversarial_rescored=records.rescored,
-                                    adversarial_rejected=records.rescore_disagreed)
+                                    adversarial_rejected=records.rescore_disagreed,
+                                    survivors_broken=int(sum(records.survivors_broken)))
     eps_text = config.eps_text
     return {
         "schema_version": SCHEMA_VERSION,
@@ -362,6 +382,11 @@ def build_results(config: AuditConfig, specs, data: LTDataset, model: LoadedMode
         "input": inp,
         "threat_model": {"norm": config.norm, "eps": config.eps, "eps_text": eps_text},
         "attacks": [s.to_dict() for s in specs],
+        "suite": config.suite_name,
+        "suite_note": SUITES.get(config.suite).note if config.attacks is None else None,
+        "mode_label": "white-box" if model.gradient_access else "black-box (upper bound)",
+        "verdict_runtime": records.verified_by,
+        "sanity": sanity,
         "mode": "independent" if config.independent else "cascade",
         "seed": config.seed,
         "subset_seed": config.subset_seed,

@@ -38,6 +38,9 @@ def format_summary(results: dict[str, Any], max_rows: int = 40) -> str:
                f" (rho {ds['imbalance']})" if ds.get("imbalance") is not None else "")
     lines.append(f"model {results['model']['spec']} on {ds['name']}{profile}, "
                  f"{tm['norm']} eps {tm['eps_text']}, {results['mode']}, {ds['n_eval']} points")
+    if results.get("suite"):
+        lines.append(f"suite {results['suite']}, {results.get('mode_label', 'white-box')}"
+                     + (f" ({results['suite_note']})" if results.get("suite_note") else ""))
     lines.append(f"clean accuracy {_pct(s['clean']['overall']).strip()}   "
                  + "   ".join(f"{a} {_pct(s['robust'][a]['overall']).strip()}" for a in attacks)
                  + f"   worst case {_pct(wc['overall']).strip()}")

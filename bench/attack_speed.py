@@ -27,8 +27,7 @@ def main() -> None:
     torch.set_num_threads(torch.get_num_threads())
     import torchattacks
 
-    from audit.attacks import PointNoise, create_attack
-    from audit.config import AttackSpec
+    from audit.attacks import PointNoise, create_attack, make_spec
 
     dev = torch.device(args.device)
     model = standard_model(args.arch, device=args.device).eval()
@@ -39,7 +38,7 @@ def main() -> None:
     with torch.no_grad():
         clean = torch.cat([model(x[i:i + 500]).argmax(1) for i in range(0, len(y), 500)]) == y
     alpha = args.eps / 4
-    spec = AttackSpec("pgd", "pgd", "linf", args.eps, args.steps, alpha, True, None)
+    spec = make_spec("pgd", "linf", args.eps, steps=args.steps, step_size=alpha)
     ours = create_attack(spec)
     ta = torchattacks.PGD(model, eps=args.eps, alpha=alpha, steps=args.steps, random_start=True)
     bs = args.batch_size

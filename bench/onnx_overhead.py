@@ -26,8 +26,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=250)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    from audit.attacks import PointNoise, create_attack
-    from audit.config import AttackSpec
+    from audit.attacks import PointNoise, create_attack, make_spec
     from audit.models.onnx_model import load_onnx
 
     native = standard_model(args.arch).eval()
@@ -42,7 +41,7 @@ def main() -> None:
         for p in m.parameters():
             p.requires_grad_(False)
     x, y = load_tensors("test", limit_per_class=args.n // 10)
-    attack = create_attack(AttackSpec("pgd", "pgd", "linf", 8 / 255, args.steps, 2 / 255, True, None))
+    attack = create_attack(make_spec("pgd", "linf", 8 / 255, steps=args.steps, step_size=2 / 255))
     bs = args.batch_size
 
     def run(model):

@@ -18,7 +18,7 @@ import torch
 from _common import alternate  # noqa: F401  (also puts the repo root on sys.path)
 
 from audit.attacks import create_attack
-from audit.config import AttackSpec
+from audit.attacks import make_spec
 from audit.data import assign_groups, longtail_counts
 from audit.models.wrapper import LoadedModel, PixelClassifier, Preprocessing
 from audit.pipeline import resolve_device
@@ -56,7 +56,7 @@ def main() -> None:
     x = torch.rand(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(1)).to(dev)
     fm, _ = build_feature_model(loaded, x[:4], explicit_penalty="pairwise", need_features=True)
     is_tail = torch.tensor([g == "tail" for g in assign_groups(counts)], device=dev)
-    spec = AttackSpec("pgd", "pgd-train", "linf", 8 / 255, 10, 2 / 255, True)
+    spec = make_spec("pgd", "linf", 8 / 255, name="pgd-train", steps=10, step_size=2 / 255)
     attack = create_attack(spec)
     autocast = (lambda: torch.autocast(device_type=dev.type, dtype=torch.bfloat16)) if args.amp == "bf16" else None
     ctxs = {

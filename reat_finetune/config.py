@@ -74,7 +74,10 @@ class RepairConfig:
 
     def train_attack_spec(self) -> AttackSpec:
         """PGD with random start under the audit's norm: the training (and validation) attack."""
-        return AttackSpec("pgd", "pgd-train", self.audit.norm, self.eps, int(self.train_steps), self.step_size, True)
+        from audit.attacks import make_spec
+
+        return make_spec("pgd", self.audit.norm, self.eps, name="pgd-train", steps=int(self.train_steps),
+                         step_size=self.step_size, random_start=True)
 
     def resolved_penalty(self, method_default: str) -> str:
         return self.tail_penalty if self.tail_penalty is not None else method_default

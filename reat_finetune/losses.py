@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from audit.attacks.base import Attack
+from audit.attacks.pgd import PGD
 
 
 def _counts_tensor(counts: Sequence[float] | torch.Tensor) -> torch.Tensor:
@@ -122,7 +122,7 @@ def tail_penalty_reference(features: torch.Tensor, y: torch.Tensor, is_tail: tor
     return (s * coef).sum() / (anchors.numel() * B)
 
 
-class RBLWeightedPGD(Attack):
+class RBLWeightedPGD(PGD):
     """PGD ascending the RBL-weighted cross-entropy ``w[y] * CE`` (the literal REAT inner loss).
 
     Training does not use it: under sign (L-inf) or per-sample normalised (L2) steps it

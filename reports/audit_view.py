@@ -260,7 +260,15 @@ def method(results: Mapping[str, Any]) -> dict[str, Any]:
             ("groups", "none: the training set is balanced" if is_balanced(results) else
              f"{d.get('group_rule', '?')}: " + ", ".join(f"{g} {len(groups[g])}" for g in group_names(results))),
             ("seed", results.get("seed")),
+            ("attack suite", results.get("suite", "quick")),
+            ("gradient access", results.get("mode_label", "white-box")),
+            ("verdicts checked on", {"onnxruntime": "onnxruntime (every final point)", "fp32": "the fp32 model "
+                                     "(every final point of the bf16 attack)"}.get(results.get("verdict_runtime") or "")),
         ),
+        "suite": results.get("suite", "quick"),
+        "suite_note": results.get("suite_note"),
+        "mode_label": results.get("mode_label", "white-box"),
+        "sanity": results.get("sanity"),
         "model": _kv(
             ("model", m.get("spec")), ("path", m.get("path")), ("format", m.get("format")), ("architecture", m.get("arch")),
             ("sha256", m.get("sha256") or "n/a"), ("classes", m.get("num_classes")),

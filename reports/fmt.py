@@ -63,18 +63,22 @@ def threat_text(threat: dict[str, Any]) -> str:
 
 
 def attack_label(attack: dict[str, Any]) -> str:
-    """Display name of an attack: 'PGD-20', 'Temperature-PGD-20 (T = 0.5)'."""
-    base = ATTACK_NAMES.get(str(attack.get("kind")), str(attack.get("name")))
+    """Display name of an attack: 'PGD-20', 'Temperature-PGD-20 (T = 0.5)', 'Square-5000'."""
+    base = short_name(attack)
     if attack.get("steps"):
         base += f"-{attack['steps']}"
+    elif attack.get("queries"):
+        base += f"-{attack['queries']}"
+    if (attack.get("restarts") or 1) > 1:
+        base += f" ×{attack['restarts']}"
     if attack.get("temperature") is not None:
         base += f" (T = {attack['temperature']:g})"
     return base
 
 
 def short_name(attack: dict[str, Any]) -> str:
-    """Short display name of an attack (no step count)."""
-    return ATTACK_NAMES.get(str(attack.get("kind")), str(attack.get("name")))
+    """Short display name of an attack (no step count): the registry's name recorded in results."""
+    return str(attack.get("display_name") or ATTACK_NAMES.get(str(attack.get("kind")), str(attack.get("name"))))
 
 
 def seconds(value: float | None) -> str:

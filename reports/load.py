@@ -204,11 +204,12 @@ def coerce_results(results: str | Path | Mapping[str, Any], default_dir: Path) -
     return copy.deepcopy(dict(results)), Path(default_dir).resolve()
 
 
-def _attack_settings(results: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-    return [
-        (a.get("kind"), a.get("steps"), a.get("step_size"), a.get("temperature"), a.get("random_start"))
-        for a in results["attacks"]
-    ]
+_NOT_SETTINGS = ("name", "display_name")
+
+
+def _attack_settings(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every recorded attack parameter (kind, budgets, step sizes, temperature, ...), in cascade order."""
+    return [{k: v for k, v in a.items() if k not in _NOT_SETTINGS} for a in results["attacks"]]
 
 
 def _close(a: Any, b: Any) -> bool:
@@ -217,15 +218,16 @@ def _close(a: Any, b: Any) -> bool:
     return a == b
 
 
-def _settings_equal(a: list[tuple[Any, ...]], b: list[tuple[Any, ...]]) -> bool:
-    return len(a) == len(b) and all(len(x) == len(y) and all(map(_close, x, y)) for x, y in zip(a, b))
+def _settings_equal(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
+    return len(a) == len(b) and all(x.keys() == y.keys() and all(_close(x[k], y[k]) for k in x) for x, y in zip(a, b))
 
 
 def _describe_attacks(results: Mapping[str, Any]) -> str:
     parts = []
     for a in results["attacks"]:
-        t = f", T={a.get('temperature')}" if a.get("temperature") is not None else ""
-        parts.append(f"{a.get('kind')}({a.get('steps')} steps of {a.get('step_size')}{t})")
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in a.items() if k not in _NOT_SETTINGS + ("kind", "gradient_free"))
+        parts.append(f"{a.get('kind')}({params})")
     return " then ".join(parts)
 
 
@@ -246,6 +248,11 @@ def check_comparable(before: Mapping[str, Any], after: Mapping[str, Any]) -> Non
         )
     if not _settings_equal(_attack_settings(before), _attack_settings(after)):
         diffs.append(f"attack settings (before {_describe_attacks(before)}, after {_describe_attacks(after)})")
+    if before.get("suite", "quick") != after.get("suite", "quick"):
+        diffs.append(f"attack suite (before {before.get('suite', 'quick')}, after {after.get('suite', 'quick')})")
+    if before.get("mode_label", "white-box") != after.get("mode_label", "white-box"):
+        diffs.append(f"gradient access (before {before.get('mode_label', 'white-box')}, "
+                     f"after {after.get('mode_label', 'white-box')})")
     if before.get("mode") != after.get("mode"):
         diffs.append(f"attack mode (before {before.get('mode')}, after {after.get('mode')})")
     db, da = before["dataset"], after["dataset"]

@@ -6,14 +6,17 @@ import pytest
 import torch
 from torch import nn
 
-from audit.attacks import PointNoise, create_attack
-from audit.config import AttackSpec, AuditConfig
+from audit.attacks import PointNoise, create_attack, make_spec
+from audit.config import AuditConfig
 from audit.engine import run_cascade
 from audit.errors import ConfigError
 
 
 def _spec(kind="pgd", norm="linf", eps=8 / 255, steps=10, alpha=None, t=None, random_start=True):
-    return AttackSpec(kind, kind, norm, eps, steps, alpha if alpha is not None else eps / 4, random_start, t)
+    params = {"steps": steps, "step_size": alpha if alpha is not None else eps / 4, "random_start": random_start}
+    if t is not None:
+        params["temperature"] = t
+    return make_spec(kind, norm, eps, **params)
 
 
 class SmallCNN(nn.Module):
@@ -170,8 +173,8 @@ def test_matches_or_beats_torchattacks_on_same_points():
 
 
 def test_temperature_pgd_needs_temperature_and_config_names():
-    with pytest.raises(ConfigError):
-        create_attack(_spec("temp-pgd", t=None))
+    with pytest.raises(ConfigError, match="--temperature"):
+        create_attack(_spec("temp-pgd", t=-1.0))
     with pytest.raises(ConfigError, match="unknown attack"):
         create_attack(_spec("fgsm"))
     cfg = AuditConfig(model="m.onnx", temperatures=(0.1, 2.0))
@@ -212,3 +215,38 @@ def test_results_do_not_depend_on_batch_size_order_or_sharding():
     assert torch.equal(draw(0, "pgd", [5, 9]).flip(0), draw(0, "pgd", [9, 5]))
     for other in (draw(1, "pgd", [5]), draw(0, "temp-pgd", [5]), draw(0, "pgd", [6])):
         assert not torch.equal(other[0], draw(0, "pgd", [5])[0])
+
+
+_SMALL = {"pgd": {"steps": 5}, "temp-pgd": {"steps": 5, "temperature": 0.5}, "apgd-ce": {"steps": 8, "restarts": 2},
+          "apgd-dlr": {"steps": 8}, "apgd-t": {"steps": 5, "targets": 3}, "square": {"queries": 40}}
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("kind", sorted(__import__("audit.attacks", fromlist=["ATTACKS"]).ATTACKS.names()))
+def test_every_attack_is_invariant_to_batch_size_and_sharding(kind, norm):
+    """Random starts, restarts and Square's draws depend only on (seed, attack, test-set index)."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 12 * 12, 10)).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x = torch.rand(30, 3, 12, 12)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    y[::7] = (y[::7] + 1) % 10
+    ids = torch.arange(200, 230)
+    eps = (0.03 if kind == "square" else 0.01) if norm == "linf" else 0.25
+    attack = create_attack(make_spec(kind, norm, eps, **_SMALL[kind]))
+
+    def run(xs, ys, ii, batch):
+        batches = [(xs[i:i + batch], ys[i:i + batch], ii[i:i + batch]) for i in range(0, len(ys), batch)]
+        return run_cascade(model, batches, [attack], n_total=len(ys), num_classes=10, input_size=x.shape[1:],
+                           device=torch.device("cpu"), seed=3, progress=False)
+
+    ref = run(x, y, ids, 30)
+    assert 0 < int(ref.broken().sum()) < int(ref.clean_correct.sum())  # informative
+    for batch in (1, 7):
+        rec = run(x, y, ids, batch)
+        assert np.array_equal(rec.step, ref.step) and np.array_equal(rec.pred, ref.pred)
+    a, b = run(x[:11], y[:11], ids[:11], 4), run(x[11:], y[11:], ids[11:], 6)
+    assert np.array_equal(np.concatenate([a.step, b.step], 1), ref.step)
+    assert np.array_equal(np.concatenate([a.zero_grad_points, b.zero_grad_points], 1), ref.zero_grad_points)

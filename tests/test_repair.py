@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from audit.attacks import PointNoise, create_attack
-from audit.config import AttackSpec, AuditConfig
+from audit.attacks import PointNoise, create_attack, make_spec
+from audit.config import AuditConfig
 from audit.data import assign_groups, longtail_counts
 from audit.models import load_model
 from reat_finetune import RepairConfig, RepairError, RepairInterrupted, TrainHooks, run_repair
@@ -226,7 +226,7 @@ def test_rbl_weighting_leaves_pgd_examples_unchanged(norm, eps):
     adv_counts = [6000, 2500, 1500, 900, 500, 300, 150, 60, 20, 0]
     w = rbl_weights(counts, adv_counts)
     assert float(w.max() / w.min()) > 1e6  # weights spanning many orders of magnitude
-    spec = AttackSpec("pgd", "pgd", norm, eps, 10, eps / 4, True)
+    spec = make_spec("pgd", norm, eps, steps=10, step_size=eps / 4)
     plain = create_attack(spec)
 
     def adv(attack):
@@ -290,7 +290,7 @@ def test_attack_forwards_leave_batchnorm_statistics_alone():
     torch.manual_seed(0)
     m = load_model("timm:test_resnet", num_classes=10, input_size=32).module
     before = {k: v.clone() for k, v in m.state_dict().items()}
-    attack = create_attack(AttackSpec("pgd", "pgd", "linf", 8 / 255, 3, 2 / 255, True))
+    attack = create_attack(make_spec("pgd", "linf", 8 / 255, steps=3, step_size=2 / 255))
     m.eval()
     perturb(attack, m, torch.rand(6, 3, 32, 32), torch.arange(6), torch.Generator().manual_seed(0))
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())

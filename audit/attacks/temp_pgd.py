@@ -5,24 +5,35 @@ T > 1 keeps gradients alive for very confident images. Not torchattacks' "TPGD".
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 
-from ..config import AttackSpec
-from ..errors import ConfigError
+from ..bounds import MAX_STEPS
 from ..registry import register_attack
-from .base import Attack
+from .pgd import PGD, PGDParams
+
+
+@dataclass(frozen=True)
+class TempPGDParams(PGDParams):
+    """PGD's parameters plus the temperature ``T`` (0 < T <= 1000)."""
+
+    temperature: float = 0.5
+    bounds: ClassVar[dict] = {"steps": (1, MAX_STEPS, "--steps"), "step_size": (0.0, 1.0, "--step-size"),
+                              "temperature": (1e-6, 1000.0, "--temperature")}
 
 
 @register_attack("temp-pgd")
-class TemperaturePGD(Attack):
+class TemperaturePGD(PGD):
     """PGD ascending the cross-entropy of temperature-scaled logits."""
 
-    def __init__(self, spec: AttackSpec) -> None:
-        super().__init__(spec)
-        if spec.temperature is None or spec.temperature <= 0:
-            raise ConfigError("Temperature-PGD needs a positive --temperature")
-        self.temperature = float(spec.temperature)
+    display_name = "Temperature-PGD"
+    Params = TempPGDParams
+
+    def label(self) -> str:
+        return f"{self.display_name}-{self.params.steps} (T = {self.params.temperature:g})"
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits / self.temperature, y, reduction="none")
+        return F.cross_entropy(logits / float(self.params.temperature), y, reduction="none")

@@ -23,8 +23,12 @@ def load_model(
     data_size: Optional[tuple[int, int, int]] = None,
     device: torch.device | str = "cpu",
     allow_large_input: bool = False,
+    black_box: bool = False,
 ) -> LoadedModel:
-    """Load ``timm:ARCH`` (with ``checkpoint``) or ``path/to/model.onnx`` for auditing."""
+    """Load ``timm:ARCH`` (with ``checkpoint``) or ``path/to/model.onnx`` for auditing.
+
+    ``black_box`` (ONNX only) skips the conversion: onnxruntime alone, for score-based attacks.
+    """
     if spec.startswith("timm:"):
         from .timm_model import load_timm
 
@@ -47,7 +51,7 @@ def load_model(
     from .onnx_model import load_onnx
 
     loaded = load_onnx(path, num_classes=num_classes, mean=mean, std=std, device=device,
-                       allow_large_input=allow_large_input)
+                       allow_large_input=allow_large_input, black_box=black_box)
     loaded.spec = spec
     check_finite_weights(loaded)
     return loaded
@@ -55,6 +59,8 @@ def load_model(
 
 def final_linear_of(loaded: LoadedModel) -> Optional[nn.Linear]:
     """The classifier's last linear layer (for weight norms and penultimate features), if any."""
+    if not loaded.gradient_access:
+        return None
     net = loaded.module.net
     if loaded.format == "timm":
         from .timm_model import final_linear

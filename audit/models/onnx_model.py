@@ -7,6 +7,7 @@ refuses to audit a conversion that disagrees with it.
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -19,7 +20,7 @@ from torch import nn
 from ..errors import ConfigError, ModelLoadError, ParityError
 from . import onnx_graph
 from ..bounds import check_input_size
-from .wrapper import LoadedModel, PixelClassifier, Preprocessing, check_norm_channels, sha256_of
+from .wrapper import LoadedModel, PixelClassifier, Preprocessing, ScorerClassifier, check_norm_channels, sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,10 @@ ORT_CHUNK = 256
 TORCH_CHUNK = 64
 _PROBE_BATCH = 8
 _DTYPE_NAMES = {v: k.lower() for k, v in onnx.TensorProto.DataType.items()}
+
+
+class ConversionError(ModelLoadError):
+    """The ONNX graph cannot be converted to a differentiable PyTorch module (black-box mode still works)."""
 
 
 class OrtScorer:
@@ -276,14 +281,14 @@ def _convert(model: onnx.ModelProto, path: Path) -> tuple[nn.Module, dict[str, A
         try:
             prepared, info = onnx_graph.prepare_for_torch(model)
         except ModelLoadError as exc:
-            raise ModelLoadError(f"{path}: {exc}") from None
+            raise ConversionError(f"{path}: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - a graph the passes do not understand
-            raise ModelLoadError(f"cannot prepare {path} for conversion to PyTorch ({type(exc).__name__}: {exc}); "
+            raise ConversionError(f"cannot prepare {path} for conversion to PyTorch ({type(exc).__name__}: {exc}); "
                                  f"re-export it with opset_version={onnx_graph.TARGET_OPSET}") from None
         try:
             net = convert(prepared)
         except Exception as exc:  # noqa: BLE001 - onnx2torch raises NotImplementedError, KeyError, ...
-            raise ModelLoadError(f"onnx2torch cannot convert {path} ({type(exc).__name__}: {exc}); re-export it "
+            raise ConversionError(f"onnx2torch cannot convert {path} ({type(exc).__name__}: {exc}); re-export it "
                                  f"with opset_version={onnx_graph.TARGET_OPSET} or audit a timm checkpoint") from None
     for w in caught:
         log.debug("conversion warning: %s", w.message)
@@ -329,10 +334,12 @@ def find_final_linear(module: nn.Module) -> Optional[nn.Linear]:
 
 def load_onnx(path: str | Path, *, num_classes: int | None = None, mean: Optional[Sequence[float]] = None,
               std: Optional[Sequence[float]] = None, device: str | torch.device = "cpu",
-              allow_large_input: bool = False) -> LoadedModel:
+              allow_large_input: bool = False, black_box: bool = False, fallback: bool = True) -> LoadedModel:
     """Validate, normalise and convert an ONNX image classifier; onnxruntime becomes its reference scorer.
 
     ``mean``/``std`` are folded into the wrapper for models that expect normalised input.
+    With ``black_box`` (or, with ``fallback``, when the conversion fails) nothing is converted:
+    the model is onnxruntime alone (``gradient_access`` False), for score-based attacks only.
     """
     spec = str(path)
     path = Path(path).expanduser()
@@ -393,7 +400,26 @@ def load_onnx(path: str | Path, *, num_classes: int | None = None, mean: Optiona
         info["warnings"].append("the model outputs probabilities (softmax at the end): gradients of softmax "
                                 "outputs are weak and understate attacks; export the logits instead")
 
-    net, graph_info = _convert(torch_source, path)
+    def black_box_model(reason: Optional[str]) -> LoadedModel:
+        info["black_box"] = True
+        if reason:
+            info["warnings"].append(f"{reason}; audited in black-box mode: Square on onnxruntime alone, an upper "
+                                    "bound on robust accuracy (use --black-box to ask for it explicitly)")
+        return LoadedModel(module=ScorerClassifier(scorer, device).eval(), spec=spec, format="onnx", num_classes=k,
+                           preprocessing=prep, path=path.resolve(), sha256=sha256_of(path), arch=None,
+                           reference_scorer=scorer, parity=None, info=info, gradient_access=False)
+
+    if black_box:
+        return black_box_model(None)
+    try:
+        net, graph_info = _convert(torch_source, path)
+    except ConversionError as exc:
+        if not fallback:
+            raise
+        log.info("%s", exc)
+        op = re.search(r"operation_type='(\w+)'", str(exc))
+        why = f"onnx2torch lacks the {op.group(1)} operator" if op else str(exc).replace(str(path), path.name)[:120]
+        return black_box_model(f"{path.name} cannot be converted to PyTorch for gradients ({why})")
     info.update(graph_info)
     if per_sample:
         net = _PerSample(net)
@@ -402,6 +428,8 @@ def load_onnx(path: str | Path, *, num_classes: int | None = None, mean: Optiona
         with torch.no_grad():
             out = module(torch.from_numpy(probe[:2]).to(device))
     except Exception as exc:  # noqa: BLE001
+        if fallback:
+            return black_box_model(f"the PyTorch conversion of {path.name} fails to run ({type(exc).__name__})")
         raise ModelLoadError(f"the PyTorch conversion of {path} fails to run ({type(exc).__name__}: {exc}); "
                              f"re-export it with opset_version={onnx_graph.TARGET_OPSET} or audit a timm "
                              f"checkpoint") from None

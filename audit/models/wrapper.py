@@ -145,6 +145,8 @@ class LoadedModel:
     reference_scorer: Optional[Scorer] = None
     parity: Optional[dict[str, Any]] = None
     info: dict[str, Any] = field(default_factory=dict)
+    # False in black-box mode: ``module`` is the reference scorer, only score-based attacks apply
+    gradient_access: bool = True
 
     def apply_output_order(self, order: Optional[Sequence[int]]) -> None:
         """Re-order the outputs of the module and of the reference scorer alike (``--labels``)."""
@@ -165,6 +167,7 @@ class LoadedModel:
             "num_classes": self.num_classes,
             "preprocessing": self.preprocessing.to_dict(),
             "parity": self.parity,
+            "gradient_access": self.gradient_access,
             "info": self.info,
         }
 
@@ -195,3 +198,19 @@ def parse_floats(text: str | Sequence[float] | None, what: str) -> Optional[tupl
     if not vals:
         raise ConfigError(f"{what} is empty; give comma-separated numbers such as 0.5,0.5,0.5")
     return vals
+
+
+class ScorerClassifier(nn.Module):
+    """A reference scorer (numpy pixels -> numpy logits, e.g. onnxruntime) as a torch callable.
+
+    Score-based attacks query it directly (no gradients); black-box mode uses it as the model.
+    """
+
+    def __init__(self, scorer: Scorer, device: torch.device | str = "cpu") -> None:
+        super().__init__()
+        self.scorer = scorer
+        self.device = torch.device(device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        logits = self.scorer(x.detach().float().cpu().numpy())
+        return torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32)).to(x.device)

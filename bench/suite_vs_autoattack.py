@@ -1,0 +1,184 @@
+"""``--suite standard`` against torchattacks' AutoAttack (standard) on the same CIFAR-10 points.
+
+Two small timm models at 32x32: one standard-trained (bench/_common.py) and one PGD-trained
+(adversarial fine-tuning of it for a few epochs on a class-balanced subset of the training
+JPEGs, cached under .cache). For each, both evaluations run on the same stratified test
+points; we report robust accuracy (share of all points still correctly classified), the
+points each one breaks that the other misses, and the attack time.
+
+    OMP_NUM_THREADS=1 python bench/suite_vs_autoattack.py --n-per-class 20
+
+Targets (issue 7): ours no more than 0.2 points above AutoAttack's robust accuracy, and at
+most one third of its time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+
+import torch
+import torch.nn.functional as F
+
+from _common import CACHE, load_tensors, log, standard_model
+
+
+def pgd_trained(base: torch.nn.Module, arch: str, std_epochs: int, epochs: int, per_class: int, steps: int,
+                eps: float) -> torch.nn.Module:
+    """PGD adversarial fine-tuning of the standard model (cached); uses tailaudit's own training attack."""
+    from safetensors.torch import load_file, save_file
+
+    from audit.attacks import BatchNoise, create_attack, make_spec
+
+    ckpt = CACHE / f"bench-{arch}-e{std_epochs}-pgdat-e{epochs}-k{per_class}-s{steps}.safetensors"
+    net = base.net
+    if ckpt.exists():
+        net.load_state_dict(load_file(str(ckpt)))
+        return base.eval()
+    x_all, y_all = load_tensors("train")
+    from audit.data import stratified_subset
+
+    idx = torch.as_tensor(stratified_subset(y_all.numpy(), per_class, 0))
+    x, y = x_all[idx], y_all[idx]
+    attack = create_attack(make_spec("pgd", "linf", eps, steps=steps, step_size=2.5 * eps / steps))
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    bs = 128
+    total = epochs * (len(y) // bs)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=total)
+    t0 = time.time()
+    for ep in range(epochs):
+        perm = torch.randperm(len(y))
+        for i in range(len(y) // bs):
+            b = perm[i * bs:(i + 1) * bs]
+            xb, yb = x[b], y[b]
+            if torch.rand(1).item() < 0.5:
+                xb = xb.flip(3)
+            base.eval()
+            xa = attack.perturb(base, xb, yb, noise=BatchNoise(gen, len(yb)))
+            base.train()
+            loss = F.cross_entropy(base(xa), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        log.info("PGD-AT epoch %d loss %.3f (%.0fs)", ep + 1, loss.item(), time.time() - t0)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(ckpt))
+    return base.eval()
+
+
+def autoattacks(model: torch.nn.Module, eps: float, which: str) -> dict:
+    """AutoAttack (standard) from torchattacks: its class defaults, and/or the published settings.
+
+    torchattacks' ``AutoAttack(version="standard")`` builds APGD-CE, APGD-T and FAB-T with its
+    classes' default of 10 iterations; the published AutoAttack (Croce & Hein 2020, RobustBench)
+    runs 100 iterations each (9 targets for APGD-T and FAB-T) and Square with 5000 queries.
+    """
+    import torchattacks
+    from torchattacks.wrappers.multiattack import MultiAttack
+
+    out = {}
+    if which in ("torchattacks", "both"):
+        out["autoattack_torchattacks_defaults"] = torchattacks.AutoAttack(model, norm="Linf", eps=eps,
+                                                                          version="standard", n_classes=10, seed=0)
+    if which in ("published", "both"):
+        out["autoattack_published"] = MultiAttack([
+            torchattacks.APGD(model, norm="Linf", eps=eps, steps=100, n_restarts=1, loss="ce", seed=0),
+            torchattacks.APGDT(model, norm="Linf", eps=eps, steps=100, n_restarts=1, n_classes=10, seed=0),
+            torchattacks.FAB(model, norm="Linf", eps=eps, steps=100, n_restarts=1, multi_targeted=True, n_classes=10,
+                             seed=0),
+            torchattacks.Square(model, norm="Linf", eps=eps, n_queries=5000, n_restarts=1, seed=0),
+        ])
+    return out
+
+
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, batch: int,
+             which: str = "both") -> dict:
+    from audit.attacks import create_attack
+    from audit.config import AuditConfig
+    from audit.engine import run_cascade
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    specs = AuditConfig(model="timm:bench", suite="standard", eps=eps).attack_specs()
+    attacks = [create_attack(s) for s in specs]
+    ids = torch.arange(len(y))
+    batches = [(x[i:i + batch], y[i:i + batch], ids[i:i + batch]) for i in range(0, len(y), batch)]
+    t0 = time.perf_counter()
+    rec = run_cascade(model, batches, attacks, n_total=len(y), num_classes=10, input_size=(3, 32, 32),
+                      device=torch.device("cpu"), seed=0, progress=False)
+    ours_s = time.perf_counter() - t0
+    ours_robust = torch.from_numpy(rec.clean_correct & ~rec.broken().any(0))
+
+    out = {"n": len(y), "clean_acc": float(rec.clean_correct.mean()),
+           "ours_robust_acc": float(ours_robust.float().mean()), "ours_s": ours_s,
+           "ours_per_attack_s": dict(zip(rec.attack_names, rec.attack_seconds)),
+           "ours_attacked": dict(zip(rec.attack_names, rec.attacked))}
+    for name, aa in autoattacks(model, eps, which).items():
+        t0 = time.perf_counter()
+        advs = [aa(x[i:i + batch], y[i:i + batch]) for i in range(0, len(y), batch)]
+        aa_s = time.perf_counter() - t0
+        with torch.no_grad():
+            aa_robust = torch.cat([model(a).argmax(1) for a in advs]) == y
+        out[name] = {"robust_acc": float(aa_robust.float().mean()),
+                     "both_robust_acc": float((ours_robust & aa_robust).float().mean()),
+                     "broken_by_autoattack_only": int((ours_robust & ~aa_robust).sum()),
+                     "broken_by_ours_only": int((aa_robust & ~ours_robust).sum()),
+                     "seconds": aa_s, "time_ratio": ours_s / aa_s}
+        log.info("%s: %s", name, out[name])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", default="test_resnet")
+    ap.add_argument("--std-epochs", type=int, default=3)
+    ap.add_argument("--at-epochs", type=int, default=6)
+    ap.add_argument("--at-per-class", type=int, default=1000, help="PGD-AT training images per class")
+    ap.add_argument("--at-steps", type=int, default=4)
+    ap.add_argument("--n-per-class", type=int, default=20, help="test points per class")
+    ap.add_argument("--eps", type=float, default=8 / 255)
+    ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--only", choices=["standard", "pgd"], help="evaluate one model only")
+    ap.add_argument("--autoattack", default="both", choices=["torchattacks", "published", "both"],
+                    help="torchattacks' AutoAttack class defaults (10 iterations), the published settings (100), or both")
+    ap.add_argument("--json", help="also write the figures here")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    x, y = load_tensors("test", args.n_per_class)
+    out = {"config": vars(args), "threads": torch.get_num_threads()}
+    for kind in ("standard", "pgd"):
+        if args.only and args.only != kind:
+            continue
+        model = standard_model(args.arch, epochs=args.std_epochs)
+        if kind == "pgd":
+            model = pgd_trained(model, args.arch, args.std_epochs, args.at_epochs, args.at_per_class, args.at_steps,
+                                args.eps)
+        log.info("evaluating the %s-trained model on %d points", kind, len(y))
+        out[kind] = evaluate(model, x, y, args.eps, args.batch, args.autoattack)
+        log.info("%s: %s", kind, json.dumps(out[kind]))
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(out, fh, indent=2)
+    print(f"{args.arch} at 32x32, CIFAR-10, {len(y)} test points ({args.n_per_class} per class), L-inf eps "
+          f"{args.eps:.4f}, CPU threads {torch.get_num_threads()}")
+    print("| model | clean | ours: --suite standard | AutoAttack | its robust acc | broken only by AA | only by ours "
+          "| time ours | time AA | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for kind in ("standard", "pgd"):
+        if kind not in out:
+            continue
+        r = out[kind]
+        for name in ("autoattack_torchattacks_defaults", "autoattack_published"):
+            if name in r:
+                a = r[name]
+                print(f"| {kind}-trained | {r['clean_acc']:.1%} | {r['ours_robust_acc']:.1%} | "
+                      f"{name.replace('autoattack_', '')} | {a['robust_acc']:.1%} | {a['broken_by_autoattack_only']} | "
+                      f"{a['broken_by_ours_only']} | {r['ours_s']:.0f} s | {a['seconds']:.0f} s | {a['time_ratio']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
