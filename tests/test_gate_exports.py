@@ -325,7 +325,9 @@ def test_progress_bar_ends_on_the_final_robust_figure(capsys):
     y = net(x).argmax(1)  # every point clean-correct
     y[30:] = (y[30:] + 1) % 3  # the last batch is all wrong: the final share differs from the one before
     batches = [(x[i:i + 10], y[i:i + 10], torch.arange(i, i + 10)) for i in range(0, 40, 10)]
-    attack = create_attack(AttackSpec("pgd", "pgd", "linf", 0.001, 1, 0.001))
+    from audit.attacks.pgd import PGD
+
+    attack = create_attack(AttackSpec("pgd", "pgd", "linf", 0.001, PGD.Params(steps=1, step_size=0.001)))
     rec = run_cascade(net, batches, [attack], n_total=40, num_classes=3, input_size=(1, 4, 4),
                       device=torch.device("cpu"), seed=0, progress=True)
     final = rec.robust_masks(False)["worst_case"].mean()
