@@ -181,8 +181,6 @@ def _audit_into(out_dir: Optional[Path], config: AuditConfig, specs: list, attac
         examples_per_class=config.examples_per_class, amp=config.amp,
         progress=show and bar is None,
     )
-    bn_after = _bn_fingerprint(module)
-    if bn_after != bn_before and not (np.isnan(bn_after) and np.isnan(bn_before)):
     large_eps = None
     if config.sanity:
         from .sanity import run_large_eps
