@@ -344,6 +344,7 @@ class GlobalProgress:
         self.bar.refresh()
 
     def close(self) -> None:
+        self.refresh()  # the final global count (every rank has reported by now), never a stale one
         self.bar.close()
 
 
