@@ -98,7 +98,7 @@ def test_balanced_softmax_is_ce_of_shifted_logits():
 
 
 def _slow_pairwise(f, y, tail, v, margin):
-    """Loop over anchors and pairs with F.kl_div: the definition in ALGORITHMS.md section 4."""
+    """Loop over anchors and pairs with F.kl_div: the definition in docs/repair.md."""
     B = len(y)
     total, anchors = 0.0, 0
     for a in range(B):
