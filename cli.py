@@ -88,10 +88,10 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 def _add_budget_args(t: argparse._ArgumentGroup) -> None:
     """Repair budget, learning rate, selection and class balancing (defaults live in RepairConfig)."""
-    t.add_argument("--train-steps-total", type=_positive_int, metavar="N",
+    t.add_argument("--train-steps-total", type=int, metavar="N",
                    help="fine-tuning budget in optimizer steps (batches); not to be confused with --train-steps, "
                         "the PGD iterations of the training attack. Default: automatic, max(300, 10 epochs) steps")
-    t.add_argument("--epochs", type=_positive_int,
+    t.add_argument("--epochs", type=int,
                    help="budget as whole passes over the training split instead of --train-steps-total (give one)")
     t.add_argument("--evaluations", type=_positive_int, metavar="K",
                    help="validation checkpoints spread through the budget; the best one is kept (default 10)")

@@ -397,8 +397,8 @@ def fine_tune(setup: TrainSetup, config: RepairConfig, *, out_dir: Path, resume:
             "rng": rng_state(dev), **{k: state[k] for k in STATE_KEYS},
         })
 
-    def evaluation(epoch: int, weights: Optional[torch.Tensor]) -> dict[str, Any]:
-        """Validate at the current step, log, update the kept checkpoint, checkpoint."""
+    def evaluation(epoch: int, weights: Optional[torch.Tensor], save: bool) -> dict[str, Any]:
+        """Validate at the current step, log, update the kept checkpoint, checkpoint (unless an epoch end follows)."""
         step, w = state["iteration"], state["window"]
         t0 = time.perf_counter()
         v = val(step)
@@ -424,7 +424,8 @@ def fine_tune(setup: TrainSetup, config: RepairConfig, *, out_dir: Path, resume:
         log.info("step %d/%d (epoch %s): loss %.4f, validation clean %s worst-case robust %s%s, lr %.4g, %.1f s "
                  "(%.0f img/s)", step, T, entry["epoch"], entry["loss"], _pct(v["val_clean_acc"]),
                  _pct(v["val_robust_acc"]), guard, entry["lr"], entry["time_s"], entry["images_per_s"])
-        checkpoint()
+        if save:
+            checkpoint()
         write_json(log_path, training_log(state, setup, config))
         return entry
 
@@ -486,7 +487,7 @@ def fine_tune(setup: TrainSetup, config: RepairConfig, *, out_dir: Path, resume:
                         bar.update(1)
                         bar.set_postfix(loss=f"{win['loss'] / max(1, win['n']):.3f}", img_s=f"{k / max(dt, 1e-9):.0f}")
                         if state["iteration"] in eval_at:
-                            entry = evaluation(epoch, weights)
+                            entry = evaluation(epoch, weights, save=b + 1 < n_this)
                             win = state["window"]
                             consistent = True
                             if hooks.on_evaluation is not None:
