@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--margin", type=_number, default=0.1,
                    help="hinge margin on the KL of different-class pairs in the pairwise penalty (default 0.1)")
     t.add_argument("--val-fraction", type=_number, default=0.1,
-                   help="stratified, seeded share of the training set held out to pick the epoch (default 0.1)")
+                   help="seeded share of each class held out to pick the checkpoint; classes too small to spare an "
+                        "image are guarded on their training images (default 0.1)")
     t.add_argument("--augment", default="none", choices=["none", "flip-crop"],
                    help="training augmentation: none, or random flip + 4-pixel crop for natural images (default none)")
     t.add_argument("--resume", metavar="DIR", help="continue a killed or interrupted run from DIR/checkpoint.pt")
