@@ -96,8 +96,8 @@ def _add_budget_args(t: argparse._ArgumentGroup) -> None:
     t.add_argument("--evaluations", type=_positive_int, metavar="K",
                    help="validation checkpoints spread through the budget; the best one is kept (default 10)")
     t.add_argument("--lr", type=_number,
-                   help="initial SGD learning rate, momentum 0.9, weight decay 5e-4, cosine decay (default 0.05, a "
-                        "fine-tuning rate; the paper uses 0.1 from scratch)")
+                   help="initial SGD learning rate, momentum 0.9, weight decay 5e-4, decayed by --schedule "
+                        "(default 0.05, a fine-tuning rate; the paper uses 0.1 from scratch)")
     t.add_argument("--sampler", choices=["shuffle", "class-balanced"],
                    help="batch sampling: shuffle (each image once a pass) or class-balanced (every class equally "
                         "likely; Balanced Softmax then uses the uniform prior) (default shuffle)")
@@ -139,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cosine decay per step, or x0.1 at 75%% and 90%% of the epochs (default cosine)")
     t.add_argument("--batch-size-train", type=int, default=128, help="training batch size (default 128)")
     t.add_argument("--train-eps", help="training attack radius (default: --eps, e.g. 8/255)")
-    t.add_argument("--train-steps", type=int, default=10, help="PGD iterations of the training attack per batch (default 10); the budget in optimizer steps is --train-steps-total")
+    t.add_argument("--train-steps", type=int, default=10,
+                   help="PGD iterations of the training attack per batch (default 10); the budget in optimizer "
+                        "steps is --train-steps-total")
     t.add_argument("--train-step-size", type=_number, help="training PGD step (default train eps / 4: 2/255 at 8/255)")
     t.add_argument("--tail-penalty", choices=["pairwise", "reference", "off"],
                    help="REAT tail feature penalty: pairwise (default), reference (the authors' code, collapsed to a "

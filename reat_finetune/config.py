@@ -16,7 +16,8 @@ AUGMENTS = ("none", "flip-crop")
 FORMATS = ("html", "pdf")
 
 # Fields that change the trained weights: a --resume must agree on all of them.
-TRAINING_KEYS = ("method", "epochs", "steps_total", "evaluations", "sampler", "trades_beta", "lr", "batch_size", "momentum", "weight_decay", "schedule", "train_eps",
+TRAINING_KEYS = ("method", "epochs", "steps_total", "evaluations", "sampler", "trades_beta",
+                 "lr", "batch_size", "momentum", "weight_decay", "schedule", "train_eps",
                  "train_steps", "train_step_size", "tail_penalty", "tail_lambda", "margin", "val_fraction",
                  "augment", "amp", "seed", "norm")
 
