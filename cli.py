@@ -98,9 +98,10 @@ def _add_budget_args(t: argparse._ArgumentGroup) -> None:
     t.add_argument("--lr", type=_number,
                    help="initial SGD learning rate, momentum 0.9, weight decay 5e-4, decayed by --schedule "
                         "(default 0.05, a fine-tuning rate; the paper uses 0.1 from scratch)")
-    t.add_argument("--sampler", choices=["shuffle", "class-balanced"],
-                   help="batch sampling: shuffle (each image once a pass) or class-balanced (every class equally "
-                        "likely; Balanced Softmax then uses the uniform prior) (default shuffle)")
+    t.add_argument("--sampler", choices=["auto", "shuffle", "class-balanced"],
+                   help="batch sampling: shuffle (each image once a pass), class-balanced (every class equally "
+                        "likely; Balanced Softmax then uses the uniform prior) or auto (class-balanced when the "
+                        "smallest class has 20+ training images, else shuffle) (default shuffle)")
     t.add_argument("--trades-beta", type=_number, help="weight of the KL term of --method trades-bsl (default 6)")
 
 

@@ -11,7 +11,7 @@ from .errors import RepairError
 
 PENALTIES = ("pairwise", "reference", "off")
 SCHEDULES = ("cosine", "step")
-SAMPLERS = ("shuffle", "class-balanced")
+SAMPLERS = ("auto", "shuffle", "class-balanced")
 AUGMENTS = ("none", "flip-crop")
 FORMATS = ("html", "pdf")
 
@@ -33,7 +33,8 @@ class RepairConfig:
     Defaults are for *fine-tuning* a pretrained model: lr 0.05 with cosine decay, and a budget
     in optimizer steps: ``steps_total`` (``--train-steps-total``) or ``epochs`` whole passes,
     at most one of them; neither means the automatic budget of :mod:`reat_finetune.budget`.
-    ``sampler`` "class-balanced" draws every class equally often into the adversarial batch.
+    ``sampler`` "class-balanced" draws every class equally often into the adversarial batch;
+    "auto" does so only when every class has enough training images (:func:`.train.resolve_sampler`).
     """
 
     audit: AuditConfig

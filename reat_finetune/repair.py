@@ -33,7 +33,7 @@ from .losses import tail_class_weights
 from .methods import get_method
 from .budget import resolve_budget
 from .selection import METRIC, plan, split_train_val
-from .train import BatchSource, TrainHooks, TrainSetup, fine_tune, training_log
+from .train import BatchSource, TrainHooks, TrainSetup, fine_tune, resolve_sampler, training_log
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,7 @@ def _run_repair(config: RepairConfig, *, hooks: Optional[TrainHooks], progress: 
     budget = resolve_budget(len(train_idx), int(config.batch_size), epochs=config.epochs,
                             steps_total=config.steps_total, evaluations=int(config.evaluations))
     vplan = plan(labels, val_idx, data.class_names)
+    sampler, sampler_rule = resolve_sampler(config.sampler, split_counts)
     guard_idx = train_idx[np.isin(labels[train_idx], vplan.missing)]
     size = tuple(loaded.preprocessing.input_size)
     fm, feature_warnings = build_feature_model(loaded, _probe_images(data, train_idx, 8, size).to(device),
@@ -198,10 +199,10 @@ def _run_repair(config: RepairConfig, *, hooks: Optional[TrainHooks], progress: 
         fingerprint=fp, penalty=penalty, feature_source=fm.source if penalty != "off" else "unused",
         budget=budget, plan=vplan,
         guard=BatchSource(data.train, guard_idx, labels, data.image_shape) if vplan.missing else None,
-        prior_counts=[1.0] * C if config.sampler == "class-balanced" else None,
+        prior_counts=[1.0] * C if sampler == "class-balanced" else None, sampler=sampler, sampler_rule=sampler_rule,
     )
     log.info("fine-tuning with %s (tail penalty %s, features: %s, %s sampling) on %d images for %d steps (%s), "
-             "validating on %d%s", method.name, penalty, setup.feature_source, config.sampler, len(train_idx),
+             "validating on %d%s", method.name, penalty, setup.feature_source, sampler, len(train_idx),
              budget.steps_total, budget.rule, len(val_idx),
              f" + a guard on {len(guard_idx)} training images of {len(vplan.missing)} class(es) without validation "
              "images" if vplan.missing else "")
@@ -234,7 +235,7 @@ def _run_repair(config: RepairConfig, *, hooks: Optional[TrainHooks], progress: 
         "method": method.name, "description": method.description, "tail_penalty": penalty,
         "feature_source": setup.feature_source,
         "best_epoch": result.best_epoch, "best_step": result.best_step, "epochs": budget.epochs,
-        "lr": config.lr, "sampler": config.sampler, "budget": tlog["budget"], "selection": tlog["selection"],
+        "lr": config.lr, "sampler": sampler, "sampler_rule": sampler_rule, "budget": tlog["budget"], "selection": tlog["selection"],
         "model": {"input": loaded.spec, "input_sha256": loaded.sha256, "repaired": str(exported.path),
                   "format": exported.format, "parity": exported.parity},
         "split": {"n_train": len(train_idx), "n_val": len(val_idx), "n_guard": int(len(guard_idx)),

@@ -96,6 +96,23 @@ def augment(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
     return out.permute(0, 3, 1, 2).contiguous()
 
 
+CB_MIN_CLASS = 20  # "auto" samples class-balanced only when the smallest class has this many training images
+
+
+def resolve_sampler(sampler: str, counts: Sequence[int]) -> tuple[str, str]:
+    """(shuffle | class-balanced, why) for ``--sampler`` auto/shuffle/class-balanced and the split's counts.
+
+    Class-balanced batches help when the rare classes have dozens of images (CIFAR-10-LT); with a
+    handful they repeat the same few images in every batch and overfit them (the digits demo).
+    """
+    if sampler != "auto":
+        return sampler, f"--sampler {sampler}"
+    low = min(int(c) for c in counts)
+    if low >= CB_MIN_CLASS:
+        return "class-balanced", f"auto: the smallest class has {low} training images (>= {CB_MIN_CLASS})"
+    return "shuffle", f"auto: the smallest class has {low} training image(s) (< {CB_MIN_CLASS})"
+
+
 def epoch_order(labels: torch.Tensor, sampler: str, gen: torch.Generator) -> torch.Tensor:
     """Positions of one pass: a permutation (``shuffle``), or as many draws with replacement where every
     class is equally likely and images are uniform within their class (``class-balanced``)."""
@@ -248,6 +265,8 @@ class TrainSetup:
     plan: ValidationPlan
     guard: Optional[BatchSource] = None  # training images of the classes missing from validation
     prior_counts: Optional[list[float]] = None  # class prior of the batches (Balanced Softmax); None: train_counts
+    sampler: str = "shuffle"  # resolved: shuffle | class-balanced
+    sampler_rule: str = ""
 
 
 @dataclass
@@ -435,7 +454,7 @@ def fine_tune(setup: TrainSetup, config: RepairConfig, *, out_dir: Path, resume:
             while state["next_epoch"] <= E:
                 epoch = state["next_epoch"]
                 n_this = min(nb, T - (epoch - 1) * nb)  # the last pass may stop early
-                order = epoch_order(setup.train.y, config.sampler,
+                order = epoch_order(setup.train.y, setup.sampler,
                                     torch.Generator().manual_seed(_mix(config.seed, epoch, 1)))
                 att_gen = torch.Generator(device=dev)
                 aug_gen = torch.Generator()
@@ -553,7 +572,7 @@ def training_log(state: dict[str, Any], setup: TrainSetup, config: RepairConfig,
         "method": config.method,
         "tail_penalty": setup.penalty,
         "feature_source": setup.feature_source,
-        "sampler": config.sampler,
+        "sampler": setup.sampler, "sampler_rule": setup.sampler_rule,
         "lr": config.lr, "schedule": config.schedule, "batch_size": config.batch_size,
         "budget": setup.budget.to_dict(),
         "selection": selection_dict(state, setup, note),

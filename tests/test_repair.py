@@ -30,7 +30,7 @@ from reat_finetune.budget import AUTO_FLOOR_STEPS, eval_points, resolve_budget
 from reat_finetune.losses import KLAttack
 from reat_finetune.methods import LossContext, get_method
 from reat_finetune.selection import better, eligible, plan
-from reat_finetune.train import epoch_order, lr_at, perturb, split_train_val
+from reat_finetune.train import CB_MIN_CLASS, epoch_order, lr_at, perturb, resolve_sampler, split_train_val
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "digits_cnn.onnx"
@@ -354,6 +354,10 @@ def test_class_balanced_order_and_trades_pieces():
     frac = torch.bincount(y[o], minlength=3).float() / 100
     assert torch.all((frac - 1 / 3).abs() < 0.12), frac
     assert sorted(epoch_order(y, "shuffle", torch.Generator().manual_seed(0)).tolist()) == list(range(100))
+    # auto: class-balanced only when the smallest class has CB_MIN_CLASS images or more
+    assert resolve_sampler("auto", [90, 9, 1])[0] == "shuffle"
+    assert resolve_sampler("auto", [5000, CB_MIN_CLASS])[0] == "class-balanced"
+    assert resolve_sampler("shuffle", [5000, 500])[0] == "shuffle"
     # TRADES' attack ascends KL(clean || adversarial): zero at the clean logits, positive elsewhere
     spec = AttackSpec("pgd", "kl", "linf", 0.1, 3, 0.025, True)
     att = KLAttack(spec)
