@@ -101,7 +101,7 @@ def _add_budget_args(t: argparse._ArgumentGroup) -> None:
     t.add_argument("--sampler", choices=["auto", "shuffle", "class-balanced"],
                    help="batch sampling: shuffle (each image once a pass), class-balanced (every class equally "
                         "likely; Balanced Softmax then uses the uniform prior) or auto (class-balanced when the "
-                        "smallest class has 20+ training images, else shuffle) (default shuffle)")
+                        "smallest class has 20+ training images, else shuffle) (default auto)")
     t.add_argument("--trades-beta", type=_number, help="weight of the KL term of --method trades-bsl (default 6)")
 
 

@@ -43,6 +43,7 @@ MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2471, 0.2435, 0.2616)
 RHO = 0.01
 SETTINGS = {  # name: (method, tail penalty, sampler)
+    "REAT defaults": ("reat", None, "auto"),
     "REAT": ("reat", "pairwise", "shuffle"),
     "TRADES-BSL": ("trades-bsl", None, "shuffle"),
     "AT-BSL": ("at-bsl", None, "shuffle"),

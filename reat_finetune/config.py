@@ -42,7 +42,7 @@ class RepairConfig:
     epochs: Optional[int] = None
     steps_total: Optional[int] = None
     evaluations: int = 10
-    sampler: str = "shuffle"
+    sampler: str = "auto"
     trades_beta: float = 6.0
     lr: float = 0.05
     batch_size: int = 128

@@ -438,6 +438,7 @@ def test_repair_on_digits_raises_tail_robustness(tmp_path):
     best = max(ok, key=lambda e: (e["val_robust_acc"], e["step"]))
     assert (best["step"], best["epoch"]) == (run.summary["best_step"], run.best_epoch)  # validation, never test
     assert summary["lr"] == 0.05 and summary["epochs"] == 100 and "fine_tune_s" in summary["timings"]
+    assert summary["sampler"] == log["sampler"] == "shuffle" and "auto" in summary["sampler_rule"]  # 1-image classes
     assert not list(out.glob(".*.tmp*"))
 
 
