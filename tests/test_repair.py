@@ -562,7 +562,6 @@ def test_cli_bad_inputs_exit_2_one_line(tmp_path, uninterrupted, no_linear_onnx)
           str(tmp_path / "o2")], "different model"),
         (["repair", str(DEMO), *CHEAP, "--lr", "0", "--out", str(tmp_path / "o3")], "--lr"),
         (["repair", str(DEMO), *CHEAP, "--epochs", "0", "--out", str(tmp_path / "o4")], "--epochs"),
-        (["repair", str(DEMO), *CHEAP, "--train-steps-total", "9", "--out", str(tmp_path / "o6")], "give one"),
         (["repair", str(no_linear_onnx), *CHEAP, "--tail-penalty", "pairwise", "--out", str(tmp_path / "o5")],
          "penultimate"),
         (["repair", str(DEMO), *CHEAP, "--resume", str(tmp_path / "nothing")], "no checkpoint"),
@@ -571,6 +570,16 @@ def test_cli_bad_inputs_exit_2_one_line(tmp_path, uninterrupted, no_linear_onnx)
         _one_line_exit_2(run_cli(*args), needle)
     # the foreign --resume left the other run's checkpoint alone
     assert load_checkpoint(full_out)["next_epoch"] == 3
+
+
+def test_cli_budget_flags_are_exclusive(tmp_path, capsys):
+    """--epochs and --train-steps-total together: one line, exit 2, nothing written (in-process)."""
+    import cli
+
+    code = cli.main(["repair", str(DEMO), *CHEAP, "--train-steps-total", "9", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("tailaudit: error:") and "give one" in err[0], err
+    assert not (tmp_path / "o").exists()
 
 
 def test_resume_with_other_training_settings_is_refused(uninterrupted, tmp_path):
