@@ -362,7 +362,7 @@ def fine_tune(setup: TrainSetup, config: RepairConfig, *, out_dir: Path, resume:
         raise RepairError(f"the training split has {n_train} image(s); repair needs a training set "
                           "(lower --val-fraction or use more data)")
     dd = TrainDist(sync_bn=getattr(config, "sync_bn", True))  # [distributed] no-ops in a plain run
-    dd.n_batches(n_train, B, _n_batches)  # [distributed] checks the global batch splits across the ranks
+    dd.n_batches(n_train, B, lambda n, b: nb)  # [distributed] checks the global batch splits across the ranks
     attack = setup.method.training_attack(config.train_attack_spec())
     val_specs = config.validation_specs()
     autocast: Autocast = None
