@@ -158,6 +158,30 @@ def _add_scaling_args(p: argparse.ArgumentParser, *, repair: bool = False) -> No
     if repair:
         p.add_argument("--no-sync-bn", action="store_true",
                        help="under torchrun on GPUs: keep per-rank BatchNorm statistics instead of SyncBatchNorm")
+def _add_budget_args(t: argparse._ArgumentGroup) -> None:
+    """Repair budget, learning rate, selection and class balancing (defaults live in RepairConfig)."""
+    t.add_argument("--train-steps-total", type=_b("--train-steps-total", 1, "MAX_TRAIN_STEPS"), metavar="N",
+                   help="fine-tuning budget in optimizer steps (batches); not to be confused with --train-steps, "
+                        "the PGD iterations of the training attack. Default: automatic, max(300, 10 epochs) steps")
+    t.add_argument("--epochs", type=_b("--epochs", 1, "MAX_EPOCHS"),
+                   help="budget as whole passes over the training split instead of --train-steps-total (give one)")
+    t.add_argument("--evaluations", type=_b("--evaluations", 1, "MAX_EVALUATIONS"), metavar="K",
+                   help="validation checkpoints spread through the budget; the best one is kept (default 10)")
+    t.add_argument("--lr", type=_f("--lr", 0, "MAX_LR", lo_open=True),
+                   help="initial SGD learning rate, momentum 0.9, weight decay 5e-4, decayed by --schedule "
+                        "(default 0.05, a fine-tuning rate; the paper uses 0.1 from scratch)")
+    t.add_argument("--sampler", choices=["auto", "shuffle", "class-balanced"],
+                   help="batch sampling: shuffle (each image once a pass), class-balanced (every class equally "
+                        "likely; Balanced Softmax then uses the uniform prior) or auto (class-balanced when the "
+                        "smallest class has 20+ training images, else shuffle) (default auto)")
+    t.add_argument("--trades-beta", type=_f("--trades-beta", 0, "MAX_COEFFICIENT"), help="weight of the KL term of --method trades-bsl (default 6)")
+
+
+def _budget_kwargs(args: argparse.Namespace) -> dict:
+    """The flags of :func:`_add_budget_args` that were given, as RepairConfig keywords."""
+    keys = {"train_steps_total": "steps_total", "epochs": "epochs", "evaluations": "evaluations", "lr": "lr",
+            "sampler": "sampler", "trades_beta": "trades_beta"}
+    return {cfg: getattr(args, a) for a, cfg in keys.items() if getattr(args, a) is not None}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pdf", action="store_true", help="do not write report.pdf")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
-    p = sub.add_parser("repair", help="adversarially fine-tune a model (REAT, AT-BSL or PGD-AT) and audit it before/after")
+    p = sub.add_parser("repair", help="adversarially fine-tune a model (REAT, AT-BSL, PGD-AT, TRADES-BSL) and audit "
+                                      "it before/after")
     _add_model_data_args(p)
     _add_attack_args(p)  # the before/after audit; the after-audit repeats it unchanged
     _add_run_args(p)
@@ -190,18 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scaling_args(p, repair=True)
     _add_verdict_args(p)  # --fail-under judges the after-audit
     t = p.add_argument_group("fine-tuning (defaults are for fine-tuning a pretrained model, not training from scratch)")
-    t.add_argument("--method", default="reat", choices=["reat", "at-bsl", "pgd-at"],
+    t.add_argument("--method", default="reat",
                    help="reat: RBL counts + Balanced Softmax + tail feature penalty; at-bsl: Balanced Softmax only; "
-                        "pgd-at: cross-entropy (default reat)")
-    t.add_argument("--epochs", type=_b("--epochs", 1, "MAX_EPOCHS"), default=5, help="fine-tuning epochs (default 5; the paper trains 80 from scratch)")
-    t.add_argument("--lr", type=_f("--lr", 0, "MAX_LR", lo_open=True), default=0.01,
-                   help="initial SGD learning rate, momentum 0.9, weight decay 5e-4 (default 0.01, a fine-tuning "
-                        "rate; the paper uses 0.1 from scratch)")
+                        "pgd-at: cross-entropy; trades-bsl: TRADES with a Balanced Softmax natural term (default reat)")
+    _add_budget_args(t)
     t.add_argument("--schedule", default="cosine", choices=["cosine", "step"],
                    help="cosine decay per step, or x0.1 at 75%% and 90%% of the epochs (default cosine)")
     t.add_argument("--batch-size-train", type=_b("--batch-size-train", 2, "MAX_BATCH"), default=128, help="training batch size (default 128)")
     t.add_argument("--train-eps", help="training attack radius (default: --eps, e.g. 8/255)")
-    t.add_argument("--train-steps", type=_b("--train-steps", 1, "MAX_STEPS"), default=10, help="training PGD steps (default 10)")
+    t.add_argument("--train-steps", type=_b("--train-steps", 1, "MAX_STEPS"), default=10,
+                   help="PGD iterations of the training attack per batch (default 10); the budget in optimizer "
+                        "steps is --train-steps-total")
     t.add_argument("--train-step-size", type=_f("--train-step-size", 0, 1, lo_open=True), help="training PGD step (default train eps / 4: 2/255 at 8/255)")
     t.add_argument("--tail-penalty", choices=["pairwise", "reference", "off"],
                    help="REAT tail feature penalty: pairwise (default), reference (the authors' code, collapsed to a "
@@ -210,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--margin", type=_f("--margin", 0, "MAX_COEFFICIENT"), default=0.1,
                    help="hinge margin on the KL of different-class pairs in the pairwise penalty (default 0.1)")
     t.add_argument("--val-fraction", type=_f("--val-fraction", 0, 0.5, lo_open=True), default=0.1,
-                   help="stratified, seeded share of the training set held out to pick the epoch (default 0.1)")
+                   help="seeded share of each class held out to pick the checkpoint; classes too small to spare an "
+                        "image are guarded on their training images (default 0.1)")
     t.add_argument("--augment", default="none", choices=["none", "flip-crop"],
                    help="training augmentation: none, or random flip + 4-pixel crop for natural images (default none)")
     t.add_argument("--resume", metavar="DIR", help="continue a killed or interrupted run from DIR/checkpoint.pt")
@@ -317,7 +342,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
     audit = _audit_config(args)
     audit.out = None
     config = RepairConfig(
-        audit=audit, method=args.method, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size_train,
+        audit=audit, method=args.method, **_budget_kwargs(args), batch_size=args.batch_size_train,
         schedule=args.schedule, train_eps=parse_number(args.train_eps, "--train-eps") if args.train_eps else None,
         train_steps=args.train_steps, train_step_size=args.train_step_size, tail_penalty=args.tail_penalty,
         tail_lambda=args.tail_lambda, margin=args.margin, val_fraction=args.val_fraction, augment=args.augment,

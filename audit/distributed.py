@@ -344,7 +344,10 @@ class GlobalProgress:
         self.bar.refresh()
 
     def close(self) -> None:
-        self.refresh()  # the final global count (every rank has reported by now), never a stale one
+        """Show the final global count (every rank has added its points by now), then close."""
+        if self.key is not None and not self.bar.disable:
+            self.bar.n = min(int(_CTX.store.add(self.key, 0)), self.total)  # type: ignore[union-attr]
+            self.bar.refresh()
         self.bar.close()
 
 

@@ -1,18 +1,21 @@
-"""CIFAR-10-LT (rho 0.01): REAT (pairwise / reference / off) against AT-BSL and PGD-AT at the same budget.
+"""CIFAR-10-LT (rho 0.01): REAT against AT-BSL, PGD-AT, class-balanced sampling and TRADES-BSL, repair defaults.
 
 1. The "pretrained model a user brings": a small timm model (default ``test_resnet``, 0.37 M
    parameters, sized for 2 CPU cores) standard-trained from scratch with cross-entropy on the
    real CIFAR-10-LT training images (../shared/data), cached under .cache/.
-2. Each method repairs it through ``run_repair`` (the CLI's code path) with the same seed,
-   epochs, learning rate, batch, augmentation and training attack (L-inf 8/255, 10 steps of
-   2/255); the epoch is picked on the held-out validation split.
+2. Each method repairs it through ``run_repair`` (the CLI's code path) with the repair
+   defaults (automatic step budget, learning rate, batch, checkpoint selection on the
+   held-out validation split) unless --steps-total/--lr are given, the same seed,
+   flip+crop augmentation and training attack (L-inf 8/255, 10 steps of 2/255).
 3. Before and after: the audit cascade PGD-20 then Temperature-PGD (L-inf 8/255) on a
    stratified subset of the balanced test set (default 100 images per class).
 
-Prints one table (clean, PGD-20, worst-case robust overall and per group, wall time,
-hardware) and writes it to <out>/table.md and table.json.
+Prints one table (clean, PGD-20, worst-case robust overall and per group, head/tail gap,
+fine-tuning and wall time, hardware) and writes it to <out>/table.md and table.json after
+every method (a partial run keeps what finished).
 
-    .venv/bin/python bench/cifar10lt_repair.py [--epochs 8] [--lr 0.05] [--n-per-class 100] [--device auto]
+    .venv/bin/python bench/cifar10lt_repair.py [--settings "REAT,AT-BSL"] [--steps-total N] [--lr 0.05]
+        [--n-per-class 100] [--device auto]
 """
 from __future__ import annotations
 
@@ -39,12 +42,16 @@ log = logging.getLogger("bench")
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2471, 0.2435, 0.2616)
 RHO = 0.01
-SETTINGS = {  # name: (method, tail penalty)
-    "REAT pairwise": ("reat", "pairwise"),
-    "REAT reference": ("reat", "reference"),
-    "REAT off": ("reat", "off"),
-    "AT-BSL": ("at-bsl", None),
-    "PGD-AT": ("pgd-at", None),
+SETTINGS = {  # name: (method, tail penalty, sampler)
+    "REAT defaults": ("reat", None, "auto"),
+    "REAT": ("reat", "pairwise", "shuffle"),
+    "TRADES-BSL": ("trades-bsl", None, "shuffle"),
+    "AT-BSL": ("at-bsl", None, "shuffle"),
+    "PGD-AT class-balanced": ("pgd-at", None, "class-balanced"),
+    "PGD-AT": ("pgd-at", None, "shuffle"),
+    "REAT reference": ("reat", "reference", "shuffle"),
+    "REAT off": ("reat", "off", "shuffle"),
+    "REAT class-balanced": ("reat", "pairwise", "class-balanced"),
 }
 
 
@@ -107,22 +114,32 @@ def standard_lt_model(arch: str, epochs: int, device: torch.device) -> Path:
     return ckpt
 
 
-def row(name: str, res: dict, seconds: float | None, hw: str) -> dict:
+def row(name: str, res: dict, seconds: float | None, hw: str, summary: dict | None = None) -> dict:
     s = res["summary"]
     wc = s["robust"]["worst_case"]
     g = wc.get("groups") or {}
-    return {"method": name, "clean": s["clean"]["overall"], "pgd20": s["robust"]["pgd"]["overall"],
-            "worst_case": wc["overall"], "head": g.get("head"), "medium": g.get("medium"), "tail": g.get("tail"),
-            "worst_class": wc.get("worst"), "seconds": seconds, "hardware": hw}
+    gap = g["head"] - g["tail"] if g.get("head") is not None and g.get("tail") is not None else None
+    r = {"method": name, "clean": s["clean"]["overall"], "pgd20": s["robust"]["pgd"]["overall"],
+         "worst_case": wc["overall"], "head": g.get("head"), "medium": g.get("medium"), "tail": g.get("tail"),
+         "gap": gap, "worst_class": wc.get("worst"), "seconds": seconds, "hardware": hw,
+         "fine_tune_s": None, "budget": None, "kept_step": None}
+    if summary is not None:
+        r.update(fine_tune_s=summary["timings"]["fine_tune_s"], budget=summary["budget"], kept_step=summary["best_step"],
+                 lr=summary["lr"])
+    return r
 
 
 def table(rows: list[dict]) -> str:
-    head = "| method | clean | PGD-20 | worst case | head (wc) | medium (wc) | tail (wc) | worst class | wall time | hardware |"
-    lines = [head, "|" + "---|" * 10]
+    head = ("| method | clean | PGD-20 | worst case | head (wc) | medium (wc) | tail (wc) | head-tail gap | worst class "
+            "| kept step / budget | fine-tuning | wall time | hardware |")
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
         t = f"{r['seconds'] / 60:.1f} min" if r["seconds"] is not None else "-"
+        ft = f"{r['fine_tune_s'] / 60:.1f} min" if r.get("fine_tune_s") is not None else "-"
+        kept = f"{r['kept_step']} / {r['budget']['steps_total']}" if r.get("budget") else "-"
         lines.append(f"| {r['method']} | " + " | ".join(f"{100 * r[k]:.1f}" for k in (
-            "clean", "pgd20", "worst_case", "head", "medium", "tail", "worst_class")) + f" | {t} | {r['hardware']} |")
+            "clean", "pgd20", "worst_case", "head", "medium", "tail", "gap", "worst_class"))
+            + f" | {kept} | {ft} | {t} | {r['hardware']} |")
     return "\n".join(lines)
 
 
@@ -130,8 +147,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="test_resnet")
     ap.add_argument("--std-epochs", type=int, default=40, help="standard training epochs of the input model")
-    ap.add_argument("--epochs", type=int, default=8, help="repair epochs (same for every method)")
-    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--steps-total", type=int, help="repair budget in optimizer steps (default: the automatic budget)")
+    ap.add_argument("--lr", type=float, help="repair learning rate (default: the repair default)")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--n-per-class", type=int, default=100, help="test images per class for the audits")
     ap.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated subset of: " + ", ".join(SETTINGS))
@@ -150,33 +167,43 @@ def main() -> None:
     rows: list[dict] = []
     names = [s.strip() for s in args.settings.split(",") if s.strip()]
     for i, name in enumerate(names):
-        method, penalty = SETTINGS[name]
+        method, penalty, sampler = SETTINGS[name]
         audit = AuditConfig(model=f"timm:{args.arch}", checkpoint=str(ckpt), dataset="cifar10lt", imbalance=RHO,
                             data_root=str(root), mean=MEAN, std=STD, n_per_class=args.n_per_class,
                             attacks=("pgd", "temp-pgd"), eps=8 / 255, eps_text="8/255", steps=20, seed=0,
                             device=args.device, download=False, quiet=True)
-        cfg = RepairConfig(audit=audit, method=method, tail_penalty=penalty, epochs=args.epochs, lr=args.lr,
-                           batch_size=args.batch, augment="flip-crop", out=str(args.out / name.replace(" ", "-")),
-                           formats=("html", "pdf") if i == 0 else (), quiet=True)
+        extra = {k: v for k, v in (("steps_total", args.steps_total), ("lr", args.lr)) if v is not None}
+        cfg = RepairConfig(audit=audit, method=method, tail_penalty=penalty, sampler=sampler, batch_size=args.batch,
+                           augment="flip-crop", out=str(args.out / name.replace(" ", "-")),
+                           formats=("html", "pdf") if i == 0 else (), quiet=True, **extra)
         t1 = time.time()
         log.info("repairing with %s (%d/%d)", name, i + 1, len(names))
         run = run_repair(cfg, progress=False)
         if not rows:
             rows.append(row(f"input model (standard training, {args.std_epochs} epochs)", run.before, None, hw))
-        rows.append(row(name, run.after, time.time() - t1, hw))
-        log.info("%s done in %.1f min (best epoch %d): tail worst case %.1f%% -> %.1f%%", name,
-                 (time.time() - t1) / 60, run.best_epoch, 100 * run.summary["before"]["robust_groups"]["tail"],
+        rows.append(row(name, run.after, time.time() - t1, hw, run.summary))
+        log.info("%s done in %.1f min (kept step %d): tail worst case %.1f%% -> %.1f%%", name,
+                 (time.time() - t1) / 60, run.summary["best_step"], 100 * run.summary["before"]["robust_groups"]["tail"],
                  100 * run.summary["after"]["robust_groups"]["tail"])
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "table.json").write_text(json.dumps(rows, indent=2))
+        write_table(args, rows, t0)
+    print(write_table(args, rows, t0))
+
+
+def write_table(args: argparse.Namespace, rows: list[dict], t0: float) -> str:
     n_eval = args.n_per_class * 10
-    text = (f"CIFAR-10-LT rho {RHO} (12406 training images, 10% held out for validation), timm:{args.arch} "
-            f"standard-trained {args.std_epochs} epochs; repair: {args.epochs} epochs, lr {args.lr} cosine, batch "
-            f"{args.batch}, flip+crop, training PGD L-inf 8/255 10x2/255; audit: PGD-20 then Temperature-PGD (T=0.5), "
-            f"L-inf 8/255, {n_eval} test images ({args.n_per_class}/class); wc = worst case over both attacks; "
+    bud = next((r["budget"] for r in rows if r.get("budget")), None)
+    lr = next((r["lr"] for r in rows if r.get("lr") is not None), None)
+    budget = f"{bud['steps_total']} steps ({bud['source']}: {bud['rule']})" if bud else "n/a"
+    text = (f"CIFAR-10-LT rho {RHO} (12406 training images, 10% of each class held out for validation), "
+            f"timm:{args.arch} standard-trained {args.std_epochs} epochs; repair: budget {budget}, lr {lr} cosine, "
+            f"batch {args.batch}, flip+crop, training PGD L-inf 8/255 10x2/255, checkpoint kept by balanced "
+            f"worst-case robust accuracy on validation; audit: PGD-20 then Temperature-PGD (T=0.5), L-inf 8/255, "
+            f"{n_eval} test images ({args.n_per_class}/class); wc = worst case over both attacks; "
             f"total {(time.time() - t0) / 60:.1f} min\n\n" + table(rows))
     (args.out / "table.md").write_text(text + "\n")
-    print(text)
+    return text
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Optional, Sequence
 
 from audit.config import AttackSpec, AuditConfig
@@ -11,11 +11,13 @@ from .errors import RepairError
 
 PENALTIES = ("pairwise", "reference", "off")
 SCHEDULES = ("cosine", "step")
+SAMPLERS = ("auto", "shuffle", "class-balanced")
 AUGMENTS = ("none", "flip-crop")
 FORMATS = ("html", "pdf")
 
 # Fields that change the trained weights: a --resume must agree on all of them.
-TRAINING_KEYS = ("method", "epochs", "lr", "batch_size", "momentum", "weight_decay", "schedule", "train_eps",
+TRAINING_KEYS = ("method", "epochs", "steps_total", "evaluations", "sampler", "trades_beta",
+                 "lr", "batch_size", "momentum", "weight_decay", "schedule", "train_eps",
                  "train_steps", "train_step_size", "tail_penalty", "tail_lambda", "margin", "val_fraction",
                  "augment", "amp", "seed", "norm")
 
@@ -28,13 +30,21 @@ class RepairConfig:
     2/255 steps on CIFAR-like data, as in the paper); ``tail_penalty`` None means the method's
     default (REAT: pairwise, falling back to logits with a warning when the model has no
     penultimate layer; an explicit pairwise/reference without features is an error).
-    Defaults are for *fine-tuning* a pretrained model: lr 0.01, 5 epochs, cosine decay.
+    Defaults are for *fine-tuning* a pretrained model: lr 0.05 with cosine decay, and a budget
+    in optimizer steps: ``steps_total`` (``--train-steps-total``) or ``epochs`` whole passes,
+    at most one of them; neither means the automatic budget of :mod:`reat_finetune.budget`.
+    ``sampler`` "class-balanced" draws every class equally often into the adversarial batch;
+    "auto" does so only when every class has enough training images (:func:`.train.resolve_sampler`).
     """
 
     audit: AuditConfig
     method: str = "reat"
-    epochs: int = 5
-    lr: float = 0.01
+    epochs: Optional[int] = None
+    steps_total: Optional[int] = None
+    evaluations: int = 10
+    sampler: str = "auto"
+    trades_beta: float = 6.0
+    lr: float = 0.05
     batch_size: int = 128
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -79,6 +89,28 @@ class RepairConfig:
         return make_spec("pgd", self.audit.norm, self.eps, name="pgd-train", steps=int(self.train_steps),
                          step_size=self.step_size, random_start=True)
 
+    def validation_specs(self) -> list[AttackSpec]:
+        """The audit's gradient attacks at the training radius, step count and step size (model selection).
+
+        Score-based attacks (Square) are left out: thousands of queries at every evaluation would
+        cost more than the fine-tuning itself.
+        """
+        from dataclasses import fields
+
+        from audit.registry import ATTACKS
+
+        specs = []
+        for s in self.audit.attack_specs():
+            cls = ATTACKS.get(s.kind)
+            if cls.gradient_free:
+                continue
+            params = s.params if s.params is not None else cls.Params()
+            names = {f.name for f in fields(params)}
+            over = {k: v for k, v in (("steps", int(self.train_steps)), ("step_size", self.step_size),
+                                      ("random_start", True)) if k in names}
+            specs.append(replace(s, eps=self.eps, params=replace(params, **over)))
+        return specs or [self.train_attack_spec()]
+
     def resolved_penalty(self, method_default: str) -> str:
         return self.tail_penalty if self.tail_penalty is not None else method_default
 
@@ -99,8 +131,22 @@ class RepairConfig:
             raise RepairError(f"--method {self.method!r} is unknown; choose one of: {', '.join(METHODS.names())}")
         if not _finite(self.lr) or self.lr <= 0 or self.lr > 10:
             raise RepairError(f"--lr must be a positive learning rate (e.g. 0.01 for fine-tuning), got {self.lr}")
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or not 1 <= self.epochs <= 100_000:
-            raise RepairError(f"--epochs must be a whole number of epochs >= 1 (e.g. 5), got {self.epochs}")
+        if self.epochs is not None and self.steps_total is not None:
+            raise RepairError("--epochs and --train-steps-total both set the fine-tuning budget; give one of them "
+                              "(or neither, for the automatic budget)")
+        if self.epochs is not None and (isinstance(self.epochs, bool) or not isinstance(self.epochs, int)
+                                        or not 1 <= self.epochs <= 100_000):
+            raise RepairError(f"--epochs must be a whole number of epochs >= 1 (e.g. 10), got {self.epochs}")
+        if self.steps_total is not None and (isinstance(self.steps_total, bool) or not isinstance(self.steps_total, int)
+                                             or not 1 <= self.steps_total <= 100_000_000):
+            raise RepairError(f"--train-steps-total must be a whole number of optimizer steps >= 1 (e.g. 500), "
+                              f"got {self.steps_total}")
+        if isinstance(self.evaluations, bool) or not isinstance(self.evaluations, int) or not 1 <= self.evaluations <= 1000:
+            raise RepairError(f"--evaluations must be a whole number in 1..1000 (e.g. 10), got {self.evaluations}")
+        if self.sampler not in SAMPLERS:
+            raise RepairError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if not _finite(self.trades_beta) or self.trades_beta < 0:
+            raise RepairError(f"--trades-beta must be >= 0, got {self.trades_beta}")
         if not isinstance(self.batch_size, int) or self.batch_size < 2:
             raise RepairError(f"--batch-size-train must be at least 2 (BatchNorm needs two images), got {self.batch_size}")
         if not _finite(self.momentum) or not 0 <= self.momentum < 1:

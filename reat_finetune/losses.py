@@ -1,4 +1,4 @@
-"""REAT's losses (docs/method.md, "Repair"), vectorised over the batch.
+"""REAT's losses (docs/repair.md), vectorised over the batch.
 
 * :func:`rbl_weights`: effective-number class weights from the previous epoch's adversarial
   prediction counts. With sign steps (L-inf PGD) or per-sample normalised steps (L2 PGD) a
@@ -136,3 +136,18 @@ class RBLWeightedPGD(PGD):
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         w = self.class_weights.to(logits.device)[y]
         return w * F.cross_entropy(logits, y, reduction="none")
+
+
+class KLAttack(PGD):
+    """PGD ascending ``KL(reference || softmax(logits))`` per sample: TRADES' inner maximisation.
+
+    ``reference`` (B, C) holds the clean predictive distribution of the batch being attacked
+    (set before each attack, rows aligned with the batch); the random start in the ball
+    gives the ascent a non-zero gradient (the KL and its gradient vanish at the clean point).
+    """
+
+    reference: torch.Tensor
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        p = self.reference.to(logits.device)
+        return (p * (p.clamp_min(1e-12).log() - F.log_softmax(logits.float(), 1))).sum(1)

@@ -34,7 +34,9 @@ from .export import export_repaired
 from .features import build_feature_model
 from .losses import tail_class_weights
 from .methods import get_method
-from .train import BatchSource, TrainHooks, TrainSetup, fine_tune, split_train_val, training_log
+from .budget import resolve_budget
+from .selection import METRIC, plan, split_train_val
+from .train import BatchSource, TrainHooks, TrainSetup, fine_tune, resolve_sampler, training_log
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +168,11 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
     labels = np.asarray(data.train_labels, dtype=np.int64)
     train_idx, val_idx = split_train_val(labels, config.val_fraction, config.seed)
     split_counts = [int(c) for c in np.bincount(labels[train_idx], minlength=C)]
+    budget = resolve_budget(len(train_idx), int(config.batch_size), epochs=config.epochs,
+                            steps_total=config.steps_total, evaluations=int(config.evaluations))
+    vplan = plan(labels, val_idx, data.class_names)
+    sampler, sampler_rule = resolve_sampler(config.sampler, split_counts)
+    guard_idx = train_idx[np.isin(labels[train_idx], vplan.missing)]
     size = tuple(loaded.preprocessing.input_size)
     fm, feature_warnings = build_feature_model(loaded, _probe_images(data, train_idx, 8, size).to(device),
                                                explicit_penalty=config.tail_penalty, need_features=penalty != "off")
@@ -187,7 +194,8 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
         dataset={"name": data.name, "classes": list(data.class_names), "train_counts": [int(c) for c in data.train_counts],
                  "imbalance": config.audit.imbalance, "n_train_total": int(len(labels)),
                  "train_labels_sha256": labels_digest(labels), "image_shape": list(data.image_shape)},
-        training=config.training_dict(),
+        training={**config.training_dict(), "budget_steps": budget.steps_total,
+                  "steps_per_epoch": budget.steps_per_epoch},
     )
     if resume_state is not None:
         check_fingerprint(resume_state["fingerprint"], fp, Path(config.resume))  # type: ignore[arg-type]
@@ -214,9 +222,15 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
         is_tail=torch.tensor([g == "tail" for g in groups], dtype=torch.bool),
         v=tail_class_weights(split_counts), device=device, input_size=size, num_classes=C,
         fingerprint=fp, penalty=penalty, feature_source=fm.source if penalty != "off" else "unused",
+        budget=budget, plan=vplan,
+        guard=BatchSource(data.train, guard_idx, labels, data.image_shape) if vplan.missing else None,
+        prior_counts=[1.0] * C if sampler == "class-balanced" else None, sampler=sampler, sampler_rule=sampler_rule,
     )
-    log.info("fine-tuning with %s (tail penalty %s, features: %s) on %d images, validating on %d",
-             method.name, penalty, setup.feature_source, len(train_idx), len(val_idx))
+    log.info("fine-tuning with %s (tail penalty %s, features: %s, %s sampling) on %d images for %d steps (%s), "
+             "validating on %d%s", method.name, penalty, setup.feature_source, sampler, len(train_idx),
+             budget.steps_total, budget.rule, len(val_idx),
+             f" + a guard on {len(guard_idx)} training images of {len(vplan.missing)} class(es) without validation "
+             "images" if vplan.missing else "")
     result = fine_tune(setup, config, out_dir=out, resume=resume_state, hooks=hooks, progress=show)
     fm.remove()
     loaded.module.net.load_state_dict(result.best_state)
@@ -236,10 +250,11 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
     after = after_run.results
 
     # -- log, summary, report ------------------------------------------------------------------
-    state = {"log": result.log, "best": {"epoch": result.best_epoch,
-                                         "score": next((e.get("val_robust_acc") for e in result.log
-                                                        if e["epoch"] == result.best_epoch), None)}}
-    tlog = training_log(state, setup, config)
+    chosen = next((e for e in result.log if e.get("step") == result.best_step), {})
+    first = result.log[0] if result.log else {}
+    state = {"log": result.log, "guard_floor": first.get("guard_robust_acc"),
+             "best": {"epoch": result.best_epoch, "step": result.best_step, "score": chosen.get(METRIC)}}
+    tlog = training_log(state, setup, config, note=result.best_note)
     tlog["warnings"] = feature_warnings + result.warnings
     summary = {
         "tool": {"name": "tailaudit", "version": __version__},
@@ -247,10 +262,12 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
         "config": config.to_dict(),
         "method": method.name, "description": method.description, "tail_penalty": penalty,
         "feature_source": setup.feature_source,
-        "best_epoch": result.best_epoch, "epochs": config.epochs,
+        "best_epoch": result.best_epoch, "best_step": result.best_step, "epochs": budget.epochs,
+        "lr": config.lr, "sampler": sampler, "sampler_rule": sampler_rule, "budget": tlog["budget"], "selection": tlog["selection"],
         "model": {"input": loaded.spec, "input_sha256": loaded.sha256, "repaired": str(exported.path),
                   "format": exported.format, "parity": exported.parity},
-        "split": {"n_train": len(train_idx), "n_val": len(val_idx), "train_counts": split_counts,
+        "split": {"n_train": len(train_idx), "n_val": len(val_idx), "n_guard": int(len(guard_idx)),
+                  "train_counts": split_counts,
                   "val_counts": [int(c) for c in np.bincount(labels[val_idx], minlength=C)], "seed": config.seed},
         "before": _headline(before), "after": _headline(after),
         "timings": {"fine_tune_s": result.seconds, "fine_tune_session_s": result.session_seconds,
@@ -313,7 +330,12 @@ def format_comparison(run: RepairRun) -> str:
         d = "" if x is None or y is None else f"{100 * (y - x):+8.1f}"
         lines.append(f"{name:<22}{pct(x):>8}{pct(y):>8}{d:>9}")
     s = run.summary
-    lines.append(f"method {s['method']} (tail penalty {s['tail_penalty']}), best epoch {s['best_epoch']}/{s['epochs']} "
-                 f"by validation robust accuracy; fine-tuning {s['timings']['fine_tune_s']:.1f} s, "
-                 f"total {s['timings']['total_s']:.0f} s")
+    bud = s["budget"]
+    lines.append(f"method {s['method']} (tail penalty {s['tail_penalty']}, {s['sampler']} sampling, lr {s['lr']:g}); "
+                 f"budget {bud['steps_total']} steps ({bud['source']}, {bud['epochs']} epochs); kept step "
+                 f"{s['best_step']} (epoch {s['best_epoch']}) by balanced worst-case robust accuracy on validation; "
+                 f"fine-tuning {s['timings']['fine_tune_s']:.1f} s, total {s['timings']['total_s']:.0f} s")
+    missing = s["selection"]["validation"]["missing_classes"]
+    if missing:
+        lines.append(f"classes without validation images (guarded on their training images): {', '.join(missing)}")
     return "\n".join(lines)

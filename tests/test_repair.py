@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import subprocess
 import sys
 import warnings
@@ -24,7 +25,12 @@ from reat_finetune.checkpoint import load_checkpoint
 from reat_finetune.features import build_feature_model
 from reat_finetune.losses import (RBLWeightedPGD, balanced_softmax_loss, effective_number, log_prior, rbl_weights,
                                   tail_class_weights, tail_penalty_pairwise, tail_penalty_reference)
-from reat_finetune.train import lr_at, perturb, split_train_val
+from audit.registry import METHODS
+from reat_finetune.budget import AUTO_FLOOR_STEPS, eval_points, resolve_budget
+from reat_finetune.losses import KLAttack
+from reat_finetune.methods import LossContext, get_method
+from reat_finetune.selection import better, eligible, plan
+from reat_finetune.train import CB_MIN_CLASS, epoch_order, lr_at, perturb, resolve_sampler, split_train_val
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "digits_cnn.onnx"
@@ -41,6 +47,7 @@ def cheap_config(out: Path | None, model: Path = DEMO, imbalance: float = 0.01, 
                         n_per_class=5, quiet=True, device="cpu", imbalance=imbalance)
     kw.setdefault("epochs", 2)
     kw.setdefault("batch_size", 64)
+    kw.setdefault("evaluations", 2)
     return RepairConfig(audit=audit, formats=(), quiet=True, out=str(out) if out else None, **kw)
 
 
@@ -98,7 +105,7 @@ def test_balanced_softmax_is_ce_of_shifted_logits():
 
 
 def _slow_pairwise(f, y, tail, v, margin):
-    """Loop over anchors and pairs with F.kl_div: the definition in ALGORITHMS.md section 4."""
+    """Loop over anchors and pairs with F.kl_div: the definition in docs/repair.md."""
     B = len(y)
     total, anchors = 0.0, 0
     for a in range(B):
@@ -297,12 +304,77 @@ def test_attack_forwards_leave_batchnorm_statistics_alone():
 
 
 def test_validation_split_is_stratified_seeded_disjoint():
-    labels = np.repeat(np.arange(5), [50, 20, 10, 9, 1])
+    labels = np.repeat(np.arange(7), [50, 20, 10, 9, 3, 2, 1])
     tr, va = split_train_val(labels, 0.1, 0)
-    assert np.bincount(labels[va], minlength=5).tolist() == [5, 2, 1, 0, 0]
+    # every class that keeps two training images gives at least one; 2- and 1-image classes give none
+    assert np.bincount(labels[va], minlength=7).tolist() == [5, 2, 1, 1, 1, 0, 0]
     assert len(np.intersect1d(tr, va)) == 0 and len(tr) + len(va) == len(labels)
     tr2, va2 = split_train_val(labels, 0.1, 0)
     assert np.array_equal(va, va2) and not np.array_equal(va, split_train_val(labels, 0.1, 1)[1])
+    vp = plan(labels, va, [f"c{i}" for i in range(7)])
+    assert vp.missing == [5, 6] and vp.fallback and "guard" in vp.rule()
+    d = vp.to_dict(chosen_epoch=3, chosen_step=30)
+    assert d["validation"] == {"per_class_counts": [5, 2, 1, 1, 1, 0, 0], "missing_classes": ["c5", "c6"],
+                               "missing_class_indices": [5, 6], "fallback": vp.fallback}
+    assert plan(labels[:50], np.arange(5), ["a"] * 7).fallback is not None  # classes absent entirely are missing too
+
+
+def test_budget_in_steps_auto_floor_and_evaluation_points():
+    # 300 images at batch 128: 3 steps an epoch (the last batch of 44 kept); auto = the floor
+    b = resolve_budget(300, 128, epochs=None, steps_total=None)
+    assert (b.steps_per_epoch, b.steps_total, b.source, b.epochs) == (3, AUTO_FLOOR_STEPS, "auto", 100)
+    assert b.eval_steps == list(range(30, 301, 30))  # 10 evaluations at epoch ends
+    # a large split: ten epochs beat the floor
+    b = resolve_budget(11165, 128, epochs=None, steps_total=None)
+    assert (b.steps_per_epoch, b.steps_total) == (88, 880) and b.eval_steps[-1] == 880
+    assert all(s % 88 == 0 for s in b.eval_steps) and len(b.eval_steps) == 10
+    # flags; a last batch of one image is dropped; evaluations closer than an epoch fall mid-epoch
+    b = resolve_budget(129, 128, epochs=4, steps_total=None)
+    assert (b.steps_per_epoch, b.steps_total, b.source) == (1, 4, "flag")
+    b = resolve_budget(1000, 10, epochs=None, steps_total=25)
+    assert b.steps_total == 25 and b.eval_steps == eval_points(25, 100) == [2, 5, 8, 10, 12, 15, 18, 20, 22, 25]
+    assert b.to_dict()["epochs"] == 1 and b.epoch_of(25) == 0.25
+    assert eval_points(3, 100) == [1, 2, 3]
+
+
+def test_selection_rule_guard_and_ties():
+    e = lambda score, guard=None, **kw: {"val_robust_acc": score, "guard_robust_acc": guard, **kw}  # noqa: E731
+    assert eligible(e(0.5, 0.3), 0.3) and not eligible(e(0.9, 0.2), 0.3) and eligible(e(0.9, 0.2), None)
+    best = {"score": 0.5, "eligible": True}
+    assert better(e(0.5, 0.4), best, 0.3)  # ties go to the later checkpoint
+    assert not better(e(0.9, 0.1), best, 0.3)  # a higher score that breaks the tail guard loses
+    assert better(e(0.1, 0.4), {"score": 0.9, "eligible": False}, 0.3)  # eligible beats ineligible
+    assert not better(e(0.4), best, None)
+
+
+def test_class_balanced_order_and_trades_pieces():
+    y = torch.tensor([0] * 90 + [1] * 9 + [2] * 1)
+    o = epoch_order(y, "class-balanced", torch.Generator().manual_seed(0))
+    assert len(o) == 100 and torch.equal(o, epoch_order(y, "class-balanced", torch.Generator().manual_seed(0)))
+    frac = torch.bincount(y[o], minlength=3).float() / 100
+    assert torch.all((frac - 1 / 3).abs() < 0.12), frac
+    assert sorted(epoch_order(y, "shuffle", torch.Generator().manual_seed(0)).tolist()) == list(range(100))
+    # auto: class-balanced only when the smallest class has CB_MIN_CLASS images or more
+    assert resolve_sampler("auto", [90, 9, 1])[0] == "shuffle"
+    assert resolve_sampler("auto", [5000, CB_MIN_CLASS])[0] == "class-balanced"
+    assert resolve_sampler("shuffle", [5000, 500])[0] == "shuffle"
+    # TRADES' attack ascends KL(clean || adversarial): zero at the clean logits, positive elsewhere
+    spec = make_spec("pgd", "linf", 0.1, name="kl", steps=3, step_size=0.025)
+    att = KLAttack(spec)
+    z = torch.randn(4, 5)
+    att.reference = F.softmax(z, 1)
+    assert torch.allclose(att.loss(z, torch.zeros(4, dtype=torch.long)), torch.zeros(4), atol=1e-6)
+    assert (att.loss(z.flip(1), torch.zeros(4, dtype=torch.long)) > 0).all()
+    # TRADES-BSL loss = BSL(clean) + beta * batch-mean KL(p_clean || p_adv), by hand
+    m = get_method("trades-bsl")
+    counts = torch.tensor([50.0, 5.0, 1.0, 1.0, 1.0])
+    ctx = LossContext(log_n=counts.log(), is_tail=torch.zeros(5, dtype=torch.bool), v=torch.ones(5), penalty="off",
+                      tail_lambda=0.0, margin=0.1, trades_beta=6.0)
+    adv, y4 = torch.randn(4, 5), torch.tensor([0, 1, 2, 3])
+    loss, _ = m.loss(adv, None, y4, ctx, clean_logits=z)
+    pc = F.softmax(z, 1)
+    kl = (pc * (pc.log() - F.log_softmax(adv, 1))).sum(1).mean()
+    assert float(loss) == pytest.approx(float(F.cross_entropy(z + counts.log(), y4) + 6.0 * kl), rel=1e-5)
 
 
 def test_learning_rate_schedules():
@@ -316,16 +388,16 @@ def test_learning_rate_schedules():
 
 
 def test_repair_on_digits_raises_tail_robustness(tmp_path):
-    """REAT on the demo model (fixed seed, small budget) raises the tail group's worst-case robust accuracy."""
-    audit = AuditConfig(model=str(DEMO), dataset="digitslt", eps=0.1, eps_text="0.1", quiet=True, device="cpu")
-    cfg = RepairConfig(audit=audit, method="reat", epochs=10, lr=0.05, batch_size=32, out=str(tmp_path / "r"),
-                       formats=("html",), quiet=True)
+    """The README's command with every repair default (seed 0): the tail gains 5+ points, the head/tail gap narrows."""
+    audit = AuditConfig(model=str(DEMO), dataset="digitslt", quiet=True, device="cpu")  # eps 8/255, PGD-20 + T-PGD
+    cfg = RepairConfig(audit=audit, out=str(tmp_path / "r"), formats=("html",), quiet=True)
     run = run_repair(cfg)
     out = run.out_dir
     before, after = run.before, run.after
-    tail_b = before["summary"]["robust"]["worst_case"]["groups"]["tail"]
-    tail_a = after["summary"]["robust"]["worst_case"]["groups"]["tail"]
-    assert tail_a - tail_b >= 0.05, (tail_b, tail_a)
+    gb = before["summary"]["robust"]["worst_case"]["groups"]
+    ga = after["summary"]["robust"]["worst_case"]["groups"]
+    assert ga["tail"] - gb["tail"] >= 0.05, (gb, ga)
+    assert ga["head"] - ga["tail"] < gb["head"] - gb["tail"], (gb, ga)
     assert after["summary"]["robust"]["worst_case"]["overall"] > before["summary"]["robust"]["worst_case"]["overall"]
     # same threat model, attacks and evaluation points before and after
     for key in ("threat_model", "attacks", "mode"):
@@ -342,16 +414,45 @@ def test_repair_on_digits_raises_tail_robustness(tmp_path):
                  "report.html"):
         assert (out / name).is_file(), name
     log = json.loads((out / "training_log.json").read_text())
-    assert [e["epoch"] for e in log["epochs"]] == list(range(0, 11))
-    assert log["best_epoch"] == run.best_epoch and 1 <= run.best_epoch <= 10
+    summary = json.loads((out / "repair.json").read_text())
+    # the automatic budget: 275 training images at batch 128 = 3 steps an epoch, floor 300 steps, 10 evaluations
+    want_budget = {"steps_total": 300, "steps_per_epoch": 3, "epochs": 100, "source": "auto"}
+    for d in (log["budget"], summary["budget"]):
+        assert {k: d[k] for k in want_budget} == want_budget
+    assert [e["step"] for e in log["epochs"]] == list(range(0, 301, 30))
+    assert [e["epoch"] for e in log["epochs"]] == list(range(0, 101, 10))
+    # tail-aware selection: digit 7 (3 images) gives one to validation, 8 and 9 (2 and 1) are guarded
+    for d in (log["selection"], summary["selection"]):
+        v = d["validation"]
+        assert v["per_class_counts"][7] == 1 and v["missing_classes"] == ["8", "9"] and v["fallback"]
+        assert d["metric"] == "val_robust_acc" and d["rule"].endswith(".") and d["chosen_epoch"] == run.best_epoch
+    assert log["n_val"] == sum(log["selection"]["validation"]["per_class_counts"])
     assert log["feature_source"] == "final-linear-input" and log["tail_penalty"] == "pairwise"
     for e in log["epochs"][1:]:
-        assert {"loss", "val_clean_acc", "val_robust_acc", "adv_pred_counts", "lr", "time_s", "rbl_weights"} <= set(e)
-        assert sum(e["adv_pred_counts"]) == log["n_train"]
+        assert {"loss", "val_clean_acc", "val_robust_acc", "guard_robust_acc", "adv_pred_counts", "lr", "time_s",
+                "rbl_weights", "eligible"} <= set(e)
         assert sum(e["rbl_weights"]) == pytest.approx(10, rel=1e-5)
-    best = max((e for e in log["epochs"][1:]), key=lambda e: (e["val_robust_acc"], e["epoch"]))
-    assert best["epoch"] == run.best_epoch  # picked on validation, never on the test set
+    assert log["n_train"] == 275 and sum(sum(e["adv_pred_counts"]) for e in log["epochs"][1:]) == 100 * 275
+    floor = log["epochs"][0]["guard_robust_acc"]
+    ok = [e for e in log["epochs"][1:] if e["guard_robust_acc"] >= floor]
+    best = max(ok, key=lambda e: (e["val_robust_acc"], e["step"]))
+    assert (best["step"], best["epoch"]) == (run.summary["best_step"], run.best_epoch)  # validation, never test
+    assert summary["lr"] == 0.05 and summary["epochs"] == 100 and "fine_tune_s" in summary["timings"]
+    assert summary["sampler"] == log["sampler"] == "shuffle" and "auto" in summary["sampler_rule"]  # 1-image classes
     assert not list(out.glob(".*.tmp*"))
+
+
+@pytest.mark.parametrize("method", METHODS.names())
+def test_every_method_and_sampler_repairs(tmp_path, method):
+    """Each registered method (and class-balanced sampling) runs end to end and logs its budget and selection."""
+    sampler = "class-balanced" if method == "pgd-at" else "shuffle"
+    run = run_repair(cheap_config(tmp_path / method, method=method, epochs=None, steps_total=4, evaluations=2,
+                                  sampler=sampler))
+    log = run.training_log
+    assert log["budget"]["steps_total"] == 4 and log["budget"]["source"] == "flag"
+    assert [e["step"] for e in log["epochs"]] == [0, 2, 4] and log["sampler"] == sampler
+    assert all(math.isfinite(e["loss"]) for e in log["epochs"][1:])
+    assert run.summary["method"] == method and run.summary["selection"]["chosen_step"] in (2, 4)
 
 
 # --------------------------------------------------------------------------- resume
@@ -422,6 +523,9 @@ def test_disk_full_keeps_the_last_checkpoint(tmp_path, monkeypatch):
 def test_api_rejects_nonsense_learning_rate_and_epochs(tmp_path):
     for kw, needle in (({"lr": 0.0}, "--lr"), ({"lr": -1.0}, "--lr"), ({"lr": float("nan")}, "--lr"),
                        ({"epochs": 0}, "--epochs"), ({"val_fraction": 0.9}, "--val-fraction"),
+                       ({"steps_total": 0, "epochs": None}, "--train-steps-total"),
+                       ({"steps_total": 10, "epochs": 3}, "give one"), ({"sampler": "odd"}, "--sampler"),
+                       ({"method": "nope"}, "trades-bsl"),
                        ({"method": "pgd-at", "tail_penalty": "pairwise"}, "reat")):
         with pytest.raises(RepairError, match=needle):
             run_repair(cheap_config(tmp_path / "x", **kw))
@@ -466,6 +570,16 @@ def test_cli_bad_inputs_exit_2_one_line(tmp_path, uninterrupted, no_linear_onnx)
         _one_line_exit_2(run_cli(*args), needle)
     # the foreign --resume left the other run's checkpoint alone
     assert load_checkpoint(full_out)["next_epoch"] == 3
+
+
+def test_cli_budget_flags_are_exclusive(tmp_path, capsys):
+    """--epochs and --train-steps-total together: one line, exit 2, nothing written (in-process)."""
+    import cli
+
+    code = cli.main(["repair", str(DEMO), *CHEAP, "--train-steps-total", "9", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("tailaudit: error:") and "give one" in err[0], err
+    assert not (tmp_path / "o").exists()
 
 
 def test_resume_with_other_training_settings_is_refused(uninterrupted, tmp_path):

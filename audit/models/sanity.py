@@ -17,8 +17,11 @@ if TYPE_CHECKING:
 
 def check_finite_weights(loaded: "LoadedModel", limit: int = 3) -> None:
     """ModelLoadError naming the first parameters/buffers with NaN or infinite values."""
+    net = getattr(loaded.module, "net", None)
+    if net is None:  # black-box: onnxruntime alone, no tensors to inspect (the logits check still runs)
+        return
     bad = []
-    for name, t in list(loaded.module.net.named_parameters()) + list(loaded.module.net.named_buffers()):
+    for name, t in list(net.named_parameters()) + list(net.named_buffers()):
         if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
             bad.append(name)
             if len(bad) >= limit:
