@@ -218,6 +218,9 @@ def compute_verdict(results: Mapping[str, Any]) -> dict[str, Any]:
                        "there helps most")
     if extra:
         actions.append("Audit the model on data of the size and colour it was trained on")
-    actions.append("Confirm the figures with the stronger attack suite (--suite standard) before relying on them")
+    if (results.get("suite") or "quick") in ("quick", "custom"):
+        actions.append("Confirm the figures with the stronger attack suite (--suite standard) before relying on them")
+    elif (results.get("mode_label") or "white-box") != "white-box":
+        actions.append("Black-box figures are an upper bound: audit an ONNX export that converts for gradients")
     return {"code": code, "label": LABELS[code], "headline": headline, "reasons": reasons, "actions": actions,
             "band": base, "survival": survive, "qualifier": qualifier}

@@ -8,7 +8,8 @@ from . import charts
 from .examples import build_examples
 from .fmt import (attack_label, count, eps_text, interval, num, over_255, pct, points, seconds, short_name,
                   threat_text)
-from .plain import GLOSSARY, at_risk, budget_sentence, critical_warnings, gate_rows, is_balanced, resolve_verdict
+from .plain import (GLOSSARY, at_risk, budget_sentence, critical_warnings, gate_rows, is_balanced, resolve_verdict,
+                    sanity_rows, suite_sentence)
 from .verdict import BANDS, audit_verdict, extra_broken, head_tail, weakest
 
 LARGE = 40  # above this many classes, bar charts show the worst classes and the groups
@@ -321,7 +322,8 @@ def first_page(results: Mapping[str, Any]) -> dict[str, Any]:
         data += "; the training set is balanced (every class has as many training images), so there are no rare classes"
     elif d.get("imbalance") is not None:
         data += f"; long-tailed training set, imbalance factor {d['imbalance']:g} (rarest / most common class)"
-    return {"verdict": verdict, "budget": budget_sentence(results), "data": data, "balanced": balanced,
+    return {"verdict": verdict, "budget": budget_sentence(results), "suite": suite_sentence(results), "data": data,
+            "balanced": balanced,
             "critical": critical_warnings(results),
             "at_risk": at_risk(results) if verdict["meaningful"] else [],
             "at_risk_title": "Weakest classes, and why" if verdict["code"] == "robust" else "Classes at risk, and why",
@@ -351,5 +353,6 @@ def audit_context(results: Mapping[str, Any], folder: Path) -> dict[str, Any]:
         "confusion": confusion(results),
         "examples": build_examples(results, folder),
         "table": class_table(results),
+        "sanity": sanity_rows(results),
         "method": method(results),
     }

@@ -112,6 +112,57 @@ def budget_sentence(results: Mapping[str, Any]) -> str:
     return f"Attack budget ({threat_text(t)}): the total change to the image is limited to {eps:g} ({norm} norm)."
 
 
+def suite_sentence(results: Mapping[str, Any]) -> str:
+    """Which attacks ran, in plain words, with the quick suite's advice and the black-box caveat."""
+    suite = results.get("suite") or "quick"
+    text = f"Attack suite: {suite}."
+    if results.get("suite_note"):
+        text += f" {results['suite_note']}"
+    if (results.get("mode_label") or "white-box") != "white-box":
+        text += (f" Mode: {results['mode_label']}: the model could not be attacked with gradients, so only a "
+                 "score-based attack ran and robust accuracy may be overstated.")
+    return text
+
+
+def sanity_rows(results: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The gradient-masking checks of ``results['sanity']`` as (check, outcome, ok) rows for the report."""
+    s = results.get("sanity")
+    if not isinstance(s, Mapping):
+        return []
+    rows = []
+
+    def classes(names: Any) -> str:
+        names = [str(n) for n in (names or [])]
+        return ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+
+    zg = s.get("zero_gradient") or {}
+    flagged = zg.get("flagged_classes") or []
+    rows.append({"check": "Input gradients exactly zero",
+                 "outcome": f"in classes {classes(flagged)}: their robust accuracy may be overstated" if flagged
+                 else "no class affected", "ok": not flagged})
+    sq = s.get("square_only") or {}
+    if sq.get("checked"):
+        n = int(sq.get("points") or 0)
+        rows.append({"check": "Points only the score-based attack (Square) broke",
+                     "outcome": (f"{n} point(s), in {classes(sq.get('classes'))}: gradients mislead there" if n
+                                 else "none: the gradient attacks found every weakness Square found"), "ok": n == 0})
+    rnd = s.get("randomised") or {}
+    n = int(rnd.get("points") or 0)
+    rows.append({"check": "Same logits on two identical passes",
+                 "outcome": (f"{n} point(s) differ (classes {classes(rnd.get('classes'))}): a randomised model; "
+                             "attacks must average over its randomness" if n else "yes: the model is deterministic"),
+                 "ok": n == 0})
+    le = s.get("large_eps")
+    if isinstance(le, Mapping):
+        acc = le.get("robust_acc")
+        rows.append({"check": f"Robust accuracy at a huge budget (ε = {le.get('eps')})",
+                     "outcome": (f"{100 * float(acc):.1f}%" if acc is not None else "n/a")
+                     + ("; falls to about zero as it must" if le.get("passed") else
+                        f"; should be about zero: gradient masking suspected in {classes(le.get('classes'))}"),
+                     "ok": bool(le.get("passed"))})
+    return rows
+
+
 def at_risk(results: Mapping[str, Any], k: int = 3) -> list[dict[str, str]]:
     """The ``k`` least robust classes with the reasons the figures give: rarity, low clean accuracy, where attacks
     push them."""

@@ -412,3 +412,20 @@ def test_compare_with_not_meaningful_after_and_escaping(tmp_path):
     assert "No robustness grade is given for this run" in text
     for grade in ("Robust overall", "Weakly robust", "Not robust"):
         assert grade not in text, grade
+
+
+def test_suite_sentence_and_gradient_masking_rows():
+    from reports.plain import sanity_rows, suite_sentence
+
+    assert "--suite standard" in suite_sentence({"suite": "quick", "suite_note": "Confirm with --suite standard."})
+    black = suite_sentence({"suite": "custom", "mode_label": "black-box (upper bound)"})
+    assert "black-box (upper bound)" in black and "overstated" in black
+    sanity = {"zero_gradient": {"per_attack": {}, "flagged_classes": ["cat"]},
+              "square_only": {"attacks": ["square"], "checked": True, "points": 2, "per_class": [], "classes": ["dog"]},
+              "randomised": {"points": 0, "per_class": [], "classes": [], "max_abs_logit_diff": 0.0},
+              "large_eps": {"eps": 0.5, "robust_acc": 0.3, "passed": False, "classes": ["ship"]}, "passed": False}
+    rows = sanity_rows({"sanity": sanity})
+    assert [r["ok"] for r in rows] == [False, False, True, False]
+    for row, name in zip(rows, ["cat", "dog", None, "ship"]):
+        assert name is None or name in row["outcome"]
+    assert sanity_rows({}) == []

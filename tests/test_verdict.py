@@ -59,6 +59,9 @@ def test_each_band(robust, code):
     assert v["headline"].startswith(LABELS[code] + ":")
     assert v["reasons"] and v["actions"]
     assert any("--suite standard" in a for a in v["actions"])
+    standard = fixture([0.95] * 9, [robust] * 9)
+    standard["suite"] = "standard"  # already the strong suite: no advice to run it
+    assert not any("--suite standard" in a for a in compute_verdict(standard)["actions"])
     assert (code == "robust") != any("cli.py repair m.onnx --dataset digitslt --eps 8/255" in a for a in v["actions"])
 
 
