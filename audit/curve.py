@@ -16,7 +16,7 @@ import numpy as np
 from .config import AuditConfig, parse_number
 from .engine import PointRecords
 from .errors import ConfigError
-from .metrics import per_class_accuracy
+from .metrics import group_means, per_class_accuracy
 
 
 def parse_eps_list(text: str) -> list[tuple[float, str]]:
@@ -108,16 +108,11 @@ def curve_point(records: PointRecords, eps: float, text: str, independent: bool,
     mask = records.robust_masks(independent)["worst_case"]
     acc, k, n = per_class_accuracy(mask, records.label, num_classes)
     valid = ~np.isnan(acc)
-    group_means = {}
-    for g, idx in groups.items():
-        vals = acc[idx] if idx else np.array([])
-        vals = vals[~np.isnan(vals)]
-        group_means[g] = float(vals.mean()) if len(vals) else None
     return {
         "eps": float(eps), "eps_text": text,
         "overall": float(k.sum() / n.sum()) if n.sum() else None,
         "balanced": float(np.nanmean(acc)) if valid.any() else None,
-        "groups": group_means,
+        "groups": group_means(acc, groups),
         "per_class": [None if np.isnan(a) else float(a) for a in acc],
         "points_run": int(attacked),  # points the cascade ran on at this budget (the rest were broken already)
     }

@@ -40,6 +40,16 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> Optional[dict[str, float
     return {"rho": float(res.statistic), "p": float(res.pvalue)}
 
 
+def group_means(acc: np.ndarray, groups: dict[str, list[int]]) -> dict[str, Optional[float]]:
+    """Mean accuracy of each group's classes, skipping classes without points (None for an empty group)."""
+    out: dict[str, Optional[float]] = {}
+    for g, idx in groups.items():
+        vals = acc[idx] if idx else np.array([])
+        vals = vals[~np.isnan(vals)]
+        out[g] = float(vals.mean()) if len(vals) else None
+    return out
+
+
 def cross_class_summary(
     acc: np.ndarray,
     correct_total: int,
@@ -54,11 +64,6 @@ def cross_class_summary(
     a = np.where(valid, acc, np.nan)
     worst = int(np.nanargmin(a))
     best = int(np.nanargmax(a))
-    group_means = {}
-    for g, idx in groups.items():
-        vals = a[idx] if idx else np.array([])
-        vals = vals[~np.isnan(vals)]
-        group_means[g] = float(vals.mean()) if len(vals) else None
     return {
         "mean": float(np.nanmean(a)),
         "overall": float(correct_total / n_total) if n_total else None,
@@ -68,7 +73,7 @@ def cross_class_summary(
         "best_class": best,
         "gap": float(a[best] - a[worst]),
         "std": float(np.nanstd(a)),
-        "groups": group_means,
+        "groups": group_means(a, groups),
         "spearman": spearman(a, train_counts),
     }
 
