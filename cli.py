@@ -114,6 +114,9 @@ def _add_suite_args(p: argparse.ArgumentParser) -> None:
                         f"{MAX_STEPS})")
     p.add_argument("--restarts", type=_b("--restarts", 1, "MAX_RESTARTS"), help=f"APGD runs per point (default 1; thorough 5; at most {MAX_RESTARTS})")
     p.add_argument("--queries", type=_b("--queries", 1, "MAX_QUERIES"), help=f"Square queries per point (default 5000; at most {MAX_QUERIES})")
+    p.add_argument("--probe", type=_b("--probe", 0, "MAX_QUERIES"),
+                   help="Square: a point stops after this many queries unless Square is doing better on it "
+                        "than the gradient attacks did (standard suite 1000; 0 = full --queries for every point)")
     p.add_argument("--targets", type=_b("--targets", 1, "MAX_TARGETS"),
                    help=f"APGD-T target classes (default 9, C-1 when fewer; at most {MAX_TARGETS})")
 
@@ -287,7 +290,7 @@ def _audit_config(args: argparse.Namespace):
         norm=args.norm, **_eps_args(args.eps), steps=args.steps,
         step_size=args.step_size,
         temperatures=tuple(parse_number_list(args.temperature, "--temperature")) if args.temperature else None,
-        restarts=args.restarts, queries=args.queries, targets=args.targets,
+        restarts=args.restarts, queries=args.queries, probe=args.probe, targets=args.targets,
         black_box=getattr(args, "black_box", False), sanity=getattr(args, "sanity", False),
         independent=args.independent, seed=args.seed, subset_seed=args.subset_seed, device=args.device, batch_size=args.batch_size,
         amp=args.amp, out=args.out, quiet=args.quiet, download=not args.no_download,

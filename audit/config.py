@@ -87,6 +87,7 @@ class AuditConfig:
     temperatures: Optional[Sequence[float]] = None  # None: the suite's (0.5; thorough sweeps 0.1,0.5,2,5)
     restarts: Optional[int] = None
     queries: Optional[int] = None
+    probe: Optional[int] = None  # Square's probe (None: the suite's; 0: full budget on every point)
     targets: Optional[int] = None
     black_box: bool = False
     sanity: bool = False
@@ -200,7 +201,7 @@ class AuditConfig:
                                   "from --attacks")
             entries = [(k, o) for k, o in entries if ATTACKS.get(k).gradient_free] or [("square", {})]
         flags = {"steps": self.steps, "step_size": self.step_size, "restarts": self.restarts,
-                 "queries": self.queries, "targets": self.targets}
+                 "queries": self.queries, "probe": self.probe, "targets": self.targets}
         specs: list[AttackSpec] = []
         for kind, overrides in entries:
             cls = ATTACKS.get(kind)

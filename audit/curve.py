@@ -56,10 +56,14 @@ def merge(base: PointRecords, later: PointRecords, positions: np.ndarray) -> Poi
     pred, step = base.pred.copy(), base.step.copy()
     pred[:, positions] = later.pred
     step[:, positions] = later.step
+    carried = None
+    if base.carried_points is not None and later.carried_points is not None:
+        carried = base.carried_points.copy()
+        carried[:, positions] |= later.carried_points
     return PointRecords(
         base.index, base.label, base.clean_pred, pred, step, list(later.attack_names), list(later.attack_seconds),
         later.clean_seconds, list(later.zero_grad), list(later.attacked), later.rescored, later.rescore_disagreed,
-        later.examples, list(later.warnings))
+        later.examples, list(later.warnings), carried_points=carried)
 
 
 def run_curve(config: AuditConfig, eval_idx: np.ndarray,

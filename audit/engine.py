@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .attacks import Attack, PointNoise
+from .attacks.base import logit_margin
 from .errors import DatasetError, ModelLoadError
 from .models.wrapper import Scorer, ScorerClassifier
 
@@ -49,6 +50,8 @@ class PointRecords:
     verified_by: str = "model"
     # per attack: points the attack left robust on the attacked model but the verifying runtime misclassifies
     survivors_broken: list[int] = field(default_factory=list)
+    # (A, N) bool: the point carried on past Square's probe to the attack's full budget
+    carried_points: Optional[np.ndarray] = None
 
     @property
     def clean_correct(self) -> np.ndarray:
@@ -194,6 +197,7 @@ def run_cascade(
     zg_all = np.zeros((A, n_total), bool)
     jitter_all = np.zeros(n_total, np.float32)
     surv_broken = [0] * A
+    carried_all = np.zeros((A, n_total), bool)  # points that went past Square's probe
     clean_s = 0.0
     rescored = disagreed = 0
     keeper = _ExampleKeeper(num_classes, examples_per_class)
@@ -250,6 +254,9 @@ def run_cascade(
             clean_s += time.perf_counter() - t0
             correct = clean == y
             alive = correct.clone()
+            # per point, the lowest margin the gradient attacks have reached so far (Square's probe uses it)
+            best_margin = logit_margin(logits.float(), y)
+            gradient_ran = False
             pred_b = clean.unsqueeze(0).repeat(A, 1)
             step_b = torch.full((A, n), -1, dtype=torch.long, device=device)
             for a, attack in enumerate(attacks):
@@ -260,8 +267,14 @@ def run_cascade(
                 t0 = time.perf_counter()
                 noise = PointNoise.for_points(seed, attack.spec.name, ids[sel.cpu()], device)
                 on_ref = attack.gradient_free and ref_model is not None
+                to_beat = best_margin[sel] if gradient_ran and not independent else None
                 out = attack.run(ref_model if on_ref else model, x[sel], y[sel], noise=noise, early_stop=True,
-                                 autocast=None if on_ref else autocast)
+                                 autocast=None if on_ref else autocast, margin_to_beat=to_beat)
+                if out.min_margin is not None and not independent:
+                    gradient_ran = True
+                    best_margin[sel] = torch.minimum(best_margin[sel], out.min_margin.to(best_margin))
+                    # no gradient, no information: Square gets its full budget there unless a later attack has one
+                    best_margin[sel[out.zero_grad_mask]] = float("inf")
                 fooled = out.step >= 0
                 adv_pred = out.pred
                 step = out.step
@@ -272,9 +285,13 @@ def run_cascade(
                     confirmed = rp != y[sel]
                     disagreed += int((fooled & ~confirmed).sum())
                     only_there = confirmed & ~fooled
+                    # a near miss the runtime rejected: Square gets its full budget there
+                    best_margin[sel[fooled & ~confirmed]] = float("inf")
                     surv_broken[a] += int(only_there.sum())
                     step = torch.where(only_there, torch.full_like(step, attack.budget), step)
                     fooled, adv_pred = confirmed, rp
+                if out.carried_on is not None:
+                    carried_all[a, pos + sel.cpu().numpy()] = out.carried_on.cpu().numpy()
                 secs[a] += time.perf_counter() - t0
                 zero_grad[a] += out.zero_grad
                 zg_all[a, pos + sel.cpu().numpy()] = out.zero_grad_mask.cpu().numpy()
@@ -315,4 +332,4 @@ def run_cascade(
     return PointRecords(idx_all, lab_all, clean_all, pred_all, step_all, [a.spec.name for a in attacks], secs,
                         clean_s, zero_grad, attacked, rescored, disagreed, keeper.arrays(), warnings,
                         zero_grad_points=zg_all, logit_jitter=jitter_all, verified_by=verified_by,
-                        survivors_broken=surv_broken)
+                        survivors_broken=surv_broken, carried_points=carried_all)

@@ -7,7 +7,8 @@ flags, and :func:`sanity_section` also returns one warning line per failed check
   first step (the model saturates or masks gradients); Temperature-PGD with T < 1 is left out,
   its loss saturates by design;
 * ``square_only``: points a score-based attack (Square) broke after every gradient attack
-  missed them: the gradients point the wrong way for those classes;
+  missed them: the gradients point the wrong way for those classes; with Square's probe
+  (``--suite standard``) also where it ran its full budget (``probe``);
 * ``randomised``: clean logits that differ between two identical forward passes (a
   randomised model defeats attacks that assume a fixed function);
 * ``large_eps`` (``--sanity``): robust accuracy at a huge radius must be about zero.
@@ -79,6 +80,17 @@ def sanity_section(records: Any, specs: Sequence[AttackSpec], class_names: Seque
             warnings.append(f"Square broke {int(only.sum())} points every gradient attack missed (classes "
                             f"{', '.join(square_section['classes'])}): gradients mislead there (masking?); "
                             "trust the worst case, and audit with --suite thorough")
+
+    # 2b. Square's probe: where it went on to its full budget (it was doing better than the gradient attacks)
+    probed = [a for a in black if getattr(specs[a].params, "probe", 0) and records.carried_points is not None]
+    if probed and white:
+        a = probed[0]
+        carried = records.carried_points[a]
+        per = _per_class(carried, labels, C)
+        square_section["probe"] = {
+            "attack": specs[a].name, "probe_queries": int(specs[a].params.probe),
+            "full_queries": int(specs[a].params.queries), "attacked": int(records.attacked[a]),
+            "full_budget_points": int(carried.sum()), "per_class": per, "classes": _names(per, class_names)}
 
     # 3. randomised forward passes
     jit = records.logit_jitter if records.logit_jitter is not None else np.zeros(len(labels), np.float32)

@@ -146,6 +146,16 @@ def sanity_rows(results: Mapping[str, Any]) -> list[dict[str, str]]:
         rows.append({"check": "Points only the score-based attack (Square) broke",
                      "outcome": (f"{n} point(s), in {classes(sq.get('classes'))}: gradients mislead there" if n
                                  else "none: the gradient attacks found every weakness Square found"), "ok": n == 0})
+        pr = sq.get("probe")
+        if isinstance(pr, Mapping):
+            k, m = int(pr.get("full_budget_points") or 0), int(pr.get("attacked") or 0)
+            rows.append({"check": f"Square's full {count(pr.get('full_queries'))} queries",
+                         "outcome": (f"ran on {count(k)} of {count(m)} points: those where Square was closer to "
+                                     f"breaking them after {count(pr.get('probe_queries'))} queries than the "
+                                     "gradient attacks ever got" + (f" (classes {classes(pr.get('classes'))})" if k
+                                                                   else "")
+                                     + f"; the rest stopped at {count(pr.get('probe_queries'))}"),
+                         "ok": True})
     rnd = s.get("randomised") or {}
     n = int(rnd.get("points") or 0)
     rows.append({"check": "Same logits on two identical passes",

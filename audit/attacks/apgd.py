@@ -22,7 +22,8 @@ from torch import nn
 
 from ..bounds import MAX_RESTARTS, MAX_STEPS
 from ..registry import register_attack
-from .base import Attack, AttackOutcome, AttackParams, Autocast, ascent_direction, project, view_rows
+from .base import (Attack, AttackOutcome, AttackParams, Autocast, ascent_direction, logit_margin, project,
+                   view_rows)
 from .noise import Noise
 
 MOMENTUM = 0.75
@@ -153,6 +154,7 @@ class APGD(Attack):
                 s.grad = grad
             pred = logits.argmax(1)
             fooled = pred != s.y
+            rec["margin"][s.idx] = torch.minimum(rec["margin"][s.idx], logit_margin(logits.float(), s.y))
             first = fooled & (rec["step"][s.idx] < 0)
             if bool(first.any()):
                 sel = s.idx[first]
@@ -202,13 +204,14 @@ class APGD(Attack):
         return [None]
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, noise: Noise, early_stop: bool = True,
-            autocast: Autocast = None) -> AttackOutcome:
+            autocast: Autocast = None, margin_to_beat: Optional[torch.Tensor] = None) -> AttackOutcome:
         ctx = autocast or contextlib.nullcontext
         n = x.shape[0]
         x = x.detach()
         rec = {"x": x.clone(), "pred": y.clone(), "step": torch.full((n,), -1, dtype=torch.long, device=x.device),
                "zero": torch.zeros(n, dtype=torch.bool, device=x.device),
-               "best_loss": torch.full((n,), float("-inf"), device=x.device), "forwards": 0}
+               "best_loss": torch.full((n,), float("-inf"), device=x.device), "forwards": 0,
+               "margin": torch.full((n,), float("inf"), device=x.device)}
         targets = self._targets(model, x, ctx)
         offset = 0
         for tgt in targets:
@@ -223,7 +226,8 @@ class APGD(Attack):
                                  early_stop, ctx, rec, offset)
                 offset += self.params.steps + 1
         # points never fooled: pred at the recorded point (the best iterate of their last run)
-        return AttackOutcome(rec["x"], rec["pred"], rec["step"], rec["zero"], rec["forwards"])
+        return AttackOutcome(rec["x"], rec["pred"], rec["step"], rec["zero"], rec["forwards"],
+                             min_margin=rec["margin"])
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, noise: Noise,
                 autocast: Autocast = None) -> torch.Tensor:

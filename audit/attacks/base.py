@@ -67,6 +67,9 @@ class AttackOutcome:
     the model (0 = the starting point) or -1; ``pred`` is the prediction at ``x_adv``;
     ``x_adv`` holds the first fooling iterate, else the attack's final (highest-loss) iterate.
     ``zero_grad`` marks points whose input gradient was exactly zero at the first step.
+    ``carried_on`` (Square with a probe) marks points that went on past the probe to the full
+    budget; None when the attack has no probe. ``min_margin`` (gradient attacks) is the lowest
+    :func:`logit_margin` seen at any iterate, what Square's probe has to beat.
     """
 
     x_adv: torch.Tensor
@@ -74,6 +77,8 @@ class AttackOutcome:
     step: torch.Tensor
     zero_grad_mask: torch.Tensor
     forwards: int
+    carried_on: Optional[torch.Tensor] = None
+    min_margin: Optional[torch.Tensor] = None
 
     @property
     def zero_grad(self) -> int:
@@ -106,10 +111,13 @@ class Attack:
         return self.display_name
 
     def run(self, model: Classifier, x: torch.Tensor, y: torch.Tensor, *, noise: Noise, early_stop: bool = True,
-            autocast: Autocast = None) -> AttackOutcome:
+            autocast: Autocast = None, margin_to_beat: Optional[torch.Tensor] = None) -> AttackOutcome:
         """Attack ``x`` (labels ``y``) for the audit; ``model`` maps pixels to logits and is in eval mode.
 
         With ``early_stop`` a point leaves the attack the moment it is first fooled.
+        ``margin_to_beat`` is, per point, the lowest margin (true-class logit minus the best other
+        logit) the earlier gradient attacks of the cascade reached, or None; an attack may use it
+        to decide where to spend its budget (Square's probe), never to decide a verdict.
         """
         raise NotImplementedError
 
@@ -120,6 +128,12 @@ class Attack:
 
 
 # -- geometry shared by the gradient attacks ------------------------------------------------
+
+def logit_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per point, the true-class logit minus the best other logit (negative = misclassified)."""
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    return z_y - logits.scatter(1, y[:, None], float("-inf")).amax(1)
+
 
 def view_rows(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Reshape a per-point vector to broadcast against an N×... tensor."""

@@ -15,7 +15,8 @@ from torch import nn
 
 from ..bounds import MAX_STEPS
 from ..registry import register_attack
-from .base import (Attack, AttackOutcome, AttackParams, Autocast, ascent_direction, project, random_start)
+from .base import (Attack, AttackOutcome, AttackParams, Autocast, ascent_direction, logit_margin, project,
+                   random_start)
 from .noise import Noise
 
 
@@ -58,7 +59,7 @@ class PGD(Attack):
         return project(x_adv + self.alpha * ascent_direction(grad, self.spec.norm), x0, self.spec.eps, self.spec.norm)
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, noise: Noise, early_stop: bool = True,
-            autocast: Autocast = None) -> AttackOutcome:
+            autocast: Autocast = None, margin_to_beat: Optional[torch.Tensor] = None) -> AttackOutcome:
         n = x.shape[0]
         steps = self.params.steps
         ctx = autocast or contextlib.nullcontext
@@ -66,6 +67,7 @@ class PGD(Attack):
         out_pred = y.clone()
         out_step = torch.full((n,), -1, dtype=torch.long, device=x.device)
         zero = torch.zeros(n, dtype=torch.bool, device=x.device)
+        low = torch.full((n,), float("inf"), device=x.device)  # lowest margin seen
         idx = torch.arange(n, device=x.device)
         x0 = x.detach()
         yy = y
@@ -81,6 +83,7 @@ class PGD(Attack):
             forwards += xa.shape[0]
             pred = logits.argmax(1)
             fooled = pred != yy
+            low[idx] = torch.minimum(low[idx], logit_margin(logits.detach().float(), yy))
             first = fooled & (out_step[idx] < 0)
             if first.any():
                 sel = idx[first]
@@ -102,7 +105,7 @@ class PGD(Attack):
                 keep = ~fooled
                 if not bool(keep.all()):
                     xa, x0, yy, idx = xa[keep], x0[keep], yy[keep], idx[keep]
-        return AttackOutcome(out_x, out_pred, out_step, zero, forwards)
+        return AttackOutcome(out_x, out_pred, out_step, zero, forwards, min_margin=low)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, noise: Noise,
                 autocast: Autocast = None) -> torch.Tensor:

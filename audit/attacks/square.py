@@ -20,14 +20,14 @@ import contextlib
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import ClassVar
+from typing import ClassVar, Optional
 
 import torch
 from torch import nn
 
 from ..bounds import MAX_QUERIES
 from ..registry import register_attack
-from .base import Attack, AttackOutcome, AttackParams, Autocast, Classifier, view_rows
+from .base import Attack, AttackOutcome, AttackParams, Autocast, Classifier, logit_margin, view_rows
 from .noise import Noise
 
 _CANDIDATES = 4  # L-inf colour candidates per query: the first one that changes the window is used
@@ -40,7 +40,9 @@ class SquareParams(AttackParams):
 
     queries: int = 5000
     p_init: float = 0.8
-    bounds: ClassVar[dict] = {"queries": (1, MAX_QUERIES, "--queries"), "p_init": (1e-4, 1.0, "--p-init")}
+    probe: int = 0
+    bounds: ClassVar[dict] = {"queries": (1, MAX_QUERIES, "--queries"), "p_init": (1e-4, 1.0, "--p-init"),
+                              "probe": (0, MAX_QUERIES, "--probe")}
 
 
 def window_share(p_init: float, it: int, queries: int) -> float:
@@ -67,11 +69,6 @@ def _eta(s: int) -> torch.Tensor:
     e[: s // 2] = rect(s // 2, s) if s // 2 > 0 else e[: s // 2]
     e[s // 2:] = -rect(s - s // 2, s)
     return e / e.norm().clamp_min(1e-12)
-
-
-def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    z_y = logits.gather(1, y[:, None]).squeeze(1)
-    return z_y - logits.scatter(1, y[:, None], float("-inf")).amax(1)
 
 
 def _grid(v: torch.Tensor, s: int) -> torch.Tensor:
@@ -158,16 +155,26 @@ class Square(Attack):
         vw = (u[:, 1] * (w - s + 1)).floor().long().clamp_(0, w - s)
         mask = _window_mask(x.shape, vh, vw, s, x.device)
         cols = _signs(u[:, 2:]).view(n, _CANDIDATES, c).to(x.dtype)
-        chosen = cols[:, -1]
-        found = torch.zeros(n, dtype=torch.bool, device=x.device)
-        for k in range(_CANDIDATES):
-            cand = (x + eps * cols[:, k, :, None, None]).clamp(0, 1)
-            differs = ((cand - xb).abs() * mask).flatten(1).amax(1) > 1e-7
-            take = differs & ~found
-            chosen = torch.where(take[:, None], cols[:, k], chosen)
-            found |= differs
+        chosen = cols[:, 0]
+        left = ~self._changes(x, xb, mask, cols[:, 0])
+        if bool(left.any()):
+            # rare: the first colour equals the window's current one; take the first that differs, else the last
+            li = left.nonzero().squeeze(1)
+            pick = cols[li, -1]
+            found = torch.zeros(li.numel(), dtype=torch.bool, device=x.device)
+            for k in range(1, _CANDIDATES):
+                differs = self._changes(x[li], xb[li], mask[li], cols[li, k])
+                pick = torch.where((differs & ~found)[:, None], cols[li, k], pick)
+                found |= differs
+            chosen = chosen.clone()
+            chosen[li] = pick
         new = (x + eps * chosen[:, :, None, None]).clamp(0, 1)
         return torch.where(mask, new, xb)
+
+    def _changes(self, x: torch.Tensor, xb: torch.Tensor, mask: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+        """Whether setting the window to ``x + eps * col`` changes the current point ``xb``."""
+        cand = (x + self.spec.eps * col[:, :, None, None]).clamp(0, 1)
+        return ((cand - xb).abs() * mask).flatten(1).amax(1) > 1e-7
 
     def _propose_l2(self, x: torch.Tensor, xb: torch.Tensor, u: torch.Tensor, s: int) -> torch.Tensor:
         n, c, h, w = x.shape
@@ -205,10 +212,13 @@ class Square(Attack):
         return min(s, h, w)
 
     def run(self, model: Classifier, x: torch.Tensor, y: torch.Tensor, *, noise: Noise, early_stop: bool = True,
-            autocast: Autocast = None) -> AttackOutcome:
+            autocast: Autocast = None, margin_to_beat: Optional[torch.Tensor] = None) -> AttackOutcome:
         """Up to ``queries`` queries per point; a point stops the moment it is misclassified.
 
         ``model`` only has to map pixels to logits (an ``nn.Module`` or a reference scorer).
+        With ``probe`` > 0 and ``margin_to_beat`` (the lowest margin the gradient attacks reached
+        on each point), a point whose margin after ``probe`` queries is not below that figure
+        stops there; the others carry on with the same schedule to ``queries`` (docs/attacks.md).
         """
         ctx = autocast or contextlib.nullcontext
         n, c, h, w = x.shape
@@ -226,40 +236,64 @@ class Square(Attack):
         xb = self._init_l2(x, noise) if self.spec.norm == "l2" else self._init_linf(x, noise)
         logits = score(xb)
         forwards = n
-        margin = _margin(logits, y)
+        margin = logit_margin(logits, y)
         pred = logits.argmax(1)
         fooled = pred != y
         out_step[fooled] = 0
-        row = torch.full((n,), -1, dtype=torch.long, device=x.device)
+        probe = int(self.params.probe) if (early_stop and margin_to_beat is not None) else 0
+        # the points still querying, kept compact: (batch index, pixels, best point, label, margin, best pred)
+        idx = (~fooled).nonzero().squeeze(1) if early_stop else torch.arange(n, device=x.device)
+        xa, xba, ya, ma, pa = x[idx], xb[idx], y[idx], margin[idx], pred[idx]
+        done_a = fooled[idx]  # only ever True without early stop
         buf = torch.empty(0)
+
+        def write_back() -> None:
+            xb[idx], margin[idx], pred[idx] = xba, ma, pa
+
+        def keep_only(keep: torch.Tensor) -> None:
+            nonlocal idx, xa, xba, ya, ma, pa, done_a, buf
+            write_back()
+            idx, xa, xba, ya, ma, pa, done_a = idx[keep], xa[keep], xba[keep], ya[keep], ma[keep], pa[keep], done_a[keep]
+            if buf.numel():
+                buf = buf[keep]
+
+        carried_on = torch.zeros(n, dtype=torch.bool, device=x.device)
         for it in range(self.params.queries):
-            active = ~fooled if early_stop else torch.ones_like(fooled)
-            if not bool(active.any()):
+            if probe and it == probe:
+                # not doing better than the gradient attacks on this point: stop at the probe
+                keep = ma < margin_to_beat[idx].to(ma)
+                carried_on[idx[keep]] = True
+                if not bool(keep.all()):
+                    keep_only(keep)
+            if idx.numel() == 0:
                 break
-            ai = active.nonzero().squeeze(1)
             if it % _CHUNK == 0:
                 # every point still querying draws its next _CHUNK queries' numbers from its own stream;
                 # points only ever leave, so a point's draws never depend on the others
-                buf = noise.subset(active.cpu()).rand((_CHUNK, self._draws(c)), dtype=torch.float64).to(x.device)
-                row[ai] = torch.arange(len(ai), device=x.device)
-            u = buf[row[ai], it % _CHUNK]
+                buf = noise.subset(idx.cpu()).rand((_CHUNK, self._draws(c)), dtype=torch.float64).to(x.device)
+            u = buf[:, it % _CHUNK]
             s = self._side(it, h, w, c)
-            xa, xba = x[ai], xb[ai]
             x_new = self._propose_l2(xa, xba, u, s) if self.spec.norm == "l2" else self._propose_linf(xa, xba, u, s)
             lg = score(x_new)
-            forwards += int(ai.numel())
-            m_new = _margin(lg, y[ai])
+            forwards += int(idx.numel())
+            m_new = logit_margin(lg, ya)
             p_new = lg.argmax(1)
-            newly = (p_new != y[ai]) & ~fooled[ai]
-            better = (m_new < margin[ai]) | newly
+            newly = (p_new != ya) & ~done_a
+            better = (m_new < ma) | newly
             if bool(better.any()):
-                bi = ai[better]
-                xb[bi], margin[bi], pred[bi] = x_new[better], m_new[better], p_new[better]
+                xba = torch.where(view_rows(better, xba), x_new, xba)
+                ma = torch.where(better, m_new, ma)
+                pa = torch.where(better, p_new, pa)
             if bool(newly.any()):
-                ni = ai[newly]
+                ni = idx[newly]
                 fooled[ni] = True
                 out_step[ni] = it + 1
-        return AttackOutcome(xb, pred, out_step, zero, forwards)
+                if early_stop:
+                    keep_only(~newly)
+                else:
+                    done_a = done_a | newly
+        write_back()
+        return AttackOutcome(xb, pred, out_step, zero, forwards, carried_on if probe else None)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, noise: Noise,
                 autocast: Autocast = None) -> torch.Tensor:

@@ -47,7 +47,8 @@ register_suite(Suite(
          "--suite standard"))
 register_suite(Suite(
     "standard", "APGD-CE-100 -> APGD-T (9 targets x 100) -> Temperature-PGD-20 -> Square-5000: AutoAttack-level",
-    (("apgd-ce", {}), ("apgd-t", {}), ("temp-pgd", {}), ("square", {})), comparable_with_autoattack=True))
+    (("apgd-ce", {}), ("apgd-t", {}), ("temp-pgd", {}), ("square", {"probe": 1000})),
+    comparable_with_autoattack=True))
 register_suite(Suite(
     "thorough", "APGD-CE (5 restarts) -> APGD-T (3 restarts) -> Temperature-PGD sweep T = 0.1, 0.5, 2, 5 -> "
                 "Square-20000",

@@ -1,0 +1,116 @@
+"""Square's probe (``--suite standard``): a point stops after ``probe`` queries unless Square is
+doing better on it than the gradient attacks did; the others continue the same run to the full
+budget, so where it matters the result is exactly the full Square's."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from audit.attacks import PointNoise, create_attack, make_spec
+from audit.engine import run_cascade
+from audit.sanity import sanity_section
+
+CLASSES = [f"c{i}" for i in range(10)]
+
+
+class Linear(nn.Module):
+    """A linear classifier on 3x8x8 images; with ``mislead`` its input gradient points the wrong way."""
+
+    def __init__(self, mislead: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.lin = nn.Linear(192, 10)
+        self.mislead = mislead
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mislead:
+            x = (2 * x).detach() - x  # the value of x, the gradient of -x
+        return self.lin(x.flatten(1))
+
+
+def _data(model: nn.Module, n: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    x = torch.rand(n, 3, 8, 8)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return x, y
+
+
+def _square(probe: int, queries: int = 300, eps: float = 0.03):
+    return create_attack(make_spec("square", "linf", eps, queries=queries, probe=probe))
+
+
+def _noise(n: int):
+    return PointNoise.for_points(0, "square", range(n))
+
+
+def test_nothing_to_beat_is_exactly_the_full_run():
+    model = Linear().eval()
+    x, y = _data(model)
+    full = _square(0).run(model, x, y, noise=_noise(len(y)))
+    probed = _square(50).run(model, x, y, noise=_noise(len(y)), margin_to_beat=torch.full((len(y),), float("inf")))
+    assert full.carried_on is None
+    assert torch.equal(full.x_adv, probed.x_adv) and torch.equal(full.step, probed.step)
+    assert torch.equal(full.pred, probed.pred) and full.forwards == probed.forwards
+    # every point still querying at the probe carried on
+    assert torch.equal(probed.carried_on, (full.step < 0) | (full.step > 50))
+
+
+def test_points_the_gradient_attacks_did_better_on_stop_at_the_probe():
+    model = Linear().eval()
+    x, y = _data(model)
+    full = _square(0).run(model, x, y, noise=_noise(len(y)))
+    stopped = _square(50).run(model, x, y, noise=_noise(len(y)), margin_to_beat=torch.full((len(y),), -float("inf")))
+    assert not bool(stopped.carried_on.any())
+    early = (full.step >= 0) & (full.step <= 50)
+    assert bool(early.any()) and bool((full.step > 50).any())  # informative: some break later than the probe
+    assert torch.equal(stopped.step[early], full.step[early])  # the same run up to the probe
+    assert bool((stopped.step[~early] == -1).all())
+    assert stopped.forwards <= len(y) * 51 < full.forwards
+
+
+def _cascade(model, x, y, probe, batch, ids=None):
+    specs = [make_spec("apgd-ce", "linf", 0.03, steps=10), make_spec("square", "linf", 0.03, queries=300, probe=probe)]
+    ids = torch.arange(len(y)) if ids is None else ids
+    batches = [(x[i:i + batch], y[i:i + batch], ids[i:i + batch]) for i in range(0, len(y), batch)]
+    rec = run_cascade(model, batches, [create_attack(s) for s in specs], n_total=len(y), num_classes=10,
+                      input_size=x.shape[1:], device=torch.device("cpu"), seed=0, progress=False)
+    return rec, specs
+
+
+def test_misleading_gradients_give_square_its_full_budget_where_it_does_better():
+    """Gradients that point away from the boundary: APGD breaks next to nothing, Square carries on and
+    breaks exactly what the full Square breaks; batch size and sharding change nothing."""
+    model = Linear(mislead=True).eval()
+    x, y = _data(model)
+    full, _ = _cascade(model, x, y, 0, 40)
+    probed, specs = _cascade(model, x, y, 50, 40)
+    assert int(full.broken()[1].sum()) > 2 * int(full.broken()[0].sum())  # APGD gets almost nothing
+    assert np.array_equal(probed.step, full.step) and np.array_equal(probed.pred, full.pred)
+    carried = probed.carried_points[1]
+    assert carried.sum() > 0 and not carried[~probed.clean_correct].any()
+    for batch in (1, 7):
+        again, _ = _cascade(model, x, y, 50, batch)
+        assert np.array_equal(again.step, probed.step) and np.array_equal(again.carried_points, probed.carried_points)
+    a, _ = _cascade(model, x[:13], y[:13], 50, 5)
+    b, _ = _cascade(model, x[13:], y[13:], 50, 9, ids=torch.arange(13, len(y)))
+    assert np.array_equal(np.concatenate([a.carried_points, b.carried_points], 1), probed.carried_points)
+    sanity, _ = sanity_section(probed, specs, CLASSES)
+    pr = sanity["square_only"]["probe"]
+    assert pr["full_budget_points"] == int(carried.sum()) and pr["probe_queries"] == 50 and pr["full_queries"] == 300
+    assert sum(pr["per_class"]) == int(carried.sum())
+
+
+def test_honest_gradients_let_square_stop_at_the_probe():
+    """On a linear model APGD reaches the optimum: Square never does better, so it stops at the
+    probe everywhere and finds nothing the full Square would (nothing is left to find)."""
+    model = Linear().eval()
+    x, y = _data(model)
+    full, _ = _cascade(model, x, y, 0, 40)
+    probed, _ = _cascade(model, x, y, 50, 40)
+    assert int(full.broken()[0].sum()) > 0 and int(full.broken()[1].sum()) == 0
+    assert probed.carried_points[1].sum() == 0
+    assert np.array_equal(probed.step, full.step)
