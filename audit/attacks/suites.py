@@ -2,7 +2,9 @@
 
 * ``quick`` (default): PGD-20 -> Temperature-PGD-20 (T = 0.5), the product's fast audit.
 * ``standard``: APGD-CE -> APGD-T -> Temperature-PGD -> Square-5000, AutoAttack's attacks
-  (without FAB-T) plus Temperature-PGD, so figures compare with AutoAttack / RobustBench.
+  (without FAB-T) plus Temperature-PGD, so figures compare with AutoAttack / RobustBench;
+  Square probes 1000 queries and goes on to 5000 where it beats the gradient attacks
+  (docs/attacks.md, "Square's probe").
 * ``thorough``: APGD-CE and APGD-T with more restarts, a Temperature-PGD sweep
   (T = 0.1, 0.5, 2, 5) and Square with 20000 queries.
 
@@ -46,7 +48,8 @@ register_suite(Suite(
     note="quick suite (PGD + Temperature-PGD): a fast audit, not AutoAttack-level; confirm the figures with "
          "--suite standard"))
 register_suite(Suite(
-    "standard", "APGD-CE-100 -> APGD-T (9 targets x 100) -> Temperature-PGD-20 -> Square-5000: AutoAttack-level",
+    "standard", "APGD-CE-100 -> APGD-T (9 targets x 100) -> Temperature-PGD-20 -> Square-5000 (full budget where "
+                "it beats the gradient attacks after 1000): AutoAttack-level",
     (("apgd-ce", {}), ("apgd-t", {}), ("temp-pgd", {}), ("square", {"probe": 1000})),
     comparable_with_autoattack=True))
 register_suite(Suite(
