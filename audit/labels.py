@@ -88,8 +88,9 @@ def check_label_order(confusion: np.ndarray, class_names: Sequence[str],
         return None
     class_of_column = {int(c): int(r) for r, c in zip(rows, cols)}
     output_of_column = list(order) if order is not None else list(range(m.shape[0]))
-    mapping = sorted(({"output": int(output_of_column[c]), "class": class_names[class_of_column[c]]}
-                      for c in range(m.shape[0])), key=lambda d: d["output"])
+    # "assumed": what this run took the output to mean (the dataset order, or the --labels order)
+    mapping = sorted(({"output": int(output_of_column[c]), "class": class_names[class_of_column[c]],
+                       "assumed": class_names[c]} for c in range(m.shape[0])), key=lambda d: d["output"])
     return {"suspected": True, "accuracy_now": now, "accuracy_mapped": mapped, "mapping": mapping}
 
 

@@ -119,7 +119,7 @@ def run_autoattack(model: torch.nn.Module, attacks: list, x: torch.Tensor, y: to
 
 
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, batch: int,
-             which: str = "both") -> dict:
+             which: str = "both", probe: int | None = None) -> dict:
     from audit.attacks import create_attack
     from audit.config import AuditConfig
     from audit.engine import run_cascade
@@ -127,7 +127,7 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()
-    specs = AuditConfig(model="timm:bench", suite="standard", eps=eps).attack_specs()
+    specs = AuditConfig(model="timm:bench", suite="standard", eps=eps, probe=probe).attack_specs()
     attacks = [create_attack(s) for s in specs]
     ids = torch.arange(len(y))
     batches = [(x[i:i + batch], y[i:i + batch], ids[i:i + batch]) for i in range(0, len(y), batch)]
@@ -141,7 +141,7 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
            "ours_robust_acc": float(ours_robust.float().mean()), "ours_s": ours_s,
            "ours_per_attack_s": dict(zip(rec.attack_names, rec.attack_seconds)),
            "ours_attacked": dict(zip(rec.attack_names, rec.attacked)),
-           "square_full_budget_points": int(rec.carried_points[-1].sum())}
+           "square_full_budget_points": int(rec.carried_points[-1].sum()), "square_probe": specs[-1].params.probe}
     for name, aa in autoattacks(model, eps, which).items():
         aa_robust, per_attack = run_autoattack(model, aa, x, y, batch)
         aa_s = sum(per_attack.values())
@@ -163,10 +163,11 @@ def main() -> None:
     ap.add_argument("--at-steps", type=int, default=4)
     ap.add_argument("--n-per-class", type=int, default=20, help="test points per class")
     ap.add_argument("--eps", type=float, default=8 / 255)
-    ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--batch", type=int, default=256, help="points per batch, for both tools (the CLI default)")
     ap.add_argument("--only", choices=["standard", "pgd"], help="evaluate one model only")
-    ap.add_argument("--autoattack", default="both", choices=["torchattacks", "published", "both"],
+    ap.add_argument("--autoattack", default="both", choices=["torchattacks", "published", "both", "none"],
                     help="torchattacks' AutoAttack class defaults (10 iterations), the published settings (100), or both")
+    ap.add_argument("--probe", type=int, help="Square's probe for ours (default: the standard suite's 1000; 0 = off)")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -180,7 +181,7 @@ def main() -> None:
             model = pgd_trained(model, args.arch, args.std_epochs, args.at_epochs, args.at_per_class, args.at_steps,
                                 args.eps)
         log.info("evaluating the %s-trained model on %d points", kind, len(y))
-        out[kind] = evaluate(model, x, y, args.eps, args.batch, args.autoattack)
+        out[kind] = evaluate(model, x, y, args.eps, args.batch, args.autoattack, args.probe)
         log.info("%s: %s", kind, json.dumps(out[kind]))
         if args.json:
             with open(args.json, "w") as fh:

@@ -322,8 +322,9 @@ def format_comparison(run: RepairRun) -> str:
         return "   n/a" if v is None else f"{100 * v:5.1f}%"
 
     rows = [("clean accuracy", b["clean"], a["clean"]), ("worst-case robust", b["robust_worst_case"], a["robust_worst_case"])]
-    for g in ("head", "medium", "tail"):
-        rows.append((f"  {g} robust", (b["robust_groups"] or {}).get(g), (a["robust_groups"] or {}).get(g)))
+    for g in ("head", "medium", "tail"):  # a balanced set has no groups: no rows rather than n/a rows
+        if (b["robust_groups"] or {}).get(g) is not None or (a["robust_groups"] or {}).get(g) is not None:
+            rows.append((f"  {g} robust", (b["robust_groups"] or {}).get(g), (a["robust_groups"] or {}).get(g)))
     rows.append(("worst class robust", b["worst_class_robust"], a["worst_class_robust"]))
     lines = [f"{'':<22}{'before':>8}{'after':>8}{'change':>9}"]
     for name, x, y in rows:

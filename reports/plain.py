@@ -236,15 +236,21 @@ def critical_warnings(results: Mapping[str, Any], who: str = "") -> list[dict[st
     lc = results.get("label_check") or {}
     if lc.get("suspected"):
         classes = results["dataset"]["classes"]
-        mapping = [m for m in lc.get("mapping") or []
-                   if not (0 <= int(m.get("output", -1)) < len(classes) and classes[int(m["output"])] == m.get("class"))]
+
+        def assumed(m: Mapping[str, Any]) -> str:
+            # what the run took this output to mean (older results: the dataset order)
+            if m.get("assumed") is not None:
+                return str(m["assumed"])
+            o = int(m.get("output", -1))
+            return str(classes[o]) if 0 <= o < len(classes) else "?"
+
+        mapping = [m for m in lc.get("mapping") or [] if assumed(m) != m.get("class")]
         out.append({"title": prefix + "The label order looks wrong",
                     "text": f"Clean accuracy is {pct(lc.get('accuracy_now'))} with the class order used, but would be "
                             f"{pct(lc.get('accuracy_mapped'))} if the model's outputs meant the classes below. Pass "
                             "the model's class order with --labels FILE (one class name per line) and audit again.",
                     "mapping": [{"output": str(m.get("output")), "class": str(m.get("class")),
-                                 "assumed": str(classes[int(m["output"])]) if 0 <= int(m.get("output", -1))
-                                 < len(classes) else "?"} for m in mapping[:12]],
+                                 "assumed": assumed(m)} for m in mapping[:12]],
                     "more": max(0, len(mapping) - 12)})
     return out
 

@@ -142,7 +142,7 @@ def test_permuted_label_order_is_detected_and_labels_fixes_it(demo, tmp_path, ca
     res = json.loads((out / "results.json").read_text())
     lc = res["label_check"]
     assert lc["suspected"] and lc["accuracy_now"] < 0.3 and lc["accuracy_mapped"] > 0.7
-    assert lc["mapping"] == [{"output": j, "class": str(PERM[j])} for j in range(10)]
+    assert lc["mapping"] == [{"output": j, "class": str(PERM[j]), "assumed": str(j)} for j in range(10)]
     assert res["verdict"]["code"] == "not-meaningful" and "label order" in res["verdict"]["headline"]
     assert any("--labels" in w and "3,7,0,9,1,5,2,8,6,4" in w for w in res["warnings"])
     # the suggested file, one name per line, restores the original model's figures exactly
@@ -363,7 +363,8 @@ def test_label_check_names_real_outputs_when_a_wrong_labels_order_was_applied():
         conf[t, (column + 1) % 10] = 5
     lc = check_label_order(conf, names, wrong)
     assert lc["accuracy_mapped"] == pytest.approx(0.9)
-    assert lc["mapping"] == [{"output": o, "class": str(PERM[o])} for o in range(10)]
+    # output o was taken to mean the class the wrong --labels order gave it, not names[o]
+    assert lc["mapping"] == [{"output": o, "class": str(PERM[o]), "assumed": names[wrong.index(o)]} for o in range(10)]
     # a chance-level model on few points is not flagged by luck
     rng = np.random.default_rng(0)
     noise = np.zeros((10, 10), dtype=np.int64)

@@ -592,3 +592,23 @@ def test_resume_on_another_dataset_is_refused(uninterrupted, tmp_path):
     full_out, _ = uninterrupted
     with pytest.raises(RepairError, match="different dataset.*train_counts"):
         run_repair(cheap_config(tmp_path / "o", resume=str(full_out), imbalance=0.1))
+
+
+def test_terminal_comparison_has_no_group_rows_on_a_balanced_set():
+    from types import SimpleNamespace
+
+    from reat_finetune import format_comparison
+
+    def side(groups):
+        return {"clean": 0.8, "robust_worst_case": 0.4, "robust_groups": groups, "worst_class_robust": 0.2}
+
+    summary = {"method": "reat", "tail_penalty": "pairwise", "sampler": "shuffle", "lr": 0.05, "best_step": 30,
+               "best_epoch": 2, "budget": {"steps_total": 300, "source": "automatic", "epochs": 10},
+               "timings": {"fine_tune_s": 1.0, "total_s": 2.0}, "selection": {"validation": {"missing_classes": []}}}
+    balanced = format_comparison(SimpleNamespace(summary=dict(summary, before=side(None), after=side({}))))
+    assert "worst-case robust" in balanced and "n/a" not in balanced
+    assert not any(f"{g} robust" in balanced for g in ("head", "medium", "tail"))
+    lt = format_comparison(SimpleNamespace(summary=dict(
+        summary, before=side({"head": 0.9, "medium": 0.5, "tail": 0.1}),
+        after=side({"head": 0.85, "medium": 0.5, "tail": 0.3}))))
+    assert "  tail robust" in lt and "+20.0" in lt and "head robust" in lt

@@ -429,3 +429,28 @@ def test_suite_sentence_and_gradient_masking_rows():
     for row, name in zip(rows, ["cat", "dog", None, "ship"]):
         assert name is None or name in row["outcome"]
     assert sanity_rows({}) == []
+    # Square's probe: how many points got the full budget, and where
+    sanity["square_only"]["probe"] = {"attack": "square", "probe_queries": 1000, "full_queries": 5000, "attacked": 47,
+                                      "full_budget_points": 3, "per_class": [], "classes": ["frog"]}
+    probe = [r for r in sanity_rows({"sanity": sanity}) if "5,000 queries" in r["check"]]
+    assert len(probe) == 1 and probe[0]["ok"]
+    assert "3 of 47 points" in probe[0]["outcome"] and "frog" in probe[0]["outcome"] and "1,000" in probe[0]["outcome"]
+
+
+def test_label_order_box_says_what_the_run_assumed_each_output_meant():
+    """After --labels the run took output o to mean the --labels class, not the dataset's class o."""
+    from reports.plain import critical_warnings
+
+    classes = ["cat", "dog", "frog"]
+    results = {"dataset": {"classes": classes}, "label_check": {
+        "suspected": True, "accuracy_now": 0.1, "accuracy_mapped": 0.9,
+        "mapping": [{"output": 0, "class": "dog", "assumed": "frog"}, {"output": 1, "class": "frog", "assumed": "cat"},
+                    {"output": 2, "class": "cat", "assumed": "cat"}]}}
+    box = [w for w in critical_warnings(results) if "label order" in w["title"]][0]
+    assert box["mapping"] == [{"output": "0", "class": "dog", "assumed": "frog"},
+                              {"output": "1", "class": "frog", "assumed": "cat"}]  # output 2 already meant "cat"
+    # results written before "assumed" existed: the dataset order
+    for m in results["label_check"]["mapping"]:
+        del m["assumed"]
+    box = [w for w in critical_warnings(results) if "label order" in w["title"]][0]
+    assert [m["assumed"] for m in box["mapping"]] == ["cat", "dog", "frog"]
