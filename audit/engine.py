@@ -254,9 +254,10 @@ def run_cascade(
             clean_s += time.perf_counter() - t0
             correct = clean == y
             alive = correct.clone()
-            # per point, the lowest margin the gradient attacks have reached so far (Square's probe uses it)
+            # per point, the lowest margin the gradient attacks have reached so far (Square's probe uses it),
+            # and whether any of them had a non-zero gradient there (else that margin says nothing)
             best_margin = logit_margin(logits.float(), y)
-            gradient_ran = False
+            informed = torch.zeros(n, dtype=torch.bool, device=device)
             pred_b = clean.unsqueeze(0).repeat(A, 1)
             step_b = torch.full((A, n), -1, dtype=torch.long, device=device)
             for a, attack in enumerate(attacks):
@@ -267,14 +268,14 @@ def run_cascade(
                 t0 = time.perf_counter()
                 noise = PointNoise.for_points(seed, attack.spec.name, ids[sel.cpu()], device)
                 on_ref = attack.gradient_free and ref_model is not None
-                to_beat = best_margin[sel] if gradient_ran and not independent else None
+                to_beat = None
+                if bool(informed.any()) and not independent:
+                    to_beat = torch.where(informed[sel], best_margin[sel], torch.full_like(best_margin[sel], float("inf")))
                 out = attack.run(ref_model if on_ref else model, x[sel], y[sel], noise=noise, early_stop=True,
                                  autocast=None if on_ref else autocast, margin_to_beat=to_beat)
                 if out.min_margin is not None and not independent:
-                    gradient_ran = True
                     best_margin[sel] = torch.minimum(best_margin[sel], out.min_margin.to(best_margin))
-                    # no gradient, no information: Square gets its full budget there unless a later attack has one
-                    best_margin[sel[out.zero_grad_mask]] = float("inf")
+                    informed[sel] |= ~out.zero_grad_mask.to(device)
                 fooled = out.step >= 0
                 adv_pred = out.pred
                 step = out.step
@@ -286,7 +287,8 @@ def run_cascade(
                     disagreed += int((fooled & ~confirmed).sum())
                     only_there = confirmed & ~fooled
                     # a near miss the runtime rejected: Square gets its full budget there
-                    best_margin[sel[fooled & ~confirmed]] = float("inf")
+                    rejected = sel[fooled & ~confirmed]
+                    informed[rejected], best_margin[rejected] = False, float("inf")
                     surv_broken[a] += int(only_there.sum())
                     step = torch.where(only_there, torch.full_like(step, attack.budget), step)
                     fooled, adv_pred = confirmed, rp

@@ -72,8 +72,9 @@ def test_points_the_gradient_attacks_did_better_on_stop_at_the_probe():
     assert stopped.forwards <= len(y) * 51 < full.forwards
 
 
-def _cascade(model, x, y, probe, batch, ids=None):
-    specs = [make_spec("apgd-ce", "linf", 0.03, steps=10), make_spec("square", "linf", 0.03, queries=300, probe=probe)]
+def _cascade(model, x, y, probe, batch, ids=None, middle=()):
+    specs = [make_spec("apgd-ce", "linf", 0.03, steps=10), *middle,
+             make_spec("square", "linf", 0.03, queries=300, probe=probe)]
     ids = torch.arange(len(y)) if ids is None else ids
     batches = [(x[i:i + batch], y[i:i + batch], ids[i:i + batch]) for i in range(0, len(y), batch)]
     rec = run_cascade(model, batches, [create_attack(s) for s in specs], n_total=len(y), num_classes=10,
@@ -114,3 +115,8 @@ def test_honest_gradients_let_square_stop_at_the_probe():
     assert int(full.broken()[0].sum()) > 0 and int(full.broken()[1].sum()) == 0
     assert probed.carried_points[1].sum() == 0
     assert np.array_equal(probed.step, full.step)
+    # an attack whose own loss saturates (T-PGD at a tiny T: exactly zero gradients) adds no information,
+    # but does not erase what APGD-CE found: Square still stops at the probe
+    tpgd = make_spec("temp-pgd", "linf", 0.03, steps=3, temperature=1e-3)
+    again, _ = _cascade(model, x, y, 50, 40, middle=(tpgd,))
+    assert again.zero_grad_points[1].sum() > 0 and again.carried_points[2].sum() == 0
