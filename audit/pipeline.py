@@ -211,10 +211,12 @@ def _audit_into(out_dir: Optional[Path], config: AuditConfig, specs: list, attac
             progress=show and bar is None,
         )
     large_eps = None
-    if config.sanity:
-        from .sanity import run_large_eps
+    if config.sanity and distributed.is_main():  # [distributed] rank 0 checks the points a plain run checks
+        from .sanity import LARGE_EPS_POINTS, run_large_eps
 
-        large_eps = run_large_eps(module, loader, specs, data.class_names, norm=config.norm, input_size=size,
+        first = DataLoader(_Indexed(data.test, eval_idx[:LARGE_EPS_POINTS]), batch_size=config.batch_size,
+                           shuffle=False, **loader_options(config.workers, device))
+        large_eps = run_large_eps(module, first, specs, data.class_names, norm=config.norm, input_size=size,
                                   device=device, seed=config.seed, reference_scorer=model.reference_scorer)
     bn_after = _bn_fingerprint(module)
     if bn_after != bn_before and not (np.isnan(bn_after) and np.isnan(bn_before)):

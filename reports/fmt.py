@@ -63,7 +63,7 @@ def threat_text(threat: dict[str, Any]) -> str:
 
 
 def attack_label(attack: dict[str, Any]) -> str:
-    """Display name of an attack: 'PGD-20', 'Temperature-PGD-20 (T = 0.5)', 'Square-5000'."""
+    """Display name of an attack: 'PGD-20', 'Temperature-PGD-20 (T = 0.5)', 'Square-5000 (probe 1000)'."""
     base = short_name(attack)
     if attack.get("steps"):
         base += f"-{attack['steps']}"
@@ -73,6 +73,9 @@ def attack_label(attack: dict[str, Any]) -> str:
         base += f" ×{attack['restarts']}"
     if attack.get("temperature") is not None:
         base += f" (T = {attack['temperature']:g})"
+    probe, queries = attack.get("probe"), attack.get("queries")
+    if isinstance(probe, int) and isinstance(queries, int) and 0 < probe < queries:
+        base += f" (probe {probe})"
     return base
 
 

@@ -105,19 +105,20 @@ def test_concat_records_joins_every_per_point_field_generically():
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
     out = tmp_path_factory.mktemp("one") / "run"
-    assert cli.main(["audit", str(DEMO), *AUDIT_ARGS, "--out", str(out), "--quiet"]) == 0
+    assert cli.main(["audit", str(DEMO), *AUDIT_ARGS, "--sanity", "--out", str(out), "--quiet"]) == 0
     return out
 
 
 def test_sharded_audit_is_identical_to_one_process(one_process, tmp_path):
     out = tmp_path / "two"
-    proc = torchrun("audit", str(DEMO), *AUDIT_ARGS, "--out", str(out))
+    proc = torchrun("audit", str(DEMO), *AUDIT_ARGS, "--sanity", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = json.loads((one_process / "results.json").read_text())
     two = json.loads((out / "results.json").read_text())
     assert two["environment"]["world_size"] == 2 and one["environment"]["world_size"] == 1
     assert two["dataset"]["n_eval"] == 70
-    assert _comparable(two) == _comparable(one)
+    assert _comparable(two) == _comparable(one)  # --sanity's large-radius check included: the same points
+    assert two["sanity"]["large_eps"]["n"] > 35  # more than rank 0's own shard
     assert (out / "points.json").read_text() == (one_process / "points.json").read_text()
     # examples.npz: the first broken points met per class, which depends on batch boundaries (as --batch-size does)
     a, b = np.load(one_process / "examples.npz"), np.load(out / "examples.npz")

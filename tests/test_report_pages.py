@@ -454,3 +454,12 @@ def test_label_order_box_says_what_the_run_assumed_each_output_meant():
         del m["assumed"]
     box = [w for w in critical_warnings(results) if "label order" in w["title"]][0]
     assert [m["assumed"] for m in box["mapping"]] == ["cat", "dog", "frog"]
+
+
+def test_attack_labels_name_budgets_and_squares_probe():
+    from reports.fmt import attack_label
+
+    assert attack_label({"kind": "pgd", "display_name": "PGD", "steps": 20}) == "PGD-20"
+    sq = {"kind": "square", "display_name": "Square", "queries": 5000}
+    assert attack_label(sq) == "Square-5000" == attack_label(dict(sq, probe=0)) == attack_label(dict(sq, probe=5000))
+    assert attack_label(dict(sq, probe=1000)) == "Square-5000 (probe 1000)"
