@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
@@ -104,6 +105,43 @@ def read_manifest(out_dir: Path) -> list[str]:
         return []
 
 
+def _staging_prefix(pid: Optional[int] = None) -> str:
+    """Staging folders are named after the host and process that own them."""
+    host = "".join(ch for ch in socket.gethostname() if ch.isalnum() or ch in "-_")[:64] or "host"
+    return f"{_STAGING_PREFIX}{host}.{os.getpid() if pid is None else pid}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but is not ours (PermissionError), or the check is not supported
+        return True
+    return True
+
+
+def sweep_dead_staging(out_dir: Path) -> None:
+    """Remove staging folders left by a killed run of this host (its process is gone).
+
+    A run killed with SIGKILL cannot clean up; the next run into the same folder does. Folders of
+    another host, of a live process, or named otherwise are left alone.
+    """
+    mine = _staging_prefix(0)[: -len("0.")]
+    try:
+        entries = list(out_dir.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        name = entry.name
+        if not name.startswith(mine) or not entry.is_dir() or entry.is_symlink():
+            continue
+        pid_text = name[len(mine):].split(".", 1)[0]
+        if pid_text.isdigit() and not _alive(int(pid_text)):
+            log.info("removing %s, left by a run that was killed", name)
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 def _is_plain_name(name: str) -> bool:
     """A bare file name: no folders (so a tampered manifest cannot reach outside --out), not the manifest."""
     return bool(name) and "/" not in name and "\\" not in name and name not in (MANIFEST, ".", "..")
@@ -120,7 +158,8 @@ class RunFiles:
 
     def __init__(self, out_dir: str | Path) -> None:
         self.out_dir = Path(out_dir)
-        self.staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=self.out_dir))
+        sweep_dead_staging(self.out_dir)
+        self.staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(), dir=self.out_dir))
         self.names: list[str] = []
         self.owned: list[str] = []
         self.committed = False

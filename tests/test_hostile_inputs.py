@@ -602,3 +602,28 @@ def test_memory_bounded_under_address_space_limit(tmp_path, demo_results):
     res1 = json.loads((tmp_path / "o1" / "results.json").read_text())
     assert res1["model"]["preprocessing"]["input_size"] == [1, 8, 8]
     assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists() and not (tmp_path / "o4").exists()
+
+
+def test_staging_left_by_a_killed_run_is_swept_by_the_next_one(tmp_path):
+    """SIGKILL leaves the staging folder behind; the next run into the folder removes it, and only it."""
+    import subprocess
+    import sys
+
+    from audit.outputs import RunFiles, _staging_prefix
+
+    out = tmp_path / "run"
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = out / f"{_staging_prefix(dead.pid)}abc"
+    left.mkdir()
+    (left / "results.json").write_text("{}")
+    live = out / f"{_staging_prefix()}xyz"  # this process: alive, maybe still writing
+    other_host = out / ".tailaudit-staging-elsewhere.1.q"  # another host's process: cannot tell, keep it
+    live.mkdir()
+    other_host.mkdir()
+    with RunFiles(out) as files:
+        files.add_json("results.json", {"ok": True})
+        files.commit()
+    assert not left.exists() and live.exists() and other_host.exists()
+    assert json.loads((out / "results.json").read_text()) == {"ok": True}
