@@ -258,6 +258,7 @@ def run_cascade(
             # and whether any of them had a non-zero gradient there (else that margin says nothing)
             best_margin = logit_margin(logits.float(), y)
             informed = torch.zeros(n, dtype=torch.bool, device=device)
+            gradient_ran = False
             pred_b = clean.unsqueeze(0).repeat(A, 1)
             step_b = torch.full((A, n), -1, dtype=torch.long, device=device)
             for a, attack in enumerate(attacks):
@@ -269,11 +270,12 @@ def run_cascade(
                 noise = PointNoise.for_points(seed, attack.spec.name, ids[sel.cpu()], device)
                 on_ref = attack.gradient_free and ref_model is not None
                 to_beat = None
-                if bool(informed.any()) and not independent:
+                if gradient_ran and not independent:
                     to_beat = torch.where(informed[sel], best_margin[sel], torch.full_like(best_margin[sel], float("inf")))
                 out = attack.run(ref_model if on_ref else model, x[sel], y[sel], noise=noise, early_stop=True,
                                  autocast=None if on_ref else autocast, margin_to_beat=to_beat)
                 if out.min_margin is not None and not independent:
+                    gradient_ran = True
                     best_margin[sel] = torch.minimum(best_margin[sel], out.min_margin.to(best_margin))
                     informed[sel] |= ~out.zero_grad_mask.to(device)
                 fooled = out.step >= 0

@@ -69,6 +69,21 @@ def pgd_trained(base: torch.nn.Module, arch: str, std_epochs: int, epochs: int, 
     return base.eval()
 
 
+class BitDepth(torch.nn.Module):
+    """A classic gradient-masking 'defence': pixels rounded to ``levels`` values before the model.
+
+    Rounding has a zero gradient almost everywhere, so gradient attacks see nothing; a
+    score-based attack (Square) still finds the model's weaknesses.
+    """
+
+    def __init__(self, model: torch.nn.Module, levels: int = 32) -> None:
+        super().__init__()
+        self.model, self.levels = model, levels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(torch.round(x * (self.levels - 1)) / (self.levels - 1))
+
+
 def autoattacks(model: torch.nn.Module, eps: float, which: str) -> dict:
     """AutoAttack (standard) from torchattacks: its class defaults, and/or the published settings.
 
@@ -165,6 +180,8 @@ def main() -> None:
     ap.add_argument("--eps", type=float, default=8 / 255)
     ap.add_argument("--batch", type=int, default=256, help="points per batch, for both tools (the CLI default)")
     ap.add_argument("--only", choices=["standard", "pgd"], help="evaluate one model only")
+    ap.add_argument("--mask", action="store_true",
+                    help="put the models behind 5-bit input rounding (gradient masking: zero input gradients)")
     ap.add_argument("--autoattack", default="both", choices=["torchattacks", "published", "both", "none"],
                     help="torchattacks' AutoAttack class defaults (10 iterations), the published settings (100), or both")
     ap.add_argument("--probe", type=int, help="Square's probe for ours (default: the standard suite's 1000; 0 = off)")
@@ -180,6 +197,8 @@ def main() -> None:
         if kind == "pgd":
             model = pgd_trained(model, args.arch, args.std_epochs, args.at_epochs, args.at_per_class, args.at_steps,
                                 args.eps)
+        if args.mask:
+            model = BitDepth(model).eval()
         log.info("evaluating the %s-trained model on %d points", kind, len(y))
         out[kind] = evaluate(model, x, y, args.eps, args.batch, args.autoattack, args.probe)
         log.info("%s: %s", kind, json.dumps(out[kind]))

@@ -120,3 +120,25 @@ def test_honest_gradients_let_square_stop_at_the_probe():
     tpgd = make_spec("temp-pgd", "linf", 0.03, steps=3, temperature=1e-3)
     again, _ = _cascade(model, x, y, 50, 40, middle=(tpgd,))
     assert again.zero_grad_points[1].sum() > 0 and again.carried_points[2].sum() == 0
+
+
+class Rounded(Linear):
+    """The linear model behind 4-level input rounding: exactly zero input gradients everywhere."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(torch.round(x * 3) / 3)
+
+
+def test_zero_gradients_give_every_point_squares_full_budget():
+    model = Rounded().eval()
+    x, y = _data(model)
+    full, _ = _cascade(model, x, y, 0, 40)
+    probed, specs = _cascade(model, x, y, 50, 40)
+    assert probed.zero_grad_points[0][probed.clean_correct].all()
+    assert np.array_equal(probed.step, full.step)
+    # every point Square attacked and had not broken by the probe went on to the full budget
+    attacked = probed.clean_correct & ~probed.broken()[0]
+    expected = attacked & ~((probed.step[1] >= 0) & (probed.step[1] <= 50))
+    assert expected.sum() > 0 and np.array_equal(probed.carried_points[1], expected)
+    sanity, _ = sanity_section(probed, specs, CLASSES)
+    assert sanity["square_only"]["probe"]["full_budget_points"] == int(expected.sum())
