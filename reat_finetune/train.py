@@ -492,8 +492,10 @@ def fine_tune(setup: TrainSetup, config: RepairConfig, *, out_dir: Path, resume:
                 acc, win = state["accum"], state["window"]
                 weights = rbl_weights(setup.train_counts, state["counts_prev"]) if setup.method.uses_rbl else None
                 entry: Optional[dict[str, Any]] = None
+                # one bar per epoch: only on a terminal (in a log file every update would be a line of its own)
                 bar = tqdm(total=n_this, initial=state["pos"], desc=f"epoch {epoch}/{E}", unit="batch",
-                           file=sys.stderr, disable=not progress, dynamic_ncols=True, leave=False)
+                           file=sys.stderr, disable=not progress or not sys.stderr.isatty(), dynamic_ncols=True,
+                           leave=False)
                 try:
                     for b in range(state["pos"], n_this):
                         if dd.stop(stop.requested):
