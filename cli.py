@@ -239,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-fraction", type=_f("--val-fraction", 0, 0.5, lo_open=True), default=0.1,
                    help="seeded share of each class held out to pick the checkpoint; classes too small to spare an "
                         "image are guarded on their training images (default 0.1)")
+    t.add_argument("--min-clean-kept", type=_f("--min-clean-kept", 0, 1), default=0.8,
+                   help="a fine-tuned checkpoint must keep this share of the input model's validation clean accuracy "
+                        "(and not collapse) to replace it; otherwise the input model is returned (default 0.8)")
     t.add_argument("--augment", default="none", choices=["none", "flip-crop"],
                    help="training augmentation: none, or random flip + 4-pixel crop for natural images (default none)")
     t.add_argument("--resume", metavar="DIR", help="continue a killed or interrupted run from DIR/checkpoint.pt")
@@ -348,7 +351,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
         audit=audit, method=args.method, **_budget_kwargs(args), batch_size=args.batch_size_train,
         schedule=args.schedule, train_eps=parse_number(args.train_eps, "--train-eps") if args.train_eps else None,
         train_steps=args.train_steps, train_step_size=args.train_step_size, tail_penalty=args.tail_penalty,
-        tail_lambda=args.tail_lambda, margin=args.margin, val_fraction=args.val_fraction, augment=args.augment,
+        tail_lambda=args.tail_lambda, margin=args.margin, val_fraction=args.val_fraction, augment=args.augment, min_clean_kept=args.min_clean_kept,
         out=args.out, resume=args.resume, formats=tuple(_formats(args)), quiet=args.quiet,
         sync_bn=not args.no_sync_bn,
     )

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "tailaudit-repair-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: typed training state under "state", the input model as the first kept candidate
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 

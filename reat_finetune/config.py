@@ -19,7 +19,8 @@ FORMATS = ("html", "pdf")
 TRAINING_KEYS = ("method", "epochs", "steps_total", "evaluations", "sampler", "trades_beta",
                  "lr", "batch_size", "momentum", "weight_decay", "schedule", "train_eps",
                  "train_steps", "train_step_size", "tail_penalty", "tail_lambda", "margin", "val_fraction",
-                 "augment", "amp", "seed", "norm")
+                 "augment", "amp", "seed", "norm", "min_clean_kept")
+MIN_CLEAN_KEPT = 0.8  # a fine-tuned checkpoint keeps at least this share of the input's validation clean accuracy
 
 
 @dataclass
@@ -57,6 +58,7 @@ class RepairConfig:
     margin: float = 0.1
     val_fraction: float = 0.1
     augment: str = "none"
+    min_clean_kept: float = MIN_CLEAN_KEPT
     out: Optional[str] = None
     resume: Optional[str] = None
     formats: Sequence[str] = FORMATS
@@ -172,6 +174,9 @@ class RepairConfig:
             raise RepairError(f"--margin must be >= 0, got {self.margin}")
         if not _finite(self.val_fraction) or not 0 < self.val_fraction <= 0.5:
             raise RepairError(f"--val-fraction must be in (0, 0.5], got {self.val_fraction}")
+        if not _finite(self.min_clean_kept) or not 0 <= self.min_clean_kept <= 1:
+            raise RepairError(f"--min-clean-kept must be a share in [0, 1] (e.g. 0.8 = keep 80% of the input's "
+                              f"clean accuracy), got {self.min_clean_kept}")
         if self.augment not in AUGMENTS:
             raise RepairError(f"--augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
         bad = [f for f in self.formats if f not in FORMATS]

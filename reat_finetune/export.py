@@ -1,23 +1,31 @@
 """The repaired model in the input's form: ONNX in, ONNX out (parity-checked); timm in, safetensors out.
 
-The ONNX export keeps the original input name, layout (NCHW/NHWC), batch axis (dynamic or
-fixed) and normalisation convention: the inner network is exported, so an input that expected
+The ONNX export keeps the original input and output tensor names (whatever the exporter
+accepts: the file is written under placeholders and renamed), layout (NCHW/NHWC), batch axis
+(dynamic or fixed to 1), opset where the exporter still writes it (else the nearest newer one)
+and normalisation convention: the inner network is exported, so an input that expected
 normalised pixels still does, and the wrapper's ``--mean/--std`` apply to it unchanged.
+
+:func:`preflight_export` does all of this on the *unmodified* model before any training, so
+a model that cannot be written back is refused in seconds (docs/repair.md, "Export preflight").
 """
 from __future__ import annotations
 
 import copy
 import logging
 import os
+import shutil
+import tempfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import onnx
 import torch
 
+from audit.errors import TailAuditError
 from audit.models import LoadedModel
 from audit.results import _atomic
 
@@ -28,6 +36,7 @@ log = logging.getLogger(__name__)
 ONNX_NAME = "repaired.onnx"
 SAFETENSORS_NAME = "repaired.safetensors"
 EXPORT_OPSET = 17
+MIN_EXPORT_OPSET = 9  # torch.onnx.export's oldest opset that onnx2torch still converts back
 
 
 @dataclass
@@ -60,62 +69,195 @@ def _logits(module: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
     return module.eval()(x.to(dev)).float().cpu().numpy()
 
 
-def _signature(path: Path) -> dict[str, Any]:
-    """Input/output names, input dims (None for a symbolic batch) and opset of the original file."""
-    from audit.models import onnx_graph
+@dataclass(frozen=True)
+class OnnxSignature:
+    """What the repaired file must keep from the input file: tensor names, dims, batch axis and opset."""
 
-    model = onnx.load(str(path), load_external_data=False)
-    inits = {i.name for i in model.graph.initializer}
-    inp = [vi for vi in model.graph.input if vi.name not in inits][0]
-    dims = onnx_graph.tensor_shape(inp)
-    batch_name = inp.type.tensor_type.shape.dim[0].dim_param or "batch"
-    return {"input": inp.name, "output": model.graph.output[0].name, "dims": dims, "batch_name": batch_name,
-            "opset": onnx_graph.opset_of(model)}
+    input: str
+    output: str
+    dims: tuple[Optional[int], ...]
+    batch_name: str
+    opset: int
+
+    @classmethod
+    def of(cls, path: Path) -> "OnnxSignature":
+        from audit.models import onnx_graph
+
+        model = onnx.load(str(path), load_external_data=False)
+        inits = {i.name for i in model.graph.initializer}
+        inp = [vi for vi in model.graph.input if vi.name not in inits][0]
+        dims = tuple(onnx_graph.tensor_shape(inp) or ())
+        batch_name = inp.type.tensor_type.shape.dim[0].dim_param or "batch"
+        return cls(inp.name, model.graph.output[0].name, dims, batch_name, onnx_graph.opset_of(model))
+
+    def opsets(self) -> list[int]:
+        """Opsets to try, the input's own first, then the nearest newer ones the exporter writes."""
+        own = max(self.opset, MIN_EXPORT_OPSET)
+        return [own] + [o for o in (11, 13, EXPORT_OPSET) if o > own]
 
 
-def export_onnx(loaded: LoadedModel, out_dir: Path, probe: torch.Tensor, *, tol: float = 1e-3,
+@dataclass(frozen=True)
+class ExportPlan:
+    """How the repaired model will be written, proved on the unmodified model before any training."""
+
+    format: str  # onnx | safetensors
+    opset: Optional[int] = None
+    input_name: Optional[str] = None
+    output_name: Optional[str] = None
+    batch: Optional[int] = None  # None: dynamic batch axis; 1: fixed, as in the input file
+    layout: Optional[str] = None
+    parity: dict[str, Any] = field(default_factory=dict)  # the unmodified export against the input runtime
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PLACEHOLDER_IN, PLACEHOLDER_OUT = "tailaudit_export_input", "tailaudit_export_output"
+
+
+def rename_tensors(model: onnx.ModelProto, mapping: dict[str, str]) -> None:
+    """Rename graph tensors in place (``old -> new``), first moving any other tensor already called ``new``.
+
+    Any string is a valid ONNX tensor name; torch's exporter refuses some (numeric names such as
+    "16" collide with its own), so the file is written with placeholders and renamed here.
+    """
+    g = model.graph
+    used = {n for node in g.node for n in (*node.input, *node.output)}
+    used |= {v.name for v in (*g.input, *g.output, *g.value_info)} | {i.name for i in g.initializer}
+    clash = {new for old, new in mapping.items() if new != old and new in used}
+    full = dict(mapping)
+    for name in clash:
+        k = 0
+        while f"{name}__{k}" in used:
+            k += 1
+        full[name] = f"{name}__{k}"
+
+    def sub(n: str) -> str:
+        return full.get(n, n)
+
+    for node in g.node:
+        node.input[:] = [sub(n) for n in node.input]
+        node.output[:] = [sub(n) for n in node.output]
+    for vi in (*g.input, *g.output, *g.value_info):
+        vi.name = sub(vi.name)
+    for init in g.initializer:
+        init.name = sub(init.name)
+
+
+def _inner_network(loaded: LoadedModel, sig: OnnxSignature) -> tuple[torch.nn.Module, Optional[int]]:
+    """The network to export (on the CPU, eval mode) and its fixed batch size (None: dynamic)."""
+    from audit.models.onnx_model import _PerSample
+
+    net, fixed = loaded.module.net, sig.dims[0]
+    if isinstance(net, _PerSample):
+        net, fixed = net.net, 1
+    return copy.deepcopy(net).cpu().eval(), fixed
+
+
+def _write_onnx(net: torch.nn.Module, sig: OnnxSignature, fixed: Optional[int], opset: int, path: Path) -> None:
+    """torch.onnx.export under placeholder names, then the input file's own names restored; checked."""
+    dummy = torch.zeros((fixed or 1, *[int(d) for d in sig.dims[1:]]))
+    dynamic = None if fixed is not None else {PLACEHOLDER_IN: {0: sig.batch_name}, PLACEHOLDER_OUT: {0: sig.batch_name}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (dummy,), str(path), dynamo=False, opset_version=opset,
+                          input_names=[PLACEHOLDER_IN], output_names=[PLACEHOLDER_OUT], dynamic_axes=dynamic)
+    model = onnx.load(str(path))
+    rename_tensors(model, {PLACEHOLDER_IN: sig.input, PLACEHOLDER_OUT: sig.output})
+    model.producer_name, model.producer_version = "tailaudit repair", ""
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def _export_any_opset(net: torch.nn.Module, sig: OnnxSignature, fixed: Optional[int], path: Path,
+                      opsets: Sequence[int]) -> int:
+    """Write ``net`` at the first opset of ``opsets`` the exporter accepts; returns it."""
+    errors = []
+    for opset in opsets:
+        try:
+            _write_onnx(net, sig, fixed, opset, path)
+            return opset
+        except Exception as exc:  # noqa: BLE001 - the exporter raises many kinds
+            errors.append(f"opset {opset}: {type(exc).__name__}: {_first_line(exc)}")
+            log.debug("export at opset %d failed: %s", opset, exc)
+    raise RepairError("this ONNX model cannot be written back as ONNX after repair (torch.onnx.export of its "
+                      f"PyTorch conversion fails; {errors[0]}); it can be audited but not repaired: re-export it "
+                      "from its training framework with a standard opset (13 or 17) and try again")
+
+
+def _check_exported(loaded: LoadedModel, path: Path, probe: torch.Tensor, tol: float,
+                    device: torch.device | str, what: str) -> dict[str, Any]:
+    """Load ``path`` like the audit will, and compare it with the in-memory model (and its own conversion)."""
+    from audit.models.onnx_model import check_parity, load_onnx
+
+    pre = loaded.preprocessing
+    exported = load_onnx(path, num_classes=loaded.num_classes, mean=pre.mean, std=pre.std, device=device,
+                         fallback=False)
+    got = exported.preprocessing
+    if got.layout != pre.layout or tuple(got.input_size) != tuple(pre.input_size):
+        raise RepairError(f"{what} takes {got.layout} {list(got.input_size)} instead of {pre.layout} "
+                          f"{list(pre.input_size)}; this model cannot be repaired in its own format")
+    x = probe.detach().float().cpu()
+    parity = _parity(_logits(loaded.module, x), exported.reference_scorer(x.numpy()), tol, what)
+    conv = check_parity(exported, x, tol=tol)
+    parity["conversion"] = {k: conv[k] for k in ("max_abs_logit_diff", "argmax_agreement")}
+    parity["providers"] = conv.get("providers")
+    return parity
+
+
+def preflight_onnx(loaded: LoadedModel, probe: torch.Tensor, *, tol: float = 1e-3,
+                   device: torch.device | str = "cpu") -> ExportPlan:
+    """Export the *unmodified* model the way the repaired one will be, before any attack or training step.
+
+    Proves the exporter accepts the converted network at some opset, that the file keeps the
+    input's tensor names, layout and batch axis, and that onnxruntime on it agrees with the
+    input model on ``probe``. Raises RepairError (one line) otherwise; takes seconds.
+    """
+    if loaded.path is None:
+        raise RepairError("the ONNX model's original file is unknown; cannot export it in the same form")
+    sig = OnnxSignature.of(loaded.path)
+    net, fixed = _inner_network(loaded, sig)
+    with tempfile.TemporaryDirectory(prefix="tailaudit-preflight-") as tmp:
+        path = Path(tmp) / "preflight.onnx"
+        opset = _export_any_opset(net, sig, fixed, path, sig.opsets())
+        try:
+            parity = _check_exported(loaded, path, probe, tol, device, "the re-exported input model")
+        except (RepairError, TailAuditError) as exc:
+            raise RepairError(f"this ONNX model cannot be repaired in its own format: a test export of the "
+                              f"unmodified model fails its check ({_first_line(exc)})") from None
+        again = OnnxSignature.of(path)
+    if (again.input, again.output) != (sig.input, sig.output) or again.dims[0] != sig.dims[0]:
+        raise RepairError(f"the re-exported model has input/output {again.input!r}/{again.output!r} with batch "
+                          f"{again.dims[0]} instead of {sig.input!r}/{sig.output!r} with batch {sig.dims[0]}")
+    log.info("export preflight: the input model re-exports at opset %d (input %r, output %r, %s batch), "
+             "parity %.2g", opset, sig.input, sig.output, "dynamic" if fixed is None else f"fixed {fixed}",
+             parity["max_abs_logit_diff"])
+    return ExportPlan("onnx", opset, sig.input, sig.output, fixed, loaded.preprocessing.layout, parity)
+
+
+def export_onnx(loaded: LoadedModel, out_dir: Path, probe: torch.Tensor, plan: ExportPlan, *, tol: float = 1e-3,
                 device: torch.device | str = "cpu") -> ExportResult:
-    """Export the repaired inner network to ``out_dir/repaired.onnx``, checked with onnxruntime first.
+    """Export the repaired inner network to ``out_dir/repaired.onnx`` as the preflight ``plan`` did, checked first.
 
     ``probe``: real NCHW [0, 1] images. The file is only renamed into place when onnxruntime's
     logits match the trained module's, and its own conversion passes ``check_parity``.
     """
-    from audit.models.onnx_model import _PerSample, check_parity, load_onnx
-
     if loaded.path is None:
         raise RepairError("the ONNX model's original file is unknown; cannot export in the same form")
-    sig = _signature(loaded.path)
-    net = loaded.module.net
-    fixed_batch = sig["dims"][0]
-    if isinstance(net, _PerSample):
-        net, fixed_batch = net.net, 1
-    net_cpu = copy.deepcopy(net).cpu().eval()
-    opset = sig["opset"] if 11 <= sig["opset"] <= EXPORT_OPSET else EXPORT_OPSET
-    dummy = torch.zeros((fixed_batch or 1, *[int(d) for d in sig["dims"][1:]]))
-    dynamic = None
-    if fixed_batch is None:
-        dynamic = {sig["input"]: {0: sig["batch_name"]}, sig["output"]: {0: sig["batch_name"]}}
+    sig = OnnxSignature.of(loaded.path)
+    net, fixed = _inner_network(loaded, sig)
     final = out_dir / ONNX_NAME
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / f".{ONNX_NAME}.tmp.onnx"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(net_cpu, (dummy,), str(tmp), dynamo=False, opset_version=opset,
-                              input_names=[sig["input"]], output_names=[sig["output"]], dynamic_axes=dynamic)
-        pre = loaded.preprocessing
-        exported = load_onnx(tmp, num_classes=loaded.num_classes, mean=pre.mean, std=pre.std, device=device)
-        if exported.preprocessing.layout != pre.layout or tuple(exported.preprocessing.input_size) != tuple(pre.input_size):
-            raise RepairError(f"the exported model takes {exported.preprocessing.layout} "
-                              f"{list(exported.preprocessing.input_size)} instead of {pre.layout} {list(pre.input_size)}")
-        x = probe.detach().float().cpu()
-        parity = _parity(_logits(loaded.module, x), exported.reference_scorer(x.numpy()), tol,
-                         "onnxruntime on the exported ONNX file")
-        conv = check_parity(exported, x, tol=tol)
-        parity["conversion"] = {k: conv[k] for k in ("max_abs_logit_diff", "argmax_agreement")}
-        parity["providers"] = conv.get("providers")
+        opset = _export_any_opset(net, sig, fixed, tmp, [plan.opset or EXPORT_OPSET])
+        parity = _check_exported(loaded, tmp, probe, tol, device, "onnxruntime on the exported ONNX file")
         os.replace(tmp, final)
-    except Exception:
+    except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     log.info("wrote %s (opset %d, parity %.2g on %d images)", final, opset, parity["max_abs_logit_diff"], parity["n"])
@@ -143,19 +285,61 @@ def export_timm(loaded: LoadedModel, out_dir: Path, probe: torch.Tensor, *, tol:
     return ExportResult(final, "safetensors", f"timm:{loaded.arch}", str(final), parity)
 
 
-def export_repaired(loaded: LoadedModel, out_dir: Path, probe: torch.Tensor, *, tol: float = 1e-3,
-                    device: torch.device | str = "cpu") -> ExportResult:
-    """ONNX in, ONNX out; timm in, safetensors out.
+def preflight_timm(loaded: LoadedModel, probe: torch.Tensor, *, tol: float = 1e-3,
+                   device: torch.device | str = "cpu") -> ExportPlan:
+    """Write the unmodified timm weights as safetensors, reload them into the architecture, compare."""
+    with tempfile.TemporaryDirectory(prefix="tailaudit-preflight-") as tmp:
+        try:
+            res = export_timm(loaded, Path(tmp), probe, tol=tol, device=device)
+        except (RepairError, TailAuditError) as exc:
+            raise RepairError(f"this timm model cannot be repaired in its own format: a test export of the "
+                              f"unmodified weights fails ({_first_line(exc)})") from None
+    return ExportPlan("safetensors", layout=loaded.preprocessing.layout, parity=res.parity)
+
+
+def _without_label_order(loaded: LoadedModel, fn):  # noqa: ANN001, ANN202
+    """Run ``fn()`` with a ``--labels`` re-ordering switched off: files keep the network's own output order."""
+    order, loaded.module.output_order = loaded.module.output_order, None
+    try:
+        return fn()
+    finally:
+        loaded.module.output_order = order
+
+
+def preflight_export(loaded: LoadedModel, probe: torch.Tensor, *, tol: float = 1e-3,
+                     device: torch.device | str = "cpu") -> ExportPlan:
+    """Prove, before any training, that this model can be written back in its own format (RepairError if not)."""
+    if not loaded.gradient_access:
+        raise RepairError(f"{loaded.spec} runs in black-box mode (no gradients: it could not be converted to "
+                          "PyTorch), so it cannot be fine-tuned; repair needs a model that converts (audit it "
+                          "without --black-box to see why it does not)")
+    if loaded.format == "onnx":
+        return _without_label_order(loaded, lambda: preflight_onnx(loaded, probe, tol=tol, device=device))
+    if loaded.format == "timm":
+        return _without_label_order(loaded, lambda: preflight_timm(loaded, probe, tol=tol, device=device))
+    raise RepairError(f"cannot write a repaired model of format {loaded.format!r}; repair takes ONNX files "
+                      "and timm checkpoints")
+
+
+def keep_input(loaded: LoadedModel, out_dir: Path) -> Optional[ExportResult]:
+    """The input ONNX file copied unchanged as the output (repair kept the input model); None for timm."""
+    if loaded.format != "onnx" or loaded.path is None:
+        return None
+    final = out_dir / ONNX_NAME
+    _atomic(final, lambda fh: fh.write(Path(loaded.path).read_bytes()))  # type: ignore[arg-type]
+    log.info("wrote %s: the input model, unchanged", final)
+    return ExportResult(final, "onnx", str(final), None, {"identical_to_input": True})
+
+
+def export_repaired(loaded: LoadedModel, out_dir: Path, probe: torch.Tensor, plan: ExportPlan, *,
+                    tol: float = 1e-3, device: torch.device | str = "cpu") -> ExportResult:
+    """ONNX in, ONNX out (as ``plan``, from :func:`preflight_export`); timm in, safetensors out.
 
     The file keeps the network's own output order: a ``--labels`` re-ordering is switched off
     for the parity checks (the after-audit applies the same ``--labels`` again).
     """
-    order, loaded.module.output_order = loaded.module.output_order, None
-    try:
-        if loaded.format == "onnx":
-            return export_onnx(loaded, out_dir, probe, tol=tol, device=device)
-        if loaded.format == "timm":
-            return export_timm(loaded, out_dir, probe, tol=tol, device=device)
-    finally:
-        loaded.module.output_order = order
+    if loaded.format == "onnx":
+        return _without_label_order(loaded, lambda: export_onnx(loaded, out_dir, probe, plan, tol=tol, device=device))
+    if loaded.format == "timm":
+        return _without_label_order(loaded, lambda: export_timm(loaded, out_dir, probe, tol=tol, device=device))
     raise RepairError(f"cannot write a repaired model of format {loaded.format!r}")

@@ -44,7 +44,13 @@ class LossContext:
 
 
 class RepairMethod:
-    """Base: plain cross-entropy, no penalty, no RBL counts."""
+    """Base: plain cross-entropy, no penalty, no RBL counts.
+
+    The trainer's hooks (:class:`~.train.Trainer`) are methods here, so a new method overrides
+    them instead of touching the loop: :meth:`trainable_parameters` (which parameters train),
+    :meth:`make_guide` (a model whose clean logits the loss sees as ``guide_logits``),
+    :meth:`attack_at` (the training attack of each step: its ε schedule) and :meth:`loss`.
+    """
 
     name = "base"
     uses_rbl = False
@@ -61,6 +67,21 @@ class RepairMethod:
         """The attack that makes the training batch's adversarial examples (PGD on cross-entropy)."""
         return create_attack(spec)
 
+    def trainable_parameters(self, net: torch.nn.Module) -> list[torch.nn.Parameter]:
+        """Hook: the parameters the optimizer updates (default: all of them)."""
+        return list(net.parameters())
+
+    def make_guide(self, model: torch.nn.Module) -> Optional[torch.nn.Module]:
+        """Hook: a guide model (pixels -> logits) evaluated on each clean batch, or None (default)."""
+        return None
+
+    def attack_at(self, spec: AttackSpec, step: int, total: int) -> Attack:
+        """Hook: the training attack at optimizer step ``step`` of ``total`` (default: constant ε, built once)."""
+        attack = getattr(self, "_attack", None)
+        if attack is None:
+            attack = self._attack = self.training_attack(spec)
+        return attack
+
     def prepare_attack(self, attack: Attack, model: torch.nn.Module, x: torch.Tensor, autocast=None) -> None:  # noqa: ANN001
         """Called with the eval-mode model before each batch's attack (TRADES: the clean predictions)."""
 
@@ -68,7 +89,8 @@ class RepairMethod:
         return F.cross_entropy(logits.float(), y)
 
     def loss(self, logits: torch.Tensor, features: Optional[torch.Tensor], y: torch.Tensor,
-             ctx: LossContext, clean_logits: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+             ctx: LossContext, clean_logits: Optional[torch.Tensor] = None,
+             guide_logits: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(total loss, tail penalty term) for one batch of adversarial logits/features."""
         outer = self.outer_loss(logits, y, ctx)
         if ctx.penalty == "off" or features is None or ctx.tail_lambda == 0:
@@ -122,7 +144,8 @@ class TRADESBSL(RepairMethod):
             attack.reference = F.softmax(model(x).float(), dim=1)  # type: ignore[attr-defined]
 
     def loss(self, logits: torch.Tensor, features: Optional[torch.Tensor], y: torch.Tensor,
-             ctx: LossContext, clean_logits: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+             ctx: LossContext, clean_logits: Optional[torch.Tensor] = None,
+             guide_logits: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         if clean_logits is None:
             raise ValueError("trades-bsl needs the clean logits")
         natural = balanced_softmax_loss(clean_logits, y, ctx.log_n)

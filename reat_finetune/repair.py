@@ -30,12 +30,13 @@ from .checkpoint import CHECKPOINT_NAME, check_fingerprint, fingerprint, is_disk
 from .config import RepairConfig
 from .ddp import check_global_batch, check_world_size
 from .errors import RepairError
-from .export import export_repaired
+from .export import ExportPlan, export_repaired, keep_input, preflight_export
+from .outcome import decide
 from .features import build_feature_model
 from .losses import tail_class_weights
 from .methods import get_method
 from .budget import resolve_budget
-from .selection import METRIC, plan, split_train_val
+from .selection import plan, split_train_val
 from .train import BatchSource, TrainHooks, TrainSetup, fine_tune, resolve_sampler, training_log
 
 log = logging.getLogger(__name__)
@@ -199,6 +200,7 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
     )
     if resume_state is not None:
         check_fingerprint(resume_state["fingerprint"], fp, Path(config.resume))  # type: ignore[arg-type]
+    export_plan = _preflight(loaded, data, config, device)  # proves the export before any attack or training step
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
 
@@ -237,10 +239,12 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
     loaded.module.eval()
 
     # -- export + after ------------------------------------------------------------------------
+    input_kept = result.best_step == 0
     exported = None
     if distributed.is_main():  # [distributed] rank 0 exports; the others audit its file
-        exported = export_repaired(loaded, out, _eval_images(data, PROBE, size), tol=config.audit.parity_tol,
-                                   device=device)
+        exported = keep_input(loaded, out) if input_kept else None
+        exported = exported or export_repaired(loaded, out, _eval_images(data, PROBE, size), export_plan,
+                                               tol=config.audit.parity_tol, device=device)
     distributed.wait_for_peers("exported")
     exported = distributed.broadcast_from_main(exported)
     after_cfg = replace(before_cfg, model=exported.audit_model, checkpoint=exported.audit_checkpoint,
@@ -250,11 +254,7 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
     after = after_run.results
 
     # -- log, summary, report ------------------------------------------------------------------
-    chosen = next((e for e in result.log if e.get("step") == result.best_step), {})
-    first = result.log[0] if result.log else {}
-    state = {"log": result.log, "guard_floor": first.get("guard_robust_acc"),
-             "best": {"epoch": result.best_epoch, "step": result.best_step, "score": chosen.get(METRIC)}}
-    tlog = training_log(state, setup, config, note=result.best_note)
+    tlog = training_log(result.state, setup, config, note=result.best_note)
     tlog["warnings"] = feature_warnings + result.warnings
     summary = {
         "tool": {"name": "tailaudit", "version": __version__},
@@ -265,11 +265,17 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
         "best_epoch": result.best_epoch, "best_step": result.best_step, "epochs": budget.epochs,
         "lr": config.lr, "sampler": sampler, "sampler_rule": sampler_rule, "budget": tlog["budget"], "selection": tlog["selection"],
         "model": {"input": loaded.spec, "input_sha256": loaded.sha256, "repaired": str(exported.path),
-                  "format": exported.format, "parity": exported.parity},
+                  "format": exported.format, "parity": exported.parity, "export": export_plan.to_dict(),
+                  "input_kept": input_kept},
         "split": {"n_train": len(train_idx), "n_val": len(val_idx), "n_guard": int(len(guard_idx)),
                   "train_counts": split_counts,
                   "val_counts": [int(c) for c in np.bincount(labels[val_idx], minlength=C)], "seed": config.seed},
         "before": _headline(before), "after": _headline(after),
+        "outcome": decide(_headline(before), _headline(after), input_kept=input_kept,
+                          after_meaningful=(after.get("verdict") or {}).get("code") != "not-meaningful",
+                          min_clean_kept=config.min_clean_kept, kept_note=result.best_note,
+                          model_file=exported.path.name, method=method.name,
+                          budget=f"{budget.steps_total} steps").to_dict(),
         "timings": {"fine_tune_s": result.seconds, "fine_tune_session_s": result.session_seconds,
                     "total_s": time.perf_counter() - t_start, "resumed": resume_state is not None},
         "environment": environment(device),
@@ -283,6 +289,15 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
         reports = _write_top_level(out, config, tlog, summary, after_run.results_path, exported.path.name, t_start)
     return RepairRun(out_dir=out, before=before, after=after, training_log=tlog, model_path=exported.path,
                      best_epoch=result.best_epoch, summary=summary, reports=reports)
+
+
+def _preflight(loaded: Any, data: LTDataset, config: RepairConfig, device: torch.device) -> ExportPlan:
+    """Export the unmodified model as the repaired one will be (rank 0), before any attack or training step."""
+    plan = None
+    if distributed.is_main():
+        size = tuple(loaded.preprocessing.input_size)
+        plan = preflight_export(loaded, _eval_images(data, PROBE, size), tol=config.audit.parity_tol, device=device)
+    return distributed.broadcast_from_main(plan)  # [distributed] a refusal on rank 0 fails every rank
 
 
 def _write_top_level(out: Path, config: RepairConfig, tlog: dict[str, Any], summary: dict[str, Any],

@@ -4,14 +4,26 @@ Split: every class gives ``max(1, floor(fraction * n_c))`` of its training image
 validation, provided at least ``MIN_TRAIN_PER_CLASS`` stay for training; smaller classes
 give none and are *missing* from validation.
 
-Rule: the kept checkpoint maximises the **balanced worst-case robust accuracy** on the
-validation split (mean over the classes with validation images of the share of images
-that are clean-correct and survive every attack of the audit's cascade, at the training
-radius and step count). When classes are missing, a guard stands in for them (the
-fallback): their own *training* images are attacked the same way at every checkpoint, and
-only checkpoints whose balanced worst-case robust accuracy on those images is at least the
-input model's are eligible, so selection cannot trade the unvalidated tail away. Ties go
-to the later checkpoint. The test set is never looked at.
+Rule: the input model itself (step 0) is the first candidate, so a repair can never hand
+back a model that validation says is worse. A fine-tuned checkpoint replaces it only when it
+is **eligible** and its **balanced worst-case robust accuracy** on the validation split (mean
+over the classes with validation images of the share of images that are clean-correct and
+survive every attack of the audit's cascade, at the training radius and step count) is
+at least the input's; the highest wins, ties going to the later checkpoint (the input model
+often scores 100% on validation images it was trained on, so a strict gain cannot be asked
+for). Eligible means all of:
+
+* balanced clean accuracy on validation at least ``min_clean_kept`` (default 0.8) times the
+  input model's;
+* no prediction collapse (the audit verdict's rule, :func:`audit.verdict.prediction_collapse`,
+  on the validation confusion matrix) and balanced clean accuracy clearly above chance (the
+  verdict's ``not-meaningful`` margin) when the input model was;
+* when classes are missing from validation, a guard stands in for them: their own *training*
+  images are attacked the same way, and their balanced worst-case robust accuracy must be at
+  least the input model's, so selection cannot trade the unvalidated tail away.
+
+When no checkpoint qualifies, the input model is returned unchanged. The test set is never
+looked at.
 """
 from __future__ import annotations
 
@@ -59,7 +71,9 @@ class ValidationPlan:
 
     def rule(self) -> str:
         s = ("the checkpoint with the highest balanced worst-case robust accuracy on the held-out validation "
-             "split (PGD cascade at the training radius; later checkpoint on ties), never the test set")
+             "split (PGD cascade at the training radius; later checkpoint on ties), never the test set; the input "
+             "model is the first candidate and is kept unless a checkpoint beats it while keeping its clean "
+             "accuracy (the floor), its spread of predictions and its tail guard")
         if self.missing:
             s += ("; classes without validation images guard it: their training images' robust accuracy "
                   "must not fall below the input model's")
@@ -70,6 +84,7 @@ class ValidationPlan:
         """The ``selection`` block of training_log.json and repair.json."""
         return {
             "rule": self.rule(), "metric": METRIC, "chosen_epoch": chosen_epoch, "chosen_step": chosen_step,
+            "input_kept": chosen_step == 0,
             "guard_metric": GUARD_METRIC if self.missing else None,
             "note": note,
             "validation": {"per_class_counts": list(self.per_class_counts),
@@ -84,19 +99,70 @@ def plan(labels: np.ndarray, val_idx: np.ndarray, class_names: Sequence[str]) ->
     return ValidationPlan(counts, [c for c, k in enumerate(counts) if k == 0], list(class_names))
 
 
-def eligible(entry: dict[str, Any], guard_floor: Optional[float]) -> bool:
-    """Does a checkpoint pass the tail guard (always, without one)?"""
+@dataclass(frozen=True)
+class Floors:
+    """What a fine-tuned checkpoint must keep of the input model's validation figures (from step 0)."""
+
+    clean: Optional[float]  # balanced clean accuracy floor (min_clean_kept x the input's)
+    chance: Optional[float]  # clearly-above-chance floor, only when the input model was above it
+    guard: Optional[float]  # balanced worst-case robust accuracy of the guard classes (the input's)
+    min_clean_kept: float
+
+    @classmethod
+    def of_input(cls, entry: dict[str, Any], num_classes: int, min_clean_kept: float) -> "Floors":
+        from audit.verdict import CHANCE_MARGIN
+
+        clean = _clean_of(entry)
+        chance = 1.0 / num_classes + CHANCE_MARGIN * (1.0 - 1.0 / num_classes)
+        return cls(clean=None if clean is None else min_clean_kept * clean,
+                   chance=chance if clean is not None and clean > chance else None,
+                   guard=entry.get(GUARD_METRIC), min_clean_kept=float(min_clean_kept))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"clean": self.clean, "chance": self.chance, "guard": self.guard, "min_clean_kept": self.min_clean_kept}
+
+
+def _clean_of(entry: dict[str, Any]) -> Optional[float]:
+    v = entry.get("val_clean_acc")
+    return v if v is not None else entry.get("guard_clean_acc")
+
+
+def score(entry: dict[str, Any]) -> Optional[float]:
+    """The selection metric of an evaluation (the guard's when the validation split is empty)."""
+    v = entry.get(METRIC)
+    return v if v is not None else entry.get(GUARD_METRIC)
+
+
+def ineligible_because(entry: dict[str, Any], floors: Optional[Floors]) -> list[str]:
+    """Why a fine-tuned checkpoint may not be kept (empty: it may), in words for the log and the report."""
+    if floors is None:
+        return []
+    out = []
+    clean = _clean_of(entry)
+    if floors.clean is not None and clean is not None and clean < floors.clean - 1e-12:
+        out.append(f"validation clean accuracy {clean:.1%} is below {floors.min_clean_kept:.0%} of the input "
+                   f"model's ({floors.clean:.1%})")
+    if floors.chance is not None and clean is not None and clean <= floors.chance:
+        out.append(f"validation clean accuracy {clean:.1%} is not clearly above chance")
+    if entry.get("val_collapse"):
+        out.append(f"the predictions collapse on validation: {entry['val_collapse']}")
     g = entry.get(GUARD_METRIC)
-    return guard_floor is None or g is None or g >= guard_floor - 1e-12
+    if floors.guard is not None and g is not None and g < floors.guard - 1e-12:
+        out.append(f"the classes without validation images lose robust accuracy on their training images "
+                   f"({g:.1%} < {floors.guard:.1%})")
+    return out
 
 
-def better(entry: dict[str, Any], best: Optional[dict[str, Any]], guard_floor: Optional[float]) -> bool:
-    """Should ``entry`` replace the current ``best`` ({"score", "eligible", ...})? Later wins ties."""
-    score, ok = entry.get(METRIC), eligible(entry, guard_floor)
+def better(entry: dict[str, Any], best: Optional[dict[str, Any]]) -> bool:
+    """Should ``entry`` (eligible) replace the kept ``best`` ({"step", "score", ...})? Later wins ties.
+
+    Ties with the input model go to the fine-tuned checkpoint too: the validation images come
+    from the training split, which the input model was usually trained on, so its validation
+    figures are optimistic (often 100%); eligibility, not a strict gain, guards against a worse model.
+    """
     if best is None:
         return True
-    if ok != best["eligible"]:
-        return ok
-    if score is None or best["score"] is None:
-        return True  # nothing to compare on (empty validation): keep the latest
-    return score >= best["score"]
+    s, b = score(entry), best.get("score")
+    if s is None or b is None:
+        return True  # nothing to compare on (empty validation and no guard): keep the latest eligible one
+    return s >= b - 1e-12

@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -35,6 +35,7 @@ from audit.config import AttackSpec
 from audit.distributed import launched, launcher_rank
 from audit.engine import adapt_images
 from audit.results import write_json
+from audit.verdict import prediction_collapse
 
 from .checkpoint import rng_state, restore_rng, save_checkpoint, state_dict_cpu
 from .config import RepairConfig
@@ -44,7 +45,8 @@ from .features import FeatureModel
 from .losses import rbl_weights
 from .methods import LossContext, RepairMethod
 from .budget import Budget
-from .selection import GUARD_METRIC, METRIC, ValidationPlan, better, eligible, split_train_val  # noqa: F401
+from .selection import (GUARD_METRIC, METRIC, Floors, ValidationPlan, better, ineligible_because, score,  # noqa: F401
+                        split_train_val)
 
 log = logging.getLogger(__name__)
 
@@ -147,10 +149,13 @@ def perturb(attack: Attack, model: torch.nn.Module, x: torch.Tensor, y: torch.Te
 
 def train_step(fm: FeatureModel, attack: Attack, method: RepairMethod, ctx: LossContext, x: torch.Tensor,
                y: torch.Tensor, opt: torch.optim.Optimizer, gen: torch.Generator,
-               autocast: Autocast = None, forward: Optional[Callable] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               autocast: Autocast = None, forward: Optional[Callable] = None,
+               guide: Optional[torch.nn.Module] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One adversarial training step; returns (loss, tail penalty, adversarial predictions), detached.
 
-    ``forward`` is the training forward when it is not ``fm``/its pixel model (the DDP wrapper).
+    ``forward`` is the training forward when it is not ``fm``/its pixel model (the DDP wrapper);
+    ``guide`` (the method's, e.g. a frozen copy of the input model) gives ``guide_logits`` on
+    the clean batch to the loss.
     """
     pm = fm.pixel_model
     pm.eval()
@@ -165,7 +170,10 @@ def train_step(fm: FeatureModel, attack: Attack, method: RepairMethod, ctx: Loss
         else:
             feats, logits = None, fwd(x_adv)
         clean = pm(x).float() if method.uses_clean_logits else None
-    loss, pen = method.loss(logits.float(), feats.float() if feats is not None else None, y, ctx, clean_logits=clean)
+        with torch.no_grad():
+            guided = guide(x).float() if guide is not None else None
+    loss, pen = method.loss(logits.float(), feats.float() if feats is not None else None, y, ctx, clean_logits=clean,
+                            guide_logits=guided)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -205,17 +213,20 @@ def evaluate(model: torch.nn.Module, source: BatchSource, spec: AttackSpec | Seq
     n = len(source)
     if n == 0:
         return {"val_clean_acc": None, "val_robust_acc": None, "val_clean_acc_overall": None,
-                "val_robust_acc_overall": None, "val_robust_per_class": [None] * num_classes}
+                "val_robust_acc_overall": None, "val_robust_per_class": [None] * num_classes, "val_collapse": None}
     attacks = [create_attack(sp) for sp in specs]
     gen = torch.Generator(device=device).manual_seed(seed)
     clean = torch.zeros(n, dtype=torch.bool)
     robust = torch.zeros(n, dtype=torch.bool)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
     for s in range(0, n, VAL_BATCH):
         pos = torch.arange(s, min(n, s + VAL_BATCH))
         x, y = source.batch(pos)
         x = adapt_images(x.to(device).float(), input_size)
         y = y.to(device)
-        ok = _predict(model, x, autocast) == y
+        pred = _predict(model, x, autocast)
+        confusion.index_put_((y.cpu(), pred.cpu()), torch.ones(len(y), dtype=torch.long), accumulate=True)
+        ok = pred == y
         clean[pos] = ok.cpu()
         alive = ok.clone()
         for attack in attacks:
@@ -241,6 +252,7 @@ def evaluate(model: torch.nn.Module, source: BatchSource, spec: AttackSpec | Seq
         "val_clean_acc_overall": float(clean.float().mean()),
         "val_robust_acc_overall": float(robust.float().mean()),
         "val_robust_per_class": per_rob,
+        "val_collapse": prediction_collapse(confusion.tolist()),
     }
 
 
@@ -296,6 +308,7 @@ class TrainResult:
     session_seconds: float  # wall time of this call
     warnings: list[str] = field(default_factory=list)
     best_note: Optional[str] = None
+    state: Optional["TrainState"] = None  # the final training state (for the log)
 
 
 class _StopFlag:
@@ -336,268 +349,374 @@ def _mix(seed: int, epoch: int, stream: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch) * 10_007 + stream) % (2 ** 63 - 1)
 
 
-def _window(lr: float) -> dict[str, Any]:
+@dataclass
+class Window:
     """Accumulators of the steps since the last evaluation (one log entry)."""
-    return {"loss": 0.0, "penalty": 0.0, "n": 0, "adv_correct": 0, "train_s": 0.0, "counts": None, "lr_start": lr}
+
+    lr_start: float
+    loss: float = 0.0
+    penalty: float = 0.0
+    n: int = 0
+    adv_correct: int = 0
+    train_s: float = 0.0
+    counts: Optional[list[int]] = None
+
+
+@dataclass
+class Kept:
+    """The checkpoint selection keeps so far (step 0: the input model)."""
+
+    epoch: int
+    step: int
+    score: Optional[float]
+    model: dict[str, torch.Tensor]
+
+
+@dataclass
+class TrainState:
+    """Everything a resumed run needs to continue bit-identically (saved in every checkpoint)."""
+
+    counts_prev: list[int]  # adversarial predictions per class of the previous pass (RBL); first pass: N_i
+    window: Window
+    next_epoch: int = 1
+    pos: int = 0  # batches done in the current epoch
+    iteration: int = 0  # optimizer steps done
+    accum_counts: Optional[list[int]] = None  # this pass's adversarial predictions so far (None between passes)
+    gens: Optional[dict[str, torch.Tensor]] = None  # attack/augmentation generator states within a pass
+    log: list[dict[str, Any]] = field(default_factory=list)
+    kept: Optional[Kept] = None
+    floors: Optional[Floors] = None
+    elapsed_s: float = 0.0
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        """Plain data and tensors only (read back with ``weights_only=True``)."""
+        return {"counts_prev": list(self.counts_prev), "window": asdict(self.window), "next_epoch": self.next_epoch,
+                "pos": self.pos, "iteration": self.iteration, "accum_counts": self.accum_counts, "gens": self.gens,
+                "log": self.log, "kept": asdict(self.kept) if self.kept else None,
+                "floors": self.floors.to_dict() if self.floors else None, "elapsed_s": self.elapsed_s}
+
+    @classmethod
+    def from_checkpoint(cls, d: dict[str, Any]) -> "TrainState":
+        try:
+            return cls(counts_prev=[int(c) for c in d["counts_prev"]], window=Window(**d["window"]),
+                       next_epoch=int(d["next_epoch"]), pos=int(d["pos"]), iteration=int(d["iteration"]),
+                       accum_counts=d["accum_counts"], gens=d["gens"], log=list(d["log"]),
+                       kept=Kept(**d["kept"]) if d["kept"] else None,
+                       floors=Floors(**d["floors"]) if d["floors"] else None, elapsed_s=float(d["elapsed_s"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RepairError(f"--resume: the checkpoint's training state is damaged ({type(exc).__name__}: "
+                              f"{exc}); start afresh with another --out") from None
+
+
+class Trainer:
+    """Adversarial fine-tuning of ``setup.fm`` with ``setup.method`` for ``setup.budget``, as a list of phases.
+
+    The method supplies the hooks (:class:`~.methods.RepairMethod`): which parameters train, an
+    optional guide model whose clean logits the loss sees, and the training attack for each
+    step (its ε schedule). Writes ``out_dir/checkpoint.pt`` at every evaluation and epoch end,
+    and ``out_dir/training_log.json``.
+    """
+
+    def __init__(self, setup: TrainSetup, config: RepairConfig, out_dir: Path, hooks: Optional[TrainHooks] = None,
+                 progress: bool = True) -> None:
+        self.setup, self.config, self.hooks = setup, config, hooks or TrainHooks()
+        self.dev = setup.device
+        self.pm = setup.fm.pixel_model
+        self.net = self.pm.net
+        self.ckpt_path, self.log_path = out_dir / "checkpoint.pt", out_dir / "training_log.json"
+        self.out_dir = out_dir
+        bud = setup.budget
+        self.B, self.nb, self.T, self.E = int(config.batch_size), bud.steps_per_epoch, bud.steps_total, bud.epochs
+        self.eval_at = set(bud.eval_steps)
+        n_train = len(setup.train)
+        if n_train < 2 or self.nb < 1:
+            raise RepairError(f"the training split has {n_train} image(s); repair needs a training set "
+                              "(lower --val-fraction or use more data)")
+        self.dd = TrainDist(sync_bn=getattr(config, "sync_bn", True))  # [distributed] no-ops in a plain run
+        self.dd.n_batches(n_train, self.B, lambda n, b: self.nb)  # [distributed] the global batch splits
+        self.val_specs = config.validation_specs()
+        self.autocast: Autocast = None
+        if config.amp == "bf16":
+            self.autocast = lambda: torch.autocast(device_type=self.dev.type, dtype=torch.bfloat16)  # noqa: E731
+        prior = setup.prior_counts if setup.prior_counts is not None else setup.train_counts
+        self.ctx = LossContext(
+            log_n=torch.tensor(np.log(np.maximum(np.asarray(prior, dtype=np.float64), 1.0)),
+                               dtype=torch.float32, device=self.dev),
+            is_tail=setup.is_tail.to(self.dev), v=setup.v.to(self.dev), penalty=setup.penalty,
+            tail_lambda=float(config.tail_lambda), margin=float(config.margin), trades_beta=float(config.trades_beta))
+        method = setup.method
+        self.guide = method.make_guide(self.pm)  # hook: a guide model (None for most methods)
+        params = method.trainable_parameters(self.net)  # hook: which parameters train
+        for p in params:
+            p.requires_grad_(True)
+        self.opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        self.forward = self.dd.wrap(setup.fm if setup.penalty != "off" else self.pm, self.net, self.dev)
+        self.progress = progress and self.dd.is_main
+        self.warnings: list[str] = []
+        self.state: Optional[TrainState] = None
+
+    # -- phases ----------------------------------------------------------------------------
+    def run(self, resume: Optional[dict[str, Any]] = None) -> TrainResult:
+        """Start (validate the input model) or resume, train every remaining pass, return the kept checkpoint."""
+        t_start = time.perf_counter()
+        self._check_validation()
+        self.state = self._resume(resume) if resume is not None else self._start()
+        with deferred_sigint() as stop:
+            try:
+                while self.state.next_epoch <= self.E:
+                    self._epoch(self.state.next_epoch, stop)
+            except KeyboardInterrupt as exc:
+                if isinstance(exc, RepairInterrupted):
+                    raise
+                self._interrupted()
+        self.dd.finish()
+        return self._result(time.perf_counter() - t_start)
+
+    def _check_validation(self) -> None:
+        if len(self.setup.val) == 0:
+            self.warnings.append("the validation split is empty (every class is too small to give up an image); "
+                                 "checkpoints are compared on the guard alone")
+            log.warning("%s", self.warnings[-1])
+
+    def _start(self) -> TrainState:
+        torch.manual_seed(self.config.seed)
+        t0 = time.perf_counter()
+        base = self._validate(0)
+        entry0 = {"epoch": 0, "step": 0, "loss": None, "lr": None, "time_s": time.perf_counter() - t0, **base,
+                  "note": "the input model, before fine-tuning", "eligible": True, "ineligible_because": []}
+        floors = Floors.of_input(entry0, self.setup.num_classes, self.config.min_clean_kept)
+        log.info("step 0 (input model): validation clean %s, worst-case robust %s", _pct(base["val_clean_acc"]),
+                 _pct(base["val_robust_acc"]))
+        return TrainState(counts_prev=[int(c) for c in self.setup.train_counts], window=Window(self._lr(0)),
+                          log=[entry0], kept=Kept(0, 0, score(entry0), state_dict_cpu(self.net)), floors=floors,
+                          elapsed_s=float(entry0["time_s"]))
+
+    def _resume(self, resume: dict[str, Any]) -> TrainState:
+        state = TrainState.from_checkpoint(resume["state"] if "state" in resume else {})
+        try:
+            self.net.load_state_dict(resume["model"])
+            self.opt.load_state_dict(resume["optimizer"])
+            restore_rng(resume["rng"], self.dev)
+            if self.dd.active:  # [distributed] this rank's own streams
+                mine = resume["ranks"][self.dd.rank]
+                state.gens = mine["gens"]
+                restore_rng(mine["rng"], self.dev)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+            raise RepairError(f"--resume: the checkpoint does not fit this model or run ({type(exc).__name__}: "
+                              f"{_first(exc)}); start afresh with another --out") from None
+        log.info("resuming at epoch %d, batch %d/%d (step %d of %d)", state.next_epoch, state.pos, self.nb,
+                 state.iteration, self.T)
+        return state
+
+    def _epoch(self, epoch: int, stop: "_StopFlag") -> None:
+        """One pass over the training split (the last may stop early), then the epoch-end checkpoint."""
+        st, cfg, setup = self.state, self.config, self.setup
+        assert st is not None
+        n_this = min(self.nb, self.T - (epoch - 1) * self.nb)
+        order = epoch_order(setup.train.y, setup.sampler, torch.Generator().manual_seed(_mix(cfg.seed, epoch, 1)))
+        att_gen, aug_gen = torch.Generator(device=self.dev), torch.Generator()
+        if st.pos == 0 and st.accum_counts is None:
+            att_gen.manual_seed(_mix(cfg.seed, epoch, self.dd.stream(2)))
+            aug_gen.manual_seed(_mix(cfg.seed, epoch, self.dd.stream(3)))
+            st.accum_counts = [0] * setup.num_classes
+            st.gens = {"attack": att_gen.get_state(), "augment": aug_gen.get_state()}
+        else:
+            att_gen.set_state(st.gens["attack"])  # type: ignore[index]
+            aug_gen.set_state(st.gens["augment"])  # type: ignore[index]
+        weights = rbl_weights(setup.train_counts, st.counts_prev) if setup.method.uses_rbl else None
+        entry: Optional[dict[str, Any]] = None
+        # one bar per epoch: only on a terminal (in a log file every update would be a line of its own)
+        bar = tqdm(total=n_this, initial=st.pos, desc=f"epoch {epoch}/{self.E}", unit="batch", file=sys.stderr,
+                   disable=not self.progress or not sys.stderr.isatty(), dynamic_ncols=True, leave=False)
+        try:
+            for b in range(st.pos, n_this):
+                if self.dd.stop(stop.requested):
+                    raise KeyboardInterrupt
+                self._consistent = False
+                k, dt = self._batch(order[b * self.B:(b + 1) * self.B], epoch, b, att_gen, aug_gen)
+                st.pos = b + 1
+                st.gens = {"attack": att_gen.get_state(), "augment": aug_gen.get_state()}
+                bar.update(1)
+                bar.set_postfix(loss=f"{st.window.loss / max(1, st.window.n):.3f}", img_s=f"{k / max(dt, 1e-9):.0f}")
+                if st.iteration in self.eval_at:
+                    entry = self._evaluation(epoch, weights, save=b + 1 < n_this)
+                    self._consistent = True
+                    if self.hooks.on_evaluation is not None:
+                        self.hooks.on_evaluation(st.iteration, entry)
+                self._consistent = True
+                if self.hooks.on_batch_end is not None:
+                    self.hooks.on_batch_end(epoch, b + 1)
+        finally:
+            bar.close()
+        if self.dd.stop(stop.requested):
+            raise KeyboardInterrupt
+        st.counts_prev = list(st.accum_counts or [])  # the RBL counts of the next pass
+        st.next_epoch, st.pos, st.accum_counts, st.gens = epoch + 1, 0, None, None
+        self._checkpoint()
+        self._write_log()
+        if self.hooks.on_epoch_end is not None:
+            self.hooks.on_epoch_end(epoch, entry if entry is not None and entry["step"] == st.iteration else None)
+
+    def _batch(self, positions: torch.Tensor, epoch: int, b: int, att_gen: torch.Generator,
+               aug_gen: torch.Generator) -> tuple[int, float]:
+        """One optimizer step on a global batch; returns (images in it, seconds)."""
+        st, setup, cfg = self.state, self.setup, self.config
+        assert st is not None
+        t0 = time.perf_counter()
+        x, y = setup.train.batch(self.dd.local(positions))  # [distributed] this rank's part
+        x = augment(x, cfg.augment, aug_gen)
+        x = adapt_images(x.to(self.dev, non_blocking=True).float(), setup.input_size)
+        y = y.to(self.dev, non_blocking=True)
+        for g in self.opt.param_groups:
+            g["lr"] = self._lr(st.iteration)
+        attack = setup.method.attack_at(cfg.train_attack_spec(), st.iteration, self.T)  # hook: the ε schedule
+        loss, pen, pred = train_step(setup.fm, attack, setup.method, self.ctx, x, y, self.opt, att_gen,
+                                     self.autocast, self.forward, self.guide)
+        loss, pen, pred, y = self.dd.batch_outcome(loss, pen, pred, y)  # [distributed] the global batch
+        loss_v = float(loss)
+        if not math.isfinite(loss_v):
+            raise RepairError(f"the training loss became {loss_v} at epoch {epoch}, batch {b + 1}; lower --lr "
+                              f"(now {cfg.lr}); the last good checkpoint is {self.ckpt_path}")
+        k, w = int(y.shape[0]), st.window
+        w.loss += loss_v * k
+        w.penalty += float(pen) * k
+        w.n += k
+        w.adv_correct += int((pred == y).sum())
+        bc = torch.bincount(pred, minlength=setup.num_classes).cpu().tolist()
+        st.accum_counts = [a + int(c) for a, c in zip(st.accum_counts or [0] * len(bc), bc)]
+        w.counts = [a + int(c) for a, c in zip(w.counts or [0] * len(bc), bc)]
+        dt = time.perf_counter() - t0
+        w.train_s += dt
+        st.iteration += 1
+        return k, dt
+
+    def _evaluation(self, epoch: int, weights: Optional[torch.Tensor], save: bool) -> dict[str, Any]:
+        """Validate at the current step, log, update the kept checkpoint, checkpoint (unless an epoch end follows)."""
+        st, setup = self.state, self.setup
+        assert st is not None
+        step, w = st.iteration, st.window
+        t0 = time.perf_counter()
+        v = self._validate(step)
+        val_s = time.perf_counter() - t0
+        why = ineligible_because(v, st.floors)
+        entry = {
+            "epoch": setup.budget.epoch_of(step), "step": step, "loss": w.loss / max(1, w.n),
+            "tail_penalty": w.penalty / max(1, w.n) if setup.penalty != "off" else None,
+            "train_adv_acc": w.adv_correct / max(1, w.n), **v,
+            "adv_pred_counts": list(w.counts or [0] * setup.num_classes),
+            "rbl_weights": [float(x) for x in weights] if weights is not None else None,
+            "lr": w.lr_start, "lr_end": self._lr(step - 1),
+            "train_s": w.train_s, "val_s": val_s, "time_s": w.train_s + val_s,
+            "images_per_s": w.n / max(w.train_s, 1e-9), "eligible": not why, "ineligible_because": why,
+        }
+        st.log.append(entry)
+        if not why and better(entry, asdict(st.kept) if st.kept else None):
+            st.kept = Kept(epoch, step, score(entry), state_dict_cpu(self.net))
+        st.elapsed_s += entry["time_s"]
+        st.window = Window(self._lr(step))
+        guard = f", tail guard {_pct(v.get(GUARD_METRIC))}" if GUARD_METRIC in v else ""
+        log.info("step %d/%d (epoch %s): loss %.4f, validation clean %s worst-case robust %s%s, lr %.4g, %.1f s "
+                 "(%.0f img/s)%s", step, self.T, entry["epoch"], entry["loss"], _pct(v["val_clean_acc"]),
+                 _pct(v["val_robust_acc"]), guard, entry["lr"], entry["time_s"], entry["images_per_s"],
+                 f"; not eligible: {'; '.join(why)}" if why else "")
+        if save:
+            self._checkpoint()
+        self._write_log()
+        return entry
+
+    def _interrupted(self) -> None:
+        """Ctrl-C: a checkpoint at the batch boundary when the state is consistent, then RepairInterrupted."""
+        st = self.state
+        assert st is not None
+        if getattr(self, "_consistent", True):
+            saved: Optional[Path] = self._checkpoint()
+            where = f"epoch {st.next_epoch}, batch {st.pos}/{self.nb} (step {st.iteration} of {self.T})"
+        else:
+            saved = self.ckpt_path if self.ckpt_path.exists() else None
+            where = "the last checkpoint"
+        hint = (f"checkpoint {saved}; continue with the same command plus --resume {self.out_dir}" if saved
+                else "no checkpoint yet; start again")
+        raise RepairInterrupted(f"interrupted at {where}: {hint}", saved) from None
+
+    def _result(self, session_s: float) -> TrainResult:
+        st = self.state
+        assert st is not None and st.kept is not None
+        note = None
+        if st.kept.step == 0:
+            tried = [e for e in st.log if e.get("step")]
+            why = sorted({r for e in tried for r in e.get("ineligible_because") or []})
+            note = ("no fine-tuned checkpoint beat the input model on validation while keeping its clean accuracy "
+                    "and spread of predictions; the input model is returned unchanged")
+            if why:
+                note += f" (seen: {'; '.join(why[:3])})"
+            self.warnings.append(note)
+            log.warning("%s", note)
+        return TrainResult(best_epoch=int(st.kept.epoch), best_step=int(st.kept.step), best_state=st.kept.model,
+                           log=list(st.log), seconds=float(st.elapsed_s), session_seconds=session_s,
+                           warnings=self.warnings, best_note=note, state=st)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _lr(self, it: int) -> float:
+        return lr_at(it, self.T, self.config.lr, self.config.schedule, self.E)
+
+    def _validate(self, step: int) -> dict[str, Any]:
+        setup, dd, C = self.setup, self.dd, self.setup.num_classes
+        dd.sync_buffers(self.pm)  # [distributed] rank 0's BatchNorm statistics everywhere, rank 0's figures everywhere
+        v = evaluate(self.pm, setup.val, self.val_specs, device=self.dev, input_size=setup.input_size,
+                     num_classes=C, seed=_mix(self.config.seed, step, 4), autocast=self.autocast)
+        if setup.guard is not None and len(setup.guard):
+            g = evaluate(self.pm, setup.guard, self.val_specs, device=self.dev, input_size=setup.input_size,
+                         num_classes=C, seed=_mix(self.config.seed, step, 5), autocast=self.autocast)
+            v[GUARD_METRIC], v["guard_clean_acc"] = g["val_robust_acc"], g["val_clean_acc"]
+        return dd.same(v)
+
+    def _checkpoint(self) -> Path:
+        st, dd = self.state, self.dd
+        assert st is not None
+        ranks = dd.per_rank({"gens": st.gens, "rng": rng_state(self.dev)}) if dd.active else None
+        if not dd.is_main:  # [distributed] rank 0 writes
+            return self.ckpt_path
+        extra = {"world_size": dd.world, "ranks": ranks} if dd.active else {}
+        return save_checkpoint(self.ckpt_path, {
+            **extra, "fingerprint": self.setup.fingerprint, "model": state_dict_cpu(self.net),
+            "optimizer": self.opt.state_dict(),
+            "schedule": {"kind": self.config.schedule, "iteration": st.iteration, "total": self.T},
+            "rng": rng_state(self.dev), "state": st.to_checkpoint()})
+
+    def _write_log(self) -> None:
+        if self.dd.is_main:  # [distributed] rank 0 writes
+            write_json(self.log_path, training_log(self.state, self.setup, self.config))
 
 
 def fine_tune(setup: TrainSetup, config: RepairConfig, *, out_dir: Path, resume: Optional[dict[str, Any]] = None,
               hooks: Optional[TrainHooks] = None, progress: bool = True) -> TrainResult:
-    """Adversarially fine-tune ``setup.fm`` with ``setup.method`` for ``setup.budget``; keeps the selected checkpoint.
-
-    Writes ``out_dir/checkpoint.pt`` at every evaluation and epoch end, and ``out_dir/training_log.json``.
-    """
-    hooks = hooks or TrainHooks()
-    dev = setup.device
-    pm = setup.fm.pixel_model
-    net = pm.net
-    ckpt_path = out_dir / "checkpoint.pt"
-    log_path = out_dir / "training_log.json"
-    bud = setup.budget
-    B, nb, T = int(config.batch_size), bud.steps_per_epoch, bud.steps_total
-    E = bud.epochs
-    eval_at = set(bud.eval_steps)
-    n_train = len(setup.train)
-    if n_train < 2 or nb < 1:
-        raise RepairError(f"the training split has {n_train} image(s); repair needs a training set "
-                          "(lower --val-fraction or use more data)")
-    dd = TrainDist(sync_bn=getattr(config, "sync_bn", True))  # [distributed] no-ops in a plain run
-    dd.n_batches(n_train, B, lambda n, b: nb)  # [distributed] checks the global batch splits across the ranks
-    attack = setup.method.training_attack(config.train_attack_spec())
-    val_specs = config.validation_specs()
-    autocast: Autocast = None
-    if config.amp == "bf16":
-        autocast = lambda: torch.autocast(device_type=dev.type, dtype=torch.bfloat16)  # noqa: E731
-    prior = setup.prior_counts if setup.prior_counts is not None else setup.train_counts
-    ctx = LossContext(
-        log_n=torch.tensor(np.log(np.maximum(np.asarray(prior, dtype=np.float64), 1.0)),
-                           dtype=torch.float32, device=dev),
-        is_tail=setup.is_tail.to(dev), v=setup.v.to(dev), penalty=setup.penalty,
-        tail_lambda=float(config.tail_lambda), margin=float(config.margin), trades_beta=float(config.trades_beta))
-    params = [p for p in net.parameters()]
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    forward = dd.wrap(setup.fm if setup.penalty != "off" else pm, net, dev)  # [distributed] DDP (None: plain)
-    progress = progress and dd.is_main
-    C = setup.num_classes
-    warnings: list[str] = []
-    if len(setup.val) == 0:
-        warnings.append("the validation split is empty (every class is too small to give up an image); "
-                        "checkpoints are compared on the guard alone and the latest eligible one is kept")
-        log.warning("%s", warnings[-1])
-
-    def lr_of(it: int) -> float:
-        return lr_at(it, T, config.lr, config.schedule, E)
-
-    def val(step: int) -> dict[str, Any]:
-        dd.sync_buffers(pm)  # [distributed] rank 0's BatchNorm statistics everywhere, rank 0's figures everywhere
-        v = evaluate(pm, setup.val, val_specs, device=dev, input_size=setup.input_size, num_classes=C,
-                     seed=_mix(config.seed, step, 4), autocast=autocast)
-        if setup.guard is not None and len(setup.guard):
-            g = evaluate(pm, setup.guard, val_specs, device=dev, input_size=setup.input_size, num_classes=C,
-                         seed=_mix(config.seed, step, 5), autocast=autocast)
-            v[GUARD_METRIC], v["guard_clean_acc"] = g["val_robust_acc"], g["val_clean_acc"]
-        return dd.same(v)
-
-    t_start = time.perf_counter()
-    if resume is None:
-        torch.manual_seed(config.seed)
-        t0 = time.perf_counter()
-        base = val(0)
-        entry0 = {"epoch": 0, "step": 0, "loss": None, "lr": None, "time_s": time.perf_counter() - t0, **base,
-                  "note": "the input model, before fine-tuning"}
-        state: dict[str, Any] = {
-            "next_epoch": 1, "pos": 0, "iteration": 0,
-            "counts_prev": [int(c) for c in setup.train_counts],  # first epoch: n_i = N_i
-            "accum": None, "window": _window(lr_of(0)), "gens": None, "log": [entry0], "best": None,
-            "guard_floor": base.get(GUARD_METRIC), "elapsed_s": float(entry0["time_s"]),
-        }
-        log.info("step 0 (input model): validation clean %s, worst-case robust %s", _pct(base["val_clean_acc"]),
-                 _pct(base["val_robust_acc"]))
-    else:
-        state = {k: resume[k] for k in STATE_KEYS}
-        net.load_state_dict(resume["model"])
-        opt.load_state_dict(resume["optimizer"])
-        restore_rng(resume["rng"], dev)
-        if dd.active:  # [distributed] this rank's own streams
-            mine = resume["ranks"][dd.rank]
-            state["gens"] = mine["gens"]
-            restore_rng(mine["rng"], dev)
-        log.info("resuming at epoch %d, batch %d/%d (step %d of %d)", state["next_epoch"], state["pos"], nb,
-                 state["iteration"], T)
-
-    def checkpoint() -> Path:
-        ranks = dd.per_rank({"gens": state["gens"], "rng": rng_state(dev)}) if dd.active else None
-        if not dd.is_main:  # [distributed] rank 0 writes
-            return ckpt_path
-        extra = {"world_size": dd.world, "ranks": ranks} if dd.active else {}
-        return save_checkpoint(ckpt_path, {**extra,
-            "fingerprint": setup.fingerprint, "model": state_dict_cpu(net), "optimizer": opt.state_dict(),
-            "schedule": {"kind": config.schedule, "iteration": state["iteration"], "total": T},
-            "rng": rng_state(dev), **{k: state[k] for k in STATE_KEYS},
-        })
-
-    def evaluation(epoch: int, weights: Optional[torch.Tensor], save: bool) -> dict[str, Any]:
-        """Validate at the current step, log, update the kept checkpoint, checkpoint (unless an epoch end follows)."""
-        step, w = state["iteration"], state["window"]
-        t0 = time.perf_counter()
-        v = val(step)
-        val_s = time.perf_counter() - t0
-        entry = {
-            "epoch": bud.epoch_of(step), "step": step, "loss": w["loss"] / max(1, w["n"]),
-            "tail_penalty": w["penalty"] / max(1, w["n"]) if setup.penalty != "off" else None,
-            "train_adv_acc": w["adv_correct"] / max(1, w["n"]), **v,
-            "adv_pred_counts": list(w["counts"] or [0] * C),
-            "rbl_weights": [float(x) for x in weights] if weights is not None else None,
-            "lr": w["lr_start"], "lr_end": lr_of(step - 1),
-            "train_s": w["train_s"], "val_s": val_s, "time_s": w["train_s"] + val_s,
-            "images_per_s": w["n"] / max(w["train_s"], 1e-9),
-            "eligible": eligible(v, state["guard_floor"]),
-        }
-        state["log"].append(entry)
-        if better(entry, state["best"], state["guard_floor"]):
-            state["best"] = {"epoch": epoch, "step": step, "score": v[METRIC], "eligible": entry["eligible"],
-                             "model": state_dict_cpu(net)}
-        state["elapsed_s"] = float(state["elapsed_s"]) + entry["time_s"]
-        state["window"] = _window(lr_of(step))
-        guard = f", tail guard {_pct(v.get(GUARD_METRIC))}" if GUARD_METRIC in v else ""
-        log.info("step %d/%d (epoch %s): loss %.4f, validation clean %s worst-case robust %s%s, lr %.4g, %.1f s "
-                 "(%.0f img/s)", step, T, entry["epoch"], entry["loss"], _pct(v["val_clean_acc"]),
-                 _pct(v["val_robust_acc"]), guard, entry["lr"], entry["time_s"], entry["images_per_s"])
-        if save:
-            checkpoint()
-        if dd.is_main:  # [distributed] rank 0 writes
-            write_json(log_path, training_log(state, setup, config))
-        return entry
-
-    consistent = True
-    with deferred_sigint() as stop:
-        try:
-            while state["next_epoch"] <= E:
-                epoch = state["next_epoch"]
-                n_this = min(nb, T - (epoch - 1) * nb)  # the last pass may stop early
-                order = epoch_order(setup.train.y, setup.sampler,
-                                    torch.Generator().manual_seed(_mix(config.seed, epoch, 1)))
-                att_gen = torch.Generator(device=dev)
-                aug_gen = torch.Generator()
-                if state["pos"] == 0 and state["accum"] is None:
-                    att_gen.manual_seed(_mix(config.seed, epoch, dd.stream(2)))
-                    aug_gen.manual_seed(_mix(config.seed, epoch, dd.stream(3)))
-                    state["accum"] = {"counts": [0] * C}
-                    state["gens"] = {"attack": att_gen.get_state(), "augment": aug_gen.get_state()}
-                else:
-                    att_gen.set_state(state["gens"]["attack"])
-                    aug_gen.set_state(state["gens"]["augment"])
-                acc, win = state["accum"], state["window"]
-                weights = rbl_weights(setup.train_counts, state["counts_prev"]) if setup.method.uses_rbl else None
-                entry: Optional[dict[str, Any]] = None
-                # one bar per epoch: only on a terminal (in a log file every update would be a line of its own)
-                bar = tqdm(total=n_this, initial=state["pos"], desc=f"epoch {epoch}/{E}", unit="batch",
-                           file=sys.stderr, disable=not progress or not sys.stderr.isatty(), dynamic_ncols=True,
-                           leave=False)
-                try:
-                    for b in range(state["pos"], n_this):
-                        if dd.stop(stop.requested):
-                            raise KeyboardInterrupt
-                        consistent = False
-                        t0 = time.perf_counter()
-                        pos = dd.local(order[b * B:(b + 1) * B])  # [distributed] this rank's part
-                        x, y = setup.train.batch(pos)
-                        x = augment(x, config.augment, aug_gen)
-                        x = adapt_images(x.to(dev, non_blocking=True).float(), setup.input_size)
-                        y = y.to(dev, non_blocking=True)
-                        lr = lr_of(state["iteration"])
-                        for g in opt.param_groups:
-                            g["lr"] = lr
-                        loss, pen, pred = train_step(setup.fm, attack, setup.method, ctx, x, y, opt, att_gen, autocast,
-                                                     forward)
-                        loss, pen, pred, y = dd.batch_outcome(loss, pen, pred, y)  # [distributed] the global batch
-                        loss_v = float(loss)
-                        if not math.isfinite(loss_v):
-                            raise RepairError(f"the training loss became {loss_v} at epoch {epoch}, batch {b + 1}; "
-                                              f"lower --lr (now {config.lr}); the last good checkpoint is {ckpt_path}")
-                        k = int(y.shape[0])
-                        win["loss"] += loss_v * k
-                        win["penalty"] += float(pen) * k
-                        win["n"] += k
-                        win["adv_correct"] += int((pred == y).sum())
-                        bc = torch.bincount(pred, minlength=C).cpu().tolist()
-                        acc["counts"] = [a + int(c) for a, c in zip(acc["counts"], bc)]
-                        win["counts"] = [a + int(c) for a, c in zip(win["counts"] or [0] * C, bc)]
-                        dt = time.perf_counter() - t0
-                        win["train_s"] += dt
-                        state["iteration"] += 1
-                        state["pos"] = b + 1
-                        state["gens"] = {"attack": att_gen.get_state(), "augment": aug_gen.get_state()}
-                        bar.update(1)
-                        bar.set_postfix(loss=f"{win['loss'] / max(1, win['n']):.3f}", img_s=f"{k / max(dt, 1e-9):.0f}")
-                        if state["iteration"] in eval_at:
-                            entry = evaluation(epoch, weights, save=b + 1 < n_this)
-                            win = state["window"]
-                            consistent = True
-                            if hooks.on_evaluation is not None:
-                                hooks.on_evaluation(state["iteration"], entry)
-                        consistent = True
-                        if hooks.on_batch_end is not None:
-                            hooks.on_batch_end(epoch, b + 1)
-                finally:
-                    bar.close()
-                if dd.stop(stop.requested):
-                    raise KeyboardInterrupt
-                # end of the pass: the RBL counts of the next one, checkpoint
-                state["counts_prev"] = list(acc["counts"])
-                state["next_epoch"], state["pos"], state["accum"], state["gens"] = epoch + 1, 0, None, None
-                checkpoint()
-                if dd.is_main:
-                    write_json(log_path, training_log(state, setup, config))
-                if hooks.on_epoch_end is not None:
-                    hooks.on_epoch_end(epoch, entry if entry is not None and entry["step"] == state["iteration"] else None)
-        except KeyboardInterrupt as exc:
-            if isinstance(exc, RepairInterrupted):
-                raise
-            saved: Optional[Path] = None
-            if consistent:
-                saved = checkpoint()
-                where = f"epoch {state['next_epoch']}, batch {state['pos']}/{nb} (step {state['iteration']} of {T})"
-            else:
-                saved = ckpt_path if ckpt_path.exists() else None
-                where = "the last checkpoint"
-            hint = (f"checkpoint {saved}; continue with the same command plus --resume {out_dir}" if saved
-                    else "no checkpoint yet; start again")
-            raise RepairInterrupted(f"interrupted at {where}: {hint}", saved) from None
-    dd.finish()
-    best = state["best"]
-    note = None
-    if best is not None and not best["eligible"]:
-        note = ("no checkpoint passed the tail guard; the best one on validation alone was kept")
-        warnings.append(note)
-        log.warning("%s", note)
-    return TrainResult(best_epoch=int(best["epoch"]), best_step=int(best["step"]), best_state=best["model"],
-                       log=list(state["log"]), seconds=float(state["elapsed_s"]),
-                       session_seconds=time.perf_counter() - t_start, warnings=warnings, best_note=note)
+    """Adversarially fine-tune ``setup.fm`` with ``setup.method``; keeps the selected checkpoint (:class:`Trainer`)."""
+    return Trainer(setup, config, out_dir, hooks, progress).run(resume)
 
 
-STATE_KEYS = ("next_epoch", "pos", "iteration", "counts_prev", "accum", "window", "gens", "log", "best",
-              "guard_floor", "elapsed_s")
+def _first(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
 
 
 def _pct(v: Optional[float]) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}%"
 
 
-def selection_dict(state: dict[str, Any], setup: TrainSetup, note: Optional[str] = None) -> dict[str, Any]:
-    """The ``selection`` block: rule, metric, chosen checkpoint and the validation composition."""
-    best = state.get("best") or {}
-    d = setup.plan.to_dict(chosen_epoch=best.get("epoch"), chosen_step=best.get("step"), note=note)
-    d["guard_floor"] = state.get("guard_floor")
+def selection_dict(state: Optional[TrainState], setup: TrainSetup, note: Optional[str] = None) -> dict[str, Any]:
+    """The ``selection`` block: rule, metric, chosen checkpoint, floors and the validation composition."""
+    kept = state.kept if state is not None else None
+    d = setup.plan.to_dict(chosen_epoch=kept.epoch if kept else None, chosen_step=kept.step if kept else None,
+                           note=note)
+    floors = state.floors if state is not None else None
+    d["floors"] = floors.to_dict() if floors else None
+    d["guard_floor"] = floors.guard if floors else None
     return d
 
 
-def training_log(state: dict[str, Any], setup: TrainSetup, config: RepairConfig,
+def training_log(state: Optional[TrainState], setup: TrainSetup, config: RepairConfig,
                  note: Optional[str] = None) -> dict[str, Any]:
     """The JSON training log the report charts (``epochs``: one entry per evaluation) plus what produced it."""
-    best = state.get("best") or {}
+    kept = state.kept if state is not None else None
     return {
         "method": config.method,
         "tail_penalty": setup.penalty,
@@ -609,9 +728,12 @@ def training_log(state: dict[str, Any], setup: TrainSetup, config: RepairConfig,
         "metrics_note": ("one entry per evaluation (step 0 = the input model); val_*_acc are means over the classes "
                          "with validation images, robust = clean-correct and unbroken by every attack of the "
                          "cascade; *_overall are plain means; guard_* are on the training images of the classes "
-                         "missing from validation"),
+                         "missing from validation; eligible/ineligible_because: whether the checkpoint may replace "
+                         "the input model"),
         "train_counts_split": list(setup.train_counts),
         "n_train": len(setup.train), "n_val": len(setup.val),
-        "best_epoch": best.get("epoch"), "best_step": best.get("step"), "best_val_robust_acc": best.get("score"),
-        "epochs": list(state["log"]),
+        "best_epoch": kept.epoch if kept else None, "best_step": kept.step if kept else None,
+        "best_val_robust_acc": kept.score if kept else None,
+        "input_kept": bool(kept is not None and kept.step == 0),
+        "epochs": list(state.log) if state is not None else [],
     }

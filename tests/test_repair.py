@@ -29,7 +29,7 @@ from audit.registry import METHODS
 from reat_finetune.budget import AUTO_FLOOR_STEPS, eval_points, resolve_budget
 from reat_finetune.losses import KLAttack
 from reat_finetune.methods import LossContext, get_method
-from reat_finetune.selection import better, eligible, plan
+from reat_finetune.selection import Floors, better, ineligible_because, plan
 from reat_finetune.train import CB_MIN_CLASS, epoch_order, lr_at, perturb, resolve_sampler, split_train_val
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -337,14 +337,23 @@ def test_budget_in_steps_auto_floor_and_evaluation_points():
     assert eval_points(3, 100) == [1, 2, 3]
 
 
-def test_selection_rule_guard_and_ties():
-    e = lambda score, guard=None, **kw: {"val_robust_acc": score, "guard_robust_acc": guard, **kw}  # noqa: E731
-    assert eligible(e(0.5, 0.3), 0.3) and not eligible(e(0.9, 0.2), 0.3) and eligible(e(0.9, 0.2), None)
-    best = {"score": 0.5, "eligible": True}
-    assert better(e(0.5, 0.4), best, 0.3)  # ties go to the later checkpoint
-    assert not better(e(0.9, 0.1), best, 0.3)  # a higher score that breaks the tail guard loses
-    assert better(e(0.1, 0.4), {"score": 0.9, "eligible": False}, 0.3)  # eligible beats ineligible
-    assert not better(e(0.4), best, None)
+def test_selection_rule_floors_guard_and_ties():
+    """A checkpoint must keep the input's clean accuracy (x min_clean_kept), not collapse, and keep the guard."""
+    e = lambda score, guard=None, clean=0.8, **kw: {"val_robust_acc": score, "guard_robust_acc": guard,  # noqa: E731
+                                                    "val_clean_acc": clean, **kw}
+    floors = Floors.of_input(e(0.2, 0.3, clean=0.9), num_classes=10, min_clean_kept=0.8)
+    assert floors.clean == pytest.approx(0.72) and floors.guard == 0.3 and floors.chance == pytest.approx(0.19)
+    assert not ineligible_because(e(0.5, 0.3, clean=0.72), floors)
+    assert "below 80%" in ineligible_because(e(0.5, 0.3, clean=0.71), floors)[0]  # the collapse of issue 15
+    assert "training images" in ineligible_because(e(0.9, 0.2), floors)[0]  # the tail guard
+    assert "collapse" in ineligible_because(e(0.9, 0.3, val_collapse="60% of all clean predictions"), floors)[0]
+    low = Floors.of_input(e(0.0, clean=0.15), num_classes=10, min_clean_kept=0.8)
+    assert low.chance is None  # an input at chance is not held to the chance floor
+    assert ineligible_because(e(0.5, clean=0.1), None) == []
+    kept = {"step": 0, "score": 0.5}
+    assert better(e(0.5), kept) and better(e(0.5), {"step": 4, "score": 0.5})  # ties go to the later checkpoint
+    assert not better(e(0.4), kept) and not better(e(0.4), {"step": 4, "score": 0.5})
+    assert better(e(0.1), None)
 
 
 def test_class_balanced_order_and_trades_pieces():
@@ -452,7 +461,14 @@ def test_every_method_and_sampler_repairs(tmp_path, method):
     assert log["budget"]["steps_total"] == 4 and log["budget"]["source"] == "flag"
     assert [e["step"] for e in log["epochs"]] == [0, 2, 4] and log["sampler"] == sampler
     assert all(math.isfinite(e["loss"]) for e in log["epochs"][1:])
-    assert run.summary["method"] == method and run.summary["selection"]["chosen_step"] in (2, 4)
+    chosen = run.summary["selection"]["chosen_step"]
+    assert run.summary["method"] == method and chosen in (0, 2, 4)
+    kept = log["epochs"][[e["step"] for e in log["epochs"]].index(chosen)]
+    assert kept["eligible"] and not kept["ineligible_because"]
+    if chosen == 0:  # nothing qualified: the input comes back byte for byte, and the outcome says so
+        assert run.summary["outcome"]["code"] == "input-kept" and run.model_path.read_bytes() == DEMO.read_bytes()
+    else:
+        assert run.summary["outcome"]["code"] != "input-kept"
 
 
 # --------------------------------------------------------------------------- resume
@@ -485,14 +501,15 @@ def test_resume_after_interrupt_is_bit_identical(uninterrupted, tmp_path, where)
     hooks = TrainHooks(on_epoch_end=stop_epoch) if where == "epoch" else TrainHooks(on_batch_end=stop_batch)
     with pytest.raises(RepairInterrupted, match="--resume"):
         run_repair(cheap_config(out), hooks=hooks)
-    state = load_checkpoint(out)
+    state = load_checkpoint(out)["state"]
     assert (state["next_epoch"], state["pos"]) == ((2, 0) if where == "epoch" else (2, 2))
     assert not (out / "after").exists()
     run = run_repair(cheap_config(None, resume=str(out)))
     a, b = load_checkpoint(full_out), load_checkpoint(out)
-    assert _same_state(a["model"], b["model"]) and _same_state(a["best"]["model"], b["best"]["model"])
-    assert a["counts_prev"] == b["counts_prev"]
-    assert [e["loss"] for e in a["log"]] == [e["loss"] for e in b["log"]]
+    sa, sb = a["state"], b["state"]
+    assert _same_state(a["model"], b["model"]) and _same_state(sa["kept"]["model"], sb["kept"]["model"])
+    assert sa["counts_prev"] == sb["counts_prev"] and sa["kept"]["step"] == sb["kept"]["step"]
+    assert [e["loss"] for e in sa["log"]] == [e["loss"] for e in sb["log"]]
     assert run.best_epoch == full_run.best_epoch
     assert (out / "repaired.onnx").read_bytes() == (full_out / "repaired.onnx").read_bytes()
 
@@ -512,7 +529,7 @@ def test_disk_full_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     out = tmp_path / "full-disk"
     with pytest.raises(RepairError, match="disk full.*intact"):
         run_repair(cheap_config(out))
-    state = load_checkpoint(out)
+    state = load_checkpoint(out)["state"]
     assert state["next_epoch"] == 2 and len(state["log"]) == 2
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
@@ -569,7 +586,7 @@ def test_cli_bad_inputs_exit_2_one_line(tmp_path, uninterrupted, no_linear_onnx)
     for args, needle in cases:
         _one_line_exit_2(run_cli(*args), needle)
     # the foreign --resume left the other run's checkpoint alone
-    assert load_checkpoint(full_out)["next_epoch"] == 3
+    assert load_checkpoint(full_out)["state"]["next_epoch"] == 3
 
 
 def test_cli_budget_flags_are_exclusive(tmp_path, capsys):
