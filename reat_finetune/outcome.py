@@ -84,8 +84,8 @@ def decide(before: Mapping[str, Any], after: Mapping[str, Any], *, input_kept: b
                              "audit gives no robustness grade); do not use it, keep the input model.",
                              reasons=reasons, actions=["Keep the input model"], **figures)
     gain = d_wc is not None and d_wc >= MIN_GAIN
-    tail_ok = d_tail is None or d_tail >= 0
     tail_gain = d_tail is not None and d_tail >= MIN_GAIN
+    tail_ok = d_tail is None or tail_gain  # a long-tail repair is "improved" only when the rare classes gain too
     clean_ok = kept is None or kept >= min_clean_kept
     if gain and tail_ok and clean_ok:
         code = "improved"
@@ -93,7 +93,8 @@ def decide(before: Mapping[str, Any], after: Mapping[str, Any], *, input_kept: b
                 f"instead of {_pct(wc_b)}")
     elif gain or tail_gain:
         code = "partly-improved"
-        what = [] if tail_ok else ["the rare classes got less robust"]
+        what = [] if tail_ok else ["the rare classes got less robust" if d_tail is not None and d_tail <= -MIN_GAIN
+                                   else "the rare classes did not gain"]
         what += [] if clean_ok else [f"it keeps only {kept:.0%} of the input's clean accuracy"]
         what += [] if gain else ["overall robustness did not rise by a point"]
         head = (f"Partly improved: robust accuracy under attack went from {_pct(wc_b)} to {_pct(wc_a)}, but "

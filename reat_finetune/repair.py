@@ -341,7 +341,9 @@ def format_comparison(run: RepairRun) -> str:
         if (b["robust_groups"] or {}).get(g) is not None or (a["robust_groups"] or {}).get(g) is not None:
             rows.append((f"  {g} robust", (b["robust_groups"] or {}).get(g), (a["robust_groups"] or {}).get(g)))
     rows.append(("worst class robust", b["worst_class_robust"], a["worst_class_robust"]))
-    lines = [f"{'':<22}{'before':>8}{'after':>8}{'change':>9}"]
+    o = run.summary.get("outcome") or {}
+    lines = [f"repair: {o.get('label', '?')}. {o.get('headline', '')}", "",
+             f"{'':<22}{'before':>8}{'after':>8}{'change':>9}"]
     for name, x, y in rows:
         d = "" if x is None or y is None else f"{100 * (y - x):+8.1f}"
         lines.append(f"{name:<22}{pct(x):>8}{pct(y):>8}{d:>9}")

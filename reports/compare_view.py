@@ -181,6 +181,30 @@ def merged_warnings(before: Mapping[str, Any], after: Mapping[str, Any]) -> list
             + [f"after: {w}" for w in wa if w not in wb])
 
 
+OUTCOME_CSS = {"improved": "good", "partly-improved": "fair", "not-improved": "bad", "input-kept": "bad"}
+REPAIR_ADVICE = "Repair it with adversarial fine-tuning"  # an after-audit's advice that makes no sense after a repair
+
+
+def _strings(v: Any) -> list[str]:
+    return [str(x) for x in v] if isinstance(v, list) else []
+
+
+def repair_outcome(repair: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The repair's own verdict from ``repair.json`` (``outcome``), checked for shape; None when absent."""
+    o = (repair or {}).get("outcome")
+    if not isinstance(o, Mapping) or o.get("code") not in OUTCOME_CSS or not isinstance(o.get("headline"), str):
+        return None
+    label = {"improved": "Improved", "partly-improved": "Partly improved", "not-improved": "Not improved",
+             "input-kept": "Not improved (input kept)"}[o["code"]]
+    return {"code": o["code"], "label": label, "css": OUTCOME_CSS[o["code"]], "headline": o["headline"],
+            "reasons": _strings(o.get("reasons")), "actions": _strings(o.get("actions"))}
+
+
+def _after_actions(verdict: Mapping[str, Any]) -> list[str]:
+    """The after-audit's actions without the advice to repair the model again."""
+    return [a for a in verdict.get("actions") or [] if not str(a).startswith(REPAIR_ADVICE)]
+
+
 def compare_context(before: Mapping[str, Any], before_dir: Path, after: Mapping[str, Any], after_dir: Path,
                     training_log: Mapping[str, Any] | None = None,
                     repair: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -197,7 +221,9 @@ def compare_context(before: Mapping[str, Any], before_dir: Path, after: Mapping[
     balanced = is_balanced(after)
     critical = critical_warnings(before, "before") + critical_warnings(after, "after")
     if training and training["missing"]:
-        critical.append({"title": "Repair: classes missing from the validation split", "text": training["warnings"][0]})
+        critical.append({"title": "Some rare classes could not be checked separately", "text": training["plain_missing"]})
+    outcome = repair_outcome(repair)
+    va = {**va, "actions": _after_actions(va)}
     return {
         "kind": "compare",
         "title": "Robustness before and after",
@@ -206,7 +232,7 @@ def compare_context(before: Mapping[str, Any], before_dir: Path, after: Mapping[
                      f"{threat_text(after['threat_model'])} · attacks "
                      + " → ".join(attack_label(a) for a in after["attacks"])),
         "before_spec": spec_b, "after_spec": spec_a,
-        "page1": {"before": vb, "after": va, "changes": change_sentences(before, after) if va["meaningful"]
+        "page1": {"before": vb, "after": va, "outcome": outcome, "changes": change_sentences(before, after) if va["meaningful"]
                   and vb["meaningful"] else [], "budget": budget_sentence(after),
                   "critical": critical, "at_risk": at_risk(after) if va["meaningful"] else [],
                   "at_risk_title": "Weakest classes after, and why" if va["code"] == "robust"

@@ -153,11 +153,21 @@ def repair_view(log: Mapping[str, Any] | None, repair: Mapping[str, Any] | None,
     if lr is not None:
         parts.append(f"at learning rate {lr:g}")
     sentence = " ".join(parts)
-    if chosen is not None:
+    if sel.get("input_kept") or sel.get("chosen_step") == 0:
+        sentence += "; no fine-tuned checkpoint qualified, so the input model was kept unchanged"
+    elif chosen is not None:
         sentence += f"; epoch {chosen} was kept" + (f" ({rule[0].lower() + rule[1:].rstrip('.')})" if rule else "")
     if fine_tune is not None:
         sentence += f"; fine-tuning took {seconds(fine_tune)}" + (f" on {device}" if device else "")
+    plain_missing = None
+    if missing:
+        names = ", ".join(quote(m) for m in missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        plain_missing = (f"{names} had too few training images to set any aside for checking the repaired model. "
+                         "For " + ("it" if len(missing) == 1 else "them") + ", the tool checked instead that the "
+                         "repair did not make their own training images easier to attack than before; read their "
+                         "figures below with that in mind.")
     return {"rows": rows, "sentence": sentence + ".", "warnings": warnings, "missing": missing,
+            "plain_missing": plain_missing,
             "composition": composition if len(composition) <= 40 else [],
             "composition_note": (f"{len(composition)} classes: validation images per class from "
                                  f"{min(val_counts)} to {max(val_counts)}") if len(composition) > 40 else None,
