@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -279,9 +280,34 @@ def write_outputs(out_dir: Path, results: dict[str, Any], records: PointRecords,
         files.commit()
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a container's share)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def default_threads() -> Optional[int]:
+    """The intra-op thread count when ``--threads`` is not given: half the usable cores, at least 1.
+
+    torch's own default (one thread per core) oversubscribes a machine whose cores are also busy
+    with other work: on this project's 2-core machine, the demo's fine-tuning ran 2-10x slower
+    with 2 threads than with 1 under load (README, "Threads"). Half the cores is deterministic
+    (results do not depend on the load at start) and leaves room for onnxruntime and data
+    loading. None when ``OMP_NUM_THREADS`` is set (torchrun sets it; the user's choice wins).
+    """
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    return max(1, usable_cores() // 2)
+
+
 def apply_threads(threads: Optional[int]) -> None:
-    """``--threads N``: torch's intra-op and (when still possible) inter-op thread pools."""
+    """``--threads N``: torch's intra-op and (when still possible) inter-op thread pools; else the default rule."""
     if threads is None:
+        auto = default_threads()
+        if auto is not None:
+            torch.set_num_threads(auto)
         return
     torch.set_num_threads(int(threads))
     try:

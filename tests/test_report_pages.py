@@ -268,8 +268,34 @@ def test_repair_section_survives_report_compare(repair_folder):
     page1 = page_text(repair_folder["pdf"], 1)
     assert "What was done: Repaired with reat for 5 epochs at learning rate 0.01; epoch 4 was kept" in page1
     assert "fine-tuning took 1 min 2 s on cpu" in page1
-    assert "Repair: classes missing from the validation split" in page1
+    assert "Some rare classes could not be checked separately" in page1 and "“truck” had too few training" in page1
     assert "before/results.json (before) and after/results.json (after)" in pdf_text(repair_folder["pdf"])
+
+
+@pytest.mark.parametrize("code,label", [("input-kept", "Not improved (input kept)"), ("improved", "Improved")])
+def test_repair_outcome_is_page_ones_only_grade(repair_folder, tmp_path, code, label):
+    """repair.json's outcome leads page 1 as its one grade; no advice to repair the returned file."""
+    folder = tmp_path / "run"
+    for sub in ("before", "after"):
+        (folder / sub).mkdir(parents=True)
+        (folder / sub / "results.json").write_text(
+            (repair_folder["folder"] / sub / "results.json").read_text(encoding="utf-8"), encoding="utf-8")
+    headline = {"input-kept": "Repair did not help, so the input model is returned unchanged: <b>nothing</b> qualified.",
+                "improved": "Improved: robust accuracy 30.0% → 38.0%."}[code]
+    summary = {**repair_folder["summary"], "outcome": {
+        "code": code, "headline": headline, "reasons": ["worst-case robust accuracy 30.0% → 38.0%"],
+        "actions": ["Try a longer budget (--train-steps-total)"]}}
+    (folder / "training_log.json").write_text(json.dumps(repair_folder["log"]), encoding="utf-8")
+    (folder / "repair.json").write_text(json.dumps(summary), encoding="utf-8")
+    assert cli.main(["report", str(folder / "before" / "results.json"), "--compare",
+                     str(folder / "after" / "results.json"), "--out", str(folder)]) == 0
+    page1 = page_text(folder / "report.pdf", 1)
+    assert f"Repair: {label}" in page1 and headline.replace("<b>", "").replace("</b>", "")[:40] in page1
+    badges = re.findall(r'<span class="badge[^"]*">([^<]*)</span>', (folder / "report.html").read_text(encoding="utf-8"))
+    assert badges[:1] == [f"Repair: {label}"] and not any(b.startswith(("before:", "after:")) for b in badges)
+    assert "Repair it with" not in page1 and "cli.py repair" not in page1
+    assert "Try a longer budget" in page1
+    assert "&lt;b&gt;nothing" in (folder / "report.html").read_text(encoding="utf-8") if code == "input-kept" else True
 
 
 def test_repair_section_reads_budget_and_selection(repair_folder, tmp_path):
