@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pdf", action="store_true", help="do not write report.pdf")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
-    p = sub.add_parser("repair", help="adversarially fine-tune a model (REAT, AT-BSL, PGD-AT, TRADES-BSL) and audit "
+    p = sub.add_parser("repair", help="adversarially fine-tune a model (REAT, AT-BSL, PGD-AT, TRADES-BSL, LBGAT) and audit "
                                       "it before/after")
     _add_model_data_args(p)
     _add_attack_args(p)  # the before/after audit; the after-audit repeats it unchanged
@@ -220,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = p.add_argument_group("fine-tuning (defaults are for fine-tuning a pretrained model, not training from scratch)")
     t.add_argument("--method", default="reat",
                    help="reat: RBL counts + Balanced Softmax + tail feature penalty; at-bsl: Balanced Softmax only; "
-                        "pgd-at: cross-entropy; trades-bsl: TRADES with a Balanced Softmax natural term (default reat)")
+                        "pgd-at: cross-entropy; trades-bsl: TRADES with a Balanced Softmax natural term; lbgat: the "
+                        "adversarial logits follow the input model's clean ones (default reat)")
     _add_budget_args(t)
     t.add_argument("--schedule", default="cosine", choices=["cosine", "step"],
                    help="cosine decay per step, or x0.1 at 75%% and 90%% of the epochs (default cosine)")
@@ -242,6 +243,24 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--min-clean-kept", type=_f("--min-clean-kept", 0, 1), default=0.8,
                    help="a fine-tuned checkpoint must keep this share of the input model's validation clean accuracy "
                         "(and not collapse) to replace it; otherwise the input model is returned (default 0.8)")
+    t.add_argument("--guide", default="frozen", choices=["frozen", "learnable"],
+                   help="lbgat: the input model guides as it is (frozen, default) or is trained alongside with "
+                        "Balanced Softmax at a tenth of --lr (learnable)")
+    t.add_argument("--lbgat-beta", type=_f("--lbgat-beta", 0, 100), default=0.0,
+                   help="lbgat: weight of KL(clean || adversarial) next to the guide's MSE (default 0: keeps the most "
+                        "clean accuracy)")
+    t.add_argument("--smoothing", default="off", choices=["off", "label-aware"],
+                   help="MiSLAS label-aware smoothing on every method's label loss: more for frequent classes")
+    t.add_argument("--smoothing-head", type=_f("--smoothing-head", 0, 1), default=0.3,
+                   help="smoothing of the most frequent class (default 0.3, MiSLAS's CIFAR-10-LT value)")
+    t.add_argument("--smoothing-tail", type=_f("--smoothing-tail", 0, 1), default=0.0,
+                   help="smoothing of the rarest class (default 0)")
+    t.add_argument("--smoothing-shape", default="concave", choices=["concave", "linear", "convex"],
+                   help="profile of the smoothing over the class counts (default concave)")
+    t.add_argument("--eps-schedule", default="constant", choices=["constant", "warmup"],
+                   help="training radius: constant, or ramped up from 0 over the first 30%% of the budget")
+    t.add_argument("--eps-per-class", action="store_true",
+                   help="RobustLT's class-wise training radii: larger for rarer classes, same mean over the images")
     t.add_argument("--augment", default="none", choices=["none", "flip-crop"],
                    help="training augmentation: none, or random flip + 4-pixel crop for natural images (default none)")
     t.add_argument("--resume", metavar="DIR", help="continue a killed or interrupted run from DIR/checkpoint.pt")
@@ -352,6 +371,9 @@ def cmd_repair(args: argparse.Namespace) -> int:
         schedule=args.schedule, train_eps=parse_number(args.train_eps, "--train-eps") if args.train_eps else None,
         train_steps=args.train_steps, train_step_size=args.train_step_size, tail_penalty=args.tail_penalty,
         tail_lambda=args.tail_lambda, margin=args.margin, val_fraction=args.val_fraction, augment=args.augment, min_clean_kept=args.min_clean_kept,
+        guide=args.guide, lbgat_beta=args.lbgat_beta, smoothing=args.smoothing, smoothing_head=args.smoothing_head,
+        smoothing_tail=args.smoothing_tail, smoothing_shape=args.smoothing_shape, eps_schedule=args.eps_schedule,
+        eps_per_class=args.eps_per_class,
         out=args.out, resume=args.resume, formats=tuple(_formats(args)), quiet=args.quiet,
         sync_bn=not args.no_sync_bn,
     )

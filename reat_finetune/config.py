@@ -19,7 +19,12 @@ FORMATS = ("html", "pdf")
 TRAINING_KEYS = ("method", "epochs", "steps_total", "evaluations", "sampler", "trades_beta",
                  "lr", "batch_size", "momentum", "weight_decay", "schedule", "train_eps",
                  "train_steps", "train_step_size", "tail_penalty", "tail_lambda", "margin", "val_fraction",
-                 "augment", "amp", "seed", "norm", "min_clean_kept")
+                 "augment", "amp", "seed", "norm", "min_clean_kept", "guide", "lbgat_beta", "smoothing",
+                 "smoothing_head", "smoothing_tail", "smoothing_shape", "eps_schedule", "eps_per_class")
+GUIDES = ("frozen", "learnable")
+SMOOTHINGS = ("off", "label-aware")
+SMOOTHING_SHAPES = ("concave", "linear", "convex")
+EPS_SCHEDULES = ("constant", "warmup")
 MIN_CLEAN_KEPT = 0.8  # a fine-tuned checkpoint keeps at least this share of the input's validation clean accuracy
 
 
@@ -59,6 +64,14 @@ class RepairConfig:
     val_fraction: float = 0.1
     augment: str = "none"
     min_clean_kept: float = MIN_CLEAN_KEPT
+    guide: str = "frozen"  # lbgat: the input model as a frozen or learnable guide
+    lbgat_beta: float = 0.0  # lbgat: weight of KL(clean || adversarial); 0 keeps the most clean accuracy
+    smoothing: str = "off"  # label-aware: MiSLAS's smoothing on every label loss
+    smoothing_head: float = 0.3
+    smoothing_tail: float = 0.0
+    smoothing_shape: str = "concave"
+    eps_schedule: str = "constant"
+    eps_per_class: bool = False
     out: Optional[str] = None
     resume: Optional[str] = None
     formats: Sequence[str] = FORMATS
@@ -177,6 +190,19 @@ class RepairConfig:
         if not _finite(self.min_clean_kept) or not 0 <= self.min_clean_kept <= 1:
             raise RepairError(f"--min-clean-kept must be a share in [0, 1] (e.g. 0.8 = keep 80% of the input's "
                               f"clean accuracy), got {self.min_clean_kept}")
+        if self.guide not in GUIDES:
+            raise RepairError(f"--guide must be one of {', '.join(GUIDES)}, got {self.guide!r}")
+        if not _finite(self.lbgat_beta) or not 0 <= self.lbgat_beta <= 100:
+            raise RepairError(f"--lbgat-beta must be in [0, 100] (0 keeps the most clean accuracy), got {self.lbgat_beta}")
+        if self.smoothing not in SMOOTHINGS:
+            raise RepairError(f"--smoothing must be one of {', '.join(SMOOTHINGS)}, got {self.smoothing!r}")
+        for flag, v in (("--smoothing-head", self.smoothing_head), ("--smoothing-tail", self.smoothing_tail)):
+            if not _finite(v) or not 0 <= v < 1:
+                raise RepairError(f"{flag} must be a smoothing share in [0, 1), got {v}")
+        if self.smoothing_shape not in SMOOTHING_SHAPES:
+            raise RepairError(f"--smoothing-shape must be one of {', '.join(SMOOTHING_SHAPES)}, got {self.smoothing_shape!r}")
+        if self.eps_schedule not in EPS_SCHEDULES:
+            raise RepairError(f"--eps-schedule must be one of {', '.join(EPS_SCHEDULES)}, got {self.eps_schedule!r}")
         if self.augment not in AUGMENTS:
             raise RepairError(f"--augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
         bad = [f for f in self.formats if f not in FORMATS]

@@ -6,6 +6,12 @@
   attack weights come from the previous epoch's adversarial prediction counts.
 * ``trades-bsl``: the TRADES objective (Zhang et al. 2019) with a Balanced Softmax natural
   term, ``BSL(f(x), y) + beta * KL(p(x) || p(x'))``, x' maximising that KL (docs/repair.md).
+* ``lbgat`` (Cui et al. 2021): the model's adversarial logits are pulled towards a guide's clean
+  logits, ``MSE(f(x'), g(x)) / s^2 + beta * KL(p(x) || p(x'))``; the guide is a copy of the
+  input model, frozen (default) or learnable (Balanced Softmax, smaller learning rate).
+
+Every method's label loss can use MiSLAS's label-aware smoothing (``--smoothing label-aware``)
+and every training attack an ε schedule (``--eps-schedule warmup``, ``--eps-per-class``).
 
 Class-balanced sampling of the batch is orthogonal to the loss: ``--sampler class-balanced``
 works with every method (Balanced Softmax then uses the uniform prior the batches are drawn
@@ -16,8 +22,9 @@ weighting, which cannot change such steps, is computed and logged but not applie
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +34,19 @@ from audit.registry import METHODS, register_method
 from audit.attacks import Attack, create_attack
 from audit.config import AttackSpec
 
-from .losses import KLAttack, balanced_softmax_loss, tail_penalty_pairwise, tail_penalty_reference
+from audit.attacks.pgd import PGD
+
+from .losses import KLAttack, tail_penalty_pairwise, tail_penalty_reference
+from .schedules import PerSampleEps, class_eps_factors, eps_scale
+from .smoothing import label_aware_eps, smoothed_cross_entropy
+
+
+class ScheduledPGD(PerSampleEps, PGD):
+    """The training PGD with a per-image radius (warm-up share x class factor)."""
+
+
+class ScheduledKL(PerSampleEps, KLAttack):
+    """TRADES' KL attack with a per-image radius."""
 
 
 @dataclass
@@ -41,6 +60,15 @@ class LossContext:
     tail_lambda: float
     margin: float
     trades_beta: float = 6.0
+    smoothing: Optional[torch.Tensor] = None  # (C,) label-aware smoothing per class, or None
+
+
+def label_loss(logits: torch.Tensor, y: torch.Tensor, ctx: LossContext, balanced: bool) -> torch.Tensor:
+    """Cross-entropy, on ``logits + log N`` when ``balanced`` (Balanced Softmax), label-aware smoothed when set."""
+    z = logits.float() + ctx.log_n.to(logits.device) if balanced else logits.float()
+    if ctx.smoothing is not None:
+        return smoothed_cross_entropy(z, y, ctx.smoothing)
+    return F.cross_entropy(z, y)
 
 
 class RepairMethod:
@@ -58,14 +86,28 @@ class RepairMethod:
     description = ""
 
     uses_clean_logits = False  # the loss also needs the model's logits on the clean batch (train mode)
+    attack_class: type = PGD  # the training attack (ScheduledPGD when an ε schedule is on)
+    scheduled_class: type = ScheduledPGD
+
+    def configure(self, config: Any, train_counts: Sequence[int]) -> None:
+        """Hook: take the run's settings (ε schedule, class-wise radii, method options) before training."""
+        self.eps_schedule = getattr(config, "eps_schedule", "constant")
+        self.class_factors = class_eps_factors(train_counts) if getattr(config, "eps_per_class", False) else None
+        self.config = config
 
     @property
     def needs_features(self) -> bool:
         return self.default_penalty != "off"
 
+    @property
+    def scheduled(self) -> bool:
+        return getattr(self, "eps_schedule", "constant") != "constant" or getattr(self, "class_factors", None) is not None
+
     def training_attack(self, spec: AttackSpec) -> Attack:
         """The attack that makes the training batch's adversarial examples (PGD on cross-entropy)."""
-        return create_attack(spec)
+        if self.scheduled:
+            return self.scheduled_class(spec)
+        return self.attack_class(spec) if self.attack_class is not PGD else create_attack(spec)
 
     def trainable_parameters(self, net: torch.nn.Module) -> list[torch.nn.Parameter]:
         """Hook: the parameters the optimizer updates (default: all of them)."""
@@ -80,13 +122,16 @@ class RepairMethod:
         attack = getattr(self, "_attack", None)
         if attack is None:
             attack = self._attack = self.training_attack(spec)
+        if isinstance(attack, PerSampleEps):
+            attack.scale = eps_scale(self.eps_schedule, step, total)
+            attack.class_factors = self.class_factors
         return attack
 
     def prepare_attack(self, attack: Attack, model: torch.nn.Module, x: torch.Tensor, autocast=None) -> None:  # noqa: ANN001
         """Called with the eval-mode model before each batch's attack (TRADES: the clean predictions)."""
 
     def outer_loss(self, logits: torch.Tensor, y: torch.Tensor, ctx: LossContext) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), y)
+        return label_loss(logits, y, ctx, balanced=False)
 
     def loss(self, logits: torch.Tensor, features: Optional[torch.Tensor], y: torch.Tensor,
              ctx: LossContext, clean_logits: Optional[torch.Tensor] = None,
@@ -114,7 +159,7 @@ class ATBSL(RepairMethod):
     description = "AT-BSL: Balanced Softmax (logits + log N) on PGD adversarial examples"
 
     def outer_loss(self, logits: torch.Tensor, y: torch.Tensor, ctx: LossContext) -> torch.Tensor:
-        return balanced_softmax_loss(logits, y, ctx.log_n)
+        return label_loss(logits, y, ctx, balanced=True)
 
 
 @register_method("reat")
@@ -131,10 +176,8 @@ class TRADESBSL(RepairMethod):
 
     name = "trades-bsl"
     uses_clean_logits = True
+    attack_class, scheduled_class = KLAttack, ScheduledKL
     description = "TRADES-BSL: Balanced Softmax on clean logits + beta * KL(clean || adversarial)"
-
-    def training_attack(self, spec: AttackSpec) -> Attack:
-        return KLAttack(spec)
 
     @torch.no_grad()
     def prepare_attack(self, attack: Attack, model: torch.nn.Module, x: torch.Tensor, autocast=None) -> None:  # noqa: ANN001
@@ -148,10 +191,68 @@ class TRADESBSL(RepairMethod):
              guide_logits: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         if clean_logits is None:
             raise ValueError("trades-bsl needs the clean logits")
-        natural = balanced_softmax_loss(clean_logits, y, ctx.log_n)
-        kl = F.kl_div(F.log_softmax(logits.float(), 1), F.log_softmax(clean_logits.float(), 1), reduction="batchmean",
-                      log_target=True)
-        return natural + ctx.trades_beta * kl, natural.detach() * 0.0
+        natural = label_loss(clean_logits, y, ctx, balanced=True)
+        return natural + ctx.trades_beta * kl_clean_adv(clean_logits, logits), natural.detach() * 0.0
+
+
+def kl_clean_adv(clean_logits: torch.Tensor, adv_logits: torch.Tensor) -> torch.Tensor:
+    """``KL(p(x) || p(x'))`` averaged over the batch (TRADES' robustness term)."""
+    return F.kl_div(F.log_softmax(adv_logits.float(), 1), F.log_softmax(clean_logits.float(), 1),
+                    reduction="batchmean", log_target=True)
+
+
+GUIDES = ("frozen", "learnable")
+
+
+@register_method("lbgat")
+class LBGAT(RepairMethod):
+    """Learnable Boundary Guided AT with the user's model as the guide (docs/repair.md, "LBGAT").
+
+    Loss ``MSE(f(x'), g(x)) / s^2 [+ BSL(g(x), y), learnable guide] + beta * KL(p(x) || p(x'))``, where
+    ``s^2`` is the mean square of the guide's batch logits after removing each row's mean (detached):
+    a converged model's logits can be in the tens, and the normalisation keeps the MSE's weight the
+    same whatever their scale. x' maximises ``KL(p(x) || p(x'))`` (TRADES' attack, as in LBGAT).
+    """
+
+    name = "lbgat"
+    uses_clean_logits = True
+    attack_class, scheduled_class = KLAttack, ScheduledKL
+    description = "LBGAT: adversarial logits pulled to the input model's clean logits (MSE) + beta * KL"
+
+    @property
+    def learnable(self) -> bool:
+        return getattr(getattr(self, "config", None), "guide", "frozen") == "learnable"
+
+    @property
+    def beta(self) -> float:
+        return float(getattr(getattr(self, "config", None), "lbgat_beta", 0.0))
+
+    def make_guide(self, model: torch.nn.Module) -> Optional[torch.nn.Module]:
+        guide = copy.deepcopy(model)
+        guide.requires_grad_(self.learnable)
+        return guide.train(self.learnable)
+
+    @torch.no_grad()
+    def prepare_attack(self, attack: Attack, model: torch.nn.Module, x: torch.Tensor, autocast=None) -> None:  # noqa: ANN001
+        import contextlib
+
+        with (autocast or contextlib.nullcontext)():
+            attack.reference = F.softmax(model(x).float(), dim=1)  # type: ignore[attr-defined]
+
+    def loss(self, logits: torch.Tensor, features: Optional[torch.Tensor], y: torch.Tensor,
+             ctx: LossContext, clean_logits: Optional[torch.Tensor] = None,
+             guide_logits: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if guide_logits is None or clean_logits is None:
+            raise ValueError("lbgat needs the guide's and the model's clean logits")
+        target = guide_logits.float()
+        centred = target.detach() - target.detach().mean(1, keepdim=True)
+        scale = centred.pow(2).mean().clamp_min(1e-6)
+        loss = F.mse_loss(logits.float(), target if self.learnable else target.detach()) / scale
+        if self.learnable:
+            loss = loss + label_loss(target, y, ctx, balanced=True)
+        if self.beta:
+            loss = loss + self.beta * kl_clean_adv(clean_logits, logits)
+        return loss, loss.detach() * 0.0
 
 
 def get_method(name: str) -> RepairMethod:
@@ -159,4 +260,4 @@ def get_method(name: str) -> RepairMethod:
     return METHODS.get(name)()
 
 
-__all__ = ["ATBSL", "LossContext", "PGDAT", "REAT", "RepairMethod", "TRADESBSL", "get_method"]
+__all__ = ["ATBSL", "LBGAT", "LossContext", "PGDAT", "REAT", "RepairMethod", "TRADESBSL", "get_method", "label_loss"]

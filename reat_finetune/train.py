@@ -43,6 +43,7 @@ from .ddp import TrainDist
 from .errors import RepairError, RepairInterrupted
 from .features import FeatureModel
 from .losses import rbl_weights
+from .smoothing import label_aware_eps
 from .methods import LossContext, RepairMethod
 from .budget import Budget
 from .selection import (GUARD_METRIC, METRIC, Floors, ValidationPlan, better, ineligible_because, score,  # noqa: F401
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 
 IN_MEMORY_LIMIT = 2 << 30  # bytes of float32 pixels kept in memory; larger training sets stream from disk
 VAL_BATCH = 256
+GUIDE_LR_SCALE = 0.1  # lbgat --guide learnable: the guide's learning rate relative to --lr
 
 Autocast = Optional[Callable[[], contextlib.AbstractContextManager]]
 
@@ -170,7 +172,8 @@ def train_step(fm: FeatureModel, attack: Attack, method: RepairMethod, ctx: Loss
         else:
             feats, logits = None, fwd(x_adv)
         clean = pm(x).float() if method.uses_clean_logits else None
-        with torch.no_grad():
+        learn_guide = guide is not None and any(p.requires_grad for p in guide.parameters())
+        with torch.set_grad_enabled(learn_guide):
             guided = guide(x).float() if guide is not None else None
     loss, pen = method.loss(logits.float(), feats.float() if feats is not None else None, y, ctx, clean_logits=clean,
                             guide_logits=guided)
@@ -445,11 +448,19 @@ class Trainer:
             is_tail=setup.is_tail.to(self.dev), v=setup.v.to(self.dev), penalty=setup.penalty,
             tail_lambda=float(config.tail_lambda), margin=float(config.margin), trades_beta=float(config.trades_beta))
         method = setup.method
+        method.configure(config, setup.train_counts)  # hook: ε schedule, class-wise radii, method options
+        if config.smoothing == "label-aware":
+            self.ctx.smoothing = label_aware_eps(setup.train_counts, config.smoothing_head, config.smoothing_tail,
+                                                 config.smoothing_shape).to(self.dev)
         self.guide = method.make_guide(self.pm)  # hook: a guide model (None for most methods)
         params = method.trainable_parameters(self.net)  # hook: which parameters train
         for p in params:
             p.requires_grad_(True)
-        self.opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        groups = [{"params": params}]
+        self.guide_params = [p for p in self.guide.parameters() if p.requires_grad] if self.guide is not None else []
+        if self.guide_params:  # a learnable guide trains at a tenth of the learning rate
+            groups.append({"params": self.guide_params, "lr_scale": GUIDE_LR_SCALE})
+        self.opt = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
         self.forward = self.dd.wrap(setup.fm if setup.penalty != "off" else self.pm, self.net, self.dev)
         self.progress = progress and self.dd.is_main
         self.warnings: list[str] = []
@@ -495,6 +506,8 @@ class Trainer:
         state = TrainState.from_checkpoint(resume["state"] if "state" in resume else {})
         try:
             self.net.load_state_dict(resume["model"])
+            if self.guide_params:
+                self.guide.load_state_dict(resume["guide"])  # type: ignore[union-attr]
             self.opt.load_state_dict(resume["optimizer"])
             restore_rng(resume["rng"], self.dev)
             if self.dd.active:  # [distributed] this rank's own streams
@@ -568,7 +581,7 @@ class Trainer:
         x = adapt_images(x.to(self.dev, non_blocking=True).float(), setup.input_size)
         y = y.to(self.dev, non_blocking=True)
         for g in self.opt.param_groups:
-            g["lr"] = self._lr(st.iteration)
+            g["lr"] = self._lr(st.iteration) * g.get("lr_scale", 1.0)
         attack = setup.method.attack_at(cfg.train_attack_spec(), st.iteration, self.T)  # hook: the ε schedule
         loss, pen, pred = train_step(setup.fm, attack, setup.method, self.ctx, x, y, self.opt, att_gen,
                                      self.autocast, self.forward, self.guide)
@@ -680,6 +693,7 @@ class Trainer:
         return save_checkpoint(self.ckpt_path, {
             **extra, "fingerprint": self.setup.fingerprint, "model": state_dict_cpu(self.net),
             "optimizer": self.opt.state_dict(),
+            **({"guide": state_dict_cpu(self.guide)} if self.guide_params else {}),  # type: ignore[arg-type]
             "schedule": {"kind": self.config.schedule, "iteration": st.iteration, "total": self.T},
             "rng": rng_state(self.dev), "state": st.to_checkpoint()})
 

@@ -1,0 +1,96 @@
+"""The long-tail pieces every method can use: ε schedules, class-wise radii, label-aware smoothing, LBGAT."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from audit.attacks import BatchNoise, make_spec
+from audit.registry import METHODS
+from reat_finetune.methods import LBGAT, LossContext, ScheduledPGD, get_method, label_loss
+from reat_finetune.schedules import WARMUP_SHARE, class_eps_factors, eps_scale
+from reat_finetune.smoothing import label_aware_eps, smoothed_cross_entropy
+
+COUNTS = [500, 300, 180, 100, 60, 36, 20, 12, 7, 5]
+
+
+def test_warmup_ramps_to_the_full_radius_and_constant_stays():
+    total = 100
+    ramp = math.ceil(WARMUP_SHARE * total)
+    scales = [eps_scale("warmup", s, total) for s in range(total)]
+    assert scales[0] == pytest.approx(1 / ramp) and scales[ramp - 1] == 1.0 and min(scales[ramp:]) == 1.0
+    assert all(a <= b for a, b in zip(scales, scales[1:]))
+    assert {eps_scale("constant", s, total) for s in range(total)} == {1.0}
+
+
+def test_class_wise_radii_have_the_budget_as_their_image_weighted_mean():
+    f = class_eps_factors(COUNTS)
+    n = torch.tensor(COUNTS, dtype=torch.float32)
+    assert float((f * n).sum() / n.sum()) == pytest.approx(1.0, abs=1e-6)
+    assert all(a <= b for a, b in zip(f.tolist(), f.tolist()[1:]))  # rarer classes get larger radii
+    assert f[0] == pytest.approx(0.7)  # the largest class keeps (1 - a) of eps
+    assert torch.equal(class_eps_factors([50] * 4), torch.ones(4))  # balanced: no change
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 8 / 255), ("l2", 0.5)])
+def test_scheduled_attack_stays_in_each_images_own_ball(norm, eps):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10)).eval()
+    x, y = torch.rand(6, 3, 8, 8), torch.tensor([0, 1, 5, 7, 8, 9])
+    attack = ScheduledPGD(make_spec("pgd", norm, eps, steps=5, step_size=eps / 4))
+    attack.scale, attack.class_factors = 0.5, class_eps_factors(COUNTS)
+    x_adv = attack.perturb(model, x, y, noise=BatchNoise(torch.Generator().manual_seed(1), 6))
+    radius = 0.5 * eps * attack.class_factors[y]
+    d = (x_adv - x).flatten(1)
+    size = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
+    assert bool((size <= radius + 1e-5).all()) and bool((size > 0.5 * radius).all())
+    assert float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
+
+
+def test_label_aware_smoothing_profile_and_loss():
+    e = label_aware_eps(COUNTS, head=0.3, tail=0.0)
+    assert e[0] == pytest.approx(0.3) and e[-1] == pytest.approx(0.0)
+    assert all(a >= b for a, b in zip(e.tolist(), e.tolist()[1:]))  # head classes smoothed most
+    lin = label_aware_eps(COUNTS, 0.3, 0.0, "linear")
+    assert bool((e >= lin - 1e-6).all())  # concave lies above linear
+    logits, y = torch.randn(8, 10), torch.randint(0, 10, (8,))
+    assert float(smoothed_cross_entropy(logits, y, torch.zeros(10))) == pytest.approx(float(F.cross_entropy(logits, y)))
+    logp = F.log_softmax(logits, 1)
+    k = e[y]
+    want = ((1 - k) * -logp.gather(1, y[:, None]).squeeze(1) + k * -logp.mean(1)).mean()
+    assert float(smoothed_cross_entropy(logits, y, e)) == pytest.approx(float(want))
+
+
+def _ctx(smoothing=None) -> LossContext:
+    log_n = torch.log(torch.tensor(COUNTS, dtype=torch.float32))
+    return LossContext(log_n, torch.zeros(10, dtype=torch.bool), torch.ones(10), "off", 1.0, 0.1, smoothing=smoothing)
+
+
+def test_label_loss_is_balanced_softmax_or_ce_and_smooths_both():
+    logits, y = torch.randn(8, 10), torch.randint(0, 10, (8,))
+    ctx = _ctx()
+    assert float(label_loss(logits, y, ctx, balanced=True)) == pytest.approx(
+        float(F.cross_entropy(logits + ctx.log_n, y)))
+    smooth = label_aware_eps(COUNTS, 0.3, 0.0)
+    assert float(label_loss(logits, y, _ctx(smooth), balanced=True)) == pytest.approx(
+        float(smoothed_cross_entropy(logits + ctx.log_n, y, smooth)))
+
+
+def test_lbgat_loss_is_scale_free_and_zero_at_the_guide():
+    class Cfg:
+        guide, lbgat_beta, eps_schedule, eps_per_class = "frozen", 0.0, "constant", False
+
+    m = get_method("lbgat")
+    assert isinstance(m, LBGAT) and "lbgat" in METHODS.names()
+    m.configure(Cfg(), COUNTS)
+    g, y = torch.randn(8, 10), torch.randint(0, 10, (8,))
+    adv = g + 0.3 * torch.randn(8, 10)
+    loss, _ = m.loss(adv, None, y, _ctx(), clean_logits=g, guide_logits=g)
+    loss10, _ = m.loss(10 * adv, None, y, _ctx(), clean_logits=10 * g, guide_logits=10 * g)
+    assert float(loss10) == pytest.approx(float(loss), rel=1e-4)  # the logit scale does not change the weight
+    zero, _ = m.loss(g, None, y, _ctx(), clean_logits=g, guide_logits=g)
+    assert float(zero) == pytest.approx(0.0, abs=1e-7)
+    guide = m.make_guide(torch.nn.Linear(3, 10))
+    assert not guide.training and not any(p.requires_grad for p in guide.parameters())
