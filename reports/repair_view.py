@@ -72,6 +72,21 @@ def _budget(budget: Mapping[str, Any] | None, cfg: Mapping[str, Any], done: int)
     return f"{epochs} epochs" if epochs else None
 
 
+def _options(cfg: Mapping[str, Any]) -> str | None:
+    """The ε schedule, class-wise radii, smoothing and LBGAT guide that ran, in words (None: none of them)."""
+    out = []
+    if cfg.get("eps_schedule") == "warmup":
+        out.append("training radius ramped up from 0 over the first 30% of the budget")
+    if cfg.get("eps_per_class") is True:
+        out.append("class-wise training radii, larger for rarer classes (RobustLT)")
+    if cfg.get("smoothing") == "label-aware":
+        out.append(f"label-aware smoothing from {_num(cfg.get('smoothing_head'))} (most common class) to "
+                   f"{_num(cfg.get('smoothing_tail'))} (rarest), {cfg.get('smoothing_shape')}")
+    if cfg.get("method") == "lbgat":
+        out.append(f"{cfg.get('guide')} guide (the input model), KL weight {_num(cfg.get('lbgat_beta'))}")
+    return "; ".join(str(o) for o in out) or None
+
+
 def repair_view(log: Mapping[str, Any] | None, repair: Mapping[str, Any] | None,
                 classes: Sequence[str]) -> dict[str, Any] | None:
     """Rows, sentence, validation composition and warnings of the training section; None without either file."""
@@ -123,6 +138,7 @@ def repair_view(log: Mapping[str, Any] | None, repair: Mapping[str, Any] | None,
          if lr is not None else None),
         ("batch size", cfg.get("batch_size")),
         ("training attack", attack),
+        ("long-tail options", _options(cfg)),
         ("training / validation images", f"{count(n_train)} / {count(n_val)}" if n_train is not None else None),
         ("chosen epoch", chosen),
         ("selection rule", rule),

@@ -94,3 +94,30 @@ def test_lbgat_loss_is_scale_free_and_zero_at_the_guide():
     assert float(zero) == pytest.approx(0.0, abs=1e-7)
     guide = m.make_guide(torch.nn.Linear(3, 10))
     assert not guide.training and not any(p.requires_grad for p in guide.parameters())
+
+
+def test_every_hook_at_once_resumes_bit_identical(tmp_path):
+    """LBGAT with a learnable guide (second optimiser group, guide in the checkpoint), ε warm-up, class-wise
+    radii and label-aware smoothing: a run killed mid-epoch and resumed ends with the same file."""
+    from reat_finetune import RepairInterrupted, TrainHooks, run_repair
+    from reat_finetune.checkpoint import load_checkpoint
+    from test_repair import cheap_config
+
+    kw = dict(method="lbgat", guide="learnable", eps_schedule="warmup", eps_per_class=True, smoothing="label-aware",
+              epochs=None, steps_total=8, evaluations=2)
+    full = run_repair(cheap_config(tmp_path / "full", **kw))
+
+    def stop(epoch, done):
+        if epoch == 2 and done == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(RepairInterrupted):
+        run_repair(cheap_config(tmp_path / "cut", **kw), hooks=TrainHooks(on_batch_end=stop))
+    assert "guide" in load_checkpoint(tmp_path / "cut")
+    run = run_repair(cheap_config(None, resume=str(tmp_path / "cut"), **kw))
+    a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "cut")
+    assert all(torch.equal(a["guide"][k], b["guide"][k]) for k in a["guide"])
+    assert run.model_path.read_bytes() == full.model_path.read_bytes()
+    cfg = run.summary["config"]
+    assert (cfg["eps_schedule"], cfg["eps_per_class"], cfg["smoothing"], cfg["guide"]) == (
+        "warmup", True, "label-aware", "learnable")
