@@ -170,14 +170,11 @@ class REAT(ATBSL):
     description = "REAT: RBL attack counts, Balanced Softmax outer loss, tail feature penalty"
 
 
-@register_method("trades-bsl")
-class TRADESBSL(RepairMethod):
-    """TRADES with a Balanced Softmax natural term; the adversarial example maximises the KL term."""
+class KLTrained(RepairMethod):
+    """Methods whose training attack is TRADES' KL attack against the clean prediction (and need clean logits)."""
 
-    name = "trades-bsl"
     uses_clean_logits = True
     attack_class, scheduled_class = KLAttack, ScheduledKL
-    description = "TRADES-BSL: Balanced Softmax on clean logits + beta * KL(clean || adversarial)"
 
     @torch.no_grad()
     def prepare_attack(self, attack: Attack, model: torch.nn.Module, x: torch.Tensor, autocast=None) -> None:  # noqa: ANN001
@@ -185,6 +182,14 @@ class TRADESBSL(RepairMethod):
 
         with (autocast or contextlib.nullcontext)():
             attack.reference = F.softmax(model(x).float(), dim=1)  # type: ignore[attr-defined]
+
+
+@register_method("trades-bsl")
+class TRADESBSL(KLTrained):
+    """TRADES with a Balanced Softmax natural term; the adversarial example maximises the KL term."""
+
+    name = "trades-bsl"
+    description = "TRADES-BSL: Balanced Softmax on clean logits + beta * KL(clean || adversarial)"
 
     def loss(self, logits: torch.Tensor, features: Optional[torch.Tensor], y: torch.Tensor,
              ctx: LossContext, clean_logits: Optional[torch.Tensor] = None,
@@ -205,7 +210,7 @@ GUIDES = ("frozen", "learnable")
 
 
 @register_method("lbgat")
-class LBGAT(RepairMethod):
+class LBGAT(KLTrained):
     """Learnable Boundary Guided AT with the user's model as the guide (docs/repair.md, "LBGAT").
 
     Loss ``MSE(f(x'), g(x)) / s^2 [+ BSL(g(x), y), learnable guide] + beta * KL(p(x) || p(x'))``, where
@@ -215,8 +220,6 @@ class LBGAT(RepairMethod):
     """
 
     name = "lbgat"
-    uses_clean_logits = True
-    attack_class, scheduled_class = KLAttack, ScheduledKL
     description = "LBGAT: adversarial logits pulled to the input model's clean logits (MSE) + beta * KL"
 
     @property
@@ -231,13 +234,6 @@ class LBGAT(RepairMethod):
         guide = copy.deepcopy(model)
         guide.requires_grad_(self.learnable)
         return guide.train(self.learnable)
-
-    @torch.no_grad()
-    def prepare_attack(self, attack: Attack, model: torch.nn.Module, x: torch.Tensor, autocast=None) -> None:  # noqa: ANN001
-        import contextlib
-
-        with (autocast or contextlib.nullcontext)():
-            attack.reference = F.softmax(model(x).float(), dim=1)  # type: ignore[attr-defined]
 
     def loss(self, logits: torch.Tensor, features: Optional[torch.Tensor], y: torch.Tensor,
              ctx: LossContext, clean_logits: Optional[torch.Tensor] = None,
