@@ -221,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--method", default="reat",
                    help="reat: RBL counts + Balanced Softmax + tail feature penalty; at-bsl: Balanced Softmax only; "
                         "pgd-at: cross-entropy; trades-bsl: TRADES with a Balanced Softmax natural term; lbgat: the "
-                        "adversarial logits follow the input model's clean ones (default reat)")
+                        "adversarial logits follow the input model's clean ones; mislas: classifier + per-class scale on a frozen "
+                        "backbone; reslt: head/medium/tail branches folded into one layer (default reat)")
     _add_budget_args(t)
     t.add_argument("--schedule", default="cosine", choices=["cosine", "step"],
                    help="cosine decay per step, or x0.1 at 75%% and 90%% of the epochs (default cosine)")
@@ -261,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training radius: constant, or ramped up from 0 over the first 30%% of the budget")
     t.add_argument("--eps-per-class", action="store_true",
                    help="RobustLT's class-wise training radii: larger for rarer classes, same mean over the images")
+    t.add_argument("--shift-bn", action="store_true",
+                   help="MiSLAS's shifted BatchNorm: re-estimate BatchNorm statistics of the kept model on class-balanced "
+                        "clean training batches before export (kept only if validation does not get worse)")
     t.add_argument("--augment", default="none", choices=["none", "flip-crop"],
                    help="training augmentation: none, or random flip + 4-pixel crop for natural images (default none)")
     t.add_argument("--resume", metavar="DIR", help="continue a killed or interrupted run from DIR/checkpoint.pt")
@@ -373,7 +377,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
         tail_lambda=args.tail_lambda, margin=args.margin, val_fraction=args.val_fraction, augment=args.augment, min_clean_kept=args.min_clean_kept,
         guide=args.guide, lbgat_beta=args.lbgat_beta, smoothing=args.smoothing, smoothing_head=args.smoothing_head,
         smoothing_tail=args.smoothing_tail, smoothing_shape=args.smoothing_shape, eps_schedule=args.eps_schedule,
-        eps_per_class=args.eps_per_class,
+        eps_per_class=args.eps_per_class, shift_bn=args.shift_bn,
         out=args.out, resume=args.resume, formats=tuple(_formats(args)), quiet=args.quiet,
         sync_bn=not args.no_sync_bn,
     )

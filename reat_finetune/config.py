@@ -20,7 +20,8 @@ TRAINING_KEYS = ("method", "epochs", "steps_total", "evaluations", "sampler", "t
                  "lr", "batch_size", "momentum", "weight_decay", "schedule", "train_eps",
                  "train_steps", "train_step_size", "tail_penalty", "tail_lambda", "margin", "val_fraction",
                  "augment", "amp", "seed", "norm", "min_clean_kept", "guide", "lbgat_beta", "smoothing",
-                 "smoothing_head", "smoothing_tail", "smoothing_shape", "eps_schedule", "eps_per_class")
+                 "smoothing_head", "smoothing_tail", "smoothing_shape", "eps_schedule", "eps_per_class",
+                 "shift_bn")
 GUIDES = ("frozen", "learnable")
 SMOOTHINGS = ("off", "label-aware")
 SMOOTHING_SHAPES = ("concave", "linear", "convex")
@@ -72,6 +73,7 @@ class RepairConfig:
     smoothing_shape: str = "concave"
     eps_schedule: str = "constant"
     eps_per_class: bool = False
+    shift_bn: bool = False  # re-estimate BatchNorm statistics on class-balanced clean batches before export
     out: Optional[str] = None
     resume: Optional[str] = None
     formats: Sequence[str] = FORMATS

@@ -36,6 +36,10 @@ from audit.config import AttackSpec
 
 from audit.attacks.pgd import PGD
 
+from torch import nn
+
+from .errors import RepairError
+from .heads import ResLTHead, ScaledLinear, feature_stats, fold_head, swap_head
 from .losses import KLAttack, tail_penalty_pairwise, tail_penalty_reference
 from .schedules import PerSampleEps, class_eps_factors, eps_scale
 from .smoothing import label_aware_eps, smoothed_cross_entropy
@@ -116,6 +120,20 @@ class RepairMethod:
     def make_guide(self, model: torch.nn.Module) -> Optional[torch.nn.Module]:
         """Hook: a guide model (pixels -> logits) evaluated on each clean batch, or None (default)."""
         return None
+
+    preferred_sampler: Optional[str] = None  # what --sampler auto resolves to for this method (None: the rule)
+    default_smoothing = False  # label-aware smoothing even without --smoothing (MiSLAS)
+
+    def prepare_model(self, model: torch.nn.Module, linear: Optional[torch.nn.Linear],
+                      batches: Sequence[torch.Tensor], groups: Sequence[Optional[str]]) -> None:
+        """Hook: change the model's head before training (MiSLAS, ResLT); ``batches`` are clean training images."""
+
+    def set_train_mode(self, model: torch.nn.Module) -> None:
+        """Hook: the mode of the model during the update (default: train mode everywhere)."""
+        model.train()
+
+    def finalize(self, net: torch.nn.Module) -> None:
+        """Hook: fold whatever :meth:`prepare_model` added back into the input's architecture (before export)."""
 
     def attack_at(self, spec: AttackSpec, step: int, total: int) -> Attack:
         """Hook: the training attack at optimizer step ``step`` of ``total`` (default: constant ε, built once)."""
@@ -251,9 +269,84 @@ class LBGAT(KLTrained):
         return loss, loss.detach() * 0.0
 
 
+class HeadMethod(RepairMethod):
+    """Methods that swap the final linear layer for a trainable head and fold it back at export."""
+
+    head: Optional[torch.nn.Module] = None
+
+    def finalize(self, net: torch.nn.Module) -> None:
+        if self.head is not None:
+            fold_head(self.head)
+            self.head = None
+
+
+@register_method("mislas")
+class MiSLAS(HeadMethod):
+    """MiSLAS's second stage under attack: backbone frozen (eval mode), the classifier and a per-class scale
+    trained on adversarial logits with label-aware smoothing on class-balanced batches.
+
+    It rebalances the classes' decision regions and calibrates them; it cannot make a non-robust
+    backbone robust (the features an attacker moves are not trained).
+    """
+
+    name = "mislas"
+    preferred_sampler = "class-balanced"
+    default_smoothing = True
+    description = ("MiSLAS stage 2 under attack: classifier + per-class scaling on a frozen backbone, "
+                   "label-aware smoothing, class-balanced batches")
+
+    def prepare_model(self, model: torch.nn.Module, linear: Optional[torch.nn.Linear],
+                      batches: Sequence[torch.Tensor], groups: Sequence[Optional[str]]) -> None:
+        self.head = swap_head(model, linear, ScaledLinear, self.name)
+
+    def trainable_parameters(self, net: torch.nn.Module) -> list[torch.nn.Parameter]:
+        assert self.head is not None
+        return list(self.head.parameters())
+
+    def set_train_mode(self, model: torch.nn.Module) -> None:
+        model.eval()  # the backbone's BatchNorm statistics stay the input model's
+
+
+RESLT_ALPHA = 0.998  # ResLT's CIFAR-10-LT value (rho 0.01 / 0.02): the branch losses dominate
+
+
+@register_method("reslt")
+class ResLT(HeadMethod):
+    """ResLT: three BatchNorm branches on the features (all / medium+tail / tail classes, by training-count rank)
+    sharing the classifier, ``alpha * branch CE + (1 - alpha) * CE(fused)`` on adversarial logits."""
+
+    name = "reslt"
+    description = "ResLT: head / medium+tail / tail branches sharing the classifier, folded into one layer at export"
+
+    def prepare_model(self, model: torch.nn.Module, linear: Optional[torch.nn.Linear],
+                      batches: Sequence[torch.Tensor], groups: Sequence[Optional[str]]) -> None:
+        if not any(g == "tail" for g in groups):
+            raise RepairError("--method reslt needs a long-tailed training set (its branches are the medium and "
+                              "tail classes); this one is balanced: use another --method")
+        tail = torch.tensor([g == "tail" for g in groups])
+        mid_tail = torch.tensor([g in ("medium", "tail") for g in groups])
+        self.members = torch.stack([torch.ones_like(tail), mid_tail, tail])  # (3, C) branch class sets
+        if linear is None:
+            swap_head(model, linear, nn.Identity, self.name)  # raises the one-line error
+        stats = feature_stats(model, linear, batches)  # type: ignore[arg-type]
+        self.head = swap_head(model, linear, lambda lin: ResLTHead(lin, stats), self.name)
+
+    def loss(self, logits: torch.Tensor, features: Optional[torch.Tensor], y: torch.Tensor,
+             ctx: LossContext, clean_logits: Optional[torch.Tensor] = None,
+             guide_logits: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.head is not None and self.head.last_branch_logits is not None
+        members = self.members.to(y.device)[:, y]  # (3, B): does sample i belong to branch b?
+        pairs = members.sum().clamp_min(1)
+        branch = sum(F.cross_entropy(z.float(), y, reduction="none")[members[b]].sum()
+                     for b, z in enumerate(self.head.last_branch_logits)) / pairs
+        fused = label_loss(logits, y, ctx, balanced=False)
+        loss = RESLT_ALPHA * branch + (1 - RESLT_ALPHA) * fused
+        return loss, loss.detach() * 0.0
+
+
 def get_method(name: str) -> RepairMethod:
     """An instance of the registered method ``name`` (ConfigError listing the known ones otherwise)."""
     return METHODS.get(name)()
 
 
-__all__ = ["ATBSL", "LBGAT", "LossContext", "PGDAT", "REAT", "RepairMethod", "TRADESBSL", "get_method", "label_loss"]
+__all__ = ["ATBSL", "HeadMethod", "LBGAT", "MiSLAS", "ResLT", "LossContext", "PGDAT", "REAT", "RepairMethod", "TRADESBSL", "get_method", "label_loss"]

@@ -21,6 +21,7 @@ import torch
 from audit import __version__, distributed
 from audit.config import AuditConfig
 from audit.data import LTDataset, class_groups
+from audit.models import final_linear_of
 from audit.engine import adapt_images
 from audit.outputs import RunFiles, out_dir_guard, output_error
 from audit.pipeline import apply_threads, default_out_dir, prepare, resolve_device, run_audit
@@ -173,6 +174,8 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
                             steps_total=config.steps_total, evaluations=int(config.evaluations))
     vplan = plan(labels, val_idx, data.class_names)
     sampler, sampler_rule = resolve_sampler(config.sampler, split_counts)
+    if config.sampler == "auto" and method.preferred_sampler:
+        sampler, sampler_rule = method.preferred_sampler, f"auto: {method.name} trains on {method.preferred_sampler} batches"
     guard_idx = train_idx[np.isin(labels[train_idx], vplan.missing)]
     size = tuple(loaded.preprocessing.input_size)
     fm, feature_warnings = build_feature_model(loaded, _probe_images(data, train_idx, 8, size).to(device),
@@ -201,6 +204,8 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
     if resume_state is not None:
         check_fingerprint(resume_state["fingerprint"], fp, Path(config.resume))  # type: ignore[arg-type]
     export_plan = _preflight(loaded, data, config, device)  # proves the export before any attack or training step
+    method.prepare_model(loaded.module, final_linear_of(loaded),  # hook: a trainable head (MiSLAS, ResLT)
+                         [_probe_images(data, train_idx, 256, size).to(device)], groups)
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
 
@@ -236,7 +241,10 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
     result = fine_tune(setup, config, out_dir=out, resume=resume_state, hooks=hooks, progress=show)
     fm.remove()
     loaded.module.net.load_state_dict(result.best_state)
+    method.finalize(loaded.module.net)  # hook: fold a trained head back into the input's architecture
     loaded.module.eval()
+    if config.shift_bn and result.best_step:
+        result.warnings.append(_shift_bn(loaded, setup, config, result))
 
     # -- export + after ------------------------------------------------------------------------
     input_kept = result.best_step == 0
@@ -289,6 +297,35 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
         reports = _write_top_level(out, config, tlog, summary, after_run.results_path, exported.path.name, t_start)
     return RepairRun(out_dir=out, before=before, after=after, training_log=tlog, model_path=exported.path,
                      best_epoch=result.best_epoch, summary=summary, reports=reports)
+
+
+def _shift_bn(loaded: Any, setup: TrainSetup, config: RepairConfig, result: Any) -> str:
+    """MiSLAS's shifted BatchNorm on the kept model, undone unless validation stays as good; returns what happened."""
+    from .heads import shift_batchnorm
+    from .selection import ineligible_because, score
+    from .train import epoch_order, evaluate
+
+    net = loaded.module.net
+    saved = {k: v.clone() for k, v in net.state_dict().items()}
+    order = epoch_order(setup.train.y, "class-balanced", torch.Generator().manual_seed(config.seed))
+    order = order[: min(len(order), 20 * int(config.batch_size))]
+    batches = (adapt_images(setup.train.batch(order[i:i + int(config.batch_size)])[0].to(setup.device).float(),
+                            setup.input_size) for i in range(0, len(order), int(config.batch_size)))
+    n = shift_batchnorm(loaded.module, batches)
+    loaded.module.eval()
+    v = evaluate(loaded.module, setup.val, config.validation_specs(), device=setup.device, input_size=setup.input_size,
+                 num_classes=setup.num_classes, seed=config.seed)
+    kept = next((e for e in result.log if e.get("step") == result.best_step), {})
+    floors = result.state.floors if result.state is not None else None
+    worse = ineligible_because(v, floors) or (score(v) is not None and score(kept) is not None
+                                              and score(v) < score(kept) - 1e-12)
+    if not n or worse:
+        net.load_state_dict(saved)
+        why = "no BatchNorm layer" if not n else "validation got worse"
+        log.warning("--shift-bn: not applied (%s)", why)
+        return f"--shift-bn was not applied ({why})"
+    log.info("--shift-bn: %d BatchNorm layers re-estimated on %d class-balanced images", n, len(order))
+    return f"--shift-bn: {n} BatchNorm layers re-estimated on {len(order)} class-balanced training images"
 
 
 def _preflight(loaded: Any, data: LTDataset, config: RepairConfig, device: torch.device) -> ExportPlan:

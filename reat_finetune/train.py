@@ -163,7 +163,7 @@ def train_step(fm: FeatureModel, attack: Attack, method: RepairMethod, ctx: Loss
     pm.eval()
     method.prepare_attack(attack, pm, x, autocast)
     x_adv = perturb(attack, pm, x, y, gen, autocast)
-    pm.train()
+    method.set_train_mode(pm)  # hook: train mode (a frozen backbone stays in eval mode)
     ac = autocast or contextlib.nullcontext
     fwd = forward or (fm if ctx.penalty != "off" else pm)  # [distributed] DDP around the same module
     with ac():
@@ -449,13 +449,14 @@ class Trainer:
             tail_lambda=float(config.tail_lambda), margin=float(config.margin), trades_beta=float(config.trades_beta))
         method = setup.method
         method.configure(config, setup.train_counts)  # hook: ε schedule, class-wise radii, method options
-        if config.smoothing == "label-aware":
+        if config.smoothing == "label-aware" or method.default_smoothing:
             self.ctx.smoothing = label_aware_eps(setup.train_counts, config.smoothing_head, config.smoothing_tail,
                                                  config.smoothing_shape).to(self.dev)
         self.guide = method.make_guide(self.pm)  # hook: a guide model (None for most methods)
         params = method.trainable_parameters(self.net)  # hook: which parameters train
-        for p in params:
-            p.requires_grad_(True)
+        chosen = {id(p) for p in params}
+        for p in self.net.parameters():  # the others get no gradient (a frozen backbone costs no weight grads)
+            p.requires_grad_(id(p) in chosen)
         groups = [{"params": params}]
         self.guide_params = [p for p in self.guide.parameters() if p.requires_grad] if self.guide is not None else []
         if self.guide_params:  # a learnable guide trains at a tenth of the learning rate

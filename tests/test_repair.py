@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 import torch.nn.functional as F
@@ -463,6 +464,8 @@ def test_every_method_and_sampler_repairs(tmp_path, method):
     assert all(math.isfinite(e["loss"]) for e in log["epochs"][1:])
     chosen = run.summary["selection"]["chosen_step"]
     assert run.summary["method"] == method and chosen in (0, 2, 4)
+    ops = lambda p: sorted(n.op_type.replace("Flatten", "Reshape") for n in onnx.load(str(p)).graph.node)  # noqa: E731
+    assert ops(run.model_path) == ops(DEMO)  # heads folded back: no new BatchNormalization, Add or Gemm
     kept = log["epochs"][[e["step"] for e in log["epochs"]].index(chosen)]
     assert kept["eligible"] and not kept["ineligible_because"]
     if chosen == 0:  # nothing qualified: the input comes back byte for byte, and the outcome says so

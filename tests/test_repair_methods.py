@@ -121,3 +121,63 @@ def test_every_hook_at_once_resumes_bit_identical(tmp_path):
     cfg = run.summary["config"]
     assert (cfg["eps_schedule"], cfg["eps_per_class"], cfg["smoothing"], cfg["guide"]) == (
         "warmup", True, "label-aware", "learnable")
+
+
+def test_reslt_and_scaled_heads_fold_exactly_into_one_linear():
+    from reat_finetune.heads import ResLTHead, ScaledLinear, fold_head, swap_head
+
+    torch.manual_seed(0)
+    f = torch.randn(32, 6)
+    net = torch.nn.Sequential(torch.nn.Identity(), torch.nn.Linear(6, 4))
+    original = net(f).detach()
+    head = swap_head(net, net[1], lambda lin: ResLTHead(lin, (f.mean(0), f.var(0, unbiased=False))), "reslt")
+    net.eval()
+    assert torch.allclose(net(f), original, atol=1e-5)  # starts as the input model
+    with torch.no_grad():  # as if trained: every branch different
+        for bn in head.branches:
+            bn.weight.uniform_(0.5, 1.5), bn.bias.normal_(), bn.running_mean.normal_(), bn.running_var.uniform_(0.5, 2)
+    branched = net(f).detach()
+    lin = fold_head(head)
+    assert isinstance(net[1], torch.nn.Linear) and net[1] is lin
+    assert torch.allclose(net(f), branched, atol=1e-5)
+    scaled = swap_head(net, net[1], ScaledLinear, "mislas")
+    with torch.no_grad():
+        scaled.scale.uniform_(0.5, 2)
+    before = net(f).detach()
+    fold_head(scaled)
+    assert torch.allclose(net(f), before, atol=1e-5)
+
+
+def test_head_methods_refuse_a_model_without_a_final_linear(tmp_path):
+    from reat_finetune import RepairError, run_repair
+    from test_repair import _export, cheap_config
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 10, 3, padding=1),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    model = _export(net, tmp_path / "nolinear.onnx")
+    for method in ("mislas", "reslt"):
+        with pytest.raises(RepairError, match="final linear layer"):
+            run_repair(cheap_config(tmp_path / method, model=model, method=method))
+        assert not (tmp_path / method / "before").exists()
+
+
+def test_mislas_trains_the_head_only(tmp_path):
+    """The backbone's weights come back unchanged; only the classifier (with the scale folded in) moves."""
+    import onnx
+    from onnx import numpy_helper
+
+    from reat_finetune import run_repair
+    from test_repair import DEMO, cheap_config
+
+    run = run_repair(cheap_config(tmp_path, method="mislas", epochs=None, steps_total=6, evaluations=1))
+    assert run.summary["sampler"] == "class-balanced" and run.summary["selection"]["chosen_step"] == 6
+
+    def weights(path, op):
+        m = onnx.load(str(path))
+        inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+        return [inits[n.input[1]] for n in m.graph.node if n.op_type == op]
+
+    for a, b in zip(weights(DEMO, "Conv"), weights(run.model_path, "Conv")):
+        assert a.shape == b.shape and abs(a - b).max() < 1e-6
+    assert abs(weights(DEMO, "Gemm")[0] - weights(run.model_path, "Gemm")[0]).max() > 1e-4
