@@ -1,4 +1,5 @@
-"""CIFAR-10-LT (rho 0.01): REAT against AT-BSL, PGD-AT, class-balanced sampling and TRADES-BSL, repair defaults.
+"""CIFAR-10-LT (rho 0.01): every repair method (REAT, AT-BSL, PGD-AT, TRADES-BSL, LBGAT, MiSLAS, ResLT) and the
+combinations that matter (class-balanced batches, ε warm-up, label-aware smoothing) on one input model.
 
 1. The "pretrained model a user brings": a small timm model (default ``test_resnet``, 0.37 M
    parameters, sized for 2 CPU cores) standard-trained from scratch with cross-entropy on the
@@ -10,9 +11,10 @@
 3. Before and after: the audit cascade PGD-20 then Temperature-PGD (L-inf 8/255) on a
    stratified subset of the balanced test set (default 100 images per class).
 
-Prints one table (clean, PGD-20, worst-case robust overall and per group, head/tail gap,
-fine-tuning and wall time, hardware) and writes it to <out>/table.md and table.json after
-every method (a partial run keeps what finished).
+Prints one table (clean, clean kept as a share of the input's, PGD-20, worst-case robust overall
+and per group, head/tail gap, expected calibration error of the clean predictions (MiSLAS's:
+15 bins of top-1 confidence, x100), the repair outcome, fine-tuning and wall time, hardware) and
+writes it to <out>/table.md and table.json after every method (a partial run keeps what finished).
 
     .venv/bin/python bench/cifar10lt_repair.py [--settings "REAT,AT-BSL"] [--steps-total N] [--lr 0.05]
         [--n-per-class 100] [--device auto]
@@ -42,17 +44,50 @@ log = logging.getLogger("bench")
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2471, 0.2435, 0.2616)
 RHO = 0.01
-SETTINGS = {  # name: (method, tail penalty, sampler)
-    "REAT defaults": ("reat", None, "auto"),
-    "REAT": ("reat", "pairwise", "shuffle"),
-    "TRADES-BSL": ("trades-bsl", None, "shuffle"),
-    "AT-BSL": ("at-bsl", None, "shuffle"),
-    "PGD-AT class-balanced": ("pgd-at", None, "class-balanced"),
-    "PGD-AT": ("pgd-at", None, "shuffle"),
-    "REAT reference": ("reat", "reference", "shuffle"),
-    "REAT off": ("reat", "off", "shuffle"),
-    "REAT class-balanced": ("reat", "pairwise", "class-balanced"),
+SETTINGS = {  # name: RepairConfig keywords beyond the shared ones
+    "REAT defaults": {"method": "reat"},
+    "REAT": {"method": "reat", "tail_penalty": "pairwise", "sampler": "shuffle"},
+    "TRADES-BSL": {"method": "trades-bsl", "sampler": "shuffle"},
+    "AT-BSL": {"method": "at-bsl", "sampler": "shuffle"},
+    "PGD-AT class-balanced": {"method": "pgd-at", "sampler": "class-balanced"},
+    "PGD-AT": {"method": "pgd-at", "sampler": "shuffle"},
+    "REAT reference": {"method": "reat", "tail_penalty": "reference", "sampler": "shuffle"},
+    "REAT off": {"method": "reat", "tail_penalty": "off", "sampler": "shuffle"},
+    "REAT class-balanced": {"method": "reat", "tail_penalty": "pairwise", "sampler": "class-balanced"},
+    "LBGAT frozen": {"method": "lbgat", "guide": "frozen"},
+    "LBGAT learnable": {"method": "lbgat", "guide": "learnable"},
+    "MiSLAS": {"method": "mislas"},
+    "ResLT": {"method": "reslt"},
+    "REAT warm-up": {"method": "reat", "eps_schedule": "warmup"},
+    "REAT warm-up smoothing": {"method": "reat", "eps_schedule": "warmup", "smoothing": "label-aware"},
+    "LBGAT learnable warm-up": {"method": "lbgat", "guide": "learnable", "eps_schedule": "warmup"},
+    "LBGAT learnable warm-up smoothing": {"method": "lbgat", "guide": "learnable", "eps_schedule": "warmup",
+                                          "smoothing": "label-aware"},
+    "AT-BSL class-wise eps": {"method": "at-bsl", "eps_per_class": True},
 }
+ECE_BINS = 15
+
+
+@torch.no_grad()
+def clean_ece(model_spec: str, checkpoint: str | None, root: Path, n_per_class: int, device: str) -> float:
+    """MiSLAS's expected calibration error (x100) of the clean top-1 predictions on the audit's test subset."""
+    from audit.data import stratified_subset
+    from audit.models import load_model
+
+    data = load_dataset("cifar10lt", imbalance=RHO, data_root=root, download=False)
+    loaded = load_model(model_spec, num_classes=10, checkpoint=checkpoint, mean=MEAN, std=STD, device=device)
+    idx = stratified_subset(data.test_labels, n_per_class, 0)
+    x = torch.stack([data.test[int(i)][0] for i in idx]).float()
+    y = torch.as_tensor([int(data.test_labels[int(i)]) for i in idx])
+    p = torch.cat([F.softmax(loaded.module.eval()(x[i:i + 256].to(device)).float().cpu(), 1)
+                   for i in range(0, len(x), 256)])
+    conf, pred = p.max(1)
+    ece = 0.0
+    for b in range(ECE_BINS):
+        m = (conf > b / ECE_BINS) & (conf <= (b + 1) / ECE_BINS)
+        if m.any():
+            ece += float(m.sum()) * abs(float((pred[m] == y[m]).float().mean()) - float(conf[m].mean()))
+    return 100 * ece / len(y)
 
 
 def hardware(dev: torch.device) -> str:
@@ -119,27 +154,29 @@ def row(name: str, res: dict, seconds: float | None, hw: str, summary: dict | No
     wc = s["robust"]["worst_case"]
     g = wc.get("groups") or {}
     gap = g["head"] - g["tail"] if g.get("head") is not None and g.get("tail") is not None else None
-    r = {"method": name, "clean": s["clean"]["overall"], "pgd20": s["robust"]["pgd"]["overall"],
+    r = {"method": name, "clean": s["clean"]["overall"], "pgd20": (s["robust"].get("pgd") or {}).get("overall"),
          "worst_case": wc["overall"], "head": g.get("head"), "medium": g.get("medium"), "tail": g.get("tail"),
          "gap": gap, "worst_class": wc.get("worst"), "seconds": seconds, "hardware": hw,
-         "fine_tune_s": None, "budget": None, "kept_step": None}
+         "fine_tune_s": None, "budget": None, "kept_step": None, "clean_kept": None, "ece": None, "outcome": None}
     if summary is not None:
         r.update(fine_tune_s=summary["timings"]["fine_tune_s"], budget=summary["budget"], kept_step=summary["best_step"],
-                 lr=summary["lr"])
+                 lr=summary["lr"], clean_kept=summary["outcome"]["clean_kept"], outcome=summary["outcome"]["code"])
     return r
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| method | clean | PGD-20 | worst case | head (wc) | medium (wc) | tail (wc) | head-tail gap | worst class "
-            "| kept step / budget | fine-tuning | wall time | hardware |")
-    lines = [head, "|" + "---|" * 13]
+    head = ("| method | clean | clean kept | PGD-20 | worst case | head (wc) | medium (wc) | tail (wc) | head-tail gap "
+            "| worst class | ECE | outcome | kept step / budget | fine-tuning | wall time | hardware |")
+    lines = [head, "|" + "---|" * 16]
     for r in rows:
         t = f"{r['seconds'] / 60:.1f} min" if r["seconds"] is not None else "-"
         ft = f"{r['fine_tune_s'] / 60:.1f} min" if r.get("fine_tune_s") is not None else "-"
         kept = f"{r['kept_step']} / {r['budget']['steps_total']}" if r.get("budget") else "-"
-        lines.append(f"| {r['method']} | " + " | ".join(f"{100 * r[k]:.1f}" for k in (
-            "clean", "pgd20", "worst_case", "head", "medium", "tail", "gap", "worst_class"))
-            + f" | {kept} | {ft} | {t} | {r['hardware']} |")
+        kept_share = f"{100 * r['clean_kept']:.0f}%" if r.get("clean_kept") is not None else "-"
+        ece = f"{r['ece']:.1f}" if r.get("ece") is not None else "-"
+        lines.append(f"| {r['method']} | {100 * r['clean']:.1f} | {kept_share} | " + " | ".join(
+            f"{100 * r[k]:.1f}" if r[k] is not None else "-" for k in ("pgd20", "worst_case", "head", "medium", "tail", "gap", "worst_class"))
+            + f" | {ece} | {r.get('outcome') or '-'} | {kept} | {ft} | {t} | {r['hardware']} |")
     return "\n".join(lines)
 
 
@@ -149,6 +186,10 @@ def main() -> None:
     ap.add_argument("--std-epochs", type=int, default=40, help="standard training epochs of the input model")
     ap.add_argument("--steps-total", type=int, help="repair budget in optimizer steps (default: the automatic budget)")
     ap.add_argument("--lr", type=float, help="repair learning rate (default: the repair default)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--suite", default="quick", choices=["quick", "standard"],
+                    help="the before/after audits: PGD-20 + Temperature-PGD (quick) or the AutoAttack-level suite")
+    ap.add_argument("--threads", type=int, help="torch threads (default: tailaudit's rule)")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--n-per-class", type=int, default=100, help="test images per class for the audits")
     ap.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated subset of: " + ", ".join(SETTINGS))
@@ -167,21 +208,23 @@ def main() -> None:
     rows: list[dict] = []
     names = [s.strip() for s in args.settings.split(",") if s.strip()]
     for i, name in enumerate(names):
-        method, penalty, sampler = SETTINGS[name]
         audit = AuditConfig(model=f"timm:{args.arch}", checkpoint=str(ckpt), dataset="cifar10lt", imbalance=RHO,
                             data_root=str(root), mean=MEAN, std=STD, n_per_class=args.n_per_class,
-                            attacks=("pgd", "temp-pgd"), eps=8 / 255, eps_text="8/255", steps=20, seed=0,
-                            device=args.device, download=False, quiet=True)
+                            **({"attacks": ("pgd", "temp-pgd"), "steps": 20} if args.suite == "quick"
+                               else {"suite": "standard"}), eps=8 / 255, eps_text="8/255", seed=args.seed,
+                            device=args.device, download=False, quiet=True, threads=args.threads)
         extra = {k: v for k, v in (("steps_total", args.steps_total), ("lr", args.lr)) if v is not None}
-        cfg = RepairConfig(audit=audit, method=method, tail_penalty=penalty, sampler=sampler, batch_size=args.batch,
-                           augment="flip-crop", out=str(args.out / name.replace(" ", "-")),
-                           formats=("html", "pdf") if i == 0 else (), quiet=True, **extra)
+        cfg = RepairConfig(audit=audit, batch_size=args.batch, augment="flip-crop",
+                           out=str(args.out / f"{name.replace(' ', '-')}-s{args.seed}"),
+                           formats=("html", "pdf") if i == 0 else (), quiet=True, **{**SETTINGS[name], **extra})
         t1 = time.time()
         log.info("repairing with %s (%d/%d)", name, i + 1, len(names))
         run = run_repair(cfg, progress=False)
         if not rows:
             rows.append(row(f"input model (standard training, {args.std_epochs} epochs)", run.before, None, hw))
+            rows[0]["ece"] = clean_ece(f"timm:{args.arch}", str(ckpt), root, args.n_per_class, str(dev))
         rows.append(row(name, run.after, time.time() - t1, hw, run.summary))
+        rows[-1]["ece"] = clean_ece(f"timm:{args.arch}", str(run.model_path), root, args.n_per_class, str(dev))
         log.info("%s done in %.1f min (kept step %d): tail worst case %.1f%% -> %.1f%%", name,
                  (time.time() - t1) / 60, run.summary["best_step"], 100 * run.summary["before"]["robust_groups"]["tail"],
                  100 * run.summary["after"]["robust_groups"]["tail"])
