@@ -386,9 +386,10 @@ def format_comparison(run: RepairRun) -> str:
         lines.append(f"{name:<22}{pct(x):>8}{pct(y):>8}{d:>9}")
     s = run.summary
     bud = s["budget"]
+    kept = ("no fine-tuned checkpoint qualified: the input model was returned" if s["best_step"] == 0 else
+            f"kept step {s['best_step']} (epoch {s['best_epoch']}) by balanced worst-case robust accuracy on validation")
     lines.append(f"method {s['method']} (tail penalty {s['tail_penalty']}, {s['sampler']} sampling, lr {s['lr']:g}); "
-                 f"budget {bud['steps_total']} steps ({bud['source']}, {bud['epochs']} epochs); kept step "
-                 f"{s['best_step']} (epoch {s['best_epoch']}) by balanced worst-case robust accuracy on validation; "
+                 f"budget {bud['steps_total']} steps ({bud['source']}, {bud['epochs']} epochs); {kept}; "
                  f"fine-tuning {s['timings']['fine_tune_s']:.1f} s, total {s['timings']['total_s']:.0f} s")
     missing = s["selection"]["validation"]["missing_classes"]
     if missing:
