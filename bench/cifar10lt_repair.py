@@ -187,6 +187,7 @@ def main() -> None:
     ap.add_argument("--steps-total", type=int, help="repair budget in optimizer steps (default: the automatic budget)")
     ap.add_argument("--lr", type=float, help="repair learning rate (default: the repair default)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--evaluations", type=int, help="validations during the budget (default: the repair default, 10)")
     ap.add_argument("--suite", default="quick", choices=["quick", "standard"],
                     help="the before/after audits: PGD-20 + Temperature-PGD (quick) or the AutoAttack-level suite")
     ap.add_argument("--threads", type=int, help="torch threads (default: tailaudit's rule)")
@@ -213,7 +214,8 @@ def main() -> None:
                             **({"attacks": ("pgd", "temp-pgd"), "steps": 20} if args.suite == "quick"
                                else {"suite": "standard"}), eps=8 / 255, eps_text="8/255", seed=args.seed,
                             device=args.device, download=False, quiet=True, threads=args.threads)
-        extra = {k: v for k, v in (("steps_total", args.steps_total), ("lr", args.lr)) if v is not None}
+        extra = {k: v for k, v in (("steps_total", args.steps_total), ("lr", args.lr),
+                                   ("evaluations", args.evaluations)) if v is not None}
         cfg = RepairConfig(audit=audit, batch_size=args.batch, augment="flip-crop",
                            out=str(args.out / f"{name.replace(' ', '-')}-s{args.seed}"),
                            formats=("html", "pdf") if i == 0 else (), quiet=True, **{**SETTINGS[name], **extra})
