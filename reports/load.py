@@ -43,7 +43,7 @@ def _where(source: str | Path | None) -> str:
     return str(source) if source is not None else "the results"
 
 
-SCHEMA_FILE = Path(__file__).resolve().parents[1] / "docs" / "results.schema.json"
+SCHEMA_FILE = Path(__file__).resolve().parent / "results.schema.json"  # package data: ships in the wheel
 
 
 @functools.lru_cache(maxsize=1)
@@ -89,7 +89,7 @@ def _first_non_finite(node: Any) -> str | None:
 
 
 def check_schema(results: Any, source: str | Path | None = None) -> None:
-    """Validate against docs/results.schema.json; :class:`ResultsError` naming the first bad field."""
+    """Validate against reports/results.schema.json; :class:`ResultsError` naming the first bad field."""
     import jsonschema
 
     where = _where(source)

@@ -270,7 +270,7 @@ def test_eps_curve_is_monotone_and_matches_single_budget_runs(tmp_path):
     assert "| 0.03 |" in md and "Robustness curve" in md
     from reports.load import validate_results
 
-    validate_results(curve_res)  # curve, verdict and input are in docs/results.schema.json
+    validate_results(curve_res)  # curve, verdict and input are in reports/results.schema.json
     bad = json.loads(json.dumps(curve_res))
     bad["curve"][0]["per_class"][0] = 1.5
     with pytest.raises(Exception, match="curve"):

@@ -353,7 +353,7 @@ def test_report_out_under_a_file(tmp_path, capsys, demo_results):
 def test_own_results_validate_against_the_schema(demo_results):
     import jsonschema
 
-    schema = json.loads((ROOT / "docs" / "results.schema.json").read_text())
+    schema = json.loads((ROOT / "reports" / "results.schema.json").read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     jsonschema.validate(demo_results, schema, cls=jsonschema.Draft202012Validator)
     # additions by newer writers (verdict, gate, sections' new keys) still validate
@@ -377,7 +377,7 @@ def test_repair_before_after_results_validate(tmp_path, capsys):
     code, _, err = run_main(["repair", str(DEMO), "--epochs", "1", "--train-steps", "1", "--batch-size-train", "64",
                              "--out", str(out), *FAST], capsys)
     assert code == 0, err
-    schema = json.loads((ROOT / "docs" / "results.schema.json").read_text())
+    schema = json.loads((ROOT / "reports" / "results.schema.json").read_text())
     for side in ("before", "after"):
         res = json.loads((out / side / "results.json").read_text())
         jsonschema.validate(res, schema, cls=jsonschema.Draft202012Validator)
@@ -390,7 +390,7 @@ def test_repair_before_after_results_validate(tmp_path, capsys):
 
 def test_schema_doc_in_step_with_markdown():
     """Every top-level key the schema names is documented in docs/results_schema.md."""
-    schema = json.loads((ROOT / "docs" / "results.schema.json").read_text())
+    schema = json.loads((ROOT / "reports" / "results.schema.json").read_text())
     doc = (ROOT / "docs" / "results_schema.md").read_text()
     missing = [k for k in schema["properties"] if f'"{k}"' not in doc]
     assert not missing, missing
