@@ -379,7 +379,7 @@ def format_comparison(run: RepairRun) -> str:
             rows.append((f"  {g} robust", (b["robust_groups"] or {}).get(g), (a["robust_groups"] or {}).get(g)))
     rows.append(("worst class robust", b["worst_class_robust"], a["worst_class_robust"]))
     o = run.summary.get("outcome") or {}
-    lines = [f"repair: {o.get('label', '?')}. {o.get('headline', '')}", "",
+    lines = [f"repair outcome: {o.get('headline', '?')}", "",
              f"{'':<22}{'before':>8}{'after':>8}{'change':>9}"]
     for name, x, y in rows:
         d = "" if x is None or y is None else f"{100 * (y - x):+8.1f}"
