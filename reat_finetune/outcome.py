@@ -75,7 +75,7 @@ def decide(before: Mapping[str, Any], after: Mapping[str, Any], *, input_kept: b
     reasons = [f"worst-case robust accuracy {_pct(wc_b)} → {_pct(wc_a)}"
                + (f" ({_pts(d_wc)})" if d_wc is not None else ""),
                f"clean accuracy {_pct(clean_b)} → {_pct(clean_a)}"
-               + (f": {kept:.0%} of the input's kept" if kept is not None else "")]
+               + ("" if kept is None else f": {kept:.0%} of the input's kept" if kept < 1 else ": not lower")]
     if d_tail is not None:
         reasons.insert(1, f"rare (tail) classes' robust accuracy {_pct(_tail(before))} → {_pct(_tail(after))} "
                           f"({_pts(d_tail)})")
