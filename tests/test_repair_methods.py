@@ -181,3 +181,21 @@ def test_mislas_trains_the_head_only(tmp_path):
     for a, b in zip(weights(DEMO, "Conv"), weights(run.model_path, "Conv")):
         assert a.shape == b.shape and abs(a - b).max() < 1e-6
     assert abs(weights(DEMO, "Gemm")[0] - weights(run.model_path, "Gemm")[0]).max() > 1e-4
+
+
+@pytest.mark.parametrize("after,kept,meaningful,code", [
+    ((0.85, 0.78, 0.50), False, True, "improved"),
+    ((0.85, 0.78, 0.28), False, True, "partly-improved"),  # the rare classes did not gain
+    ((0.60, 0.78, 0.50), False, True, "partly-improved"),  # 74% of the clean accuracy kept
+    ((0.80, 0.69, 0.28), False, True, "not-improved"),
+    ((0.10, 0.10, 0.10), False, False, "not-improved"),  # a collapsed model is never celebrated
+    ((0.81, 0.69, 0.28), True, True, "input-kept"),
+])
+def test_repair_outcome_codes(after, kept, meaningful, code):
+    from reat_finetune.outcome import decide
+
+    head = lambda c, r, t: {"clean": c, "robust_worst_case": r, "robust_groups": {"tail": t}}  # noqa: E731
+    o = decide(head(0.81, 0.69, 0.28), head(*after), input_kept=kept, after_meaningful=meaningful, min_clean_kept=0.8)
+    assert o.code == code
+    assert o.headline.startswith("Repair did not help" if kept else o.label)
+    assert ("Repair" not in " ".join(o.actions)) and o.actions
