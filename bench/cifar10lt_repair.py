@@ -225,7 +225,7 @@ def main() -> None:
         if not rows:
             rows.append(row(f"input model (standard training, {args.std_epochs} epochs)", run.before, None, hw))
             rows[0]["ece"] = clean_ece(f"timm:{args.arch}", str(ckpt), root, args.n_per_class, str(dev))
-        rows.append(row(name, run.after, time.time() - t1, hw, run.summary))
+        rows.append(row(name, run.after, time.time() - t1, hardware(dev), run.summary))  # threads as the repair ran
         rows[-1]["ece"] = clean_ece(f"timm:{args.arch}", str(run.model_path), root, args.n_per_class, str(dev))
         log.info("%s done in %.1f min (kept step %d): tail worst case %.1f%% -> %.1f%%", name,
                  (time.time() - t1) / 60, run.summary["best_step"], 100 * run.summary["before"]["robust_groups"]["tail"],
