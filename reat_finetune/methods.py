@@ -36,7 +36,6 @@ from audit.config import AttackSpec
 
 from audit.attacks.pgd import PGD
 
-from torch import nn
 
 from .errors import RepairError
 from .heads import ResLTHead, ScaledLinear, feature_stats, fold_head, swap_head
@@ -326,10 +325,7 @@ class ResLT(HeadMethod):
         tail = torch.tensor([g == "tail" for g in groups])
         mid_tail = torch.tensor([g in ("medium", "tail") for g in groups])
         self.members = torch.stack([torch.ones_like(tail), mid_tail, tail])  # (3, C) branch class sets
-        if linear is None:
-            swap_head(model, linear, nn.Identity, self.name)  # raises the one-line error
-        stats = feature_stats(model, linear, batches)  # type: ignore[arg-type]
-        self.head = swap_head(model, linear, lambda lin: ResLTHead(lin, stats), self.name)
+        self.head = swap_head(model, linear, lambda lin: ResLTHead(lin, feature_stats(model, lin, batches)), self.name)
 
     def loss(self, logits: torch.Tensor, features: Optional[torch.Tensor], y: torch.Tensor,
              ctx: LossContext, clean_logits: Optional[torch.Tensor] = None,

@@ -466,6 +466,7 @@ class Trainer:
         self.progress = progress and self.dd.is_main
         self.warnings: list[str] = []
         self.state: Optional[TrainState] = None
+        self._consistent = True  # False while a batch is half done (Ctrl-C then keeps the last checkpoint)
 
     # -- phases ----------------------------------------------------------------------------
     def run(self, resume: Optional[dict[str, Any]] = None) -> TrainResult:
@@ -642,7 +643,7 @@ class Trainer:
         """Ctrl-C: a checkpoint at the batch boundary when the state is consistent, then RepairInterrupted."""
         st = self.state
         assert st is not None
-        if getattr(self, "_consistent", True):
+        if self._consistent:
             saved: Optional[Path] = self._checkpoint()
             where = f"epoch {st.next_epoch}, batch {st.pos}/{self.nb} (step {st.iteration} of {self.T})"
         else:
