@@ -30,7 +30,7 @@ _nonneg_int = _int_at_least(0)
 
 
 def _number(text: str) -> float:
-    from audit.config import parse_number
+    from audit.values import parse_number
     from audit.errors import ConfigError
 
     try:
@@ -291,14 +291,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _eps_args(text: str) -> dict:
     """--eps: one radius, or several for a curve (the largest is the headline budget)."""
-    from audit.config import parse_number
+    from audit.values import parse_number
 
     if "," not in text:
-        return {"eps": parse_number(text, "--eps"), "eps_text": text}
-    from audit.curve import parse_eps_list
+        return {"eps": parse_number(text, "--eps")}
+    from audit.values import parse_eps_list
 
     budgets = parse_eps_list(text)
-    return {"eps": budgets[-1][0], "eps_text": budgets[-1][1],
+    return {"eps": budgets[-1][0],
             "eps_curve": tuple(t for _, t in budgets) if len(budgets) > 1 else ()}
 
 
@@ -330,8 +330,8 @@ def _formats(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from audit import run_audit
     from audit.summary import format_summary
+    from tailaudit import run_audit
     from audit.textsafe import terminal_safe
 
     config = _audit_config(args)
@@ -365,8 +365,9 @@ def _gate_exit(results: dict) -> int:
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
-    from audit.config import parse_number
-    from reat_finetune import RepairConfig, RepairInterrupted, format_comparison, run_repair
+    from audit.values import parse_number
+    from reat_finetune import RepairConfig, RepairInterrupted, format_comparison
+    from tailaudit import run_repair
 
     audit = _audit_config(args)
     audit.out = None
@@ -421,19 +422,14 @@ def cmd_dataset(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from audit.errors import ConfigError
-    from audit.outputs import out_dir_guard
-    from reports import render_report
+    from tailaudit import render
 
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     bad = [f for f in formats if f not in ("html", "pdf")]
     if bad or not formats:
         raise ConfigError(f"--format takes html, pdf or html,pdf, got {args.format!r}")
-    out = Path(args.out) if args.out else Path(args.compare or args.results).parent
-    with out_dir_guard(out):
-        paths = render_report(args.results, out, formats=formats, compare=args.compare)
+    paths = render(args.results, out=args.out, formats=formats, compare=args.compare)
     from audit.textsafe import terminal_safe
 
     for path in paths.values():
@@ -467,7 +463,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     route_warnings(debug)
     if getattr(args, "threads", None):
-        from audit.pipeline import apply_threads
+        from audit.lifecycle import apply_threads
 
         apply_threads(args.threads)
     where = f"[rank {distributed.launcher_rank()}] " if distributed.launched() else ""

@@ -11,6 +11,7 @@ import math
 from typing import Callable, Optional
 
 from .errors import ConfigError
+from .values import parse_number
 
 # -- attack and run sizes ---------------------------------------------------------------
 MAX_STEPS = 10_000  # attack iterations (PGD steps, training PGD steps)
@@ -102,8 +103,6 @@ def bounded_int(name: str, lo: int, hi: int) -> Callable[[str], object]:
 def bounded_float(name: str, lo: float, hi: float, *, lo_open: bool = False,
                   hi_open: bool = False) -> Callable[[str], object]:
     """argparse ``type=``: a finite number (``0.03``, ``8/255``, ``1e-2``) in the given range."""
-    from .config import parse_number
-
     return _argparse_type(lambda text: check_float(parse_number(text, name), name, lo, hi,
                                                    lo_open=lo_open, hi_open=hi_open))
 

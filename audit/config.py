@@ -3,63 +3,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from fractions import Fraction
 from typing import Any, Optional, Sequence
 
+from . import bounds as B
+from .attacks import ATTACKS, SUITES
 from .errors import ConfigError
+from .gate import parse_fail_under
+from .values import NORMS, AttackSpec, eps_text, parse_eps_list, parse_number, parse_number_list
 
-NORMS = ("linf", "l2")
-
-
-def parse_number(text: str | float | int, what: str) -> float:
-    """Parse ``0.03``, ``8/255`` or ``1e-2`` into a float, with a clear error otherwise."""
-    if isinstance(text, (int, float)):
-        return float(text)
-    s = str(text).strip()
-    try:
-        if "/" in s:
-            num, den = s.split("/", 1)
-            return float(Fraction(float(num.strip())).limit_denominator(10**9) / Fraction(float(den.strip())))
-        return float(s)
-    except (ValueError, ZeroDivisionError, OverflowError):
-        raise ConfigError(f"{what} must be a number such as 0.03 or 8/255, got {text!r}") from None
-
-
-def parse_number_list(text: str | Sequence[float] | float, what: str) -> list[float]:
-    """Parse ``"0.1,0.5,2"`` (or a single value) into floats."""
-    if isinstance(text, (int, float)):
-        return [float(text)]
-    if not isinstance(text, str):
-        return [parse_number(v, what) for v in text]
-    vals = [parse_number(v, what) for v in text.split(",") if v.strip()]
-    if not vals:
-        raise ConfigError(f"{what} is empty; give one number or a comma-separated list")
-    return vals
-
-
-@dataclass
-class AttackSpec:
-    """One attack in the cascade. ``name`` is the key used in results.
-
-    Only what every attack shares lives here; the attack's own parameters are ``params``,
-    an instance of the attack class's ``Params`` dataclass (None = its defaults).
-    """
-
-    kind: str
-    name: str
-    norm: str
-    eps: float
-    params: Any = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """kind, name, display_name and the attack's parameters, flat (what results.json records)."""
-        from .registry import ATTACKS
-
-        cls = ATTACKS.get(self.kind)
-        params = self.params if self.params is not None else cls.Params()
-        return {"kind": self.kind, "name": self.name, "display_name": cls.display_name,
-                "gradient_free": bool(cls.gradient_free), **params.to_dict()}
-
+__all__ = ["AuditConfig", "AttackSpec", "NORMS", "parse_number", "parse_number_list"]
 
 @dataclass
 class AuditConfig:
@@ -80,8 +32,7 @@ class AuditConfig:
     suite: str = "quick"
     attacks: Optional[Sequence[str]] = None  # explicit cascade (then the suite is "custom")
     norm: str = "linf"
-    eps: float = 8 / 255
-    eps_text: str = "8/255"
+    eps: float = 8 / 255  # the one source of truth for the budget; its text form is derived (eps_text)
     steps: Optional[int] = None  # None: each attack's default (PGD 20, APGD 100)
     step_size: Optional[float] = None
     temperatures: Optional[Sequence[float]] = None  # None: the suite's (0.5; thorough sweeps 0.1,0.5,2,5)
@@ -112,8 +63,6 @@ class AuditConfig:
 
     def validate(self) -> None:
         """Reject impossible settings with one actionable sentence each (bounds in audit/bounds.py)."""
-        from . import bounds as B
-
         if self.norm not in NORMS:
             raise ConfigError(f"--norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
         if not math.isfinite(self.eps) or not (0.0 <= self.eps <= 1.0) or (
@@ -150,12 +99,8 @@ class AuditConfig:
         if self.group_rule not in ("thirds", "shots"):
             raise ConfigError(f"--groups must be thirds or shots, got {self.group_rule!r}")
         if self.fail_under:
-            from .gate import parse_fail_under
-
             parse_fail_under(self.fail_under)
         if self.eps_curve:
-            from .curve import parse_eps_list
-
             parse_eps_list(",".join(self.eps_curve))
 
     def default_step_size(self) -> float:
@@ -165,13 +110,16 @@ class AuditConfig:
         return self.eps / 4
 
     @property
+    def eps_text(self) -> str:
+        """The budget as every page and suggested command writes it (``8/255``), derived from ``eps``."""
+        return eps_text(self.eps)
+
+    @property
     def suite_name(self) -> str:
         """The suite recorded in results: the --suite name, or "custom" for an explicit --attacks list."""
         return "custom" if self.attacks is not None else self.suite
 
     def _validate_attacks(self) -> None:
-        from .attacks import ATTACKS, SUITES
-
         if self.attacks is not None and not list(self.attacks):
             raise ConfigError(f"--attacks is empty; choose from {', '.join(ATTACKS.names())}")
         SUITES.get(self.suite)
@@ -188,8 +136,6 @@ class AuditConfig:
         Flags set only the parameters an attack declares (``--queries`` means nothing to PGD).
         In black-box mode only score-based attacks run (Square when the suite has none).
         """
-        from .attacks import ATTACKS, SUITES
-
         black_box = self.black_box if black_box is None else black_box
         suite = SUITES.get(self.suite)
         entries = list(suite.attacks) if self.attacks is None else [(k, {}) for k in self.attacks]
@@ -224,6 +170,7 @@ class AuditConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["eps_text"] = self.eps_text
         d["attacks"] = list(self.attacks) if self.attacks is not None else None
         d["temperatures"] = list(self.temperatures) if self.temperatures is not None else None
         d["eps_curve"] = list(self.eps_curve)

@@ -13,24 +13,10 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from .config import AuditConfig, parse_number
+from .config import AuditConfig
 from .engine import PointRecords
-from .errors import ConfigError
+from .values import parse_eps_list
 from .metrics import group_means, per_class_accuracy
-
-
-def parse_eps_list(text: str) -> list[tuple[float, str]]:
-    """``"1/255,2/255"`` -> [(value, text), ...] ascending; refuses duplicates and values outside (0, 1]."""
-    parts = [t.strip() for t in str(text).split(",") if t.strip()]
-    if not parts:
-        raise ConfigError("--eps is empty; give one radius such as 8/255 or an ascending list 1/255,2/255,4/255")
-    vals = [(parse_number(t, "--eps"), t) for t in parts]
-    for v, t in vals:
-        if not 0 < v <= 1:
-            raise ConfigError(f"--eps must be in (0, 1] (pixels are in [0, 1]), got {t}; try 8/255")
-    if len({round(v, 12) for v, _ in vals}) != len(vals):
-        raise ConfigError(f"--eps {text} lists the same radius twice; give each budget once")
-    return sorted(vals)
 
 
 def _merge_examples(runs: Sequence[PointRecords], per_class: int) -> dict[str, np.ndarray]:
@@ -81,7 +67,7 @@ def run_curve(config: AuditConfig, eval_idx: np.ndarray,
     totals = {"secs": None, "clean": 0.0, "zero": None, "attacked": None, "rescored": 0, "rejected": 0}
     warnings: list[str] = []
     for eps, text in budgets:
-        cfg = replace(config, eps=eps, eps_text=text, eps_curve=())
+        cfg = replace(config, eps=eps, eps_curve=())
         if current is None:
             positions = np.arange(len(eval_idx))
         else:

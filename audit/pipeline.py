@@ -3,19 +3,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import re
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from . import __version__, distributed
+from . import distributed
+from .version import __version__
 from .attacks import create_attack
 from .config import AuditConfig
 from .curve import run_curve
@@ -30,11 +28,15 @@ from .labels import check_label_order, clean_confusion, label_warning, read_labe
 from .merge import gather_records
 from .metrics import adversarial_confusion, cross_class_summary, per_class_accuracy, spearman, wilson_interval
 from .models import LoadedModel, check_finite_logits, final_linear_of, load_model
-from .outputs import RunFiles, out_dir_guard, output_error
+from .lifecycle import Renderer, created_now, default_out_dir, output_folder, render_into, start
+from .lifecycle import apply_threads, default_threads, resolve_device, usable_cores  # noqa: F401  (public here too)
+from .outputs import RunFiles
 from .results import SCHEMA_VERSION, environment, write_text
 from .verdict import compute_verdict
 
 log = logging.getLogger(__name__)
+
+Prepared = tuple[LTDataset, LoadedModel, np.ndarray]  # data, model and evaluation points, checked to fit
 
 
 @dataclass
@@ -65,33 +67,6 @@ class _Indexed(Dataset):
         return x, int(y), j
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` = the GPU when torch sees one; asking for CUDA without one is an error."""
-    if distributed.current() is not None:  # [distributed] under torchrun: cuda:LOCAL_RANK or the CPU
-        return distributed.rank_device()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {name} asked for a GPU but torch sees none; use --device cpu or auto")
-        try:
-            dev = torch.device(name)
-        except RuntimeError:
-            raise ConfigError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible")
-        return dev
-    if name == "cpu":
-        return torch.device("cpu")
-    raise ConfigError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N")
-
-
-def default_out_dir(config: AuditConfig) -> Path:
-    stem = Path(config.model).stem if not config.model.startswith("timm:") else config.model[5:]
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem)[:60] or "model"
-    return Path("runs") / f"{stem}-{config.dataset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-
-
 def _bn_fingerprint(module: torch.nn.Module) -> float:
     tot = 0.0
     for m in module.modules():
@@ -107,7 +82,7 @@ def _eval_indices(data: LTDataset, config: AuditConfig) -> np.ndarray:
     return np.arange(len(labels), dtype=np.int64)
 
 
-def prepare(config: AuditConfig, device: torch.device) -> tuple[LTDataset, LoadedModel, np.ndarray]:
+def prepare(config: AuditConfig, device: torch.device) -> Prepared:
     """Load the dataset and the model and check they fit each other."""
     data = load_dataset(config.dataset, imbalance=config.imbalance, data_root=config.data_root,
                         class_counts=config.class_counts, download=config.download)
@@ -132,31 +107,35 @@ def prepare(config: AuditConfig, device: torch.device) -> tuple[LTDataset, Loade
 
 
 @distributed.reports_failure
-def run_audit(config: AuditConfig, *, progress: Optional[bool] = None, formats: Sequence[str] = ()) -> AuditRun:
+def run_audit(config: AuditConfig, *, progress: Optional[bool] = None, formats: Sequence[str] = (),
+              render: Optional[Renderer] = None, prepared: Optional[Prepared] = None) -> AuditRun:
     """Audit ``config.model`` on ``config.dataset``; writes results.json, points.json, examples.npz
-    and the ``formats`` reports (html, pdf) as one set into the output folder.
+    and the ``formats`` reports (html, pdf, drawn by ``render``) as one set into the output folder.
+
+    ``prepared`` is a (data, model, points) triple from :func:`prepare` for a caller that has
+    already loaded them (repair's before-audit); the application layer (``tailaudit.run_audit``)
+    hands in the renderer.
 
     Under torchrun every rank audits a contiguous block of the points and rank 0 joins the
     records, computes the metrics and writes every output (docs/scaling.md); every rank returns
     rank 0's results (``records`` is the whole run on rank 0, the rank's own shard elsewhere).
     """
     config.validate()
-    distributed.setup(config.device)
+    t_start = time.perf_counter()
+    device = start(config.device, config.threads, config.seed)
     specs = config.attack_specs()
     attacks = [create_attack(s) for s in specs]
-    t_start = time.perf_counter()
-    apply_threads(config.threads)
-    torch.manual_seed(config.seed)
-    device = resolve_device(config.device)
-    if not distributed.is_main():  # [distributed] only rank 0 creates, probes and writes the output folder
-        return _audit_into(None, config, specs, attacks, device, t_start, progress, formats)
-    with out_dir_guard(config.out if config.out else default_out_dir(config)) as out_dir:
-        return _audit_into(out_dir, config, specs, attacks, device, t_start, progress, formats)
+    with output_folder(config.out if config.out else default_out_dir(config.model, config.dataset)) as out_dir:
+        data, model, eval_idx = prepared if prepared is not None else prepare(config, device)
+        return _audit_into(out_dir, config, specs, attacks, device, t_start, progress,
+                           lambda files, results: render_into(files, render, results, formats),
+                           (data, model, eval_idx))
 
 
 def _audit_into(out_dir: Optional[Path], config: AuditConfig, specs: list, attacks: list, device: torch.device,
-                t_start: float, progress: Optional[bool], formats: Sequence[str]) -> AuditRun:
-    data, model, eval_idx = prepare(config, device)
+                t_start: float, progress: Optional[bool], reports: Callable[[RunFiles, Path], Any],
+                prepared: Prepared) -> AuditRun:
+    data, model, eval_idx = prepared
     gate = parse_fail_under(config.fail_under) if config.fail_under else None
     if gate:
         check_available(gate, class_groups(list(data.train_counts), config.group_rule))
@@ -241,7 +220,7 @@ def _audit_into(out_dir: Optional[Path], config: AuditConfig, specs: list, attac
         results["gate"] = evaluate_gate(gate, results)
     results["environment"].update(distributed.describe())  # world_size (1 in a plain run)
     assert out_dir is not None
-    write_outputs(out_dir, results, records, formats=formats)
+    write_outputs(out_dir, results, records, reports)
     if distributed.current() is not None:  # [distributed] the other ranks get rank 0's results
         distributed.wait_for_peers("written")
         distributed.broadcast_from_main(results)
@@ -250,7 +229,7 @@ def _audit_into(out_dir: Optional[Path], config: AuditConfig, specs: list, attac
 
 
 def write_outputs(out_dir: Path, results: dict[str, Any], records: PointRecords,
-                  formats: Sequence[str] = ()) -> None:
+                  reports: Optional[Callable[[RunFiles, Path], Any]] = None) -> None:
     """points.json, examples.npz, per_class.csv, summary.md, results.json and the reports, committed
     together (audit/outputs.py)."""
     with RunFiles(out_dir) as files:
@@ -263,58 +242,9 @@ def write_outputs(out_dir: Path, results: dict[str, Any], records: PointRecords,
         files.add(CSV_NAME, lambda path: write_text(path, per_class_csv(results)))
         files.add(MD_NAME, lambda path: write_text(path, summary_markdown(results)))
         files.add_json("results.json", results)
-        if formats:
-            from reports import render_report
-
-            try:
-                written = render_report(files.path("results.json"), files.staging, formats=list(formats))
-            except OSError as exc:
-                raise output_error(exc, out_dir) from None
-            except Exception as exc:  # noqa: BLE001 - a renderer failure must not throw away the audit
-                log.warning("the report could not be rendered (%s); the results are kept, render it later with "
-                            "`tailaudit report %s`", str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
-                            out_dir / "results.json")
-                written = {}
-            for path in written.values():
-                files.adopt(path.name)
+        if reports is not None:
+            reports(files, files.path("results.json"))
         files.commit()
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, e.g. a container's share)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
-def default_threads() -> Optional[int]:
-    """The intra-op thread count when ``--threads`` is not given: half the usable cores, at least 1.
-
-    torch's own default (one thread per core) oversubscribes a machine whose cores are also busy
-    with other work: on this project's 2-core machine, the demo's fine-tuning ran 2-10x slower
-    with 2 threads than with 1 under load (README, "Threads"). Half the cores is deterministic
-    (results do not depend on the load at start) and leaves room for onnxruntime and data
-    loading. None when ``OMP_NUM_THREADS`` is set (torchrun sets it; the user's choice wins).
-    """
-    if os.environ.get("OMP_NUM_THREADS"):
-        return None
-    return max(1, usable_cores() // 2)
-
-
-def apply_threads(threads: Optional[int]) -> None:
-    """``--threads N``: torch's intra-op and (when still possible) inter-op thread pools; else the default rule."""
-    if threads is None:
-        auto = default_threads()
-        if auto is not None:
-            torch.set_num_threads(auto)
-        return
-    torch.set_num_threads(int(threads))
-    try:
-        torch.set_num_interop_threads(int(threads))
-    except RuntimeError:  # only settable before the first parallel work of the process
-        if torch.get_num_interop_threads() != int(threads):
-            log.debug("inter-op threads stay at %d (already in use)", torch.get_num_interop_threads())
 
 
 def build_results(config: AuditConfig, specs, data: LTDataset, model: LoadedModel, eval_idx: np.ndarray,
@@ -395,7 +325,7 @@ def build_results(config: AuditConfig, specs, data: LTDataset, model: LoadedMode
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "tailaudit", "version": __version__},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": created_now(),
         "model": model_desc,
         "dataset": {
             "name": data.name, "root": data.info.get("root"),

@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from .config import AttackSpec
+from .values import AttackSpec
 
 ZERO_GRAD_SHARE = 0.05  # flag a class when more than 5% of its attacked points had a zero gradient
 JITTER_TOL = 1e-4  # relative logit difference that counts as a randomised forward pass

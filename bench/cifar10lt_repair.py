@@ -36,7 +36,7 @@ from _common import CACHE, cifar10_root
 from audit.config import AuditConfig
 from audit.data import load_dataset
 from audit.pipeline import resolve_device
-from reat_finetune import RepairConfig, run_repair
+from tailaudit import RepairConfig, run_repair
 from reat_finetune.train import augment
 
 log = logging.getLogger("bench")
@@ -212,7 +212,7 @@ def main() -> None:
         audit = AuditConfig(model=f"timm:{args.arch}", checkpoint=str(ckpt), dataset="cifar10lt", imbalance=RHO,
                             data_root=str(root), mean=MEAN, std=STD, n_per_class=args.n_per_class,
                             **({"attacks": ("pgd", "temp-pgd"), "steps": 20} if args.suite == "quick"
-                               else {"suite": "standard"}), eps=8 / 255, eps_text="8/255", seed=args.seed,
+                               else {"suite": "standard"}), eps=8 / 255, seed=args.seed,
                             device=args.device, download=False, quiet=True, threads=args.threads)
         extra = {k: v for k, v in (("steps_total", args.steps_total), ("lr", args.lr),
                                    ("evaluations", args.evaluations)) if v is not None}

@@ -113,7 +113,7 @@ def reat_throughput(dev: torch.device) -> float:
 def demo_repair(device: str, out: Path) -> dict:
     """The demo repaired with every default on ``device``: outcome, after verdict, fine-tuning seconds."""
     from audit.config import AuditConfig
-    from reat_finetune import RepairConfig, run_repair
+    from tailaudit import RepairConfig, run_repair
 
     audit = AuditConfig(model=str(ROOT / "examples" / "digits_cnn.onnx"), dataset="digitslt", device=device,
                         quiet=True)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from audit.registry import METHODS, register_method
 
 from audit.attacks import Attack, create_attack
-from audit.config import AttackSpec
+from audit.values import AttackSpec
 
 from audit.attacks.pgd import PGD
 

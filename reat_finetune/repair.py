@@ -11,20 +11,21 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
 
-from audit import __version__, distributed
+from audit import distributed
+from audit.version import __version__
 from audit.config import AuditConfig
 from audit.data import LTDataset, class_groups
 from audit.models import final_linear_of
 from audit.engine import adapt_images
-from audit.outputs import RunFiles, out_dir_guard, output_error
-from audit.pipeline import apply_threads, default_out_dir, prepare, resolve_device, run_audit
+from audit.lifecycle import Renderer, created_now, default_out_dir, output_folder, render_into, start
+from audit.outputs import RunFiles, output_error
+from audit.pipeline import prepare, run_audit
 from audit.results import environment
 
 from .checkpoint import CHECKPOINT_NAME, check_fingerprint, fingerprint, is_disk_full, labels_digest, load_checkpoint
@@ -111,15 +112,16 @@ def _headline(res: dict[str, Any]) -> dict[str, Any]:
 
 @distributed.reports_failure
 def run_repair(config: RepairConfig, *, hooks: Optional[TrainHooks] = None,
-               progress: Optional[bool] = None) -> RepairRun:
+               progress: Optional[bool] = None, render: Optional[Renderer] = None) -> RepairRun:
     """Audit ``config.audit.model``, fine-tune it with ``config.method``, export it, audit it again, report.
 
     Outputs in ``config.out`` (default: the --resume folder, else runs/<model>-<dataset>-repair-<time>):
     before/results.json, after/results.json, repaired.onnx or repaired.safetensors,
-    training_log.json, checkpoint.pt, repair.json and report.html/.pdf.
+    training_log.json, checkpoint.pt, repair.json and report.html/.pdf (drawn by ``render``, which the
+    application layer, ``tailaudit.run_repair``, hands in).
     """
     try:
-        return _run_repair(config, hooks=hooks, progress=progress)
+        return _run_repair(config, hooks=hooks, progress=progress, render=render)
     except OSError as exc:
         if is_disk_full(exc):
             raise RepairError(f"disk full ({exc.filename or 'writing outputs'}); the last checkpoint in the output "
@@ -129,13 +131,14 @@ def run_repair(config: RepairConfig, *, hooks: Optional[TrainHooks] = None,
         raise
 
 
-def _run_repair(config: RepairConfig, *, hooks: Optional[TrainHooks], progress: Optional[bool]) -> RepairRun:
+def _run_repair(config: RepairConfig, *, hooks: Optional[TrainHooks], progress: Optional[bool],
+                render: Optional[Renderer]) -> RepairRun:
     config.validate()
     if (config.audit.mean is None) != (config.audit.std is None):
         raise RepairError("--mean and --std go together; pass both (comma-separated, one value per channel)")
     show = (not config.quiet) if progress is None else progress
     t_start = time.perf_counter()
-    distributed.setup(config.audit.device)  # [distributed] under torchrun: DDP, sharded audits (docs/scaling.md)
+    device = start(config.audit.device, config.audit.threads, config.seed)
     resume_state = load_checkpoint(Path(config.resume)) if config.resume else None
     check_world_size(resume_state, str(config.resume))
     check_global_batch(config.batch_size)
@@ -144,20 +147,15 @@ def _run_repair(config: RepairConfig, *, hooks: Optional[TrainHooks], progress: 
     elif config.resume:
         out = Path(config.resume)
     else:
-        base = default_out_dir(config.audit)
-        out = base.with_name(base.name.replace(f"-{config.audit.dataset}-", f"-{config.audit.dataset}-repair-", 1))
+        out = default_out_dir(config.audit.model, config.audit.dataset, "repair")
     out = Path(distributed.broadcast_from_main(str(out)))  # [distributed] rank 0's time stamp
-    device = resolve_device(config.audit.device)
-    torch.manual_seed(config.seed)
-    apply_threads(config.audit.threads)
-    if not distributed.is_main():  # [distributed] only rank 0 creates, probes and writes the folder
-        return _repair_into(out, config, hooks, show, t_start, resume_state, device)
-    with out_dir_guard(out) as out:  # created and probed before any loading
-        return _repair_into(out, config, hooks, show, t_start, resume_state, device)
+    with output_folder(out) as made:  # rank 0: created and probed before any loading
+        return _repair_into(made or out, config, hooks, show, t_start, resume_state, device, render)
 
 
 def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], show: bool, t_start: float,
-                 resume_state: Optional[dict[str, Any]], device: torch.device) -> RepairRun:
+                 resume_state: Optional[dict[str, Any]], device: torch.device,
+                 render: Optional[Renderer]) -> RepairRun:
     # -- load and check everything before any long work ----------------------------------
     data, loaded, _ = prepare(config.audit, device)
     if data.train is None or data.train_labels is None or len(data.train_labels) == 0:
@@ -266,7 +264,7 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
     tlog["warnings"] = feature_warnings + result.warnings
     summary = {
         "tool": {"name": "tailaudit", "version": __version__},
-        "created": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "created": created_now(),
         "config": config.to_dict(),
         "method": method.name, "description": method.description, "tail_penalty": penalty,
         "feature_source": setup.feature_source,
@@ -294,7 +292,8 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
     summary["environment"].update(distributed.describe())
     reports: dict[str, Path] = {}
     if distributed.is_main():  # [distributed] rank 0 writes
-        reports = _write_top_level(out, config, tlog, summary, after_run.results_path, exported.path.name, t_start)
+        reports = _write_top_level(out, config, tlog, summary, after_run.results_path, exported.path.name, t_start,
+                                   render)
     return RepairRun(out_dir=out, before=before, after=after, training_log=tlog, model_path=exported.path,
                      best_epoch=result.best_epoch, summary=summary, reports=reports)
 
@@ -338,27 +337,15 @@ def _preflight(loaded: Any, data: LTDataset, config: RepairConfig, device: torch
 
 
 def _write_top_level(out: Path, config: RepairConfig, tlog: dict[str, Any], summary: dict[str, Any],
-                     after_path: Path, model_name: str, t_start: float) -> dict[str, Path]:
+                     after_path: Path, model_name: str, t_start: float,
+                     render: Optional[Renderer]) -> dict[str, Path]:
     """training_log.json, the before/after report and repair.json as one set (before/ and after/ have their own)."""
     reports: dict[str, Path] = {}
     with RunFiles(out) as files:
         files.add_json("training_log.json", tlog)
         files.own([CHECKPOINT_NAME, model_name])
-        if config.formats:
-            try:
-                from reports import render_report
-            except ImportError as exc:  # the renderer is optional at import time only
-                log.warning("cannot render the before/after report (%s); results are in %s", exc, out)
-            else:
-                try:
-                    staged = render_report(out / "before" / "results.json", files.staging,
-                                           formats=tuple(config.formats), compare=after_path, training_log=tlog,
-                                           repair=summary, basename="report")
-                except OSError as exc:
-                    raise output_error(exc, out) from None
-                for p in staged.values():
-                    files.adopt(p.name)
-                reports = {k: out / p.name for k, p in staged.items()}
+        reports = render_into(files, render, out / "before" / "results.json", config.formats, compare=after_path,
+                              training_log=tlog, repair=summary, basename="report")
         summary["files"].update({k: p.name for k, p in reports.items()})
         summary["timings"]["total_s"] = time.perf_counter() - t_start
         files.add_json("repair.json", summary)

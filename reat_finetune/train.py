@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from audit.attacks import BatchNoise, create_attack
 from audit.attacks.base import Attack
-from audit.config import AttackSpec
+from audit.values import AttackSpec
 from audit.distributed import launched, launcher_rank
 from audit.engine import adapt_images
 from audit.results import write_json

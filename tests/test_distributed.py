@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 import cli
-from audit import AuditConfig, run_audit
+from tailaudit import AuditConfig, run_audit
 from audit.distributed import shard_bounds
 from audit.engine import PointRecords
 from audit.merge import concat_records
@@ -158,7 +158,7 @@ def test_workers_give_the_same_results(tmp_path):
     runs = []
     for workers in (0, 2):
         cfg = AuditConfig(model="timm:test_resnet", dataset="imagefolder", data_root=str(root), steps=2, eps=0.1,
-                          eps_text="0.1", batch_size=5, quiet=True, device="cpu", workers=workers,
+                          batch_size=5, quiet=True, device="cpu", workers=workers,
                           out=str(tmp_path / f"w{workers}"))
         torch.manual_seed(0)
         runs.append(run_audit(cfg))
@@ -183,7 +183,8 @@ def _ddp_worker(rank: int, port: int, out: str) -> None:
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
     from audit import distributed
-    from reat_finetune import RepairConfig, repair, run_repair
+    from reat_finetune import RepairConfig, repair
+    from tailaudit import run_repair
 
     real = repair.fine_tune
 
@@ -194,7 +195,7 @@ def _ddp_worker(rank: int, port: int, out: str) -> None:
         return result
 
     repair.fine_tune = keep_final_weights
-    audit = AuditConfig(model=str(DEMO), dataset="digitslt", eps=0.1, eps_text="0.1", attacks=("pgd",), steps=3,
+    audit = AuditConfig(model=str(DEMO), dataset="digitslt", eps=0.1, attacks=("pgd",), steps=3,
                         n_per_class=5, quiet=True, device="cpu")
     try:
         run_repair(RepairConfig(audit=audit, epochs=1, batch_size=64, formats=(), quiet=True, out=out))

@@ -338,12 +338,12 @@ def test_progress_bar_ends_on_the_final_robust_figure(capsys):
 def test_weight_norms_follow_the_labels_order(tmp_path):
     """The classifier's weight rows are in the model's output order; results list them by dataset class."""
     from audit.config import AuditConfig
-    from audit.pipeline import run_audit
+    from tailaudit import run_audit
 
     model = _permuted_demo(tmp_path / "perm.onnx")
     labels = tmp_path / "labels.txt"
     labels.write_text("\n".join(str(p) for p in PERM) + "\n")
-    common = dict(dataset="digitslt", n_per_class=2, steps=1, eps=0.1, eps_text="0.1", quiet=True)
+    common = dict(dataset="digitslt", n_per_class=2, steps=1, eps=0.1, quiet=True)
     plain = run_audit(AuditConfig(model=str(DEMO), out=str(tmp_path / "a"), **common)).results
     fixed = run_audit(AuditConfig(model=str(model), labels=str(labels), out=str(tmp_path / "b"), **common)).results
     norms = [r["weight_norm"] for r in plain["per_class"]]

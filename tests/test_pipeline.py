@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from audit import AuditConfig, run_audit
+from tailaudit import AuditConfig, run_audit
 from audit.errors import ModelLoadError
 
 ROOT = Path(__file__).resolve().parents[1]

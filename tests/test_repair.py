@@ -20,7 +20,8 @@ from audit.attacks import PointNoise, create_attack, make_spec
 from audit.config import AuditConfig
 from audit.data import assign_groups, longtail_counts
 from audit.models import load_model
-from reat_finetune import RepairConfig, RepairError, RepairInterrupted, TrainHooks, run_repair
+from reat_finetune import RepairConfig, RepairError, RepairInterrupted, TrainHooks
+from tailaudit import run_repair
 from reat_finetune import checkpoint as ckpt_mod
 from reat_finetune.checkpoint import load_checkpoint
 from reat_finetune.features import build_feature_model
@@ -44,7 +45,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 def cheap_config(out: Path | None, model: Path = DEMO, imbalance: float = 0.01, **kw) -> RepairConfig:
     """A repair of the demo model with a tiny audit (5 points per class, 3 PGD steps); ``out`` None: the --resume folder."""
-    audit = AuditConfig(model=str(model), dataset="digitslt", eps=0.1, eps_text="0.1", attacks=("pgd",), steps=3,
+    audit = AuditConfig(model=str(model), dataset="digitslt", eps=0.1, attacks=("pgd",), steps=3,
                         n_per_class=5, quiet=True, device="cpu", imbalance=imbalance)
     kw.setdefault("epochs", 2)
     kw.setdefault("batch_size", 64)

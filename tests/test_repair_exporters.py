@@ -12,7 +12,8 @@ import torch
 
 from audit.config import AuditConfig
 from audit.data import load_dataset
-from reat_finetune import RepairConfig, RepairError, RepairInterrupted, TrainHooks, run_repair
+from reat_finetune import RepairConfig, RepairError, RepairInterrupted, TrainHooks
+from tailaudit import run_repair
 from reat_finetune.export import OnnxSignature
 
 from exporter_fixtures import CASES, ExporterCase, build
@@ -32,7 +33,7 @@ def fixture_files(tmp_path_factory) -> dict[str, Path]:
 
 def gentle(case: ExporterCase, model: Path, out: Path | None, **kw) -> RepairConfig:
     """A short, gentle repair (small lr and radius): fine-tuned checkpoints stay eligible, so the export runs."""
-    audit = AuditConfig(model=str(model), dataset="digitslt", eps=0.1, eps_text="0.1", attacks=("pgd",), steps=3,
+    audit = AuditConfig(model=str(model), dataset="digitslt", eps=0.1, attacks=("pgd",), steps=3,
                         n_per_class=5, quiet=True, device="cpu", **case.audit_norm)
     kw = {"steps_total": 6, "evaluations": 2, "batch_size": 64, "lr": 0.005, "train_eps": 0.03, **kw}
     return RepairConfig(audit=audit, formats=(), quiet=True, out=str(out) if out else None, **kw)

@@ -99,7 +99,8 @@ def test_lbgat_loss_is_scale_free_and_zero_at_the_guide():
 def test_every_hook_at_once_resumes_bit_identical(tmp_path):
     """LBGAT with a learnable guide (second optimiser group, guide in the checkpoint), ε warm-up, class-wise
     radii and label-aware smoothing: a run killed mid-epoch and resumed ends with the same file."""
-    from reat_finetune import RepairInterrupted, TrainHooks, run_repair
+    from reat_finetune import RepairInterrupted, TrainHooks
+    from tailaudit import run_repair
     from reat_finetune.checkpoint import load_checkpoint
     from test_repair import cheap_config
 
@@ -149,7 +150,8 @@ def test_reslt_and_scaled_heads_fold_exactly_into_one_linear():
 
 
 def test_head_methods_refuse_a_model_without_a_final_linear(tmp_path):
-    from reat_finetune import RepairError, run_repair
+    from reat_finetune import RepairError
+    from tailaudit import run_repair
     from test_repair import _export, cheap_config
 
     torch.manual_seed(0)
@@ -167,7 +169,7 @@ def test_mislas_trains_the_head_only(tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from reat_finetune import run_repair
+    from tailaudit import run_repair
     from test_repair import DEMO, cheap_config
 
     run = run_repair(cheap_config(tmp_path, method="mislas", epochs=None, steps_total=6, evaluations=1))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from ..config import AttackSpec
+from ..values import AttackSpec
 from ..registry import ATTACKS
 from .base import Attack, AttackOutcome, AttackParams
 from .noise import BatchNoise, Noise, PointNoise, point_seed

@@ -23,7 +23,7 @@ from typing import Any, Callable, ClassVar, Optional
 import torch
 from torch import nn
 
-from ..config import AttackSpec
+from ..values import AttackSpec
 from ..errors import ConfigError
 from .noise import Noise
 
