@@ -12,7 +12,7 @@ from reat_finetune.config import RepairConfig
 from reat_finetune.repair import RepairRun
 from reat_finetune.repair import run_repair as _repair
 from reat_finetune.train import TrainHooks
-from reports import render_report
+import reports
 
 __all__ = ["AuditRun", "RepairRun", "render", "run_audit", "run_repair"]
 
@@ -20,13 +20,13 @@ __all__ = ["AuditRun", "RepairRun", "render", "run_audit", "run_repair"]
 def run_audit(config: AuditConfig, *, formats: Sequence[str] = (),
               progress: Optional[bool] = None) -> AuditRun:
     """Audit ``config.model`` (a file, ``timm:NAME`` or an ``nn.Module``) and render ``formats`` beside the results."""
-    return _audit(config, progress=progress, formats=tuple(formats), render=render_report)
+    return _audit(config, progress=progress, formats=tuple(formats), render=reports.render_report)
 
 
 def run_repair(config: RepairConfig, *, hooks: Optional[TrainHooks] = None,
                progress: Optional[bool] = None) -> RepairRun:
     """Audit, fine-tune, export, audit again and render ``config.formats`` as the before/after report."""
-    return _repair(config, hooks=hooks, progress=progress, render=render_report)
+    return _repair(config, hooks=hooks, progress=progress, render=reports.render_report)
 
 
 def render(results: str | Path, *, out: Optional[str | Path] = None, formats: Sequence[str] = ("html", "pdf"),
@@ -34,4 +34,4 @@ def render(results: str | Path, *, out: Optional[str | Path] = None, formats: Se
     """Re-render saved results (``tailaudit report``): ``out`` defaults to the folder of the newer file."""
     folder = Path(out) if out else Path(compare or results).parent
     with out_dir_guard(folder):
-        return render_report(results, folder, formats=list(formats), compare=compare)
+        return reports.render_report(results, folder, formats=list(formats), compare=compare)

@@ -627,3 +627,20 @@ def test_staging_left_by_a_killed_run_is_swept_by_the_next_one(tmp_path):
         files.commit()
     assert not left.exists() and live.exists() and other_host.exists()
     assert json.loads((out / "results.json").read_text()) == {"ok": True}
+
+
+def test_truncated_image_refused_even_after_the_renderer_is_imported(tmp_path):
+    """WeasyPrint sets PIL's process-wide LOAD_TRUNCATED_IMAGES on import; our decoder must not inherit it."""
+    import reports  # noqa: F401  (imports WeasyPrint, which flips the flag)
+    from PIL import ImageFile
+
+    from audit.data.core import ImageFileDataset
+    from audit.errors import DatasetError
+
+    path = tmp_path / "cut.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[:60])
+    assert ImageFile.LOAD_TRUNCATED_IMAGES  # the premise: the renderer's import changed the global
+    with pytest.raises(DatasetError, match="cannot read image .*cut.png"):
+        ImageFileDataset([path], [0])[0]
+    assert ImageFile.LOAD_TRUNCATED_IMAGES  # restored for whoever set it

@@ -5,15 +5,16 @@ normalisation belongs to the model wrapper, never to the data.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from ..bounds import MAX_IMAGE_PIXELS
@@ -117,9 +118,22 @@ def _too_large(path: Path, size: tuple[int, int]) -> DatasetError:
                         f"{MAX_IMAGE_PIXELS:,} pixels per image; shrink or remove the file")
 
 
+@contextlib.contextmanager
+def _truncation_is_an_error() -> Iterator[None]:
+    """PIL's ``LOAD_TRUNCATED_IMAGES`` is process-wide and WeasyPrint sets it to True on import
+    (so importing the report renderer would let a cut-off file decode as grey pixels); decoding
+    here always treats a truncated file as unreadable and restores the flag afterwards."""
+    saved = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
 def _open_rgb(path: Path) -> Image.Image:
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _truncation_is_an_error():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:
