@@ -182,10 +182,12 @@ class RunFiles:
             self.names.append(name)
         return target
 
-    def add_json(self, name: str, data: Any, *, indent: Optional[int] = 2) -> Path:
+    def add_json(self, name: str, data: Any, *, indent: Optional[int] = 2,
+                 check: Optional[Callable[[Any], None]] = None) -> Path:
+        """``data`` as JSON; ``check`` sees the parsed text first (a refusal stages nothing)."""
         from .results import write_json
 
-        return self.add(name, lambda p: write_json(p, data, indent=indent))
+        return self.add(name, lambda p: write_json(p, data, indent=indent, check=check))
 
     def add_npz(self, name: str, **arrays: Any) -> Path:
         from .results import write_npz

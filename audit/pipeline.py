@@ -29,9 +29,9 @@ from .merge import gather_records
 from .metrics import adversarial_confusion, cross_class_summary, per_class_accuracy, spearman, wilson_interval
 from .models import LoadedModel, check_finite_logits, final_linear_of, load_model
 from .lifecycle import Renderer, created_now, default_out_dir, output_folder, render_into, start
-from .lifecycle import apply_threads, default_threads, resolve_device, usable_cores  # noqa: F401  (public here too)
 from .outputs import RunFiles
 from .results import SCHEMA_VERSION, environment, write_text
+from .schema import check_written
 from .verdict import compute_verdict
 
 log = logging.getLogger(__name__)
@@ -241,7 +241,7 @@ def write_outputs(out_dir: Path, results: dict[str, Any], records: PointRecords,
         results["files"].update({"per_class_csv": CSV_NAME, "summary_md": MD_NAME})
         files.add(CSV_NAME, lambda path: write_text(path, per_class_csv(results)))
         files.add(MD_NAME, lambda path: write_text(path, summary_markdown(results)))
-        files.add_json("results.json", results)
+        files.add_json("results.json", results, check=check_written)
         if reports is not None:
             reports(files, files.path("results.json"))
         files.commit()

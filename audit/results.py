@@ -61,9 +61,17 @@ def _clean_nan(o: Any) -> Any:
     return o
 
 
-def write_json(path: Path, data: Any, *, indent: int | None = 2) -> Path:
-    """Atomically write ``data`` as JSON (NaN becomes null)."""
-    text = json.dumps(_clean_nan(data), indent=indent, default=_default, allow_nan=False)
+def json_text(data: Any, *, indent: int | None = 2) -> str:
+    """``data`` as the JSON text tailaudit writes (NaN becomes null; numpy values and paths converted)."""
+    return json.dumps(_clean_nan(data), indent=indent, default=_default, allow_nan=False)
+
+
+def write_json(path: Path, data: Any, *, indent: int | None = 2,
+               check: Callable[[Any], None] | None = None) -> Path:
+    """Atomically write ``data`` as JSON; ``check`` validates the parsed text before anything is written."""
+    text = json_text(data, indent=indent)
+    if check is not None:
+        check(json.loads(text))
     return _atomic(path, lambda fh: fh.write(text.encode("utf-8") + b"\n"))
 
 

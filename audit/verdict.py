@@ -44,7 +44,9 @@ def _pct(v: Optional[float]) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}%"
 
 
-def _overall(node: Mapping[str, Any]) -> Optional[float]:
+def overall_of(node: Mapping[str, Any]) -> Optional[float]:
+    """The accuracy a headline quotes: over every evaluated point, else the class mean (``overall`` is null
+    when the evaluated set has no points for some class). Reports use this one rule too."""
     return node.get("overall") if node.get("overall") is not None else node.get("mean")
 
 
@@ -173,7 +175,7 @@ def compute_verdict(results: Mapping[str, Any]) -> dict[str, Any]:
             "band": None, "survival": None, "qualifier": None,
         }
     wc = s["robust"]["worst_case"]
-    robust, clean = _overall(wc), _overall(s["clean"])
+    robust, clean = overall_of(wc), overall_of(s["clean"])
     survive = robust / clean if clean else 0.0
     base = band(robust, clean)
     reasons = [f"worst-case robust accuracy {_pct(robust)} keeps {survive:.0%} of the clean accuracy "

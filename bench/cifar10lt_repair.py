@@ -35,7 +35,7 @@ from _common import CACHE, cifar10_root
 
 from audit.config import AuditConfig
 from audit.data import load_dataset
-from audit.pipeline import resolve_device
+from audit.lifecycle import resolve_device
 from tailaudit import RepairConfig, run_repair
 from reat_finetune.train import augment
 

@@ -10,7 +10,7 @@ from .fmt import (attack_label, count, eps_text, interval, num, over_255, pct, p
                   threat_text)
 from .plain import (GLOSSARY, at_risk, budget_sentence, critical_warnings, gate_rows, is_balanced, resolve_verdict,
                     sanity_rows, suite_sentence)
-from .verdict import BANDS, audit_verdict, extra_broken, head_tail, weakest
+from .verdict import audit_verdict, extra_broken, head_tail, weakest
 
 LARGE = 40  # above this many classes, bar charts show the worst classes and the groups
 TOP = 20  # how many classes the bar charts show for large class counts
@@ -216,6 +216,7 @@ def _kv(*pairs: tuple[str, Any]) -> list[tuple[str, str]]:
 def method(results: Mapping[str, Any]) -> dict[str, Any]:
     """Settings, versions, timings and provenance."""
     m, d, t = results["model"], results["dataset"], results.get("timings") or {}
+    verdict = resolve_verdict(results)
     attacks = [{
         "order": i + 1, "name": a.get("name"), "label": attack_label(a), "kind": a.get("kind"), "steps": a.get("steps"),
         "step_size": (f"{a['step_size']:.5g}" + (f" ({over_255(a['step_size'])})" if over_255(a["step_size"]) else ""))
@@ -286,10 +287,8 @@ def method(results: Mapping[str, Any]) -> dict[str, Any]:
         "provenance": _kv(("tool", f"{(results.get('tool') or {}).get('name', 'tailaudit')} "
                                    f"{(results.get('tool') or {}).get('version', '')}"),
                           ("audit run", results.get("created"))),
-        "bands": [f"{word} at {t:.0%} or more" if t > 0 else f"{word} below {BANDS[i - 1][0]:.0%}"
-                  for i, (t, word, _css) in enumerate(BANDS)],
-        "meaningful": resolve_verdict(results)["meaningful"],
-        "verdict_here": resolve_verdict(results)["computed_here"],
+        "meaningful": verdict["meaningful"],
+        "verdict_on_load": verdict["computed_on_load"],
         "balanced": is_balanced(results),
     }
 

@@ -6,6 +6,8 @@ from typing import Any, Mapping, Sequence
 
 from markupsafe import Markup
 
+from audit.verdict import overall_of as _overall
+
 from . import charts
 from .audit_view import LARGE, TOP, attack_columns, by_count, confusion, group_names, method, strip_counts
 from .plain import GLOSSARY, at_risk, budget_sentence, change_sentences, critical_warnings, gate_rows, is_balanced, \
@@ -14,10 +16,6 @@ from .repair_view import repair_view
 from .examples import build_examples
 from .fmt import attack_label, count, interval, num, pct, points, seconds, short_name, threat_text
 from .verdict import compare_verdict, extra_broken, head_tail, weakest
-
-
-def _overall(node: Mapping[str, Any]) -> float:
-    return node["overall"] if node.get("overall") is not None else node["mean"]
 
 
 def class_deltas(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -239,7 +237,7 @@ def compare_context(before: Mapping[str, Any], before_dir: Path, after: Mapping[
                   else "Classes still at risk, and why",
                   "gate": gate_rows(after), "balanced": balanced,
                   "glossary": [(t, x) for t, x in GLOSSARY if not (balanced and t.startswith("Head"))]},
-        "verdict": compare_verdict(before, after, worse, (vb["label"], va["label"])),
+        "verdict": compare_verdict(before, after, worse),
         "kpi_rows": kpi_rows(before, after),
         "groups": groups,
         "n_worse": len(worse), "n_better": sum(1 for x in deltas if x["better"]),

@@ -1,18 +1,20 @@
 """Page 1 in plain words: the verdict, what it means, classes at risk, critical warnings, the gate, a glossary.
 
-The verdict is the one in ``results["verdict"]`` (computed once by the audit); this module only
-lays it out. Results files written before verdicts existed get the same band rule the reports used
-to apply (:func:`reports.verdict.qualified_band`), marked as such.
+The verdict is the one in ``results["verdict"]``, computed once by the audit (audit/verdict.py);
+files written before verdicts were stored get theirs when they are loaded (audit/schema.py,
+``migrate``). This module only lays it out.
 """
 from __future__ import annotations
 
 import math
 from typing import Any, Mapping, Sequence
 
-from .fmt import count, pct, points, threat_text
-from .verdict import qualified_band, quote, weakest
+from audit.inputs import MAX_RESIZE
+from audit.verdict import overall_of as _overall
 
-CODES = ("robust", "partly-robust", "weakly-robust", "not-robust", "not-meaningful")
+from .fmt import count, pct, points, threat_text
+from .verdict import quote, weakest
+
 # code -> (badge text, badge css class); not-meaningful has no grade, only a stop sign.
 GRADES: dict[str, tuple[str, str]] = {
     "robust": ("Robust", "good"),
@@ -33,9 +35,6 @@ MEANING: dict[str, str] = {
     "not-meaningful": "The model does not work on this data as it was audited, so its robustness figures say "
                       "nothing and no robustness grade is given. Fix the setup first, then audit again.",
 }
-_BAND_CODE = {"Robust": "robust", "Partly robust": "partly-robust", "Weakly robust": "weakly-robust",
-              "Not robust": "not-robust"}
-RESIZE_LIMIT = 4.0  # resizing by more than this factor either way is an input mismatch
 
 GLOSSARY: tuple[tuple[str, str], ...] = (
     ("Clean accuracy", "share of test images the model classifies correctly, untouched."),
@@ -52,10 +51,6 @@ GLOSSARY: tuple[tuple[str, str], ...] = (
 )
 
 
-def _overall(node: Mapping[str, Any]) -> float:
-    return node["overall"] if node.get("overall") is not None else node["mean"]
-
-
 def is_balanced(results: Mapping[str, Any]) -> bool:
     """True when the training set is balanced: flagged so, or no groups were formed."""
     d = results["dataset"]
@@ -65,40 +60,18 @@ def is_balanced(results: Mapping[str, Any]) -> bool:
 
 
 def resolve_verdict(results: Mapping[str, Any]) -> dict[str, Any]:
-    """The verdict to show: ``results["verdict"]`` when present, else the band rule (older files).
-
-    Returns code, headline, reasons, actions, meaning, ``grade`` (badge text; None for
-    not-meaningful) and ``css``.
-    """
-    given = results.get("verdict")
-    if isinstance(given, Mapping) and given.get("code") in CODES:
-        code = str(given["code"])
-        out = {"code": code, "headline": str(given.get("headline") or MEANING[code]),
-               "reasons": [str(r) for r in given.get("reasons") or []],
-               "actions": [str(a) for a in given.get("actions") or []], "computed_here": False}
-    else:
-        word, _css = qualified_band(results)
-        code = _BAND_CODE.get(word.split(" overall")[0].split(";")[0], "not-robust")
-        s = results["summary"]
-        clean, robust = _overall(s["clean"]), _overall(s["robust"]["worst_case"])
-        out = {"code": code, "headline": f"{word}: under attack the model keeps {pct(robust)} of the test images "
-                                         f"correct, down from {pct(clean)} without attack.",
-               "reasons": [], "actions": _fallback_actions(results, code), "computed_here": True}
-    grade, css = GRADES[out["code"]]
-    out.update(meaning=MEANING[out["code"]], grade=None if out["code"] == "not-meaningful" else grade,
-               label=grade, css=css, meaningful=out["code"] != "not-meaningful")
+    """The stored verdict laid out: code, headline, reasons, actions, meaning, ``grade`` (badge text;
+    None for not-meaningful), ``css`` and ``computed_on_load`` (the version that graded an older file)."""
+    given = results["verdict"]
+    code = str(given["code"])
+    out = {"code": code, "headline": str(given.get("headline") or MEANING[code]),
+           "reasons": [str(r) for r in given.get("reasons") or []],
+           "actions": [str(a) for a in given.get("actions") or []],
+           "computed_on_load": given.get("computed_on_load")}
+    grade, css = GRADES[code]
+    out.update(meaning=MEANING[code], grade=None if code == "not-meaningful" else grade,
+               label=grade, css=css, meaningful=code != "not-meaningful")
     return out
-
-
-def _fallback_actions(results: Mapping[str, Any], code: str) -> list[str]:
-    """What to do next, for results files that carry no verdict of their own."""
-    if code == "robust":
-        return ["Keep this audit as the reference and re-run it whenever the model or its training data change."]
-    names = ", ".join(quote(r["name"]) for r in weakest(results, 2))
-    return [f"Repair the model with adversarial fine-tuning: python cli.py repair {results['model']['spec']} "
-            f"--dataset {results['dataset']['name']}",
-            f"Collect more training images for the weakest classes ({names}).",
-            "Confirm the figures with stronger or more attacks before relying on them."]
 
 
 def budget_sentence(results: Mapping[str, Any]) -> str:
@@ -228,7 +201,7 @@ def critical_warnings(results: Mapping[str, Any], who: str = "") -> list[dict[st
                                 f"were converted ({conv}). The model may never have seen images like these: check "
                                 "that this is the right dataset for this model."})
         if isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0 and \
-                (factor > RESIZE_LIMIT or factor < 1 / RESIZE_LIMIT):
+                (factor > MAX_RESIZE or factor < 1 / MAX_RESIZE):
             how = f"enlarged {factor:.1f}×" if factor > 1 else f"shrunk {1 / factor:.1f}×"
             out.append({"title": prefix + "Input mismatch: images resized a lot",
                         "text": f"The images ({data}) were {how} to the model's input ({model}). Check that this is "

@@ -1,62 +1,22 @@
 """Plain-language sentences generated from the figures in results.json (the reports' "findings").
 
-The verdict a report shows is the one the audit stored in ``results["verdict"]`` (see
-:mod:`reports.plain`). The bands below only grade results files written before verdicts
-existed; their thresholds and the 15-point rare-class rule come from :mod:`audit.verdict`,
-the single source (rules in docs/method.md, "Verdict").
+They describe; they do not grade: the one verdict is ``results["verdict"]`` (audit/verdict.py,
+laid out by :mod:`reports.plain`).
 """
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from audit.verdict import BANDS as _BANDS
-from audit.verdict import LABELS as _LABELS
-from audit.verdict import UNEVEN
+from audit.verdict import LABELS, overall_of
 
 from .fmt import pct, points, short_name, threat_text
 
-CSS = {"robust": "good", "partly-robust": "fair", "weakly-robust": "poor", "not-robust": "bad", "not-meaningful": "bad"}
-BANDS: tuple[tuple[float, str, str], ...] = tuple((t, _LABELS[code], CSS[code]) for t, code in _BANDS)
 SAME = 0.02  # differences below 2 points are "about the same"
 
 
 def quote(name: Any) -> str:
     """A class name in typographic quotes (the templates escape it)."""
     return f"“{name}”"
-
-
-def band(robust: float, clean: float) -> tuple[str, str]:
-    """(verdict word, css class) for overall worst-case robust and clean accuracy."""
-    survive = robust / clean if clean > 0 else 0.0
-    for threshold, word, css in BANDS:
-        if survive >= threshold:
-            return word, css
-    return BANDS[-1][1], BANDS[-1][2]
-
-
-def qualified_band(results: Mapping[str, Any]) -> tuple[str, str]:
-    """The one-word band, qualified when rare classes (or some classes) are far less robust.
-
-    "Robust overall, but not on rare classes" when the head/tail gap is at least 15 points;
-    "…, but not on every class" when the worst class is below half the balanced robust accuracy.
-    """
-    if (results.get("verdict") or {}).get("code") == "not-meaningful":  # never graded (audit/verdict.py)
-        return _LABELS["not-meaningful"], CSS["not-meaningful"]
-    s = results["summary"]
-    wc = s["robust"]["worst_case"]
-    robust = wc["overall"] if wc.get("overall") is not None else wc["mean"]
-    clean = s["clean"]["overall"] if s["clean"].get("overall") is not None else s["clean"]["mean"]
-    word, css = band(robust, clean)
-    gap = (s.get("head_tail_gap") or {}).get("worst_case")
-    rare_weak = gap is not None and gap >= UNEVEN and all(head_tail(results))
-    uneven = wc.get("worst") is not None and wc["worst"] < 0.5 * wc["mean"]
-    if not (rare_weak or uneven):
-        return word, css
-    where = "rare classes" if rare_weak else "every class"
-    if css in ("good", "fair"):
-        worse_css = {"good": "fair", "fair": "poor"}[css]
-        return f"{word} overall, but not on {where}", worse_css
-    return (f"{word}; rare classes weakest" if rare_weak else f"{word}; uneven across classes"), css
 
 
 def head_tail(results: Mapping[str, Any]) -> tuple[str | None, str | None]:
@@ -135,12 +95,9 @@ def weakest(results: Mapping[str, Any], k: int = 3) -> list[Mapping[str, Any]]:
 
 
 def audit_verdict(results: Mapping[str, Any]) -> dict[str, Any]:
-    """{'band', 'band_class', 'sentences'} for an audit."""
+    """{'sentences'}: the findings of an audit in plain words (no grade: that is ``results["verdict"]``)."""
     s = results["summary"]
-    robust, clean = s["robust"]["worst_case"].get("overall"), s["clean"].get("overall")
-    robust = s["robust"]["worst_case"]["mean"] if robust is None else robust
-    clean = s["clean"]["mean"] if clean is None else clean
-    word, css = qualified_band(results)
+    robust, clean = overall_of(s["robust"]["worst_case"]), overall_of(s["clean"])
     sentences = []
     flip = f": an attacker flips {1 - robust / clean:.0%} of its correct predictions" if clean > 0 else ""
     sentences.append(f"Under attack ({threat_text(results['threat_model'])}) the model keeps {pct(robust)} of "
@@ -158,24 +115,18 @@ def audit_verdict(results: Mapping[str, Any]) -> dict[str, Any]:
         listed = ", ".join(f"{quote(r['name'])} {pct(r['robust_acc']['worst_case'])}" for r in weak)
         sentences.append(f"Weakest classes under attack: {listed}; {strongest}.")
     sentences += [t for t in (_gap_sentence(results), _correlation_sentence(results), _attack_sentence(results)) if t]
-    return {"band": word, "band_class": css, "sentences": sentences}
+    return {"sentences": sentences}
 
 
 def compare_verdict(before: Mapping[str, Any], after: Mapping[str, Any],
-                    worse: Sequence[tuple[str, float]], labels: tuple[str, str] | None = None) -> dict[str, Any]:
-    """Sentences for a before/after comparison; ``worse`` = (class name, robust delta) of flagged classes.
+                    worse: Sequence[tuple[str, float]]) -> dict[str, Any]:
+    """{'sentences'} for a before/after comparison; ``worse`` = (class name, robust delta) of flagged classes.
 
-    ``labels`` = the (before, after) verdict labels to name when they differ (the runs' own verdicts);
-    without them the band rule of this module gives them.
+    A change of verdict is named with the two runs' own verdict labels.
     """
     sb, sa = before["summary"], after["summary"]
-
-    def overall(s: Mapping[str, Any], key: str) -> float:
-        node = s["clean"] if key == "clean" else s["robust"]["worst_case"]
-        return node["overall"] if node.get("overall") is not None else node["mean"]
-
-    rb, ra, cb, ca = overall(sb, "robust"), overall(sa, "robust"), overall(sb, "clean"), overall(sa, "clean")
-    wb, wa = qualified_band(before), qualified_band(after)
+    rb, ra = overall_of(sb["robust"]["worst_case"]), overall_of(sa["robust"]["worst_case"])
+    cb, ca = overall_of(sb["clean"]), overall_of(sa["clean"])
     sentences = [f"Robust accuracy (worst case) went from {pct(rb)} to {pct(ra)} ({points(ra - rb)} points); "
                  f"balanced robust accuracy from {pct(sb['robust']['worst_case']['mean'])} to "
                  f"{pct(sa['robust']['worst_case']['mean'])}."]
@@ -213,7 +164,7 @@ def compare_verdict(before: Mapping[str, Any], after: Mapping[str, Any],
     wk_b, wk_a = weakest(before, 1)[0], weakest(after, 1)[0]
     sentences.append(f"Weakest class after: {quote(wk_a['name'])} at {pct(wk_a['robust_acc']['worst_case'])} "
                      f"(before: {quote(wk_b['name'])} at {pct(wk_b['robust_acc']['worst_case'])}).")
-    lb, la = labels if labels is not None else (wb[0], wa[0])
+    lb, la = LABELS[before["verdict"]["code"]], LABELS[after["verdict"]["code"]]
     if lb != la:
         sentences.insert(1, f"The verdict moved from “{lb}” to “{la}”.")
-    return {"band": wa[0], "band_class": wa[1], "band_before": wb, "band_after": wa, "sentences": sentences}
+    return {"sentences": sentences}

@@ -268,9 +268,9 @@ def test_eps_curve_is_monotone_and_matches_single_budget_runs(tmp_path):
     assert "curve" not in singles["0.1"]
     md = (tmp_path / "curve" / "summary.md").read_text()
     assert "| 0.03 |" in md and "Robustness curve" in md
-    from reports.load import validate_results
+    from audit.schema import validate_results
 
-    validate_results(curve_res)  # curve, verdict and input are in reports/results.schema.json
+    validate_results(curve_res)  # curve, verdict and input are in audit/results.schema.json
     bad = json.loads(json.dumps(curve_res))
     bad["curve"][0]["per_class"][0] = 1.5
     with pytest.raises(Exception, match="curve"):

@@ -353,7 +353,7 @@ def test_report_out_under_a_file(tmp_path, capsys, demo_results):
 def test_own_results_validate_against_the_schema(demo_results):
     import jsonschema
 
-    schema = json.loads((ROOT / "reports" / "results.schema.json").read_text())
+    schema = json.loads((ROOT / "audit" / "results.schema.json").read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     jsonschema.validate(demo_results, schema, cls=jsonschema.Draft202012Validator)
     # additions by newer writers (verdict, gate, sections' new keys) still validate
@@ -368,16 +368,28 @@ def test_own_results_validate_against_the_schema(demo_results):
                                                         "actions": []}), schema, cls=jsonschema.Draft202012Validator)
 
 
+def test_results_checked_against_the_schema_before_they_are_written(tmp_path, monkeypatch, capsys):
+    """A results dict the schema refuses (a tailaudit bug) is never written: one line, exit 2, no folder."""
+    import audit.pipeline
+    from audit.verdict import compute_verdict
+
+    monkeypatch.setattr(audit.pipeline, "compute_verdict", lambda r: {**compute_verdict(r), "code": "excellent"})
+    out = tmp_path / "run"
+    code, _, err = run_main(["audit", str(DEMO), "--out", str(out), "--no-html", "--no-pdf", *FAST], capsys)
+    assert code == 2 and "$.verdict.code is invalid" in err and "tailaudit bug" in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
 def test_repair_before_after_results_validate(tmp_path, capsys):
     import jsonschema
 
-    from reports.load import load_results
+    from audit.schema import load_results
 
     out = tmp_path / "rep"
     code, _, err = run_main(["repair", str(DEMO), "--epochs", "1", "--train-steps", "1", "--batch-size-train", "64",
                              "--out", str(out), *FAST], capsys)
     assert code == 0, err
-    schema = json.loads((ROOT / "reports" / "results.schema.json").read_text())
+    schema = json.loads((ROOT / "audit" / "results.schema.json").read_text())
     for side in ("before", "after"):
         res = json.loads((out / side / "results.json").read_text())
         jsonschema.validate(res, schema, cls=jsonschema.Draft202012Validator)
@@ -390,7 +402,7 @@ def test_repair_before_after_results_validate(tmp_path, capsys):
 
 def test_schema_doc_in_step_with_markdown():
     """Every top-level key the schema names is documented in docs/results_schema.md."""
-    schema = json.loads((ROOT / "reports" / "results.schema.json").read_text())
+    schema = json.loads((ROOT / "audit" / "results.schema.json").read_text())
     doc = (ROOT / "docs" / "results_schema.md").read_text()
     missing = [k for k in schema["properties"] if f'"{k}"' not in doc]
     assert not missing, missing

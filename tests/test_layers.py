@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("audit", "reat_finetune", "reports", "tailaudit")
 BOTTOM = {"audit.values", "audit.errors", "audit.registry", "audit.bounds", "audit.version", "audit.textsafe"}
 # what reports may read of the audit package: value types, results helpers, the stored verdict's constants
-REPORTS_MAY_READ = BOTTOM | {"audit.jsonfile", "audit.results", "audit.outputs", "audit.verdict", "audit.metrics", "audit.inputs"}
+REPORTS_MAY_READ = BOTTOM | {"audit.jsonfile", "audit.results", "audit.outputs", "audit.verdict", "audit.metrics", "audit.inputs",
+                                "audit.schema"}
 
 
 def _modules() -> dict[str, Path]:

@@ -18,6 +18,9 @@ from pathlib import Path
 import pytest
 
 import cli
+from audit.schema import migrate
+from audit.verdict import compute_verdict
+from audit.version import __version__
 from report_fixtures import make_balanced, make_curve, make_results, with_verdict, write_run
 from reports import charts, render_report
 from reports.charts import _count_label
@@ -168,12 +171,16 @@ def test_one_verdict_from_results(full, tmp_path):
     assert text.count(HEADLINE) == 1
     # the band rule of older reports would call this run "Weakly robust": the report shows the results' verdict only
     assert "Weakly robust" not in text and 'class="badge fair"' in html
-    old = resolve_verdict(make_results(10))  # a file without verdict: band fallback, marked as such
-    assert old["code"] == "weakly-robust" and old["computed_here"] and old["actions"]
+    unstored = make_results(10)  # a file from before stored verdicts: graded once, on load, by audit/verdict.py
+    old = resolve_verdict(migrate(unstored))
+    assert old["code"] == compute_verdict(unstored)["code"] and old["computed_on_load"] == __version__
+    assert old["actions"] and "verdict" not in unstored  # the caller's dict is not changed
+    text = visible_text(render_report(unstored, tmp_path / "old", formats=["html"])["html"].read_text(encoding="utf-8"))
+    assert text.count(old["headline"]) == 1 and "predates stored verdicts" in text
     robust = with_verdict(make_results(10), "robust", "Robust: most correct answers survive.", actions=["Keep it."])
     text = visible_text(render_report(robust, tmp_path, formats=["html"])["html"].read_text(encoding="utf-8"))
     assert "Robust: most correct answers survive." in text and "Weakest classes, and why" in text
-    assert "Classes at risk" not in text and "verdict of its own" not in text
+    assert "Classes at risk" not in text and "predates stored verdicts" not in text
 
 
 def test_robustness_curve_chart_and_table(full, chance):

@@ -175,6 +175,10 @@ def test_errors_are_one_line(tmp_path):
     future.write_text(json.dumps({"schema_version": 2}), encoding="utf-8")
     with pytest.raises(ResultsError) as err:
         load_results(future)
+    assert "\n" not in str(err.value) and "newer tailaudit" in str(err.value) and "upgrade" in str(err.value)
+    future.write_text(json.dumps({"schema_version": "1"}), encoding="utf-8")
+    with pytest.raises(ResultsError) as err:
+        load_results(future)
     assert "\n" not in str(err.value) and "re-run" in str(err.value)
 
 

@@ -36,7 +36,7 @@ def installed(tmp_path_factory) -> tuple[Path, dict]:
     wheel = next((tmp / "dist").glob("tailaudit-*.whl"))
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
-    assert {"reports/results.schema.json", "reports/templates/report.css", "cli.py"} <= names
+    assert {"audit/results.schema.json", "reports/templates/report.css", "cli.py"} <= names
     target = tmp / "site"
     _run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)], tmp, os.environ)
     return target, {**os.environ, "PYTHONPATH": str(target)}

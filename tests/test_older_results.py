@@ -1,0 +1,59 @@
+"""Results files written by earlier tailaudit versions still load, migrate and re-render.
+
+``tests/data/older_results`` holds real files: the bundled digits CNN audited (and repaired) by
+the code at the commit each name ends with, dated by that commit. The oldest predates stored
+verdicts, so it is graded once, when loaded (audit/schema.py, ``migrate``).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import cli
+from audit.schema import load_results, validate_results
+from audit.verdict import CODES, compute_verdict, overall_of
+from audit.version import __version__
+from reports.fmt import pct
+from test_report_pages import visible_text
+
+OLDER = Path(__file__).resolve().parent / "data" / "older_results"
+AUDITS = sorted(OLDER.glob("audit-*.json"))
+REPAIRS = sorted(p for p in OLDER.glob("repair-*") if p.is_dir())
+
+
+def test_the_kept_files_cover_both_shapes():
+    stored = [("verdict" in json.loads(p.read_text())) for p in AUDITS]
+    assert len(AUDITS) >= 4 and REPAIRS
+    assert not all(stored) and any(stored)  # files from before and after stored verdicts
+
+
+@pytest.mark.parametrize("path", AUDITS, ids=[p.stem for p in AUDITS])
+def test_older_audit_loads_and_re_renders(path, tmp_path, capsys):
+    raw = json.loads(path.read_text())
+    results = load_results(path)
+    validate_results(results)  # the migrated form is valid for this version too
+    verdict = results["verdict"]
+    assert verdict["code"] in CODES
+    if "verdict" in raw:  # a stored verdict is kept as written: one verdict, never re-graded
+        assert verdict == raw["verdict"] and verdict.get("computed_on_load") is None
+    else:
+        assert verdict["computed_on_load"] == __version__
+        assert verdict["code"] == compute_verdict(raw)["code"]
+    code = cli.main(["report", str(path), "--format", "html", "--out", str(tmp_path)])
+    assert code == 0, capsys.readouterr().err
+    text = visible_text((tmp_path / "report.html").read_text(encoding="utf-8"))
+    assert verdict["headline"] in text and raw["model"]["spec"] in text
+    assert ("predates stored verdicts" in text) == ("verdict" not in raw)
+
+
+@pytest.mark.parametrize("folder", REPAIRS, ids=[p.name for p in REPAIRS])
+def test_older_repair_re_renders_as_a_comparison(folder, tmp_path, capsys):
+    before, after = folder / "before" / "results.json", folder / "after" / "results.json"
+    code = cli.main(["report", str(before), "--compare", str(after), "--format", "html", "--out", str(tmp_path)])
+    assert code == 0, capsys.readouterr().err
+    text = visible_text((tmp_path / "report.html").read_text(encoding="utf-8"))
+    rb, ra = (overall_of(load_results(run)["summary"]["robust"]["worst_case"]) for run in (before, after))
+    assert f"robust accuracy under attack went from {pct(rb)} to {pct(ra)}" in text
+    assert "Repair:" in text and "What was done: Repaired with" in text  # repair.json / training_log.json read
