@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Optional, Sequence
 
 from . import bounds as B
@@ -17,8 +17,8 @@ __all__ = ["AuditConfig", "AttackSpec", "NORMS", "parse_number", "parse_number_l
 class AuditConfig:
     """Everything an audit run needs; validated before any work starts."""
 
-    model: str
-    dataset: str = "digitslt"
+    model: Any  # str (a file, ``timm:ARCH``), an nn.Module or a LoadedModel (docs/python_api.md)
+    dataset: Any = "digitslt"  # a registered name, or a torch Dataset / DataLoader / LTDataset
     checkpoint: Optional[str] = None
     num_classes: Optional[int] = None
     mean: Optional[tuple[float, ...]] = None
@@ -125,8 +125,9 @@ class AuditConfig:
         SUITES.get(self.suite)
         for kind in self.attacks or ():
             ATTACKS.get(kind)
-        if self.black_box and self.model.startswith("timm:"):
-            raise ConfigError("--black-box is for ONNX files (a timm model gives gradients); drop --black-box")
+        if self.black_box and not (isinstance(self.model, str) and not self.model.startswith("timm:")):
+            raise ConfigError("--black-box is for ONNX files (a timm or Python model gives gradients); drop "
+                              "--black-box")
         for spec in self.attack_specs():
             spec.params.validate(spec.kind)
 
@@ -168,10 +169,32 @@ class AuditConfig:
             raise ConfigError(f"--attacks lists an attack twice: {','.join(self.attacks or suite.kinds)}")
         return specs
 
+    @property
+    def model_name(self) -> str:
+        """The model as results and messages name it: the path or ``timm:ARCH``, or ``python:<class>``."""
+        return _object_name(self.model, "python:")
+
+    @property
+    def dataset_name(self) -> str:
+        """The dataset as results and messages name it: the registered name, or the object's class."""
+        return _object_name(self.dataset, "")
+
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        """JSON-ready settings; in-memory models and datasets appear by name (never copied)."""
+        d = asdict(replace(self, model=None, dataset=None)) | {"model": self.model_name, "dataset": self.dataset_name}
         d["eps_text"] = self.eps_text
         d["attacks"] = list(self.attacks) if self.attacks is not None else None
         d["temperatures"] = list(self.temperatures) if self.temperatures is not None else None
         d["eps_curve"] = list(self.eps_curve)
         return d
+
+
+def _object_name(value: Any, prefix: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(getattr(value, "spec", None), str):  # a LoadedModel names itself
+        return value.spec
+    if hasattr(value, "class_names") and isinstance(getattr(value, "name", None), str):  # an LTDataset
+        return value.name
+    obj = getattr(value, "dataset", value)  # a DataLoader is named by its dataset
+    return f"{prefix}{type(obj).__qualname__}"

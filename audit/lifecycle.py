@@ -89,15 +89,11 @@ def render_into(files: RunFiles, render: Optional[Renderer], results: Path, form
     return {k: files.out_dir / p.name for k, p in staged.items()}
 
 
-def default_out_dir(model: Any, dataset: Any, kind: str = "") -> Path:
-    """runs/<model>-<dataset>[-<kind>]-<time>; in-memory models and datasets are named by their class."""
-    if isinstance(model, str):
-        stem = Path(model).stem if not model.startswith("timm:") else model[5:]
-    else:
-        stem = type(model).__name__
-    ds = dataset if isinstance(dataset, str) else type(dataset).__name__
+def default_out_dir(model: str, dataset: str, kind: str = "") -> Path:
+    """runs/<model>-<dataset>[-<kind>]-<time> from the names a config gives (``AuditConfig.model_name``)."""
+    stem = Path(model).stem if not model.startswith("timm:") else model[5:]
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem)[:60] or "model"
-    ds = re.sub(r"[^A-Za-z0-9_.-]+", "_", ds)[:60] or "data"
+    ds = re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset)[:60] or "data"
     return Path("runs") / "-".join([stem, ds] + ([kind] if kind else []) + [run_stamp()])
 
 

@@ -88,12 +88,13 @@ def prepare(config: AuditConfig, device: torch.device) -> Prepared:
                         class_counts=config.class_counts, download=config.download)
     num_classes = len(data.class_names)
     if config.num_classes is not None and config.num_classes != num_classes:
-        raise ConfigError(f"--num-classes {config.num_classes} but dataset {config.dataset} has {num_classes} classes")
+        raise ConfigError(f"--num-classes {config.num_classes} but dataset {config.dataset_name} has {num_classes} "
+                          "classes")
     model = load_model(config.model, num_classes=num_classes, checkpoint=config.checkpoint, mean=config.mean,
                        std=config.std, input_size=config.input_size, data_size=tuple(data.image_shape),
                        device=device, allow_large_input=config.allow_large_input, black_box=config.black_box)
     if model.num_classes != num_classes:
-        raise ModelLoadError(f"the model has {model.num_classes} outputs but dataset {config.dataset} has "
+        raise ModelLoadError(f"the model has {model.num_classes} outputs but dataset {config.dataset_name} has "
                              f"{num_classes} classes; audit it on the dataset it was trained for")
     if config.labels:
         model.apply_output_order(read_label_order(config.labels, data.class_names))
@@ -125,7 +126,7 @@ def run_audit(config: AuditConfig, *, progress: Optional[bool] = None, formats: 
     device = start(config.device, config.threads, config.seed)
     specs = config.attack_specs()
     attacks = [create_attack(s) for s in specs]
-    with output_folder(config.out if config.out else default_out_dir(config.model, config.dataset)) as out_dir:
+    with output_folder(config.out if config.out else default_out_dir(config.model_name, config.dataset_name)) as out_dir:
         data, model, eval_idx = prepared if prepared is not None else prepare(config, device)
         return _audit_into(out_dir, config, specs, attacks, device, t_start, progress,
                            lambda files, results: render_into(files, render, results, formats),
@@ -150,7 +151,7 @@ def _audit_into(out_dir: Optional[Path], config: AuditConfig, specs: list, attac
         try:
             specs = config.attack_specs(black_box=True)
         except ConfigError:
-            raise ModelLoadError(f"{config.model} cannot be converted to PyTorch for gradients, so only score-based "
+            raise ModelLoadError(f"{config.model_name} cannot be converted to PyTorch for gradients, so only score-based "
                                  "attacks can run on it: use --attacks square or a --suite") from None
         attacks = [create_attack(s) for s in specs]
     load_s = time.perf_counter() - t_start

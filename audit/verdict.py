@@ -129,6 +129,8 @@ def input_reasons(results: Mapping[str, Any]) -> list[str]:
 
 
 def _repair_command(results: Mapping[str, Any]) -> str:
+    if str(results["model"].get("format")) == "torch":  # a module from Python: the API, not the command line
+        return "tailaudit.run_repair(RepairConfig(audit=<this audit's AuditConfig>)) (docs/python_api.md)"
     cfg = results.get("config") or {}
     parts = ["python", "cli.py", "repair", str(results["model"]["spec"]), "--dataset", str(results["dataset"]["name"])]
     for key in ("checkpoint", "labels", "mean", "std", "input_size"):

@@ -147,7 +147,7 @@ def _run_repair(config: RepairConfig, *, hooks: Optional[TrainHooks], progress: 
     elif config.resume:
         out = Path(config.resume)
     else:
-        out = default_out_dir(config.audit.model, config.audit.dataset, "repair")
+        out = default_out_dir(config.audit.model_name, config.audit.dataset_name, "repair")
     out = Path(distributed.broadcast_from_main(str(out)))  # [distributed] rank 0's time stamp
     with output_folder(out) as made:  # rank 0: created and probed before any loading
         return _repair_into(made or out, config, hooks, show, t_start, resume_state, device, render)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGED = ("pyproject.toml", "README.md", "cli.py", "audit", "reports", "reat_finetune")
+PACKAGED = ("pyproject.toml", "README.md", "cli.py", "audit", "reports", "reat_finetune", "tailaudit")
 
 
 def _run(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
@@ -48,7 +48,7 @@ def test_wheel_audits_reports_and_repairs_from_another_folder(installed, tmp_pat
     work.mkdir()
     model = work / "model.onnx"
     shutil.copy(ROOT / "examples" / "digits_cnn.onnx", model)
-    where = _run([sys.executable, "-c", "import cli, audit, reports; print(cli.__file__, reports.__file__)"], work, env)
+    where = _run([sys.executable, "-c", "import cli, audit, reports, reat_finetune, tailaudit, audit.schema; print(cli.__file__, audit.__file__, reports.__file__, reat_finetune.__file__, tailaudit.__file__, audit.schema.SCHEMA_FILE)"], work, env)
     assert all(Path(p).resolve().is_relative_to(target.resolve()) for p in where.stdout.split())
     cheap = ["--dataset", "digitslt", "--n-per-class", "3", "--attacks", "pgd", "--steps", "2", "--no-pdf", "--quiet"]
     _run([sys.executable, "-m", "cli", "audit", str(model), *cheap, "--out", "a"], work, env)

@@ -18,6 +18,7 @@ from ..jsonfile import read_json
 from ..registry import DATASETS, register_dataset
 from . import cifar as _cifar  # noqa: F401  (registers cifar10lt / cifar100lt)
 from .core import ArrayImageDataset, ImageFileDataset, LTDataset, image_size, scan_image_folder
+from .inmemory import from_torch, is_dataset_object
 from .longtail import longtail_counts, select_longtail
 
 log = logging.getLogger(__name__)
@@ -28,14 +29,20 @@ SELECTION_SEED = 0
 
 
 def load_dataset(
-    name: str,
+    name: Any,
     *,
     imbalance: float = 0.01,
     data_root: str | Path | None = None,
     class_counts: str | Path | None = None,
     download: bool = True,
 ) -> LTDataset:
-    """Load a registered long-tailed dataset by name (``cifar10lt``, ``cifar100lt``, ``digitslt``, ``imagefolder``)."""
+    """Load a registered long-tailed dataset by name (``cifar10lt``, ``cifar100lt``, ``digitslt``, ``imagefolder``);
+    a dataset object from Python is wrapped as it is (:func:`.inmemory.from_torch`)."""
+    if is_dataset_object(name):
+        if class_counts is not None:
+            raise ConfigError("class_counts= (a file) goes with --dataset imagefolder; wrap your dataset with "
+                              "audit.data.from_torch(dataset, train_counts=[...]) instead")
+        return from_torch(name)
     loader = DATASETS.get(str(name).strip().lower())
     root = Path(data_root).expanduser() if data_root is not None else None
     counts_file = Path(class_counts).expanduser() if class_counts is not None else None

@@ -8,12 +8,13 @@ import torch
 from torch import nn
 
 from ..errors import ModelLoadError
+from .module import wrap_module
 from .sanity import check_finite_logits, check_finite_weights
 from .wrapper import LoadedModel, PixelClassifier, Preprocessing, parse_floats, sha256_of
 
 
 def load_model(
-    spec: str,
+    spec: str | nn.Module | LoadedModel,
     *,
     num_classes: int,
     checkpoint: Optional[str] = None,
@@ -25,10 +26,20 @@ def load_model(
     allow_large_input: bool = False,
     black_box: bool = False,
 ) -> LoadedModel:
-    """Load ``timm:ARCH`` (with ``checkpoint``) or ``path/to/model.onnx`` for auditing.
+    """Load ``timm:ARCH`` (with ``checkpoint``) or ``path/to/model.onnx`` for auditing; an ``nn.Module``
+    from Python is copied and wrapped (:mod:`.module`), a :class:`LoadedModel` is used as it is.
 
     ``black_box`` (ONNX only) skips the conversion: onnxruntime alone, for score-based attacks.
     """
+    if isinstance(spec, LoadedModel):
+        return spec
+    if isinstance(spec, nn.Module):
+        if checkpoint:
+            raise ModelLoadError("checkpoint= goes with timm:ARCH models; load the weights into your module first")
+        loaded = wrap_module(spec, mean=mean, std=std, input_size=input_size,
+                             data_size=data_size or (3, 32, 32), device=device)
+        check_finite_weights(loaded)
+        return loaded
     if spec.startswith("timm:"):
         from .timm_model import load_timm
 
@@ -66,6 +77,10 @@ def final_linear_of(loaded: LoadedModel) -> Optional[nn.Linear]:
         from .timm_model import final_linear
 
         return final_linear(net)
+    if loaded.format == "torch":
+        from .module import final_linear as module_linear
+
+        return module_linear(net)
     from .onnx_model import find_final_linear
 
     return find_final_linear(net)

@@ -1,0 +1,104 @@
+"""The in-memory API, as a notebook uses it: an ``nn.Module`` built in Python and a torch ``Dataset``.
+
+The same network saved to ONNX (the old exporter's numeric names, as users' files come) and
+audited from the command line must give the same figures on the same points.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import cli
+import tailaudit
+from audit.data import from_torch, load_dataset
+from audit.errors import DatasetError, ModelLoadError
+
+
+class SmallNet(nn.Module):
+    """A digits classifier as someone would write it in a notebook (normalisation outside: mean/std given)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                                  nn.Flatten(), nn.Linear(8 * 4 * 4, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+MEAN, STD = (0.3,), (0.4,)
+
+
+@pytest.fixture(scope="module")
+def notebook(tmp_path_factory):
+    """A trained SmallNet, the digitslt evaluation points as a TensorDataset, and the net as an ONNX file."""
+    data = load_dataset("digitslt")
+    torch.manual_seed(0)
+    net = SmallNet()
+    xs = torch.stack([data.train[i][0] for i in range(len(data.train))])
+    ys = torch.as_tensor(data.train_labels)
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    for _ in range(60):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net((xs - MEAN[0]) / STD[0]), ys).backward()
+        opt.step()
+    net.eval()
+    test = TensorDataset(torch.stack([data.test[i][0] for i in range(len(data.test))]), torch.as_tensor(data.test_labels))
+    onnx_path = tmp_path_factory.mktemp("onnx") / "smallnet.onnx"
+    torch.onnx.export(net, (torch.zeros(1, 1, 8, 8),), str(onnx_path), opset_version=13, dynamo=False,
+                      dynamic_axes={"input.1": {0: "n"}}, input_names=["input.1"])
+    return net, data, test, onnx_path
+
+
+def _figures(results: dict) -> dict:
+    return {"per_class": [(r["name"], r["train_count"], r["clean_acc"], r["robust_acc"]) for r in results["per_class"]],
+            "summary": results["summary"], "groups": results["dataset"]["groups"], "verdict": results["verdict"]["code"],
+            "n_eval": results["dataset"]["n_eval"]}
+
+
+def test_module_and_dataset_audit_like_the_same_model_from_onnx_on_the_cli(notebook, tmp_path, capsys):
+    net, data, test, onnx_path = notebook
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    config = tailaudit.AuditConfig(
+        model=net, mean=MEAN, std=STD, seed=0, steps=5, eps=0.1, quiet=True, out=str(tmp_path / "py"),
+        dataset=from_torch(DataLoader(test, batch_size=7, shuffle=True), classes=data.class_names,
+                           train_counts=data.train_counts, name="digitslt"))
+    run = tailaudit.run_audit(config, formats=["html"])
+    assert run.results["model"]["spec"] == "python:SmallNet" and run.results["model"]["format"] == "torch"
+    assert run.results["config"]["model"] == "python:SmallNet" and (run.out_dir / "report.html").is_file()
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items()) and not net.training  # untouched
+    assert all(p.requires_grad for p in net.parameters())
+
+    code = cli.main(["audit", str(onnx_path), "--dataset", "digitslt", "--mean", "0.3", "--std", "0.4", "--steps", "5",
+                     "--eps", "0.1", "--seed", "0", "--quiet", "--no-html", "--no-pdf", "--out", str(tmp_path / "cli")])
+    assert code == 0, capsys.readouterr().err
+    from_cli = json.loads((tmp_path / "cli" / "results.json").read_text())
+    ours = _figures(run.results)
+    assert ours["summary"]["clean"]["overall"] > 0.6 and ours["verdict"] != "not-meaningful"  # a working model
+    assert ours == _figures(from_cli)
+    assert np.array_equal(np.load(run.out_dir / "examples.npz")["index"],
+                          np.load(tmp_path / "cli" / "examples.npz")["index"])
+
+
+def test_plain_dataset_defaults_and_clear_refusals(notebook, tmp_path, caplog):
+    net, data, test, _ = notebook
+    wrapped = from_torch(test)
+    assert wrapped.class_names == [str(c) for c in range(10)] and len(set(wrapped.train_counts)) == 1
+    assert "taken as balanced" in caplog.text
+    run = tailaudit.run_audit(tailaudit.AuditConfig(model=net, dataset=test, mean=MEAN, std=STD, n_per_class=2,
+                                                    steps=1, quiet=True, out=str(tmp_path / "plain")))
+    assert run.results["dataset"]["balanced"] and run.results["dataset"]["name"] == "TensorDataset"
+    hwc = TensorDataset(torch.rand(4, 8, 8, 1), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(DatasetError, match="C x H x W"):
+        from_torch(hwc)
+    with pytest.raises(DatasetError, match=r"\[0, 1\]"):
+        from_torch(TensorDataset(torch.full((4, 1, 8, 8), 3.0), torch.zeros(4, dtype=torch.long)))
+    wrong = nn.Sequential(nn.Flatten(), nn.Linear(64, 7))  # 7 outputs for 10 classes
+    with pytest.raises(ModelLoadError, match="7 outputs"):
+        tailaudit.run_audit(tailaudit.AuditConfig(model=wrong, dataset=test, quiet=True, out=str(tmp_path / "w")))
+    assert not (tmp_path / "w").exists()
