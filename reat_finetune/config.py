@@ -221,7 +221,7 @@ class RepairConfig:
         return d
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = asdict(replace(self, audit=None))  # the audit's in-memory model and data are named, never copied
         d["audit"] = self.audit.to_dict()
         d["formats"] = list(self.formats)
         d["resolved"] = {"train_eps": self.eps, "train_step_size": self.step_size}

@@ -26,7 +26,7 @@ import onnx
 import torch
 
 from audit.errors import TailAuditError
-from audit.models import LoadedModel
+from audit.models import LoadedModel, PixelClassifier
 from audit.results import _atomic
 
 from .errors import RepairError
@@ -45,7 +45,7 @@ class ExportResult:
 
     path: Path
     format: str
-    audit_model: str
+    audit_model: Any  # what the after-audit loads: a file, ``timm:ARCH`` or (Python modules) the module
     audit_checkpoint: Optional[str]
     parity: dict[str, Any] = field(default_factory=dict)
 
@@ -285,6 +285,42 @@ def export_timm(loaded: LoadedModel, out_dir: Path, probe: torch.Tensor, *, tol:
     return ExportResult(final, "safetensors", f"timm:{loaded.arch}", str(final), parity)
 
 
+def export_module(loaded: LoadedModel, out_dir: Path, probe: torch.Tensor, *, tol: float = 1e-3,
+                  device: torch.device | str = "cpu") -> ExportResult:
+    """A Python module's weights as ``out_dir/repaired.safetensors`` (load them with ``load_state_dict``).
+
+    The after-audit runs a copy of the module with the file's weights loaded, so it audits what
+    the file holds; a module whose state dict does not round-trip fails the parity check here.
+    """
+    from safetensors.torch import load, save
+
+    net = loaded.module.net
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
+    blob = save(tensors, metadata={"module": str(loaded.arch), "producer": "tailaudit repair"})
+    final = out_dir / SAFETENSORS_NAME
+    _atomic(final, lambda fh: fh.write(blob))
+    again = copy.deepcopy(net).cpu()
+    again.load_state_dict(load(final.read_bytes()))
+    again.eval()
+    x = probe.detach().float().cpu()
+    wrapped = PixelClassifier(again, loaded.preprocessing).eval()
+    parity = _parity(_logits(loaded.module, x), _logits(wrapped, x), tol, f"the reloaded {final.name}")
+    log.info("wrote %s", final)
+    return ExportResult(final, "safetensors", again, None, parity)
+
+
+def preflight_module(loaded: LoadedModel, probe: torch.Tensor, *, tol: float = 1e-3,
+                     device: torch.device | str = "cpu") -> ExportPlan:
+    """Write the unmodified module's weights as safetensors, load them into a copy, compare."""
+    with tempfile.TemporaryDirectory(prefix="tailaudit-preflight-") as tmp:
+        try:
+            res = export_module(loaded, Path(tmp), probe, tol=tol, device=device)
+        except (RepairError, TailAuditError, RuntimeError) as exc:
+            raise RepairError(f"this module cannot be repaired: a test export of its unmodified weights fails "
+                              f"({_first_line(exc)})") from None
+    return ExportPlan("safetensors", layout=loaded.preprocessing.layout, parity=res.parity)
+
+
 def preflight_timm(loaded: LoadedModel, probe: torch.Tensor, *, tol: float = 1e-3,
                    device: torch.device | str = "cpu") -> ExportPlan:
     """Write the unmodified timm weights as safetensors, reload them into the architecture, compare."""
@@ -317,8 +353,10 @@ def preflight_export(loaded: LoadedModel, probe: torch.Tensor, *, tol: float = 1
         return _without_label_order(loaded, lambda: preflight_onnx(loaded, probe, tol=tol, device=device))
     if loaded.format == "timm":
         return _without_label_order(loaded, lambda: preflight_timm(loaded, probe, tol=tol, device=device))
-    raise RepairError(f"cannot write a repaired model of format {loaded.format!r}; repair takes ONNX files "
-                      "and timm checkpoints")
+    if loaded.format == "torch":
+        return _without_label_order(loaded, lambda: preflight_module(loaded, probe, tol=tol, device=device))
+    raise RepairError(f"cannot write a repaired model of format {loaded.format!r}; repair takes ONNX files, "
+                      "timm checkpoints and nn.Modules")
 
 
 def keep_input(loaded: LoadedModel, out_dir: Path) -> Optional[ExportResult]:
@@ -333,7 +371,7 @@ def keep_input(loaded: LoadedModel, out_dir: Path) -> Optional[ExportResult]:
 
 def export_repaired(loaded: LoadedModel, out_dir: Path, probe: torch.Tensor, plan: ExportPlan, *,
                     tol: float = 1e-3, device: torch.device | str = "cpu") -> ExportResult:
-    """ONNX in, ONNX out (as ``plan``, from :func:`preflight_export`); timm in, safetensors out.
+    """ONNX in, ONNX out (as ``plan``, from :func:`preflight_export`); timm or a Python module in, safetensors out.
 
     The file keeps the network's own output order: a ``--labels`` re-ordering is switched off
     for the parity checks (the after-audit applies the same ``--labels`` again).
@@ -342,4 +380,6 @@ def export_repaired(loaded: LoadedModel, out_dir: Path, probe: torch.Tensor, pla
         return _without_label_order(loaded, lambda: export_onnx(loaded, out_dir, probe, plan, tol=tol, device=device))
     if loaded.format == "timm":
         return _without_label_order(loaded, lambda: export_timm(loaded, out_dir, probe, tol=tol, device=device))
+    if loaded.format == "torch":
+        return _without_label_order(loaded, lambda: export_module(loaded, out_dir, probe, tol=tol, device=device))
     raise RepairError(f"cannot write a repaired model of format {loaded.format!r}")

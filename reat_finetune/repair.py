@@ -58,6 +58,7 @@ class RepairRun:
     best_epoch: int
     summary: dict[str, Any]
     reports: dict[str, Path] = field(default_factory=dict)
+    module: Optional[torch.nn.Module] = None  # an nn.Module's repair: the repaired copy (the file's weights loaded)
 
     @property
     def before_path(self) -> Path:
@@ -157,7 +158,7 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
                  resume_state: Optional[dict[str, Any]], device: torch.device,
                  render: Optional[Renderer]) -> RepairRun:
     # -- load and check everything before any long work ----------------------------------
-    data, loaded, _ = prepare(config.audit, device)
+    data, loaded, eval_idx = prepare(config.audit, device)  # loaded once: the before-audit reuses it
     if data.train is None or data.train_labels is None or len(data.train_labels) == 0:
         raise RepairError(f"dataset {data.name} has no training images; repair fine-tunes on the long-tailed "
                           "training split: give --data-root with train/<class>/ folders (an evaluation folder "
@@ -202,21 +203,21 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
     if resume_state is not None:
         check_fingerprint(resume_state["fingerprint"], fp, Path(config.resume))  # type: ignore[arg-type]
     export_plan = _preflight(loaded, data, config, device)  # proves the export before any attack or training step
-    method.prepare_model(loaded.module, final_linear_of(loaded),  # hook: a trainable head (MiSLAS, ResLT)
-                         [_probe_images(data, train_idx, 256, size).to(device)], groups)
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
 
-    # -- before ----------------------------------------------------------------------------
+    # -- before (the model as loaded, before any method changes it) ----------------------------
     before_cfg = replace(config.audit, out=str(out / "before"), quiet=config.quiet or config.audit.quiet,
                          fail_under=None)
     before = _reusable_before(out / "before" / "results.json", before_cfg) if resume_state is not None else None
     before = distributed.broadcast_from_main(before)  # [distributed] rank 0 decides
     if before is None:
         log.info("auditing the input model (before)")
-        before = run_audit(before_cfg, progress=show).results
+        before = run_audit(before_cfg, progress=show, prepared=(data, loaded, eval_idx)).results
     else:
         log.info("reusing the before-audit in %s", out / "before")
+    method.prepare_model(loaded.module, final_linear_of(loaded),  # hook: a trainable head (MiSLAS, ResLT)
+                         [_probe_images(data, train_idx, 256, size).to(device)], groups)
 
     # -- fine-tune ---------------------------------------------------------------------------
     setup = TrainSetup(
@@ -295,7 +296,8 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
         reports = _write_top_level(out, config, tlog, summary, after_run.results_path, exported.path.name, t_start,
                                    render)
     return RepairRun(out_dir=out, before=before, after=after, training_log=tlog, model_path=exported.path,
-                     best_epoch=result.best_epoch, summary=summary, reports=reports)
+                     best_epoch=result.best_epoch, summary=summary, reports=reports,
+                     module=exported.audit_model if isinstance(exported.audit_model, torch.nn.Module) else None)
 
 
 def _shift_bn(loaded: Any, setup: TrainSetup, config: RepairConfig, result: Any) -> str:

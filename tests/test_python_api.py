@@ -102,3 +102,23 @@ def test_plain_dataset_defaults_and_clear_refusals(notebook, tmp_path, caplog):
     with pytest.raises(ModelLoadError, match="7 outputs"):
         tailaudit.run_audit(tailaudit.AuditConfig(model=wrong, dataset=test, quiet=True, out=str(tmp_path / "w")))
     assert not (tmp_path / "w").exists()
+
+
+def test_module_repair_returns_the_repaired_module_and_its_weights(notebook, tmp_path):
+    net, data, test, _ = notebook
+    train = TensorDataset(torch.stack([data.train[i][0] for i in range(len(data.train))]),
+                          torch.as_tensor(data.train_labels))
+    dataset = from_torch(test, classes=data.class_names, train=train, name="digitslt")
+    assert dataset.train_counts == list(data.train_counts)  # counted from the training set
+    audit = tailaudit.AuditConfig(model=net, dataset=dataset, mean=MEAN, std=STD, n_per_class=3, steps=2, quiet=True)
+    run = tailaudit.run_repair(tailaudit.RepairConfig(audit=audit, steps_total=4, evaluations=1, batch_size=64,
+                                                      out=str(tmp_path / "rep"), formats=()))
+    assert run.model_path.name == "repaired.safetensors" and isinstance(run.module, SmallNet)
+    from safetensors.torch import load_file
+
+    again = SmallNet()
+    again.load_state_dict(load_file(run.model_path))  # what a notebook does with the file
+    x = torch.rand(5, 1, 8, 8)
+    assert torch.allclose(again.eval()((x - MEAN[0]) / STD[0]), run.module.eval()((x - MEAN[0]) / STD[0]), atol=1e-6)
+    assert run.before["model"]["spec"] == run.after["model"]["spec"] == "python:SmallNet"
+    assert run.before["model"]["sha256"] != run.after["model"]["sha256"] or run.summary["model"]["input_kept"]
