@@ -31,13 +31,19 @@ def _locate(net: nn.Module, linear: nn.Module) -> tuple[nn.Module, str]:
     raise RepairError("the final linear layer could not be located in the network to swap its head")
 
 
-def swap_head(net: nn.Module, linear: Optional[nn.Linear], make: Callable[[nn.Linear], nn.Module],
-              method: str) -> nn.Module:
-    """Replace the final linear layer by ``make(linear)``; returns the new head (RepairError without one)."""
+def require_linear(linear: Optional[nn.Linear], method: str) -> nn.Linear:
+    """``linear``, or the RepairError of a head method on a model without a final linear layer."""
     if linear is None:
         raise RepairError(f"--method {method} trains a head on the model's final linear layer, and this model has "
                           "none the repair can find (a Gemm/MatMul classifier, or no classifier layer); use "
                           "another --method")
+    return linear
+
+
+def swap_head(net: nn.Module, linear: Optional[nn.Linear], make: Callable[[nn.Linear], nn.Module],
+              method: str) -> nn.Module:
+    """Replace the final linear layer by ``make(linear)``; returns the new head (RepairError without one)."""
+    linear = require_linear(linear, method)
     parent, attr = _locate(net, linear)
     head = make(linear)
     setattr(parent, attr, head)

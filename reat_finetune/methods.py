@@ -38,7 +38,7 @@ from audit.attacks.pgd import PGD
 
 
 from .errors import RepairError
-from .heads import ResLTHead, ScaledLinear, feature_stats, fold_head, swap_head
+from .heads import ResLTHead, ScaledLinear, feature_stats, fold_head, require_linear, swap_head
 from .losses import KLAttack, tail_penalty_pairwise, tail_penalty_reference
 from .schedules import PerSampleEps, class_eps_factors, eps_scale
 from .smoothing import label_aware_eps, smoothed_cross_entropy
@@ -122,6 +122,9 @@ class RepairMethod:
 
     preferred_sampler: Optional[str] = None  # what --sampler auto resolves to for this method (None: the rule)
     default_smoothing = False  # label-aware smoothing even without --smoothing (MiSLAS)
+
+    def check_model(self, linear: Optional[torch.nn.Linear], groups: Sequence[Optional[str]]) -> None:
+        """Hook: RepairError when :meth:`prepare_model` would refuse this model, checked before any audit."""
 
     def prepare_model(self, model: torch.nn.Module, linear: Optional[torch.nn.Linear],
                       batches: Sequence[torch.Tensor], groups: Sequence[Optional[str]]) -> None:
@@ -273,6 +276,9 @@ class HeadMethod(RepairMethod):
 
     head: Optional[torch.nn.Module] = None
 
+    def check_model(self, linear: Optional[torch.nn.Linear], groups: Sequence[Optional[str]]) -> None:
+        require_linear(linear, self.name)
+
     def finalize(self, net: torch.nn.Module) -> None:
         if self.head is not None:
             fold_head(self.head)
@@ -317,11 +323,15 @@ class ResLT(HeadMethod):
     name = "reslt"
     description = "ResLT: head / medium+tail / tail branches sharing the classifier, folded into one layer at export"
 
-    def prepare_model(self, model: torch.nn.Module, linear: Optional[torch.nn.Linear],
-                      batches: Sequence[torch.Tensor], groups: Sequence[Optional[str]]) -> None:
+    def check_model(self, linear: Optional[torch.nn.Linear], groups: Sequence[Optional[str]]) -> None:
         if not any(g == "tail" for g in groups):
             raise RepairError("--method reslt needs a long-tailed training set (its branches are the medium and "
                               "tail classes); this one is balanced: use another --method")
+        require_linear(linear, self.name)
+
+    def prepare_model(self, model: torch.nn.Module, linear: Optional[torch.nn.Linear],
+                      batches: Sequence[torch.Tensor], groups: Sequence[Optional[str]]) -> None:
+        self.check_model(linear, groups)
         tail = torch.tensor([g == "tail" for g in groups])
         mid_tail = torch.tensor([g in ("medium", "tail") for g in groups])
         self.members = torch.stack([torch.ones_like(tail), mid_tail, tail])  # (3, C) branch class sets

@@ -202,6 +202,7 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
     )
     if resume_state is not None:
         check_fingerprint(resume_state["fingerprint"], fp, Path(config.resume))  # type: ignore[arg-type]
+    method.check_model(final_linear_of(loaded), groups)  # a method's refusal, before any audit
     export_plan = _preflight(loaded, data, config, device)  # proves the export before any attack or training step
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
