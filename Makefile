@@ -5,7 +5,7 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: install system-deps demo test bench clean
+.PHONY: install system-deps demo test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -27,8 +27,13 @@ demo: $(STAMP)
 	$(VPY) cli.py audit examples/digits_cnn.onnx $(DEMO_FLAGS) --out $(DEMO_OUT)
 	$(VPY) cli.py repair examples/digits_cnn.onnx $(DEMO_FLAGS) --out $(DEMO_OUT)/repair
 
+# Every tier (unit, contract, end-to-end); prints the 15 slowest tests.
 test: install
-	$(VPY) -m pytest -q tests
+	$(VPY) -m pytest -q --durations=15 tests
+
+# The fast tiers only (-m "not slow": no whole repairs, torchrun or wheel builds).
+test-fast: install
+	$(VPY) -m pytest -q -m "not slow" tests
 
 bench: $(STAMP)
 	$(VPY) bench/attack_speed.py

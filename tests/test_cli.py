@@ -11,9 +11,8 @@ import pytest
 import torch
 
 import cli
+from support import DEMO, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "examples" / "digits_cnn.onnx"
 
 
 def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:

@@ -28,8 +28,8 @@ from audit.data import (
     stratified_subset,
 )
 from audit.errors import ConfigError, DatasetError
+from support import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 # the shared folder sits beside the checkout (CI clones elsewhere, with ../shared beside it)
 CIFAR10_ZIP = next((p for p in (ROOT.parent / "shared" / "data" / "cifar10-jpeg.zip",
                                 Path("/work/shared/data/cifar10-jpeg.zip")) if p.is_file()),

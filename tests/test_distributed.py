@@ -23,9 +23,10 @@ from tailaudit import AuditConfig, run_audit
 from audit.distributed import shard_bounds
 from audit.engine import PointRecords
 from audit.merge import concat_records
+from support import DEMO, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "examples" / "digits_cnn.onnx"
+pytestmark = pytest.mark.slow  # the end-to-end tier (conftest.py)
+
 AUDIT_ARGS = ["--dataset", "digitslt", "--n-per-class", "7", "--eps", "0.1", "--steps", "4", "--seed", "3",
               "--batch-size", "16", "--no-html", "--no-pdf", "--device", "cpu"]
 

@@ -13,9 +13,8 @@ import cli
 from audit.errors import ConfigError
 from audit.gate import evaluate_gate, parse_fail_under
 from audit.inputs import input_info, input_warnings
+from support import DEMO
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "examples" / "digits_cnn.onnx"
 FAST = ["--steps", "3", "--eps", "0.1", "--quiet", "--no-html", "--no-pdf"]
 
 

@@ -4,6 +4,7 @@ cases run in a subprocess under an address-space limit (``resource.setrlimit(RLI
 """
 from __future__ import annotations
 
+import copy
 import errno
 import json
 import logging
@@ -26,23 +27,12 @@ from PIL import Image
 import cli
 from audit import bounds
 from audit.outputs import MANIFEST
+from support import DEMO, ROOT, run_main
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "examples" / "digits_cnn.onnx"
 FAST = ["--n-per-class", "2", "--steps", "1", "--quiet", "--no-html", "--no-pdf"]
 
 
 # --------------------------------------------------------------------------- running and checking
-
-
-def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
-    """cli.main in-process; argparse's exit (SystemExit) counts as the exit code."""
-    try:
-        code = cli.main(argv)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
@@ -151,12 +141,10 @@ def pickled_checkpoint(path: Path) -> Path:
 # --------------------------------------------------------------------------- results files
 
 
-@pytest.fixture(scope="module")
-def demo_results(tmp_path_factory) -> dict:
-    """A real results.json from a tiny digits audit (also used to test the schema on tailaudit's own output)."""
-    out = tmp_path_factory.mktemp("demo") / "run"
-    assert cli.main(["audit", str(DEMO), "--out", str(out), *FAST]) == 0
-    return json.loads((out / "results.json").read_text())
+@pytest.fixture
+def demo_results(tiny_audit) -> dict:
+    """A real results.json from the session's tiny digits audit (a copy each test may edit)."""
+    return copy.deepcopy(tiny_audit[1])
 
 
 def results_file(d: Path, base: dict, edit: Callable[[dict], None] | None = None, text: str | None = None) -> Path:

@@ -16,8 +16,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from support import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("audit", "reat_finetune", "reports", "tailaudit")
 BOTTOM = {"audit.values", "audit.errors", "audit.registry", "audit.bounds", "audit.version", "audit.textsafe"}
 # what reports may read of the audit package: value types, results helpers, the stored verdict's constants

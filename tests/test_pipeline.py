@@ -11,9 +11,8 @@ from PIL import Image
 
 from tailaudit import AuditConfig, run_audit
 from audit.errors import ModelLoadError
+from support import DEMO
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "examples" / "digits_cnn.onnx"
 
 
 def _image_folder(root: Path, counts: list[int], n_test: int = 3, size: int = 16) -> Path:

@@ -33,9 +33,9 @@ from reat_finetune.losses import KLAttack
 from reat_finetune.methods import LossContext, get_method
 from reat_finetune.selection import Floors, better, ineligible_because, plan
 from reat_finetune.train import CB_MIN_CLASS, epoch_order, lr_at, perturb, resolve_sampler, split_train_val
+from support import DEMO, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "examples" / "digits_cnn.onnx"
+
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

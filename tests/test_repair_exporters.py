@@ -18,6 +18,8 @@ from reat_finetune.export import OnnxSignature
 
 from exporter_fixtures import CASES, ExporterCase, build
 
+pytestmark = pytest.mark.slow  # the end-to-end tier (conftest.py)
+
 IDS = [c.name for c in CASES]
 
 

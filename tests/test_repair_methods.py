@@ -13,6 +13,7 @@ from reat_finetune.methods import LBGAT, LossContext, ScheduledPGD, get_method, 
 from reat_finetune.schedules import WARMUP_SHARE, class_eps_factors, eps_scale
 from reat_finetune.smoothing import label_aware_eps, smoothed_cross_entropy
 
+
 COUNTS = [500, 300, 180, 100, 60, 36, 20, 12, 7, 5]
 
 
@@ -170,7 +171,8 @@ def test_mislas_trains_the_head_only(tmp_path):
     from onnx import numpy_helper
 
     from tailaudit import run_repair
-    from test_repair import DEMO, cheap_config
+    from support import DEMO
+    from test_repair import cheap_config
 
     run = run_repair(cheap_config(tmp_path, method="mislas", epochs=None, steps_total=6, evaluations=1))
     assert run.summary["sampler"] == "class-balanced" and run.summary["selection"]["chosen_step"] == 6

@@ -24,8 +24,8 @@ from reports import check_comparable, load_results, render_report
 from reports.fetcher import LocalOnlyFetcher, RefusedURL
 from reports.fmt import pct, points
 from reports.render import TEMPLATES, write_pdf
+from support import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 A4_WIDTH_PT = 595.3

@@ -13,9 +13,8 @@ import cli
 from audit.attacks import ATTACKS, SUITES
 from audit.config import AuditConfig
 from audit.errors import ConfigError
+from support import DEMO
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "examples" / "digits_cnn.onnx"
 
 
 def _main(argv: list[str]) -> int:

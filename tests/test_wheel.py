@@ -10,8 +10,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from support import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # the end-to-end tier (conftest.py)
+
 PACKAGED = ("pyproject.toml", "README.md", "cli.py", "audit", "reports", "reat_finetune", "tailaudit")
 
 
