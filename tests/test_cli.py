@@ -172,6 +172,7 @@ def test_debug_shows_traceback(tmp_path):
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
+@pytest.mark.slow
 def test_audit_writes_reports_by_default_and_report_command_rerenders(tmp_path):
     out = tmp_path / "run"
     proc = run_cli("audit", str(DEMO), "--n-per-class", "5", "--steps", "3", "--out", str(out), "--quiet")

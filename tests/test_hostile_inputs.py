@@ -368,6 +368,7 @@ def test_results_checked_against_the_schema_before_they_are_written(tmp_path, mo
     assert len(err.strip().splitlines()) == 1 and not out.exists()
 
 
+@pytest.mark.slow
 def test_repair_before_after_results_validate(tmp_path, capsys):
     import jsonschema
 
@@ -574,6 +575,7 @@ _SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_memory_bounded_under_address_space_limit(tmp_path, demo_results):
     """Tiny files that used to allocate many GiB, run under RLIMIT_AS = 5 GiB."""
     big_first, counts = image_folder(tmp_path / "a", lambda p: Image.new("L", (7000, 7000)).save(p) or p)

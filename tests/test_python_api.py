@@ -104,6 +104,7 @@ def test_plain_dataset_defaults_and_clear_refusals(notebook, tmp_path, caplog):
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_module_repair_returns_the_repaired_module_and_its_weights(notebook, tmp_path):
     net, data, test, _ = notebook
     train = TensorDataset(torch.stack([data.train[i][0] for i in range(len(data.train))]),

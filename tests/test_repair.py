@@ -398,6 +398,7 @@ def test_learning_rate_schedules():
 # --------------------------------------------------------------------------- the demo repair
 
 
+@pytest.mark.slow
 def test_repair_on_digits_raises_tail_robustness(tmp_path):
     """The README's command with every repair default (seed 0): the tail gains 5+ points, the head/tail gap narrows."""
     audit = AuditConfig(model=str(DEMO), dataset="digitslt", quiet=True, device="cpu")  # eps 8/255, PGD-20 + T-PGD
@@ -453,6 +454,7 @@ def test_repair_on_digits_raises_tail_robustness(tmp_path):
     assert not list(out.glob(".*.tmp*"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS.names())
 def test_every_method_and_sampler_repairs(tmp_path, method):
     """Each registered method (and class-balanced sampling) runs end to end and logs its budget and selection."""
@@ -489,6 +491,7 @@ def _same_state(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["epoch", "batch"])
 def test_resume_after_interrupt_is_bit_identical(uninterrupted, tmp_path, where):
     full_out, full_run = uninterrupted
@@ -518,6 +521,7 @@ def test_resume_after_interrupt_is_bit_identical(uninterrupted, tmp_path, where)
     assert (out / "repaired.onnx").read_bytes() == (full_out / "repaired.onnx").read_bytes()
 
 
+@pytest.mark.slow
 def test_disk_full_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     calls = {"n": 0}
     real = ckpt_mod._serialise
@@ -565,6 +569,7 @@ CHEAP = ["--dataset", "digitslt", "--eps", "0.1", "--attacks", "pgd", "--steps",
          "--epochs", "1", "--no-html", "--no-pdf", "--quiet", "--device", "cpu"]
 
 
+@pytest.mark.slow
 def test_cli_bad_inputs_exit_2_one_line(tmp_path, uninterrupted, no_linear_onnx):
     full_out, _ = uninterrupted
     # imagefolder with an evaluation folder and counts but no training images

@@ -97,6 +97,7 @@ def test_lbgat_loss_is_scale_free_and_zero_at_the_guide():
     assert not guide.training and not any(p.requires_grad for p in guide.parameters())
 
 
+@pytest.mark.slow
 def test_every_hook_at_once_resumes_bit_identical(tmp_path):
     """LBGAT with a learnable guide (second optimiser group, guide in the checkpoint), ε warm-up, class-wise
     radii and label-aware smoothing: a run killed mid-epoch and resumed ends with the same file."""
@@ -165,6 +166,7 @@ def test_head_methods_refuse_a_model_without_a_final_linear(tmp_path):
         assert not (tmp_path / method / "before").exists()
 
 
+@pytest.mark.slow
 def test_mislas_trains_the_head_only(tmp_path):
     """The backbone's weights come back unchanged; only the classifier (with the scale folded in) moves."""
     import onnx

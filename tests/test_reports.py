@@ -217,6 +217,7 @@ def test_render_100_classes(run100):
         assert needle in text, needle  # the full table is there
 
 
+@pytest.mark.slow
 def test_render_1000_classes(tmp_path):
     results = make_results(1000)
     path = write_run(tmp_path, results, shape=(3, 32, 32))
