@@ -161,179 +161,221 @@ def _looks_like_probabilities(logits: torch.Tensor) -> bool:
         torch.allclose(logits.sum(1), torch.ones(logits.shape[0], device=logits.device), atol=1e-3))
 
 
-def run_cascade(
-    model: torch.nn.Module,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-    attacks: Sequence[Attack],
-    *,
-    n_total: int,
-    num_classes: int,
-    input_size: Sequence[int],
-    device: torch.device,
-    seed: int,
-    independent: bool = False,
-    reference_scorer: Optional[Scorer] = None,
-    examples_per_class: int = 2,
-    amp: str = "off",
-    progress: bool = True,
-) -> PointRecords:
-    """Score clean, then run ``attacks`` in order on the points each leaves robust.
+@dataclass
+class _Tally:
+    """What a cascade accumulates over its batches (column-wise, like :class:`PointRecords`)."""
 
-    ``batches`` yields (pixels N×C×H×W in [0, 1], labels, test-set indices). With a
-    ``reference_scorer`` (onnxruntime for ONNX models) the clean predictions and every
-    attack's final point, fooled or not, are scored by it and only its verdict counts;
-    score-based attacks (Square) query it directly. With ``amp="bf16"`` and no reference
-    scorer, every verdict is re-checked in fp32.
+    n_total: int
+    n_attacks: int
+    num_classes: int
+    examples_per_class: int
+
+    def __post_init__(self) -> None:
+        A, n = self.n_attacks, self.n_total
+        self.index = np.empty(n, np.int64)
+        self.label = np.empty(n, np.int64)
+        self.clean = np.empty(n, np.int64)
+        self.pred = np.empty((A, n), np.int64)
+        self.step = np.full((A, n), -1, np.int64)
+        self.zero_grad_points = np.zeros((A, n), bool)
+        self.carried = np.zeros((A, n), bool)  # points that went past Square's probe
+        self.jitter = np.zeros(n, np.float32)
+        self.seconds = [0.0] * A
+        self.zero_grad = [0] * A
+        self.attacked = [0] * A
+        self.survivors_broken = [0] * A
+        self.clean_s = 0.0
+        self.rescored = self.disagreed = 0
+        self.pos = self.n_robust = 0
+        self.keeper = _ExampleKeeper(self.num_classes, self.examples_per_class)
+        self.warnings: list[str] = []
+
+
+@dataclass
+class Evaluator:
+    """How points are scored: the model, where it runs, at which precision, and which runtime's verdict counts.
+
+    The one evaluation path: the audit, the robustness curve, the sanity checks, the benches and
+    repair's validation all score points through :meth:`cascade`. With a ``reference_scorer``
+    (onnxruntime for ONNX models) the clean predictions and every attack's final point, fooled or
+    not, are scored by it and only its verdict counts; score-based attacks (Square) query it
+    directly. With ``amp="bf16"`` and no reference scorer, every verdict is re-checked in fp32.
+    ``strict_outputs=False`` (repair's validation of a model being trained) counts non-finite
+    logits as wrong answers instead of refusing the model.
     """
-    A = len(attacks)
-    idx_all = np.empty(n_total, np.int64)
-    lab_all = np.empty(n_total, np.int64)
-    clean_all = np.empty(n_total, np.int64)
-    pred_all = np.empty((A, n_total), np.int64)
-    step_all = np.full((A, n_total), -1, np.int64)
-    secs = [0.0] * A
-    zero_grad = [0] * A
-    attacked = [0] * A
-    zg_all = np.zeros((A, n_total), bool)
-    jitter_all = np.zeros(n_total, np.float32)
-    surv_broken = [0] * A
-    carried_all = np.zeros((A, n_total), bool)  # points that went past Square's probe
-    clean_s = 0.0
-    rescored = disagreed = 0
-    keeper = _ExampleKeeper(num_classes, examples_per_class)
-    warnings: list[str] = []
-    autocast: Optional[Callable[[], contextlib.AbstractContextManager]] = None
-    if amp == "bf16":
-        autocast = lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)  # noqa: E731
 
-    def ref_pred(x: torch.Tensor) -> torch.Tensor:
-        logits = reference_scorer(x.detach().float().cpu().numpy())  # type: ignore[misc]
-        return torch.from_numpy(np.asarray(logits)).argmax(1).to(device)
+    model: torch.nn.Module
+    num_classes: int
+    input_size: Sequence[int]
+    device: torch.device
+    amp: str = "off"
+    reference_scorer: Optional[Scorer] = None
+    strict_outputs: bool = True
 
-    def fp32_pred(x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return model(x.detach().float()).argmax(1)
+    @property
+    def autocast(self) -> Optional[Callable[[], contextlib.AbstractContextManager]]:
+        if self.amp != "bf16":
+            return None
+        return lambda: torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
-    verify: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
-    verified_by = "model"
-    if reference_scorer is not None:
-        verify, verified_by = ref_pred, "onnxruntime"
-    elif amp == "bf16":
-        verify, verified_by = fp32_pred, "fp32"
-    ref_model = ScorerClassifier(reference_scorer, device) if reference_scorer is not None else None
+    @property
+    def verified_by(self) -> str:
+        """Whose verdict counts: "onnxruntime", "fp32" (a bf16 run re-checked) or "model"."""
+        return "onnxruntime" if self.reference_scorer is not None else "fp32" if self.amp == "bf16" else "model"
 
-    pos = 0
-    n_robust = 0
-    bar = tqdm(total=n_total, unit="pt", file=sys.stderr, disable=not progress, dynamic_ncols=True,
-               desc="audit", leave=False)
-    try:
-        for b, (x, y, ids) in enumerate(batches):
-            x = adapt_images(x.to(device, non_blocking=True).float(), input_size)
-            y = y.to(device).long()
-            n = x.shape[0]
-            sl = slice(pos, pos + n)
-            t0 = time.perf_counter()
+    def reference_pred(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.reference_scorer(x.detach().float().cpu().numpy())  # type: ignore[misc]
+        return torch.from_numpy(np.asarray(logits)).argmax(1).to(self.device)
+
+    def verify(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """The verifying runtime's predictions for final points, or None when the attacked model's own count."""
+        if self.reference_scorer is not None:
+            return self.reference_pred(x)
+        if self.amp == "bf16":
             with torch.no_grad():
-                try:
-                    logits = model(x)
-                    again = model(x)
-                except Exception as exc:  # shape errors surface as RuntimeError, AssertionError, ...
-                    raise ModelLoadError(
-                        f"the model cannot run on inputs of size {tuple(x.shape[1:])} ({str(exc).splitlines()[0]}); "
-                        "pass --input-size the model was trained at") from exc
-            if logits.dim() != 2 or logits.shape[1] != num_classes:
-                raise ModelLoadError(f"the model returns shape {tuple(logits.shape)}, expected (batch, {num_classes})")
-            if not bool(torch.isfinite(logits).all()):
-                raise ModelLoadError("the model returns NaN or infinite outputs on evaluation images; check its "
-                                     "weights and --mean/--std")
-            if b == 0 and _looks_like_probabilities(logits):
-                warnings.append("the model outputs probabilities (rows sum to 1), not logits: attack gradients "
-                                "are weak and robust accuracy is overestimated; export the logits")
-            jitter_all[sl] = (logits.float() - again.float()).abs().amax(1).cpu().numpy()
-            clean = ref_pred(x) if reference_scorer else logits.argmax(1)
-            clean_s += time.perf_counter() - t0
-            correct = clean == y
-            alive = correct.clone()
-            # per point, the lowest margin the gradient attacks have reached so far (Square's probe uses it),
-            # and whether any of them had a non-zero gradient there (else that margin says nothing)
-            best_margin = logit_margin(logits.float(), y)
-            informed = torch.zeros(n, dtype=torch.bool, device=device)
-            gradient_ran = False
-            pred_b = clean.unsqueeze(0).repeat(A, 1)
-            step_b = torch.full((A, n), -1, dtype=torch.long, device=device)
-            for a, attack in enumerate(attacks):
-                target = correct if independent else alive
-                sel = target.nonzero().squeeze(1)
-                if sel.numel() == 0:
-                    continue
-                t0 = time.perf_counter()
-                noise = PointNoise.for_points(seed, attack.spec.name, ids[sel.cpu()], device)
-                on_ref = attack.gradient_free and ref_model is not None
-                to_beat = None
-                if gradient_ran and not independent:
-                    to_beat = torch.where(informed[sel], best_margin[sel], torch.full_like(best_margin[sel], float("inf")))
-                out = attack.run(ref_model if on_ref else model, x[sel], y[sel], noise=noise, early_stop=True,
-                                 autocast=None if on_ref else autocast, margin_to_beat=to_beat)
-                if out.min_margin is not None and not independent:
-                    gradient_ran = True
-                    best_margin[sel] = torch.minimum(best_margin[sel], out.min_margin.to(best_margin))
-                    informed[sel] |= ~out.zero_grad_mask.to(device)
-                fooled = out.step >= 0
-                adv_pred = out.pred
-                step = out.step
-                if verify is not None and not on_ref:
-                    # every verdict on the deployed runtime: fooled points and survivors alike
-                    rp = verify(out.x_adv)
-                    rescored += int(sel.numel())
-                    confirmed = rp != y[sel]
-                    disagreed += int((fooled & ~confirmed).sum())
-                    only_there = confirmed & ~fooled
-                    # a near miss the runtime rejected: Square gets its full budget there
-                    rejected = sel[fooled & ~confirmed]
-                    informed[rejected], best_margin[rejected] = False, float("inf")
-                    surv_broken[a] += int(only_there.sum())
-                    step = torch.where(only_there, torch.full_like(step, attack.budget), step)
-                    fooled, adv_pred = confirmed, rp
-                if out.carried_on is not None:
-                    carried_all[a, pos + sel.cpu().numpy()] = out.carried_on.cpu().numpy()
-                secs[a] += time.perf_counter() - t0
-                zero_grad[a] += out.zero_grad
-                zg_all[a, pos + sel.cpu().numpy()] = out.zero_grad_mask.cpu().numpy()
-                attacked[a] += int(sel.numel())
-                br = sel[fooled]
-                pred_b[a, br] = adv_pred[fooled]
-                step_b[a, br] = step[fooled]
-                alive[br] = False
-                if bool(fooled.any()):
-                    keeper.offer(x[br], out.x_adv[fooled], y[br], adv_pred[fooled], a, ids.to(device)[br])
-            idx_all[sl] = ids.numpy()
-            lab_all[sl] = y.cpu().numpy()
-            clean_all[sl] = clean.cpu().numpy()
-            pred_all[:, sl] = pred_b.cpu().numpy()
-            step_all[:, sl] = step_b.cpu().numpy()
-            pos += n
-            n_robust += int(alive.sum())
-            bar.set_postfix(robust=f"{n_robust / max(pos, 1):.1%}", refresh=False)  # before update: it refreshes
-            bar.update(n)
-        bar.set_postfix(robust=f"{n_robust / max(pos, 1):.1%}", refresh=True)  # the final figure, never stale
-    finally:
-        bar.close()
-    if pos != n_total:
-        raise DatasetError(f"expected {n_total} evaluation images, the loader gave {pos}")
-    for a, attack in enumerate(attacks):
-        if attacked[a] and zero_grad[a] / attacked[a] > 0.05:
-            warnings.append(
-                f"{attack.spec.name}: the input gradient was exactly zero for {zero_grad[a]} of {attacked[a]} "
-                "attacked points; the model may saturate or mask gradients, so its robust accuracy is an upper "
-                "bound (try Temperature-PGD with T > 1)")
-    runtime = "onnxruntime" if reference_scorer is not None else "the fp32 model"
-    if verify is not None and disagreed:
-        warnings.append(f"{runtime} rejected {disagreed} of the adversarial examples found on the attacked model "
-                        f"({rescored} final points re-checked); they count as robust")
-    if verify is not None and sum(surv_broken):
-        warnings.append(f"{runtime} misclassifies {sum(surv_broken)} final points that survived the attack on the "
-                        "attacked model; they count as broken")
-    return PointRecords(idx_all, lab_all, clean_all, pred_all, step_all, [a.spec.name for a in attacks], secs,
-                        clean_s, zero_grad, attacked, rescored, disagreed, keeper.arrays(), warnings,
-                        zero_grad_points=zg_all, logit_jitter=jitter_all, verified_by=verified_by,
-                        survivors_broken=surv_broken, carried_points=carried_all)
+                return self.model(x.detach().float()).argmax(1)
+        return None
+
+    def cascade(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], attacks: Sequence[Attack],
+                *, n_total: int, seed: int, independent: bool = False, examples_per_class: int = 2,
+                progress: bool = False) -> PointRecords:
+        """Score clean, then run ``attacks`` in order on the points each leaves robust (all correct points
+        when ``independent``). ``batches`` yields (pixels N×C×H×W in [0, 1], labels, test-set indices);
+        each point's attack noise is seeded by (``seed``, attack, index), so batches do not matter. The model
+        is scored in the mode it is in (callers put it in eval mode; the randomised-model check needs that)."""
+        tally = _Tally(n_total, len(attacks), self.num_classes, examples_per_class)
+        bar = tqdm(total=n_total, unit="pt", file=sys.stderr, disable=not progress, dynamic_ncols=True,
+                   desc="audit", leave=False)
+        try:
+            for b, (x, y, ids) in enumerate(batches):
+                self._batch(tally, b, x, y, ids, attacks, seed, independent)
+                bar.set_postfix(robust=f"{tally.n_robust / max(tally.pos, 1):.1%}", refresh=False)  # before update
+                bar.update(len(y))
+            bar.set_postfix(robust=f"{tally.n_robust / max(tally.pos, 1):.1%}", refresh=True)  # never stale
+        finally:
+            bar.close()
+        if tally.pos != n_total:
+            raise DatasetError(f"expected {n_total} evaluation images, the loader gave {tally.pos}")
+        return self._records(tally, attacks)
+
+    def _clean(self, tally: _Tally, b: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clean logits (run twice: the difference shows a randomised model), checked, and the predictions
+        whose verdict counts."""
+        with torch.no_grad():
+            try:
+                logits = self.model(x)
+                again = self.model(x)
+            except Exception as exc:  # shape errors surface as RuntimeError, AssertionError, ...
+                raise ModelLoadError(
+                    f"the model cannot run on inputs of size {tuple(x.shape[1:])} ({str(exc).splitlines()[0]}); "
+                    "pass --input-size the model was trained at") from exc
+        if logits.dim() != 2 or logits.shape[1] != self.num_classes:
+            raise ModelLoadError(f"the model returns shape {tuple(logits.shape)}, expected (batch, {self.num_classes})")
+        if self.strict_outputs and not bool(torch.isfinite(logits).all()):
+            raise ModelLoadError("the model returns NaN or infinite outputs on evaluation images; check its "
+                                 "weights and --mean/--std")
+        if b == 0 and _looks_like_probabilities(logits):
+            tally.warnings.append("the model outputs probabilities (rows sum to 1), not logits: attack gradients "
+                                  "are weak and robust accuracy is overestimated; export the logits")
+        sl = slice(tally.pos, tally.pos + x.shape[0])
+        tally.jitter[sl] = (logits.float() - again.float()).abs().amax(1).cpu().numpy()
+        return logits, (self.reference_pred(x) if self.reference_scorer is not None else logits.argmax(1))
+
+    def _batch(self, tally: _Tally, b: int, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
+               attacks: Sequence[Attack], seed: int, independent: bool) -> None:
+        x = adapt_images(x.to(self.device, non_blocking=True).float(), self.input_size)
+        y = y.to(self.device).long()
+        n, A = x.shape[0], len(attacks)
+        t0 = time.perf_counter()
+        logits, clean = self._clean(tally, b, x)
+        tally.clean_s += time.perf_counter() - t0
+        correct = clean == y
+        alive = correct.clone()
+        # per point, the lowest margin the gradient attacks have reached so far (Square's probe uses it),
+        # and whether any of them had a non-zero gradient there (else that margin says nothing)
+        margins = _Margins(logit_margin(logits.float(), y), torch.zeros(n, dtype=torch.bool, device=self.device))
+        pred_b = clean.unsqueeze(0).repeat(A, 1)
+        step_b = torch.full((A, n), -1, dtype=torch.long, device=self.device)
+        for a, attack in enumerate(attacks):
+            sel = (correct if independent else alive).nonzero().squeeze(1)
+            if sel.numel():
+                self._attack(tally, a, attack, x, y, ids, sel, seed, independent, margins, pred_b, step_b, alive)
+        sl = slice(tally.pos, tally.pos + n)
+        tally.index[sl], tally.label[sl], tally.clean[sl] = ids.numpy(), y.cpu().numpy(), clean.cpu().numpy()
+        tally.pred[:, sl], tally.step[:, sl] = pred_b.cpu().numpy(), step_b.cpu().numpy()
+        tally.pos += n
+        tally.n_robust += int(alive.sum())
+
+    def _attack(self, tally: _Tally, a: int, attack: Attack, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
+                sel: torch.Tensor, seed: int, independent: bool, margins: "_Margins", pred_b: torch.Tensor,
+                step_b: torch.Tensor, alive: torch.Tensor) -> None:
+        """One attack on the selected points of a batch; its verdicts (re-checked where a runtime verifies)."""
+        t0 = time.perf_counter()
+        noise = PointNoise.for_points(seed, attack.spec.name, ids[sel.cpu()], self.device)
+        ref_model = ScorerClassifier(self.reference_scorer, self.device) if self.reference_scorer is not None else None
+        on_ref = attack.gradient_free and ref_model is not None
+        to_beat = None
+        if margins.gradient_ran and not independent:
+            to_beat = torch.where(margins.informed[sel], margins.best[sel], torch.full_like(margins.best[sel],
+                                                                                             float("inf")))
+        out = attack.run(ref_model if on_ref else self.model, x[sel], y[sel], noise=noise, early_stop=True,
+                         autocast=None if on_ref else self.autocast, margin_to_beat=to_beat)
+        if out.min_margin is not None and not independent:
+            margins.gradient_ran = True
+            margins.best[sel] = torch.minimum(margins.best[sel], out.min_margin.to(margins.best))
+            margins.informed[sel] |= ~out.zero_grad_mask.to(self.device)
+        fooled, adv_pred, step = out.step >= 0, out.pred, out.step
+        rp = None if on_ref else self.verify(out.x_adv)
+        if rp is not None:  # every verdict on the deployed runtime: fooled points and survivors alike
+            tally.rescored += int(sel.numel())
+            confirmed = rp != y[sel]
+            tally.disagreed += int((fooled & ~confirmed).sum())
+            only_there = confirmed & ~fooled
+            rejected = sel[fooled & ~confirmed]  # a near miss the runtime rejected: Square gets its full budget
+            margins.informed[rejected], margins.best[rejected] = False, float("inf")
+            tally.survivors_broken[a] += int(only_there.sum())
+            step = torch.where(only_there, torch.full_like(step, attack.budget), step)
+            fooled, adv_pred = confirmed, rp
+        cols = tally.pos + sel.cpu().numpy()
+        if out.carried_on is not None:
+            tally.carried[a, cols] = out.carried_on.cpu().numpy()
+        tally.seconds[a] += time.perf_counter() - t0
+        tally.zero_grad[a] += out.zero_grad
+        tally.zero_grad_points[a, cols] = out.zero_grad_mask.cpu().numpy()
+        tally.attacked[a] += int(sel.numel())
+        br = sel[fooled]
+        pred_b[a, br] = adv_pred[fooled]
+        step_b[a, br] = step[fooled]
+        alive[br] = False
+        if bool(fooled.any()):
+            tally.keeper.offer(x[br], out.x_adv[fooled], y[br], adv_pred[fooled], a, ids.to(self.device)[br])
+
+    def _records(self, t: _Tally, attacks: Sequence[Attack]) -> PointRecords:
+        for a, attack in enumerate(attacks):
+            if t.attacked[a] and t.zero_grad[a] / t.attacked[a] > 0.05:
+                t.warnings.append(
+                    f"{attack.spec.name}: the input gradient was exactly zero for {t.zero_grad[a]} of {t.attacked[a]} "
+                    "attacked points; the model may saturate or mask gradients, so its robust accuracy is an upper "
+                    "bound (try Temperature-PGD with T > 1)")
+        verifying = self.verified_by != "model"
+        runtime = "onnxruntime" if self.reference_scorer is not None else "the fp32 model"
+        if verifying and t.disagreed:
+            t.warnings.append(f"{runtime} rejected {t.disagreed} of the adversarial examples found on the attacked "
+                              f"model ({t.rescored} final points re-checked); they count as robust")
+        if verifying and sum(t.survivors_broken):
+            t.warnings.append(f"{runtime} misclassifies {sum(t.survivors_broken)} final points that survived the "
+                              "attack on the attacked model; they count as broken")
+        return PointRecords(t.index, t.label, t.clean, t.pred, t.step, [a.spec.name for a in attacks], t.seconds,
+                            t.clean_s, t.zero_grad, t.attacked, t.rescored, t.disagreed, t.keeper.arrays(),
+                            t.warnings, zero_grad_points=t.zero_grad_points, logit_jitter=t.jitter,
+                            verified_by=self.verified_by, survivors_broken=t.survivors_broken,
+                            carried_points=t.carried)
+
+
+@dataclass
+class _Margins:
+    """Per point of a batch: the lowest margin the gradient attacks reached, and whether it means anything."""
+
+    best: torch.Tensor
+    informed: torch.Tensor
+    gradient_ran: bool = False

@@ -18,7 +18,7 @@ from .attacks import create_attack
 from .config import AuditConfig
 from .curve import run_curve
 from .data import LTDataset, class_groups, groups_to_indices, is_balanced, load_dataset, stratified_subset
-from .engine import PointRecords, adapt_images, run_cascade
+from .engine import Evaluator, PointRecords, adapt_images
 from .data.loading import loader_options
 from .errors import ConfigError, ModelLoadError
 from .exports import CSV_NAME, MD_NAME, per_class_csv, summary_markdown
@@ -169,36 +169,32 @@ def _audit_into(out_dir: Optional[Path], config: AuditConfig, specs: list, attac
             check_parity(model, adapt_images(first[0].float(), size).to(device), tol=config.parity_tol)
 
     show = (not config.quiet) if progress is None else progress
+    evaluator = Evaluator(module, len(data.class_names), size, device, amp=config.amp,
+                          reference_scorer=model.reference_scorer)
     bar = distributed.GlobalProgress(len(eval_idx), enabled=show) if distributed.current() else None  # [distributed]
     curve = None
     if config.eps_curve:
         def cascade(cfg: AuditConfig, indices: np.ndarray) -> PointRecords:
             batches = DataLoader(_Indexed(data.test, indices), batch_size=cfg.batch_size, shuffle=False,
                                  **loader_options(cfg.workers, device))
-            return run_cascade(
-                module, batches, [create_attack(s) for s in cfg.attack_specs()], n_total=len(indices),
-                num_classes=len(data.class_names), input_size=size, device=device, seed=cfg.seed,
-                independent=cfg.independent, reference_scorer=model.reference_scorer,
-                examples_per_class=cfg.examples_per_class, amp=cfg.amp, progress=show)
+            return evaluator.cascade(batches, [create_attack(s) for s in cfg.attack_specs()], n_total=len(indices),
+                                     seed=cfg.seed, independent=cfg.independent,
+                                     examples_per_class=cfg.examples_per_class, progress=show)
 
         group_idx = groups_to_indices(class_groups([int(c) for c in data.train_counts], config.group_rule))
         records, curve = run_curve(config, eval_idx, cascade, group_idx, len(data.class_names))
     else:
-        records = run_cascade(
-            module, loader if bar is None else distributed.counted(loader, bar.add), attacks, n_total=len(shard_idx),
-            num_classes=len(data.class_names), input_size=size,
-            device=device, seed=config.seed, independent=config.independent, reference_scorer=model.reference_scorer,
-            examples_per_class=config.examples_per_class, amp=config.amp,
-            progress=show and bar is None,
-        )
+        records = evaluator.cascade(
+            loader if bar is None else distributed.counted(loader, bar.add), attacks, n_total=len(shard_idx),
+            seed=config.seed, independent=config.independent, examples_per_class=config.examples_per_class,
+            progress=show and bar is None)
     large_eps = None
     if config.sanity and distributed.is_main():  # [distributed] rank 0 checks the points a plain run checks
         from .sanity import LARGE_EPS_POINTS, run_large_eps
 
         first = DataLoader(_Indexed(data.test, eval_idx[:LARGE_EPS_POINTS]), batch_size=config.batch_size,
                            shuffle=False, **loader_options(config.workers, device))
-        large_eps = run_large_eps(module, first, specs, data.class_names, norm=config.norm, input_size=size,
-                                  device=device, seed=config.seed, reference_scorer=model.reference_scorer)
+        large_eps = run_large_eps(evaluator, first, specs, data.class_names, norm=config.norm, seed=config.seed)
     bn_after = _bn_fingerprint(module)
     if bn_after != bn_before and not (np.isnan(bn_after) and np.isnan(bn_before)):
         raise RuntimeError("BatchNorm statistics changed during the audit; this is a bug, please report it")

@@ -18,8 +18,8 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 import numpy as np
-import torch
 
+from .engine import Evaluator
 from .values import AttackSpec
 
 ZERO_GRAD_SHARE = 0.05  # flag a class when more than 5% of its attacked points had a zero gradient
@@ -123,14 +123,12 @@ def large_eps_spec(specs: Sequence[AttackSpec], norm: str, input_numel: int) -> 
     return make_spec("apgd-ce", norm, eps, name="sanity-large-eps", steps=50)
 
 
-def run_large_eps(model: torch.nn.Module, batches: Any, specs: Sequence[AttackSpec], class_names: Sequence[str], *,
-                  norm: str, input_size: Sequence[int], device: torch.device, seed: int,
-                  reference_scorer: Any = None, max_points: int = LARGE_EPS_POINTS) -> dict[str, Any]:
+def run_large_eps(evaluator: Evaluator, batches: Any, specs: Sequence[AttackSpec], class_names: Sequence[str], *,
+                  norm: str, seed: int, max_points: int = LARGE_EPS_POINTS) -> dict[str, Any]:
     """``--sanity``: attack up to ``max_points`` evaluation points at a huge radius; robust accuracy must be ~0."""
     from .attacks import create_attack
-    from .engine import run_cascade
 
-    spec = large_eps_spec(specs, norm, int(np.prod(input_size)))
+    spec = large_eps_spec(specs, norm, int(np.prod(evaluator.input_size)))
     taken, n = [], 0
     for x, y, ids in batches:
         k = min(len(y), max_points - n)
@@ -138,9 +136,7 @@ def run_large_eps(model: torch.nn.Module, batches: Any, specs: Sequence[AttackSp
         n += k
         if n >= max_points:
             break
-    rec = run_cascade(model, taken, [create_attack(spec)], n_total=n, num_classes=len(class_names),
-                      input_size=input_size, device=device, seed=seed, reference_scorer=reference_scorer,
-                      examples_per_class=0, progress=False)
+    rec = evaluator.cascade(taken, [create_attack(spec)], n_total=n, seed=seed, examples_per_class=0)
     correct = rec.clean_correct
     robust = correct & ~rec.broken()[0]
     C = len(class_names)

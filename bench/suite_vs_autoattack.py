@@ -137,7 +137,7 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
              which: str = "both", probe: int | None = None) -> dict:
     from audit.attacks import create_attack
     from audit.config import AuditConfig
-    from audit.engine import run_cascade
+    from audit.engine import Evaluator
 
     for p in model.parameters():
         p.requires_grad_(False)
@@ -147,8 +147,7 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
     ids = torch.arange(len(y))
     batches = [(x[i:i + batch], y[i:i + batch], ids[i:i + batch]) for i in range(0, len(y), batch)]
     t0 = time.perf_counter()
-    rec = run_cascade(model, batches, attacks, n_total=len(y), num_classes=10, input_size=(3, 32, 32),
-                      device=torch.device("cpu"), seed=0, progress=False)
+    rec = Evaluator(model, 10, (3, 32, 32), torch.device("cpu")).cascade(batches, attacks, n_total=len(y), seed=0)
     ours_s = time.perf_counter() - t0
     ours_robust = torch.from_numpy(rec.clean_correct & ~rec.broken().any(0))
 

@@ -33,7 +33,7 @@ from audit.attacks import BatchNoise, create_attack
 from audit.attacks.base import Attack
 from audit.values import AttackSpec
 from audit.distributed import launched, launcher_rank
-from audit.engine import adapt_images
+from audit.engine import Evaluator, adapt_images
 from audit.results import write_json
 from audit.verdict import prediction_collapse
 
@@ -195,53 +195,38 @@ def lr_at(iteration: int, total: int, base: float, schedule: str, epochs: int) -
 # --------------------------------------------------------------------------- validation
 
 
-@torch.no_grad()
-def _predict(model: torch.nn.Module, x: torch.Tensor, autocast: Autocast) -> torch.Tensor:
-    with (autocast or contextlib.nullcontext)():
-        return model(x).argmax(1)
-
-
 def evaluate(model: torch.nn.Module, source: BatchSource, spec: AttackSpec | Sequence[AttackSpec], *,
              device: torch.device, input_size: tuple[int, int, int], num_classes: int, seed: int,
-             autocast: Autocast = None) -> dict[str, Any]:
+             amp: str = "off") -> dict[str, Any]:
     """Clean and worst-case robust accuracy on a split, overall and class-balanced.
 
-    ``spec`` is one attack or a cascade: a point is robust when it is clean-correct and no
-    attack of the cascade fools it (the audit's worst case). Balanced = mean over the classes
-    that have images in the split (the test set is balanced, so this is the figure the audit
-    cares about); misclassified points count as non-robust.
+    The audit's own evaluation (:class:`audit.engine.Evaluator`): ``spec`` is one attack or a
+    cascade, a point is robust when it is clean-correct and no attack of the cascade fools it,
+    each point's noise is seeded by its position in the split, and a bf16 run's verdicts are
+    re-checked in fp32. Balanced = mean over the classes that have images in the split (the test
+    set is balanced, so this is the figure the audit cares about). Non-finite logits of a model
+    being trained count as wrong answers, not as an error.
     """
     specs = [spec] if isinstance(spec, AttackSpec) else list(spec)
-    model.eval()
     n = len(source)
     if n == 0:
         return {"val_clean_acc": None, "val_robust_acc": None, "val_clean_acc_overall": None,
                 "val_robust_acc_overall": None, "val_robust_per_class": [None] * num_classes, "val_collapse": None}
-    attacks = [create_attack(sp) for sp in specs]
-    gen = torch.Generator(device=device).manual_seed(seed)
-    clean = torch.zeros(n, dtype=torch.bool)
-    robust = torch.zeros(n, dtype=torch.bool)
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    for s in range(0, n, VAL_BATCH):
-        pos = torch.arange(s, min(n, s + VAL_BATCH))
-        x, y = source.batch(pos)
-        x = adapt_images(x.to(device).float(), input_size)
-        y = y.to(device)
-        pred = _predict(model, x, autocast)
-        confusion.index_put_((y.cpu(), pred.cpu()), torch.ones(len(y), dtype=torch.long), accumulate=True)
-        ok = pred == y
-        clean[pos] = ok.cpu()
-        alive = ok.clone()
-        for attack in attacks:
-            if not alive.any():
-                break
-            with torch.enable_grad():
-                out = attack.run(model, x[alive], y[alive], noise=BatchNoise(gen, int(alive.sum())), early_stop=True,
-                                 autocast=autocast)
-            idx = torch.nonzero(alive, as_tuple=False).flatten()
-            alive[idx[out.step >= 0]] = False
-        robust[pos] = alive.cpu()
-    y_all = source.y
+    model.eval()
+    evaluator = Evaluator(model, num_classes, input_size, device, amp=amp, strict_outputs=False)
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        for s in range(0, n, VAL_BATCH):
+            pos = torch.arange(s, min(n, s + VAL_BATCH))
+            yield (*source.batch(pos), pos)
+
+    rec = evaluator.cascade(batches(), [create_attack(sp) for sp in specs], n_total=n, seed=seed,
+                            examples_per_class=0)
+    clean = torch.from_numpy(rec.clean_correct)
+    robust = torch.from_numpy(rec.robust_masks(independent=False)["worst_case"])
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (rec.label, rec.clean_pred), 1)
+    y_all = torch.from_numpy(rec.label)
     per_clean, per_rob = [], []
     for c in range(num_classes):
         m = y_all == c
@@ -677,11 +662,12 @@ class Trainer:
     def _validate(self, step: int) -> dict[str, Any]:
         setup, dd, C = self.setup, self.dd, self.setup.num_classes
         dd.sync_buffers(self.pm)  # [distributed] rank 0's BatchNorm statistics everywhere, rank 0's figures everywhere
+        amp = "bf16" if self.autocast is not None else "off"
         v = evaluate(self.pm, setup.val, self.val_specs, device=self.dev, input_size=setup.input_size,
-                     num_classes=C, seed=_mix(self.config.seed, step, 4), autocast=self.autocast)
+                     num_classes=C, seed=_mix(self.config.seed, step, 4), amp=amp)
         if setup.guard is not None and len(setup.guard):
             g = evaluate(self.pm, setup.guard, self.val_specs, device=self.dev, input_size=setup.input_size,
-                         num_classes=C, seed=_mix(self.config.seed, step, 5), autocast=self.autocast)
+                         num_classes=C, seed=_mix(self.config.seed, step, 5), amp=amp)
             v[GUARD_METRIC], v["guard_clean_acc"] = g["val_robust_acc"], g["val_clean_acc"]
         return dd.same(v)
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from audit.attacks import PointNoise, create_attack, make_spec
 from audit.config import AuditConfig
-from audit.engine import run_cascade
+from audit.engine import Evaluator
 from audit.errors import ConfigError
 
 
@@ -106,9 +106,8 @@ def test_linear_model_l2_reaches_known_optimum():
 
 def _robust_acc(model, x, y, eps, kinds=("pgd",), seed=0, independent=False):
     attacks = [create_attack(_spec(k, "linf", eps, steps=10, t=0.5 if k == "temp-pgd" else None)) for k in kinds]
-    rec = run_cascade(model, [(x, y, torch.arange(len(y)))], attacks, n_total=len(y), num_classes=10,
-                      input_size=x.shape[1:], device=torch.device("cpu"), seed=seed, independent=independent,
-                      progress=False)
+    rec = Evaluator(model, 10, x.shape[1:], torch.device("cpu")).cascade(
+        [(x, y, torch.arange(len(y)))], attacks, n_total=len(y), seed=seed, independent=independent)
     return rec
 
 
@@ -184,8 +183,7 @@ def test_temperature_pgd_needs_temperature_and_config_names():
 def _cascade_in_batches(model, x, y, ids, batch, seed=0, eps=0.01):
     attacks = [create_attack(_spec("pgd", "linf", eps, steps=5)), create_attack(_spec("temp-pgd", "linf", eps, steps=5, t=0.5))]
     batches = [(x[i:i + batch], y[i:i + batch], ids[i:i + batch]) for i in range(0, len(y), batch)]
-    return run_cascade(model, batches, attacks, n_total=len(y), num_classes=10, input_size=x.shape[1:],
-                       device=torch.device("cpu"), seed=seed, progress=False)
+    return Evaluator(model, 10, x.shape[1:], torch.device("cpu")).cascade(batches, attacks, n_total=len(y), seed=seed)
 
 
 def test_results_do_not_depend_on_batch_size_order_or_sharding():
@@ -239,8 +237,7 @@ def test_every_attack_is_invariant_to_batch_size_and_sharding(kind, norm):
 
     def run(xs, ys, ii, batch):
         batches = [(xs[i:i + batch], ys[i:i + batch], ii[i:i + batch]) for i in range(0, len(ys), batch)]
-        return run_cascade(model, batches, [attack], n_total=len(ys), num_classes=10, input_size=x.shape[1:],
-                           device=torch.device("cpu"), seed=3, progress=False)
+        return Evaluator(model, 10, x.shape[1:], torch.device("cpu")).cascade(batches, [attack], n_total=len(ys), seed=3)
 
     ref = run(x, y, ids, 30)
     assert 0 < int(ref.broken().sum()) < int(ref.clean_correct.sum())  # informative

@@ -316,7 +316,7 @@ def test_progress_bar_ends_on_the_final_robust_figure(capsys):
 
     from audit.attacks import create_attack
     from audit.config import AttackSpec
-    from audit.engine import run_cascade
+    from audit.engine import Evaluator
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
@@ -327,8 +327,7 @@ def test_progress_bar_ends_on_the_final_robust_figure(capsys):
     from audit.attacks.pgd import PGD
 
     attack = create_attack(AttackSpec("pgd", "pgd", "linf", 0.001, PGD.Params(steps=1, step_size=0.001)))
-    rec = run_cascade(net, batches, [attack], n_total=40, num_classes=3, input_size=(1, 4, 4),
-                      device=torch.device("cpu"), seed=0, progress=True)
+    rec = Evaluator(net, 3, (1, 4, 4), torch.device("cpu")).cascade(batches, [attack], n_total=40, seed=0, progress=True)
     final = rec.robust_masks(False)["worst_case"].mean()
     shown = re.findall(r"robust=([0-9.]+)%", capsys.readouterr().err)
     assert shown and float(shown[-1]) == pytest.approx(100 * final, abs=0.05)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from audit.attacks import create_attack, make_spec
-from audit.engine import run_cascade
+from audit.engine import Evaluator
 from audit.sanity import run_large_eps, sanity_section
 
 CLASSES = [f"c{i}" for i in range(10)]
@@ -21,10 +21,9 @@ def _data(model, n=40, seed=0):
 
 
 def _cascade(model, x, y, specs, **kw):
-    batches = [(x, y, torch.arange(len(y)))]
-    rec = run_cascade(model, batches, [create_attack(s) for s in specs], n_total=len(y), num_classes=10,
-                      input_size=x.shape[1:], device=torch.device("cpu"), seed=0, progress=False, **kw)
-    return rec
+    """``kw``: the Evaluator's own settings (amp, reference_scorer)."""
+    evaluator = Evaluator(model, 10, x.shape[1:], torch.device("cpu"), **kw)
+    return evaluator.cascade([(x, y, torch.arange(len(y)))], [create_attack(s) for s in specs], n_total=len(y), seed=0)
 
 
 class Quantised(nn.Module):
@@ -74,8 +73,8 @@ def test_large_eps_check_breaks_everything_on_an_honest_model():
     model = nn.Sequential(nn.Flatten(), nn.Linear(192, 10)).eval()
     x, y = _data(model, n=30)
     specs = [make_spec("pgd", "linf", 8 / 255)]
-    res = run_large_eps(model, [(x, y, torch.arange(30))], specs, CLASSES, norm="linf", input_size=(3, 8, 8),
-                        device=torch.device("cpu"), seed=0)
+    res = run_large_eps(Evaluator(model, 10, (3, 8, 8), torch.device("cpu")), [(x, y, torch.arange(30))], specs,
+                        CLASSES, norm="linf", seed=0)
     assert res["passed"] and res["robust_acc"] <= 0.05 and res["n"] == 30 and res["eps"] == 0.5
     assert res["attack"]["kind"] == "apgd-ce"
     failed = dict(res, passed=False, robust_acc=0.5, classes=["c3"])

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from audit.attacks import PointNoise, create_attack, make_spec
-from audit.engine import run_cascade
+from audit.engine import Evaluator
 from audit.sanity import sanity_section
 
 CLASSES = [f"c{i}" for i in range(10)]
@@ -77,8 +77,8 @@ def _cascade(model, x, y, probe, batch, ids=None, middle=()):
              make_spec("square", "linf", 0.03, queries=300, probe=probe)]
     ids = torch.arange(len(y)) if ids is None else ids
     batches = [(x[i:i + batch], y[i:i + batch], ids[i:i + batch]) for i in range(0, len(y), batch)]
-    rec = run_cascade(model, batches, [create_attack(s) for s in specs], n_total=len(y), num_classes=10,
-                      input_size=x.shape[1:], device=torch.device("cpu"), seed=0, progress=False)
+    evaluator = Evaluator(model, 10, x.shape[1:], torch.device("cpu"))
+    rec = evaluator.cascade(batches, [create_attack(s) for s in specs], n_total=len(y), seed=0)
     return rec, specs
 
 
