@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional, Sequence
@@ -14,12 +13,12 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from .attacks import Attack, PointNoise
 from .attacks.base import logit_margin
 from .errors import DatasetError, ModelLoadError
 from .models.wrapper import Scorer, ScorerClassifier
+from .progress import CascadeProgress, Counted
 
 log = logging.getLogger(__name__)
 
@@ -244,16 +243,11 @@ class Evaluator:
         each point's attack noise is seeded by (``seed``, attack, index), so batches do not matter. The model
         is scored in the mode it is in (callers put it in eval mode; the randomised-model check needs that)."""
         tally = _Tally(n_total, len(attacks), self.num_classes, examples_per_class)
-        bar = tqdm(total=n_total, unit="pt", file=sys.stderr, disable=not progress, dynamic_ncols=True,
-                   desc="audit", leave=False)
-        try:
-            for b, (x, y, ids) in enumerate(batches):
-                self._batch(tally, b, x, y, ids, attacks, seed, independent)
-                bar.set_postfix(robust=f"{tally.n_robust / max(tally.pos, 1):.1%}", refresh=False)  # before update
-                bar.update(len(y))
-            bar.set_postfix(robust=f"{tally.n_robust / max(tally.pos, 1):.1%}", refresh=True)  # never stale
-        finally:
-            bar.close()
+        shown = CascadeProgress([a.spec.name for a in attacks], [a.budget for a in attacks], n_total, enabled=progress,
+                                units=["query" if a.gradient_free else "iteration" for a in attacks])
+        for b, (x, y, ids) in enumerate(batches):
+            self._batch(tally, b, x, y, ids, attacks, seed, independent, shown)
+        shown.close()
         if tally.pos != n_total:
             raise DatasetError(f"expected {n_total} evaluation images, the loader gave {tally.pos}")
         return self._records(tally, attacks)
@@ -282,7 +276,7 @@ class Evaluator:
         return logits, (self.reference_pred(x) if self.reference_scorer is not None else logits.argmax(1))
 
     def _batch(self, tally: _Tally, b: int, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
-               attacks: Sequence[Attack], seed: int, independent: bool) -> None:
+               attacks: Sequence[Attack], seed: int, independent: bool, shown: CascadeProgress) -> None:
         x = adapt_images(x.to(self.device, non_blocking=True).float(), self.input_size)
         y = y.to(self.device).long()
         n, A = x.shape[0], len(attacks)
@@ -290,6 +284,7 @@ class Evaluator:
         logits, clean = self._clean(tally, b, x)
         tally.clean_s += time.perf_counter() - t0
         correct = clean == y
+        shown.scored_clean(n, int(correct.sum()))
         alive = correct.clone()
         # per point, the lowest margin the gradient attacks have reached so far (Square's probe uses it),
         # and whether any of them had a non-zero gradient there (else that margin says nothing)
@@ -299,16 +294,21 @@ class Evaluator:
         for a, attack in enumerate(attacks):
             sel = (correct if independent else alive).nonzero().squeeze(1)
             if sel.numel():
-                self._attack(tally, a, attack, x, y, ids, sel, seed, independent, margins, pred_b, step_b, alive)
+                shown.begin(a, int(sel.numel()))
+                before = int(alive.sum())
+                self._attack(tally, a, attack, x, y, ids, sel, seed, independent, margins, pred_b, step_b, alive,
+                             shown.forward)
+                shown.end(a, before - int(alive.sum()) if not independent else int((step_b[a] >= 0).sum()))
         sl = slice(tally.pos, tally.pos + n)
         tally.index[sl], tally.label[sl], tally.clean[sl] = ids.numpy(), y.cpu().numpy(), clean.cpu().numpy()
         tally.pred[:, sl], tally.step[:, sl] = pred_b.cpu().numpy(), step_b.cpu().numpy()
         tally.pos += n
         tally.n_robust += int(alive.sum())
+        shown.batch_done(int(alive.sum()))
 
     def _attack(self, tally: _Tally, a: int, attack: Attack, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
                 sel: torch.Tensor, seed: int, independent: bool, margins: "_Margins", pred_b: torch.Tensor,
-                step_b: torch.Tensor, alive: torch.Tensor) -> None:
+                step_b: torch.Tensor, alive: torch.Tensor, on_forward: Callable[[], None]) -> None:
         """One attack on the selected points of a batch; its verdicts (re-checked where a runtime verifies)."""
         t0 = time.perf_counter()
         noise = PointNoise.for_points(seed, attack.spec.name, ids[sel.cpu()], self.device)
@@ -318,7 +318,8 @@ class Evaluator:
         if margins.gradient_ran and not independent:
             to_beat = torch.where(margins.informed[sel], margins.best[sel], torch.full_like(margins.best[sel],
                                                                                              float("inf")))
-        out = attack.run(ref_model if on_ref else self.model, x[sel], y[sel], noise=noise, early_stop=True,
+        attacked = Counted(ref_model if on_ref else self.model, on_forward)  # each forward pass: one iteration
+        out = attack.run(attacked, x[sel], y[sel], noise=noise, early_stop=True,
                          autocast=None if on_ref else self.autocast, margin_to_beat=to_beat)
         if out.min_margin is not None and not independent:
             margins.gradient_ran = True

@@ -306,33 +306,6 @@ def test_repair_with_labels_and_gate_on_the_after_audit(tmp_path, capsys):
     assert (out / "repaired.onnx").exists() and (out / "after" / "per_class.csv").exists()
 
 
-# -- progress bar ------------------------------------------------------------------------------------------
-
-def test_progress_bar_ends_on_the_final_robust_figure(capsys):
-    import re
-
-    import torch
-    from torch import nn
-
-    from audit.attacks import create_attack
-    from audit.config import AttackSpec
-    from audit.engine import Evaluator
-
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
-    x = torch.rand(40, 1, 4, 4)
-    y = net(x).argmax(1)  # every point clean-correct
-    y[30:] = (y[30:] + 1) % 3  # the last batch is all wrong: the final share differs from the one before
-    batches = [(x[i:i + 10], y[i:i + 10], torch.arange(i, i + 10)) for i in range(0, 40, 10)]
-    from audit.attacks.pgd import PGD
-
-    attack = create_attack(AttackSpec("pgd", "pgd", "linf", 0.001, PGD.Params(steps=1, step_size=0.001)))
-    rec = Evaluator(net, 3, (1, 4, 4), torch.device("cpu")).cascade(batches, [attack], n_total=40, seed=0, progress=True)
-    final = rec.robust_masks(False)["worst_case"].mean()
-    shown = re.findall(r"robust=([0-9.]+)%", capsys.readouterr().err)
-    assert shown and float(shown[-1]) == pytest.approx(100 * final, abs=0.05)
-
-
 def test_weight_norms_follow_the_labels_order(tmp_path):
     """The classifier's weight rows are in the model's output order; results list them by dataset class."""
     from audit.config import AuditConfig
