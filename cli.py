@@ -119,6 +119,11 @@ def _add_suite_args(p: argparse.ArgumentParser) -> None:
                         "than the gradient attacks did (standard suite 1000; 0 = full --queries for every point)")
     p.add_argument("--targets", type=_b("--targets", 1, "MAX_TARGETS"),
                    help=f"APGD-T target classes (default 9, C-1 when fewer; at most {MAX_TARGETS})")
+    p.add_argument("--target-ranking", choices=["logit", "malt"],
+                   help="how APGD-T picks its --targets classes: logit = highest clean logits (AutoAttack, the "
+                        "default); malt = MALT's estimated distance to each class boundary over --rank-candidates")
+    p.add_argument("--rank-candidates", type=_b("--rank-candidates", 1, "MAX_TARGETS"),
+                   help="MALT: classes ranked per point, the top ones by clean logit (default 100; one gradient each)")
 
 
 def _add_attack_args(p: argparse.ArgumentParser) -> None:
@@ -317,6 +322,7 @@ def _audit_config(args: argparse.Namespace):
         step_size=args.step_size,
         temperatures=tuple(parse_number_list(args.temperature, "--temperature")) if args.temperature else None,
         restarts=args.restarts, queries=args.queries, probe=args.probe, targets=args.targets,
+        target_ranking=args.target_ranking, rank_candidates=args.rank_candidates,
         black_box=getattr(args, "black_box", False), sanity=getattr(args, "sanity", False),
         independent=args.independent, seed=args.seed, subset_seed=args.subset_seed, device=args.device, batch_size=args.batch_size,
         amp=args.amp, out=args.out, quiet=args.quiet, download=not args.no_download,

@@ -40,6 +40,8 @@ class AuditConfig:
     queries: Optional[int] = None
     probe: Optional[int] = None  # Square's probe (None: the suite's; 0: full budget on every point)
     targets: Optional[int] = None
+    target_ranking: Optional[str] = None  # APGD-T: "logit" (AutoAttack) or "malt" (None: the attack's default)
+    rank_candidates: Optional[int] = None  # MALT: classes ranked per point
     black_box: bool = False
     sanity: bool = False
     independent: bool = False
@@ -148,7 +150,8 @@ class AuditConfig:
                                   "from --attacks")
             entries = [(k, o) for k, o in entries if ATTACKS.get(k).gradient_free] or [("square", {})]
         flags = {"steps": self.steps, "step_size": self.step_size, "restarts": self.restarts,
-                 "queries": self.queries, "probe": self.probe, "targets": self.targets}
+                 "queries": self.queries, "probe": self.probe, "targets": self.targets,
+                 "ranking": self.target_ranking, "candidates": self.rank_candidates}
         specs: list[AttackSpec] = []
         for kind, overrides in entries:
             cls = ATTACKS.get(kind)

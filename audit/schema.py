@@ -20,7 +20,10 @@ import numpy as np
 from .errors import ResultsError
 from .jsonfile import read_json
 from .results import SCHEMA_VERSION
+from .attacks.apgd_t import APGDTParams
 from .verdict import compute_verdict
+
+APGDT_CANDIDATES = APGDTParams.candidates
 from .version import __version__
 
 LOG = logging.getLogger(__name__)
@@ -204,12 +207,16 @@ def load_results(path: str | Path) -> dict[str, Any]:
 def migrate(results: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of validated ``results`` brought to this version's shape (older files are upgraded, not refused).
 
-    Schema-1 files written before verdicts were stored (tailaudit 0.1 before its verdict rules)
+    Files written before APGD-T recorded its target ranking get AutoAttack's rule (the only one
+    there was), so they compare with newer runs. Schema-1 files written before verdicts were stored (tailaudit 0.1 before its verdict rules)
     get the verdict these rules give their stored figures (``verdict.computed_on_load`` names the
     version that computed it, and reports say so), so a report shows one verdict from one source.
     The caller's object is never changed.
     """
     out = copy.deepcopy(dict(results))
+    for attack in out.get("attacks") or []:  # APGD-T's target ranking, recorded since it has a choice
+        if isinstance(attack, dict) and attack.get("kind") == "apgd-t" and "ranking" not in attack:
+            attack.update(ranking="logit", candidates=APGDT_CANDIDATES)
     if out.get("verdict") is None:
         out["verdict"] = {**compute_verdict(out), "computed_on_load": __version__}
     return out

@@ -117,3 +117,65 @@ def test_perturb_is_the_public_training_interface():
     attack = create_attack(make_spec("apgd-ce", "linf", 4 / 255, steps=5))
     xa = attack.perturb(model, x[:16], y[:16], noise=PointNoise.for_points(0, "t", range(16)))
     assert xa.shape == x[:16].shape and float((xa - x[:16]).abs().max()) <= 4 / 255 + 1e-6
+
+
+def _malt_problem():
+    """A linear 5-class model and one point of class 0 where the class with the second-highest logit (1) is
+    out of reach at eps while a lower-logit class (2) is close: its logit gap is larger but its weights
+    are much steeper, in directions orthogonal to class 1's (so pushing towards 1 never reaches 2)."""
+    d = 64
+    s1 = torch.ones(d)
+    s2 = torch.tensor([1.0, -1.0] * (d // 2))  # s1 . s2 = 0
+    w = torch.zeros(5, d)
+    w[1], w[2] = 100 / d * s1, 1000 / d * s2  # ||w_0 - w_1||_1 = 100, ||w_0 - w_2||_1 = 1000
+    w[3], w[4] = 5 / d * s1, -5 / d * s1
+    x = torch.full((1, 1, 8, 8), 0.5)
+    flat = x.flatten(1)
+    b = torch.zeros(5)
+    for c, gap in ((1, 1.0), (2, 2.0), (3, 4.0), (4, 5.0)):  # z_0 - z_c at x
+        b[c] = -(w[c] @ flat[0]) - gap
+    lin = nn.Linear(d, 5)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+        lin.bias.copy_(b)
+    return nn.Sequential(nn.Flatten(), lin).eval(), x, torch.tensor([0])
+
+
+@pytest.mark.parametrize("ranking,broken", [("logit", False), ("malt", True)])
+def test_malt_finds_the_near_boundary_that_the_top_logit_misses(ranking, broken):
+    """Linearised distances: class 1 at 1/100 = 0.01, class 2 at 2/1000 = 0.002; eps 0.005 reaches class 2 only.
+    With one target, AutoAttack's rule (highest logit) picks class 1 and fails; MALT picks class 2 and breaks it."""
+    model, x, y = _malt_problem()
+    with torch.no_grad():
+        assert model(x).argsort(descending=True)[0, :3].tolist() == [0, 1, 2]
+    attack = create_attack(make_spec("apgd-t", "linf", 0.005, steps=20, targets=1, ranking=ranking, candidates=4))
+    out = attack.run(model, x, y, noise=PointNoise.for_points(0, "apgd-t", torch.tensor([0]), "cpu"))
+    assert bool(out.step[0] >= 0) is broken
+    if broken:
+        assert int(out.pred[0]) == 2
+
+
+def test_malt_ranking_is_counted_and_validated():
+    from audit.config import AuditConfig
+    from audit.errors import ConfigError
+
+    model, x, y = _malt_problem()
+    calls = []
+
+    class Counting(nn.Module):
+        def forward(self, z):
+            calls.append(len(z))
+            return model(z)
+
+    for ranking, extra in (("logit", 1), ("malt", 1 + 4)):  # MALT: one more forward per ranked candidate
+        calls.clear()
+        attack = create_attack(make_spec("apgd-t", "linf", 0.001, steps=3, targets=1, ranking=ranking, candidates=4))
+        attack.run(Counting(), x, y, noise=PointNoise.for_points(0, "apgd-t", torch.tensor([0]), "cpu"),
+                   early_stop=False)
+        assert len(calls) == extra + 4  # + the target's run: start and 3 steps
+    specs = AuditConfig(model="m.onnx", suite="standard", target_ranking="malt", rank_candidates=20).attack_specs()
+    t = next(s for s in specs if s.kind == "apgd-t")
+    assert t.params.ranking == "malt" and t.params.candidates == 20
+    assert next(s for s in specs if s.kind == "apgd-ce").params.field_names().isdisjoint({"ranking"})
+    with pytest.raises(ConfigError, match="--target-ranking"):
+        AuditConfig(model="m.onnx", suite="standard", target_ranking="random").validate()

@@ -200,7 +200,7 @@ class APGD(Attack):
                 if s.xa.shape[0] == 0:
                     break
 
-    def _targets(self, model: nn.Module, x: torch.Tensor, ctx) -> list[Optional[torch.Tensor]]:
+    def _targets(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx) -> list[Optional[torch.Tensor]]:
         return [None]
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, noise: Noise, early_stop: bool = True,
@@ -212,7 +212,7 @@ class APGD(Attack):
                "zero": torch.zeros(n, dtype=torch.bool, device=x.device),
                "best_loss": torch.full((n,), float("-inf"), device=x.device), "forwards": 0,
                "margin": torch.full((n,), float("inf"), device=x.device)}
-        targets = self._targets(model, x, ctx)
+        targets = self._targets(model, x, y, ctx)
         offset = 0
         for tgt in targets:
             for _ in range(self.params.restarts):
