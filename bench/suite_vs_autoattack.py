@@ -134,7 +134,8 @@ def run_autoattack(model: torch.nn.Module, attacks: list, x: torch.Tensor, y: to
 
 
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, batch: int,
-             which: str = "both", probe: int | None = None) -> dict:
+             which: str = "both", probe: int | None = None, ranking: str | None = None, targets: int | None = None,
+             candidates: int | None = None) -> dict:
     from audit.attacks import create_attack
     from audit.config import AuditConfig
     from audit.engine import Evaluator
@@ -142,7 +143,8 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()
-    specs = AuditConfig(model="timm:bench", suite="standard", eps=eps, probe=probe).attack_specs()
+    specs = AuditConfig(model="timm:bench", suite="standard", eps=eps, probe=probe, target_ranking=ranking,
+                        targets=targets, rank_candidates=candidates).attack_specs()
     attacks = [create_attack(s) for s in specs]
     ids = torch.arange(len(y))
     batches = [(x[i:i + batch], y[i:i + batch], ids[i:i + batch]) for i in range(0, len(y), batch)]
@@ -155,7 +157,9 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
            "ours_robust_acc": float(ours_robust.float().mean()), "ours_s": ours_s,
            "ours_per_attack_s": dict(zip(rec.attack_names, rec.attack_seconds)),
            "ours_attacked": dict(zip(rec.attack_names, rec.attacked)),
-           "square_full_budget_points": int(rec.carried_points[-1].sum()), "square_probe": specs[-1].params.probe}
+           "square_full_budget_points": int(rec.carried_points[-1].sum()), "square_probe": specs[-1].params.probe,
+           "ours_robust_mask": ours_robust.int().tolist(), "labels": y.tolist(),
+           "apgd_t": next((s.params.to_dict() for s in specs if s.kind == "apgd-t"), None)}
     for name, aa in autoattacks(model, eps, which).items():
         aa_robust, per_attack = run_autoattack(model, aa, x, y, batch)
         aa_s = sum(per_attack.values())
@@ -163,7 +167,8 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
                      "both_robust_acc": float((ours_robust & aa_robust).float().mean()),
                      "broken_by_autoattack_only": int((ours_robust & ~aa_robust).sum()),
                      "broken_by_ours_only": int((aa_robust & ~ours_robust).sum()),
-                     "seconds": aa_s, "per_attack_s": per_attack, "time_ratio": ours_s / aa_s}
+                     "seconds": aa_s, "per_attack_s": per_attack, "time_ratio": ours_s / aa_s,
+                     "robust_mask": aa_robust.int().tolist()}
         log.info("%s: %s", name, out[name])
     return out
 
@@ -185,6 +190,9 @@ def main() -> None:
                     help="torchattacks' AutoAttack class defaults (10 iterations), the published settings (100), or both")
     ap.add_argument("--probe", type=int, help="Square's probe for ours (default: the standard suite's 1000; 0 = off)")
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--target-ranking", choices=["logit", "malt"], help="ours: APGD-T's target ranking")
+    ap.add_argument("--targets", type=int, help="ours: APGD-T target classes")
+    ap.add_argument("--rank-candidates", type=int, help="ours, MALT: classes ranked per point")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     x, y = load_tensors("test", args.n_per_class)
@@ -199,7 +207,8 @@ def main() -> None:
         if args.mask:
             model = BitDepth(model).eval()
         log.info("evaluating the %s-trained model on %d points", kind, len(y))
-        out[kind] = evaluate(model, x, y, args.eps, args.batch, args.autoattack, args.probe)
+        out[kind] = evaluate(model, x, y, args.eps, args.batch, args.autoattack, args.probe, args.target_ranking,
+                             args.targets, args.rank_candidates)
         log.info("%s: %s", kind, json.dumps(out[kind]))
         if args.json:
             with open(args.json, "w") as fh:
