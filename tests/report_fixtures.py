@@ -14,6 +14,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from audit.metrics import cross_class_summary, spearman, wilson_interval
+
 ATTACKS = [
     {"name": "pgd", "kind": "pgd", "steps": 20, "step_size": 2 / 255, "random_start": True, "temperature": None},
     {"name": "temp-pgd", "kind": "temp-pgd", "steps": 20, "step_size": 2 / 255, "random_start": True,
@@ -22,35 +24,15 @@ ATTACKS = [
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-def wilson(k: int, n: int, z: float = 1.959964) -> list[float]:
-    """Wilson 95% interval for k successes out of n."""
-    if n == 0:
-        return [0.0, 1.0]
-    p = k / n
-    den = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return [max(0.0, centre - half), min(1.0, centre + half)]
+def wilson(k: int, n: int) -> list[float]:
+    """The audit's own Wilson 95% interval (audit/metrics.py), as results.json stores it."""
+    return list(wilson_interval(k, n))
 
 
-def _spearman(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
-    from scipy.stats import spearmanr
-
-    rho, p = spearmanr(x, y)
-    if not np.isfinite(rho):
-        return {"rho": 0.0, "p": 1.0}
-    return {"rho": float(rho), "p": float(p)}
-
-
-def _stats(values: list[float], counts: list[int], groups: dict[str, list[int]], overall: float) -> dict[str, Any]:
-    v = np.asarray(values)
-    return {
-        "mean": float(v.mean()), "worst": float(v.min()), "worst_class": int(v.argmin()),
-        "best": float(v.max()), "best_class": int(v.argmax()), "gap": float(v.max() - v.min()),
-        "std": float(v.std()),
-        "groups": {g: float(v[idx].mean()) for g, idx in groups.items() if idx},
-        "spearman": _spearman(counts, values), "overall": overall,
-    }
+def _stats(values: list[float], counts: list[int], groups: dict[str, list[int]], correct: int,
+           n_total: int) -> dict[str, Any]:
+    """A summary node as the audit computes it (audit/metrics.py, cross_class_summary)."""
+    return cross_class_summary(np.asarray(values, dtype=float), correct, n_total, counts, groups)
 
 
 def make_results(
@@ -126,12 +108,12 @@ def make_results(
 
     clean = [r["clean_acc"] for r in per_class]
     summary = {
-        "clean": _stats(clean, counts, groups, tot_clean / n_total),
+        "clean": _stats(clean, counts, groups, tot_clean, n_total),
         "robust": {
-            "pgd": _stats([r["robust_acc"]["pgd"] for r in per_class], counts, groups, tot_pgd / n_total),
-            "temp-pgd": _stats([r["robust_acc"]["temp-pgd"] for r in per_class], counts, groups, tot_worst / n_total),
-            "worst_case": _stats([r["robust_acc"]["worst_case"] for r in per_class], counts, groups,
-                                 tot_worst / n_total),
+            "pgd": _stats([r["robust_acc"]["pgd"] for r in per_class], counts, groups, tot_pgd, n_total),
+            "temp-pgd": _stats([r["robust_acc"]["temp-pgd"] for r in per_class], counts, groups, tot_worst, n_total),
+            "worst_case": _stats([r["robust_acc"]["worst_case"] for r in per_class], counts, groups, tot_worst,
+                                 n_total),
         },
     }
     summary["head_tail_gap"] = {
@@ -139,8 +121,8 @@ def make_results(
         "worst_case": summary["robust"]["worst_case"]["groups"]["head"]
         - summary["robust"]["worst_case"]["groups"]["tail"],
     }
-    summary["weight_norm_spearman"] = _spearman([r["weight_norm"] for r in per_class],
-                                                [r["robust_acc"]["worst_case"] for r in per_class])
+    summary["weight_norm_spearman"] = spearman([r["weight_norm"] for r in per_class],
+                                               [r["robust_acc"]["worst_case"] for r in per_class])
     summary["confusion"] = {"matrix": matrix.tolist(), "top_flows": flows[:20]}
     eval_idx = eval_rng.permutation(10000)[:n_total]
     return {
