@@ -84,7 +84,7 @@ class BitDepth(torch.nn.Module):
         return self.model(torch.round(x * (self.levels - 1)) / (self.levels - 1))
 
 
-def autoattacks(model: torch.nn.Module, eps: float, which: str) -> dict:
+def autoattacks(model: torch.nn.Module, eps: float, which: str, n_classes: int = 10) -> dict:
     """AutoAttack (standard) from torchattacks: its class defaults, and/or the published settings.
 
     torchattacks' ``AutoAttack(version="standard")`` builds APGD-CE, APGD-T and FAB-T with its
@@ -98,14 +98,14 @@ def autoattacks(model: torch.nn.Module, eps: float, which: str) -> dict:
     out = {}
     if which in ("torchattacks", "both"):
         out["autoattack_torchattacks_defaults"] = [
-            ("autoattack", torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=10,
+            ("autoattack", torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=n_classes,
                                                    seed=0))]
     if which in ("published", "both"):
         out["autoattack_published"] = [
             ("apgd-ce", torchattacks.APGD(model, norm="Linf", eps=eps, steps=100, n_restarts=1, loss="ce", seed=0)),
-            ("apgd-t", torchattacks.APGDT(model, norm="Linf", eps=eps, steps=100, n_restarts=1, n_classes=10, seed=0)),
+            ("apgd-t", torchattacks.APGDT(model, norm="Linf", eps=eps, steps=100, n_restarts=1, n_classes=n_classes, seed=0)),
             ("fab-t", torchattacks.FAB(model, norm="Linf", eps=eps, steps=100, n_restarts=1, multi_targeted=True,
-                                       n_classes=10, seed=0)),
+                                       n_classes=n_classes, seed=0)),
             ("square", torchattacks.Square(model, norm="Linf", eps=eps, n_queries=5000, n_restarts=1, seed=0)),
         ]
     return out
@@ -135,7 +135,7 @@ def run_autoattack(model: torch.nn.Module, attacks: list, x: torch.Tensor, y: to
 
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, batch: int,
              which: str = "both", probe: int | None = None, ranking: str | None = None, targets: int | None = None,
-             candidates: int | None = None) -> dict:
+             candidates: int | None = None, n_classes: int = 10) -> dict:
     from audit.attacks import create_attack
     from audit.config import AuditConfig
     from audit.engine import Evaluator
@@ -149,7 +149,8 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
     ids = torch.arange(len(y))
     batches = [(x[i:i + batch], y[i:i + batch], ids[i:i + batch]) for i in range(0, len(y), batch)]
     t0 = time.perf_counter()
-    rec = Evaluator(model, 10, (3, 32, 32), torch.device("cpu")).cascade(batches, attacks, n_total=len(y), seed=0)
+    rec = Evaluator(model, n_classes, (3, 32, 32), torch.device("cpu")).cascade(batches, attacks, n_total=len(y),
+                                                                                seed=0)
     ours_s = time.perf_counter() - t0
     ours_robust = torch.from_numpy(rec.clean_correct & ~rec.broken().any(0))
 
@@ -160,7 +161,7 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
            "square_full_budget_points": int(rec.carried_points[-1].sum()), "square_probe": specs[-1].params.probe,
            "ours_robust_mask": ours_robust.int().tolist(), "labels": y.tolist(),
            "apgd_t": next((s.params.to_dict() for s in specs if s.kind == "apgd-t"), None)}
-    for name, aa in autoattacks(model, eps, which).items():
+    for name, aa in autoattacks(model, eps, which, n_classes).items():
         aa_robust, per_attack = run_autoattack(model, aa, x, y, batch)
         aa_s = sum(per_attack.values())
         out[name] = {"robust_acc": float(aa_robust.float().mean()),
