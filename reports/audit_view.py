@@ -8,7 +8,7 @@ from . import charts
 from .examples import build_examples
 from .fmt import (attack_label, count, eps_text, interval, num, over_255, pct, points, seconds, short_name,
                   threat_text)
-from .plain import (GLOSSARY, at_risk, budget_sentence, critical_warnings, gate_rows, is_balanced, resolve_verdict,
+from .plain import (glossary, at_risk, budget_sentence, critical_warnings, gate_rows, is_balanced, resolve_verdict,
                     sanity_rows, suite_sentence)
 from .verdict import audit_verdict, extra_broken, head_tail, weakest
 
@@ -327,7 +327,7 @@ def first_page(results: Mapping[str, Any]) -> dict[str, Any]:
             "at_risk": at_risk(results) if verdict["meaningful"] else [],
             "at_risk_title": "Weakest classes, and why" if verdict["code"] == "robust" else "Classes at risk, and why",
             "gate": gate_rows(results),
-            "glossary": [(t, x) for t, x in GLOSSARY if not (balanced and t.startswith("Head"))]}
+            "glossary": glossary(results, balanced)}
 
 
 def audit_context(results: Mapping[str, Any], folder: Path) -> dict[str, Any]:

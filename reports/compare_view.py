@@ -10,7 +10,7 @@ from audit.verdict import overall_of as _overall
 
 from . import charts
 from .audit_view import LARGE, TOP, attack_columns, by_count, confusion, group_names, method, strip_counts
-from .plain import GLOSSARY, at_risk, budget_sentence, change_sentences, critical_warnings, gate_rows, is_balanced, \
+from .plain import glossary, at_risk, budget_sentence, change_sentences, critical_warnings, gate_rows, is_balanced, \
     resolve_verdict
 from .repair_view import repair_view
 from .examples import build_examples
@@ -236,7 +236,7 @@ def compare_context(before: Mapping[str, Any], before_dir: Path, after: Mapping[
                   "at_risk_title": "Weakest classes after, and why" if va["code"] == "robust"
                   else "Classes still at risk, and why",
                   "gate": gate_rows(after), "balanced": balanced,
-                  "glossary": [(t, x) for t, x in GLOSSARY if not (balanced and t.startswith("Head"))]},
+                  "glossary": glossary(after, balanced)},
         "verdict": compare_verdict(before, after, worse),
         "kpi_rows": kpi_rows(before, after),
         "groups": groups,

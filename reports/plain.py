@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 from audit.inputs import MAX_RESIZE
 from audit.verdict import overall_of as _overall
 
-from .fmt import count, pct, points, threat_text
+from .fmt import count, eps_text, pct, points, threat_text
 from .verdict import quote, weakest
 
 # code -> (badge text, badge css class); not-meaningful has no grade, only a stop sign.
@@ -40,8 +40,6 @@ GLOSSARY: tuple[tuple[str, str], ...] = (
     ("Clean accuracy", "share of test images the model classifies correctly, untouched."),
     ("Robust accuracy", "share of test images still classified correctly after an attacker altered them "
                         "within the budget."),
-    ("Attack budget (ε)", "how much the attacker may change each pixel, on a 0–1 scale; 8/255 is about 3% of "
-                          "the brightness range, invisible to most people."),
     ("Worst case", "a test image counts as robust only if it survives every attack that was tried."),
     ("Balanced", "the average over classes, so rare and common classes weigh the same."),
     ("Head / medium / tail", "classes grouped by how many training images they had: head = most, tail = "
@@ -57,6 +55,19 @@ def is_balanced(results: Mapping[str, Any]) -> bool:
     if d.get("balanced") is not None:
         return bool(d["balanced"])
     return not any((d.get("groups") or {}).values())
+
+
+def glossary(results: Mapping[str, Any], balanced: bool) -> list[tuple[str, str]]:
+    """The words page 1 uses; the budget is explained with this run's own ε (never another example value)."""
+    t = results["threat_model"]
+    eps, text = float(t.get("eps") or 0.0), eps_text(dict(t))
+    if str(t.get("norm", "")).lower() == "linf":
+        budget = (f"how much the attacker may change each pixel, on a 0–1 scale; this audit's {text} is "
+                  f"{eps * 100:.1f}% of the brightness range.")
+    else:
+        budget = f"how much the attacker may change the image in total ({t.get('norm')} norm); this audit's is {text}."
+    words = [GLOSSARY[0], GLOSSARY[1], ("Attack budget (ε)", budget), *GLOSSARY[2:]]
+    return [(w, x) for w, x in words if not (balanced and w.startswith("Head"))]
 
 
 def resolve_verdict(results: Mapping[str, Any]) -> dict[str, Any]:

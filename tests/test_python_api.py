@@ -17,6 +17,7 @@ import cli
 import tailaudit
 from audit.data import from_torch, load_dataset
 from audit.errors import DatasetError, ModelLoadError
+from support import DEMO as DEMO_ONNX
 
 
 class SmallNet(nn.Module):
@@ -123,3 +124,20 @@ def test_module_repair_returns_the_repaired_module_and_its_weights(notebook, tmp
     assert torch.allclose(again.eval()((x - MEAN[0]) / STD[0]), run.module.eval()((x - MEAN[0]) / STD[0]), atol=1e-6)
     assert run.before["model"]["spec"] == run.after["model"]["spec"] == "python:SmallNet"
     assert run.before["model"]["sha256"] != run.after["model"]["sha256"] or run.summary["model"]["input_kept"]
+
+
+def test_eps_from_the_api_is_what_every_page_says(tmp_path):
+    """ε has one source: the API at 2/255 records, prints and suggests 2/255 (never the 8/255 default)."""
+    import subprocess
+
+    config = tailaudit.AuditConfig(model=str(DEMO_ONNX), eps=2 / 255, n_per_class=2, steps=1, quiet=True,
+                                   out=str(tmp_path / "run"))
+    run = tailaudit.run_audit(config, formats=["html", "pdf"])
+    res = run.results
+    assert res["threat_model"]["eps_text"] == res["config"]["eps_text"] == "2/255"
+    assert "--eps 2/255" in " ".join(res["verdict"]["actions"]) or res["verdict"]["code"] == "robust"
+    html = (run.out_dir / "report.html").read_text(encoding="utf-8")
+    pdf = subprocess.run(["pdftotext", str(run.out_dir / "report.pdf"), "-"], capture_output=True, text=True).stdout
+    md = (run.out_dir / "summary.md").read_text(encoding="utf-8")
+    for text in (html, pdf, md):
+        assert "2/255" in text and "8/255" not in text
