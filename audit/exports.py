@@ -5,6 +5,8 @@ import csv
 import io
 from typing import Any, Mapping, Optional
 
+from .verdict import Verdict
+
 CSV_NAME = "per_class.csv"
 MD_NAME = "summary.md"
 
@@ -46,15 +48,15 @@ def _p(v: Optional[float]) -> str:
 
 def summary_markdown(results: Mapping[str, Any], k_weakest: int = 5) -> str:
     """A short Markdown summary for pull-request comments and CI logs."""
-    v = results.get("verdict") or {}
+    v = Verdict.from_json(results["verdict"]) if results.get("verdict") else None
     s = results["summary"]
     wc = s["robust"]["worst_case"]
     ds, tm = results["dataset"], results["threat_model"]
     norm = "L∞" if tm["norm"] == "linf" else "L2"
     lines = [f"## tailaudit: {_md(results['model']['spec'])} on {_md(ds['name'])}", ""]
-    if v:
-        lines += [f"**Verdict: {_md(v.get('label', v.get('code')))}** (`{v.get('code')}`). {_md(v.get('headline', ''))}", ""]
-        lines += [f"- {_md(r)}" for r in v.get("reasons", [])]
+    if v is not None:
+        lines += [f"**Verdict: {_md(v.label)}** (`{v.code}`). {_md(v.headline)}", ""]
+        lines += [f"- {_md(r)}" for r in v.reasons]
         lines.append("")
     lines += [f"Threat model {norm} ε = {_md(tm['eps_text'])}, {results['mode']}, {ds['n_eval']} test images, "
               f"{len(ds['classes'])} classes" + (" (balanced training set)" if ds.get("balanced") else "") + ".", "",
@@ -86,8 +88,8 @@ def summary_markdown(results: Mapping[str, Any], k_weakest: int = 5) -> str:
         for c in gate["conditions"]:
             lines.append(f"- {c['key']}: {_p(c['value'])} ({c['direction']} {_p(c['threshold'])}) — "
                          f"{'pass' if c['passed'] else 'FAIL'}")
-    if v.get("actions"):
-        lines += ["", "What to do next:", ""] + [f"1. {_md(a)}" for a in v["actions"]]
+    if v is not None and v.actions:
+        lines += ["", "What to do next:", ""] + [f"1. {_md(a)}" for a in v.actions]
     if results.get("warnings"):
         lines += ["", "Warnings:", ""] + [f"- {_md(w)}" for w in results["warnings"]]
     return "\n".join(lines) + "\n"

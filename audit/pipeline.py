@@ -212,7 +212,7 @@ def _audit_into(out_dir: Optional[Path], config: AuditConfig, specs: list, attac
                             {"load_s": load_s, "total_s": total_s}, large_eps=large_eps)
     if curve is not None:
         results["curve"] = curve
-    results["verdict"] = compute_verdict(results)
+    results["verdict"] = compute_verdict(results).to_json()
     if gate:
         results["gate"] = evaluate_gate(gate, results)
     results["environment"].update(distributed.describe())  # world_size (1 in a plain run)
@@ -236,9 +236,9 @@ def write_outputs(out_dir: Path, results: dict[str, Any], records: PointRecords,
         else:
             results["files"].pop("examples", None)
         results["files"].update({"per_class_csv": CSV_NAME, "summary_md": MD_NAME})
+        files.add_json("results.json", results, check=check_written)  # first: the exports read what is checked
         files.add(CSV_NAME, lambda path: write_text(path, per_class_csv(results)))
         files.add(MD_NAME, lambda path: write_text(path, summary_markdown(results)))
-        files.add_json("results.json", results, check=check_written)
         if reports is not None:
             reports(files, files.path("results.json"))
         files.commit()

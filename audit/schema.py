@@ -8,6 +8,7 @@ a tailaudit bug can never ship a file its own reports refuse) and when anything 
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 import functools
 import json
 import logging
@@ -218,7 +219,7 @@ def migrate(results: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(attack, dict) and attack.get("kind") == "apgd-t" and "ranking" not in attack:
             attack.update(ranking="logit", candidates=APGDT_CANDIDATES)
     if out.get("verdict") is None:
-        out["verdict"] = {**compute_verdict(out), "computed_on_load": __version__}
+        out["verdict"] = replace(compute_verdict(out), computed_on_load=__version__).to_json()
     return out
 
 

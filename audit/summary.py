@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .verdict import Verdict
+
 
 def _pct(v: Any) -> str:
     return "   -  " if v is None else f"{100 * v:5.1f}%"
@@ -67,12 +69,12 @@ def format_summary(results: dict[str, Any], max_rows: int = 40) -> str:
 
 def verdict_lines(results: dict[str, Any]) -> list[str]:
     """The verdict (from results["verdict"]), its reasons and what to do next; no grade when not meaningful."""
-    v = results.get("verdict")
-    if not v:
+    if not results.get("verdict"):
         return []
-    lines = ["", f"verdict: {v['code']}: {v['headline']}"]
-    lines += [f"  because {r}" for r in v.get("reasons", [])]
-    lines += [f"  next: {a}" for a in v.get("actions", [])]
+    v = Verdict.from_json(results["verdict"])
+    lines = ["", f"verdict: {v.code}: {v.headline}"]
+    lines += [f"  because {r}" for r in v.reasons]
+    lines += [f"  next: {a}" for a in v.actions]
     gate = results.get("gate")
     if gate:
         lines.append(f"gate: {'passed' if gate['passed'] else 'FAILED'} ("

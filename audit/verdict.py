@@ -9,6 +9,7 @@ not work on this data, so no robustness grade is given). The terminal summary, t
 from __future__ import annotations
 
 import shlex
+from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 from .inputs import MAX_RESIZE
@@ -159,23 +160,71 @@ def _names(rows: Sequence[Mapping[str, Any]]) -> str:
     return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
 
 
-def compute_verdict(results: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"code", "headline", "reasons", "actions", ...}`` for an audit's results (see module doc)."""
+@dataclass(frozen=True)
+class Verdict:
+    """The one verdict of an audit, as ``results["verdict"]`` stores it (:meth:`to_json` / :meth:`from_json`).
+
+    ``band`` is the grade before a rare-class or uneven qualifier lowered it, ``survival`` the share
+    of correct answers that survive (both None when not meaningful). ``computed_on_load`` names the
+    tailaudit version that graded a file written before verdicts were stored (audit/schema.py);
+    it is never written. The label is the code in words (:data:`LABELS`), derived, not stored twice.
+    """
+
+    code: str
+    headline: str
+    reasons: tuple[str, ...] = ()
+    actions: tuple[str, ...] = ()
+    band: Optional[str] = None
+    survival: Optional[float] = None
+    qualifier: Optional[str] = None
+    computed_on_load: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.code not in CODES:
+            raise ValueError(f"verdict code {self.code!r} is not one of {', '.join(CODES)}")
+
+    @property
+    def label(self) -> str:
+        return LABELS[self.code]
+
+    @property
+    def meaningful(self) -> bool:
+        """False for ``not-meaningful``: the model does not work on this data and gets no grade."""
+        return self.code != "not-meaningful"
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"code": self.code, "headline": self.headline, "reasons": list(self.reasons),
+               "actions": list(self.actions), "band": self.band, "survival": self.survival,
+               "qualifier": self.qualifier}
+        if self.computed_on_load is not None:
+            out["computed_on_load"] = self.computed_on_load
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "Verdict":
+        """From a validated results file (older files also carry ``label``, derived here from the code)."""
+        return cls(code=str(data["code"]), headline=str(data.get("headline") or ""),
+                   reasons=tuple(str(r) for r in data.get("reasons") or ()),
+                   actions=tuple(str(a) for a in data.get("actions") or ()), band=data.get("band"),
+                   survival=data.get("survival"), qualifier=data.get("qualifier"),
+                   computed_on_load=data.get("computed_on_load"))
+
+
+def compute_verdict(results: Mapping[str, Any]) -> Verdict:
+    """The :class:`Verdict` the rules give an audit's figures (see module doc)."""
     s = results["summary"]
     extra = input_reasons(results)
     problems = _meaningful_problems(results)
     if problems:
-        return {
-            "code": "not-meaningful", "label": LABELS["not-meaningful"],
-            "headline": (f"No robustness grade: {problems[0]}. Check the label order, the dataset, the "
-                         "preprocessing and the weights before reading any figure here."),
-            "reasons": problems + extra,
-            "actions": [f"Check {c}" for c in LOOKUP_CHECKS]
-                       + ([f"Re-run with --labels FILE listing the model's outputs in order: "
-                           f"{', '.join(m['class'] for m in results['label_check']['mapping'])}"]
-                          if (results.get("label_check") or {}).get("suspected") else []),
-            "band": None, "survival": None, "qualifier": None,
-        }
+        return Verdict(
+            code="not-meaningful",
+            headline=(f"No robustness grade: {problems[0]}. Check the label order, the dataset, the "
+                      "preprocessing and the weights before reading any figure here."),
+            reasons=tuple(problems + extra),
+            actions=tuple([f"Check {c}" for c in LOOKUP_CHECKS]
+                          + ([f"Re-run with --labels FILE listing the model's outputs in order: "
+                              f"{', '.join(m['class'] for m in results['label_check']['mapping'])}"]
+                             if (results.get("label_check") or {}).get("suspected") else [])))
     wc = s["robust"]["worst_case"]
     robust, clean = overall_of(wc), overall_of(s["clean"])
     survive = robust / clean if clean else 0.0
@@ -226,5 +275,5 @@ def compute_verdict(results: Mapping[str, Any]) -> dict[str, Any]:
         actions.append("Confirm the figures with the stronger attack suite (--suite standard) before relying on them")
     elif (results.get("mode_label") or "white-box") != "white-box":
         actions.append("Black-box figures are an upper bound: audit an ONNX export that converts for gradients")
-    return {"code": code, "label": LABELS[code], "headline": headline, "reasons": reasons, "actions": actions,
-            "band": base, "survival": survive, "qualifier": qualifier}
+    return Verdict(code=code, headline=headline, reasons=tuple(reasons), actions=tuple(actions), band=base,
+                   survival=survive, qualifier=qualifier)

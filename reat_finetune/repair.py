@@ -27,6 +27,7 @@ from audit.lifecycle import Renderer, created_now, default_out_dir, output_folde
 from audit.outputs import RunFiles, output_error
 from audit.pipeline import prepare, run_audit
 from audit.results import environment
+from audit.verdict import Verdict
 
 from .checkpoint import CHECKPOINT_NAME, check_fingerprint, fingerprint, is_disk_full, labels_digest, load_checkpoint
 from .config import RepairConfig
@@ -280,7 +281,7 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
                   "val_counts": [int(c) for c in np.bincount(labels[val_idx], minlength=C)], "seed": config.seed},
         "before": _headline(before), "after": _headline(after),
         "outcome": decide(_headline(before), _headline(after), input_kept=input_kept,
-                          after_meaningful=(after.get("verdict") or {}).get("code") != "not-meaningful",
+                          after_meaningful=Verdict.from_json(after["verdict"]).meaningful,
                           min_clean_kept=config.min_clean_kept, kept_note=result.best_note,
                           model_file=exported.path.name, method=method.name,
                           budget=f"{budget.steps_total} steps").to_dict(),

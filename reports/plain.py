@@ -10,6 +10,7 @@ import math
 from typing import Any, Mapping, Sequence
 
 from audit.inputs import MAX_RESIZE
+from audit.verdict import Verdict
 from audit.verdict import overall_of as _overall
 
 from .fmt import count, eps_text, pct, points, threat_text
@@ -71,18 +72,13 @@ def glossary(results: Mapping[str, Any], balanced: bool) -> list[tuple[str, str]
 
 
 def resolve_verdict(results: Mapping[str, Any]) -> dict[str, Any]:
-    """The stored verdict laid out: code, headline, reasons, actions, meaning, ``grade`` (badge text;
-    None for not-meaningful), ``css`` and ``computed_on_load`` (the version that graded an older file)."""
-    given = results["verdict"]
-    code = str(given["code"])
-    out = {"code": code, "headline": str(given.get("headline") or MEANING[code]),
-           "reasons": [str(r) for r in given.get("reasons") or []],
-           "actions": [str(a) for a in given.get("actions") or []],
-           "computed_on_load": given.get("computed_on_load")}
-    grade, css = GRADES[code]
-    out.update(meaning=MEANING[code], grade=None if code == "not-meaningful" else grade,
-               label=grade, css=css, meaningful=code != "not-meaningful")
-    return out
+    """The stored :class:`~audit.verdict.Verdict` laid out: code, headline, reasons, actions, meaning, ``grade``
+    (badge text; None for not-meaningful), ``css`` and ``computed_on_load`` (the version that graded an older file)."""
+    v = Verdict.from_json(results["verdict"])
+    grade, css = GRADES[v.code]
+    return {"code": v.code, "headline": v.headline or MEANING[v.code], "reasons": list(v.reasons),
+            "actions": list(v.actions), "computed_on_load": v.computed_on_load, "meaning": MEANING[v.code],
+            "grade": grade if v.meaningful else None, "label": grade, "css": css, "meaningful": v.meaningful}
 
 
 def budget_sentence(results: Mapping[str, Any]) -> str:

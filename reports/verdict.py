@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from audit.verdict import LABELS, overall_of
+from audit.verdict import Verdict, overall_of
 
 from .fmt import pct, points, short_name, threat_text
 
@@ -164,7 +164,7 @@ def compare_verdict(before: Mapping[str, Any], after: Mapping[str, Any],
     wk_b, wk_a = weakest(before, 1)[0], weakest(after, 1)[0]
     sentences.append(f"Weakest class after: {quote(wk_a['name'])} at {pct(wk_a['robust_acc']['worst_case'])} "
                      f"(before: {quote(wk_b['name'])} at {pct(wk_b['robust_acc']['worst_case'])}).")
-    lb, la = LABELS[before["verdict"]["code"]], LABELS[after["verdict"]["code"]]
+    lb, la = Verdict.from_json(before["verdict"]).label, Verdict.from_json(after["verdict"]).label
     if lb != la:
         sentences.insert(1, f"The verdict moved from “{lb}” to “{la}”.")
     return {"sentences": sentences}

@@ -13,6 +13,7 @@ import cli
 from audit.errors import ConfigError
 from audit.gate import evaluate_gate, parse_fail_under
 from audit.inputs import input_info, input_warnings
+from audit.verdict import LABELS
 from support import DEMO
 
 FAST = ["--steps", "3", "--eps", "0.1", "--quiet", "--no-html", "--no-pdf"]
@@ -100,7 +101,7 @@ def test_summary_markdown_has_verdict_figures_and_weakest_classes(demo):
     out, res = demo
     md = (out / "summary.md").read_text(encoding="utf-8")
     v = res["verdict"]
-    assert f"(`{v['code']}`)" in md and v["label"] in md
+    assert f"(`{v['code']}`)" in md and LABELS[v['code']] in md  # the label is derived from the code
     wc = res["summary"]["robust"]["worst_case"]
     assert f"| worst-case robust accuracy | {100 * wc['overall']:.1f}% |" in md
     assert f"| clean accuracy | {100 * res['summary']['clean']['overall']:.1f}% |" in md

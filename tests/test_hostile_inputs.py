@@ -361,7 +361,14 @@ def test_results_checked_against_the_schema_before_they_are_written(tmp_path, mo
     import audit.pipeline
     from audit.verdict import compute_verdict
 
-    monkeypatch.setattr(audit.pipeline, "compute_verdict", lambda r: {**compute_verdict(r), "code": "excellent"})
+    class Broken:  # a verdict whose JSON the schema refuses
+        def __init__(self, r):
+            self.json = {**compute_verdict(r).to_json(), "code": "excellent"}
+
+        def to_json(self):
+            return self.json
+
+    monkeypatch.setattr(audit.pipeline, "compute_verdict", Broken)
     out = tmp_path / "run"
     code, _, err = run_main(["audit", str(DEMO), "--out", str(out), "--no-html", "--no-pdf", *FAST], capsys)
     assert code == 2 and "$.verdict.code is invalid" in err and "tailaudit bug" in err

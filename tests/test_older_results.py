@@ -40,7 +40,7 @@ def test_older_audit_loads_and_re_renders(path, tmp_path, capsys):
         assert verdict == raw["verdict"] and verdict.get("computed_on_load") is None
     else:
         assert verdict["computed_on_load"] == __version__
-        assert verdict["code"] == compute_verdict(raw)["code"]
+        assert verdict["code"] == compute_verdict(raw).code
     code = cli.main(["report", str(path), "--format", "html", "--out", str(tmp_path)])
     assert code == 0, capsys.readouterr().err
     text = visible_text((tmp_path / "report.html").read_text(encoding="utf-8"))

@@ -173,7 +173,7 @@ def test_one_verdict_from_results(full, tmp_path):
     assert "Weakly robust" not in text and 'class="badge fair"' in html
     unstored = make_results(10)  # a file from before stored verdicts: graded once, on load, by audit/verdict.py
     old = resolve_verdict(migrate(unstored))
-    assert old["code"] == compute_verdict(unstored)["code"] and old["computed_on_load"] == __version__
+    assert old["code"] == compute_verdict(unstored).code and old["computed_on_load"] == __version__
     assert old["actions"] and "verdict" not in unstored  # the caller's dict is not changed
     text = visible_text(render_report(unstored, tmp_path / "old", formats=["html"])["html"].read_text(encoding="utf-8"))
     assert text.count(old["headline"]) == 1 and "predates stored verdicts" in text

@@ -13,7 +13,7 @@ from torch import nn
 import cli
 from audit.data import class_groups, groups_to_indices
 from audit.metrics import cross_class_summary, wilson_interval
-from audit.verdict import BANDS, CODES, LABELS, band, compute_verdict, prediction_collapse
+from audit.verdict import BANDS, CODES, LABELS, Verdict, band, compute_verdict, prediction_collapse
 
 GRADES = [LABELS[c] for c in CODES if c != "not-meaningful"]  # "Robust", "Partly robust", ...
 
@@ -55,14 +55,14 @@ def fixture(clean: Sequence[float], robust: Sequence[float], counts: Sequence[in
                                          (0.1, "not-robust")])
 def test_each_band(robust, code):
     v = compute_verdict(fixture([0.95] * 9, [robust] * 9))
-    assert v["code"] == code and v["band"] == code and v["qualifier"] is None
-    assert v["headline"].startswith(LABELS[code] + ":")
-    assert v["reasons"] and v["actions"]
-    assert any("--suite standard" in a for a in v["actions"])
+    assert v.code == code and v.band == code and v.qualifier is None
+    assert v.headline.startswith(LABELS[code] + ":")
+    assert v.reasons and v.actions
+    assert any("--suite standard" in a for a in v.actions)
     standard = fixture([0.95] * 9, [robust] * 9)
     standard["suite"] = "standard"  # already the strong suite: no advice to run it
-    assert not any("--suite standard" in a for a in compute_verdict(standard)["actions"])
-    assert (code == "robust") != any("cli.py repair m.onnx --dataset digitslt --eps 8/255" in a for a in v["actions"])
+    assert not any("--suite standard" in a for a in compute_verdict(standard).actions)
+    assert (code == "robust") != any("cli.py repair m.onnx --dataset digitslt --eps 8/255" in a for a in v.actions)
 
 
 def test_band_thresholds_are_the_documented_shares():
@@ -74,29 +74,29 @@ def test_band_thresholds_are_the_documented_shares():
 def test_rare_classes_lagging_downgrade_robust_to_partly_and_name_classes_to_collect():
     robust = [0.95, 0.95, 0.95, 0.85, 0.85, 0.85, 0.72, 0.70, 0.66]  # ~85% of clean overall, tail 20 points down
     v = compute_verdict(fixture([1.0] * 9, robust))
-    assert v["band"] == "robust" and v["code"] == "partly-robust" and v["qualifier"] == "rare classes"
-    assert v["headline"].startswith("Robust overall, but not on rare classes:")
-    assert any("tail" in r and "points below" in r for r in v["reasons"])
-    assert any(a.startswith("Collect more training images for “c8” and “c7”") for a in v["actions"])
+    assert v.band == "robust" and v.code == "partly-robust" and v.qualifier == "rare classes"
+    assert v.headline.startswith("Robust overall, but not on rare classes:")
+    assert any("tail" in r and "points below" in r for r in v.reasons)
+    assert any(a.startswith("Collect more training images for “c8” and “c7”") for a in v.actions)
 
 
 def test_chance_level_accuracy_is_not_meaningful_and_says_what_to_check():
     v = compute_verdict(fixture([0.12] * 10, [0.12] * 10))
-    assert v["code"] == "not-meaningful" and v["band"] is None
-    assert "not clearly above chance" in v["headline"] and "10.0% for 10 classes" in v["headline"]
+    assert v.code == "not-meaningful" and v.band is None
+    assert "not clearly above chance" in v.headline and "10.0% for 10 classes" in v.headline
     for what in ("label order", "dataset", "preprocessing", "weights"):
-        assert what in v["headline"]
-    assert not any(g in v["headline"] for g in GRADES)
-    assert any("--labels" in a for a in v["actions"])
+        assert what in v.headline
+    assert not any(g in v.headline for g in GRADES)
+    assert any("--labels" in a for a in v.actions)
 
 
 def test_clearly_above_chance_is_graded():
     # 10 classes: the interval must start above 10% + 0.1 * 90% = 19%
-    assert compute_verdict(fixture([0.25] * 10, [0.15] * 10))["code"] == "partly-robust"  # starts at 22.4%
-    assert compute_verdict(fixture([0.2] * 10, [0.15] * 10))["code"] == "not-meaningful"  # starts at 17.6%
+    assert compute_verdict(fixture([0.25] * 10, [0.15] * 10)).code == "partly-robust"  # starts at 22.4%
+    assert compute_verdict(fixture([0.2] * 10, [0.15] * 10)).code == "not-meaningful"  # starts at 17.6%
     # two classes: the floor is 55%
-    assert compute_verdict(fixture([0.6] * 2, [0.5] * 2, counts=[100, 10], n=500))["code"] == "robust"
-    assert compute_verdict(fixture([0.56] * 2, [0.5] * 2, counts=[100, 10], n=500))["code"] == "not-meaningful"
+    assert compute_verdict(fixture([0.6] * 2, [0.5] * 2, counts=[100, 10], n=500)).code == "robust"
+    assert compute_verdict(fixture([0.56] * 2, [0.5] * 2, counts=[100, 10], n=500)).code == "not-meaningful"
 
 
 def test_collapse_onto_one_class_is_not_meaningful():
@@ -106,7 +106,7 @@ def test_collapse_onto_one_class_is_not_meaningful():
         conf[t][3] += 60
         conf[t][t] += 40
     v = compute_verdict(fixture([0.4] * C, [0.3] * C, confusion=conf))
-    assert v["code"] == "not-meaningful" and "collapse" in v["headline"] and "“c3”" in v["headline"]
+    assert v.code == "not-meaningful" and "collapse" in v.headline and "“c3”" in v.headline
     assert prediction_collapse(conf) is not None
 
 
@@ -125,8 +125,8 @@ def test_label_check_makes_it_not_meaningful_with_the_mapping():
     res["label_check"] = {"suspected": True, "accuracy_now": 0.6, "accuracy_mapped": 0.9,
                           "mapping": [{"output": i, "class": f"c{(i + 1) % 10}"} for i in range(10)]}
     v = compute_verdict(res)
-    assert v["code"] == "not-meaningful" and v["headline"].startswith("No robustness grade: the label order looks permuted")
-    assert any("c1, c2, c3" in a for a in v["actions"])
+    assert v.code == "not-meaningful" and v.headline.startswith("No robustness grade: the label order looks permuted")
+    assert any("c1, c2, c3" in a for a in v.actions)
 
 
 def test_input_mismatch_is_a_reason():
@@ -134,16 +134,16 @@ def test_input_mismatch_is_a_reason():
     res["input"] = {"data_shape": [3, 32, 32], "model_shape": [1, 8, 8], "channel_conversion": "RGB to grey",
                     "resize_factor": 0.25}
     v = compute_verdict(res)
-    assert any("converted (RGB to grey)" in r for r in v["reasons"])
+    assert any("converted (RGB to grey)" in r for r in v.reasons)
     res["input"]["resize_factor"] = 0.2
-    assert any("resized by a factor 0.2" in r for r in compute_verdict(res)["reasons"])
+    assert any("resized by a factor 0.2" in r for r in compute_verdict(res).reasons)
 
 
 def test_balanced_training_set_has_no_rare_class_qualifier():
     res = fixture([1.0] * 9, [0.95, 0.95, 0.95, 0.85, 0.85, 0.85, 0.72, 0.70, 0.66], counts=[500] * 9)
     assert res["dataset"]["groups"] == {} and res["summary"]["head_tail_gap"]["worst_case"] is None
     v = compute_verdict(res)
-    assert v["code"] == "robust" and not any("tail" in r for r in v["reasons"])
+    assert v.code == "robust" and not any("tail" in r for r in v.reasons)
 
 
 # -- end to end: a constant model is never graded -------------------------------------------------
@@ -166,11 +166,23 @@ def test_constant_model_is_not_meaningful_and_the_cli_gives_no_grade(tmp_path, c
     printed = capsys.readouterr().out
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
-    v = res["verdict"]
-    assert v["code"] == "not-meaningful"
+    v = Verdict.from_json(res["verdict"])
+    assert v.code == "not-meaningful"
     assert res["summary"]["clean"]["overall"] == pytest.approx(0.1)
-    assert any("collapse" in r and "100% of all clean predictions" in r for r in v["reasons"])
+    assert any("collapse" in r and "100% of all clean predictions" in r for r in v.reasons)
     assert "verdict: not-meaningful: No robustness grade" in printed
     for grade in GRADES:
         assert grade not in printed, grade
         assert grade not in (out / "summary.md").read_text(), grade
+
+
+def test_verdict_is_a_typed_value_with_one_json_form():
+
+
+    v = compute_verdict(fixture([1.0] * 9, [0.9] * 8 + [0.2]))
+    assert isinstance(v, Verdict) and Verdict.from_json(v.to_json()) == v
+    assert "label" not in v.to_json() and v.label == LABELS[v.code]  # the label is derived, not stored twice
+    old_style = {**v.to_json(), "label": "anything an older file wrote"}
+    assert Verdict.from_json(old_style) == v
+    with pytest.raises(ValueError, match="not one of"):
+        Verdict(code="excellent", headline="h")
