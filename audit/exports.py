@@ -15,8 +15,20 @@ def _f(v: Optional[float]) -> str:
     return "" if v is None else f"{v:.6g}"
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet reads as the start of a formula
+
+
+def _text_cell(text: Any) -> str:
+    """A user string as a CSV cell a spreadsheet shows as text: a leading ' before a formula start (OWASP's
+    advice for CSV injection), so a class named ``=HYPERLINK(...)`` is never executed when the file is opened."""
+    s = str(text)
+    return "'" + s if s.startswith(FORMULA_START) else s
+
+
 def per_class_csv(results: Mapping[str, Any]) -> str:
-    """One row per class: counts, group, clean and robust accuracy (per attack and worst case) with 95% intervals."""
+    """One row per class: counts, group, clean and robust accuracy (per attack and worst case) with 95% intervals.
+
+    Text cells that a spreadsheet would run as a formula are neutralised (:func:`_text_cell`)."""
     names = [a["name"] for a in results["attacks"]] + ["worst_case"]
     head = ["class", "index", "train_count", "group", "n_eval", "clean_acc", "clean_ci95_low", "clean_ci95_high"]
     for n in names:
@@ -25,7 +37,8 @@ def per_class_csv(results: Mapping[str, Any]) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(head)
     for r in results["per_class"]:
-        row = [r["name"], r["index"], r["train_count"], r.get("group") or "", r["n_eval"], _f(r["clean_acc"]),
+        row = [_text_cell(r["name"]), r["index"], r["train_count"], _text_cell(r.get("group") or ""), r["n_eval"],
+               _f(r["clean_acc"]),
                _f(r["clean_ci95"][0]), _f(r["clean_ci95"][1])]
         for n in names:
             ci = r["robust_ci95"].get(n) or [None, None]

@@ -1,7 +1,9 @@
 """CI gate, per_class.csv / summary.md, --labels and the permutation check, balanced sets, the eps curve."""
 from __future__ import annotations
 
+import copy
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -95,6 +97,21 @@ def test_per_class_csv_matches_results(demo):
             assert float(row[f"robust_{name}_ci95_low"]) == pytest.approx(pc["robust_ci95"][name][0], abs=1e-5)
             assert float(row[f"robust_{name}_ci95_high"]) == pytest.approx(pc["robust_ci95"][name][1], abs=1e-5)
     assert res["files"]["per_class_csv"] == "per_class.csv" and res["files"]["summary_md"] == "summary.md"
+
+
+def test_per_class_csv_neutralises_formulas_in_class_names(demo):
+    """Class names are user strings: one a spreadsheet would execute is written as text (leading ')."""
+    from audit.exports import per_class_csv
+
+    _, res = demo
+    hostile = copy.deepcopy(res)
+    names = ["=HYPERLINK(\"http://x\",\"y\")", "+1", "-e", "@SUM(A1)", "\tcmd", "plain", "a,b", "say \"hi\"",
+             "ünïcode", "9"]
+    for row, name in zip(hostile["per_class"], names):
+        row["name"] = name
+    rows = list(csv.DictReader(io.StringIO(per_class_csv(hostile))))
+    written = [r["class"] for r in rows]
+    assert written[:5] == ["'" + n for n in names[:5]] and written[5:] == names[5:]
 
 
 def test_summary_markdown_has_verdict_figures_and_weakest_classes(demo):
