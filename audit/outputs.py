@@ -54,9 +54,24 @@ def output_error(exc: OSError, path: Path | str, what: str = "write") -> OutputE
                        "another --out (nothing of this run was kept)")
 
 
+def check_path_length(path: Path, flag: str = "--out") -> None:
+    """OutputError (one line, the path shortened) when the file system cannot hold a path this long."""
+    longest = max((len(part.encode("utf-8", "surrogateescape")) for part in path.parts), default=0)
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:
+            return
+        shown = str(path) if len(str(path)) <= 80 else str(path)[:60] + "…" + str(path)[-15:]
+        raise OutputError(f"{flag} {shown} is too long for the file system ({len(str(path))} characters, its "
+                          f"longest name {longest} bytes; file systems usually allow 255 bytes a name and 4096 a "
+                          "path): choose a shorter path") from None
+
+
 def prepare_out_dir(path: str | Path, flag: str = "--out") -> Path:
     """Create ``path`` (and parents) and prove it is writable by writing and removing a probe file."""
     out = Path(path).expanduser()
+    check_path_length(out, flag)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{flag} {out} is an existing file, not a folder; choose a folder path")
     for parent in out.parents:
@@ -83,6 +98,7 @@ def prepare_out_dir(path: str | Path, flag: str = "--out") -> Path:
 def out_dir_guard(path: str | Path, flag: str = "--out") -> Iterator[Path]:
     """:func:`prepare_out_dir`, and on an exception remove the folders it created if they are still empty."""
     out = Path(path).expanduser()
+    check_path_length(out, flag)
     missing = [d for d in [out, *out.parents] if not d.exists()]
     try:
         yield prepare_out_dir(out, flag)

@@ -653,3 +653,14 @@ def test_truncated_image_refused_even_after_the_renderer_is_imported(tmp_path):
     with pytest.raises(DatasetError, match="cannot read image .*cut.png"):
         ImageFileDataset([path], [0])[0]
     assert ImageFile.LOAD_TRUNCATED_IMAGES  # restored for whoever set it
+
+
+@pytest.mark.parametrize("shape", ["one 5000-character name", "30 names of 200 characters"])
+@pytest.mark.parametrize("command", ["audit", "repair"])
+def test_out_path_too_long_is_one_line(tmp_path, capsys, shape, command):
+    long = tmp_path / ("a" * 5000) if shape.startswith("one") else tmp_path.joinpath(*["b" * 200] * 30)
+    extra = ["--train-steps-total", "1"] if command == "repair" else []
+    code, out, err = run_main([command, str(DEMO), "--out", str(long), *FAST, *extra], capsys)
+    assert code == 2 and "is too long for the file system" in err and "choose a shorter path" in err
+    assert len(err.strip().splitlines()) == 1 and len(err) < 400  # the path is shortened, not echoed whole
+    assert list(tmp_path.iterdir()) == []
