@@ -462,8 +462,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from audit import distributed
 
     quiet_rank = distributed.launcher_rank() != 0  # [distributed] other ranks print nothing but errors
+    level = (logging.ERROR if quiet_rank else logging.DEBUG if debug
+             else logging.WARNING if getattr(args, "quiet", False) else logging.INFO)  # --quiet: warnings only
     for name in ("audit", "reports", "reat_finetune", "tailaudit"):
-        logging.getLogger(name).setLevel(logging.ERROR if quiet_rank else logging.DEBUG if debug else logging.INFO)
+        logging.getLogger(name).setLevel(level)
     from audit.errors import TailAuditError
     from audit.textsafe import one_line, route_warnings
 

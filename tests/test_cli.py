@@ -134,6 +134,9 @@ BAD = [
     ("mean without std", lambda d: ["audit", str(DEMO), "--mean", "0.5"], "std"),
     ("unknown attack", lambda d: ["audit", str(DEMO), "--attacks", "pgd,fgsm"], "attack"),
     ("cuda without gpu", lambda d: ["audit", str(DEMO), "--device", "cuda"], "gpu"),
+    # refused after the model has loaded: no "loaded ..." log line may come first
+    ("labels that do not match", lambda d: ["audit", str(DEMO), "--labels", str(_text(d / "l.txt", "x\ny\n"))],
+     "labels"),
 ]
 
 
@@ -144,6 +147,11 @@ def _vit_checkpoint(d: Path) -> Path:
     net = timm.create_model("test_vit", pretrained=False, num_classes=10)
     path = d / "vit.safetensors"
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    return path
+
+
+def _text(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
     return path
 
 
@@ -165,6 +173,15 @@ def test_bad_input_one_line_exit_2_no_output(tmp_path, name, args, needle):
     assert len(lines) == 1, proc.stderr
     assert needle.lower() in lines[0].lower(), lines[0]
     assert not (out / "results.json").exists()
+
+
+def test_refusal_after_loading_is_one_line_without_quiet_too(tmp_path):
+    """The promise holds for a default (not --quiet) run: nothing the loader logs comes before the error."""
+    proc = run_cli("audit", str(DEMO), "--labels", str(_text(tmp_path / "l.txt", "x\ny\n")), "--out",
+                   str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert [ln for ln in proc.stderr.splitlines() if ln.strip()] == [proc.stderr.strip()]
+    assert proc.stderr.startswith("tailaudit: error: --labels")
 
 
 def test_debug_shows_traceback(tmp_path):

@@ -194,7 +194,7 @@ def load_cifar(spec: CifarSpec, *, imbalance: float, data_root: Optional[Path], 
     longtail_counts(1, spec.num_classes, imbalance)  # validate rho before reading anything
     source, where = _locate(spec, data_root, download)
     parts = _load_torchvision(spec, where, imbalance) if source == "torchvision" else _load_imagefolder(spec, where, imbalance)
-    log.info("%s from %s (%s): %d train, %d test", spec.name, where, source, len(parts["train_labels"]), len(parts["test_labels"]))
+    log.debug("%s from %s (%s): %d train, %d test", spec.name, where, source, len(parts["train_labels"]), len(parts["test_labels"]))
     return LTDataset(
         name=spec.name,
         class_names=parts["class_names"],

@@ -439,7 +439,7 @@ def load_onnx(path: str | Path, *, num_classes: int | None = None, mean: Optiona
     linear = find_final_linear(module)
     if linear is not None and linear.out_features == k:
         info["final_linear"] = {"in_features": linear.in_features, "out_features": linear.out_features}
-    log.info("loaded %s: %s input %s, %d classes, opset %s -> %s", spec, layout, list(dims), k,
+    log.debug("loaded %s: %s input %s, %d classes, opset %s -> %s", spec, layout, list(dims), k,
              info.get("opset_original"), info.get("opset_converted"))
     return LoadedModel(module=module, spec=spec, format="onnx", num_classes=k, preprocessing=prep,
                        path=path.resolve(), sha256=sha256_of(path), arch=None, reference_scorer=scorer,
