@@ -52,14 +52,23 @@ def parse_json(text: str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
         raise ValueError(f"nested deeper than {max_depth} levels") from None
 
 
-def read_json(path: Path, *, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """Read and parse a JSON file within the limits; OSError/ValueError with a readable message otherwise."""
+def read_text(path: Path, *, max_bytes: int = MAX_JSON_BYTES) -> str:
+    """A UTF-8 text file of at most ``max_bytes``, read without trusting its reported size (``/dev/zero``,
+    a pipe or a growing file stop at the limit); OSError/ValueError with a readable message otherwise."""
     path = Path(path)
     size = path.stat().st_size
     if size > max_bytes:
         raise ValueError(f"{size:,} bytes, above the limit of {max_bytes:,} bytes")
+    with open(path, "rb") as fh:
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"more than {max_bytes:,} bytes, the limit")
     try:
-        text = path.read_text(encoding="utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    return parse_json(text, max_depth=max_depth)
+
+
+def read_json(path: Path, *, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Read and parse a JSON file within the limits; OSError/ValueError with a readable message otherwise."""
+    return parse_json(read_text(path, max_bytes=max_bytes), max_depth=max_depth)

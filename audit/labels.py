@@ -6,14 +6,18 @@ alphabetically) scores near chance although it works. ``--labels`` names the mod
 """
 from __future__ import annotations
 
-import json
+from collections import Counter
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from .bounds import MAX_CLASSES
 from .errors import ConfigError
+from .jsonfile import parse_json, read_text
 from .metrics import wilson_interval
+
+MAX_LABELS_BYTES = MAX_CLASSES * 256  # one name a line, up to 256 bytes each for the most classes allowed
 
 MIN_GAIN = 0.2  # re-mapped accuracy must beat the current one by 20 points or more ...
 MIN_MAPPED = 0.5  # ... and reach at least 50%: on few points an assignment finds 30% in pure noise
@@ -29,25 +33,27 @@ def read_label_order(path: str | Path, class_names: Sequence[str]) -> list[int]:
     p = Path(path).expanduser()
     hint = "give one class name per line, in the model's output order (or a JSON list)"
     try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read --labels {p} ({type(exc).__name__}); {hint}") from None
+        text = read_text(p, max_bytes=MAX_LABELS_BYTES)
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"cannot read --labels {p} ({why}); {hint}") from None
     names: Any
     if text.lstrip().startswith("["):
         try:
-            names = json.loads(text)
-        except ValueError:
-            raise ConfigError(f"--labels {p} starts like JSON but is not a valid JSON list; {hint}") from None
-        if not all(isinstance(n, (str, int)) for n in names):
+            names = parse_json(text)
+        except ValueError as exc:
+            raise ConfigError(f"--labels {p} starts like JSON but is not a valid JSON list ({exc}); {hint}") from None
+        if not isinstance(names, list) or not all(isinstance(n, (str, int)) for n in names):
             raise ConfigError(f"--labels {p} must list class names (strings); {hint}")
         names = [str(n).strip() for n in names]
     else:
         names = [ln.strip() for ln in text.splitlines() if ln.strip()]
     wanted = list(class_names)
     if len(names) != len(wanted) or sorted(names) != sorted(wanted):
-        missing = sorted(set(wanted) - set(names))
-        unknown = sorted(set(names) - set(wanted))
-        dup = sorted({n for n in names if names.count(n) > 1})
+        known, given = set(wanted), set(names)
+        missing = sorted(known - given)
+        unknown = sorted(given - known)
+        dup = sorted(n for n, k in Counter(names).items() if k > 1)
         detail = "; ".join(t for t in (f"missing: {', '.join(missing[:5])}" if missing else "",
                                        f"not in the dataset: {', '.join(unknown[:5])}" if unknown else "",
                                        f"repeated: {', '.join(dup[:5])}" if dup else "") if t)

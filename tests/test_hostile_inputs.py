@@ -239,6 +239,14 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
                                      "--class-counts", str(_text(d / "big.json", "[" + ",".join(["10" * 15] * 10)
                                                                  + "]"))], "whole numbers"),
     ("dataset imbalance 0", lambda d: ["dataset", "digitslt", "--imbalance", "0"], "--imbalance"),
+    # --labels: nesting, size and quadratic work bounded
+    ("labels JSON nested 100000 deep", lambda d: ["audit", str(DEMO), "--labels",
+                                                  str(_text(d / "deep.json", "[" * 100_000 + "]" * 100_000))],
+     "nested deeper"),
+    ("labels 200000 names", lambda d: ["audit", str(DEMO), "--labels",
+                                       str(_text(d / "many.txt", "\n".join(f"c{i}" for i in range(200_000))))],
+     "200000 names"),
+    ("labels /dev/zero", lambda d: ["audit", str(DEMO), "--labels", "/dev/zero"], "the limit"),
 ]
 
 
