@@ -264,6 +264,12 @@ def build_results(config: AuditConfig, specs, data: LTDataset, model: LoadedMode
     norms = lin.weight.detach().float().norm(dim=1).cpu().numpy() if lin is not None and lin.out_features == C else None
     if norms is not None and model.info.get("output_order"):
         norms = norms[np.asarray(model.info["output_order"])]  # rows follow the model's outputs; --labels re-orders
+    norm_warning = None
+    if norms is not None and not np.isfinite(norms).all():  # e.g. rows of 3e38 weights: finite logits, no norm
+        bad = [data.class_names[c] for c in np.flatnonzero(~np.isfinite(norms))]
+        norms = np.where(np.isfinite(norms), norms, np.nan)  # null in results, left out of the Spearman
+        norm_warning = (f"the classifier's weight norm overflows for {len(bad)} class(es) (e.g. {', '.join(bad[:3])}): "
+                        "stored as null; weights that large usually mean a broken export or training run")
 
     per_class = []
     for c in range(C):
@@ -274,7 +280,7 @@ def build_results(config: AuditConfig, specs, data: LTDataset, model: LoadedMode
             "robust_acc": {name: float(r[0][c]) for name, r in rob.items()},
             "robust_ci95": {name: list(wilson_interval(int(r[1][c]), int(n_cls[c]))) for name, r in rob.items()},
             "broken_by": {name: int((broken[a] & (labels == c)).sum()) for a, name in enumerate(records.attack_names)},
-            "weight_norm": float(norms[c]) if norms is not None else None,
+            "weight_norm": float(norms[c]) if norms is not None and np.isfinite(norms[c]) else None,
         })
     n = len(labels)
     summary: dict[str, Any] = {
@@ -297,6 +303,7 @@ def build_results(config: AuditConfig, specs, data: LTDataset, model: LoadedMode
     said_probabilities = any("outputs probabilities" in w for w in model_warnings)
     warnings = model_warnings + [w for w in records.warnings if not (said_probabilities and "outputs probabilities" in w)]
     warnings += records.sanity_warnings(config.independent)
+    warnings += [norm_warning] if norm_warning else []
     sanity, sanity_warnings = sanity_section(records, specs, data.class_names, large_eps)
     warnings += sanity_warnings
     inp = input_info(data.info.get("native_shape") or data.image_shape, model.preprocessing.input_size)

@@ -141,3 +141,28 @@ def test_eps_from_the_api_is_what_every_page_says(tmp_path):
     md = (run.out_dir / "summary.md").read_text(encoding="utf-8")
     for text in (html, pdf, md):
         assert "2/255" in text and "8/255" not in text
+
+
+def test_numbers_that_cannot_be_represented_are_handled_where_they_arise(tmp_path):
+    """A classifier row of 3e38 weights on an always-zero pixel: finite logits, an overflowing weight norm.
+    The audit finishes and stores null with a warning (it used to fail at write time); integer outputs are
+    refused before any attack."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    with torch.no_grad():
+        net[1].weight[0].zero_()
+        net[1].weight[0, 0] = 3e38  # pixel (0, 0) of every digit is 0
+    data = load_dataset("digitslt")
+    run = tailaudit.run_audit(tailaudit.AuditConfig(model=net, dataset=data, n_per_class=2, steps=1, quiet=True,
+                                                    out=str(tmp_path / "big")))
+    res = json.loads((run.out_dir / "results.json").read_text())
+    assert res["per_class"][0]["weight_norm"] is None and res["per_class"][1]["weight_norm"] > 0
+    assert any("weight norm overflows for 1 class(es) (e.g. 0)" in w for w in res["warnings"])
+
+    class Rounded(nn.Module):
+        def forward(self, x):
+            return net(x).round().long()
+
+    with pytest.raises(ModelLoadError, match="int64 outputs, not float logits"):
+        tailaudit.run_audit(tailaudit.AuditConfig(model=Rounded(), dataset=data, quiet=True, out=str(tmp_path / "i")))
+    assert not (tmp_path / "i").exists()

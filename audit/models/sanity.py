@@ -41,6 +41,10 @@ def check_finite_logits(loaded: "LoadedModel", images: torch.Tensor) -> None:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelLoadError(f"the model cannot run on inputs of size {tuple(images.shape[1:])} ({first[:200]}); "
                              "pass --input-size the model was trained at") from exc
+    if not logits.is_floating_point():
+        raise ModelLoadError(f"{loaded.spec} returns {str(logits.dtype).replace('torch.', '')} outputs, not float "
+                             "logits, so no attack can follow a gradient; export the logits (before any argmax, "
+                             "rounding or cast)")
     if not bool(torch.isfinite(logits).all()):
         n = int((~torch.isfinite(logits)).any(1).sum())
         hint = ("check --mean/--std (a zero std divides by zero)" if loaded.preprocessing.mean is not None
