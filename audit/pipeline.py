@@ -30,7 +30,7 @@ from .metrics import adversarial_confusion, cross_class_summary, per_class_accur
 from .models import LoadedModel, check_finite_logits, final_linear_of, load_model
 from .lifecycle import Renderer, created_now, default_out_dir, output_folder, render_into, start
 from .outputs import RunFiles
-from .results import SCHEMA_VERSION, environment, write_text
+from .results import SCHEMA_VERSION, environment, null_infinities, write_text
 from .schema import check_written
 from .verdict import compute_verdict
 
@@ -217,6 +217,10 @@ def _audit_into(out_dir: Optional[Path], config: AuditConfig, specs: list, attac
         results["gate"] = evaluate_gate(gate, results)
     results["environment"].update(distributed.describe())  # world_size (1 in a plain run)
     assert out_dir is not None
+    overflowed = null_infinities(results)  # a figure that overflowed is null with a warning, never a crash
+    if overflowed:
+        results["warnings"].append(f"{len(overflowed)} figure(s) overflowed to infinity and are stored as null "
+                                   f"({', '.join(overflowed[:3])}{', …' if len(overflowed) > 3 else ''})")
     write_outputs(out_dir, results, records, reports)
     if distributed.current() is not None:  # [distributed] the other ranks get rank 0's results
         distributed.wait_for_peers("written")

@@ -61,6 +61,24 @@ def _clean_nan(o: Any) -> Any:
     return o
 
 
+def null_infinities(node: Any, path: str = "$") -> list[str]:
+    """Replace every infinite float inside dicts/lists of ``node`` by None, in place; the JSON paths replaced.
+
+    NaN already means "no figure" (an empty class) and is written as null without comment; an
+    infinity is a figure that overflowed, which the caller reports as a warning.
+    """
+    found: list[str] = []
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in list(items):
+        where = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}"
+        if isinstance(value, float) and value in (float("inf"), float("-inf")):
+            node[key] = None
+            found.append(where)
+        elif isinstance(value, (dict, list)):
+            found += null_infinities(value, where)
+    return found
+
+
 def json_text(data: Any, *, indent: int | None = 2) -> str:
     """``data`` as the JSON text tailaudit writes (NaN becomes null; numpy values and paths converted)."""
     return json.dumps(_clean_nan(data), indent=indent, default=_default, allow_nan=False)

@@ -672,3 +672,18 @@ def test_out_path_too_long_is_one_line(tmp_path, capsys, shape, command):
     assert code == 2 and "is too long for the file system" in err and "choose a shorter path" in err
     assert len(err.strip().splitlines()) == 1 and len(err) < 400  # the path is shortened, not echoed whole
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_infinite_figure_is_written_as_null_and_named(demo_results, tmp_path):
+    """Any figure that overflowed becomes null with its JSON path in a warning; NaN (no figure) stays silent."""
+    from audit.results import null_infinities, write_json
+    from audit.schema import check_written
+
+    res = demo_results
+    res["per_class"][3]["weight_norm"] = float("inf")
+    res["summary"]["robust"]["worst_case"]["std"] = float("-inf")
+    res["per_class"][4]["weight_norm"] = float("nan")
+    assert null_infinities(res) == ["$.per_class[3].weight_norm", "$.summary.robust.worst_case.std"]
+    assert res["per_class"][3]["weight_norm"] is None
+    write_json(tmp_path / "r.json", res, check=check_written)  # writes (NaN as null) and validates
+    assert json.loads((tmp_path / "r.json").read_text())["per_class"][4]["weight_norm"] is None
