@@ -188,6 +188,7 @@ class _Tally:
         self.pos = self.n_robust = 0
         self.keeper = _ExampleKeeper(self.num_classes, self.examples_per_class)
         self.warnings: list[str] = []
+        self.non_finite = [np.zeros(self.num_classes, np.int64) for _ in range(A)]  # broken with NaN/inf logits
 
 
 @dataclass
@@ -350,6 +351,14 @@ class Evaluator:
         alive[br] = False
         if bool(fooled.any()):
             tally.keeper.offer(x[br], out.x_adv[fooled], y[br], adv_pred[fooled], a, ids.to(self.device)[br])
+            self._count_non_finite(tally, a, out.x_adv[fooled], y[br])
+
+    def _count_non_finite(self, tally: _Tally, a: int, x_adv: torch.Tensor, y: torch.Tensor) -> None:
+        """Broken points where the model's logits are NaN or infinite: counted per class, never silently."""
+        with torch.no_grad():
+            bad = ~torch.isfinite(self.model(x_adv.detach().float())).all(1)
+        if bool(bad.any()):
+            tally.non_finite[a] += np.bincount(y[bad].cpu().numpy(), minlength=self.num_classes)
 
     def _records(self, t: _Tally, attacks: Sequence[Attack]) -> PointRecords:
         for a, attack in enumerate(attacks):
@@ -358,6 +367,14 @@ class Evaluator:
                     f"{attack.spec.name}: the input gradient was exactly zero for {t.zero_grad[a]} of {t.attacked[a]} "
                     "attacked points; the model may saturate or mask gradients, so its robust accuracy is an upper "
                     "bound (try Temperature-PGD with T > 1)")
+        for a, attack in enumerate(attacks):
+            if t.non_finite[a].any():
+                classes = ", ".join(f"class {c} ({int(k)})" for c, k in enumerate(t.non_finite[a]) if k)
+                t.warnings.append(
+                    f"{attack.spec.name}: {int(t.non_finite[a].sum())} points count as broken only because the model "
+                    f"returns NaN or infinite logits at the perturbed image ({classes}); the model is numerically "
+                    "unstable within the budget: fix it (e.g. a division or log without a guard) before trusting "
+                    "its robust accuracy")
         verifying = self.verified_by != "model"
         runtime = "onnxruntime" if self.reference_scorer is not None else "the fp32 model"
         if verifying and t.disagreed:

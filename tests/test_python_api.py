@@ -166,3 +166,26 @@ def test_numbers_that_cannot_be_represented_are_handled_where_they_arise(tmp_pat
     with pytest.raises(ModelLoadError, match="int64 outputs, not float logits"):
         tailaudit.run_audit(tailaudit.AuditConfig(model=Rounded(), dataset=data, quiet=True, out=str(tmp_path / "i")))
     assert not (tmp_path / "i").exists()
+
+
+def test_nan_logits_under_attack_are_named_not_counted_silently(tmp_path):
+    """A model finite on the (k/16) digits but NaN on any perturbed pixel: the points it 'loses' that way are
+    named per class in a warning."""
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+
+    class Fragile(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.base = base
+
+        def forward(self, x):
+            off_grid = ((x * 16 - (x * 16).round()).abs().flatten(1).amax(1) > 1e-3)[:, None]
+            z = self.base(x)
+            return torch.where(off_grid, z * float("nan"), z)
+
+    data = load_dataset("digitslt")
+    run = tailaudit.run_audit(tailaudit.AuditConfig(model=Fragile(), dataset=data, n_per_class=3, steps=2,
+                                                    quiet=True, out=str(tmp_path / "nan")))
+    said = [w for w in run.results["warnings"] if "NaN or infinite logits at the perturbed image" in w]
+    assert said and "points count as broken only because" in said[0] and "class " in said[0]
