@@ -15,7 +15,7 @@ import os
 import re
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Optional, Protocol, Sequence
+from typing import Any, Iterator, Mapping, Optional, Protocol, Sequence
 
 import torch
 
@@ -39,6 +39,32 @@ def start(device: str, threads: Optional[int], seed: int) -> torch.device:
     apply_threads(threads)
     torch.manual_seed(seed)
     return resolve_device(device)
+
+
+LOCAL_SETTINGS = ("quiet", "device", "threads", "workers")  # may differ between ranks (each its own machine)
+
+
+def check_ranks_agree(settings: Mapping[str, Any], what: str = "settings") -> None:
+    """[distributed] Every rank must run rank 0's ``settings`` (flags, or model and data digests).
+
+    A rank that differs raises ConfigError naming the first differences; every other rank stops
+    at the agreement point, so nothing is computed or written from ranks that ran different audits.
+    """
+    if distributed.current() is None:
+        return
+    mine = _shared(settings)
+    main = distributed.broadcast_from_main(mine)
+    diff = [k for k in sorted(set(main) | set(mine)) if main.get(k) != mine.get(k)]
+    if diff:
+        shown = "; ".join(f"{k} {mine.get(k)!r} here, {main.get(k)!r} on rank 0" for k in diff[:3])
+        raise ConfigError(f"this rank's {what} differ from rank 0's ({shown}); launch every rank with the same "
+                          "command line and files")
+    distributed.wait_for_peers(f"agree-{what}")
+
+
+def _shared(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` without the per-machine ones, at any depth (a repair's audit settings too)."""
+    return {k: _shared(v) if isinstance(v, Mapping) else v for k, v in settings.items() if k not in LOCAL_SETTINGS}
 
 
 @contextlib.contextmanager

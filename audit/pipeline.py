@@ -28,7 +28,7 @@ from .labels import check_label_order, clean_confusion, label_warning, read_labe
 from .merge import gather_records
 from .metrics import adversarial_confusion, cross_class_summary, per_class_accuracy, spearman, wilson_interval
 from .models import LoadedModel, check_finite_logits, final_linear_of, load_model
-from .lifecycle import Renderer, created_now, default_out_dir, output_folder, render_into, start
+from .lifecycle import Renderer, check_ranks_agree, created_now, default_out_dir, output_folder, render_into, start
 from .outputs import RunFiles
 from .results import SCHEMA_VERSION, environment, null_infinities, write_text
 from .schema import check_written
@@ -73,6 +73,14 @@ def _bn_fingerprint(module: torch.nn.Module) -> float:
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
             tot += float(m.running_mean.double().sum() + m.running_var.double().sum())
     return tot
+
+
+def _points_digest(data: LTDataset, eval_idx: np.ndarray) -> str:
+    """Which points of which data: the evaluation indices, their labels and the class names."""
+    h = hashlib.sha256(np.asarray(eval_idx, np.int64).tobytes())
+    h.update(np.asarray(data.test_labels, np.int64)[eval_idx].tobytes())
+    h.update("\n".join(data.class_names).encode())
+    return h.hexdigest()
 
 
 def _eval_indices(data: LTDataset, config: AuditConfig) -> np.ndarray:
@@ -126,8 +134,11 @@ def run_audit(config: AuditConfig, *, progress: Optional[bool] = None, formats: 
     device = start(config.device, config.threads, config.seed)
     specs = config.attack_specs()
     attacks = [create_attack(s) for s in specs]
+    check_ranks_agree(config.to_dict(), "flags")  # [distributed] before anything is created
     with output_folder(config.out if config.out else default_out_dir(config.model_name, config.dataset_name)) as out_dir:
         data, model, eval_idx = prepared if prepared is not None else prepare(config, device)
+        check_ranks_agree({"model sha256": model.sha256, "evaluation points": _points_digest(data, eval_idx)},
+                          "model and data")
         return _audit_into(out_dir, config, specs, attacks, device, t_start, progress,
                            lambda files, results: render_into(files, render, results, formats),
                            (data, model, eval_idx))

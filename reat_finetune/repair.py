@@ -23,7 +23,7 @@ from audit.config import AuditConfig
 from audit.data import LTDataset, class_groups
 from audit.models import final_linear_of
 from audit.engine import adapt_images
-from audit.lifecycle import Renderer, created_now, default_out_dir, output_folder, render_into, start
+from audit.lifecycle import Renderer, check_ranks_agree, created_now, default_out_dir, output_folder, render_into, start
 from audit.outputs import RunFiles, output_error
 from audit.pipeline import prepare, run_audit
 from audit.results import environment
@@ -141,6 +141,7 @@ def _run_repair(config: RepairConfig, *, hooks: Optional[TrainHooks], progress: 
     show = (not config.quiet) if progress is None else progress
     t_start = time.perf_counter()
     device = start(config.audit.device, config.audit.threads, config.seed)
+    check_ranks_agree(config.to_dict(), "flags")  # [distributed] before anything is created
     resume_state = load_checkpoint(Path(config.resume)) if config.resume else None
     check_world_size(resume_state, str(config.resume))
     check_global_batch(config.batch_size)

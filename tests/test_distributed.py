@@ -154,6 +154,26 @@ def test_a_failing_rank_stops_every_rank_and_nothing_is_written(tmp_path):
     assert not out.exists()
 
 
+def test_ranks_with_different_flags_stop_before_anything_is_created(tmp_path):
+    """A multi-node launch where one node was given another --eps: every rank stops with one line, no folder."""
+    launcher = tmp_path / "per_rank.py"
+    out = tmp_path / "out"
+    launcher.write_text(
+        "import os, sys\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "import cli\n"
+        "eps = '0.5' if os.environ['RANK'] == '1' else '8/255'\n"
+        f"sys.exit(cli.main(['audit', {str(DEMO)!r}, '--eps', eps, '--steps', '1', '--n-per-class', '2', "
+        f"'--no-html', '--no-pdf', '--quiet', '--device', 'cpu', '--out', {str(out)!r}]))\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), TAILAUDIT_DIST_TIMEOUT="120")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
+           f"--master-port={_free_port()}", str(launcher)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "[rank 1] error: this rank's flags differ from rank 0's (eps 0.5 here, 0.03137" in proc.stderr
+    assert not out.exists()
+
+
 def test_workers_give_the_same_results(tmp_path):
     root = _image_folder(tmp_path / "data", n_test=4)
     runs = []
