@@ -35,6 +35,8 @@ from audit.values import AttackSpec
 from audit.distributed import launched, launcher_rank
 from audit.engine import Evaluator, adapt_images
 from audit.results import write_json
+from audit.labels import clean_confusion
+from audit.metrics import per_class_accuracy
 from audit.verdict import prediction_collapse
 
 from .checkpoint import rng_state, restore_rng, save_checkpoint, state_dict_cpu
@@ -222,25 +224,18 @@ def evaluate(model: torch.nn.Module, source: BatchSource, spec: AttackSpec | Seq
 
     rec = evaluator.cascade(batches(), [create_attack(sp) for sp in specs], n_total=n, seed=seed,
                             examples_per_class=0)
-    clean = torch.from_numpy(rec.clean_correct)
-    robust = torch.from_numpy(rec.robust_masks(independent=False)["worst_case"])
-    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(confusion, (rec.label, rec.clean_pred), 1)
-    y_all = torch.from_numpy(rec.label)
-    per_clean, per_rob = [], []
-    for c in range(num_classes):
-        m = y_all == c
-        k = int(m.sum())
-        per_clean.append(float(clean[m].float().mean()) if k else None)
-        per_rob.append(float(robust[m].float().mean()) if k else None)
-    present = [c for c in range(num_classes) if per_clean[c] is not None]
+    clean, robust = rec.clean_correct, rec.robust_masks(independent=False)["worst_case"]
+    acc_clean = per_class_accuracy(clean, rec.label, num_classes)[0]  # NaN for classes without images
+    acc_robust = per_class_accuracy(robust, rec.label, num_classes)[0]
+    present = ~np.isnan(acc_clean)
+    per_rob = [float(a) if ok else None for a, ok in zip(acc_robust, present)]
     return {
-        "val_clean_acc": float(np.mean([per_clean[c] for c in present])),
-        "val_robust_acc": float(np.mean([per_rob[c] for c in present])),
-        "val_clean_acc_overall": float(clean.float().mean()),
-        "val_robust_acc_overall": float(robust.float().mean()),
+        "val_clean_acc": float(acc_clean[present].mean()),
+        "val_robust_acc": float(acc_robust[present].mean()),
+        "val_clean_acc_overall": float(clean.mean()),
+        "val_robust_acc_overall": float(robust.mean()),
         "val_robust_per_class": per_rob,
-        "val_collapse": prediction_collapse(confusion.tolist()),
+        "val_collapse": prediction_collapse(clean_confusion(rec.label, rec.clean_pred, num_classes).tolist()),
     }
 
 
