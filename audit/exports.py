@@ -68,7 +68,7 @@ def summary_markdown(results: Mapping[str, Any], k_weakest: int = 5) -> str:
     norm = "L∞" if tm["norm"] == "linf" else "L2"
     lines = [f"## tailaudit: {_md(results['model']['spec'])} on {_md(ds['name'])}", ""]
     if v is not None:
-        lines += [f"**Verdict: {_md(v.label)}** (`{v.code}`). {_md(v.headline)}", ""]
+        lines += [f"**Verdict: {_md(v.label)}** (`{v.code}`). {_md(v.statement)}", ""]
         lines += [f"- {_md(r)}" for r in v.reasons]
         lines.append("")
     lines += [f"Threat model {norm} ε = {_md(tm['eps_text'])}, {results['mode']}, {ds['n_eval']} test images, "

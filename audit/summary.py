@@ -72,7 +72,7 @@ def verdict_lines(results: dict[str, Any]) -> list[str]:
     if not results.get("verdict"):
         return []
     v = Verdict.from_json(results["verdict"])
-    lines = ["", f"verdict: {v.code}: {v.headline}"]
+    lines = ["", f"verdict: {v.code}: {v.statement}"]
     lines += [f"  because {r}" for r in v.reasons]
     lines += [f"  next: {a}" for a in v.actions]
     gate = results.get("gate")

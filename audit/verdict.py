@@ -188,6 +188,12 @@ class Verdict:
         return LABELS[self.code]
 
     @property
+    def statement(self) -> str:
+        """The headline without its leading grade, for a page or line that shows the grade beside it (badge)."""
+        prefix = f"{self.label}: "
+        return self.headline[len(prefix):] if self.headline.startswith(prefix) else self.headline
+
+    @property
     def meaningful(self) -> bool:
         """False for ``not-meaningful``: the model does not work on this data and gets no grade."""
         return self.code != "not-meaningful"
@@ -229,34 +235,41 @@ def compute_verdict(results: Mapping[str, Any]) -> Verdict:
     robust, clean = overall_of(wc), overall_of(s["clean"])
     survive = robust / clean if clean else 0.0
     base = band(robust, clean)
-    reasons = [f"worst-case robust accuracy {_pct(robust)} keeps {survive:.0%} of the clean accuracy "
-               f"{_pct(clean)} (bands: 80% or more robust, 50-80% partly, 20-50% weakly, below 20% not robust)"]
+    reasons = [f"worst-case robust accuracy {_pct(robust)} keeps {survive:.0%} of the clean accuracy {_pct(clean)}; "
+               "the share kept sets the grade (80% or more: robust, 50-80%: partly, 20-50%: weakly, below 20%: "
+               "not robust)"]
     gap = (s.get("head_tail_gap") or {}).get("worst_case")
     groups = results["dataset"].get("groups") or {}
     rare_weak = gap is not None and gap >= UNEVEN and bool(groups.get("tail")) and bool(groups.get("head"))
     uneven = wc.get("worst") is not None and wc.get("mean") and wc["worst"] < WORST_SHARE * wc["mean"]
     qualifier = None
     code = base
+    why = []  # what singles out the weak classes, in the headline's words
     if rare_weak:
         qualifier = "rare classes"
+        g = wc.get("groups") or {}
+        why.append(f"the rare classes are much weaker (tail {_pct(g.get('tail'))} vs head {_pct(g.get('head'))})")
         reasons.append(f"robust accuracy on the tail (rarest) classes is {100 * gap:.1f} points below the head "
                        f"classes (15 points or more singles them out)")
     if uneven:
         worst = results["per_class"][wc["worst_class"]]
         qualifier = qualifier or "every class"
+        if not rare_weak:
+            why.append(f"class “{worst['name']}” keeps only {_pct(wc['worst'])}")
         reasons.append(f"the weakest class “{worst['name']}” keeps {_pct(wc['worst'])} robust accuracy, below half "
                        f"the balanced robust accuracy {_pct(wc['mean'])}")
     if qualifier and base in ("robust", "partly-robust"):
         code = {"robust": "partly-robust", "partly-robust": "weakly-robust"}[base]
-        lead = f"{LABELS[base]} overall, but not on {qualifier}"
+        reasons[0] += f"; one step lower here because {why[0]}"
+        tail = f"; graded one step down because {why[0]}"
     elif qualifier:
-        lead = f"{LABELS[base]}; {'rare classes weakest' if rare_weak else 'uneven across classes'}"
+        tail = f"; {why[0]}"
     else:
-        lead = LABELS[base]
+        tail = ""
     tm = results.get("threat_model") or {}
     threat = f"{'L∞' if tm.get('norm') == 'linf' else 'L2'} ε = {tm.get('eps_text', tm.get('eps'))}"
-    headline = (f"{lead}: under attack ({threat}) the model keeps {survive:.0%} of its correct answers "
-                f"({_pct(robust)} of the test images stay correct, {_pct(clean)} without attack).")
+    headline = (f"{LABELS[code]}: {_pct(robust)} of the test images stay correct under attack ({threat}), against "
+                f"{_pct(clean)} without attack, so it keeps {survive:.0%} of its correct answers{tail}.")
     reasons += extra
     actions = []
     if code != "robust":

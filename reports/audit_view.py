@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from audit.verdict import overall_of
+
 from . import charts
 from .examples import build_examples
 from .fmt import (attack_label, count, eps_text, interval, num, over_255, pct, points, seconds, short_name,
@@ -48,13 +50,14 @@ def kpis(results: Mapping[str, Any]) -> list[dict[str, str]]:
     s = results["summary"]
     wc = s["robust"]["worst_case"]
     cascade = results.get("mode", "cascade") == "cascade"
-    out = [{"label": "Clean accuracy", "value": pct(s["clean"].get("overall", s["clean"]["mean"])),
+    out = [{"label": "Clean accuracy", "value": pct(overall_of(s["clean"])),
             "note": f"balanced {pct(s['clean']['mean'])}"}]
-    for col in attack_columns(results):
+    names = [short_name(a) for a in results["attacks"]]
+    for i, col in enumerate(attack_columns(results)):
         node = s["robust"].get(col["name"], {})
-        out.append({"label": "Robust, " + col["label"], "value": pct(node.get("overall", node.get("mean"))),
-                    "note": "first attack" if cascade else "this attack alone"})
-    out.append({"label": "Robust, worst case", "value": pct(wc.get("overall", wc["mean"])),
+        note = ("first attack" if i == 0 else "after " + " → ".join(names[:i + 1])) if cascade else "this attack alone"
+        out.append({"label": "Robust, " + col["label"], "value": pct(overall_of(node)), "note": note})
+    out.append({"label": "Robust, worst case", "value": pct(overall_of(wc)),
                 "note": "after " + " → ".join(short_name(a) for a in results["attacks"])})
     out.append({"label": "Balanced robust accuracy", "value": pct(wc["mean"]), "note": "mean over classes"})
     worst = results["per_class"][wc["worst_class"]] if wc.get("worst_class") is not None else weakest(results, 1)[0]
@@ -160,7 +163,8 @@ def build_charts(results: Mapping[str, Any], prefix: str = "a") -> dict[str, Any
         title = f"Spearman ρ = {sp['rho']:.2f}" + (f" (p = {sp['p']:.2g})" if sp.get("p") is not None else "")
     label_idx = [r["index"] for r in rows] if n <= 12 else [r["index"] for r in weakest(results, 3)] if n <= LARGE else []
     out["scatter"] = None
-    if strip_counts(results, rows) is not None:
+    varies = len({r["robust_acc"]["worst_case"] for r in rows}) > 1  # every class at 0%: nothing to relate
+    if strip_counts(results, rows) is not None and varies:
         out["scatter"] = charts.count_scatter(
             f"{prefix}-scatter", [r["train_count"] for r in rows], [r["group"] for r in rows],
             [r["name"] for r in rows], [r["robust_acc"]["worst_case"] for r in rows],
@@ -213,12 +217,26 @@ def _kv(*pairs: tuple[str, Any]) -> list[tuple[str, str]]:
     return [(k, _text(v)) for k, v in pairs if v is not None and v != "" and v != []]
 
 
+def attack_budget(attack: Mapping[str, Any]) -> str:
+    """An attack's iteration budget in words: '100 steps × 9 targets', '5,000 queries' (never 'None')."""
+    parts = []
+    if attack.get("steps") is not None:
+        parts.append(f"{count(attack['steps'])} steps")
+    if attack.get("queries") is not None:
+        parts.append(f"{count(attack['queries'])} queries")
+    if attack.get("targets") is not None:
+        parts.append(f"{count(attack['targets'])} targets")
+    if (attack.get("restarts") or 1) > 1:
+        parts.append(f"{count(attack['restarts'])} restarts")
+    return " × ".join(parts) or "–"
+
+
 def method(results: Mapping[str, Any]) -> dict[str, Any]:
     """Settings, versions, timings and provenance."""
     m, d, t = results["model"], results["dataset"], results.get("timings") or {}
     verdict = resolve_verdict(results)
     attacks = [{
-        "order": i + 1, "name": a.get("name"), "label": attack_label(a), "kind": a.get("kind"), "steps": a.get("steps"),
+        "order": i + 1, "name": a.get("name"), "label": attack_label(a), "kind": a.get("kind"), "budget": attack_budget(a),
         "step_size": (f"{a['step_size']:.5g}" + (f" ({over_255(a['step_size'])})" if over_255(a["step_size"]) else ""))
         if a.get("step_size") is not None else "–",
         "random_start": "yes" if a.get("random_start") else "no",

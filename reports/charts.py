@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from markupsafe import Markup
 from matplotlib.patches import Patch
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter, NullLocator
 
 from .svg import (AFTER, BEFORE, BETTER, CLEAN, CURVE_COLOURS, GROUP_COLOURS, OTHER_GROUP, ROBUST, WORSE, new_figure,
                   style, to_svg)
@@ -138,8 +138,9 @@ def class_bars(
             ax.set_yticks([0, 25, 50, 75, 100])
         else:
             _fit_axis(ax, [float(v) * scale for _, vals, _ in series for v in vals], labelled)
-            ax.yaxis.set_major_formatter(FuncFormatter((lambda v, _p: f"{v:+.0f}" if v else "0") if signed
-                                                       else (lambda v, _p: f"{v:.0f}")))
+            ax.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 5, 10]))  # ticks at round values
+            ax.yaxis.set_major_formatter(FuncFormatter((lambda v, _p: f"{v:+g}" if v else "0") if signed
+                                                       else (lambda v, _p: f"{v:g}")))
         ax.set_ylabel(ylabel)
         ax.set_xlim(-0.6, n - 0.4)
         labels = [short(s) for s in names]
@@ -195,7 +196,8 @@ def group_bars(
             ax.yaxis.set_major_formatter(_PERCENT)
         else:
             _fit_axis(ax, [float(v) * scale for _, vals, _ in series for v in vals], True)
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:+.0f}" if v else "0"))
+            ax.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 5, 10]))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:+g}" if v else "0"))
         ax.set_xticks(x, groups)
         for tick, g in zip(ax.get_xticklabels(), groups):
             tick.set_color(group_colour(g.split(" ")[0]))
@@ -327,6 +329,9 @@ def training_curves(chart_id: str, epochs: Sequence[Mapping[str, float]], *, lab
         axes[1].plot(ep, [v * 100 for v in col("val_robust_acc")], color=ROBUST, marker="o", markersize=2.5,
                      label="robust")
         axes[1].set_title("validation accuracy")
+        accs = [v * 100 for v in col("val_clean_acc") + col("val_robust_acc") if math.isfinite(v)]
+        axes[1].set_ylim(max(0.0, 10 * math.floor((min(accs, default=0.0) - 5) / 10)), 101)  # never past 100%
+        axes[1].yaxis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 5, 10]))
         axes[1].yaxis.set_major_formatter(_PERCENT)
         axes[1].legend(frameon=False)
         axes[2].plot(ep, col("lr"), color="#777777", marker="o", markersize=2.5)

@@ -126,7 +126,8 @@ def _charts(before: Mapping[str, Any], after: Mapping[str, Any], deltas: list[di
     title = "Spearman ρ " + (f"{sp_b:.2f}" if sp_b is not None else "n/a") + " → " + \
         (f"{sp_a:.2f}" if sp_a is not None else "n/a")
     out["scatter"] = None
-    if strip_counts(after, rows) is not None:
+    varies = len({r["robust_acc"]["worst_case"] for r in rows + before["per_class"]}) > 1
+    if strip_counts(after, rows) is not None and varies:
         out["scatter"] = charts.count_scatter(
             "c-scatter", [r["train_count"] for r in rows], [r["group"] for r in rows], [r["name"] for r in rows],
             [r["robust_acc"]["worst_case"] for r in rows],

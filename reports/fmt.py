@@ -4,7 +4,10 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+from markupsafe import Markup, escape
+
 NORMS = {"linf": "L∞", "l2": "L2", "l1": "L1"}
+NOWRAP_MAX = 40  # longer hyphenated words (paths) may still wrap: they would overflow the box
 ATTACK_NAMES = {"pgd": "PGD", "temp-pgd": "Temperature-PGD", "apgd": "APGD", "fgsm": "FGSM"}
 
 
@@ -100,3 +103,11 @@ def seconds(value: float | None) -> str:
 def count(value: int | None) -> str:
     """12406 -> '12,406'."""
     return "n/a" if value is None else f"{int(value):,}"
+
+
+def keep_words(text: Any) -> Markup:
+    """``text`` escaped, every word with a hyphen kept on one line: a shell command wrapped at ``--`` breaks
+    when copied from a PDF. Line breaks stay possible at spaces (and inside words too long for a line)."""
+    words = str(text).split(" ")
+    return Markup(" ").join(Markup('<span class="nw">{}</span>').format(w) if "-" in w and len(w) <= NOWRAP_MAX
+                           else escape(w) for w in words)

@@ -45,6 +45,7 @@ GLOSSARY: tuple[tuple[str, str], ...] = (
     ("Balanced", "the average over classes, so rare and common classes weigh the same."),
     ("Head / medium / tail", "classes grouped by how many training images they had: head = most, tail = "
                              "fewest (the rare classes)."),
+    ("Head/tail gap", "robust accuracy of the head group minus the tail group, in percentage points."),
     ("Interval", "the range the true value lies in with 95% confidence, given the number of test images "
                  "(Wilson interval); few test images give wide intervals."),
 )
@@ -68,7 +69,7 @@ def glossary(results: Mapping[str, Any], balanced: bool) -> list[tuple[str, str]
     else:
         budget = f"how much the attacker may change the image in total ({t.get('norm')} norm); this audit's is {text}."
     words = [GLOSSARY[0], GLOSSARY[1], ("Attack budget (ε)", budget), *GLOSSARY[2:]]
-    return [(w, x) for w, x in words if not (balanced and w.startswith("Head"))]
+    return [(w, x) for w, x in words if not (balanced and w.startswith("Head"))]  # no groups, no gap
 
 
 def resolve_verdict(results: Mapping[str, Any]) -> dict[str, Any]:
@@ -76,7 +77,7 @@ def resolve_verdict(results: Mapping[str, Any]) -> dict[str, Any]:
     (badge text; None for not-meaningful), ``css`` and ``computed_on_load`` (the version that graded an older file)."""
     v = Verdict.from_json(results["verdict"])
     grade, css = GRADES[v.code]
-    return {"code": v.code, "headline": v.headline or MEANING[v.code], "reasons": list(v.reasons),
+    return {"code": v.code, "headline": v.statement or MEANING[v.code], "reasons": list(v.reasons),
             "actions": list(v.actions), "computed_on_load": v.computed_on_load, "meaning": MEANING[v.code],
             "grade": grade if v.meaningful else None, "label": grade, "css": css, "meaningful": v.meaningful}
 
@@ -169,27 +170,38 @@ def at_risk(results: Mapping[str, Any], k: int = 3) -> list[dict[str, str]]:
         tc = r.get("train_count")
         if not balanced and tc and r.get("group") in ("tail", "few"):
             factor = f", {most / tc:.0f}× fewer than the most common class" if most and most / tc >= 2 else ""
-            why.append(f"rare: {count(tc)} training images{factor}")
+            why.append(f"rare: {count(tc)} training image{'' if tc == 1 else 's'}{factor}")
         if r["clean_acc"] < clean_all - 0.10:
             why.append(f"often wrong even without attack (clean {pct(r['clean_acc'])})")
-        target = _main_flow(r["index"], flows, matrix)
-        if target is not None and 0 <= target[0] < len(names):
-            why.append(f"attacks mostly turn it into {quote(names[target[0]])} ({target[1]} of its broken images)")
+        flow = _main_flow(r["index"], flows, matrix)
+        if flow is not None:
+            why.append(_flow_text(flow, names))
         out.append({"name": str(r["name"]), "robust": pct(r["robust_acc"]["worst_case"]), "clean": pct(r["clean_acc"]),
                     "why": "; ".join(why) if why else "no single cause stands out in the figures"})
     return out
 
 
-def _main_flow(index: int, flows: Sequence[Mapping[str, Any]], matrix: Any) -> tuple[int, int] | None:
+def _main_flow(index: int, flows: Sequence[Mapping[str, Any]], matrix: Any) -> tuple[list[int], int, int | None] | None:
+    """Where attacks send class ``index``: (the most frequent wrong classes, tied, how many images went to each,
+    how many of the class's images were broken; None when unknown), or None when none was broken."""
     if matrix and 0 <= index < len(matrix) and sum(matrix[index]):
-        row = matrix[index]
-        j = max(range(len(row)), key=lambda c: (row[c], -c))
-        return (j, int(row[j])) if row[j] else None
+        row = [int(v) for v in matrix[index]]
+        top = max(row)
+        return [c for c, v in enumerate(row) if v == top], top, sum(row)
     mine = [f for f in flows if f.get("true") == index]
     if mine:
-        best = max(mine, key=lambda f: f.get("count", 0))
-        return int(best["pred"]), int(best.get("count", 0))
+        top = max(int(f.get("count", 0)) for f in mine)
+        return [int(f["pred"]) for f in mine if int(f.get("count", 0)) == top], top, None
     return None
+
+
+def _flow_text(flow: tuple[list[int], int, int | None], names: Sequence[Any]) -> str:
+    """'of its 11 broken images, attacks turn 3 into “3” and 3 into “5”', naming every class tied for most (counts that are true)."""
+    targets, k, total = flow
+    shown = [quote(names[t]) for t in targets[:3] if 0 <= t < len(names)]
+    more = f" (and {len(targets) - 3} more classes)" if len(targets) > 3 else ""
+    lead = f"of its {total} broken images, attacks turn" if total is not None else "attacks turn"
+    return f"{lead} " + " and ".join(f"{k} into {t}" for t in shown) + more
 
 
 def critical_warnings(results: Mapping[str, Any], who: str = "") -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from audit.outputs import output_error, prepare_out_dir
 from .audit_view import audit_context
 from .compare_view import compare_context
 from .fetcher import LocalOnlyFetcher
-from .fmt import interval, num, pct, points
+from .fmt import interval, keep_words, num, pct, points
 from .load import check_comparable, coerce_results
 from .repair_view import find_repair_files
 
@@ -31,7 +31,7 @@ def make_env() -> Environment:
     """Jinja2 environment on reports/templates with autoescape always on."""
     env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=True, undefined=StrictUndefined,
                       trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-    env.filters.update(pct=pct, num=num, points=points, interval=interval)
+    env.filters.update(pct=pct, num=num, points=points, interval=interval, keep_words=keep_words)
     return env
 
 

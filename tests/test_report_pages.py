@@ -18,15 +18,17 @@ from pathlib import Path
 import pytest
 
 import cli
+from audit.metrics import wilson_interval
 from audit.schema import migrate
 from audit.verdict import compute_verdict
 from audit.version import __version__
-from report_fixtures import make_balanced, make_curve, make_results, with_verdict, write_run
+from report_fixtures import CIFAR10, make_balanced, make_curve, make_results, with_verdict, write_run
 from reports import charts, render_report
 from reports.charts import _count_label
 from reports.fmt import pct
-from reports.plain import resolve_verdict
+from reports.plain import at_risk, resolve_verdict
 from reports.render import source_names
+from reports.verdict import weakest
 from reports.svg import AFTER, BEFORE, CLEAN, GROUP_COLOURS, OTHER_GROUP, ROBUST
 from test_reports import browser, open_in_browser, pdf_text  # noqa: F401  (browser is a fixture)
 
@@ -35,6 +37,7 @@ ACTIONS = ["Repair the model: python cli.py repair examples/digits_cnn.onnx --da
            "Collect more training images for “ship” and “truck”.",
            "Confirm with the standard attack suite before release."]
 HEADLINE = "Partly robust: 38% of the test images survive the attack; the rare classes are the weak ones."
+STATEMENT = HEADLINE[len("Partly robust: "):]  # beside the badge, the headline's grade is not repeated
 
 
 def page_text(pdf: Path, first: int, last: int | None = None) -> str:
@@ -144,7 +147,7 @@ def repair_folder(tmp_path_factory):
 def test_page1_answers_in_plain_words(full):
     results, files = full["results"], full["files"]
     page1 = page_text(files["pdf"], 1)
-    for needle in [HEADLINE, "What this means", "Partly robust", "Repair the model: python cli.py repair", *ACTIONS[1:],
+    for needle in ["Partly robust " + STATEMENT, "What this means", "Partly robust", "Repair the model: python cli.py repair", *ACTIONS[1:],
                    "What to do next",
                    "Classes at risk, and why", "The 3 rarest classes are 31 points less robust",
                    # the critical warning, on page 1
@@ -168,7 +171,7 @@ def test_page1_answers_in_plain_words(full):
 def test_one_verdict_from_results(full, tmp_path):
     html = full["files"]["html"].read_text(encoding="utf-8")
     text = visible_text(html)
-    assert text.count(HEADLINE) == 1
+    assert text.count(STATEMENT) == 1 and text.count("Partly robust") == 1  # one grade on the page
     # the band rule of older reports would call this run "Weakly robust": the report shows the results' verdict only
     assert "Weakly robust" not in text and 'class="badge fair"' in html
     unstored = make_results(10)  # a file from before stored verdicts: graded once, on load, by audit/verdict.py
@@ -179,7 +182,7 @@ def test_one_verdict_from_results(full, tmp_path):
     assert text.count(old["headline"]) == 1 and "predates stored verdicts" in text
     robust = with_verdict(make_results(10), "robust", "Robust: most correct answers survive.", actions=["Keep it."])
     text = visible_text(render_report(robust, tmp_path, formats=["html"])["html"].read_text(encoding="utf-8"))
-    assert "Robust: most correct answers survive." in text and "Weakest classes, and why" in text
+    assert "Robust most correct answers survive." in text and "Weakest classes, and why" in text
     assert "Classes at risk" not in text and "predates stored verdicts" not in text
 
 
@@ -496,3 +499,121 @@ def test_attack_labels_name_budgets_and_squares_probe():
     sq = {"kind": "square", "display_name": "Square", "queries": 5000}
     assert attack_label(sq) == "Square-5000" == attack_label(dict(sq, probe=0)) == attack_label(dict(sq, probe=5000))
     assert attack_label(dict(sq, probe=1000)) == "Square-5000 (probe 1000)"
+
+
+# ----------------------------------------------------------------------------------------- page layout
+
+CIFAR100_LIKE = ["aquarium_fish", "sweet_pepper", "willow_tree", "lawn_mower", "pickup_truck", "maple_tree",
+                 "oak_tree", "palm_tree", "pine_tree", "streetcar", "sunflower", "telephone", "television",
+                 "motorcycle", "mushroom", "caterpillar", "chimpanzee", "cockroach", "crocodile", "dinosaur"]
+
+
+def as_standard_suite(results: dict) -> dict:
+    """The fixture's two attacks replaced by the standard suite's four (APGD-CE → APGD-T → T-PGD → Square), with
+    per-class figures that fall monotonically to the worst case, as a cascade's do."""
+    from audit.config import AuditConfig
+
+    specs = [s.to_dict() for s in AuditConfig(model="m.onnx", suite="standard").attack_specs()]
+    names = [a["name"] for a in specs]
+    for r in results["per_class"]:
+        n, clean, worst = r["n_eval"], round(r["clean_acc"] * r["n_eval"]), round(r["robust_acc"]["worst_case"] * r["n_eval"])
+        ks = [clean - (clean - worst) * (i + 1) // len(names) for i in range(len(names))]
+        r["robust_acc"] = {**{a: k / n for a, k in zip(names, ks)}, "worst_case": worst / n}
+        r["robust_ci95"] = {**{a: list(wilson_interval(k, n)) for a, k in zip(names, ks)},
+                            "worst_case": list(wilson_interval(worst, n))}
+        r["broken_by"] = {a: prev - k for a, prev, k in zip(names, [clean] + ks, ks)}
+    s = results["summary"]["robust"]
+    results["summary"]["robust"] = {**{a: dict(s["worst_case"]) for a in names}, "worst_case": s["worst_case"]}
+    results["attacks"], results["suite"] = specs, "standard"
+    return results
+
+
+def table_overflow(html: str) -> tuple[list[str], int]:
+    """WeasyPrint's own layout: tables whose right edge passes the page's content box, and on how many pages the
+    per-class table is laid out (a long table continues on the next page)."""
+    import weasyprint
+
+    from reports.fetcher import LocalOnlyFetcher
+    from reports.render import TEMPLATES
+
+    doc = weasyprint.HTML(string=html, base_url=str(TEMPLATES), url_fetcher=LocalOnlyFetcher(TEMPLATES)).render()
+
+    def boxes(box):
+        yield box
+        for child in getattr(box, "children", None) or []:
+            yield from boxes(child)
+
+    over, pages = [], 0
+    for number, page in enumerate(doc.pages, 1):
+        root = page._page_box
+        right = root.content_box_x() + root.width
+        for box in boxes(root):
+            if type(box).__name__ == "TableBox":
+                if "classes" in (box.element.get("class") or ""):
+                    pages += 1
+                if box.position_x + box.margin_width() > right + 0.5:
+                    over.append(f"page {number}: table.{box.element.get('class')}")
+    return over, pages
+
+
+@pytest.mark.parametrize("n_classes", [10, 100])
+def test_per_class_table_fits_the_page_with_the_standard_suite(tmp_path, n_classes):
+    names = CIFAR10 if n_classes == 10 else [f"{CIFAR100_LIKE[i % 20]}_{i}" for i in range(n_classes)]
+    results = as_standard_suite(make_results(n_classes, class_names=names))
+    results["verdict"] = compute_verdict(results).to_json()
+    html = render_report(results, tmp_path, formats=["html"])["html"].read_text(encoding="utf-8")
+    assert "weight norm" in html and "broken by Square" in html  # every column is there ...
+    over, pages = table_overflow(html)
+    assert over == []  # ... and inside the page
+    assert pages >= (3 if n_classes == 100 else 1)  # 100 rows continue over pages, header repeated
+
+
+def test_attack_budgets_and_key_figure_captions_name_what_ran(tmp_path):
+    results = as_standard_suite(make_results(10))
+    results["verdict"] = compute_verdict(results).to_json()
+    text = visible_text(render_report(results, tmp_path, formats=["html"])["html"].read_text(encoding="utf-8"))
+    assert "None" not in text
+    assert "5,000 queries" in text and "100 steps × 9 targets" in text and "20 steps" in text
+    assert "first attack" in text and "after APGD-CE → APGD-T" in text  # never "first attack" for the second
+
+
+def test_flow_counts_are_true_and_ties_are_named():
+    results = make_results(10)
+    m = [[0] * 10 for _ in range(10)]
+    weak = weakest(results, 1)[0]["index"]
+    m[weak][3], m[weak][5], m[weak][7] = 3, 3, 1  # 7 broken images: 3 into "3", 3 into "5"
+    results["summary"]["confusion"] = {"matrix": m, "top_flows": []}
+    why = at_risk(results, 1)[0]["why"]
+    names = results["dataset"]["classes"]
+    assert f"of its 7 broken images, attacks turn 3 into “{names[3]}” and 3 into “{names[5]}”" in why
+    assert "mostly" not in why
+
+
+def test_scatter_needs_spread_and_axes_label_their_ticks(tmp_path):
+    results = make_results(10)
+    for r in results["per_class"]:
+        r["robust_acc"]["worst_case"] = 0.0
+    html = render_report(results, tmp_path, formats=["html"])["html"].read_text(encoding="utf-8")
+    assert svg_of(html, "Robust accuracy against training count") is None
+    assert "Are the rare classes the weak ones?" not in html
+    up = charts.group_bars("g", ["head (3)", "tail (3)"], [("robust", [2.7, 7.3], ROBUST)], label="up", percent=False)
+    ticks = [t for t in svg_texts(str(up)) if t not in ("+2.7", "+7.3")]
+    assert {"+2", "+4", "+6"} <= set(ticks) or {"+2.5", "+5", "+7.5"} <= set(ticks)
+    assert "+8" not in ticks or "+6" in ticks  # labels are the ticks' own values, never rounded ones
+    flat = charts.training_curves("t", [{"epoch": e, "loss": 1.0, "val_clean_acc": 1.0, "val_robust_acc": 1.0,
+                                         "lr": 0.1} for e in (1, 2, 3)], label="t")
+    percents = [t for t in svg_texts(str(flat)) if t.endswith("%")]
+    assert percents and max(float(t[:-1]) for t in percents) <= 100  # a flat 100% line: no axis past 100%
+
+
+def test_commands_do_not_wrap_at_dashes_and_no_page_repeats_the_glossary(full):
+    html = full["files"]["html"].read_text(encoding="utf-8")
+    assert '<span class="nw">--dataset</span>' in html
+    raw = subprocess.run(["pdftotext", "-enc", "UTF-8", "-layout", "-f", "1", "-l", "1", str(full["files"]["pdf"]), "-"],
+                         capture_output=True, text=True, check=True).stdout
+    assert not re.search(r"-\s*\n\s*-?dataset", raw)
+    assert "How to read the figures" not in html
+    n_pages = len(re.findall(r"\f", subprocess.run(["pdftotext", str(full["files"]["pdf"]), "-"], capture_output=True,
+                                                    text=True, check=True).stdout))
+    last = page_text(full["files"]["pdf"], n_pages)
+    assert "Words used in this report" not in last or n_pages == 1

@@ -13,7 +13,7 @@ from torch import nn
 import cli
 from audit.data import class_groups, groups_to_indices
 from audit.metrics import cross_class_summary, wilson_interval
-from audit.verdict import BANDS, CODES, LABELS, Verdict, band, compute_verdict, prediction_collapse
+from audit.verdict import BANDS, CODES, LABELS, Verdict, band, compute_verdict, overall_of, prediction_collapse
 
 GRADES = [LABELS[c] for c in CODES if c != "not-meaningful"]  # "Robust", "Partly robust", ...
 
@@ -75,7 +75,8 @@ def test_rare_classes_lagging_downgrade_robust_to_partly_and_name_classes_to_col
     robust = [0.95, 0.95, 0.95, 0.85, 0.85, 0.85, 0.72, 0.70, 0.66]  # ~85% of clean overall, tail 20 points down
     v = compute_verdict(fixture([1.0] * 9, robust))
     assert v.band == "robust" and v.code == "partly-robust" and v.qualifier == "rare classes"
-    assert v.headline.startswith("Robust overall, but not on rare classes:")
+    assert v.headline.startswith("Partly robust: 83.1% of the test images stay correct under attack")
+    assert "graded one step down because the rare classes are much weaker (tail 69.3% vs head 95.0%)" in v.headline
     assert any("tail" in r and "points below" in r for r in v.reasons)
     assert any(a.startswith("Collect more training images for “c8” and “c7”") for a in v.actions)
 
@@ -186,3 +187,21 @@ def test_verdict_is_a_typed_value_with_one_json_form():
     assert Verdict.from_json(old_style) == v
     with pytest.raises(ValueError, match="not one of"):
         Verdict(code="excellent", headline="h")
+
+
+@pytest.mark.parametrize("clean,robust", [
+    ([1.0] * 9, [0.95, 0.95, 0.95, 0.85, 0.85, 0.85, 0.72, 0.70, 0.66]),  # robust band, lowered for rare classes
+    ([0.9] * 9, [0.5] * 9),  # partly, no qualifier
+    ([0.9] * 9, [0.6, 0.6, 0.6, 0.3, 0.3, 0.3, 0.05, 0.05, 0.05]),  # weakly, rare classes weakest
+    ([0.9] * 9, [0.1] * 9),  # not robust
+])
+def test_headline_has_one_grade_and_leads_with_robust_accuracy(clean, robust):
+    """Badge and headline are one statement: the headline starts with the code's own label, then the robust
+    accuracy itself (not the share kept), and names no other grade."""
+    v = compute_verdict(fixture(clean, robust))
+    wc = overall_of(fixture(clean, robust)["summary"]["robust"]["worst_case"])
+    assert v.headline.startswith(f"{v.label}: {100 * wc:.1f}% of the test images stay correct under attack")
+    others = [label for code, label in LABELS.items() if code != v.code and label not in v.label]
+    assert not any(o in v.headline for o in others), v.headline
+    assert v.statement == v.headline[len(v.label) + 2:] and not v.statement.startswith(v.label)
+    assert v.headline.index("stay correct") < v.headline.index("of its correct answers")
