@@ -82,6 +82,14 @@ class _Parser(argparse.ArgumentParser):
 def _add_model_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="path/to/model.onnx or timm:ARCH (with --checkpoint)")
     p.add_argument("--checkpoint", help="state dict for timm:ARCH (.pth/.pt/.safetensors; never unpickled)")
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument("--pretrained", dest="weights", action="store_const", const="pretrained",
+                         help="timm:ARCH with the hub's pretrained weights (downloads them; its own class count)")
+    weights.add_argument("--random-weights", dest="weights", action="store_const", const="random",
+                         help="timm:ARCH with random weights, on purpose (a timm model without weights is refused)")
+    p.add_argument("--force", action="store_true",
+                   help="run the attacks even when the clean check finds the model cannot be graded on this data "
+                        "(it stops with exit code 4 otherwise)")
     p.add_argument("--num-classes", type=_b("--num-classes", 1, "MAX_CLASSES"), help="default: the dataset's class count")
     p.add_argument("--mean", help="per-channel mean the model expects, e.g. 0.4914,0.4822,0.4465 (folded into the wrapper)")
     p.add_argument("--std", help="per-channel std the model expects, e.g. 0.2471,0.2435,0.2616")
@@ -286,8 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     p = sub.add_parser("report", help="render HTML/PDF reports from saved results.json")
-    p.add_argument("results", help="results.json (the 'before' run with --compare)")
-    p.add_argument("--compare", help="a second results.json: the 'after' run")
+    p.add_argument("results", help="results.json (with --compare: the repair's before run, or the first model)")
+    p.add_argument("--compare", nargs="+", metavar="RESULTS",
+                   help="more results.json files: a repair's after run (a before/after report), or other models "
+                        "audited on the same points (a side-by-side model comparison, up to 8 models)")
     p.add_argument("--out", help="output folder (default: next to RESULTS)")
     p.add_argument("--format", default="html,pdf", help="html, pdf or html,pdf")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
@@ -328,6 +338,7 @@ def _audit_config(args: argparse.Namespace):
         amp=args.amp, out=args.out, quiet=args.quiet, download=not args.no_download,
         allow_large_input=args.allow_large_input, threads=args.threads, workers=args.workers,
         labels=getattr(args, "labels", None), fail_under=getattr(args, "fail_under", None),
+        force=args.force, weights=args.weights,
     )
 
 

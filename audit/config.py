@@ -61,6 +61,8 @@ class AuditConfig:
     fail_under: Optional[str] = None  # --fail-under KEY=VALUE,...: the CI gate (audit/gate.py)
     eps_curve: Sequence[str] = ()  # --eps with several budgets: their texts, ascending (audit/curve.py)
     workers: int = 0  # DataLoader processes decoding images (results do not depend on it)
+    force: bool = False  # --force: run the attacks even when the clean check says the model cannot be graded
+    weights: Optional[str] = None  # timm:ARCH without --checkpoint: "pretrained" (the hub's) or "random"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -100,6 +102,7 @@ class AuditConfig:
         self._validate_attacks()
         if self.group_rule not in ("thirds", "shots"):
             raise ConfigError(f"--groups must be thirds or shots, got {self.group_rule!r}")
+        self._validate_weights()
         if self.fail_under:
             parse_fail_under(self.fail_under)
         if self.eps_curve:
@@ -120,6 +123,22 @@ class AuditConfig:
     def suite_name(self) -> str:
         """The suite recorded in results: the --suite name, or "custom" for an explicit --attacks list."""
         return "custom" if self.attacks is not None else self.suite
+
+    def _validate_weights(self) -> None:
+        """A timm architecture needs weights: a checkpoint, the hub's (--pretrained) or, on purpose, random ones."""
+        timm_arch = isinstance(self.model, str) and self.model.startswith("timm:")
+        if self.weights not in (None, "pretrained", "random"):
+            raise ConfigError(f"weights must be 'pretrained' or 'random', got {self.weights!r}")
+        if self.weights and not timm_arch:
+            raise ConfigError("--pretrained and --random-weights go with timm:ARCH models; an ONNX file or a module "
+                              "carries its own weights")
+        if timm_arch and self.weights and self.checkpoint:
+            raise ConfigError(f"--checkpoint and --{'pretrained' if self.weights == 'pretrained' else 'random-weights'} "
+                              "exclude each other; keep one")
+        if timm_arch and not self.weights and not self.checkpoint:
+            raise ConfigError(f"{self.model} has no trained weights without --checkpoint: pass --checkpoint FILE (the "
+                              "trained weights), --pretrained for the hub's weights (downloads them), or "
+                              "--random-weights to audit an untrained network on purpose")
 
     def _validate_attacks(self) -> None:
         if self.attacks is not None and not list(self.attacks):

@@ -21,7 +21,7 @@ import torch
 
 from . import distributed
 from .errors import ConfigError
-from .outputs import RunFiles, out_dir_guard, output_error
+from .outputs import AUDIT_FILES, RunFiles, with_reports, folder_lock, out_dir_guard, output_error, refuse_foreign_files
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +68,16 @@ def _shared(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def output_folder(path: Path | str) -> Iterator[Optional[Path]]:
-    """Rank 0 creates and probes ``path`` before any loading and yields it; other ranks yield None."""
+def output_folder(path: Path | str, writes: Sequence[str] = with_reports(AUDIT_FILES, ("html", "pdf"))
+                  ) -> Iterator[Optional[Path]]:
+    """Rank 0 creates and probes ``path`` before any loading, holds its lock for the run (one run per folder),
+    refuses when the run would replace ``writes`` that tailaudit did not write, and yields it; other ranks
+    yield None."""
     if not distributed.is_main():  # [distributed] only rank 0 creates, probes and writes the folder
         yield None
         return
-    with out_dir_guard(path) as out:
+    with out_dir_guard(path) as out, folder_lock(out):
+        refuse_foreign_files(out, writes)
         yield out
 
 

@@ -20,7 +20,7 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 from .errors import TailAuditError
 
@@ -281,3 +281,190 @@ class RunFiles:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self._drop_staging()  # after commit it is empty; after a failure it holds the only copies
+
+
+# -- one run per folder, and never another program's files -----------------------------------------
+
+LOCK = ".tailaudit-lock"
+AUDIT_FILES = ("results.json", "points.json", "examples.npz", "per_class.csv", "summary.md")
+
+
+def with_reports(names: Sequence[str], formats: Iterable[str]) -> tuple[str, ...]:
+    """``names`` and the report files of ``formats`` (report.html, report.pdf)."""
+    return tuple(names) + tuple(f"report.{f}" for f in formats)
+
+
+def _lock_holder(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")[:200]
+    except OSError:
+        return "another process"
+    fields = dict(part.split("=", 1) for part in text.split() if "=" in part)
+    who = f"process {fields.get('pid', '?')} on {fields.get('host', '?')}"
+    return f"{who}, started {fields['started']}" if fields.get("started") else who
+
+
+@contextlib.contextmanager
+def folder_lock(out_dir: Path, flag: str = "--out") -> Iterator[None]:
+    """Hold ``out_dir/.tailaudit-lock`` (an advisory ``flock``) for the run: a second run into the same folder
+    stops with one line naming the first. The kernel releases the lock when a process dies, so a killed run
+    leaves nothing stuck; the lock file is removed when the run ends."""
+    import fcntl
+    from datetime import datetime, timezone
+
+    path = Path(out_dir) / LOCK
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise output_error(exc, path, "create the lock file") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputError(f"{flag} {out_dir} is in use by another tailaudit run ({_lock_holder(path)}); wait for "
+                              f"it to finish or choose another {flag}") from None
+        except OSError:  # a file system without flock (some network mounts): no lock, as before
+            log.debug("no file lock on %s", out_dir)
+            break
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino  # the holder before us may have removed the file
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    host = "".join(ch for ch in socket.gethostname() if ch.isalnum() or ch in "-_.")[:64]
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid={os.getpid()} host={host} started={datetime.now(timezone.utc).isoformat(timespec='seconds')}\n"
+             .encode())
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # while still holding it: a waiting run re-checks the inode and retries
+        os.close(fd)
+
+
+def foreign_files(out_dir: Path, names: Iterable[str]) -> list[str]:
+    """Which of ``names`` exist in ``out_dir`` without tailaudit having written them (not in its manifest; a
+    folder counts as tailaudit's when it holds a manifest)."""
+    ours = set(read_manifest(out_dir))
+    found = []
+    for name in names:
+        path = Path(out_dir) / name
+        if not (path.exists() or path.is_symlink()) or name in ours:
+            continue
+        if path.is_dir() and not path.is_symlink() and (path / MANIFEST).is_file():
+            continue
+        found.append(name)
+    return found
+
+
+def refuse_foreign_files(out_dir: Path, names: Iterable[str], flag: str = "--out") -> None:
+    """OutputError (one line) when the run would replace files that tailaudit did not write."""
+    found = foreign_files(out_dir, names)
+    if found:
+        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        raise OutputError(f"{flag} {out_dir} holds {shown}, which tailaudit did not write, and this run would "
+                          f"replace them; move them away or choose another {flag}")
+
+
+PREVIOUS = ".tailaudit-previous"  # a finished run, moved aside while a new run writes in its place
+PARTIAL = ".tailaudit-partial"  # what a failed or interrupted run had written (its checkpoint, for --resume)
+
+
+def _move_entries(src: Path, dst: Path, names: Iterable[str]) -> None:
+    """Move ``names`` (files or folders) from ``src`` to ``dst`` with renames on one file system."""
+    dst.mkdir(exist_ok=True)
+    for name in names:
+        source, target = src / name, dst / name
+        if not (source.exists() or source.is_symlink()):
+            continue
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(source, target)
+
+
+def _present(folder: Path, names: Sequence[str]) -> list[str]:
+    return [n for n in names if (folder / n).exists() or (folder / n).is_symlink()]
+
+
+def _park(out: Path, names: Sequence[str]) -> None:
+    """The entries a failed run wrote go to PARTIAL (replacing an older partial run), so --resume finds them."""
+    written = _present(out, names)
+    if written:
+        shutil.rmtree(out / PARTIAL, ignore_errors=True)
+        _move_entries(out, out / PARTIAL, written)
+
+
+def _restore(out: Path, names: Sequence[str]) -> None:
+    """Put the finished run moved aside back in its place."""
+    aside = out / PREVIOUS
+    if aside.is_dir():
+        _move_entries(aside, out, _present(aside, names))
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def recover_killed_run(out: Path, names: Sequence[str]) -> None:
+    """After a run killed outright (no chance to clean up): its files become the partial run and the finished
+    run it had moved aside is put back. Called with the folder locked, so no live run owns PREVIOUS."""
+    if (out / PREVIOUS).is_dir():
+        log.warning("restoring the finished run in %s that a killed run had moved aside", out)
+        _park(out, names)
+        _restore(out, names)
+
+
+@contextlib.contextmanager
+def keep_previous_run(out: Path, names: Sequence[str], *, resume: bool) -> Iterator[None]:
+    """A run of many files (a repair) as a transaction users can rely on: a finished run in ``out`` is moved aside
+    while the new one writes in its place, deleted when the new one finishes, and put back exactly as it was when
+    the new one fails or is interrupted (whose files then wait in ``PARTIAL`` for ``--resume``; without a finished
+    run to protect they stay in place). With ``resume``, a partial run is continued in place of the finished
+    one; without a partial run, ``resume`` continues the files in ``out`` as they are. ``names`` are claimed in
+    the folder's manifest first, so the run's own unfinished files are never taken for someone else's."""
+    recover_killed_run(out, names)
+    manifest = out / MANIFEST
+    saved = manifest.read_bytes() if manifest.is_file() else None  # put back byte for byte on failure
+    claim(out, names)
+    if resume and (out / PARTIAL).is_dir():
+        _move_entries(out, out / PREVIOUS, _present(out, names))
+        _move_entries(out / PARTIAL, out, _present(out / PARTIAL, names))
+        shutil.rmtree(out / PARTIAL, ignore_errors=True)
+    elif not resume and _present(out, names):
+        _move_entries(out, out / PREVIOUS, _present(out, names))
+    try:
+        yield
+    except BaseException:
+        if not (out / PREVIOUS).is_dir() and _present(out, names):
+            raise  # nothing finished was moved aside: the partial run stays in place (claimed) for --resume
+        try:
+            _park(out, names)
+            _restore(out, names)
+            if saved is None:  # a refusal before anything was written leaves no trace
+                manifest.unlink(missing_ok=True)
+            else:
+                _atomic_bytes(manifest, saved)
+        except OSError as exc:  # best effort: say where the files are
+            log.warning("could not put the earlier run in %s back (%s); its files are in %s", out, exc, out / PREVIOUS)
+        raise
+    shutil.rmtree(out / PREVIOUS, ignore_errors=True)
+    shutil.rmtree(out / PARTIAL, ignore_errors=True)
+
+
+def claim(out: Path, names: Sequence[str]) -> None:
+    """Record ``names`` in the folder's manifest before the run writes them in place (a checkpoint, a before-audit),
+    so a later run knows them as tailaudit's even when this one never finishes."""
+    current = read_manifest(out)
+    missing = [n for n in names if n not in current and _is_plain_name(n)]
+    if not missing:
+        return
+    text = json.dumps({"tool": "tailaudit", "files": current + missing}, indent=2) + "\n"
+    _atomic_bytes(out / MANIFEST, text.encode("utf-8"))
+
+
+def _atomic_bytes(target: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".tailaudit-manifest-", dir=target.parent)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, target)

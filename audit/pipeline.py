@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from . import distributed
 from .version import __version__
@@ -19,7 +19,7 @@ from .config import AuditConfig
 from .curve import run_curve
 from .data import LTDataset, class_groups, groups_to_indices, is_balanced, load_dataset, stratified_subset
 from .engine import Evaluator, PointRecords, adapt_images
-from .data.loading import loader_options
+from .data.loading import Indexed as _Indexed, loader_options
 from .errors import ConfigError, ModelLoadError
 from .exports import CSV_NAME, MD_NAME, per_class_csv, summary_markdown
 from .gate import check_available, evaluate_gate, parse_fail_under
@@ -29,7 +29,8 @@ from .merge import gather_records
 from .metrics import adversarial_confusion, cross_class_summary, per_class_accuracy, spearman, wilson_interval
 from .models import LoadedModel, check_finite_logits, final_linear_of, load_model
 from .lifecycle import Renderer, check_ranks_agree, created_now, default_out_dir, output_folder, render_into, start
-from .outputs import RunFiles
+from .outputs import AUDIT_FILES, RunFiles, with_reports
+from .precheck import stop_if_ungradable
 from .results import SCHEMA_VERSION, environment, null_infinities, write_text
 from .schema import check_written
 from .verdict import compute_verdict
@@ -50,21 +51,6 @@ class AuditRun:
     @property
     def results_path(self) -> Path:
         return self.out_dir / "results.json"
-
-
-class _Indexed(Dataset):
-    """Items (image, label, test-set index) of a subset of the test set."""
-
-    def __init__(self, base: Dataset, indices: np.ndarray) -> None:
-        self.base, self.indices = base, indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int):
-        j = int(self.indices[i])
-        x, y = self.base[j]
-        return x, int(y), j
 
 
 def _bn_fingerprint(module: torch.nn.Module) -> float:
@@ -99,6 +85,7 @@ def prepare(config: AuditConfig, device: torch.device) -> Prepared:
         raise ConfigError(f"--num-classes {config.num_classes} but dataset {config.dataset_name} has {num_classes} "
                           "classes")
     model = load_model(config.model, num_classes=num_classes, checkpoint=config.checkpoint, mean=config.mean,
+                       pretrained=config.weights == "pretrained",
                        std=config.std, input_size=config.input_size, data_size=tuple(data.image_shape),
                        device=device, allow_large_input=config.allow_large_input, black_box=config.black_box)
     if model.num_classes != num_classes:
@@ -135,7 +122,8 @@ def run_audit(config: AuditConfig, *, progress: Optional[bool] = None, formats: 
     specs = config.attack_specs()
     attacks = [create_attack(s) for s in specs]
     check_ranks_agree(config.to_dict(), "flags")  # [distributed] before anything is created
-    with output_folder(config.out if config.out else default_out_dir(config.model_name, config.dataset_name)) as out_dir:
+    out = config.out if config.out else default_out_dir(config.model_name, config.dataset_name)
+    with output_folder(out, with_reports(AUDIT_FILES, formats)) as out_dir:
         data, model, eval_idx = prepared if prepared is not None else prepare(config, device)
         check_ranks_agree({"model sha256": model.sha256, "evaluation points": _points_digest(data, eval_idx)},
                           "model and data")
@@ -182,6 +170,9 @@ def _audit_into(out_dir: Optional[Path], config: AuditConfig, specs: list, attac
     show = (not config.quiet) if progress is None else progress
     evaluator = Evaluator(module, len(data.class_names), size, device, amp=config.amp,
                           reference_scorer=model.reference_scorer)
+    if not config.force:  # a model that cannot be graded stops here, before the first attack (audit/precheck.py)
+        stop_if_ungradable(evaluator, model, data, eval_idx, dataset_name=config.dataset_name,
+                           batch_size=config.batch_size, workers=config.workers)
     bar = distributed.GlobalProgress(len(eval_idx), enabled=show) if distributed.current() else None  # [distributed]
     curve = None
     if config.eps_curve:

@@ -90,25 +90,32 @@ def prediction_collapse(matrix: Sequence[Sequence[int]], names: Optional[Sequenc
 def _meaningful_problems(results: Mapping[str, Any]) -> list[str]:
     """Reasons why the figures cannot be read as robustness at all (empty list: they can)."""
     s = results["summary"]
-    C = len(results["dataset"]["classes"])
     n = int(results["dataset"].get("n_eval") or 0)
     clean = s["clean"].get("overall")
-    out = []
     if not n or clean is None:
         return ["no test image was evaluated"]
-    k = round(clean * n)
+    return clean_problems(round(clean * n), n, s.get("clean_confusion"), results["dataset"]["classes"],
+                          results.get("label_check"))
+
+
+def clean_problems(k: int, n: int, confusion: Optional[Sequence[Sequence[int]]], names: Sequence[str],
+                   label_check: Optional[Mapping[str, Any]] = None) -> list[str]:
+    """Why ``k`` correct clean answers of ``n`` (with this clean confusion matrix and label check) cannot be graded:
+    chance-level accuracy, collapsed predictions, a permuted label order (first: the most likely cause). The
+    verdict and the check before any attack (audit/precheck.py) apply these same rules."""
+    C = len(names)
+    out = []
     lo, _ = wilson_interval(k, n)
     chance = 1.0 / C
     floor = chance + CHANCE_MARGIN * (1 - chance)
     if lo <= floor:
-        out.append(f"clean accuracy {_pct(clean)} is not clearly above chance ({_pct(chance)} for {C} classes; "
+        out.append(f"clean accuracy {_pct(k / n)} is not clearly above chance ({_pct(chance)} for {C} classes; "
                    f"its 95% interval starts at {_pct(lo)}, at or below {_pct(floor)})")
-    conf = s.get("clean_confusion")
-    if conf:
-        collapsed = prediction_collapse(conf, results["dataset"]["classes"])
+    if confusion:
+        collapsed = prediction_collapse(confusion, names)
         if collapsed:
             out.append(f"the predictions collapse: {collapsed}")
-    lc = results.get("label_check") or {}
+    lc = label_check or {}
     if lc.get("suspected"):  # the most likely cause goes first
         out.insert(0, f"the label order looks permuted: clean accuracy is {_pct(lc.get('accuracy_now'))}, but "
                    f"{_pct(lc.get('accuracy_mapped'))} once the model's outputs are re-mapped to other classes")

@@ -17,6 +17,7 @@ from typing import Any, BinaryIO, Mapping
 import numpy as np
 import torch
 
+from audit.outputs import PARTIAL
 from audit.results import _atomic
 
 from .errors import RepairError
@@ -58,8 +59,9 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> Path:
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (tensors and plain data only)."""
     path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
+    if path.is_dir():  # a run that failed or was interrupted left its checkpoint in PARTIAL (audit/outputs.py)
+        partial = path / PARTIAL / CHECKPOINT_NAME
+        path = partial if partial.is_file() else path / CHECKPOINT_NAME
     if not path.is_file():
         raise RepairError(f"--resume: no checkpoint at {path}; pass the --out folder of the run to continue")
     try:

@@ -12,6 +12,7 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from contextlib import nullcontext
 from typing import Any, Optional
 
 import numpy as np
@@ -24,7 +25,7 @@ from audit.data import LTDataset, class_groups
 from audit.models import final_linear_of
 from audit.engine import adapt_images
 from audit.lifecycle import Renderer, check_ranks_agree, created_now, default_out_dir, output_folder, render_into, start
-from audit.outputs import RunFiles, output_error
+from audit.outputs import RunFiles, keep_previous_run, output_error, with_reports
 from audit.pipeline import prepare, run_audit
 from audit.results import environment
 from audit.verdict import Verdict
@@ -43,6 +44,10 @@ from .selection import plan, split_train_val
 from .train import BatchSource, TrainHooks, TrainSetup, fine_tune, resolve_sampler, training_log
 
 log = logging.getLogger(__name__)
+
+# What a repair writes into its folder; a finished set is replaced only when a new run has finished
+REPAIR_FILES = ("before", "after", "training_log.json", CHECKPOINT_NAME, "repair.json", "repaired.onnx",
+                "repaired.safetensors")
 
 PROBE = 64
 
@@ -152,8 +157,11 @@ def _run_repair(config: RepairConfig, *, hooks: Optional[TrainHooks], progress: 
     else:
         out = default_out_dir(config.audit.model_name, config.audit.dataset_name, "repair")
     out = Path(distributed.broadcast_from_main(str(out)))  # [distributed] rank 0's time stamp
-    with output_folder(out) as made:  # rank 0: created and probed before any loading
-        return _repair_into(made or out, config, hooks, show, t_start, resume_state, device, render)
+    with output_folder(out, with_reports(REPAIR_FILES, config.formats)) as made:  # rank 0: created, probed, locked
+        # a finished run in the folder stays intact until this one has finished (audit/outputs.py)
+        every = with_reports(REPAIR_FILES, ("html", "pdf"))
+        with keep_previous_run(made, every, resume=resume_state is not None) if made else nullcontext():
+            return _repair_into(made or out, config, hooks, show, t_start, resume_state, device, render)
 
 
 def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], show: bool, t_start: float,

@@ -338,7 +338,12 @@ def first_page(results: Mapping[str, Any]) -> dict[str, Any]:
     if balanced:
         data += "; the training set is balanced (every class has as many training images), so there are no rare classes"
     elif d.get("imbalance") is not None:
-        data += f"; long-tailed training set, imbalance factor {d['imbalance']:g} (rarest / most common class)"
+        data += (f"; training counts from tailaudit's own long-tailed sampling, imbalance factor {d['imbalance']:g} "
+                 "(rarest / most common class): “rare” and the head/medium/tail groups describe that sampling "
+                 "profile, not necessarily the data this model was trained on (give the real counts with "
+                 "--class-counts FILE)")
+    elif (d.get("info") or {}).get("counts_source"):
+        data += f"; training counts as given ({(d.get('info') or {})['counts_source']})"
     return {"verdict": verdict, "budget": budget_sentence(results), "suite": suite_sentence(results), "data": data,
             "balanced": balanced,
             "critical": critical_warnings(results),

@@ -56,37 +56,40 @@ def _describe_attacks(results: Mapping[str, Any]) -> str:
     return " then ".join(parts)
 
 
-def check_comparable(before: Mapping[str, Any], after: Mapping[str, Any]) -> None:
+def check_comparable(before: Mapping[str, Any], after: Mapping[str, Any],
+                     sides: tuple[str, str] = ("before", "after")) -> None:
     """Raise :class:`ResultsError` naming what differs when two runs cannot be compared fairly.
 
     Compared: threat model, attack settings and order, cascade/independent mode, dataset name,
-    class list, evaluated points (count and fingerprint).
+    class list, evaluated points (count and fingerprint). ``sides`` names the two runs in the message
+    (a repair's "before"/"after", or two models' names).
     """
-    validate_results(before, "the 'before' results")
-    validate_results(after, "the 'after' results")
+    validate_results(before, f"the '{sides[0]}' results")
+    validate_results(after, f"the '{sides[1]}' results")
+    b, a = sides
     diffs: list[str] = []
     tb, ta = before["threat_model"], after["threat_model"]
     if tb.get("norm") != ta.get("norm") or not _close(tb.get("eps"), ta.get("eps")):
         diffs.append(
-            f"threat model (before {tb.get('norm')} eps {tb.get('eps_text') or tb.get('eps')}, "
-            f"after {ta.get('norm')} eps {ta.get('eps_text') or ta.get('eps')})"
+            f"threat model ({b} {tb.get('norm')} eps {tb.get('eps_text') or tb.get('eps')}, "
+            f"{a} {ta.get('norm')} eps {ta.get('eps_text') or ta.get('eps')})"
         )
     if not _settings_equal(_attack_settings(before), _attack_settings(after)):
-        diffs.append(f"attack settings (before {_describe_attacks(before)}, after {_describe_attacks(after)})")
+        diffs.append(f"attack settings ({b} {_describe_attacks(before)}, {a} {_describe_attacks(after)})")
     if before.get("suite", "quick") != after.get("suite", "quick"):
-        diffs.append(f"attack suite (before {before.get('suite', 'quick')}, after {after.get('suite', 'quick')})")
+        diffs.append(f"attack suite ({b} {before.get('suite', 'quick')}, {a} {after.get('suite', 'quick')})")
     if before.get("mode_label", "white-box") != after.get("mode_label", "white-box"):
-        diffs.append(f"gradient access (before {before.get('mode_label', 'white-box')}, "
-                     f"after {after.get('mode_label', 'white-box')})")
+        diffs.append(f"gradient access ({b} {before.get('mode_label', 'white-box')}, "
+                     f"{a} {after.get('mode_label', 'white-box')})")
     if before.get("mode") != after.get("mode"):
-        diffs.append(f"attack mode (before {before.get('mode')}, after {after.get('mode')})")
+        diffs.append(f"attack mode ({b} {before.get('mode')}, {a} {after.get('mode')})")
     db, da = before["dataset"], after["dataset"]
     if db.get("name") != da.get("name"):
-        diffs.append(f"dataset (before {db.get('name')}, after {da.get('name')})")
+        diffs.append(f"dataset ({b} {db.get('name')}, {a} {da.get('name')})")
     if list(db.get("classes", [])) != list(da.get("classes", [])):
-        diffs.append(f"classes (before {len(db.get('classes', []))}, after {len(da.get('classes', []))}, or renamed)")
+        diffs.append(f"classes ({b} {len(db.get('classes', []))}, {a} {len(da.get('classes', []))}, or renamed)")
     if db.get("n_eval") != da.get("n_eval"):
-        diffs.append(f"evaluation size (before {db.get('n_eval')} points, after {da.get('n_eval')})")
+        diffs.append(f"evaluation size ({b} {db.get('n_eval')} points, {a} {da.get('n_eval')})")
     if db.get("eval_indices_sha256") != da.get("eval_indices_sha256"):
         diffs.append("evaluated test points (eval_indices_sha256 differs)")
     if diffs:

@@ -19,6 +19,7 @@ from .compare_view import compare_context
 from .fetcher import LocalOnlyFetcher
 from .fmt import interval, keep_words, num, pct, points
 from .load import check_comparable, coerce_results
+from .models_view import MAX_MODELS, model_names, models_context
 from .repair_view import find_repair_files
 
 LOG = logging.getLogger(__name__)
@@ -84,21 +85,22 @@ def write_pdf(html: str, target: Path) -> None:
     _atomic_write(target, write)
 
 
-def source_names(sources: Sequence[str]) -> str:
-    """'before/results.json and after/results.json': as many trailing path parts as it takes to tell them apart."""
+def source_names(sources: Sequence[str], paired: bool = True) -> str:
+    """'before/results.json and after/results.json': as many trailing path parts as it takes to tell them apart;
+    two ``paired`` files (a repair) are labelled before and after, peers (model comparison) are not."""
     if len(sources) == 1:
         return Path(sources[0]).name if sources[0] != "results" else "the results"
     if all(s == "results" for s in sources):
-        return "the before and after results"
+        return "the before and after results" if paired and len(sources) == 2 else "the results"
     parts = [Path(s).resolve().parts if s != "results" else ("results",) for s in sources]
     depth = 1
     longest = max(len(p) for p in parts)
     while depth < longest and len({"/".join(p[-depth:]) for p in parts}) < len(parts):
         depth += 1
     names = ["/".join(p[-depth:]) for p in parts]
-    if len(sources) == 2:
+    if len(sources) == 2 and paired:
         return f"{names[0]} (before) and {names[1]} (after)"
-    return " and ".join(names)
+    return ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def _formats(formats: Sequence[str] | str) -> list[str]:
@@ -116,16 +118,18 @@ def render_report(
     out_dir: str | Path,
     *,
     formats: Sequence[str] = FORMATS,
-    compare: str | Path | Mapping[str, Any] | None = None,
+    compare: str | Path | Mapping[str, Any] | Sequence[str | Path | Mapping[str, Any]] | None = None,
     training_log: Mapping[str, Any] | None = None,
     repair: Mapping[str, Any] | None = None,
     basename: str = "report",
 ) -> dict[str, Path]:
-    """Render a report from saved results; with ``compare``, ``results`` is before and ``compare`` after.
+    """Render a report from saved results; with ``compare`` (one or more further results), a comparison.
 
-    A comparison of two results files in the same folder's ``before/`` and ``after/`` (a repair run)
-    also reads that folder's ``training_log.json`` and ``repair.json`` for the training section,
-    unless ``training_log`` / ``repair`` are given.
+    Two results files of a repair (``repair.json`` beside their ``before/`` and ``after/`` folders, or
+    ``repair`` / ``training_log`` given) or of the same model file (a model changed in place and
+    audited again) make a before/after report, with the repair folder's ``training_log.json`` for the
+    training section. Any other set of files (different models, or more than two) makes a
+    side-by-side model comparison: never "before" and "after".
 
     Files are written atomically as ``out_dir/basename.html`` and ``.pdf``; returns
     ``{"html": path, "pdf": path}`` for the formats asked for. Raises :class:`ResultsError`
@@ -136,20 +140,32 @@ def render_report(
     started = time.perf_counter()
     first, first_dir = coerce_results(results, out)
     sources = [str(results) if isinstance(results, (str, Path)) else "results"]
-    if compare is not None:
-        second, second_dir = coerce_results(compare, out)
+    others = [] if compare is None else list(compare) if isinstance(compare, (list, tuple)) else [compare]
+    if len(others) + 1 > MAX_MODELS:
+        raise ConfigError(f"a comparison shows at most {MAX_MODELS} models; got {len(others) + 1}")
+    loaded = [coerce_results(o, out) for o in others]
+    sources += [str(o) if isinstance(o, (str, Path)) else "results" for o in others]
+    if len(loaded) == 1:
+        second, second_dir = loaded[0]
+        found_log, found_repair = find_repair_files(first_dir, second_dir)
+        repair = repair if repair is not None else found_repair
+        training_log = training_log if training_log is not None else found_log
+    same_model = len(loaded) == 1 and str(first["model"].get("spec")) == str(loaded[0][0]["model"].get("spec"))
+    if len(loaded) == 1 and (repair is not None or training_log is not None or same_model):  # before and after
         check_comparable(first, second)
-        sources.append(str(compare) if isinstance(compare, (str, Path)) else "results")
-        if training_log is None or repair is None:
-            found_log, found_repair = find_repair_files(first_dir, second_dir)
-            training_log = training_log if training_log is not None else found_log
-            repair = repair if repair is not None else found_repair
         context = compare_context(first, first_dir, second, second_dir, training_log, repair)
         template = "compare.html.j2"
+    elif loaded:  # peers: different models (or runs) on the same points
+        runs, folders = [first] + [r for r, _ in loaded], [first_dir] + [f for _, f in loaded]
+        names = model_names(runs, folders)
+        for name, run in zip(names[1:], runs[1:]):
+            check_comparable(first, run, (names[0], name))
+        context = models_context(runs, folders)
+        template = "models.html.j2"
     else:
         context = audit_context(first, first_dir)
         template = "audit.html.j2"
-    context["sources"] = source_names(sources)
+    context["sources"] = source_names(sources, paired=template == "compare.html.j2")
     html = render_html(context, template)
     LOG.debug("report HTML built in %.2f s", time.perf_counter() - started)
     written: dict[str, Path] = {}

@@ -30,8 +30,10 @@ def run_repair(config: RepairConfig, *, hooks: Optional[TrainHooks] = None,
 
 
 def render(results: str | Path, *, out: Optional[str | Path] = None, formats: Sequence[str] = ("html", "pdf"),
-           compare: Optional[str | Path] = None) -> dict[str, Path]:
-    """Re-render saved results (``tailaudit report``): ``out`` defaults to the folder of the newer file."""
-    folder = Path(out) if out else Path(compare or results).parent
+           compare: Optional[str | Path | Sequence[str | Path]] = None) -> dict[str, Path]:
+    """Re-render saved results (``tailaudit report``), or compare them with ``compare`` (a repair's after run,
+    or other models' results): ``out`` defaults to the folder of the last file."""
+    last = (list(compare)[-1] if isinstance(compare, (list, tuple)) and compare else compare) or results
+    folder = Path(out) if out else Path(last).parent
     with out_dir_guard(folder):
         return reports.render_report(results, folder, formats=list(formats), compare=compare)

@@ -241,6 +241,22 @@ def test_cifar100_torchvision_layout(tmp_path):
     assert assign_groups(data.train_counts)[:33] == ["head"] * 33
 
 
+def test_cifar_class_counts_give_the_models_real_training_counts(tmp_path):
+    """--class-counts on a CIFAR dataset: groups follow the model's real counts, the tool's own long-tailed
+    training split (what a repair fine-tunes on) stays as --imbalance builds it, and the source is recorded."""
+    write_cifar10_batches(tmp_path)
+    real = {name: 5000 if i % 2 else 50 for i, name in enumerate(CIFAR10_NAMES)}  # not the tool's profile
+    counts = tmp_path / "counts.json"
+    counts.write_text(json.dumps(real))
+    data = load_dataset("cifar10lt", imbalance=0.1, data_root=tmp_path, class_counts=counts, download=False)
+    assert data.train_counts == [real[n] for n in CIFAR10_NAMES]
+    assert data.info["profile"] == "given" and data.info["counts_source"] == str(counts)
+    assert data.info["sampled_counts"] == [60, 46, 35, 27, 21, 16, 12, 10, 7, 6] == np.bincount(data.train_labels).tolist()
+    counts.write_text(json.dumps([1, 2]))
+    with pytest.raises(DatasetError, match="list 2 counts for 10 class"):
+        load_dataset("cifar10lt", data_root=tmp_path, class_counts=counts, download=False)
+
+
 def test_cifar10_imagefolder_layout(tmp_path):
     per_class = {name: 30 for name in CIFAR10_NAMES}
     write_png_folder(tmp_path / "train", per_class, size=(32, 32))
@@ -309,8 +325,6 @@ def test_cifar_missing_data(tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="CIFAR-100 not found under .*cifar-100-python/"):
         load_dataset("cifar100lt", data_root=tmp_path / "empty", download=False)
-    with pytest.raises(ConfigError, match="class-counts"):
-        load_dataset("cifar10lt", data_root=tmp_path / "empty", class_counts=tmp_path / "c.json")
 
 
 def test_unknown_dataset_lists_names():

@@ -146,8 +146,9 @@ def test_a_failing_rank_stops_every_rank_and_nothing_is_written(tmp_path):
     bad = root / "test" / "c5" / "2.png"  # the last point: only rank 1 decodes it
     bad.write_bytes(bad.read_bytes()[:60])  # header intact (the size scan passes), pixels cut off
     out = tmp_path / "out"
-    args = ["audit", "timm:test_resnet", "--dataset", "imagefolder", "--data-root", str(root), "--steps", "2",
-            "--no-html", "--no-pdf", "--quiet", "--device", "cpu", "--out", str(out)]
+    args = ["audit", "timm:test_resnet", "--random-weights", "--force", "--dataset", "imagefolder", "--data-root",
+            str(root), "--steps", "2", "--no-html", "--no-pdf", "--quiet", "--device", "cpu", "--out", str(out)]
+    # (--force: no clean check first, so that only rank 1 decodes the broken image, in its own shard)
     proc = torchrun(*args)
     assert proc.returncode != 0
     assert "[rank 1] error: cannot read image" in proc.stderr and "2.png" in proc.stderr
@@ -178,8 +179,8 @@ def test_workers_give_the_same_results(tmp_path):
     root = _image_folder(tmp_path / "data", n_test=4)
     runs = []
     for workers in (0, 2):
-        cfg = AuditConfig(model="timm:test_resnet", dataset="imagefolder", data_root=str(root), steps=2, eps=0.1,
-                          batch_size=5, quiet=True, device="cpu", workers=workers,
+        cfg = AuditConfig(model="timm:test_resnet", weights="random", force=True, dataset="imagefolder",
+                          data_root=str(root), steps=2, eps=0.1, batch_size=5, quiet=True, device="cpu", workers=workers,
                           out=str(tmp_path / f"w{workers}"))
         torch.manual_seed(0)
         runs.append(run_audit(cfg))

@@ -155,7 +155,12 @@ def _permuted_demo(path: Path) -> Path:
 def test_permuted_label_order_is_detected_and_labels_fixes_it(demo, tmp_path, capsys):
     model = _permuted_demo(tmp_path / "perm.onnx")
     out = tmp_path / "perm"
-    assert audit(out, model=model) == 0
+    capsys.readouterr()
+    assert audit(out, model=model) == 4  # stopped by the clean check, before any attack, nothing written
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and not out.exists()
+    assert "Most likely cause: the label order" in err and "--labels FILE" in err and "(3, 7, 0, 9, 1, 5, 2, 8, 6, 4)" in err
+    assert audit(out, "--force", model=model) == 0  # --force: the attacks run, and the verdict still gives no grade
     res = json.loads((out / "results.json").read_text())
     lc = res["label_check"]
     assert lc["suspected"] and lc["accuracy_now"] < 0.3 and lc["accuracy_mapped"] > 0.7
@@ -207,8 +212,12 @@ def _balanced_folder(root: Path, per_class: int = 3, size: int = 40) -> Path:
 def test_balanced_folder_has_no_groups_and_warns_about_input_mismatch(tmp_path, capsys):
     root = _balanced_folder(tmp_path / "data")
     out = tmp_path / "run"
-    rc = cli.main(["audit", str(DEMO), "--dataset", "imagefolder", "--data-root", str(root), "--out", str(out),
-                   "--fail-under", "clean=0", *FAST])
+    args = ["audit", str(DEMO), "--dataset", "imagefolder", "--data-root", str(root), "--out", str(out),
+            "--fail-under", "clean=0", *FAST]
+    assert cli.main(args) == 4 and not out.exists()  # random colour images for a grey digits model: stopped early
+    err = capsys.readouterr().err
+    assert "Most likely cause: the images were converted (RGB to grey) to fit the model" in err and "--dataset" in err
+    rc = cli.main(args + ["--force"])
     printed = capsys.readouterr().out
     assert rc == 0
     res = json.loads((out / "results.json").read_text())

@@ -30,7 +30,7 @@ def test_imagefolder_resized_to_model_input(tmp_path):
     counts = [20, 15, 11, 8, 6, 5, 4, 3, 2, 1]
     root = _image_folder(tmp_path / "data", counts)
     run = run_audit(AuditConfig(model=str(DEMO), dataset="imagefolder", data_root=str(root), steps=3,
-                                out=str(tmp_path / "out"), quiet=True, seed=1))
+                                out=str(tmp_path / "out"), quiet=True, seed=1, force=True))  # random images: --force
     res = json.loads(run.results_path.read_text())
     assert res["dataset"]["train_counts"] == counts
     assert res["dataset"]["classes"][0] == "class_00"
@@ -51,7 +51,7 @@ def test_timm_checkpoint_wrapped_and_prefixed(tmp_path):
     ckpt = tmp_path / "ckpt.pth"
     torch.save({"state_dict": sd, "epoch": 3}, ckpt)
     run = run_audit(AuditConfig(model="timm:test_resnet", checkpoint=str(ckpt), dataset="digitslt", n_per_class=2,
-                                steps=2, out=str(tmp_path / "out"), quiet=True))
+                                steps=2, out=str(tmp_path / "out"), quiet=True, force=True))  # untrained weights
     m = run.results["model"]
     assert m["format"] == "timm" and m["arch"] == "test_resnet" and len(m["sha256"]) == 64
     assert m["preprocessing"]["mean"] == list(net.pretrained_cfg["mean"])

@@ -154,7 +154,7 @@ def test_numbers_that_cannot_be_represented_are_handled_where_they_arise(tmp_pat
         net[1].weight[0, 0] = 3e38  # pixel (0, 0) of every digit is 0
     data = load_dataset("digitslt")
     run = tailaudit.run_audit(tailaudit.AuditConfig(model=net, dataset=data, n_per_class=2, steps=1, quiet=True,
-                                                    out=str(tmp_path / "big")))
+                                                    force=True, out=str(tmp_path / "big")))  # untrained: --force
     res = json.loads((run.out_dir / "results.json").read_text())
     assert res["per_class"][0]["weight_norm"] is None and res["per_class"][1]["weight_norm"] > 0
     assert any("weight norm overflows for 1 class(es) (e.g. 0)" in w for w in res["warnings"])
@@ -186,6 +186,6 @@ def test_nan_logits_under_attack_are_named_not_counted_silently(tmp_path):
 
     data = load_dataset("digitslt")
     run = tailaudit.run_audit(tailaudit.AuditConfig(model=Fragile(), dataset=data, n_per_class=3, steps=2,
-                                                    quiet=True, out=str(tmp_path / "nan")))
+                                                    quiet=True, force=True, out=str(tmp_path / "nan")))
     said = [w for w in run.results["warnings"] if "NaN or infinite logits at the perturbed image" in w]
     assert said and "points count as broken only because" in said[0] and "class " in said[0]

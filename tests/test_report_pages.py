@@ -617,3 +617,71 @@ def test_commands_do_not_wrap_at_dashes_and_no_page_repeats_the_glossary(full):
                                                     text=True, check=True).stdout))
     last = page_text(full["files"]["pdf"], n_pages)
     assert "Words used in this report" not in last or n_pages == 1
+
+
+# ----------------------------------------------------------------------------------------- model comparison
+
+def _model_run(folder: Path, spec: str, shift: float, seed: int) -> Path:
+    results = make_results(10, model_spec=spec, robust_shift=shift, seed=seed, sha256=f"{seed:x}" * 64)
+    results["verdict"] = compute_verdict(results).to_json()
+    write_run(folder, results)
+    return folder / "results.json"
+
+
+def test_different_models_are_compared_side_by_side_never_before_and_after(tmp_path, capsys):
+    a = _model_run(tmp_path / "a", "resnet_a.onnx", 0.0, 1)
+    b = _model_run(tmp_path / "b", "wide_b.onnx", 0.08, 2)
+    c = _model_run(tmp_path / "c", "tiny_c.onnx", -0.1, 3)
+    out = tmp_path / "cmp"
+    assert cli.main(["report", str(a), "--compare", str(b), str(c), "--out", str(out), "--format", "html,pdf"]) == 0
+    html = (out / "report.html").read_text(encoding="utf-8")
+    text = visible_text(html)
+    for where in (text, page_text(out / "report.pdf", 1, 3)):
+        assert "Model comparison: 3 models" in where
+        for words in ("before and after", "Before", "After", "(before)", "(after)", "before:", "after:",
+                      "usual price", "Repair", "went from", "now keeps"):
+            assert words not in where, words
+        for name in ("resnet_a.onnx", "wide_b.onnx", "tiny_c.onnx"):
+            assert name in where
+    runs = [json.loads(p.read_text()) for p in (a, b, c)]
+    robust = [r["summary"]["robust"]["worst_case"]["overall"] for r in runs]
+    best = ["resnet_a.onnx", "wide_b.onnx", "tiny_c.onnx"][robust.index(max(robust))]
+    assert f"{best} keeps the most test images correct: {pct(max(robust))}" in text
+    assert text.count("Weakly robust") + text.count("Partly robust") + text.count("Not robust") >= 3  # one per model
+    # a per-class table with one robust column per model, and the models' own verdicts
+    assert re.search(r"<th class=\"num\">resnet_a.onnx</th><th class=\"num\">wide_b.onnx</th>"
+                     r"<th class=\"num\">tiny_c.onnx</th>", html)
+    assert svg_of(html, "Per-class robust accuracy of each model") is not None
+    assert "resnet_a.onnx (a)" not in text  # names are unique already: no folder suffix
+
+
+def test_model_comparison_refuses_different_points_naming_the_models(tmp_path, capsys):
+    a = _model_run(tmp_path / "a", "resnet_a.onnx", 0.0, 1)
+    other = make_results(10, model_spec="wide_b.onnx", seed=2)
+    other["threat_model"] = {"norm": "linf", "eps": 2 / 255, "eps_text": "2/255"}
+    write_run(tmp_path / "b", other)
+    assert cli.main(["report", str(a), "--compare", str(tmp_path / "b" / "results.json"), "--out",
+                     str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "threat model (resnet_a.onnx linf eps 8/255, wide_b.onnx linf eps 2/255)" in err
+    assert not (tmp_path / "o" / "report.html").exists()
+
+
+def test_the_same_model_file_audited_twice_stays_a_before_and_after(tmp_path):
+    b = _model_run(tmp_path / "b", "model.onnx", 0.0, 1)
+    a = _model_run(tmp_path / "a", "model.onnx", 0.1, 2)  # changed in place, audited again
+    html = render_report(b, tmp_path / "o", compare=a, formats=["html"])["html"].read_text(encoding="utf-8")
+    assert "Robustness before and after" in html and "Model comparison" not in visible_text(html)
+
+
+def test_page1_says_where_the_training_counts_come_from(tmp_path):
+    sampled = make_results(10)
+    sampled["dataset"]["imbalance"] = 0.01  # the tool's own long-tailed sampling
+    text = visible_text(render_report(sampled, tmp_path / "s", formats=["html"])["html"].read_text(encoding="utf-8"))
+    assert "training counts from tailaudit's own long-tailed sampling, imbalance factor 0.01" in text
+    assert "not necessarily the data this model was trained on" in text and "--class-counts FILE" in text
+    given = make_results(10)
+    given["dataset"]["imbalance"] = None
+    given["dataset"]["info"] = {"profile": "given", "counts_source": "cifar_counts.json"}
+    text = visible_text(render_report(given, tmp_path / "g", formats=["html"])["html"].read_text(encoding="utf-8"))
+    assert "training counts as given (cifar_counts.json)" in text and "own long-tailed sampling" not in text

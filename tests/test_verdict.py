@@ -162,8 +162,12 @@ def _constant_onnx(path: Path) -> Path:
 def test_constant_model_is_not_meaningful_and_the_cli_gives_no_grade(tmp_path, capsys):
     model = _constant_onnx(tmp_path / "const.onnx")
     out = tmp_path / "run"
-    rc = cli.main(["audit", str(model), "--n-per-class", "20", "--steps", "2", "--eps", "0.1", "--out", str(out),
-                   "--quiet", "--no-html", "--no-pdf"])
+    args = ["audit", str(model), "--n-per-class", "20", "--steps", "2", "--eps", "0.1", "--out", str(out), "--quiet",
+            "--no-html", "--no-pdf"]
+    assert cli.main(args) == 4 and not out.exists()  # the clean check stops it before any attack
+    err = capsys.readouterr().err
+    assert "cannot be graded" in err and "100% of all clean predictions" in err and "--force" in err
+    rc = cli.main(args + ["--force"])
     printed = capsys.readouterr().out
     assert rc == 0
     res = json.loads((out / "results.json").read_text())

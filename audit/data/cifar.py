@@ -13,8 +13,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..errors import ConfigError, DatasetError
+from ..errors import DatasetError
 from ..registry import register_dataset
+from .counts import read_class_counts
 from .core import ArrayImageDataset, ImageFileDataset, LTDataset, default_data_root, scan_image_folder
 from .longtail import longtail_counts, select_longtail
 from .safe_pickle import load_pickle
@@ -189,16 +190,15 @@ def _load_imagefolder(spec: CifarSpec, root: Path, rho: float) -> dict[str, Any]
 
 def load_cifar(spec: CifarSpec, *, imbalance: float, data_root: Optional[Path], class_counts: Any, download: bool) -> LTDataset:
     """Load a CIFAR-LT variant; see the module docstring."""
-    if class_counts is not None:
-        raise ConfigError(f"--class-counts only applies to --dataset imagefolder; {spec.name} derives its counts from --imbalance")
     longtail_counts(1, spec.num_classes, imbalance)  # validate rho before reading anything
     source, where = _locate(spec, data_root, download)
     parts = _load_torchvision(spec, where, imbalance) if source == "torchvision" else _load_imagefolder(spec, where, imbalance)
+    given = read_class_counts(class_counts, parts["class_names"]) if class_counts is not None else None
     log.debug("%s from %s (%s): %d train, %d test", spec.name, where, source, len(parts["train_labels"]), len(parts["test_labels"]))
     return LTDataset(
         name=spec.name,
         class_names=parts["class_names"],
-        train_counts=parts["counts"],
+        train_counts=given if given is not None else parts["counts"],  # --class-counts: the model's real counts
         test=parts["test"],
         test_labels=parts["test_labels"],
         train=parts["train"],
@@ -208,7 +208,10 @@ def load_cifar(spec: CifarSpec, *, imbalance: float, data_root: Optional[Path], 
             "root": str(where),
             "source": source,
             "imbalance": float(imbalance),
-            "profile": "exponential",
+            # "exponential": the counts are this tool's sampling profile; "given": the model's, from --class-counts
+            "profile": "exponential" if given is None else "given",
+            **({"counts_source": str(class_counts), "sampled_counts": [int(c) for c in parts["counts"]]}
+               if given is not None else {}),
             "n_max": int(max(parts["counts"])),
             "selection_seed": SELECTION_SEED,
             "train_pool_counts": parts["pool"],

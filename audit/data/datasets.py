@@ -12,11 +12,10 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ..bounds import MAX_COUNT
 from ..errors import ConfigError, DatasetError
-from ..jsonfile import read_json
 from ..registry import DATASETS, register_dataset
 from . import cifar as _cifar  # noqa: F401  (registers cifar10lt / cifar100lt)
+from .counts import COUNTS_HINT as _COUNTS_HINT, read_class_counts
 from .core import ArrayImageDataset, ImageFileDataset, LTDataset, image_size, scan_image_folder
 from .inmemory import from_torch, is_dataset_object
 from .longtail import longtail_counts, select_longtail
@@ -100,40 +99,6 @@ def _digitslt(*, imbalance: float, data_root: Optional[Path], class_counts: Opti
             "train_pool_counts": [int(n) for n in pool_counts],
         },
     )
-
-
-_COUNTS_HINT = 'pass --class-counts FILE with JSON {"class": count, ...} or a list of counts in sorted class-folder order'
-
-
-def read_class_counts(path: Path, class_names: Sequence[str]) -> list[int]:
-    """Training counts per class from a JSON dict (by class name) or list (class order)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"class counts file {path} does not exist; {_COUNTS_HINT}")
-    try:
-        raw = read_json(path)
-    except OSError as exc:
-        raise DatasetError(f"cannot read class counts {path} ({exc.strerror or exc}); {_COUNTS_HINT}") from None
-    except ValueError as exc:
-        raise DatasetError(f"cannot read class counts {path} ({exc}); {_COUNTS_HINT}") from None
-    if isinstance(raw, dict):
-        if set(raw) != set(class_names):
-            missing = sorted(set(class_names) - set(raw))
-            extra = sorted(set(raw) - set(class_names))
-            raise DatasetError(
-                f"class counts {path} do not match the class folders (missing: {', '.join(missing[:5]) or '-'}; "
-                f"unknown: {', '.join(extra[:5]) or '-'}); {_COUNTS_HINT}"
-            )
-        values = [raw[c] for c in class_names]
-    elif isinstance(raw, list):
-        if len(raw) != len(class_names):
-            raise DatasetError(f"class counts {path} list {len(raw)} counts for {len(class_names)} class folders; {_COUNTS_HINT}")
-        values = raw
-    else:
-        raise DatasetError(f"class counts {path} is neither a JSON object nor a list; {_COUNTS_HINT}")
-    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_COUNT for v in values):
-        raise DatasetError(f"class counts {path} must be whole numbers in 0..{MAX_COUNT:.0e}; {_COUNTS_HINT}")
-    return [int(v) for v in values]
 
 
 def _target_size(paths: Sequence[Path], size: Optional[tuple[int, int]]) -> tuple[tuple[int, int], int]:

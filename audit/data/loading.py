@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from ..errors import ConfigError
 
@@ -20,3 +22,18 @@ def loader_options(workers: int, device: torch.device) -> dict[str, Any]:
     if workers > 0:
         opts["prefetch_factor"] = 2
     return opts
+
+
+class Indexed(Dataset):
+    """Items (image, label, test-set index) of a subset of a test set: what the audit scores."""
+
+    def __init__(self, base: Dataset, indices: np.ndarray) -> None:
+        self.base, self.indices = base, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        j = int(self.indices[i])
+        x, y = self.base[j]
+        return x, int(y), j

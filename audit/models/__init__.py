@@ -25,11 +25,13 @@ def load_model(
     device: torch.device | str = "cpu",
     allow_large_input: bool = False,
     black_box: bool = False,
+    pretrained: bool = False,
 ) -> LoadedModel:
     """Load ``timm:ARCH`` (with ``checkpoint``) or ``path/to/model.onnx`` for auditing; an ``nn.Module``
     from Python is copied and wrapped (:mod:`.module`), a :class:`LoadedModel` is used as it is.
 
     ``black_box`` (ONNX only) skips the conversion: onnxruntime alone, for score-based attacks.
+    ``pretrained`` (timm only, no checkpoint): the hub's weights, with the hub's class count.
     """
     if isinstance(spec, LoadedModel):
         return spec
@@ -45,7 +47,7 @@ def load_model(
 
         loaded = load_timm(spec[5:], checkpoint, num_classes=num_classes, mean=mean, std=std,
                            input_size=input_size, data_size=data_size, device=device,
-                           allow_large_input=allow_large_input)
+                           allow_large_input=allow_large_input, pretrained=pretrained)
         check_finite_weights(loaded)
         return loaded
     path = Path(spec)

@@ -83,6 +83,23 @@ def _runs_at(net: nn.Module, size: tuple[int, int, int]) -> bool:
         return False
 
 
+def _hub_model(timm: Any, arch: str, num_classes: int) -> Any:
+    """timm's pretrained weights for ``arch`` (downloaded by timm), or one line why not: checked against the
+    dataset's class count before anything is downloaded."""
+    cfg = timm.models.get_pretrained_cfg(arch)
+    if cfg is None:
+        raise ModelLoadError(f"timm has no pretrained weights for {arch!r}; pass --checkpoint FILE")
+    if cfg.num_classes != num_classes:
+        raise ModelLoadError(f"timm's pretrained {arch} has {cfg.num_classes} classes but the dataset has {num_classes}; "
+                             "fine-tune it on this data and pass --checkpoint FILE, or audit it on data of its classes")
+    try:
+        return timm.create_model(arch, pretrained=True)
+    except Exception as exc:  # no network, hub errors, a missing hub client: all mean "no weights here"
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise ModelLoadError(f"could not fetch timm's pretrained weights for {arch!r} ({type(exc).__name__}: {first}); "
+                             "check the network, or download them once and pass --checkpoint FILE") from None
+
+
 def load_timm(
     arch: str,
     checkpoint: Optional[str | Path],
@@ -94,8 +111,10 @@ def load_timm(
     data_size: Optional[tuple[int, int, int]] = None,
     device: torch.device | str = "cpu",
     allow_large_input: bool = False,
+    pretrained: bool = False,
 ) -> LoadedModel:
-    """Build ``timm.create_model(arch)`` and load ``checkpoint``; preprocessing from the model's config.
+    """Build ``timm.create_model(arch)`` and load ``checkpoint`` (or the hub's weights: ``pretrained``, which
+    keeps the hub's class count and fails with one line offline); preprocessing from the model's config.
 
     The input size is ``input_size`` when given, else the data's native size when the
     architecture runs at it (CNNs trained on CIFAR at 32x32), else the model's config size.
@@ -107,10 +126,13 @@ def load_timm(
         hint = f" (similar: {', '.join(close)})" if close else ""
         raise ModelLoadError(f"timm has no architecture {arch!r}{hint}; see timm.list_models()")
     sd = read_state_dict(Path(checkpoint)) if checkpoint else None
-    try:
-        net = timm.create_model(arch, pretrained=False, num_classes=num_classes)
-    except Exception as exc:
-        raise ModelLoadError(f"timm could not build {arch!r}: {exc}") from exc
+    if pretrained:
+        net = _hub_model(timm, arch, num_classes)
+    else:
+        try:
+            net = timm.create_model(arch, pretrained=False, num_classes=num_classes)
+        except Exception as exc:
+            raise ModelLoadError(f"timm could not build {arch!r}: {exc}") from exc
     if sd is not None:
         k = _classes_in(sd, net)
         if k is not None and k != num_classes:
@@ -125,8 +147,8 @@ def load_timm(
                 f"checkpoint {checkpoint} does not fit timm:{arch} (missing keys: {list(missing)[:3]}, "
                 f"unexpected keys: {list(unexpected)[:3]}); check the architecture name"
             )
-    else:
-        log.warning("no --checkpoint given: auditing timm:%s with random weights", arch)
+    elif not pretrained:
+        log.warning("--random-weights: auditing timm:%s with random weights", arch)
     net.eval()
     cfg = getattr(net, "pretrained_cfg", {}) or {}
     cfg_size = tuple(cfg.get("input_size", (3, 224, 224)))
