@@ -149,6 +149,9 @@ def _add_attack_args(p: argparse.ArgumentParser) -> None:
                         "test-set index)")
     p.add_argument("--subset-seed", type=_b("--subset-seed", 0, "SEED_MAX"), default=0,
                    help="picks the --n-per-class subset, 0 .. 2**63-1 (default 0)")
+    p.add_argument("--calibration-steps", type=_b("--calibration-steps", 0, "MAX_STEPS"), default=20, metavar="N",
+                   help="calibration under attack: steps of the deterministic PGD after the cascade that measures "
+                        "how confident the attacked answers can be made (default 20; 0 = clean calibration only)")
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -338,7 +341,7 @@ def _audit_config(args: argparse.Namespace):
         amp=args.amp, out=args.out, quiet=args.quiet, download=not args.no_download,
         allow_large_input=args.allow_large_input, threads=args.threads, workers=args.workers,
         labels=getattr(args, "labels", None), fail_under=getattr(args, "fail_under", None),
-        force=args.force, weights=args.weights,
+        calibration_steps=args.calibration_steps, force=args.force, weights=args.weights,
     )
 
 

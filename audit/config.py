@@ -63,6 +63,7 @@ class AuditConfig:
     workers: int = 0  # DataLoader processes decoding images (results do not depend on it)
     force: bool = False  # --force: run the attacks even when the clean check says the model cannot be graded
     weights: Optional[str] = None  # timm:ARCH without --checkpoint: "pretrained" (the hub's) or "random"
+    calibration_steps: int = 20  # PGD steps of the attacked-confidence pass (audit/calibration.py); 0: clean only
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -80,6 +81,7 @@ class AuditConfig:
         B.optional_check_int(self.num_classes, "--num-classes", 1, B.MAX_CLASSES)
         B.optional_check_int(self.threads, "--threads", 1, B.MAX_THREADS)
         B.check_int(self.seed, "--seed", 0, B.SEED_MAX)
+        B.check_int(self.calibration_steps, "--calibration-steps", 0, B.MAX_STEPS)
         if self.input_size is not None:
             B.check_int(self.input_size, "--input-size", 1, 10**6)
             B.check_input_size((3, self.input_size, self.input_size), f"--input-size {self.input_size}",

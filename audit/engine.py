@@ -51,6 +51,15 @@ class PointRecords:
     survivors_broken: list[int] = field(default_factory=list)
     # (A, N) bool: the point carried on past Square's probe to the attack's full budget
     carried_points: Optional[np.ndarray] = None
+    # calibration (audit/calibration.py, set after the cascade): (N,) clean confidence (max softmax); with
+    # --calibration-steps > 0 also the attacked prediction, the confidence the procedure reached, and whether it
+    # misclassified a point the cascade left robust / did not reach the class the cascade assigned
+    cal_clean_conf: Optional[np.ndarray] = None
+    cal_attacked_pred: Optional[np.ndarray] = None
+    cal_attacked_conf: Optional[np.ndarray] = None
+    cal_flipped: Optional[np.ndarray] = None
+    cal_unreached: Optional[np.ndarray] = None
+    calibration_seconds: float = 0.0
 
     @property
     def clean_correct(self) -> np.ndarray:
@@ -102,6 +111,11 @@ class PointRecords:
             name: {"pred": self.pred[a].tolist(), "step": self.step[a].tolist()}
             for a, name in enumerate(self.attack_names)
         }
+        if self.cal_clean_conf is not None:  # per point, so every calibration figure can be re-computed
+            d["calibration"] = {name: (None if v is None else v.tolist()) for name, v in (
+                ("clean_conf", self.cal_clean_conf), ("attacked_pred", self.cal_attacked_pred),
+                ("attacked_conf", self.cal_attacked_conf), ("flipped", self.cal_flipped),
+                ("unreached", self.cal_unreached))}
         return d
 
 

@@ -5,6 +5,7 @@ import csv
 import io
 from typing import Any, Mapping, Optional
 
+from . import calibration
 from .verdict import Verdict
 
 CSV_NAME = "per_class.csv"
@@ -33,6 +34,8 @@ def per_class_csv(results: Mapping[str, Any]) -> str:
     head = ["class", "index", "train_count", "group", "n_eval", "clean_acc", "clean_ci95_low", "clean_ci95_high"]
     for n in names:
         head += [f"robust_{n}", f"robust_{n}_ci95_low", f"robust_{n}_ci95_high"]
+    calibrated = any(r.get("calibration") for r in results["per_class"])  # older results: no calibration columns
+    head += calibration.csv_header() if calibrated else []
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(head)
@@ -43,6 +46,7 @@ def per_class_csv(results: Mapping[str, Any]) -> str:
         for n in names:
             ci = r["robust_ci95"].get(n) or [None, None]
             row += [_f(r["robust_acc"].get(n)), _f(ci[0]), _f(ci[1])]
+        row += calibration.csv_cells(r, _f) if calibrated else []
         w.writerow(row)
     return buf.getvalue()
 
@@ -91,6 +95,12 @@ def summary_markdown(results: Mapping[str, Any], k_weakest: int = 5) -> str:
     for r in rows:
         lines.append(f"| {_md(r['name'])} | {r['train_count']} | {r.get('group') or '-'} | {_p(r['clean_acc'])} | "
                      f"{_p(r['robust_acc']['worst_case'])} |")
+    cal_rows = calibration.summary_rows(results)
+    if cal_rows:
+        lines += ["", "Calibration (confidence = top softmax probability):", "", "| figure | clean | under attack |",
+                  "|---|---:|---:|"]
+        lines += [f"| {_md(a)} | {b} | {c} |" for a, b, c in cal_rows]
+        lines += ["", _md(calibration.summary_note(results))]
     curve = results.get("curve") or []
     if curve:
         lines += ["", "Robustness curve (worst case):", "", "| ε | robust | balanced |", "|---|---:|---:|"]

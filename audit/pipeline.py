@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from . import distributed
 from .version import __version__
 from .attacks import create_attack
+from .calibration import calibration_results, confidence_pass, procedure as calibration_procedure
 from .config import AuditConfig
 from .curve import run_curve
 from .data import LTDataset, class_groups, groups_to_indices, is_balanced, load_dataset, stratified_subset
@@ -197,6 +198,11 @@ def _audit_into(out_dir: Optional[Path], config: AuditConfig, specs: list, attac
         first = DataLoader(_Indexed(data.test, eval_idx[:LARGE_EPS_POINTS]), batch_size=config.batch_size,
                            shuffle=False, **loader_options(config.workers, device))
         large_eps = run_large_eps(evaluator, first, specs, data.class_names, norm=config.norm, seed=config.seed)
+    # calibration (audit/calibration.py): every rank on its own shard's points, joined with the records below
+    records = confidence_pass(evaluator, DataLoader(_Indexed(data.test, records.index), batch_size=config.batch_size,
+                                                    shuffle=False, **loader_options(config.workers, device)),
+                              records, steps=config.calibration_steps if model.gradient_access else 0,
+                              norm=config.norm, eps=config.eps)
     bn_after = _bn_fingerprint(module)
     if bn_after != bn_before and not (np.isnan(bn_after) and np.isnan(bn_before)):
         raise RuntimeError("BatchNorm statistics changed during the audit; this is a bug, please report it")
@@ -304,6 +310,15 @@ def build_results(config: AuditConfig, specs, data: LTDataset, model: LoadedMode
     summary["confusion"] = adversarial_confusion(labels, adv_pred, any_broken, C)
     clean_conf = clean_confusion(labels, records.clean_pred, C)
     summary["clean_confusion"] = clean_conf.tolist()
+    steps = config.calibration_steps
+    calibration = calibration_results(records, C, groups, calibration_procedure(
+        steps, config.norm, config.eps, attacked=bool(steps) and model.gradient_access,
+        why_not="black-box mode: no gradients" if not model.gradient_access else "--calibration-steps 0"),
+        data.class_names)
+    if calibration is not None:  # per_class[i].calibration and summary.calibration (docs/results_schema.md)
+        for row, entry in zip(per_class, calibration[0]):
+            row["calibration"] = entry
+        summary["calibration"] = calibration[1]
 
     model_warnings = list(model.info.get("warnings", []))
     said_probabilities = any("outputs probabilities" in w for w in model_warnings)
@@ -312,6 +327,7 @@ def build_results(config: AuditConfig, specs, data: LTDataset, model: LoadedMode
     warnings += [norm_warning] if norm_warning else []
     sanity, sanity_warnings = sanity_section(records, specs, data.class_names, large_eps)
     warnings += sanity_warnings
+    warnings += calibration[2] if calibration is not None else []
     inp = input_info(data.info.get("native_shape") or data.image_shape, model.preprocessing.input_size)
     warnings += input_warnings(inp)
     label_check = check_label_order(clean_conf, data.class_names, model.info.get("output_order"))
@@ -364,6 +380,7 @@ def build_results(config: AuditConfig, specs, data: LTDataset, model: LoadedMode
             "load_s": timings["load_s"], "clean_s": records.clean_seconds, "attacks_s": attack_s,
             "total_s": timings["total_s"], "points_per_s": (n / work) if work > 0 else None,
             "attacked_points": {name: records.attacked[a] for a, name in enumerate(records.attack_names)},
+            "calibration_s": records.calibration_seconds,
         },
         "per_class": per_class,
         "summary": summary,

@@ -12,6 +12,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
+from .calibration import rare_confidently_wrong
 from .inputs import MAX_RESIZE
 from .metrics import wilson_interval
 
@@ -295,5 +296,12 @@ def compute_verdict(results: Mapping[str, Any]) -> Verdict:
         actions.append("Confirm the figures with the stronger attack suite (--suite standard) before relying on them")
     elif (results.get("mode_label") or "white-box") != "white-box":
         actions.append("Black-box figures are an upper bound: audit an ONNX export that converts for gradients")
+    # -- calibration under attack (rule and wording in audit/calibration.py); it adds a reason and an action,
+    # never changes the code
+    confident = rare_confidently_wrong(results)
+    if confident is not None:
+        reasons.append(confident[0])
+        actions.append(confident[1])
+    # -- end of calibration
     return Verdict(code=code, headline=headline, reasons=tuple(reasons), actions=tuple(actions), band=base,
                    survival=survive, qualifier=qualifier)

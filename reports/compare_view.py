@@ -8,7 +8,7 @@ from markupsafe import Markup
 
 from audit.verdict import overall_of as _overall
 
-from . import charts
+from . import calibration_view, charts
 from .audit_view import LARGE, TOP, attack_columns, by_count, confusion, group_names, method, strip_counts
 from .plain import glossary, at_risk, budget_sentence, change_sentences, critical_warnings, gate_rows, is_balanced, \
     resolve_verdict
@@ -256,4 +256,5 @@ def compare_context(before: Mapping[str, Any], before_dir: Path, after: Mapping[
         "run_before": _run_rows(before, after), "run_after": _run_rows(after, before),
         "training": training,
         "has_training": training is not None,
+        "calibration": calibration_view.compare_section(before, after),  # None when neither run has calibration
     }
