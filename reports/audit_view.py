@@ -14,6 +14,9 @@ from .plain import (glossary, at_risk, budget_sentence, critical_warnings, gate_
                     sanity_rows, suite_sentence)
 from .verdict import audit_verdict, extra_broken, head_tail, weakest
 
+NOT_MEANINGFUL_FINDINGS = ("No findings: the model does not work on this data as it was audited (page 1), so the "
+                           "figures below are what the attacks measured, not evidence about its robustness or about "
+                           "its rare classes.")
 LARGE = 40  # above this many classes, bar charts show the worst classes and the groups
 TOP = 20  # how many classes the bar charts show for large class counts
 HEATMAP_MAX = 20  # above this many classes, confusion is shown as top flows
@@ -354,8 +357,17 @@ def first_page(results: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def audit_context(results: Mapping[str, Any], folder: Path) -> dict[str, Any]:
-    """Everything the audit template shows."""
+    """Everything the audit template shows. A run that cannot be graded (``not-meaningful``, audited with
+    --force) keeps its measured tables but loses every figure that reads as a finding about robustness or about
+    the rare classes (gap, group and rarity charts, findings sentences)."""
     chart_svgs = build_charts(results)
+    meaningful = resolve_verdict(results)["meaningful"]
+    figures = kpis(results)
+    findings = audit_verdict(results)["sentences"]
+    if not meaningful:
+        chart_svgs["scatter"] = chart_svgs["groups"] = None
+        figures = [k for k in figures if "gap" not in k["label"]]
+        findings = [NOT_MEANINGFUL_FINDINGS]
     return {
         "kind": "audit",
         "title": f"Robustness audit: {results['model']['spec']}",
@@ -363,8 +375,8 @@ def audit_context(results: Mapping[str, Any], folder: Path) -> dict[str, Any]:
         "headline": headline(results),
         "created": results.get("created"),
         "page1": first_page(results),
-        "findings": audit_verdict(results)["sentences"],
-        "kpis": kpis(results),
+        "findings": findings,
+        "kpis": figures,
         "warnings": [str(w) for w in results.get("warnings") or []],
         "charts": chart_svgs,
         "curve": chart_svgs["curve"],

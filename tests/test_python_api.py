@@ -197,3 +197,28 @@ def test_nan_logits_under_attack_are_named_not_counted_silently(tmp_path):
                                                     quiet=True, force=True, out=str(tmp_path / "nan")))
     said = [w for w in run.results["warnings"] if "NaN or infinite logits at the perturbed image" in w]
     assert said and "points count as broken only because" in said[0] and "class " in said[0]
+
+
+def test_api_and_cli_give_the_same_pages_for_the_same_run(tmp_path, capsys):
+    """The same audit through the Python API and the command line: page 1, the key figures and the per-class
+    table read the same, word for word (only times, paths and the command line may differ)."""
+    import re
+
+    from test_report_pages import visible_text
+
+    args = dict(eps=2 / 255, n_per_class=4, steps=2, seed=3)
+    api = tailaudit.run_audit(tailaudit.AuditConfig(model=str(DEMO_ONNX), quiet=True, out=str(tmp_path / "api"),
+                                                    **args), formats=["html"])
+    assert cli.main(["audit", str(DEMO_ONNX), "--eps", "2/255", "--n-per-class", "4", "--steps", "2", "--seed", "3",
+                     "--quiet", "--no-pdf", "--out", str(tmp_path / "cli")]) == 0
+    capsys.readouterr()
+
+    def pages(folder: Path) -> list[str]:
+        html = (folder / "report.html").read_text(encoding="utf-8")
+        parts = [re.search(r'<section class="summary page1">.*?</section>', html, re.S),
+                 re.search(r'<section class="key-figures">.*?</section>', html, re.S),
+                 re.search(r'<table class="classes">.*?</table>', html, re.S)]
+        assert all(parts)
+        return [visible_text(p.group(0)) for p in parts]  # type: ignore[union-attr]
+
+    assert pages(api.out_dir) == pages(tmp_path / "cli")

@@ -230,6 +230,9 @@ def test_not_meaningful_shows_no_grade(chance):
         assert "No robustness grade is given for this run" in where
     assert not re.search(r'class="badge (good|fair|poor|bad)"', html)
     assert "Classes at risk" not in text  # no ranking of classes of a model that does not work
+    # pages 2+: no figure that reads as a finding (gap card, group and rarity charts, findings sentences)
+    assert "robustness gap" not in text and " pts" not in text and "No findings: the model does not work" in text
+    assert svg_of(html, "Robust accuracy against training count") is None and "Are the rare classes" not in text
     page1 = page_text(chance["files"]["pdf"], 1)
     for needle in ["The label order looks wrong", "9.8%", "91.2%", "--labels FILE", "Check the model's label order"]:
         assert needle in page1, needle
