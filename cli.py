@@ -433,10 +433,10 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(desc, indent=2))
     else:
-        from audit.textsafe import terminal_safe
+        from audit.textsafe import inline_safe, terminal_safe
 
         for name, count, group in zip(data.class_names, data.train_counts, desc["groups"]):
-            print(terminal_safe(f"{name:<24} {count:>7}  {group or '-'}"))
+            print(terminal_safe(f"{inline_safe(name):<24} {count:>7}  {group or '-'}"))
         print(f"total {sum(data.train_counts)} training images, {len(data.test_labels)} test images")
     return 0
 

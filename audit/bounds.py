@@ -40,6 +40,11 @@ MAX_INPUT_SIDE = 1_024  # height / width of the model input, unless --allow-larg
 MAX_INPUT_VALUES = 3 * 1_024 * 1_024  # C*H*W of one model input, unless --allow-large-input
 MAX_EXAMPLES_BYTES = 256 * 2**20  # total declared bytes of the arrays in examples.npz
 MAX_JSON_BYTES = 64 * 2**20  # results.json, --class-counts
+MAX_PICKLE_BYTES = 1 * 2**30  # one CIFAR batch pickle (the official ones are 31 MB and 155 MB)
+# a .pt checkpoint (a zip archive) may unpack to at most this many times its size plus the slack: torch.save
+# stores its entries uncompressed, so a compressed entry that expands further is a decompression bomb
+MAX_ARCHIVE_EXPANSION = 4
+ARCHIVE_SLACK_BYTES = 64 * 2**20
 MAX_JSON_DEPTH = 32  # nesting of any JSON file tailaudit reads
 MAX_COUNT = 10**12  # training counts and other tallies read from files
 

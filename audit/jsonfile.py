@@ -7,6 +7,8 @@ with one readable sentence, which callers wrap in their own error type.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +74,23 @@ def read_text(path: Path, *, max_bytes: int = MAX_JSON_BYTES) -> str:
 def read_json(path: Path, *, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """Read and parse a JSON file within the limits; OSError/ValueError with a readable message otherwise."""
     return parse_json(read_text(path, max_bytes=max_bytes), max_depth=max_depth)
+
+
+def read_json_file(path: Path, error: type[Exception], *, what: str, fix: str, missing: str | None = None) -> Any:
+    """:func:`read_json` with every failure raised as one ``error`` line that names the file: absent (``missing``
+    follows the path, default "not found; ``fix``"), not a regular file (a device or a pipe is never read),
+    unreadable, too large, nested too deep or not JSON (``fix``). ``what`` names the file, e.g. "results file"."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        raise error(f"{what} {path} {missing or f'not found; {fix}'}") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a device or a pipe)"
+        raise error(f"{what} {path} is {kind}; {fix}")
+    try:
+        return read_json(path)
+    except OSError as exc:
+        raise error(f"cannot read {what} {path} ({exc.strerror or exc}); check the file's permissions") from None
+    except ValueError as exc:
+        raise error(f"{what} {path} cannot be used ({exc}); {fix}") from None

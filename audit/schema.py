@@ -13,13 +13,14 @@ import functools
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
 from .errors import ResultsError
-from .jsonfile import read_json
+from .jsonfile import read_json_file
 from .results import SCHEMA_VERSION
 from .attacks.apgd_t import APGDTParams
 from .verdict import compute_verdict
@@ -55,15 +56,19 @@ def _where(source: str | Path | None) -> str:
 
 
 SCHEMA_FILE = Path(__file__).resolve().parent / "results.schema.json"  # package data: ships in the wheel
+# repair.json and training_log.json of a repair folder (package data too): one definition each in $defs
+REPAIR_FILES_SCHEMA = Path(__file__).resolve().parent / "repair_files.schema.json"
+_RESULTS_FILE = ("a tailaudit results file", "re-run the audit")
 
 
-@functools.lru_cache(maxsize=1)
-def _validator() -> Any:
+@functools.lru_cache(maxsize=4)
+def _validator(file: Path = SCHEMA_FILE, definition: str | None = None) -> Any:
     import jsonschema
 
-    schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+    schema = json.loads(file.read_text(encoding="utf-8"))
     jsonschema.Draft202012Validator.check_schema(schema)
-    return jsonschema.Draft202012Validator(_inline_refs(schema, schema.get("$defs", {})))
+    defs = schema.get("$defs", {})
+    return jsonschema.Draft202012Validator(_inline_refs(defs[definition] if definition else schema, defs))
 
 
 def _inline_refs(node: Any, defs: Mapping[str, Any]) -> Any:
@@ -99,26 +104,32 @@ def _first_non_finite(node: Any) -> str | None:
     return None
 
 
-def check_schema(results: Any, source: str | Path | None = None) -> None:
-    """Validate against audit/results.schema.json; :class:`ResultsError` naming the first bad field."""
+def check_against(data: Any, validator: Any, where: str, kind: str, fix: str) -> None:
+    """:class:`ResultsError` naming the first field of ``data`` that ``validator`` refuses, as a JSON path;
+    ``kind`` says what the file should be ("a tailaudit results file"), ``fix`` what to do."""
     import jsonschema
 
-    where = _where(source)
-    bad = _first_non_finite(results)
-    if bad is not None:
-        raise ResultsError(f"{where}: {bad} is NaN or infinite; the file is damaged, re-run the audit")
-    errors = list(_validator().iter_errors(results))
+    errors = list(validator.iter_errors(data))
     first = min(errors, key=lambda e: tuple(f"{p:012d}" if isinstance(p, int) else str(p) for p in e.absolute_path),
                 default=None)  # the first bad field in path order (items in order), then its most specific cause
     error = jsonschema.exceptions.best_match([first]) if first is not None else None
     if error is not None and error.validator == "required" and isinstance(error.instance, Mapping):
         missing = next((k for k in error.validator_value if k not in error.instance), "?")
         raise ResultsError(f"{where} lacks {_json_path([*error.absolute_path, missing])}; it is incomplete or "
-                           "not a tailaudit results file, re-run the audit")
+                           f"not {kind}, {fix}")
     if error is not None:
         message = error.message if len(error.message) <= 160 else error.message[:157] + "..."
         raise ResultsError(f"{where}: {_json_path(error.absolute_path)} is invalid ({message}); it is damaged or "
-                           "not a tailaudit results file, re-run the audit")
+                           f"not {kind}, {fix}")
+
+
+def check_schema(results: Any, source: str | Path | None = None) -> None:
+    """Validate against audit/results.schema.json; :class:`ResultsError` naming the first bad field."""
+    where = _where(source)
+    bad = _first_non_finite(results)
+    if bad is not None:
+        raise ResultsError(f"{where}: {bad} is NaN or infinite; the file is damaged, re-run the audit")
+    check_against(results, _validator(), where, *_RESULTS_FILE)
 
 
 def validate_results(results: Mapping[str, Any], source: str | Path | None = None) -> None:
@@ -192,14 +203,8 @@ def validate_results(results: Mapping[str, Any], source: str | Path | None = Non
 def load_results(path: str | Path) -> dict[str, Any]:
     """Read and validate a results.json; :class:`ResultsError` when missing, invalid or of another schema."""
     path = Path(path)
-    if not path.is_file():
-        raise ResultsError(f"results file not found: {path}; check the path or run `cli.py audit` first")
-    try:
-        results = read_json(path)
-    except OSError as exc:
-        raise ResultsError(f"cannot read {path}: {exc.strerror or exc}; check the file's permissions") from None
-    except ValueError as exc:
-        raise ResultsError(f"{path} cannot be used: {exc}; the file is damaged, re-run the audit") from None
+    results = read_json_file(path, ResultsError, what="results file", fix="the file is damaged, re-run the audit",
+                             missing="not found; check the path or run `cli.py audit` first")
     validate_results(results, path)
     LOG.debug("loaded %s (%d classes)", path, len(results["per_class"]))
     return migrate(results)
@@ -230,3 +235,26 @@ def check_written(results: Mapping[str, Any]) -> None:
     except ResultsError as exc:
         raise ResultsError(f"{exc} (this is a tailaudit bug: please report it with the command line)") from None
 
+
+
+# what each file of a repair folder is for, and what to do when it is damaged (README "Bad input and limits")
+REPAIR_FILES = {
+    "repair.json": ("repair", "re-run the repair, or remove the file to compare the two results without the "
+                              "repair's training section"),
+    "training_log.json": ("training_log", "re-run the repair, or remove the file to render the repair without "
+                                          "its per-epoch chart"),
+}
+
+
+def load_repair_file(path: str | Path) -> dict[str, Any] | None:
+    """``repair.json`` or ``training_log.json`` of a repair folder, read within audit/jsonfile.py's caps and checked
+    against audit/repair_files.schema.json; None when absent. A file that is there but damaged (unreadable, too
+    large or deep, a field of the wrong type) is a :class:`ResultsError` naming the file and the field: both are
+    optional, so the message says to remove it to render without it."""
+    path = Path(path)
+    definition, fix = REPAIR_FILES[path.name]
+    if not os.path.lexists(path):
+        return None
+    data = read_json_file(path, ResultsError, what="repair file", fix=fix)
+    check_against(data, _validator(REPAIR_FILES_SCHEMA, definition), str(path), f"tailaudit's {path.name}", fix)
+    return data

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .textsafe import inline_safe
 from .verdict import Verdict
 
 
@@ -14,7 +15,7 @@ def format_summary(results: dict[str, Any], max_rows: int = 40) -> str:
     """A plain-text table plus the headline figures."""
     attacks = [a["name"] for a in results["attacks"]]
     rows = sorted(results["per_class"], key=lambda r: (-r["train_count"], r["index"]))
-    name_w = min(24, max([5] + [len(r["name"]) for r in rows]))
+    name_w = min(24, max([5] + [len(r["name"]) for r in rows]))  # names shown through inline_safe: one line each
     head = f"{'class':<{name_w}} {'train':>6} {'group':<6} {'n':>5} {'clean':>6}"
     for a in attacks:
         head += f" {a[:12]:>12}"
@@ -25,7 +26,7 @@ def format_summary(results: dict[str, Any], max_rows: int = 40) -> str:
         if r is None:
             lines.append(f"{'...':<{name_w}} ({len(rows) - max_rows} more classes in results.json)")
             continue
-        line = (f"{r['name'][:name_w]:<{name_w}} {r['train_count']:>6} {r.get('group') or '-':<6} {r['n_eval']:>5} "
+        line = (f"{inline_safe(r['name'])[:name_w]:<{name_w}} {r['train_count']:>6} {r.get('group') or '-':<6} {r['n_eval']:>5} "
                 f"{_pct(r['clean_acc']):>6}")
         for a in attacks:
             line += f" {_pct(r['robust_acc'][a]):>12}"
@@ -38,7 +39,7 @@ def format_summary(results: dict[str, Any], max_rows: int = 40) -> str:
     lines.append("")
     profile = (" (balanced training set)" if ds.get("balanced") else
                f" (rho {ds['imbalance']})" if ds.get("imbalance") is not None else "")
-    lines.append(f"model {results['model']['spec']} on {ds['name']}{profile}, "
+    lines.append(f"model {inline_safe(results['model']['spec'])} on {ds['name']}{profile}, "
                  f"{tm['norm']} eps {tm['eps_text']}, {results['mode']}, {ds['n_eval']} points")
     if results.get("suite"):
         lines.append(f"suite {results['suite']}, {results.get('mode_label', 'white-box')}"
@@ -51,7 +52,7 @@ def format_summary(results: dict[str, Any], max_rows: int = 40) -> str:
         g = wc.get("groups") or {}
         by_group = "".join(f"; {k} {_pct(v).strip()}" for k, v in g.items()) if g else ""
         lines.append(f"balanced robust accuracy {_pct(wc['mean']).strip()}; worst class "
-                     f"{names[wc['worst_class']]} {_pct(wc['worst']).strip()}{by_group}")
+                     f"{inline_safe(names[wc['worst_class']])} {_pct(wc['worst']).strip()}{by_group}")
         sp = wc.get("spearman")
         if sp:
             lines.append(f"Spearman(robust accuracy, training count) = {sp['rho']:+.2f} (p={sp['p']:.2g})")
@@ -62,7 +63,7 @@ def format_summary(results: dict[str, Any], max_rows: int = 40) -> str:
     for c in results.get("curve") or []:
         lines.append(f"  eps {c['eps_text']:>8}: robust {_pct(c['overall']).strip()}, balanced {_pct(c['balanced']).strip()}")
     for w in results.get("warnings", []):
-        lines.append(f"warning: {w}")
+        lines.append(f"warning: {inline_safe(w)}")
     lines += verdict_lines(results)
     return "\n".join(lines)
 
@@ -72,9 +73,9 @@ def verdict_lines(results: dict[str, Any]) -> list[str]:
     if not results.get("verdict"):
         return []
     v = Verdict.from_json(results["verdict"])
-    lines = ["", f"verdict: {v.code}: {v.statement}"]
-    lines += [f"  because {r}" for r in v.reasons]
-    lines += [f"  next: {a}" for a in v.actions]
+    lines = ["", f"verdict: {v.code}: {inline_safe(v.statement)}"]  # class names inside: one line each
+    lines += [f"  because {inline_safe(r)}" for r in v.reasons]
+    lines += [f"  next: {inline_safe(a)}" for a in v.actions]
     gate = results.get("gate")
     if gate:
         lines.append(f"gate: {'passed' if gate['passed'] else 'FAILED'} ("

@@ -19,13 +19,27 @@ def terminal_safe(text: str) -> str:
     return _CONTROL.sub("?", str(text))
 
 
+_CONTROL_ALL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def inline_safe(text: str) -> str:
+    """A user string printed inside one line (a class name in a table row, a log message): every control
+    character, newline and tab included, replaced by '?', so that it can neither drive the terminal nor
+    start a line of its own."""
+    return _CONTROL_ALL.sub("?", str(text))
+
+
 def one_line(text: str) -> str:
     """:func:`terminal_safe`, with newlines and tabs folded into spaces (one error, one line)."""
     return " ".join(terminal_safe(text).split())
 
 
 class SafeFormatter(logging.Formatter):
-    """A log formatter whose output is :func:`terminal_safe` (log lines quote user strings)."""
+    """A log formatter whose output is :func:`terminal_safe` (log lines quote user strings); the message itself
+    stays on one line (:func:`inline_safe`: a newline in a class name is a '?'), a --debug traceback keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: D102, N802 (logging's name)
+        return inline_safe(super().formatMessage(record))
 
     def format(self, record: logging.LogRecord) -> str:  # noqa: D102
         return terminal_safe(super().format(record))

@@ -64,6 +64,9 @@ def magnified(clean: np.ndarray, adv: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 _DTYPES = {"clean": "u1", "adv": "u1"}  # images are uint8; labels and indices any integer type
+_INDEX_ARRAYS = ("label", "adv_pred", "attack", "index")  # one integer per kept example
+_ZIP_SLACK = 2**20  # .npy headers and zip bookkeeping on top of the arrays' bytes
+_FIX = "the file is damaged or not tailaudit's, remove it to render without example images or re-run the audit"
 
 
 def check_npz_headers(path: Path, limit: int = MAX_EXAMPLES_BYTES) -> None:
@@ -71,8 +74,14 @@ def check_npz_headers(path: Path, limit: int = MAX_EXAMPLES_BYTES) -> None:
     declared arrays exceed ``limit`` bytes in total, hold objects, or disagree with the zip sizes."""
     total = 0
     with zipfile.ZipFile(path) as zf:
+        declared = sum(info.file_size for info in zf.infolist())  # the zip's own uncompressed sizes: a bomb stops here
+        if declared > limit + _ZIP_SLACK:
+            raise ResultsError(f"{path}: its entries unpack to {declared:,} bytes, above the limit of {limit:,} "
+                               f"bytes; {_FIX}")
         for info in zf.infolist():
             name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            if not info.filename.endswith(".npy"):
+                raise ResultsError(f"{path}: entry {name!r} is not an array; {_FIX}")
             with zf.open(info) as fh:
                 version = np.lib.format.read_magic(fh)
                 if version == (1, 0):
@@ -80,39 +89,53 @@ def check_npz_headers(path: Path, limit: int = MAX_EXAMPLES_BYTES) -> None:
                 else:
                     shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
             if dtype.hasobject:
-                raise ResultsError(f"{path}: array {name!r} holds Python objects; examples.npz holds numbers only, "
-                                   "re-run the audit")
+                raise ResultsError(f"{path}: array {name!r} holds Python objects, examples.npz holds numbers only; "
+                                   f"{_FIX}")
             want = _DTYPES.get(name)
             if want is not None and dtype.str.lstrip("|<>=") != want:
-                raise ResultsError(f"{path}: array {name!r} is {dtype}, expected uint8 images; re-run the audit")
+                raise ResultsError(f"{path}: array {name!r} is {dtype}, expected uint8 images; {_FIX}")
             nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
             total += nbytes
             if total > limit or nbytes > info.file_size:
                 raise ResultsError(f"{path}: array {name!r} declares shape {tuple(shape)[:6]} ({dtype}), "
                                    f"{nbytes:,} bytes, beyond {'the file' if total <= limit else 'the limit of'}"
-                                   f"{'' if total <= limit else f' {limit:,} bytes'}; the file is damaged or "
-                                   "not tailaudit's, remove it or re-run the audit")
+                                   f"{'' if total <= limit else f' {limit:,} bytes'}; {_FIX}")
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray] | None:
+def check_example_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Refuse arrays the report cannot draw: clean/adv N x C x H x W uint8 of one shape (C, H and W >= 1),
+    label/adv_pred (and attack/index when there) one integer per example."""
+    def bad(name: str, what: str) -> ResultsError:
+        return ResultsError(f"{path}: array {name!r} {what}; {_FIX}")
+
+    missing = [k for k in _KEYS if k not in arrays]
+    if missing:
+        raise bad(missing[0], "is missing")
+    clean = arrays["clean"]
+    if clean.ndim != 4 or 0 in clean.shape[1:]:
+        raise bad("clean", f"has shape {clean.shape[:6]}, expected N x C x H x W images (C, H and W at least 1)")
+    if arrays["adv"].shape != clean.shape:
+        raise bad("adv", f"has shape {arrays['adv'].shape[:6]}, not the clean images' {clean.shape}")
+    for name in _INDEX_ARRAYS:
+        if name not in arrays:
+            continue
+        a = arrays[name]
+        if a.dtype.kind not in "iu":
+            raise bad(name, f"is {a.dtype}, expected integers")
+        if a.shape != (len(clean),):
+            raise bad(name, f"has shape {a.shape[:6]}, expected one value for each of the {len(clean)} images")
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of examples.npz, checked from the zip's and .npy headers before loading and by shape after;
+    :class:`ResultsError` naming the file and the array otherwise (a damaged file is refused, never half-drawn)."""
     try:
         check_npz_headers(path)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        LOG.warning("cannot read example images from %s: %s", path, exc)
-        return None
-    try:
         with np.load(path, allow_pickle=False) as data:
-            if not all(k in data.files for k in _KEYS):
-                LOG.warning("%s lacks one of %s; no example images shown", path, ", ".join(_KEYS))
-                return None
             arrays = {k: data[k] for k in data.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        LOG.warning("cannot read example images from %s: %s", path, exc)
-        return None
-    n = len(arrays["label"])
-    if arrays["clean"].shape != arrays["adv"].shape or arrays["clean"].ndim != 4 or len(arrays["clean"]) != n:
-        LOG.warning("%s has inconsistent array shapes; no example images shown", path)
-        return None
+        raise ResultsError(f"cannot read example images {path} ({type(exc).__name__}: {exc}); {_FIX}") from None
+    check_example_arrays(path, arrays)
     return arrays
 
 
@@ -125,8 +148,6 @@ def build_examples(results: Mapping[str, Any], folder: Path, max_classes: int = 
         return {"rows": [], "note": "No example images were kept for this run." if not rel else
                 f"No example images: {rel} {why}."}
     arrays = _read_npz(path)
-    if arrays is None:
-        return {"rows": [], "note": f"No example images: {rel} could not be read."}
     classes = results["dataset"]["classes"]
     attacks = results["attacks"]
     labels = arrays["label"].astype(int)

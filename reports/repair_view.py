@@ -7,10 +7,11 @@ sentence and the split counts only — both render.
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+from audit.schema import load_repair_file
 
 from .fmt import count, over_255, seconds
 from .verdict import quote
@@ -20,18 +21,10 @@ SIDE_FILES = ("training_log.json", "repair.json")
 
 
 def read_side_file(path: Path) -> dict[str, Any] | None:
-    """A JSON object from a repair folder, or None (with a warning) when absent or unreadable."""
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        LOG.warning("ignoring %s: %s", path, exc)
-        return None
-    if not isinstance(data, dict):
-        LOG.warning("ignoring %s: not a JSON object", path)
-        return None
-    return data
+    """A repair folder's ``training_log.json`` or ``repair.json``, checked against its schema
+    (audit/repair_files.schema.json); None when absent, :class:`ResultsError` naming the file and the
+    field when damaged (remove the file to render without it)."""
+    return load_repair_file(path)
 
 
 def find_repair_files(before_dir: Path, after_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:

@@ -195,11 +195,25 @@ def _is_image(p: Path) -> bool:
     return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
 
 
+def _tool_folder(name: str) -> bool:
+    """A hidden folder of some tool (.git, .ipynb_checkpoints, ._AppleDouble): a dot, then a letter, digit or '_'.
+    Any other name is a class, however it looks: '...', '-e', 'a∕b' (U+2215), 'back\\slash'."""
+    return len(name) > 1 and name[0] == "." and (name[1].isalnum() or name[1] == "_")
+
+
 def list_class_folders(folder: Path) -> list[str]:
-    """Sorted names of the class subfolders of ``folder`` (hidden ones skipped)."""
+    """Sorted names of the class subfolders of ``folder`` (tool folders such as .git skipped); a name that is not
+    UTF-8 text cannot be shown or stored and is refused, naming its bytes."""
     if not folder.is_dir():
         raise DatasetError(f"folder {folder} does not exist; expected {folder}/<class>/<images>")
-    names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not _tool_folder(p.name))
+    for name in names:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raw = name.encode("utf-8", "surrogateescape")
+            raise DatasetError(f"class folder {raw!r} in {folder} has a name that is not UTF-8 text, which cannot be "
+                               "shown in the report; rename it") from None
     if not names:
         raise DatasetError(f"folder {folder} has no class subfolders; put images in {folder}/<class>/")
     return names

@@ -6,7 +6,7 @@ from typing import Sequence
 
 from ..bounds import MAX_COUNT
 from ..errors import DatasetError
-from ..jsonfile import read_json
+from ..jsonfile import read_json_file
 
 COUNTS_HINT = 'pass --class-counts FILE with JSON {"class": count, ...} or a list of counts in sorted class-folder order'
 
@@ -14,14 +14,8 @@ COUNTS_HINT = 'pass --class-counts FILE with JSON {"class": count, ...} or a lis
 def read_class_counts(path: Path, class_names: Sequence[str]) -> list[int]:
     """Training counts per class from a JSON dict (by class name) or list (class order)."""
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"class counts file {path} does not exist; {COUNTS_HINT}")
-    try:
-        raw = read_json(path)
-    except OSError as exc:
-        raise DatasetError(f"cannot read class counts {path} ({exc.strerror or exc}); {COUNTS_HINT}") from None
-    except ValueError as exc:
-        raise DatasetError(f"cannot read class counts {path} ({exc}); {COUNTS_HINT}") from None
+    raw = read_json_file(path, DatasetError, what="class counts file", fix=COUNTS_HINT,
+                         missing=f"does not exist; {COUNTS_HINT}")
     if isinstance(raw, dict):
         if set(raw) != set(class_names):
             missing = sorted(set(class_names) - set(raw))

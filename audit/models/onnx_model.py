@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import stat
 import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -136,6 +137,9 @@ def _read(path: Path) -> onnx.ModelProto:
         raise ModelLoadError(f"model file {path} is a directory; pass the path of an .onnx file")
     if not path.exists():
         raise ModelLoadError(f"model file {path} not found; pass the path of an .onnx file")
+    if not stat.S_ISREG(path.stat().st_mode):  # checked before open(): a pipe blocks it, a device never ends
+        raise ModelLoadError(f"model file {path} is not a regular file (a device or a pipe), which tailaudit does "
+                             "not read; pass the path of an .onnx file")
     try:
         with open(path, "rb") as fh:
             fh.read(1)
@@ -194,6 +198,9 @@ def _image_io(model: onnx.ModelProto, path: Path) -> tuple[onnx.ValueInfoProto, 
     if any(d is None for d in dims[1:]):
         raise ModelLoadError(f"{path} has a dynamic image size ({got}); re-export it with a fixed channel "
                              f"count, height and width (only the batch axis may be dynamic)")
+    if any(d <= 0 for d in dims[1:]):
+        raise ModelLoadError(f"{path} takes images with a zero-size dimension ({got}); re-export it with its real "
+                             f"channel count, height and width")
     outs = [_describe(vi) for vi in g.output]
     out_dims = onnx_graph.tensor_shape(g.output[0]) if len(g.output) == 1 else None
     if len(g.output) != 1 or (out_dims is not None and len(out_dims) != 2):
@@ -219,10 +226,18 @@ def _providers(device: torch.device) -> list[Any]:
     return ["CPUExecutionProvider"]
 
 
-def _session(model: onnx.ModelProto | Path, device: torch.device, *, severity: int = 3) -> Any:
-    """An onnxruntime session on providers that can load; ``severity`` 3 keeps only errors on stderr."""
+def _ort_severity() -> int:
+    """onnxruntime's own log lines go straight to stderr (coloured): shown from warnings up with --debug, otherwise
+    only fatal ones, so that a refusal is tailaudit's one line (the error reaches us as an exception anyway)."""
+    return 2 if log.isEnabledFor(logging.DEBUG) else 4
+
+
+def _session(model: onnx.ModelProto | Path, device: torch.device, *, severity: Optional[int] = None) -> Any:
+    """An onnxruntime session on providers that can load, logging at ``severity`` (default :func:`_ort_severity`)."""
     import onnxruntime as ort
 
+    severity = _ort_severity() if severity is None else severity
+    ort.set_default_logger_severity(severity)  # the process-wide logger: environment and provider messages
     opts = ort.SessionOptions()
     opts.log_severity_level = severity
     # onnxruntime's worker threads spin after each run by default, starving the PyTorch attack
@@ -387,8 +402,11 @@ def load_onnx(path: str | Path, *, num_classes: int | None = None, mean: Optiona
     try:
         ref = scorer(probe)
     except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError(f"onnxruntime cannot run {path} on a batch of images ({type(exc).__name__}); "
-                             f"check the model's input size and re-export it") from None
+        log.debug("onnxruntime on the probe batch: %s", exc)  # its own log line is hidden without --debug
+        node = re.search(r"while running (\w+) node", str(exc))
+        where = f"its {node.group(1)} node fails" if node else type(exc).__name__
+        raise ModelLoadError(f"onnxruntime cannot run {path} on a batch of images ({where}; --debug shows "
+                             f"onnxruntime's message); check the model's input size and re-export it") from None
     if ref.ndim != 2 or ref.shape[0] != _PROBE_BATCH:
         raise ModelLoadError(f"{path} is not an image classifier: expected one output of shape (batch, classes), "
                              f"got shape {list(ref.shape)}")

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import logging
+import os
+import stat
+import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from ..bounds import check_input_size
+from ..bounds import ARCHIVE_SLACK_BYTES, MAX_ARCHIVE_EXPANSION, check_input_size
 from ..errors import ConfigError, ModelLoadError
 from .wrapper import LoadedModel, PixelClassifier, Preprocessing, check_norm_channels, sha256_of
 
@@ -17,10 +20,34 @@ log = logging.getLogger(__name__)
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "state_dict_ema", "model_ema")
 
 
+def check_archive_size(path: Path) -> None:
+    """Refuse a zip-format checkpoint (torch.save's since 1.6) whose entries declare more bytes than
+    MAX_ARCHIVE_EXPANSION times the file plus ARCHIVE_SLACK_BYTES, from the zip's directory, before torch
+    unpacks anything (torch.load allocates each entry's declared size, compressed or not)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            declared = sum(info.file_size for info in zf.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return  # not a zip (the legacy format, or garbage): torch.load says what it is
+    size = path.stat().st_size
+    if declared > MAX_ARCHIVE_EXPANSION * size + ARCHIVE_SLACK_BYTES:
+        raise ModelLoadError(f"checkpoint {path} is a {size:,}-byte archive whose entries unpack to {declared:,} "
+                             "bytes (a decompression bomb, or a damaged file); torch.save writes them uncompressed: "
+                             "save the state dict again with torch.save or safetensors")
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from .safetensors or .pth/.pt (``weights_only=True``), unwrapped."""
-    if not path.is_file():
-        raise ModelLoadError(f"checkpoint {path} not found; pass --checkpoint with an existing .pth/.pt/.safetensors file")
+    """Read a state dict from .safetensors or .pth/.pt (``weights_only=True``), unwrapped; only from a regular
+    file (never a device or a pipe), a zip archive's declared sizes checked first (:func:`check_archive_size`)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        raise ModelLoadError(f"checkpoint {path} not found; pass --checkpoint with an existing .pth/.pt/.safetensors "
+                             "file") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a device or a pipe)"
+        raise ModelLoadError(f"checkpoint {path} is {kind}; pass --checkpoint with an existing .pth/.pt/.safetensors "
+                             "file")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -29,6 +56,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         except Exception as exc:  # safetensors raises its own error types
             raise ModelLoadError(f"checkpoint {path} is not a readable safetensors file ({exc})") from exc
     else:
+        check_archive_size(path)
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
