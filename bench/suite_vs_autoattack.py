@@ -24,14 +24,31 @@ import torch.nn.functional as F
 from _common import CACHE, load_tensors, log, standard_model
 
 
+def trades_example(model: torch.nn.Module, x: torch.Tensor, eps: float, steps: int,
+                   gen: torch.Generator) -> torch.Tensor:
+    """TRADES' inner maximisation (Zhang et al., 2019): PGD on KL(f(x) || f(x')) from a small random start."""
+    with torch.no_grad():
+        p_clean = F.softmax(model(x), 1)
+    xa = (x + 0.001 * torch.randn(x.shape, generator=gen)).clamp(0, 1)
+    for _ in range(steps):
+        xa.requires_grad_(True)
+        kl = F.kl_div(F.log_softmax(model(xa), 1), p_clean, reduction="sum")
+        (g,) = torch.autograd.grad(kl, xa)
+        xa = torch.min(torch.max(xa.detach() + 2.5 * eps / steps * g.sign(), x - eps), x + eps).clamp(0, 1)
+    return xa.detach()
+
+
 def pgd_trained(base: torch.nn.Module, arch: str, std_epochs: int, epochs: int, per_class: int, steps: int,
-                eps: float) -> torch.nn.Module:
-    """PGD adversarial fine-tuning of the standard model (cached); uses tailaudit's own training attack."""
+                eps: float, recipe: str = "pgd", beta: float = 6.0) -> torch.nn.Module:
+    """Adversarial fine-tuning of the standard model (cached): ``pgd`` (PGD-AT with tailaudit's own training
+    attack, cross-entropy on the adversarial images) or ``trades`` (TRADES: cross-entropy on the clean images +
+    ``beta`` x KL(clean || adversarial), the adversarial images maximising that KL)."""
     from safetensors.torch import load_file, save_file
 
     from audit.attacks import BatchNoise, create_attack, make_spec
 
-    ckpt = CACHE / f"bench-{arch}-e{std_epochs}-pgdat-e{epochs}-k{per_class}-s{steps}.safetensors"
+    tag = "pgdat" if recipe == "pgd" else f"trades{beta:g}"
+    ckpt = CACHE / f"bench-{arch}-e{std_epochs}-{tag}-e{epochs}-k{per_class}-s{steps}.safetensors"
     net = base.net
     if ckpt.exists():
         net.load_state_dict(load_file(str(ckpt)))
@@ -57,14 +74,22 @@ def pgd_trained(base: torch.nn.Module, arch: str, std_epochs: int, epochs: int, 
             if torch.rand(1).item() < 0.5:
                 xb = xb.flip(3)
             base.eval()
-            xa = attack.perturb(base, xb, yb, noise=BatchNoise(gen, len(yb)))
-            base.train()
-            loss = F.cross_entropy(base(xa), yb)
+            if recipe == "trades":
+                xa = trades_example(base, xb, eps, steps, gen)
+                base.train()
+                logits = base(torch.cat([xb, xa]))
+                clean, adv = logits[:len(yb)], logits[len(yb):]
+                loss = F.cross_entropy(clean, yb) + beta * F.kl_div(F.log_softmax(adv, 1), F.softmax(clean, 1),
+                                                                    reduction="batchmean")
+            else:
+                xa = attack.perturb(base, xb, yb, noise=BatchNoise(gen, len(yb)))
+                base.train()
+                loss = F.cross_entropy(base(xa), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-        log.info("PGD-AT epoch %d loss %.3f (%.0fs)", ep + 1, loss.item(), time.time() - t0)
+        log.info("%s epoch %d loss %.3f (%.0fs)", recipe, ep + 1, loss.item(), time.time() - t0)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(ckpt))
     return base.eval()
 
@@ -181,6 +206,9 @@ def main() -> None:
     ap.add_argument("--at-epochs", type=int, default=6)
     ap.add_argument("--at-per-class", type=int, default=1000, help="PGD-AT training images per class")
     ap.add_argument("--at-steps", type=int, default=4)
+    ap.add_argument("--recipe", choices=["pgd", "trades"], default="pgd",
+                    help="the robust model's training: PGD-AT or TRADES (beta --trades-beta)")
+    ap.add_argument("--trades-beta", type=float, default=6.0)
     ap.add_argument("--n-per-class", type=int, default=20, help="test points per class")
     ap.add_argument("--eps", type=float, default=8 / 255)
     ap.add_argument("--batch", type=int, default=256, help="points per batch, for both tools (the CLI default)")
@@ -204,7 +232,7 @@ def main() -> None:
         model = standard_model(args.arch, epochs=args.std_epochs)
         if kind == "pgd":
             model = pgd_trained(model, args.arch, args.std_epochs, args.at_epochs, args.at_per_class, args.at_steps,
-                                args.eps)
+                                args.eps, args.recipe, args.trades_beta)
         if args.mask:
             model = BitDepth(model).eval()
         log.info("evaluating the %s-trained model on %d points", kind, len(y))
