@@ -92,7 +92,7 @@ def _meaningful_problems(results: Mapping[str, Any]) -> list[str]:
     """Reasons why the figures cannot be read as robustness at all (empty list: they can)."""
     s = results["summary"]
     n = int(results["dataset"].get("n_eval") or 0)
-    clean = s["clean"].get("overall")
+    clean = overall_of(s["clean"])  # the class mean when no overall figure was stored
     if not n or clean is None:
         return ["no test image was evaluated"]
     return clean_problems(round(clean * n), n, s.get("clean_confusion"), results["dataset"]["classes"],
