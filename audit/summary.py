@@ -60,12 +60,26 @@ def format_summary(results: dict[str, Any], max_rows: int = 40) -> str:
     if par:
         lines.append(f"ONNX parity: max logit difference {par.get('max_abs_logit_diff', 0):.2e} on {par.get('n')} "
                      "images; robust accuracy scored by onnxruntime")
+    cal = (results.get("summary") or {}).get("calibration")
+    if cal:
+        lines.append(calibration_line(cal))
     for c in results.get("curve") or []:
         lines.append(f"  eps {c['eps_text']:>8}: robust {_pct(c['overall']).strip()}, balanced {_pct(c['balanced']).strip()}")
     for w in results.get("warnings", []):
         lines.append(f"warning: {inline_safe(w)}")
     lines += verdict_lines(results)
     return "\n".join(lines)
+
+
+def calibration_line(cal: dict[str, Any]) -> str:
+    """ECE and confidently wrong answers, clean and (when measured) under attack, in one line."""
+    def side(d: dict[str, Any]) -> str:
+        wrong = (d.get("confident_error_90") or {}).get("rate")
+        return f"ECE {_pct(d.get('ece')).strip()}, wrong with confidence > 0.9: {_pct(wrong).strip()}"
+    line = f"calibration: clean {side(cal['clean'])}"
+    if cal.get("attacked"):
+        line += f"; under attack {side(cal['attacked'])} (a lower bound)"
+    return line
 
 
 def verdict_lines(results: dict[str, Any]) -> list[str]:

@@ -37,7 +37,17 @@ def _summary_row(name: str, results: Mapping[str, Any], colour: str) -> dict[str
             "sha": str(results["model"].get("sha256") or "")[:12], "clean": pct(overall_of(s["clean"])),
             "robust": pct(overall_of(wc)), "balanced": pct(wc.get("mean")),
             "worst": f"{pct(worst['robust_acc']['worst_case'])} ({quote(worst['name'])})" if worst else "n/a",
-            "gap": f"{points(gap)} pts" if gap is not None else "–"}
+            "gap": f"{points(gap)} pts" if gap is not None else "–",
+            "confident": _confidently_wrong(s.get("calibration"))}
+
+
+def _confidently_wrong(cal: Mapping[str, Any] | None) -> str:
+    """Share of test images wrong with confidence above 0.9 under attack (clean when not measured under attack)."""
+    if not isinstance(cal, Mapping):
+        return "–"
+    side = cal.get("attacked") or cal.get("clean") or {}
+    rate = (side.get("confident_error_90") or {}).get("rate")
+    return pct(rate) + ("" if cal.get("attacked") else " (clean)") if rate is not None else "–"
 
 
 def ranking_sentences(names: Sequence[str], runs: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -111,6 +121,7 @@ def models_context(runs: Sequence[Mapping[str, Any]], folders: Sequence[Path]) -
                      f"every model) · threat model {threat_text(first['threat_model'])} · attacks "
                      + " → ".join(attack_label(a) for a in first["attacks"])),
         "models": [_summary_row(n, r, c) for n, r, c in zip(names, runs, MODEL_COLOURS)],
+        "calibrated": any((r["summary"].get("calibration") or None) for r in runs),
         "ranking": ranking_sentences(names, runs),
         "budget": budget_sentence(first),
         "critical": critical,
