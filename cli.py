@@ -495,7 +495,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return COMMANDS[args.command](args)
     except distributed.PeerFailed as exc:  # [distributed] the failing rank reports its own error
         if not quiet_rank:
-            print(f"tailaudit: error: {exc}", file=sys.stderr)
+            print(f"tailaudit: error: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except TailAuditError as exc:
         if debug:

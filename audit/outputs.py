@@ -27,6 +27,7 @@ from .errors import TailAuditError
 log = logging.getLogger(__name__)
 
 MANIFEST = ".tailaudit-manifest.json"
+MAX_MANIFEST_BYTES = 1 << 20  # a manifest lists a few file names; a larger one is not tailaudit's
 _STAGING_PREFIX = ".tailaudit-staging-"
 
 
@@ -113,8 +114,10 @@ def out_dir_guard(path: str | Path, flag: str = "--out") -> Iterator[Path]:
 
 def read_manifest(out_dir: Path) -> list[str]:
     """Files an earlier run recorded as its own (relative names); [] when none or unreadable."""
+    from .jsonfile import parse_json, read_text
+
     try:
-        data = json.loads((Path(out_dir) / MANIFEST).read_text(encoding="utf-8"))
+        data = parse_json(read_text(Path(out_dir) / MANIFEST, max_bytes=MAX_MANIFEST_BYTES))
         files = data.get("files", []) if isinstance(data, dict) else []
         return [f for f in files if isinstance(f, str) and _is_plain_name(f)]
     except (OSError, ValueError, RecursionError):

@@ -17,6 +17,8 @@ from typing import Any, BinaryIO, Mapping
 import numpy as np
 import torch
 
+from audit.errors import ModelLoadError
+from audit.models.timm_model import check_archive_size
 from audit.outputs import PARTIAL
 from audit.results import _atomic
 
@@ -64,6 +66,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         path = partial if partial.is_file() else path / CHECKPOINT_NAME
     if not path.is_file():
         raise RepairError(f"--resume: no checkpoint at {path}; pass the --out folder of the run to continue")
+    try:
+        check_archive_size(path)  # declared sizes, before torch.load unpacks anything
+    except ModelLoadError as exc:
+        raise RepairError(f"--resume: {exc}") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types

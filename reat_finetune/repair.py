@@ -27,7 +27,9 @@ from audit.engine import adapt_images
 from audit.lifecycle import Renderer, check_ranks_agree, created_now, default_out_dir, output_folder, render_into, start
 from audit.outputs import RunFiles, keep_previous_run, output_error, with_reports
 from audit.pipeline import prepare, run_audit
+from audit.errors import ResultsError
 from audit.results import environment
+from audit.schema import load_results
 from audit.verdict import Verdict
 
 from .checkpoint import CHECKPOINT_NAME, check_fingerprint, fingerprint, is_disk_full, labels_digest, load_checkpoint
@@ -88,8 +90,9 @@ def _reusable_before(path: Path, audit: AuditConfig) -> Optional[dict[str, Any]]
     if not path.is_file():
         return None
     try:
-        res = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        res = load_results(path)  # bounded, schema-checked: a damaged file is audited again, never trusted
+    except ResultsError as exc:
+        log.warning("not reusing the before-audit: %s", exc)
         return None
     if _comparable_config(res.get("config") or {}) != _comparable_config(audit.to_dict()):
         return None

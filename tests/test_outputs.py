@@ -141,3 +141,28 @@ def test_an_interrupted_repair_leaves_the_finished_repair_as_it_was(tmp_path):
     run = run_repair(resumed)
     assert run.before["threat_model"]["eps"] == pytest.approx(0.05)  # the partial run's own before-audit
     assert not (out / PARTIAL).exists() and not (out / PREVIOUS).exists()
+
+
+def test_files_read_back_on_resume_are_bounded(tmp_path, caplog):
+    """What a folder holds is read within limits: an oversized manifest is ignored, a compressed checkpoint that
+    unpacks far beyond its size is refused from the zip's directory, a damaged before-audit is audited again."""
+    import zipfile
+
+    from audit.config import AuditConfig
+    from audit.outputs import MANIFEST, MAX_MANIFEST_BYTES, read_manifest
+    from reat_finetune import RepairError
+    from reat_finetune.checkpoint import load_checkpoint
+    from reat_finetune.repair import _reusable_before
+
+    (tmp_path / MANIFEST).write_text('{"files": ["results.json"], "pad": "' + "x" * MAX_MANIFEST_BYTES + '"}')
+    assert read_manifest(tmp_path) == []
+    bomb = tmp_path / "checkpoint.pt"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("archive/data/0", b"\0" * (200 << 20))  # 200 MiB of zeros in about 200 KB
+    assert bomb.stat().st_size < (1 << 20)
+    with pytest.raises(RepairError, match=r"--resume: checkpoint .* unpack to 209,715,200 bytes"):
+        load_checkpoint(tmp_path)
+    before = tmp_path / "results.json"
+    before.write_text("[" * 100000 + "]" * 100000)
+    assert _reusable_before(before, AuditConfig(model=str(DEMO))) is None
+    assert "not reusing the before-audit" in caplog.text
