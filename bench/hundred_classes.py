@@ -98,6 +98,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--autoattack", default="published", choices=["published", "none"])
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--probe", type=int, help="Square's probe for ours (default: the standard suite's)")
+    ap.add_argument("--variants", default="logit-9,malt-3,malt-9",
+                    help="which of ours to run (logit-9 carries AutoAttack when it runs)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     model = trained(args.arch, args.std_epochs, args.at_epochs, args.at_per_class, args.at_steps, args.eps)
@@ -108,15 +111,17 @@ def main() -> None:
     out: dict = {"config": vars(args), "threads": torch.get_num_threads()}
     runs = [("logit-9", "logit", 9, "published" if args.autoattack == "published" else "none"),
             ("malt-3", "malt", 3, "none"), ("malt-9", "malt", 9, "none")]
+    runs = [r for r in runs if r[0] in args.variants.split(",")]
     for name, ranking, targets, aa in runs:
-        out[name] = evaluate(model, x, y, args.eps, args.batch, aa, None, ranking, targets, None, n_classes=100)
+        out[name] = evaluate(model, x, y, args.eps, args.batch, aa, args.probe, ranking, targets, None, n_classes=100)
         log.info("%s: robust %.3f in %.0f s", name, out[name]["ours_robust_acc"], out[name]["ours_s"])
         if args.json:
             with open(args.json, "w") as fh:
                 json.dump(out, fh, indent=2)
-    aa = out["logit-9"].get("autoattack_published")
+    first = out[runs[0][0]]
+    aa = first.get("autoattack_published")
     print(f"{args.arch}, 100 colour-variant CIFAR-10 classes, {len(y)} points, L-inf eps {args.eps:.4f}, "
-          f"CPU threads {torch.get_num_threads()}; clean {out['logit-9']['clean_acc']:.1%}")
+          f"CPU threads {torch.get_num_threads()}; clean {first['clean_acc']:.1%}")
     if aa:
         print(f"AutoAttack (published): robust {aa['robust_acc']:.1%} in {aa['seconds']:.0f} s "
               f"({', '.join(f'{k} {v:.0f} s' for k, v in aa['per_attack_s'].items())})")

@@ -228,7 +228,8 @@ def attack_budget(attack: Mapping[str, Any]) -> str:
     if attack.get("queries") is not None:
         parts.append(f"{count(attack['queries'])} queries")
     if attack.get("targets") is not None:
-        parts.append(f"{count(attack['targets'])} targets")
+        ranked = " (MALT-ranked)" if attack.get("ranking") == "malt" else ""
+        parts.append(f"{count(attack['targets'])} targets{ranked}")
     if (attack.get("restarts") or 1) > 1:
         parts.append(f"{count(attack['restarts'])} restarts")
     return " × ".join(parts) or "–"

@@ -576,7 +576,7 @@ def test_attack_budgets_and_key_figure_captions_name_what_ran(tmp_path):
     results["verdict"] = compute_verdict(results).to_json()
     text = visible_text(render_report(results, tmp_path, formats=["html"])["html"].read_text(encoding="utf-8"))
     assert "None" not in text
-    assert "5,000 queries" in text and "100 steps × 9 targets" in text and "20 steps" in text
+    assert "5,000 queries" in text and "100 steps × 3 targets (MALT-ranked)" in text and "20 steps" in text
     assert "first attack" in text and "after APGD-CE → APGD-T" in text  # never "first attack" for the second
 
 

@@ -29,7 +29,8 @@ def test_suites_expand_from_the_registry():
     assert [s.name for s in quick] == ["pgd", "temp-pgd"] and quick[0].params.steps == 20
     std = AuditConfig(model="m.onnx", suite="standard").attack_specs()
     assert [s.kind for s in std] == ["apgd-ce", "apgd-t", "temp-pgd", "square"]
-    assert std[0].params.steps == 100 and std[1].params.targets == 9 and std[3].params.queries == 5000
+    assert std[0].params.steps == 100 and std[3].params.queries == 5000
+    assert (std[1].params.ranking, std[1].params.targets, std[3].params.probe) == ("malt", 3, 500)  # measured
     thorough = AuditConfig(model="m.onnx", suite="thorough").attack_specs()
     assert [s.name for s in thorough if s.kind == "temp-pgd"] == [f"temp-pgd@T={t}" for t in ("0.1", "0.5", "2", "5")]
     assert thorough[0].params.restarts == 5 and thorough[-1].params.queries == 20000
@@ -41,7 +42,10 @@ def test_suites_expand_from_the_registry():
     assert custom.suite_name == "custom" and [s.kind for s in custom.attack_specs()] == ["apgd-dlr", "square"]
     # results record every parameter and the registry's display name
     d = std[1].to_dict()
-    assert d["display_name"] == "APGD-T" and d["targets"] == 9 and d["steps"] == 100 and not d["gradient_free"]
+    assert d["display_name"] == "APGD-T" and d["targets"] == 3 and d["steps"] == 100 and not d["gradient_free"]
+    # AutoAttack's own rule is one flag away, and a flag overrides the suite
+    aa_rule = AuditConfig(model="m.onnx", suite="standard", target_ranking="logit", targets=9).attack_specs()[1]
+    assert (aa_rule.params.ranking, aa_rule.params.targets) == ("logit", 9)
     assert set(SUITES.names()) == {"quick", "standard", "thorough"}
     assert {"pgd", "temp-pgd", "apgd-ce", "apgd-dlr", "apgd-t", "square"} <= set(ATTACKS.names())
 
