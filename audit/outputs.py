@@ -126,8 +126,12 @@ def read_manifest(out_dir: Path) -> list[str]:
 
 def _staging_prefix(pid: Optional[int] = None) -> str:
     """Staging folders are named after the host and process that own them."""
-    host = "".join(ch for ch in socket.gethostname() if ch.isalnum() or ch in "-_")[:64] or "host"
-    return f"{_STAGING_PREFIX}{host}.{os.getpid() if pid is None else pid}."
+    return f"{_STAGING_PREFIX}{_host()}.{os.getpid() if pid is None else pid}."
+
+
+def _host() -> str:
+    """This machine's name, reduced to characters safe in a file name and a one-line message."""
+    return "".join(ch for ch in socket.gethostname() if ch.isalnum() or ch in "-_")[:64] or "host"
 
 
 def _alive(pid: int) -> bool:
@@ -337,9 +341,8 @@ def folder_lock(out_dir: Path, flag: str = "--out") -> Iterator[None]:
         if same:
             break
         os.close(fd)
-    host = "".join(ch for ch in socket.gethostname() if ch.isalnum() or ch in "-_.")[:64]
     os.ftruncate(fd, 0)
-    os.write(fd, f"pid={os.getpid()} host={host} started={datetime.now(timezone.utc).isoformat(timespec='seconds')}\n"
+    os.write(fd, f"pid={os.getpid()} host={_host()} started={datetime.now(timezone.utc).isoformat(timespec='seconds')}\n"
              .encode())
     try:
         yield
@@ -426,6 +429,8 @@ def keep_previous_run(out: Path, names: Sequence[str], *, resume: bool) -> Itera
     run to protect they stay in place). With ``resume``, a partial run is continued in place of the finished
     one; without a partial run, ``resume`` continues the files in ``out`` as they are. ``names`` are claimed in
     the folder's manifest first, so the run's own unfinished files are never taken for someone else's."""
+    from .results import _atomic
+
     recover_killed_run(out, names)
     manifest = out / MANIFEST
     saved = manifest.read_bytes() if manifest.is_file() else None  # put back byte for byte on failure
@@ -447,7 +452,7 @@ def keep_previous_run(out: Path, names: Sequence[str], *, resume: bool) -> Itera
             if saved is None:  # a refusal before anything was written leaves no trace
                 manifest.unlink(missing_ok=True)
             else:
-                _atomic_bytes(manifest, saved)
+                _atomic(manifest, lambda fh: fh.write(saved))
         except OSError as exc:  # best effort: say where the files are
             log.warning("could not put the earlier run in %s back (%s); its files are in %s", out, exc, out / PREVIOUS)
         raise
@@ -458,16 +463,10 @@ def keep_previous_run(out: Path, names: Sequence[str], *, resume: bool) -> Itera
 def claim(out: Path, names: Sequence[str]) -> None:
     """Record ``names`` in the folder's manifest before the run writes them in place (a checkpoint, a before-audit),
     so a later run knows them as tailaudit's even when this one never finishes."""
+    from .results import write_json
+
     current = read_manifest(out)
     missing = [n for n in names if n not in current and _is_plain_name(n)]
     if not missing:
         return
-    text = json.dumps({"tool": "tailaudit", "files": current + missing}, indent=2) + "\n"
-    _atomic_bytes(out / MANIFEST, text.encode("utf-8"))
-
-
-def _atomic_bytes(target: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tailaudit-manifest-", dir=target.parent)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, target)
+    write_json(out / MANIFEST, {"tool": "tailaudit", "files": current + missing})
