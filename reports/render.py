@@ -16,7 +16,6 @@ from audit.outputs import output_error, prepare_out_dir
 
 from .audit_view import audit_context
 from .compare_view import compare_context
-from .fetcher import LocalOnlyFetcher
 from .fmt import interval, keep_words, num, pct, points
 from .load import check_comparable, coerce_results
 from .models_view import MAX_MODELS, model_names, models_context
@@ -76,6 +75,8 @@ def _quiet_svg_css() -> Iterator[None]:
 def write_pdf(html: str, target: Path) -> None:
     """HTML -> A4 PDF with WeasyPrint; resources only from data: URLs and the templates folder."""
     import weasyprint  # imported lazily: loading it takes a moment and HTML-only callers do not need it
+
+    from .fetcher import LocalOnlyFetcher
 
     def write(tmp: Path) -> None:
         document = weasyprint.HTML(string=html, base_url=str(TEMPLATES), url_fetcher=LocalOnlyFetcher(TEMPLATES))
