@@ -245,6 +245,7 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
         budget=budget, plan=vplan,
         guard=BatchSource(data.train, guard_idx, labels, data.image_shape) if vplan.missing else None,
         prior_counts=[1.0] * C if sampler == "class-balanced" else None, sampler=sampler, sampler_rule=sampler_rule,
+        input_test_clean=before["summary"]["clean"].get("mean"),
     )
     log.info("fine-tuning with %s (tail penalty %s, features: %s, %s sampling) on %d images for %d steps (%s), "
              "validating on %d%s", method.name, penalty, setup.feature_source, sampler, len(train_idx),

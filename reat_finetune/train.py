@@ -265,6 +265,7 @@ class TrainSetup:
     prior_counts: Optional[list[float]] = None  # class prior of the batches (Balanced Softmax); None: train_counts
     sampler: str = "shuffle"  # resolved: shuffle | class-balanced
     sampler_rule: str = ""
+    input_test_clean: Optional[float] = None  # the before-audit's balanced clean accuracy (Floors.of_input)
 
 
 @dataclass
@@ -477,7 +478,11 @@ class Trainer:
         base = self._validate(0)
         entry0 = {"epoch": 0, "step": 0, "loss": None, "lr": None, "time_s": time.perf_counter() - t0, **base,
                   "note": "the input model, before fine-tuning", "eligible": True, "ineligible_because": []}
-        floors = Floors.of_input(entry0, self.setup.num_classes, self.config.min_clean_kept)
+        floors = Floors.of_input(entry0, self.setup.num_classes, self.config.min_clean_kept, self.setup.input_test_clean)
+        if floors.reference_source == "test":  # recorded in selection.floors; the usual case, so not a warning
+            log.info("the input model scores %s on the validation images (from the training data it was trained on) "
+                     "but %s on the held-out test images, so the clean-accuracy floor is %s", _pct(base["val_clean_acc"]),
+                     _pct(floors.reference), floors.clean_words())
         log.info("step 0 (input model): validation clean %s, worst-case robust %s", _pct(base["val_clean_acc"]),
                  _pct(base["val_robust_acc"]))
         return TrainState(counts_prev=[int(c) for c in self.setup.train_counts], window=Window(self._lr(0)),

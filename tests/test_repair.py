@@ -346,7 +346,15 @@ def test_selection_rule_floors_guard_and_ties():
     floors = Floors.of_input(e(0.2, 0.3, clean=0.9), num_classes=10, min_clean_kept=0.8)
     assert floors.clean == pytest.approx(0.72) and floors.guard == 0.3 and floors.chance == pytest.approx(0.19)
     assert not ineligible_because(e(0.5, 0.3, clean=0.72), floors)
-    assert "below 80%" in ineligible_because(e(0.5, 0.3, clean=0.71), floors)[0]  # the collapse of issue 15
+    assert "below the floor 72.0% (80% of the input model's 90.0% on validation)" in \
+        ineligible_because(e(0.5, 0.3, clean=0.71), floors)[0]  # the collapse of issue 15
+    # an input that memorised its validation images (93.6% there, 59.1% on the test images): the floor is a
+    # share of the honest figure, or adversarial fine-tuning could never be kept (the CIFAR-10-LT GPU run)
+    memo = Floors.of_input(e(0.0, clean=0.936), num_classes=10, min_clean_kept=0.8, test_clean=0.591)
+    assert (memo.reference, memo.reference_source) == (0.591, "test") and memo.clean == pytest.approx(0.4728)
+    assert not ineligible_because(e(0.2, clean=0.55), memo)
+    assert "on the held-out test images" in ineligible_because(e(0.2, clean=0.47), memo)[0]
+    assert Floors.of_input(e(0.0, clean=0.5), 10, 0.8, test_clean=0.6).reference_source == "validation"
     assert "training images" in ineligible_because(e(0.9, 0.2), floors)[0]  # the tail guard
     assert "collapse" in ineligible_because(e(0.9, 0.3, val_collapse="60% of all clean predictions"), floors)[0]
     low = Floors.of_input(e(0.0, clean=0.15), num_classes=10, min_clean_kept=0.8)
@@ -439,6 +447,11 @@ def test_repair_on_digits_raises_tail_robustness(tmp_path):
         assert v["per_class_counts"][7] == 1 and v["missing_classes"] == ["8", "9"] and v["fallback"]
         assert d["metric"] == "val_robust_acc" and d["rule"].endswith(".") and d["chosen_epoch"] == run.best_epoch
     assert log["n_val"] == sum(log["selection"]["validation"]["per_class_counts"])
+    # the input scores 100% on validation images it was trained on: the clean floor is a share of its test figure
+    floors, val0 = log["selection"]["floors"], log["epochs"][0]["val_clean_acc"]
+    test_clean = json.loads((out / "before" / "results.json").read_text())["summary"]["clean"]["mean"]
+    assert val0 > test_clean and floors["reference_source"] == "test" and floors["reference"] == test_clean
+    assert floors["clean"] == pytest.approx(0.8 * test_clean)
     assert log["feature_source"] == "final-linear-input" and log["tail_penalty"] == "pairwise"
     for e in log["epochs"][1:]:
         assert {"loss", "val_clean_acc", "val_robust_acc", "guard_robust_acc", "adv_pred_counts", "lr", "time_s",
