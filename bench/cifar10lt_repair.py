@@ -14,10 +14,13 @@ combinations that matter (class-balanced batches, ε warm-up, label-aware smooth
 Prints one table (clean, clean kept as a share of the input's, PGD-20, worst-case robust overall
 and per group, head/tail gap, expected calibration error of the clean predictions (MiSLAS's:
 15 bins of top-1 confidence, x100), the repair outcome, fine-tuning and wall time, hardware) and
-writes it to <out>/table.md and table.json after every method (a partial run keeps what finished).
+writes it to <out>/table.md and table.json after every method (a partial run keeps what finished;
+``--resume`` skips the rows table.json already holds). ``--top K`` then repairs the K best rows
+again with the next seed and re-audits the input and those K repairs with ``--suite standard``
+(same test subset: the subset's selection seed is fixed).
 
     .venv/bin/python bench/cifar10lt_repair.py [--settings "REAT,AT-BSL"] [--steps-total N] [--lr 0.05]
-        [--n-per-class 100] [--device auto]
+        [--n-per-class 100] [--device auto] [--workers 8] [--top 3] [--resume] [--no-reports]
 """
 from __future__ import annotations
 
