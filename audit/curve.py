@@ -46,10 +46,14 @@ def merge(base: PointRecords, later: PointRecords, positions: np.ndarray) -> Poi
     if base.carried_points is not None and later.carried_points is not None:
         carried = base.carried_points.copy()
         carried[:, positions] |= later.carried_points
+    reran = None
+    if base.rerun_points is not None and later.rerun_points is not None:
+        reran = base.rerun_points.copy()
+        reran[:, positions] |= later.rerun_points
     return PointRecords(
         base.index, base.label, base.clean_pred, pred, step, list(later.attack_names), list(later.attack_seconds),
         later.clean_seconds, list(later.zero_grad), list(later.attacked), later.rescored, later.rescore_disagreed,
-        later.examples, list(later.warnings), carried_points=carried)
+        later.examples, list(later.warnings), carried_points=carried, rerun_points=reran)
 
 
 def run_curve(config: AuditConfig, eval_idx: np.ndarray,

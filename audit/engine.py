@@ -51,6 +51,8 @@ class PointRecords:
     survivors_broken: list[int] = field(default_factory=list)
     # (A, N) bool: the point carried on past Square's probe to the attack's full budget
     carried_points: Optional[np.ndarray] = None
+    # (A, N) bool: the point got Square's extra independent runs (gradients blind there, still robust after one)
+    rerun_points: Optional[np.ndarray] = None
     # calibration (audit/calibration.py, set after the cascade): (N,) clean confidence (max softmax); with
     # --calibration-steps > 0 also the attacked prediction, the confidence the procedure reached, and whether it
     # misclassified a point the cascade left robust / did not reach the class the cascade assigned
@@ -192,6 +194,7 @@ class _Tally:
         self.step = np.full((A, n), -1, np.int64)
         self.zero_grad_points = np.zeros((A, n), bool)
         self.carried = np.zeros((A, n), bool)  # points that went past Square's probe
+        self.reran = np.zeros((A, n), bool)  # points that got Square's reruns
         self.jitter = np.zeros(n, np.float32)
         self.seconds = [0.0] * A
         self.zero_grad = [0] * A
@@ -355,6 +358,8 @@ class Evaluator:
         cols = tally.pos + sel.cpu().numpy()
         if out.carried_on is not None:
             tally.carried[a, cols] = out.carried_on.cpu().numpy()
+        if out.reran is not None:
+            tally.reran[a, cols] = out.reran.cpu().numpy()
         tally.seconds[a] += time.perf_counter() - t0
         tally.zero_grad[a] += out.zero_grad
         tally.zero_grad_points[a, cols] = out.zero_grad_mask.cpu().numpy()
@@ -401,7 +406,7 @@ class Evaluator:
                             t.clean_s, t.zero_grad, t.attacked, t.rescored, t.disagreed, t.keeper.arrays(),
                             t.warnings, zero_grad_points=t.zero_grad_points, logit_jitter=t.jitter,
                             verified_by=self.verified_by, survivors_broken=t.survivors_broken,
-                            carried_points=t.carried)
+                            carried_points=t.carried, rerun_points=t.reran)
 
 
 @dataclass

@@ -91,6 +91,13 @@ def sanity_section(records: Any, specs: Sequence[AttackSpec], class_names: Seque
             "attack": specs[a].name, "probe_queries": int(specs[a].params.probe),
             "full_queries": int(specs[a].params.queries), "attacked": int(records.attacked[a]),
             "full_budget_points": int(carried.sum()), "per_class": per, "classes": _names(per, class_names)}
+        reruns = int(getattr(specs[a].params, "reruns", 0) or 0)
+        reran = getattr(records, "rerun_points", None)
+        if reruns and reran is not None:
+            reran = reran[a]
+            per_r = _per_class(reran, labels, C)
+            square_section["probe"].update(reruns=reruns, rerun_points=int(reran.sum()), rerun_per_class=per_r,
+                                           rerun_classes=_names(per_r, class_names))
 
     # 3. randomised forward passes
     jit = records.logit_jitter if records.logit_jitter is not None else np.zeros(len(labels), np.float32)

@@ -137,6 +137,14 @@ def sanity_rows(results: Mapping[str, Any]) -> list[dict[str, str]]:
                                                                    else "")
                                      + f"; the rest stopped at {count(pr.get('probe_queries'))}"),
                          "ok": True})
+            if pr.get("reruns"):
+                r = int(pr.get("rerun_points") or 0)
+                rows.append({"check": f"Square's {count(pr.get('reruns'))} independent rerun(s) where the gradients "
+                                      "were blind",
+                             "outcome": (f"ran on {count(r)} point(s) that no gradient attack had a non-zero gradient "
+                                         "on and that Square's first run left robust"
+                                         + (f" (classes {classes(pr.get('rerun_classes'))})" if r else "")),
+                             "ok": True})
     rnd = s.get("randomised") or {}
     n = int(rnd.get("points") or 0)
     rows.append({"check": "Same logits on two identical passes",

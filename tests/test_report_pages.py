@@ -474,6 +474,12 @@ def test_suite_sentence_and_gradient_masking_rows():
     probe = [r for r in sanity_rows({"sanity": sanity}) if "5,000 queries" in r["check"]]
     assert len(probe) == 1 and probe[0]["ok"]
     assert "3 of 47 points" in probe[0]["outcome"] and "frog" in probe[0]["outcome"] and "1,000" in probe[0]["outcome"]
+    assert not [r for r in sanity_rows({"sanity": sanity}) if "rerun" in r["check"]]
+    # its reruns on the points the gradients were blind on (zero gradients everywhere)
+    sanity["square_only"]["probe"].update(reruns=2, rerun_points=4, rerun_per_class=[], rerun_classes=["cat"])
+    rerun = [r for r in sanity_rows({"sanity": sanity}) if "rerun" in r["check"]]
+    assert len(rerun) == 1 and "2 independent" in rerun[0]["check"] and "4 point" in rerun[0]["outcome"]
+    assert "cat" in rerun[0]["outcome"]
 
 
 def test_label_order_box_says_what_the_run_assumed_each_output_meant():

@@ -142,3 +142,70 @@ def test_zero_gradients_give_every_point_squares_full_budget():
     assert expected.sum() > 0 and np.array_equal(probed.carried_points[1], expected)
     sanity, _ = sanity_section(probed, specs, CLASSES)
     assert sanity["square_only"]["probe"]["full_budget_points"] == int(expected.sum())
+
+
+def _square_cascade(model, x, y, batch, reruns, queries=40, ids=None):
+    specs = [make_spec("apgd-ce", "linf", 0.03, steps=10),
+             make_spec("square", "linf", 0.03, queries=queries, probe=10, reruns=reruns)]
+    ids = torch.arange(len(y)) if ids is None else ids
+    batches = [(x[i:i + batch], y[i:i + batch], ids[i:i + batch]) for i in range(0, len(y), batch)]
+    evaluator = Evaluator(model, 10, x.shape[1:], torch.device("cpu"))
+    return evaluator.cascade(batches, [create_attack(s) for s in specs], n_total=len(y), seed=0), specs
+
+
+def test_zero_gradients_give_square_an_independent_rerun_on_the_points_it_left_robust():
+    """Behind input rounding every gradient is zero: the points Square's first run leaves robust get a
+    second, independently seeded run of the full budget; what it breaks is recorded after the first
+    run's queries, and batch size, sharding and batch order change nothing."""
+    model = Rounded().eval()
+    x, y = _data(model, 60)
+    once, _ = _square_cascade(model, x, y, 60, 0)
+    twice, specs = _square_cascade(model, x, y, 60, 1)
+    attacked = twice.clean_correct & ~twice.broken()[0]
+    assert twice.zero_grad_points[0][twice.clean_correct].all()
+    # the first run is the same run: what it broke, it broke at the same query
+    first = once.broken()[1]
+    assert np.array_equal(twice.step[1][first], once.step[1][first])
+    # the rerun ran exactly on the attacked points the first run left robust ...
+    left = attacked & ~first
+    assert left.sum() > 0 and np.array_equal(twice.rerun_points[1], left)
+    assert once.rerun_points[1].sum() == 0
+    # ... and broke some of them, recorded after the first run's start and 40 queries
+    extra = twice.broken()[1] & ~first
+    assert extra.sum() > 0 and (twice.step[1][extra] >= 41).all() and (twice.step[1][extra] <= 81).all()
+    for batch in (1, 7):
+        again, _ = _square_cascade(model, x, y, batch, 1)
+        assert np.array_equal(again.step, twice.step) and np.array_equal(again.rerun_points, twice.rerun_points)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(3))
+    shuffled, _ = _square_cascade(model, x[order], y[order], 11, 1, ids=order)
+    assert np.array_equal(shuffled.step[:, order.argsort().numpy()], twice.step)
+    a, _ = _square_cascade(model, x[:23], y[:23], 5, 1)
+    b, _ = _square_cascade(model, x[23:], y[23:], 9, 1, ids=torch.arange(23, len(y)))
+    assert np.array_equal(np.concatenate([a.step, b.step], 1), twice.step)
+    sanity, _ = sanity_section(twice, specs, CLASSES)
+    pr = sanity["square_only"]["probe"]
+    assert pr["reruns"] == 1 and pr["rerun_points"] == int(left.sum()) and sum(pr["rerun_per_class"]) == int(left.sum())
+
+
+def test_the_rerun_counts_its_queries_and_skips_points_the_gradients_informed():
+    """On one Square call: only points whose margin to beat is +inf are rerun, every query is counted,
+    and a finite margin (an informative gradient attack) keeps the single run."""
+    model = Rounded().eval()
+    x, y = _data(model, 40)
+    sq = _square(10, queries=40)
+    rerun = create_attack(make_spec("square", "linf", 0.03, queries=40, probe=10, reruns=1))
+    blind = torch.full((len(y),), float("inf"))
+    blind[::2] = -float("inf")  # even points: the gradient attacks "did better", so they stop at the probe
+    one = sq.run(model, x, y, noise=_noise(len(y)), margin_to_beat=blind)
+    two = rerun.run(model, x, y, noise=_noise(len(y)), margin_to_beat=blind)
+    assert rerun.budget == 81 and sq.budget == 40
+    left = (one.step < 0) & torch.isinf(blind) & (blind > 0)
+    assert bool(left.any()) and torch.equal(two.reran, left) and one.reran is None
+    assert torch.equal(two.step[~left], one.step[~left])
+    # the rerun's own forwards: one start each plus a query per point per step until broken
+    extra = two.step[left]
+    queries = torch.where(extra >= 0, extra - 41, torch.full_like(extra, 40))
+    assert two.forwards == one.forwards + int(left.sum()) + int(queries.sum())
+    with torch.no_grad():
+        assert torch.equal(model(two.x_adv).argmax(1), two.pred)
+    assert float((two.x_adv - x).abs().max()) <= 0.03 + 1e-6

@@ -31,9 +31,11 @@ def test_suites_expand_from_the_registry():
     assert [s.kind for s in std] == ["apgd-ce", "apgd-t", "temp-pgd", "square"]
     assert std[0].params.steps == 100 and std[3].params.queries == 5000
     assert (std[1].params.ranking, std[1].params.targets, std[3].params.probe) == ("malt", 3, 500)  # measured
+    assert std[3].params.reruns == 2  # measured: Square's reruns where every gradient was zero
     thorough = AuditConfig(model="m.onnx", suite="thorough").attack_specs()
     assert [s.name for s in thorough if s.kind == "temp-pgd"] == [f"temp-pgd@T={t}" for t in ("0.1", "0.5", "2", "5")]
     assert thorough[0].params.restarts == 5 and thorough[-1].params.queries == 20000
+    assert thorough[-1].params.reruns == 0
     # a flag sets only the parameters an attack declares
     specs = AuditConfig(model="m.onnx", suite="standard", steps=7, queries=30).attack_specs()
     assert [getattr(s.params, "steps", None) for s in specs] == [7, 7, 7, None]

@@ -69,7 +69,8 @@ class AttackOutcome:
     ``zero_grad`` marks points whose input gradient was exactly zero at the first step.
     ``carried_on`` (Square with a probe) marks points that went on past the probe to the full
     budget; None when the attack has no probe. ``min_margin`` (gradient attacks) is the lowest
-    :func:`logit_margin` seen at any iterate, what Square's probe has to beat.
+    :func:`logit_margin` seen at any iterate, what Square's probe has to beat. ``reran`` (Square
+    with ``reruns``) marks points that got the extra independent runs; None when it has none.
     """
 
     x_adv: torch.Tensor
@@ -79,6 +80,7 @@ class AttackOutcome:
     forwards: int
     carried_on: Optional[torch.Tensor] = None
     min_margin: Optional[torch.Tensor] = None
+    reran: Optional[torch.Tensor] = None
 
     @property
     def zero_grad(self) -> int:

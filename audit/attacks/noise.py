@@ -56,6 +56,10 @@ class Noise:
         """The streams of the points in ``keep`` (bool mask or indices), in order."""
         raise NotImplementedError
 
+    def fork(self, tag: str) -> "Noise":
+        """New streams for the same points, independent of these ones and of how far they were drawn."""
+        raise NotImplementedError
+
 
 class PointNoise(Noise):
     """One CPU generator per point; draws are moved to ``device``."""
@@ -94,6 +98,11 @@ class PointNoise(Noise):
             k = k.nonzero().squeeze(1)
         return PointNoise([self._gens[int(i)] for i in k.tolist()], self.device)
 
+    def fork(self, tag: str) -> "PointNoise":
+        """Each point's new stream is seeded by (its own stream's seed, ``tag``): a function of the point alone."""
+        return PointNoise([torch.Generator().manual_seed(point_seed(g.initial_seed(), tag, 0)) for g in self._gens],
+                          self.device)
+
 
 class BatchNoise(Noise):
     """One generator shared by the batch (training): draws depend on the batch composition."""
@@ -116,3 +125,7 @@ class BatchNoise(Noise):
         k = torch.as_tensor(keep)
         n = int(k.sum()) if k.dtype == torch.bool else int(k.numel())
         return BatchNoise(self._gen, n)
+
+    def fork(self, tag: str) -> "BatchNoise":
+        """The batch's generator, drawn on (training only needs fresh numbers)."""
+        return BatchNoise(self._gen, self._n)

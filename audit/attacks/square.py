@@ -12,7 +12,9 @@ It only needs pixels -> logits, so for ONNX models the engine hands it onnxrunti
 A change is kept when it lowers the margin ``z_y - max_{j != y} z_j``. The window side
 shrinks on a fixed schedule of the query count (``p_init`` = 0.8 of the image area at the
 start). Every draw comes from the point's own random stream, and a point stops querying the
-moment it is misclassified.
+moment it is misclassified. With ``reruns`` (the standard suite: 2), a point no gradient attack
+had a non-zero gradient on, and that the run left robust, gets further complete runs from fresh
+starts on independent streams of its own (docs/attacks.md, "Square's reruns").
 """
 from __future__ import annotations
 
@@ -41,8 +43,9 @@ class SquareParams(AttackParams):
     queries: int = 5000
     p_init: float = 0.8
     probe: int = 0
+    reruns: int = 0
     bounds: ClassVar[dict] = {"queries": (1, MAX_QUERIES, "--queries"), "p_init": (1e-4, 1.0, "--p-init"),
-                              "probe": (0, MAX_QUERIES, "--probe")}
+                              "probe": (0, MAX_QUERIES, "--probe"), "reruns": (0, 10, "reruns")}
 
 
 def window_share(p_init: float, it: int, queries: int) -> float:
@@ -113,7 +116,8 @@ class Square(Attack):
 
     @property
     def budget(self) -> int:
-        return int(self.params.queries)
+        """Queries of the run, plus a start and the queries of each rerun (on points the gradients were blind on)."""
+        return int(self.params.queries) + int(self.params.reruns) * (int(self.params.queries) + 1)
 
     def label(self) -> str:
         return f"{self.display_name}-{self.params.queries}"
@@ -219,20 +223,55 @@ class Square(Attack):
         With ``probe`` > 0 and ``margin_to_beat`` (the lowest margin the gradient attacks reached
         on each point), a point whose margin after ``probe`` queries is not below that figure
         stops there; the others carry on with the same schedule to ``queries`` (docs/attacks.md).
+        With ``reruns`` > 0 and ``margin_to_beat``, a point whose figure is +inf (no gradient attack
+        had a non-zero gradient there, or the verifying runtime rejected its near miss) and that
+        the run left robust gets ``reruns`` more complete runs of ``queries`` from fresh starts, each
+        drawn from new streams of its own (:meth:`Noise.fork`). Steps count every model evaluation of
+        the point (a run is a start and ``queries`` queries), so a point the r-th rerun breaks at its
+        query k is recorded at step ``r * (queries + 1) + k``.
         """
         ctx = autocast or contextlib.nullcontext
-        n, c, h, w = x.shape
+        n = x.shape[0]
         x = x.detach()
 
         def score(z: torch.Tensor) -> torch.Tensor:
             with torch.no_grad(), ctx():
                 return model(z).float()
 
-        out_step = torch.full((n,), -1, dtype=torch.long, device=x.device)
         zero = torch.zeros(n, dtype=torch.bool, device=x.device)
         if self.spec.eps == 0:
             logits = score(x)
             return AttackOutcome(x.clone(), logits.argmax(1), torch.where(logits.argmax(1) != y, 0, -1), zero, n)
+        probe = int(self.params.probe) if (early_stop and margin_to_beat is not None) else 0
+        xb, margin, pred, out_step, forwards, carried_on = self._search(score, x, y, noise, early_stop, probe,
+                                                                        margin_to_beat)
+        reruns = int(self.params.reruns) if (early_stop and margin_to_beat is not None) else 0
+        reran = torch.zeros(n, dtype=torch.bool, device=x.device) if reruns else None
+        if reruns:
+            blind = torch.isposinf(margin_to_beat.to(device=x.device, dtype=torch.float32))
+            for r in range(1, reruns + 1):
+                sel = ((out_step < 0) & blind).nonzero().squeeze(1)
+                if sel.numel() == 0:
+                    break
+                reran[sel] = True
+                # fresh streams per point: the rerun depends on (seed, attack, point, r) only
+                xb2, m2, p2, s2, f2, _ = self._search(score, x[sel], y[sel], noise.subset(sel.cpu()).fork(f"rerun{r}"),
+                                                      True, 0, None)
+                forwards += f2
+                fooled2 = s2 >= 0
+                better = fooled2 | (m2 < margin[sel])
+                xb[sel] = torch.where(view_rows(better, xb2), xb2, xb[sel])
+                margin[sel] = torch.where(better, m2, margin[sel])
+                pred[sel] = torch.where(better, p2, pred[sel])
+                out_step[sel] = torch.where(fooled2, s2 + r * (int(self.params.queries) + 1), out_step[sel])
+        return AttackOutcome(xb, pred, out_step, zero, forwards, carried_on if probe else None, reran=reran)
+
+    def _search(self, score, x: torch.Tensor, y: torch.Tensor, noise: Noise, early_stop: bool, probe: int,
+                margin_to_beat: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                 torch.Tensor, int, torch.Tensor]:
+        """One random search from a fresh start: (best points, margins, predictions, steps, forwards, carried on)."""
+        n, c, h, w = x.shape
+        out_step = torch.full((n,), -1, dtype=torch.long, device=x.device)
         xb = self._init_l2(x, noise) if self.spec.norm == "l2" else self._init_linf(x, noise)
         logits = score(xb)
         forwards = n
@@ -240,7 +279,6 @@ class Square(Attack):
         pred = logits.argmax(1)
         fooled = pred != y
         out_step[fooled] = 0
-        probe = int(self.params.probe) if (early_stop and margin_to_beat is not None) else 0
         # the points still querying, kept compact: (batch index, pixels, best point, label, margin, best pred)
         idx = (~fooled).nonzero().squeeze(1) if early_stop else torch.arange(n, device=x.device)
         xa, xba, ya, ma, pa = x[idx], xb[idx], y[idx], margin[idx], pred[idx]
@@ -293,7 +331,7 @@ class Square(Attack):
                 else:
                     done_a = done_a | newly
         write_back()
-        return AttackOutcome(xb, pred, out_step, zero, forwards, carried_on if probe else None)
+        return xb, margin, pred, out_step, forwards, carried_on
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, noise: Noise,
                 autocast: Autocast = None) -> torch.Tensor:
