@@ -8,12 +8,17 @@ points each one breaks that the other misses, and the attack time.
 
     OMP_NUM_THREADS=1 python bench/suite_vs_autoattack.py --n-per-class 20
 
+``--aa-cache FILE`` keeps AutoAttack's side (robust mask and seconds per attack) in a JSON file
+keyed by the model (recipe, epochs, mask, ...), the attack settings, eps and a hash of the exact
+points, so re-running ours against the same AutoAttack result costs only ours' time.
+
 Targets (issue 7): ours no more than 0.2 points above AutoAttack's robust accuracy, and at
 most one third of its time.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import time
@@ -22,6 +27,46 @@ import torch
 import torch.nn.functional as F
 
 from _common import CACHE, load_tensors, log, standard_model
+
+
+def points_hash(x: torch.Tensor, y: torch.Tensor) -> str:
+    """A short fingerprint of the exact evaluation points (pixels and labels)."""
+    h = hashlib.sha256()
+    h.update(x.detach().float().contiguous().numpy().tobytes())
+    h.update(y.detach().long().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class AutoAttackCache:
+    """AutoAttack's per-point results in a JSON file: {key: {"robust_mask", "per_attack_s"}}.
+
+    The key names everything the result depends on: the model (architecture, training recipe and
+    epochs, the rounding mask), eps, the batch size, which AutoAttack, torchattacks' version and a
+    hash of the points. A missing or unreadable file is an empty cache.
+    """
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.data: dict = {}
+        if path:
+            try:
+                with open(path) as fh:
+                    self.data = json.load(fh)
+            except (OSError, ValueError):
+                self.data = {}
+
+    def get(self, key: str) -> dict | None:
+        return self.data.get(key)
+
+    def put(self, key: str, value: dict) -> None:
+        if not self.path:
+            return
+        self.data[key] = value
+        with open(self.path + ".tmp", "w") as fh:
+            json.dump(self.data, fh, indent=1)
+        import os
+
+        os.replace(self.path + ".tmp", self.path)
 
 
 def trades_example(model: torch.nn.Module, x: torch.Tensor, eps: float, steps: int,
@@ -160,7 +205,8 @@ def run_autoattack(model: torch.nn.Module, attacks: list, x: torch.Tensor, y: to
 
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, batch: int,
              which: str = "both", probe: int | None = None, ranking: str | None = None, targets: int | None = None,
-             candidates: int | None = None, n_classes: int = 10) -> dict:
+             candidates: int | None = None, n_classes: int = 10, cache: AutoAttackCache | None = None,
+             model_key: str = "") -> dict:
     from audit.attacks import create_attack
     from audit.config import AuditConfig
     from audit.engine import Evaluator
@@ -184,15 +230,37 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
            "ours_per_attack_s": dict(zip(rec.attack_names, rec.attack_seconds)),
            "ours_attacked": dict(zip(rec.attack_names, rec.attacked)),
            "square_full_budget_points": int(rec.carried_points[-1].sum()), "square_probe": specs[-1].params.probe,
+           "square_reruns": int(getattr(specs[-1].params, "reruns", 0)),
+           "square_rerun_points": int(rec.rerun_points[-1].sum()) if rec.rerun_points is not None else 0,
+           # per Square run (0 = the first, r = the r-th rerun on points the gradients were blind on): the
+           # positions it broke (a run is a start and `queries` queries, so run r's steps are r * (queries + 1) + k)
+           "square_broken_by_run": {
+               str(r): [int(i) for i in ((rec.step[-1] >= 0) & (rec.step[-1] // (specs[-1].params.queries + 1) == r)
+                                         ).nonzero()[0]]
+               for r in range(1 + int(getattr(specs[-1].params, "reruns", 0)))},
            "ours_robust_mask": ours_robust.int().tolist(), "labels": y.tolist(),
            "apgd_t": next((s.params.to_dict() for s in specs if s.kind == "apgd-t"), None)}
+    import torchattacks
+
     for name, aa in autoattacks(model, eps, which, n_classes).items():
-        aa_robust, per_attack = run_autoattack(model, aa, x, y, batch)
+        key = (f"{model_key}|{name}|eps={eps:.6f}|batch={batch}|classes={n_classes}|"
+               f"torchattacks={torchattacks.__version__}|points={points_hash(x, y)}")
+        hit = cache.get(key) if cache is not None else None
+        if hit is not None:
+            aa_robust, per_attack = torch.tensor(hit["robust_mask"], dtype=torch.bool), hit["per_attack_s"]
+            log.info("%s: AutoAttack's result read from %s (%s)", name, cache.path, key)
+        else:
+            aa_robust, per_attack = run_autoattack(model, aa, x, y, batch)
+            if cache is not None:
+                cache.put(key, {"robust_mask": aa_robust.int().tolist(), "per_attack_s": per_attack})
         aa_s = sum(per_attack.values())
         out[name] = {"robust_acc": float(aa_robust.float().mean()),
                      "both_robust_acc": float((ours_robust & aa_robust).float().mean()),
                      "broken_by_autoattack_only": int((ours_robust & ~aa_robust).sum()),
                      "broken_by_ours_only": int((aa_robust & ~ours_robust).sum()),
+                     "points_broken_by_autoattack_only": (ours_robust & ~aa_robust).nonzero().squeeze(1).tolist(),
+                     "points_broken_by_ours_only": (aa_robust & ~ours_robust).nonzero().squeeze(1).tolist(),
+                     "cached": hit is not None,
                      "seconds": aa_s, "per_attack_s": per_attack, "time_ratio": ours_s / aa_s,
                      "robust_mask": aa_robust.int().tolist()}
         log.info("%s: %s", name, out[name])
@@ -217,13 +285,19 @@ def main() -> None:
                     help="put the models behind 5-bit input rounding (gradient masking: zero input gradients)")
     ap.add_argument("--autoattack", default="both", choices=["torchattacks", "published", "both", "none"],
                     help="torchattacks' AutoAttack class defaults (10 iterations), the published settings (100), or both")
-    ap.add_argument("--probe", type=int, help="Square's probe for ours (default: the standard suite's 1000; 0 = off)")
+    ap.add_argument("--probe", type=int, help="Square's probe for ours (default: the standard suite's 500; 0 = off)")
     ap.add_argument("--json", help="also write the figures here")
     ap.add_argument("--target-ranking", choices=["logit", "malt"], help="ours: APGD-T's target ranking")
     ap.add_argument("--targets", type=int, help="ours: APGD-T target classes")
     ap.add_argument("--rank-candidates", type=int, help="ours, MALT: classes ranked per point")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
+    ap.add_argument("--aa-cache", help="JSON file to read AutoAttack's per-point results from, and to add new ones "
+                                       "to (keyed by model, settings and a hash of the points)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cache = AutoAttackCache(args.aa_cache) if args.aa_cache else None
     x, y = load_tensors("test", args.n_per_class)
     out = {"config": vars(args), "threads": torch.get_num_threads()}
     for kind in ("standard", "pgd"):
@@ -236,8 +310,11 @@ def main() -> None:
         if args.mask:
             model = BitDepth(model).eval()
         log.info("evaluating the %s-trained model on %d points", kind, len(y))
+        model_key = (f"{kind}|arch={args.arch}|std_epochs={args.std_epochs}|mask={bool(args.mask)}" + (
+            f"|recipe={args.recipe}|beta={args.trades_beta:g}|at_epochs={args.at_epochs}|"
+            f"at_per_class={args.at_per_class}|at_steps={args.at_steps}" if kind == "pgd" else ""))
         out[kind] = evaluate(model, x, y, args.eps, args.batch, args.autoattack, args.probe, args.target_ranking,
-                             args.targets, args.rank_candidates)
+                             args.targets, args.rank_candidates, cache=cache, model_key=model_key)
         log.info("%s: %s", kind, json.dumps(out[kind]))
         if args.json:
             with open(args.json, "w") as fh:
@@ -263,10 +340,19 @@ def main() -> None:
             continue
         r = out[kind]
         ours = ", ".join(f"{k} {v:.1f} s ({r['ours_attacked'][k]} pts)" for k, v in r["ours_per_attack_s"].items())
-        print(f"{kind}-trained, ours: {ours}; Square's full budget on {r['square_full_budget_points']} points")
+        print(f"{kind}-trained, ours: {ours}; Square's full budget on {r['square_full_budget_points']} points, "
+              f"its {r['square_reruns']} rerun(s) on {r['square_rerun_points']} points (gradients blind there); "
+              "points each Square run broke: " + "; ".join(f"run {k}: {len(v)} {v if k != '0' else ''}".rstrip()
+                                                           for k, v in r["square_broken_by_run"].items()))
         if "autoattack_published" in r:
             aa = ", ".join(f"{k} {v:.1f} s" for k, v in r["autoattack_published"]["per_attack_s"].items())
             print(f"{kind}-trained, AutoAttack (published): {aa}")
+        for name in ("autoattack_torchattacks_defaults", "autoattack_published"):
+            if name in r:
+                a = r[name]
+                print(f"{kind}-trained, points broken only by {name.replace('autoattack_', 'AutoAttack ')}: "
+                      f"{a['points_broken_by_autoattack_only']}, only by ours: {a['points_broken_by_ours_only']}"
+                      + (" (AutoAttack's side read from --aa-cache)" if a["cached"] else ""))
 
 
 if __name__ == "__main__":
