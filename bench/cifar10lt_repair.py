@@ -212,7 +212,7 @@ def main() -> None:
             rows.extend(repair_rows(args, name, args.seed + 1, ckpt, dev, reports=False, with_input=False,
                                     label=seed2))
             save(args, rows, t0)
-    for r in rows:
+    for r in rows if args.top else []:  # the standard suite on the input and the K best seed-0 repairs
         if r["method"] in top_methods(rows, args.top) or r["method"].startswith("input model"):
             if r.get("standard") is None and r.get("model_path"):
                 r["standard"] = standard_audit(args, r["model_path"], dev)
