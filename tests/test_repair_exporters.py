@@ -87,7 +87,10 @@ def test_collapsing_budget_returns_the_input_model(fixture_files, tmp_path):
     run = run_repair(gentle(case, src, tmp_path, steps_total=10, evaluations=2, lr=0.05, train_eps=0.1))
     log = run.training_log
     assert run.summary["selection"]["chosen_step"] == 0 and log["input_kept"]
-    assert all(not e["eligible"] and e["ineligible_because"] for e in log["epochs"][1:])
+    tried, input_score = log["epochs"][1:], log["epochs"][0]["val_robust_acc"]
+    assert any(any("collapse" in why for why in e["ineligible_because"]) for e in tried)  # the collapse is caught
+    # and no checkpoint was kept: each was ineligible, or eligible but less robust on validation than the input
+    assert all((not e["eligible"] and e["ineligible_because"]) or e["val_robust_acc"] < input_score for e in tried)
     assert run.model_path.read_bytes() == src.read_bytes()
     outcome = run.summary["outcome"]
     assert outcome["code"] == "input-kept" and "input model is returned unchanged" in outcome["headline"]
