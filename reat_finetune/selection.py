@@ -29,6 +29,7 @@ looked at to compare checkpoints.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
@@ -140,8 +141,7 @@ class Floors:
                    reference=ref, reference_source=source)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"clean": self.clean, "chance": self.chance, "guard": self.guard, "min_clean_kept": self.min_clean_kept,
-                "reference": self.reference, "reference_source": self.reference_source}
+        return dataclasses.asdict(self)  # every field; Floors(**d) reads it back (resume)
 
     def clean_words(self) -> str:
         """'80% of the input model's 59.1% on the held-out test images' (or '... on validation')."""
