@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -61,12 +62,10 @@ class AutoAttackCache:
     def put(self, key: str, value: dict) -> None:
         if not self.path:
             return
-        self.data[key] = value
-        with open(self.path + ".tmp", "w") as fh:
-            json.dump(self.data, fh, indent=1)
-        import os
+        from audit.results import write_json  # the project's atomic JSON writer
 
-        os.replace(self.path + ".tmp", self.path)
+        self.data[key] = value
+        write_json(Path(self.path), self.data, indent=1)
 
 
 def trades_example(model: torch.nn.Module, x: torch.Tensor, eps: float, steps: int,
