@@ -6,7 +6,10 @@ import argparse
 import json
 import logging
 import sys
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
+
+if TYPE_CHECKING:  # pragma: no cover
+    from audit.resultsmodel import AuditResults
 
 EXIT_USAGE = 2
 
@@ -371,13 +374,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return _gate_exit(run.results)
 
 
-def _gate_exit(results: dict) -> int:
+def _gate_exit(results: "AuditResults") -> int:
     """0, or 3 with one stderr line per failing --fail-under condition."""
     from audit.gate import EXIT_GATE, gate_failures
     from audit.textsafe import terminal_safe
 
-    gate = results.get("gate")
-    if not gate or gate["passed"]:
+    gate = results.gate
+    if gate is None or gate.passed:
         return 0
     for line in gate_failures(gate):
         print(terminal_safe(line), file=sys.stderr)

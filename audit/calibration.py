@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence
 import numpy as np
 
 from .metrics import wilson_interval
+from .resultsmodel import AuditResults, CalibrationBlock, ClassResult
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -295,65 +296,65 @@ def csv_header() -> list[str]:
     return head
 
 
-def csv_cells(row: Mapping[str, Any], fmt: Any) -> list[str]:
+def csv_cells(row: ClassResult, fmt: Any) -> list[str]:
     """One class's calibration cells (empty where a figure is missing), numbers written by ``fmt``."""
-    cal = row.get("calibration") or {}
     cells: list[str] = []
     for side in SIDES:
-        b = cal.get(side) or {}
-        cells += [fmt(b.get("ece")), fmt(b.get("ece_by_pred")), fmt(b.get("mean_confidence")),
-                  fmt(b.get("over_confidence"))]
+        b = getattr(row.calibration, side, None) if row.calibration is not None else None
+        cells += [fmt(getattr(b, k, None)) for k in ("ece", "ece_by_pred", "mean_confidence", "over_confidence")]
         for t in THRESHOLDS:
-            r = b.get(_key(t)) or {}
-            ci = r.get("ci95") or [None, None]
-            cells += [fmt(r.get("rate")), fmt(ci[0]), fmt(ci[1])]
+            r = getattr(b, _key(t), None)
+            ci = (r.ci95 if r is not None else None) or [None, None]
+            cells += [fmt(r.rate if r is not None else None), fmt(ci[0]), fmt(ci[1])]
     return cells
 
 
-def summary_rows(results: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+def _rate_of(b: Optional[CalibrationBlock], key: str) -> Optional[float]:
+    r = getattr(b, key, None) if b is not None else None
+    return r.rate if r is not None else None
+
+
+def summary_rows(results: AuditResults) -> list[tuple[str, str, str]]:
     """(figure, clean, under attack) rows for summary.md; [] without calibration figures."""
-    cal = (results.get("summary") or {}).get("calibration")
-    if not cal:
+    cal = results.summary.calibration
+    if cal is None:
         return []
-    clean, att = cal.get("clean") or {}, cal.get("attacked") or {}
+    clean, att = cal.clean, cal.attacked
 
     def p(v: Any) -> str:
         return "n/a" if v is None else f"{100 * v:.1f}%"
 
     high = _key(THRESHOLDS[-1])
-    rows = [(f"ECE ({cal['procedure'].get('bins', BINS)} bins)", p(clean.get("ece")), p(att.get("ece"))),
-            ("mean confidence of the wrong answers", p(clean.get("over_confidence")), p(att.get("over_confidence")))]
+    rows = [(f"ECE ({cal.procedure.bins} bins)", p(clean.ece), p(att.ece if att else None)),
+            ("mean confidence of the wrong answers", p(clean.over_confidence), p(att.over_confidence if att else None))]
     for t in THRESHOLDS:
-        rows.append((f"test images wrong with confidence > {t:g}", p((clean.get(_key(t)) or {}).get("rate")),
-                     p((att.get(_key(t)) or {}).get("rate"))))
-    for g in (clean.get("groups") or {}):
+        rows.append((f"test images wrong with confidence > {t:g}", p(_rate_of(clean, _key(t))),
+                     p(_rate_of(att, _key(t)))))
+    for g in (clean.groups or {}):
         rows.append((f"{g} classes wrong with confidence > {THRESHOLDS[-1]:g}",
-                     p((((clean.get("groups") or {}).get(g) or {}).get(high) or {}).get("rate")),
-                     p((((att.get("groups") or {}).get(g) or {}).get(high) or {}).get("rate"))))
+                     p(_rate_of((clean.groups or {}).get(g), high)),
+                     p(_rate_of(((att.groups if att else None) or {}).get(g), high))))
     return rows
 
 
-def summary_note(results: Mapping[str, Any]) -> str:
+def summary_note(results: AuditResults) -> str:
     """How the attacked column was made, in one sentence."""
-    proc = ((results.get("summary") or {}).get("calibration") or {}).get("procedure") or {}
-    if not proc.get("attacked"):
-        return f"No attacked calibration ({proc.get('not_attacked_because') or 'not run'})."
-    return (f"Under attack: the cascade's answer, with the confidence a {proc.get('steps')}-step PGD from the clean "
+    cal = results.summary.calibration
+    proc = cal.procedure if cal is not None else None
+    if proc is None or not proc.attacked:
+        return f"No attacked calibration ({(proc.not_attacked_because if proc else None) or 'not run'})."
+    return (f"Under attack: the cascade's answer, with the confidence a {proc.steps}-step PGD from the clean "
             "image reached: a lower bound on what an attacker can reach.")
 
 
-# ------------------------------------------------------------------------------------------ verdict rule
-
-def rare_confidently_wrong(results: Mapping[str, Any]) -> Optional[tuple[str, str]]:
+def rare_confidently_wrong(results: AuditResults) -> Optional[tuple[str, str]]:
     """(reason, action) when, under attack, at least :data:`RARE_CONFIDENT` of the tail classes' test images
     are wrong with a confidence above 0.9 and more than of the head classes'; None otherwise (also for
     results without calibration figures or without groups)."""
-    cal = ((results.get("summary") or {}).get("calibration") or {})
-    groups = (cal.get("attacked") or {}).get("groups") or {}
+    cal = results.summary.calibration
+    groups = (cal.attacked.groups if cal is not None and cal.attacked is not None else None) or {}
     key = _key(THRESHOLDS[-1])
-    tail = (groups.get("tail") or {}).get(key) or {}
-    head = (groups.get("head") or {}).get(key) or {}
-    rt, rh = tail.get("rate"), head.get("rate")
+    rt, rh = (_rate_of(groups.get(g), key) for g in ("tail", "head"))
     if rt is None or rh is None or rt < RARE_CONFIDENT or rt <= rh:
         return None
     reason = (f"under attack, {100 * rt:.1f}% of the tail-class test images are wrong with a confidence above "

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 from . import calibration
-from .verdict import Verdict
+from .resultsmodel import AuditResults
 
 CSV_NAME = "per_class.csv"
 MD_NAME = "summary.md"
@@ -26,26 +26,26 @@ def _text_cell(text: Any) -> str:
     return "'" + s if s.startswith(FORMULA_START) else s
 
 
-def per_class_csv(results: Mapping[str, Any]) -> str:
+def per_class_csv(results: AuditResults) -> str:
     """One row per class: counts, group, clean and robust accuracy (per attack and worst case) with 95% intervals.
 
     Text cells that a spreadsheet would run as a formula are neutralised (:func:`_text_cell`)."""
-    names = [a["name"] for a in results["attacks"]] + ["worst_case"]
+    names = [a.name for a in results.attacks] + ["worst_case"]
     head = ["class", "index", "train_count", "group", "n_eval", "clean_acc", "clean_ci95_low", "clean_ci95_high"]
     for n in names:
         head += [f"robust_{n}", f"robust_{n}_ci95_low", f"robust_{n}_ci95_high"]
-    calibrated = any(r.get("calibration") for r in results["per_class"])  # older results: no calibration columns
+    calibrated = any(r.calibration for r in results.per_class)  # older results: no calibration columns
     head += calibration.csv_header() if calibrated else []
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(head)
-    for r in results["per_class"]:
-        row = [_text_cell(r["name"]), r["index"], r["train_count"], _text_cell(r.get("group") or ""), r["n_eval"],
-               _f(r["clean_acc"]),
-               _f(r["clean_ci95"][0]), _f(r["clean_ci95"][1])]
+    for r in results.per_class:
+        clean_ci = r.clean_ci95 or [None, None]
+        row = [_text_cell(r.name), r.index, r.train_count, _text_cell(r.group or ""), r.n_eval, _f(r.clean_acc),
+               _f(clean_ci[0]), _f(clean_ci[1])]
         for n in names:
-            ci = r["robust_ci95"].get(n) or [None, None]
-            row += [_f(r["robust_acc"].get(n)), _f(ci[0]), _f(ci[1])]
+            ci = r.robust_ci95.get(n) or [None, None]
+            row += [_f(r.robust_acc.get(n)), _f(ci[0]), _f(ci[1])]
         row += calibration.csv_cells(r, _f) if calibrated else []
         w.writerow(row)
     return buf.getvalue()
@@ -63,56 +63,65 @@ def _p(v: Optional[float]) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}%"
 
 
-def summary_markdown(results: Mapping[str, Any], k_weakest: int = 5) -> str:
+def summary_markdown(results: AuditResults, k_weakest: int = 5) -> str:
     """A short Markdown summary for pull-request comments and CI logs."""
-    v = Verdict.from_json(results["verdict"]) if results.get("verdict") else None
-    s = results["summary"]
-    wc = s["robust"]["worst_case"]
-    ds, tm = results["dataset"], results["threat_model"]
-    norm = "L∞" if tm["norm"] == "linf" else "L2"
-    lines = [f"## tailaudit: {_md(results['model']['spec'])} on {_md(ds['name'])}", ""]
+    v = results.verdict
+    lines = [f"## tailaudit: {_md(results.model.spec)} on {_md(results.dataset.name)}", ""]
     if v is not None:
         lines += [f"**Verdict: {_md(v.label)}** (`{v.code}`). {_md(v.statement)}", ""]
         lines += [f"- {_md(r)}" for r in v.reasons]
         lines.append("")
-    lines += [f"Threat model {norm} ε = {_md(tm['eps_text'])}, {results['mode']}, {ds['n_eval']} test images, "
-              f"{len(ds['classes'])} classes" + (" (balanced training set)" if ds.get("balanced") else "") + ".", "",
-              "| figure | value |", "|---|---|",
-              f"| clean accuracy | {_p(s['clean'].get('overall'))} |",
-              f"| worst-case robust accuracy | {_p(wc.get('overall'))} |",
-              f"| balanced robust accuracy (class mean) | {_p(wc.get('mean'))} |"]
-    if wc.get("worst_class") is not None:
-        lines.append(f"| weakest class | {_md(ds['classes'][wc['worst_class']])} {_p(wc.get('worst'))} |")
-    for g, val in (wc.get("groups") or {}).items():
-        lines.append(f"| {g} classes robust | {_p(val)} |")
-    gap = (s.get("head_tail_gap") or {}).get("worst_case")
-    if gap is not None:
-        lines.append(f"| head − tail gap | {100 * gap:.1f} points |")
-    rows = sorted(results["per_class"], key=lambda r: (r["robust_acc"]["worst_case"] if r["robust_acc"]["worst_case"]
-                                                         is not None else 2, r["index"]))[:k_weakest]
-    lines += ["", f"Weakest classes under attack:", "", "| class | training images | group | clean | robust (worst case) |",
-              "|---|---:|---|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {_md(r['name'])} | {r['train_count']} | {r.get('group') or '-'} | {_p(r['clean_acc'])} | "
-                     f"{_p(r['robust_acc']['worst_case'])} |")
-    cal_rows = calibration.summary_rows(results)
-    if cal_rows:
-        lines += ["", "Calibration (confidence = top softmax probability):", "", "| figure | clean | under attack |",
-                  "|---|---:|---:|"]
-        lines += [f"| {_md(a)} | {b} | {c} |" for a, b, c in cal_rows]
-        lines += ["", _md(calibration.summary_note(results))]
-    curve = results.get("curve") or []
-    if curve:
+    lines += _figures_table(results) + _weakest_table(results, k_weakest) + _calibration_table(results)
+    if results.curve:
         lines += ["", "Robustness curve (worst case):", "", "| ε | robust | balanced |", "|---|---:|---:|"]
-        lines += [f"| {_md(c['eps_text'])} | {_p(c['overall'])} | {_p(c['balanced'])} |" for c in curve]
-    gate = results.get("gate")
-    if gate:
-        lines += ["", f"Gate: **{'passed' if gate['passed'] else 'FAILED'}**", ""]
-        for c in gate["conditions"]:
-            lines.append(f"- {c['key']}: {_p(c['value'])} ({c['direction']} {_p(c['threshold'])}) — "
-                         f"{'pass' if c['passed'] else 'FAIL'}")
+        lines += [f"| {_md(c.eps_text)} | {_p(c.overall)} | {_p(c.balanced)} |" for c in results.curve]
+    if results.gate:
+        lines += ["", f"Gate: **{'passed' if results.gate.passed else 'FAILED'}**", ""]
+        for c in results.gate.conditions:
+            lines.append(f"- {c.key}: {_p(c.value)} ({c.direction} {_p(c.threshold)}) — "
+                         f"{'pass' if c.passed else 'FAIL'}")
     if v is not None and v.actions:
         lines += ["", "What to do next:", ""] + [f"1. {_md(a)}" for a in v.actions]
-    if results.get("warnings"):
-        lines += ["", "Warnings:", ""] + [f"- {_md(w)}" for w in results["warnings"]]
+    if results.warnings:
+        lines += ["", "Warnings:", ""] + [f"- {_md(w)}" for w in results.warnings]
     return "\n".join(lines) + "\n"
+
+
+def _figures_table(results: AuditResults) -> list[str]:
+    s, ds = results.summary, results.dataset
+    wc = s.worst_case
+    norm = "L∞" if results.threat_model.norm == "linf" else "L2"
+    lines = [f"Threat model {norm} ε = {_md(results.eps_text)}, {results.mode}, {ds.n_eval} test images, "
+             f"{len(ds.classes)} classes" + (" (balanced training set)" if ds.balanced else "") + ".", "",
+             "| figure | value |", "|---|---|",
+             f"| clean accuracy | {_p(s.clean.overall)} |",
+             f"| worst-case robust accuracy | {_p(wc.overall)} |",
+             f"| balanced robust accuracy (class mean) | {_p(wc.mean)} |"]
+    if wc.worst_class is not None:
+        lines.append(f"| weakest class | {_md(ds.classes[wc.worst_class])} {_p(wc.worst)} |")
+    for g, val in (wc.groups or {}).items():
+        lines.append(f"| {g} classes robust | {_p(val)} |")
+    gap = (s.head_tail_gap or {}).get("worst_case")
+    if gap is not None:
+        lines.append(f"| head − tail gap | {100 * gap:.1f} points |")
+    return lines
+
+
+def _weakest_table(results: AuditResults, k: int) -> list[str]:
+    rows = sorted(results.per_class, key=lambda r: (r.worst_case if r.worst_case is not None else 2, r.index))[:k]
+    lines = ["", "Weakest classes under attack:", "", "| class | training images | group | clean | robust (worst case) |",
+             "|---|---:|---|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {_md(r.name)} | {r.train_count} | {r.group or '-'} | {_p(r.clean_acc)} | "
+                     f"{_p(r.worst_case)} |")
+    return lines
+
+
+def _calibration_table(results: AuditResults) -> list[str]:
+    cal_rows = calibration.summary_rows(results)
+    if not cal_rows:
+        return []
+    lines = ["", "Calibration (confidence = top softmax probability):", "", "| figure | clean | under attack |",
+             "|---|---:|---:|"]
+    lines += [f"| {_md(a)} | {b} | {c} |" for a, b, c in cal_rows]
+    return lines + ["", _md(calibration.summary_note(results))]

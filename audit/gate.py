@@ -7,25 +7,21 @@ head/tail gap of worst-case robust accuracy), which is a ceiling.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from .errors import ConfigError
+from .resultsmodel import AuditResults, Gate, GateCondition, Summary
 
 EXIT_GATE = 3
 
-
-def _wc(s: Mapping[str, Any]) -> Mapping[str, Any]:
-    return s["robust"]["worst_case"]
-
-
-# key -> (description, how to read it from results["summary"], needs groups, is a ceiling)
-METRICS: dict[str, tuple[str, Callable[[Mapping[str, Any]], Optional[float]], tuple[str, ...], bool]] = {
-    "clean": ("clean accuracy", lambda s: s["clean"].get("overall"), (), False),
-    "robust": ("worst-case robust accuracy", lambda s: _wc(s).get("overall"), (), False),
-    "balanced": ("balanced (class-mean) robust accuracy", lambda s: _wc(s).get("mean"), (), False),
-    "worst-class": ("robust accuracy of the weakest class", lambda s: _wc(s).get("worst"), (), False),
-    "tail": ("robust accuracy of the tail classes", lambda s: (_wc(s).get("groups") or {}).get("tail"), ("tail",), False),
-    "max-gap": ("head/tail gap of robust accuracy", lambda s: (s.get("head_tail_gap") or {}).get("worst_case"),
+# key -> (description, how to read it from the results' summary, needs groups, is a ceiling)
+METRICS: dict[str, tuple[str, Callable[[Summary], Optional[float]], tuple[str, ...], bool]] = {
+    "clean": ("clean accuracy", lambda s: s.clean.overall, (), False),
+    "robust": ("worst-case robust accuracy", lambda s: s.worst_case.overall, (), False),
+    "balanced": ("balanced (class-mean) robust accuracy", lambda s: s.worst_case.mean, (), False),
+    "worst-class": ("robust accuracy of the weakest class", lambda s: s.worst_case.worst, (), False),
+    "tail": ("robust accuracy of the tail classes", lambda s: s.worst_case.group("tail"), ("tail",), False),
+    "max-gap": ("head/tail gap of robust accuracy", lambda s: (s.head_tail_gap or {}).get("worst_case"),
                 ("head", "tail"), True),
 }
 _HINT = "write KEY=VALUE[,KEY=VALUE] with KEY in " + ", ".join(METRICS) + " and VALUE a fraction (0.5) or percent (50%)"
@@ -91,23 +87,23 @@ def check_available(conditions: Sequence[Condition], groups: Sequence[Optional[s
             raise ConfigError(f"--fail-under {c.key}: {why}; drop that condition (use worst-class or balanced)")
 
 
-def evaluate_gate(conditions: Sequence[Condition], results: Mapping[str, Any]) -> dict[str, Any]:
-    """``results["gate"]``: each condition with its threshold, measured value and outcome."""
+def evaluate_gate(conditions: Sequence[Condition], results: AuditResults) -> Gate:
+    """``results.gate``: each condition with its threshold, measured value and outcome."""
     rows = []
     for c in conditions:
-        value = METRICS[c.key][1](results["summary"])
-        rows.append({"key": c.key, "threshold": c.threshold, "value": value, "passed": c.passes(value),
-                     "direction": "at most" if METRICS[c.key][3] else "at least"})
-    return {"conditions": rows, "passed": all(r["passed"] for r in rows)}
+        value = METRICS[c.key][1](results.summary)
+        rows.append(GateCondition(key=c.key, threshold=c.threshold, value=value, passed=c.passes(value),
+                                  direction="at most" if METRICS[c.key][3] else "at least"))
+    return Gate(conditions=rows, passed=all(r.passed for r in rows))
 
 
-def gate_failures(gate: Mapping[str, Any]) -> list[str]:
+def gate_failures(gate: Gate) -> list[str]:
     """One line per failing condition, for stderr."""
     lines = []
-    for r in gate.get("conditions", []):
-        if r["passed"]:
+    for r in gate.conditions:
+        if r.passed:
             continue
-        v = "n/a" if r["value"] is None else f"{100 * r['value']:.1f}%"
-        lines.append(f"tailaudit: gate failed: {r['key']} = {v}, required {r['direction']} {100 * r['threshold']:.1f}% "
-                     f"({METRICS[r['key']][0]})")
+        v = "n/a" if r.value is None else f"{100 * r.value:.1f}%"
+        lines.append(f"tailaudit: gate failed: {r.key} = {v}, required {r.direction} {100 * r.threshold:.1f}% "
+                     f"({METRICS[r.key][0]})")
     return lines

@@ -16,6 +16,7 @@ from .bounds import MAX_CLASSES
 from .errors import ConfigError
 from .jsonfile import parse_json, read_text
 from .metrics import wilson_interval
+from .resultsmodel import LabelCheck, OutputMap
 
 MAX_LABELS_BYTES = MAX_CLASSES * 256  # one name a line, up to 256 bytes each for the most classes allowed
 
@@ -71,7 +72,7 @@ def clean_confusion(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> 
 
 
 def check_label_order(confusion: np.ndarray, class_names: Sequence[str],
-                      order: Optional[Sequence[int]] = None) -> Optional[dict[str, Any]]:
+                      order: Optional[Sequence[int]] = None) -> Optional[LabelCheck]:
     """``label_check`` for results.json when a re-mapping of outputs to classes fits far better, else None.
 
     Solves the assignment (``scipy.optimize.linear_sum_assignment``) that maximises the clean
@@ -95,15 +96,15 @@ def check_label_order(confusion: np.ndarray, class_names: Sequence[str],
     class_of_column = {int(c): int(r) for r, c in zip(rows, cols)}
     output_of_column = list(order) if order is not None else list(range(m.shape[0]))
     # "assumed": what this run took the output to mean (the dataset order, or the --labels order)
-    mapping = sorted(({"output": int(output_of_column[c]), "class": class_names[class_of_column[c]],
-                       "assumed": class_names[c]} for c in range(m.shape[0])), key=lambda d: d["output"])
-    return {"suspected": True, "accuracy_now": now, "accuracy_mapped": mapped, "mapping": mapping}
+    mapping = sorted((OutputMap(output=int(output_of_column[c]), class_name=class_names[class_of_column[c]],
+                                assumed=class_names[c]) for c in range(m.shape[0])), key=lambda d: d.output)
+    return LabelCheck(suspected=True, accuracy_now=now, accuracy_mapped=mapped, mapping=mapping)
 
 
-def label_warning(check: dict[str, Any]) -> str:
+def label_warning(check: LabelCheck) -> str:
     """The warning line for a suspected permutation, with the ``--labels`` file to try."""
-    listing = ",".join(m["class"] for m in check["mapping"])
-    return (f"the label order looks permuted: clean accuracy is {check['accuracy_now']:.1%}, but "
-            f"{check['accuracy_mapped']:.1%} if the model's outputs meant other classes; if the model was trained "
+    listing = ",".join(m.class_name for m in check.mapping)
+    return (f"the label order looks permuted: clean accuracy is {check.accuracy_now:.1%}, but "
+            f"{check.accuracy_mapped:.1%} if the model's outputs meant other classes; if the model was trained "
             f"with another class order, pass --labels FILE with one class name per line in output order, e.g. "
             f"{listing}")

@@ -33,7 +33,9 @@ from .lifecycle import Renderer, check_ranks_agree, created_now, default_out_dir
 from .outputs import AUDIT_FILES, RunFiles, with_reports
 from .precheck import stop_if_ungradable
 from .results import SCHEMA_VERSION, environment, null_infinities, write_text
+from .resultsmodel import AuditResults, CurvePoint
 from .schema import check_written
+from .typedjson import from_json
 from .verdict import compute_verdict
 
 log = logging.getLogger(__name__)
@@ -43,9 +45,9 @@ Prepared = tuple[LTDataset, LoadedModel, np.ndarray]  # data, model and evaluati
 
 @dataclass
 class AuditRun:
-    """What :func:`run_audit` returns: the results dict and where it was written."""
+    """What :func:`run_audit` returns: the typed results and where they were written."""
 
-    results: dict[str, Any]
+    results: AuditResults
     out_dir: Path
     records: PointRecords
 
@@ -219,16 +221,13 @@ def _audit_into(out_dir: Optional[Path], config: AuditConfig, specs: list, attac
     results = build_results(config, specs, data, model, eval_idx, records, device,
                             {"load_s": load_s, "total_s": total_s}, large_eps=large_eps)
     if curve is not None:
-        results["curve"] = curve
-    results["verdict"] = compute_verdict(results).to_json()
+        results.curve = [from_json(CurvePoint, c) for c in curve]
+    results.verdict = compute_verdict(results)
     if gate:
-        results["gate"] = evaluate_gate(gate, results)
-    results["environment"].update(distributed.describe())  # world_size (1 in a plain run)
-    assert out_dir is not None
-    overflowed = null_infinities(results)  # a figure that overflowed is null with a warning, never a crash
-    if overflowed:
-        results["warnings"].append(f"{len(overflowed)} figure(s) overflowed to infinity and are stored as null "
-                                   f"({', '.join(overflowed[:3])}{', …' if len(overflowed) > 3 else ''})")
+        results.gate = evaluate_gate(gate, results)
+    assert results.environment is not None and out_dir is not None
+    results.environment.update(distributed.describe())  # world_size (1 in a plain run)
+    results = _without_infinities(results)
     write_outputs(out_dir, results, records, reports)
     if distributed.current() is not None:  # [distributed] the other ranks get rank 0's results
         distributed.wait_for_peers("written")
@@ -237,7 +236,18 @@ def _audit_into(out_dir: Optional[Path], config: AuditConfig, specs: list, attac
     return AuditRun(results, out_dir, records)
 
 
-def write_outputs(out_dir: Path, results: dict[str, Any], records: PointRecords,
+def _without_infinities(results: AuditResults) -> AuditResults:
+    """A figure that overflowed is stored as null with a warning, never a crash (JSON has no infinity)."""
+    document = results.to_json()
+    overflowed = null_infinities(document)
+    if not overflowed:
+        return results
+    document["warnings"].append(f"{len(overflowed)} figure(s) overflowed to infinity and are stored as null "
+                                f"({', '.join(overflowed[:3])}{', …' if len(overflowed) > 3 else ''})")
+    return AuditResults.from_json(document)
+
+
+def write_outputs(out_dir: Path, results: AuditResults, records: PointRecords,
                   reports: Optional[Callable[[RunFiles, Path], Any]] = None) -> None:
     """points.json, examples.npz, per_class.csv, summary.md, results.json and the reports, committed
     together (audit/outputs.py)."""
@@ -245,10 +255,12 @@ def write_outputs(out_dir: Path, results: dict[str, Any], records: PointRecords,
         files.add_json("points.json", records.to_json(), indent=None)
         if records.examples:
             files.add_npz("examples.npz", **records.examples)
-        else:
-            results["files"].pop("examples", None)
-        results["files"].update({"per_class_csv": CSV_NAME, "summary_md": MD_NAME})
-        files.add_json("results.json", results, check=check_written)  # first: the exports read what is checked
+        files_map = results.files if results.files is not None else {}
+        if not records.examples:
+            files_map.pop("examples", None)
+        files_map.update({"per_class_csv": CSV_NAME, "summary_md": MD_NAME})
+        results.files = files_map
+        files.add_json("results.json", results.to_json(), check=check_written)  # first: the exports read what is checked
         files.add(CSV_NAME, lambda path: write_text(path, per_class_csv(results)))
         files.add(MD_NAME, lambda path: write_text(path, summary_markdown(results)))
         if reports is not None:
@@ -258,8 +270,8 @@ def write_outputs(out_dir: Path, results: dict[str, Any], records: PointRecords,
 
 def build_results(config: AuditConfig, specs, data: LTDataset, model: LoadedModel, eval_idx: np.ndarray,
                   records: PointRecords, device: torch.device, timings: dict[str, float],
-                  large_eps: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """Assemble the results.json dict (schema in docs/results_schema.md)."""
+                  large_eps: Optional[dict[str, Any]] = None) -> AuditResults:
+    """Assemble the typed results (what results.json holds: docs/results_schema.md)."""
     from .attacks import SUITES
     from .sanity import sanity_section
 
@@ -348,7 +360,7 @@ def build_results(config: AuditConfig, specs, data: LTDataset, model: LoadedMode
                                     adversarial_rejected=records.rescore_disagreed,
                                     survivors_broken=int(sum(records.survivors_broken)))
     eps_text = config.eps_text
-    return {
+    return AuditResults.from_json({
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "tailaudit", "version": __version__},
         "created": created_now(),
@@ -387,4 +399,4 @@ def build_results(config: AuditConfig, specs, data: LTDataset, model: LoadedMode
         "warnings": warnings,
         "files": {"points": "points.json", "examples": "examples.npz"},
         **({"label_check": label_check} if label_check else {}),
-    }
+    })

@@ -139,13 +139,13 @@ def check_gradable(evaluator: Evaluator, model: LoadedModel, data: LTDataset, ev
         return Gradability(k, n, ())
     cause = None
     if label_check:
-        mapping = ", ".join(m["class"] for m in label_check["mapping"])
-        cause = (f"the label order: {100 * label_check['accuracy_mapped']:.1f}% of the answers are right once the "
+        mapping = ", ".join(m.class_name for m in label_check.mapping)
+        cause = (f"the label order: {100 * label_check.accuracy_mapped:.1f}% of the answers are right once the "
                  f"outputs are re-mapped; pass --labels FILE listing the model's outputs in order ({mapping})")
     cause = cause or _normalisation_cause(model, evaluator, data, indices, k / n, batch_size, workers)
     if cause is None:
         inp = input_info(data.info.get("native_shape") or data.image_shape, model.preprocessing.input_size)
-        converted = input_reasons({"input": inp})
+        converted = input_reasons(inp)
         if converted:
             cause = f"{converted[0]}; check --dataset (and --input-size)"
     return Gradability(k, n, tuple(problems), cause)

@@ -23,6 +23,7 @@ from .errors import ResultsError
 from .jsonfile import read_json_file
 from .results import SCHEMA_VERSION
 from .attacks.apgd_t import APGDTParams
+from .resultsmodel import AuditResults
 from .verdict import compute_verdict
 
 APGDT_CANDIDATES = APGDTParams.candidates
@@ -200,8 +201,8 @@ def validate_results(results: Mapping[str, Any], source: str | Path | None = Non
                                "inconsistent, re-run the audit")
 
 
-def load_results(path: str | Path) -> dict[str, Any]:
-    """Read and validate a results.json; :class:`ResultsError` when missing, invalid or of another schema."""
+def load_results(path: str | Path) -> AuditResults:
+    """Read, validate and migrate a results.json; :class:`ResultsError` when missing, invalid or of another schema."""
     path = Path(path)
     results = read_json_file(path, ResultsError, what="results file", fix="the file is damaged, re-run the audit",
                              missing="not found; check the path or run `cli.py audit` first")
@@ -210,8 +211,9 @@ def load_results(path: str | Path) -> dict[str, Any]:
     return migrate(results)
 
 
-def migrate(results: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of validated ``results`` brought to this version's shape (older files are upgraded, not refused).
+def migrate(results: Mapping[str, Any]) -> AuditResults:
+    """Validated ``results`` (a parsed results.json) as this version's typed results: older files are upgraded,
+    not refused.
 
     Files written before APGD-T recorded its target ranking get AutoAttack's rule (the only one
     there was), so they compare with newer runs. Schema-1 files written before verdicts were stored (tailaudit 0.1 before its verdict rules)
@@ -223,18 +225,19 @@ def migrate(results: Mapping[str, Any]) -> dict[str, Any]:
     for attack in out.get("attacks") or []:  # APGD-T's target ranking, recorded since it has a choice
         if isinstance(attack, dict) and attack.get("kind") == "apgd-t" and "ranking" not in attack:
             attack.update(ranking="logit", candidates=APGDT_CANDIDATES)
-    if out.get("verdict") is None:
-        out["verdict"] = replace(compute_verdict(out), computed_on_load=__version__).to_json()
-    return out
+    typed = AuditResults.from_json(out)
+    if typed.verdict is None:
+        typed.verdict = replace(compute_verdict(typed), computed_on_load=__version__)
+    return typed
 
 
-def check_written(results: Mapping[str, Any]) -> None:
+def check_written(results: AuditResults | Mapping[str, Any]) -> None:
     """Refuse to write a results file this tailaudit could not read back: a bug, caught before any file exists."""
+    document = results.to_json() if isinstance(results, AuditResults) else results
     try:
-        validate_results(results, "the results being written")
+        validate_results(document, "the results being written")
     except ResultsError as exc:
         raise ResultsError(f"{exc} (this is a tailaudit bug: please report it with the command line)") from None
-
 
 
 # what each file of a repair folder is for, and what to do when it is damaged (README "Bad input and limits")

@@ -3,19 +3,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from .resultsmodel import AuditResults, Calibration, CalibrationBlock
 from .textsafe import inline_safe
-from .verdict import Verdict
 
 
 def _pct(v: Any) -> str:
     return "   -  " if v is None else f"{100 * v:5.1f}%"
 
 
-def format_summary(results: dict[str, Any], max_rows: int = 40) -> str:
+def format_summary(results: AuditResults, max_rows: int = 40) -> str:
     """A plain-text table plus the headline figures."""
-    attacks = [a["name"] for a in results["attacks"]]
-    rows = sorted(results["per_class"], key=lambda r: (-r["train_count"], r["index"]))
-    name_w = min(24, max([5] + [len(r["name"]) for r in rows]))  # names shown through inline_safe: one line each
+    return "\n".join(_class_table(results, max_rows) + [""] + _headline_lines(results) + verdict_lines(results))
+
+
+def _class_table(results: AuditResults, max_rows: int) -> list[str]:
+    attacks = [a.name for a in results.attacks]
+    rows = sorted(results.per_class, key=lambda r: (-r.train_count, r.index))
+    name_w = min(24, max([5] + [len(r.name) for r in rows]))  # names shown through inline_safe: one line each
     head = f"{'class':<{name_w}} {'train':>6} {'group':<6} {'n':>5} {'clean':>6}"
     for a in attacks:
         head += f" {a[:12]:>12}"
@@ -26,73 +30,71 @@ def format_summary(results: dict[str, Any], max_rows: int = 40) -> str:
         if r is None:
             lines.append(f"{'...':<{name_w}} ({len(rows) - max_rows} more classes in results.json)")
             continue
-        line = (f"{inline_safe(r['name'])[:name_w]:<{name_w}} {r['train_count']:>6} {r.get('group') or '-':<6} {r['n_eval']:>5} "
-                f"{_pct(r['clean_acc']):>6}")
+        line = (f"{inline_safe(r.name)[:name_w]:<{name_w}} {r.train_count:>6} {r.group or '-':<6} {r.n_eval:>5} "
+                f"{_pct(r.clean_acc):>6}")
         for a in attacks:
-            line += f" {_pct(r['robust_acc'][a]):>12}"
-        line += f" {_pct(r['robust_acc']['worst_case']):>6}"
+            line += f" {_pct(r.robust_acc[a]):>12}"
+        line += f" {_pct(r.worst_case):>6}"
         lines.append(line)
-    s = results["summary"]
-    wc = s["robust"]["worst_case"]
-    ds = results["dataset"]
-    tm = results["threat_model"]
-    lines.append("")
-    profile = (" (balanced training set)" if ds.get("balanced") else
-               f" (rho {ds['imbalance']})" if ds.get("imbalance") is not None else "")
-    lines.append(f"model {inline_safe(results['model']['spec'])} on {ds['name']}{profile}, "
-                 f"{tm['norm']} eps {tm['eps_text']}, {results['mode']}, {ds['n_eval']} points")
-    if results.get("suite"):
-        lines.append(f"suite {results['suite']}, {results.get('mode_label', 'white-box')}"
-                     + (f" ({results['suite_note']})" if results.get("suite_note") else ""))
-    lines.append(f"clean accuracy {_pct(s['clean']['overall']).strip()}   "
-                 + "   ".join(f"{a} {_pct(s['robust'][a]['overall']).strip()}" for a in attacks)
-                 + f"   worst case {_pct(wc['overall']).strip()}")
-    if wc.get("mean") is not None:
-        names = results["dataset"]["classes"]
-        g = wc.get("groups") or {}
+    return lines
+
+
+def _headline_lines(results: AuditResults) -> list[str]:
+    s = results.summary
+    wc = s.worst_case
+    ds = results.dataset
+    attacks = [a.name for a in results.attacks]
+    profile = (" (balanced training set)" if ds.balanced else
+               f" (rho {ds.imbalance})" if ds.imbalance is not None else "")
+    lines = [f"model {inline_safe(results.model.spec)} on {ds.name}{profile}, "
+             f"{results.threat_model.norm} eps {results.eps_text}, {results.mode}, {ds.n_eval} points"]
+    if results.suite:
+        lines.append(f"suite {results.suite}, {results.mode_label or 'white-box'}"
+                     + (f" ({results.suite_note})" if results.suite_note else ""))
+    lines.append(f"clean accuracy {_pct(s.clean.overall).strip()}   "
+                 + "   ".join(f"{a} {_pct(s.robust[a].overall).strip()}" for a in attacks)
+                 + f"   worst case {_pct(wc.overall).strip()}")
+    if wc.mean is not None:
+        g = wc.groups or {}
         by_group = "".join(f"; {k} {_pct(v).strip()}" for k, v in g.items()) if g else ""
-        lines.append(f"balanced robust accuracy {_pct(wc['mean']).strip()}; worst class "
-                     f"{inline_safe(names[wc['worst_class']])} {_pct(wc['worst']).strip()}{by_group}")
-        sp = wc.get("spearman")
-        if sp:
-            lines.append(f"Spearman(robust accuracy, training count) = {sp['rho']:+.2f} (p={sp['p']:.2g})")
-    par = results["model"].get("parity")
+        lines.append(f"balanced robust accuracy {_pct(wc.mean).strip()}; worst class "
+                     f"{inline_safe(ds.classes[wc.worst_class])} {_pct(wc.worst).strip()}{by_group}")
+        if wc.spearman:
+            lines.append(f"Spearman(robust accuracy, training count) = {wc.spearman.rho:+.2f} (p={wc.spearman.p:.2g})")
+    par = results.model.parity
     if par:
-        lines.append(f"ONNX parity: max logit difference {par.get('max_abs_logit_diff', 0):.2e} on {par.get('n')} "
+        lines.append(f"ONNX parity: max logit difference {par.max_abs_logit_diff or 0:.2e} on {par.n} "
                      "images; robust accuracy scored by onnxruntime")
-    cal = (results.get("summary") or {}).get("calibration")
-    if cal:
-        lines.append(calibration_line(cal))
-    for c in results.get("curve") or []:
-        lines.append(f"  eps {c['eps_text']:>8}: robust {_pct(c['overall']).strip()}, balanced {_pct(c['balanced']).strip()}")
-    for w in results.get("warnings", []):
-        lines.append(f"warning: {inline_safe(w)}")
-    lines += verdict_lines(results)
-    return "\n".join(lines)
+    if s.calibration:
+        lines.append(calibration_line(s.calibration))
+    for c in results.curve or []:
+        lines.append(f"  eps {c.eps_text:>8}: robust {_pct(c.overall).strip()}, balanced {_pct(c.balanced).strip()}")
+    lines += [f"warning: {inline_safe(w)}" for w in results.warnings]
+    return lines
 
 
-def calibration_line(cal: dict[str, Any]) -> str:
+def calibration_line(cal: Calibration) -> str:
     """ECE and confidently wrong answers, clean and (when measured) under attack, in one line."""
-    def side(d: dict[str, Any]) -> str:
-        wrong = (d.get("confident_error_90") or {}).get("rate")
-        return f"ECE {_pct(d.get('ece')).strip()}, wrong with confidence > 0.9: {_pct(wrong).strip()}"
-    line = f"calibration: clean {side(cal['clean'])}"
-    if cal.get("attacked"):
-        line += f"; under attack {side(cal['attacked'])} (a lower bound)"
+    def side(d: CalibrationBlock) -> str:
+        wrong = d.confident_error_90.rate if d.confident_error_90 is not None else None
+        return f"ECE {_pct(d.ece).strip()}, wrong with confidence > 0.9: {_pct(wrong).strip()}"
+    line = f"calibration: clean {side(cal.clean)}"
+    if cal.attacked:
+        line += f"; under attack {side(cal.attacked)} (a lower bound)"
     return line
 
 
-def verdict_lines(results: dict[str, Any]) -> list[str]:
-    """The verdict (from results["verdict"]), its reasons and what to do next; no grade when not meaningful."""
-    if not results.get("verdict"):
+def verdict_lines(results: AuditResults) -> list[str]:
+    """The verdict, its reasons and what to do next; no grade when not meaningful."""
+    v = results.verdict
+    if v is None:
         return []
-    v = Verdict.from_json(results["verdict"])
     lines = ["", f"verdict: {v.code}: {inline_safe(v.statement)}"]  # class names inside: one line each
     lines += [f"  because {inline_safe(r)}" for r in v.reasons]
     lines += [f"  next: {inline_safe(a)}" for a in v.actions]
-    gate = results.get("gate")
+    gate = results.gate
     if gate:
-        lines.append(f"gate: {'passed' if gate['passed'] else 'FAILED'} ("
-                     + ", ".join(f"{c['key']} {_pct(c['value']).strip()} {'ok' if c['passed'] else 'fail'}"
-                                 for c in gate["conditions"]) + ")")
+        lines.append(f"gate: {'passed' if gate.passed else 'FAILED'} ("
+                     + ", ".join(f"{c.key} {_pct(c.value).strip()} {'ok' if c.passed else 'fail'}"
+                                 for c in gate.conditions) + ")")
     return lines

@@ -3,22 +3,19 @@
 Codes, in order: ``robust``, ``partly-robust``, ``weakly-robust``, ``not-robust`` (bands on
 the share of correct answers that survive the attacks) and ``not-meaningful`` (the model does
 not work on this data, so no robustness grade is given). The terminal summary, the reports and
-``summary.md`` all read ``results["verdict"]``; the rules are explained in docs/method.md
+``summary.md`` all read ``results.verdict`` (:class:`audit.resultsmodel.Verdict`); the rules are explained in docs/method.md
 ("Verdict").
 """
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 from .calibration import rare_confidently_wrong
 from .inputs import MAX_RESIZE
 from .metrics import wilson_interval
+from .resultsmodel import LABELS, AuditResults, ClassResult, InputFit, LabelCheck, Verdict
 
-CODES = ("robust", "partly-robust", "weakly-robust", "not-robust", "not-meaningful")
-LABELS = {"robust": "Robust", "partly-robust": "Partly robust", "weakly-robust": "Weakly robust",
-          "not-robust": "Not robust", "not-meaningful": "Not meaningful"}
 # (lowest share of clean-correct answers that survive, code): worst-case robust / clean accuracy
 BANDS: tuple[tuple[float, str], ...] = ((0.8, "robust"), (0.5, "partly-robust"), (0.2, "weakly-robust"),
                                         (0.0, "not-robust"))
@@ -88,19 +85,18 @@ def prediction_collapse(matrix: Sequence[Sequence[int]], names: Optional[Sequenc
     return None
 
 
-def _meaningful_problems(results: Mapping[str, Any]) -> list[str]:
+def _meaningful_problems(results: AuditResults) -> list[str]:
     """Reasons why the figures cannot be read as robustness at all (empty list: they can)."""
-    s = results["summary"]
-    n = int(results["dataset"].get("n_eval") or 0)
-    clean = overall_of(s["clean"])  # the class mean when no overall figure was stored
+    n = int(results.dataset.n_eval or 0)
+    clean = results.summary.clean.headline  # the class mean when no overall figure was stored
     if not n or clean is None:
         return ["no test image was evaluated"]
-    return clean_problems(round(clean * n), n, s.get("clean_confusion"), results["dataset"]["classes"],
-                          results.get("label_check"))
+    return clean_problems(round(clean * n), n, results.summary.clean_confusion, results.class_names,
+                          results.label_check)
 
 
 def clean_problems(k: int, n: int, confusion: Optional[Sequence[Sequence[int]]], names: Sequence[str],
-                   label_check: Optional[Mapping[str, Any]] = None) -> list[str]:
+                   label_check: Optional[LabelCheck] = None) -> list[str]:
     """Why ``k`` correct clean answers of ``n`` (with this clean confusion matrix and label check) cannot be graded:
     chance-level accuracy, collapsed predictions, a permuted label order (first: the most likely cause). The
     verdict and the check before any attack (audit/precheck.py) apply these same rules."""
@@ -116,32 +112,32 @@ def clean_problems(k: int, n: int, confusion: Optional[Sequence[Sequence[int]]],
         collapsed = prediction_collapse(confusion, names)
         if collapsed:
             out.append(f"the predictions collapse: {collapsed}")
-    lc = label_check or {}
-    if lc.get("suspected"):  # the most likely cause goes first
-        out.insert(0, f"the label order looks permuted: clean accuracy is {_pct(lc.get('accuracy_now'))}, but "
-                   f"{_pct(lc.get('accuracy_mapped'))} once the model's outputs are re-mapped to other classes")
+    if label_check is not None and label_check.suspected:  # the most likely cause goes first
+        out.insert(0, f"the label order looks permuted: clean accuracy is {_pct(label_check.accuracy_now)}, but "
+                   f"{_pct(label_check.accuracy_mapped)} once the model's outputs are re-mapped to other classes")
     return out
 
 
-def input_reasons(results: Mapping[str, Any]) -> list[str]:
-    """Sentences about the images being converted to fit the model (``results["input"]``)."""
-    inp = results.get("input") or {}
-    out = []
-    if inp.get("channel_conversion"):
-        out.append(f"the images were converted ({inp['channel_conversion']}) to fit the model: the model was "
+def input_reasons(inp: Optional[InputFit]) -> list[str]:
+    """Sentences about the images being converted to fit the model (``results.input``)."""
+    out: list[str] = []
+    if inp is None:
+        return out
+    if inp.channel_conversion:
+        out.append(f"the images were converted ({inp.channel_conversion}) to fit the model: the model was "
                    "probably trained on other data")
-    f = inp.get("resize_factor")
+    f = inp.resize_factor
     if f is not None and (f > MAX_RESIZE or f < 1 / MAX_RESIZE):
-        out.append(f"the images were resized by a factor {f:.3g} (data {inp.get('data_shape')}, model "
-                   f"{inp.get('model_shape')}): the model was probably trained on other data")
+        out.append(f"the images were resized by a factor {f:.3g} (data {inp.data_shape}, model "
+                   f"{inp.model_shape}): the model was probably trained on other data")
     return out
 
 
-def _repair_command(results: Mapping[str, Any]) -> str:
-    if str(results["model"].get("format")) == "torch":  # a module from Python: the API, not the command line
+def _repair_command(results: AuditResults) -> str:
+    if str(results.model.format) == "torch":  # a module from Python: the API, not the command line
         return "tailaudit.run_repair(RepairConfig(audit=<this audit's AuditConfig>)) (docs/python_api.md)"
-    cfg = results.get("config") or {}
-    parts = ["python", "cli.py", "repair", str(results["model"]["spec"]), "--dataset", str(results["dataset"]["name"])]
+    cfg = results.config or {}
+    parts = ["python", "cli.py", "repair", str(results.model.spec), "--dataset", str(results.dataset.name)]
     for key in ("checkpoint", "labels", "mean", "std", "input_size"):
         if cfg.get(key) is not None:
             val = cfg[key]
@@ -149,85 +145,28 @@ def _repair_command(results: Mapping[str, Any]) -> str:
             parts += [f"--{key.replace('_', '-')}", val]
     if cfg.get("data_root"):
         parts += ["--data-root", str(cfg["data_root"])]
-    tm = results.get("threat_model") or {}
-    if tm.get("norm") and tm["norm"] != "linf":
-        parts += ["--norm", str(tm["norm"])]
-    if tm.get("eps_text"):
-        parts += ["--eps", str(tm["eps_text"])]
+    tm = results.threat_model
+    if tm.norm and tm.norm != "linf":
+        parts += ["--norm", str(tm.norm)]
+    if tm.eps_text:
+        parts += ["--eps", str(tm.eps_text)]
     return " ".join(shlex.quote(p) for p in parts)
 
 
-def _weakest(results: Mapping[str, Any], k: int, group: Optional[str] = None) -> list[Mapping[str, Any]]:
-    rows = [r for r in results["per_class"] if r["robust_acc"].get("worst_case") is not None
-            and (group is None or r.get("group") == group)]
-    return sorted(rows, key=lambda r: (r["robust_acc"]["worst_case"], r["index"]))[:k]
+def _weakest(results: AuditResults, k: int, group: Optional[str] = None) -> list[ClassResult]:
+    rows = [r for r in results.per_class if r.worst_case is not None and (group is None or r.group == group)]
+    return sorted(rows, key=lambda r: (r.worst_case, r.index))[:k]
 
 
-def _names(rows: Sequence[Mapping[str, Any]]) -> str:
-    quoted = [f"“{r['name']}”" for r in rows]
+def _names(rows: Sequence[ClassResult]) -> str:
+    quoted = [f"“{r.name}”" for r in rows]
     return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """The one verdict of an audit, as ``results["verdict"]`` stores it (:meth:`to_json` / :meth:`from_json`).
-
-    ``band`` is the grade before a rare-class or uneven qualifier lowered it, ``survival`` the share
-    of correct answers that survive (both None when not meaningful). ``computed_on_load`` names the
-    tailaudit version that graded a file written before verdicts were stored (audit/schema.py);
-    it is never written. The label is the code in words (:data:`LABELS`), derived, not stored twice.
-    """
-
-    code: str
-    headline: str
-    reasons: tuple[str, ...] = ()
-    actions: tuple[str, ...] = ()
-    band: Optional[str] = None
-    survival: Optional[float] = None
-    qualifier: Optional[str] = None
-    computed_on_load: Optional[str] = None
-
-    def __post_init__(self) -> None:
-        if self.code not in CODES:
-            raise ValueError(f"verdict code {self.code!r} is not one of {', '.join(CODES)}")
-
-    @property
-    def label(self) -> str:
-        return LABELS[self.code]
-
-    @property
-    def statement(self) -> str:
-        """The headline without its leading grade, for a page or line that shows the grade beside it (badge)."""
-        prefix = f"{self.label}: "
-        return self.headline[len(prefix):] if self.headline.startswith(prefix) else self.headline
-
-    @property
-    def meaningful(self) -> bool:
-        """False for ``not-meaningful``: the model does not work on this data and gets no grade."""
-        return self.code != "not-meaningful"
-
-    def to_json(self) -> dict[str, Any]:
-        out = {"code": self.code, "headline": self.headline, "reasons": list(self.reasons),
-               "actions": list(self.actions), "band": self.band, "survival": self.survival,
-               "qualifier": self.qualifier}
-        if self.computed_on_load is not None:
-            out["computed_on_load"] = self.computed_on_load
-        return out
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "Verdict":
-        """From a validated results file (older files also carry ``label``, derived here from the code)."""
-        return cls(code=str(data["code"]), headline=str(data.get("headline") or ""),
-                   reasons=tuple(str(r) for r in data.get("reasons") or ()),
-                   actions=tuple(str(a) for a in data.get("actions") or ()), band=data.get("band"),
-                   survival=data.get("survival"), qualifier=data.get("qualifier"),
-                   computed_on_load=data.get("computed_on_load"))
-
-
-def compute_verdict(results: Mapping[str, Any]) -> Verdict:
+def compute_verdict(results: AuditResults) -> Verdict:
     """The :class:`Verdict` the rules give an audit's figures (see module doc)."""
-    s = results["summary"]
-    extra = input_reasons(results)
+    s = results.summary
+    extra = input_reasons(results.input)
     problems = _meaningful_problems(results)
     if problems:
         return Verdict(
@@ -237,35 +176,33 @@ def compute_verdict(results: Mapping[str, Any]) -> Verdict:
             reasons=tuple(problems + extra),
             actions=tuple([f"Check {c}" for c in LOOKUP_CHECKS]
                           + ([f"Re-run with --labels FILE listing the model's outputs in order: "
-                              f"{', '.join(m['class'] for m in results['label_check']['mapping'])}"]
-                             if (results.get("label_check") or {}).get("suspected") else [])))
-    wc = s["robust"]["worst_case"]
-    robust, clean = overall_of(wc), overall_of(s["clean"])
+                              f"{', '.join(m.class_name for m in results.label_check.mapping)}"]
+                             if results.label_check is not None and results.label_check.suspected else [])))
+    wc = s.worst_case
+    robust, clean = wc.headline, s.clean.headline
     survive = robust / clean if clean else 0.0
     base = band(robust, clean)
     reasons = [f"worst-case robust accuracy {_pct(robust)} keeps {survive:.0%} of the clean accuracy {_pct(clean)}; "
                "the share kept sets the grade (80% or more: robust, 50-80%: partly, 20-50%: weakly, below 20%: "
                "not robust)"]
-    gap = (s.get("head_tail_gap") or {}).get("worst_case")
-    groups = results["dataset"].get("groups") or {}
-    rare_weak = gap is not None and gap >= UNEVEN and bool(groups.get("tail")) and bool(groups.get("head"))
-    uneven = wc.get("worst") is not None and wc.get("mean") and wc["worst"] < WORST_SHARE * wc["mean"]
+    gap = (s.head_tail_gap or {}).get("worst_case")
+    rare_weak = gap is not None and gap >= UNEVEN and bool(results.group_of("tail")) and bool(results.group_of("head"))
+    uneven = wc.worst is not None and wc.mean and wc.worst < WORST_SHARE * wc.mean
     qualifier = None
     code = base
     why = []  # what singles out the weak classes, in the headline's words
     if rare_weak:
         qualifier = "rare classes"
-        g = wc.get("groups") or {}
-        why.append(f"the rare classes are much weaker (tail {_pct(g.get('tail'))} vs head {_pct(g.get('head'))})")
+        why.append(f"the rare classes are much weaker (tail {_pct(wc.group('tail'))} vs head {_pct(wc.group('head'))})")
         reasons.append(f"robust accuracy on the tail (rarest) classes is {100 * gap:.1f} points below the head "
                        f"classes (15 points or more singles them out)")
     if uneven:
-        worst = results["per_class"][wc["worst_class"]]
+        worst = results.per_class[wc.worst_class]
         qualifier = qualifier or "every class"
         if not rare_weak:
-            why.append(f"class “{worst['name']}” keeps only {_pct(wc['worst'])}")
-        reasons.append(f"the weakest class “{worst['name']}” keeps {_pct(wc['worst'])} robust accuracy, below half "
-                       f"the balanced robust accuracy {_pct(wc['mean'])}")
+            why.append(f"class “{worst.name}” keeps only {_pct(wc.worst)}")
+        reasons.append(f"the weakest class “{worst.name}” keeps {_pct(wc.worst)} robust accuracy, below half "
+                       f"the balanced robust accuracy {_pct(wc.mean)}")
     if qualifier and base in ("robust", "partly-robust"):
         code = {"robust": "partly-robust", "partly-robust": "weakly-robust"}[base]
         reasons[0] += f"; one step lower here because {why[0]}"
@@ -274,8 +211,7 @@ def compute_verdict(results: Mapping[str, Any]) -> Verdict:
         tail = f"; {why[0]}"
     else:
         tail = ""
-    tm = results.get("threat_model") or {}
-    threat = f"{'L∞' if tm.get('norm') == 'linf' else 'L2'} ε = {tm.get('eps_text', tm.get('eps'))}"
+    threat = f"{'L∞' if results.threat_model.norm == 'linf' else 'L2'} ε = {results.eps_text}"
     headline = (f"{LABELS[code]}: {_pct(robust)} of the test images stay correct under attack ({threat}), against "
                 f"{_pct(clean)} without attack, so it keeps {survive:.0%} of its correct answers{tail}.")
     reasons += extra
@@ -292,9 +228,9 @@ def compute_verdict(results: Mapping[str, Any]) -> Verdict:
                        "there helps most")
     if extra:
         actions.append("Audit the model on data of the size and colour it was trained on")
-    if (results.get("suite") or "quick") in ("quick", "custom"):
+    if (results.suite or "quick") in ("quick", "custom"):
         actions.append("Confirm the figures with the stronger attack suite (--suite standard) before relying on them")
-    elif (results.get("mode_label") or "white-box") != "white-box":
+    elif (results.mode_label or "white-box") != "white-box":
         actions.append("Black-box figures are an upper bound: audit an ONNX export that converts for gradients")
     # -- calibration under attack (rule and wording in audit/calibration.py); it adds a reason and an action,
     # never changes the code

@@ -40,6 +40,7 @@ from _common import CACHE, cifar10_root
 from audit.config import AuditConfig
 from audit.data import load_dataset
 from audit.lifecycle import resolve_device
+from audit.resultsmodel import AuditResults
 from tailaudit import RepairConfig, run_repair
 from reat_finetune.train import augment
 
@@ -153,14 +154,14 @@ def standard_lt_model(arch: str, epochs: int, device: torch.device) -> Path:
     return ckpt
 
 
-def row(name: str, res: dict, seconds: float | None, hw: str, summary: dict | None = None) -> dict:
-    s = res["summary"]
-    wc = s["robust"]["worst_case"]
-    g = wc.get("groups") or {}
-    gap = g["head"] - g["tail"] if g.get("head") is not None and g.get("tail") is not None else None
-    r = {"method": name, "clean": s["clean"]["overall"], "pgd20": (s["robust"].get("pgd") or {}).get("overall"),
-         "worst_case": wc["overall"], "head": g.get("head"), "medium": g.get("medium"), "tail": g.get("tail"),
-         "gap": gap, "worst_class": wc.get("worst"), "seconds": seconds, "hardware": hw,
+def row(name: str, res: AuditResults, seconds: float | None, hw: str, summary: dict | None = None) -> dict:
+    wc = res.worst_case
+    head, tail = wc.group("head"), wc.group("tail")
+    gap = head - tail if head is not None and tail is not None else None
+    pgd = res.summary.robust.get("pgd")
+    r = {"method": name, "clean": res.summary.clean.overall, "pgd20": pgd.overall if pgd is not None else None,
+         "worst_case": wc.overall, "head": head, "medium": wc.group("medium"), "tail": tail,
+         "gap": gap, "worst_class": wc.worst, "seconds": seconds, "hardware": hw,
          "fine_tune_s": None, "budget": None, "kept_step": None, "clean_kept": None, "ece": None, "outcome": None}
     if summary is not None:
         r.update(fine_tune_s=summary["timings"]["fine_tune_s"], budget=summary["budget"], kept_step=summary["best_step"],
@@ -295,9 +296,8 @@ def standard_audit(args: argparse.Namespace, model_path: str, dev: torch.device)
     log.info("standard suite on %s", model_path)
     cfg = dataclasses.replace(audit_config(args, args.seed, Path(model_path), "standard"),
                               out=str(args.out / f"standard-{Path(model_path).parent.name}"))
-    res = run_audit(cfg, progress=False).results
-    wc = res["summary"]["robust"]["worst_case"]
-    return {"worst_case": wc["overall"], **{g: (wc.get("groups") or {}).get(g) for g in ("head", "medium", "tail")},
+    wc = run_audit(cfg, progress=False).results.worst_case
+    return {"worst_case": wc.overall, **{g: wc.group(g) for g in ("head", "medium", "tail")},
             "seconds": time.time() - t1}
 
 

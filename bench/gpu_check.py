@@ -119,7 +119,7 @@ def demo_repair(device: str, out: Path) -> dict:
                         quiet=True)
     run = run_repair(RepairConfig(audit=audit, formats=(), quiet=True, out=str(out)))
     s = run.summary
-    return {"outcome": s["outcome"]["code"], "verdict_after": run.after["verdict"]["code"],
+    return {"outcome": s["outcome"]["code"], "verdict_after": run.after.verdict.code if run.after.verdict else None,
             "robust_before": s["before"]["robust_worst_case"], "robust_after": s["after"]["robust_worst_case"],
             "tail_after": (s["after"]["robust_groups"] or {}).get("tail"), "fine_tune_s": s["timings"]["fine_tune_s"]}
 

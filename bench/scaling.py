@@ -29,6 +29,8 @@ from pathlib import Path
 
 from _common import ROOT, cifar10_root
 
+from audit.schema import load_results
+
 MEAN, STD = "0.4914,0.4822,0.4465", "0.2471,0.2435,0.2616"
 
 
@@ -82,10 +84,9 @@ def main() -> None:
                 out = Path(tmp) / f"audit-{r}-{rnd}"
                 wall = launch(r, ["audit", *common, "--n-per-class", str(args.n_per_class), "--steps", "10",
                                   "--out", str(out)])
-                res = json.loads((out / "results.json").read_text())
-                assert res["environment"]["world_size"] == r
-                t = res["timings"]
-                pps = res["dataset"]["n_eval"] / (t["total_s"] - t["load_s"])
+                res = load_results(out / "results.json")
+                assert (res.environment or {})["world_size"] == r and res.timings is not None
+                pps = res.dataset.n_eval / (res.timings.total_s - res.timings.load_s)
                 audit[r] = max(audit.get(r, 0.0), pps)
                 points[r] = (out / "points.json").read_text()
                 print(f"audit, {r} rank(s): {pps:.1f} points/s ({wall:.1f} s wall with start-up)", flush=True)

@@ -30,7 +30,7 @@ from audit.pipeline import prepare, run_audit
 from audit.errors import ResultsError
 from audit.results import environment
 from audit.schema import load_results
-from audit.verdict import Verdict
+from audit.resultsmodel import AuditResults
 
 from .checkpoint import CHECKPOINT_NAME, check_fingerprint, fingerprint, is_disk_full, labels_digest, load_checkpoint
 from .config import RepairConfig
@@ -59,8 +59,8 @@ class RepairRun:
     """What :func:`run_repair` returns: both audits, the training log and where everything went."""
 
     out_dir: Path
-    before: dict[str, Any]
-    after: dict[str, Any]
+    before: AuditResults
+    after: AuditResults
     training_log: dict[str, Any]
     model_path: Path
     best_epoch: int
@@ -85,7 +85,7 @@ def _comparable_config(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-def _reusable_before(path: Path, audit: AuditConfig) -> Optional[dict[str, Any]]:
+def _reusable_before(path: Path, audit: AuditConfig) -> Optional[AuditResults]:
     """The before-audit of a resumed run, when it exists and was made with the same audit settings."""
     if not path.is_file():
         return None
@@ -94,7 +94,7 @@ def _reusable_before(path: Path, audit: AuditConfig) -> Optional[dict[str, Any]]
     except ResultsError as exc:
         log.warning("not reusing the before-audit: %s", exc)
         return None
-    if _comparable_config(res.get("config") or {}) != _comparable_config(audit.to_dict()):
+    if _comparable_config(res.config or {}) != _comparable_config(audit.to_dict()):
         return None
     return res
 
@@ -111,13 +111,13 @@ def _eval_images(data: LTDataset, n: int, size: tuple[int, int, int]) -> torch.T
     return adapt_images(torch.stack(xs).float(), size)
 
 
-def _headline(res: dict[str, Any]) -> dict[str, Any]:
-    s = res["summary"]
-    wc = s["robust"]["worst_case"]
-    return {"clean": s["clean"]["overall"], "clean_balanced": s["clean"]["mean"],
-            "robust_worst_case": wc["overall"], "robust_balanced": wc["mean"],
-            "robust_groups": wc.get("groups"), "clean_groups": s["clean"].get("groups"),
-            "worst_class": wc.get("worst_class"), "worst_class_robust": wc.get("worst")}
+def _headline(res: AuditResults) -> dict[str, Any]:
+    """The before/after figures repair.json records (its own file format, docs/results_schema.md)."""
+    clean, wc = res.summary.clean, res.worst_case
+    return {"clean": clean.overall, "clean_balanced": clean.mean,
+            "robust_worst_case": wc.overall, "robust_balanced": wc.mean,
+            "robust_groups": wc.groups, "clean_groups": clean.groups,
+            "worst_class": wc.worst_class, "worst_class_robust": wc.worst}
 
 
 @distributed.reports_failure
@@ -245,7 +245,7 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
         budget=budget, plan=vplan,
         guard=BatchSource(data.train, guard_idx, labels, data.image_shape) if vplan.missing else None,
         prior_counts=[1.0] * C if sampler == "class-balanced" else None, sampler=sampler, sampler_rule=sampler_rule,
-        input_test_clean=before["summary"]["clean"].get("mean"),
+        input_test_clean=before.summary.clean.mean,
     )
     log.info("fine-tuning with %s (tail penalty %s, features: %s, %s sampling) on %d images for %d steps (%s), "
              "validating on %d%s", method.name, penalty, setup.feature_source, sampler, len(train_idx),
@@ -294,7 +294,7 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
                   "val_counts": [int(c) for c in np.bincount(labels[val_idx], minlength=C)], "seed": config.seed},
         "before": _headline(before), "after": _headline(after),
         "outcome": decide(_headline(before), _headline(after), input_kept=input_kept,
-                          after_meaningful=Verdict.from_json(after["verdict"]).meaningful,
+                          after_meaningful=after.verdict is None or after.verdict.meaningful,
                           min_clean_kept=config.min_clean_kept, kept_note=result.best_note,
                           model_file=exported.path.name, method=method.name,
                           budget=f"{budget.steps_total} steps").to_dict(),

@@ -4,7 +4,7 @@
     run = tailaudit.run_audit(tailaudit.AuditConfig(model=my_module, dataset=my_dataset,
                                                     mean=(0.5,), std=(0.5,), eps=2 / 255),
                               formats=("html",))
-    print(run.results["summary"]["robust"]["worst_case"]["overall"], run.out_dir)
+    print(run.results.worst_case.overall, run.out_dir)
 
 Layers (docs/architecture.md, kept by tests/test_layers.py): value types and parsing at the bottom
 (``audit.values``, ``audit.errors``, ``audit.bounds``, ``audit.results``); attacks, models and data
@@ -22,5 +22,5 @@ from reat_finetune.config import RepairConfig
 
 from .api import AuditRun, RepairRun, render, run_audit, run_repair
 
-__all__ = ["AttackSpec", "AuditConfig", "AuditRun", "LoadedModel", "RepairConfig", "RepairRun", "TailAuditError",
+__all__ = ["AttackSpec", "AuditConfig", "AuditResults", "AuditRun", "LoadedModel", "RepairConfig", "RepairRun", "TailAuditError",
            "__version__", "render", "run_audit", "run_repair"]

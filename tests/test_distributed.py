@@ -184,8 +184,8 @@ def test_workers_give_the_same_results(tmp_path):
                           out=str(tmp_path / f"w{workers}"))
         torch.manual_seed(0)
         runs.append(run_audit(cfg))
-    assert runs[1].results["config"]["workers"] == 2
-    assert _comparable(runs[0].results) == _comparable(runs[1].results)
+    assert runs[1].results.config["workers"] == 2
+    assert _comparable(runs[0].results.to_json()) == _comparable(runs[1].results.to_json())
     assert (runs[0].out_dir / "points.json").read_text() == (runs[1].out_dir / "points.json").read_text()
 
 

@@ -14,6 +14,7 @@ from PIL import Image
 import cli
 from audit.errors import ConfigError
 from audit.gate import evaluate_gate, parse_fail_under
+from audit.resultsmodel import AuditResults
 from audit.inputs import input_info, input_warnings
 from audit.verdict import LABELS
 from support import DEMO
@@ -72,11 +73,11 @@ def test_gate_bad_input_is_exit_2_before_any_output(tmp_path, capsys):
 
 def test_gate_value_is_measured_as_documented(demo):
     _, res = demo
-    g = evaluate_gate(parse_fail_under("balanced=0,worst-class=0,tail=0,max-gap=100%"), res)
+    g = evaluate_gate(parse_fail_under("balanced=0,worst-class=0,tail=0,max-gap=100%"), AuditResults.from_json(res))
     wc = res["summary"]["robust"]["worst_case"]
-    assert [c["value"] for c in g["conditions"]] == [wc["mean"], wc["worst"], wc["groups"]["tail"],
-                                                     res["summary"]["head_tail_gap"]["worst_case"]]
-    assert g["passed"]
+    assert [c.value for c in g.conditions] == [wc["mean"], wc["worst"], wc["groups"]["tail"],
+                                               res["summary"]["head_tail_gap"]["worst_case"]]
+    assert g.passed
 
 
 # -- exports ------------------------------------------------------------------------------------------
@@ -109,7 +110,7 @@ def test_per_class_csv_neutralises_formulas_in_class_names(demo):
              "ünïcode", "9"]
     for row, name in zip(hostile["per_class"], names):
         row["name"] = name
-    rows = list(csv.DictReader(io.StringIO(per_class_csv(hostile))))
+    rows = list(csv.DictReader(io.StringIO(per_class_csv(AuditResults.from_json(hostile)))))
     written = [r["class"] for r in rows]
     assert written[:5] == ["'" + n for n in names[:5]] and written[5:] == names[5:]
 
@@ -243,7 +244,7 @@ def test_balanced_folder_has_no_groups_and_warns_about_input_mismatch(tmp_path, 
 def test_input_info_thresholds():
     assert input_warnings(input_info([3, 32, 32], [3, 128, 128])) == []  # 4x exactly is fine
     assert len(input_warnings(input_info([3, 32, 32], [3, 224, 224]))) == 1
-    assert input_info([1, 28, 28], [3, 28, 28])["channel_conversion"] == "grey to RGB"
+    assert input_info([1, 28, 28], [3, 28, 28]).channel_conversion == "grey to RGB"
 
 
 def test_digits_results_keep_groups_and_rho(demo):
@@ -344,9 +345,9 @@ def test_weight_norms_follow_the_labels_order(tmp_path):
     common = dict(dataset="digitslt", n_per_class=2, steps=1, eps=0.1, quiet=True)
     plain = run_audit(AuditConfig(model=str(DEMO), out=str(tmp_path / "a"), **common)).results
     fixed = run_audit(AuditConfig(model=str(model), labels=str(labels), out=str(tmp_path / "b"), **common)).results
-    norms = [r["weight_norm"] for r in plain["per_class"]]
+    norms = [r.weight_norm for r in plain.per_class]
     assert None not in norms and len(set(norms)) == 10
-    assert [r["weight_norm"] for r in fixed["per_class"]] == pytest.approx(norms, rel=1e-6)
+    assert [r.weight_norm for r in fixed.per_class] == pytest.approx(norms, rel=1e-6)
 
 
 def test_label_check_names_real_outputs_when_a_wrong_labels_order_was_applied():
@@ -360,9 +361,10 @@ def test_label_check_names_real_outputs_when_a_wrong_labels_order_was_applied():
         conf[t, column] = 45
         conf[t, (column + 1) % 10] = 5
     lc = check_label_order(conf, names, wrong)
-    assert lc["accuracy_mapped"] == pytest.approx(0.9)
+    assert lc.accuracy_mapped == pytest.approx(0.9)
     # output o was taken to mean the class the wrong --labels order gave it, not names[o]
-    assert lc["mapping"] == [{"output": o, "class": str(PERM[o]), "assumed": names[wrong.index(o)]} for o in range(10)]
+    assert [(m.output, m.class_name, m.assumed) for m in lc.mapping] == [(o, str(PERM[o]), names[wrong.index(o)])
+                                                                          for o in range(10)]
     # a chance-level model on few points is not flagged by luck
     rng = np.random.default_rng(0)
     noise = np.zeros((10, 10), dtype=np.int64)

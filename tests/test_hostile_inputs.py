@@ -366,17 +366,18 @@ def test_own_results_validate_against_the_schema(demo_results):
 
 def test_results_checked_against_the_schema_before_they_are_written(tmp_path, monkeypatch, capsys):
     """A results dict the schema refuses (a tailaudit bug) is never written: one line, exit 2, no folder."""
+    import dataclasses
+
     import audit.pipeline
+    from audit.resultsmodel import Verdict
     from audit.verdict import compute_verdict
 
-    class Broken:  # a verdict whose JSON the schema refuses
-        def __init__(self, r):
-            self.json = {**compute_verdict(r).to_json(), "code": "excellent"}
-
+    class Broken(Verdict):  # a verdict whose JSON the schema refuses
         def to_json(self):
-            return self.json
+            return {**super().to_json(), "code": "excellent"}
 
-    monkeypatch.setattr(audit.pipeline, "compute_verdict", Broken)
+    monkeypatch.setattr(audit.pipeline, "compute_verdict",
+                        lambda r: Broken(**dataclasses.asdict(compute_verdict(r))))
     out = tmp_path / "run"
     code, _, err = run_main(["audit", str(DEMO), "--out", str(out), "--no-html", "--no-pdf", *FAST], capsys)
     assert code == 2 and "$.verdict.code is invalid" in err and "tailaudit bug" in err

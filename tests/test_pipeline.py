@@ -52,13 +52,13 @@ def test_timm_checkpoint_wrapped_and_prefixed(tmp_path):
     torch.save({"state_dict": sd, "epoch": 3}, ckpt)
     run = run_audit(AuditConfig(model="timm:test_resnet", checkpoint=str(ckpt), dataset="digitslt", n_per_class=2,
                                 steps=2, out=str(tmp_path / "out"), quiet=True, force=True))  # untrained weights
-    m = run.results["model"]
-    assert m["format"] == "timm" and m["arch"] == "test_resnet" and len(m["sha256"]) == 64
-    assert m["preprocessing"]["mean"] == list(net.pretrained_cfg["mean"])
-    assert m["preprocessing"]["input_size"] == [3, 8, 8]  # the data's native size, since the CNN runs at it
+    m = run.results.model
+    assert m.format == "timm" and m.arch == "test_resnet" and len(m.sha256) == 64
+    assert m.preprocessing.mean == list(net.pretrained_cfg["mean"])
+    assert m.preprocessing.input_size == [3, 8, 8]  # the data's native size, since the CNN runs at it
     # the per-class weight norms come from timm's linear classifier
     w = net.get_classifier().weight.detach().norm(dim=1)
-    assert [c["weight_norm"] for c in run.results["per_class"]] == pytest.approx(w.tolist(), rel=1e-5)
+    assert [c.weight_norm for c in run.results.per_class] == pytest.approx(w.tolist(), rel=1e-5)
 
 
 def test_pickled_object_checkpoint_is_refused(tmp_path):

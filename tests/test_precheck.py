@@ -43,7 +43,7 @@ def test_missing_normalisation_stops_before_any_attack_and_names_the_fix(tmp_pat
     # the fix the message names makes the model gradable: the audit then runs
     fixed = run_audit(AuditConfig(model=model, dataset="digitslt", mean=(MNIST[0],), std=(MNIST[1],), steps=2,
                                   n_per_class=10, out=str(tmp_path / "fixed"), quiet=True), formats=[])
-    assert fixed.results["verdict"]["code"] != "not-meaningful" and fixed.results["summary"]["clean"]["overall"] > 0.7
+    assert fixed.results.verdict.code != "not-meaningful" and fixed.results.summary.clean.overall > 0.7
 
 
 def test_a_wrong_normalisation_given_is_named_and_force_runs_the_attacks(tmp_path):
@@ -54,7 +54,7 @@ def test_a_wrong_normalisation_given_is_named_and_force_runs_the_attacks(tmp_pat
         run_audit(cfg, formats=[])
     cfg.force = True
     forced = run_audit(cfg, formats=[])  # --force: the attacks run, and the verdict still gives no grade
-    assert forced.results["verdict"]["code"] == "not-meaningful" and forced.results["attacks"]
+    assert forced.results.verdict.code == "not-meaningful" and forced.results.attacks
 
 
 def test_repair_of_an_ungradable_model_stops_before_training(tmp_path, capsys):

@@ -5,6 +5,7 @@ audited from the command line must give the same figures on the same points.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -17,6 +18,8 @@ import cli
 import tailaudit
 from audit.data import from_torch, load_dataset
 from audit.errors import DatasetError, ModelLoadError
+from audit.resultsmodel import AuditResults
+from audit.schema import load_results
 from support import DEMO as DEMO_ONNX
 
 
@@ -56,17 +59,18 @@ def notebook(tmp_path_factory):
     return net, data, test, onnx_path
 
 
-def _figures(results: dict) -> dict:
-    summary = {k: v for k, v in results["summary"].items() if k != "calibration"}  # confidences: see _confidences
-    return {"per_class": [(r["name"], r["train_count"], r["clean_acc"], r["robust_acc"]) for r in results["per_class"]],
-            "summary": summary, "groups": results["dataset"]["groups"], "verdict": results["verdict"]["code"],
-            "n_eval": results["dataset"]["n_eval"]}
+def _figures(results: AuditResults) -> dict:
+    summary = dataclasses.replace(results.summary, calibration=None)  # confidences: see _confidences
+    return {"per_class": [(r.name, r.train_count, r.clean_acc, r.robust_acc) for r in results.per_class],
+            "summary": summary, "groups": results.dataset.groups, "verdict": results.verdict.code,
+            "n_eval": results.dataset.n_eval}
 
 
-def _confidences(results: dict) -> list[float]:
+def _confidences(results: AuditResults) -> list[float]:
     """The calibration figures that are softmax values: equal across runtimes up to float rounding, not bit for bit."""
-    cal = results["summary"]["calibration"]
-    return [cal[side][key] for side in ("clean", "attacked") for key in ("ece", "mean_confidence", "over_confidence")]
+    cal = results.summary.calibration
+    return [getattr(getattr(cal, side), key) for side in ("clean", "attacked")
+            for key in ("ece", "mean_confidence", "over_confidence")]
 
 
 def test_module_and_dataset_audit_like_the_same_model_from_onnx_on_the_cli(notebook, tmp_path, capsys):
@@ -77,17 +81,17 @@ def test_module_and_dataset_audit_like_the_same_model_from_onnx_on_the_cli(noteb
         dataset=from_torch(DataLoader(test, batch_size=7, shuffle=True), classes=data.class_names,
                            train_counts=data.train_counts, name="digitslt"))
     run = tailaudit.run_audit(config, formats=["html"])
-    assert run.results["model"]["spec"] == "python:SmallNet" and run.results["model"]["format"] == "torch"
-    assert run.results["config"]["model"] == "python:SmallNet" and (run.out_dir / "report.html").is_file()
+    assert run.results.model.spec == "python:SmallNet" and run.results.model.format == "torch"
+    assert run.results.config["model"] == "python:SmallNet" and (run.out_dir / "report.html").is_file()
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items()) and not net.training  # untouched
     assert all(p.requires_grad for p in net.parameters())
 
     code = cli.main(["audit", str(onnx_path), "--dataset", "digitslt", "--mean", "0.3", "--std", "0.4", "--steps", "5",
                      "--eps", "0.1", "--seed", "0", "--quiet", "--no-html", "--no-pdf", "--out", str(tmp_path / "cli")])
     assert code == 0, capsys.readouterr().err
-    from_cli = json.loads((tmp_path / "cli" / "results.json").read_text())
+    from_cli = load_results(tmp_path / "cli" / "results.json")
     ours = _figures(run.results)
-    assert ours["summary"]["clean"]["overall"] > 0.6 and ours["verdict"] != "not-meaningful"  # a working model
+    assert ours["summary"].clean.overall > 0.6 and ours["verdict"] != "not-meaningful"  # a working model
     assert ours == _figures(from_cli)
     assert _confidences(run.results) == pytest.approx(_confidences(from_cli), abs=1e-4)
     assert np.array_equal(np.load(run.out_dir / "examples.npz")["index"],
@@ -101,7 +105,7 @@ def test_plain_dataset_defaults_and_clear_refusals(notebook, tmp_path, caplog):
     assert "taken as balanced" in caplog.text
     run = tailaudit.run_audit(tailaudit.AuditConfig(model=net, dataset=test, mean=MEAN, std=STD, n_per_class=2,
                                                     steps=1, quiet=True, out=str(tmp_path / "plain")))
-    assert run.results["dataset"]["balanced"] and run.results["dataset"]["name"] == "TensorDataset"
+    assert run.results.dataset.balanced and run.results.dataset.name == "TensorDataset"
     hwc = TensorDataset(torch.rand(4, 8, 8, 1), torch.zeros(4, dtype=torch.long))
     with pytest.raises(DatasetError, match="C x H x W"):
         from_torch(hwc)
@@ -142,8 +146,8 @@ def test_eps_from_the_api_is_what_every_page_says(tmp_path):
                                    out=str(tmp_path / "run"))
     run = tailaudit.run_audit(config, formats=["html", "pdf"])
     res = run.results
-    assert res["threat_model"]["eps_text"] == res["config"]["eps_text"] == "2/255"
-    assert "--eps 2/255" in " ".join(res["verdict"]["actions"]) or res["verdict"]["code"] == "robust"
+    assert res.threat_model.eps_text == res.config["eps_text"] == "2/255"
+    assert "--eps 2/255" in " ".join(res.verdict.actions) or res.verdict.code == "robust"
     html = (run.out_dir / "report.html").read_text(encoding="utf-8")
     pdf = subprocess.run(["pdftotext", str(run.out_dir / "report.pdf"), "-"], capture_output=True, text=True).stdout
     md = (run.out_dir / "summary.md").read_text(encoding="utf-8")
@@ -195,7 +199,7 @@ def test_nan_logits_under_attack_are_named_not_counted_silently(tmp_path):
     data = load_dataset("digitslt")
     run = tailaudit.run_audit(tailaudit.AuditConfig(model=Fragile(), dataset=data, n_per_class=3, steps=2,
                                                     quiet=True, force=True, out=str(tmp_path / "nan")))
-    said = [w for w in run.results["warnings"] if "NaN or infinite logits at the perturbed image" in w]
+    said = [w for w in run.results.warnings if "NaN or infinite logits at the perturbed image" in w]
     assert said and "points count as broken only because" in said[0] and "class " in said[0]
 
 

@@ -13,7 +13,8 @@ from torch import nn
 import cli
 from audit.data import class_groups, groups_to_indices
 from audit.metrics import cross_class_summary, wilson_interval
-from audit.verdict import BANDS, CODES, LABELS, Verdict, band, compute_verdict, overall_of, prediction_collapse
+from audit.resultsmodel import CODES, LABELS, AuditResults, Verdict
+from audit.verdict import BANDS, band, compute_verdict as _compute_verdict, prediction_collapse
 
 GRADES = [LABELS[c] for c in CODES if c != "not-meaningful"]  # "Robust", "Partly robust", ...
 
@@ -44,11 +45,16 @@ def fixture(clean: Sequence[float], robust: Sequence[float], counts: Sequence[in
                   "clean_acc": ca[i], "clean_ci95": list(wilson_interval(ck[i], n)),
                   "robust_acc": {"worst_case": ra[i]}, "robust_ci95": {"worst_case": list(wilson_interval(rk[i], n))}}
                  for i in range(C)]
-    return {"model": {"spec": "m.onnx"}, "config": {}, "mode": "cascade",
+    return {"schema_version": 1, "model": {"spec": "m.onnx"}, "config": {}, "mode": "cascade", "attacks": [],
             "dataset": {"name": "digitslt", "classes": [f"c{i}" for i in range(C)], "n_eval": C * n,
                         "groups": groups, "train_counts": counts},
             "threat_model": {"norm": "linf", "eps": 8 / 255, "eps_text": "8/255"},
             "summary": summary, "per_class": per_class, "warnings": []}
+
+
+def compute_verdict(document: dict) -> Verdict:
+    """The verdict of a fixture document, read as the typed results an audit holds."""
+    return _compute_verdict(AuditResults.from_json(document))
 
 
 @pytest.mark.parametrize("robust,code", [(0.85, "robust"), (0.6, "partly-robust"), (0.3, "weakly-robust"),
@@ -203,7 +209,7 @@ def test_headline_has_one_grade_and_leads_with_robust_accuracy(clean, robust):
     """Badge and headline are one statement: the headline starts with the code's own label, then the robust
     accuracy itself (not the share kept), and names no other grade."""
     v = compute_verdict(fixture(clean, robust))
-    wc = overall_of(fixture(clean, robust)["summary"]["robust"]["worst_case"])
+    wc = AuditResults.from_json(fixture(clean, robust)).worst_case.headline
     assert v.headline.startswith(f"{v.label}: {100 * wc:.1f}% of the test images stay correct under attack")
     others = [label for code, label in LABELS.items() if code != v.code and label not in v.label]
     assert not any(o in v.headline for o in others), v.headline
