@@ -298,13 +298,13 @@ class Reliability:
 @dataclass(kw_only=True)
 class ReliabilitySet:
     overall: Reliability
-    groups: dict[str, Reliability] = _omit()
+    groups: dict[str, Reliability] = field(default_factory=dict)
     extra: dict[str, Any] = _extra()
 
 
 @dataclass(kw_only=True)
 class CalibrationBlock:
-    """Confidence against accuracy for a set of points (a class, a group, all): ECE, over-confidence, rates."""
+    """Confidence against accuracy for a set of points (a group): ECE, over-confidence, confident-error rates."""
 
     n: int
     accuracy: Optional[float] = None
@@ -314,12 +314,24 @@ class CalibrationBlock:
     n_wrong: Optional[int] = None
     confident_error_50: Optional[Rate] = None
     confident_error_90: Optional[Rate] = None
-    ece_by_pred: Optional[float] = _omit()  # per class: over the points predicted as the class
-    n_pred: Optional[int] = _omit()
-    ece_class_mean: Optional[float] = _omit()  # overall: the mean of the classes' ECE
-    groups: Optional[dict[str, CalibrationBlock]] = _omit()
-    reliability: Optional[ReliabilitySet] = _omit()
     extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
+class ClassCalibrationBlock(CalibrationBlock):
+    """One class's block, with the ECE over the points *predicted* as the class and their number."""
+
+    ece_by_pred: Optional[float] = None
+    n_pred: Optional[int] = None
+
+
+@dataclass(kw_only=True)
+class CalibrationSummaryBlock(CalibrationBlock):
+    """All points: the block, the mean of the classes' ECE, the groups' blocks and the reliability diagrams."""
+
+    ece_class_mean: Optional[float] = None
+    groups: dict[str, CalibrationBlock] = field(default_factory=dict)
+    reliability: Optional[ReliabilitySet] = None
 
 
 @dataclass(kw_only=True)
@@ -341,8 +353,8 @@ class Calibration:
     """``summary.calibration``: how the confidences were measured and the clean / attacked figures."""
 
     procedure: CalibrationProcedure
-    clean: CalibrationBlock
-    attacked: Optional[CalibrationBlock] = None
+    clean: CalibrationSummaryBlock
+    attacked: Optional[CalibrationSummaryBlock] = None
     cascade_missed: Optional[int] = None
     unreached: Optional[int] = None
     extra: dict[str, Any] = _extra()
@@ -350,8 +362,8 @@ class Calibration:
 
 @dataclass(kw_only=True)
 class ClassCalibration:
-    clean: CalibrationBlock
-    attacked: Optional[CalibrationBlock] = None
+    clean: ClassCalibrationBlock
+    attacked: Optional[ClassCalibrationBlock] = None
     extra: dict[str, Any] = _extra()
 
 

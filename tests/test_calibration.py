@@ -26,7 +26,7 @@ from audit.errors import ConfigError, ResultsError
 from audit.exports import per_class_csv, summary_markdown
 from audit.merge import concat_records
 from audit.metrics import wilson_interval
-from audit.schema import load_results, validate_results
+from audit.schema import load_results, migrate, validate_results
 from audit.verdict import compute_verdict
 from report_fixtures import make_results, write_run
 from reports import render_report
@@ -290,29 +290,29 @@ def test_verdict_names_rare_classes_confidently_wrong_under_attack():
     results = with_calibration(make_results(10))
     att = results["summary"]["calibration"]["attacked"]["groups"]
     assert att["tail"]["confident_error_90"]["rate"] >= cal.RARE_CONFIDENT > att["head"]["confident_error_90"]["rate"]
-    v = compute_verdict(results)
+    v = compute_verdict(migrate(results))
     assert any("tail-class test images are wrong with a confidence above 0.9" in r for r in v.reasons)
     assert any("--smoothing label-aware" in a for a in v.actions)
     calm = with_calibration(make_results(10), shift=0.6)  # nobody confidently wrong: no reason, no action
-    assert cal.rare_confidently_wrong(calm) is None
-    assert not any("confidence above 0.9" in r for r in compute_verdict(calm).reasons)
-    assert compute_verdict(calm).code == v.code  # it never changes the grade
+    assert cal.rare_confidently_wrong(migrate(calm)) is None
+    assert not any("confidence above 0.9" in r for r in compute_verdict(migrate(calm)).reasons)
+    assert compute_verdict(migrate(calm)).code == v.code  # it never changes the grade
     old = make_results(10)
-    assert cal.rare_confidently_wrong(old) is None
+    assert cal.rare_confidently_wrong(migrate(old)) is None
 
 
 def test_exports_carry_calibration_only_when_measured():
     results = with_calibration(make_results(10))
-    csv_text = per_class_csv(results)
+    csv_text = per_class_csv(migrate(results))
     head = csv_text.splitlines()[0].split(",")
     assert "attacked_confident_error_90" in head and "clean_ece" in head
     row = dict(zip(head, csv_text.splitlines()[1].split(",")))
     assert float(row["attacked_ece"]) == pytest.approx(results["per_class"][0]["calibration"]["attacked"]["ece"],
                                                        rel=1e-5)
-    md = summary_markdown(results)
+    md = summary_markdown(migrate(results))
     assert "Calibration" in md and "tail classes wrong with confidence \\> 0.9" in md and "lower bound" in md
     plain = make_results(10)
-    assert "clean_ece" not in per_class_csv(plain) and "Calibration" not in summary_markdown(plain)
+    assert "clean_ece" not in per_class_csv(migrate(plain)) and "Calibration" not in summary_markdown(migrate(plain))
 
 
 # ------------------------------------------------------------------ reports
@@ -348,7 +348,7 @@ def test_results_without_calibration_still_render(tmp_path):
     html = files["html"].read_text(encoding="utf-8")
     assert "Reliability diagrams" not in html and "Calibration:" not in visible_text(html)
     # a repair report whose before run predates calibration: the after run's figures, n/a before
-    before = load_results(older)
+    before = load_results(older).to_json()  # the file as this version writes it
     after = with_calibration(copy.deepcopy(before))
     pb, pa = write_run(tmp_path / "r" / "before", before, examples=False), write_run(tmp_path / "r" / "after", after,
                                                                                         examples=False)

@@ -139,7 +139,7 @@ def test_an_interrupted_repair_leaves_the_finished_repair_as_it_was(tmp_path):
     resumed = cheap_config(None, resume=str(out))
     resumed.audit.eps = 0.05
     run = run_repair(resumed)
-    assert run.before["threat_model"]["eps"] == pytest.approx(0.05)  # the partial run's own before-audit
+    assert run.before.threat_model.eps == pytest.approx(0.05)  # the partial run's own before-audit
     assert not (out / PARTIAL).exists() and not (out / PREVIOUS).exists()
 
 

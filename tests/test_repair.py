@@ -414,19 +414,17 @@ def test_repair_on_digits_raises_tail_robustness(tmp_path):
     run = run_repair(cfg)
     out = run.out_dir
     before, after = run.before, run.after
-    gb = before["summary"]["robust"]["worst_case"]["groups"]
-    ga = after["summary"]["robust"]["worst_case"]["groups"]
+    gb, ga = before.worst_case.groups, after.worst_case.groups
     assert ga["tail"] - gb["tail"] >= 0.05, (gb, ga)
     assert ga["head"] - ga["tail"] < gb["head"] - gb["tail"], (gb, ga)
-    assert after["summary"]["robust"]["worst_case"]["overall"] > before["summary"]["robust"]["worst_case"]["overall"]
+    assert after.worst_case.overall > before.worst_case.overall
     # same threat model, attacks and evaluation points before and after
-    for key in ("threat_model", "attacks", "mode"):
-        assert before[key] == after[key]
-    assert before["dataset"]["eval_indices_sha256"] == after["dataset"]["eval_indices_sha256"]
+    assert (before.threat_model, before.attacks, before.mode) == (after.threat_model, after.attacks, after.mode)
+    assert before.dataset.eval_indices_sha256 == after.dataset.eval_indices_sha256
     # the after-audit scored the exported ONNX file with onnxruntime
     assert run.model_path == out / "repaired.onnx" and run.model_path.is_file()
-    assert after["model"]["format"] == "onnx" and after["model"]["path"].endswith("repaired.onnx")
-    assert after["model"]["parity"]["argmax_agreement"] == 1.0
+    assert after.model.format == "onnx" and after.model.path.endswith("repaired.onnx")
+    assert after.model.parity.argmax_agreement == 1.0
     parity = run.summary["model"]["parity"]
     assert parity["argmax_agreement"] == 1.0 and parity["max_rel_logit_diff"] <= 1e-3
     # outputs on disk
