@@ -13,30 +13,28 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import distributed
-from .version import __version__
 from .attacks import create_attack
-from .calibration import calibration_results, confidence_pass, procedure as calibration_procedure
+from .calibration import confidence_pass
 from .config import AuditConfig
 from .curve import run_curve
-from .data import LTDataset, class_groups, groups_to_indices, is_balanced, load_dataset, stratified_subset
+from .data import LTDataset, class_groups, groups_to_indices, load_dataset, stratified_subset
 from .engine import Evaluator, PointRecords, adapt_images
 from .data.loading import Indexed as _Indexed, loader_options
 from .errors import ConfigError, ModelLoadError
 from .exports import CSV_NAME, MD_NAME, per_class_csv, summary_markdown
 from .gate import check_available, evaluate_gate, parse_fail_under
-from .inputs import input_info, input_warnings
-from .labels import check_label_order, clean_confusion, label_warning, read_label_order
+from .labels import read_label_order
 from .merge import gather_records
-from .metrics import adversarial_confusion, cross_class_summary, per_class_accuracy, spearman, wilson_interval
-from .models import LoadedModel, check_finite_logits, final_linear_of, load_model
-from .lifecycle import Renderer, check_ranks_agree, created_now, default_out_dir, output_folder, render_into, start
+from .models import LoadedModel, check_finite_logits, load_model
+from .lifecycle import Renderer, check_ranks_agree, default_out_dir, output_folder, render_into, start
 from .outputs import AUDIT_FILES, RunFiles, with_reports
 from .precheck import stop_if_ungradable
-from .results import SCHEMA_VERSION, environment, null_infinities, write_text
+from .results import null_infinities, write_text
 from .resultsmodel import AuditResults, CurvePoint
 from .schema import check_written
 from .typedjson import from_json
 from .verdict import compute_verdict
+from .assemble import build_results
 
 log = logging.getLogger(__name__)
 
@@ -266,137 +264,3 @@ def write_outputs(out_dir: Path, results: AuditResults, records: PointRecords,
         if reports is not None:
             reports(files, files.path("results.json"))
         files.commit()
-
-
-def build_results(config: AuditConfig, specs, data: LTDataset, model: LoadedModel, eval_idx: np.ndarray,
-                  records: PointRecords, device: torch.device, timings: dict[str, float],
-                  large_eps: Optional[dict[str, Any]] = None) -> AuditResults:
-    """Assemble the typed results (what results.json holds: docs/results_schema.md)."""
-    from .attacks import SUITES
-    from .sanity import sanity_section
-
-    C = len(data.class_names)
-    counts = [int(c) for c in data.train_counts]
-    group_of = class_groups(counts, rule=config.group_rule)  # all None when the training set is balanced
-    groups = groups_to_indices(group_of)
-    labels = records.label
-    clean_acc, clean_k, n_cls = per_class_accuracy(records.clean_correct, labels, C)
-    masks = records.robust_masks(config.independent)
-    rob = {name: per_class_accuracy(m, labels, C) for name, m in masks.items()}
-    broken = records.broken()
-    lin = final_linear_of(model)
-    norms = lin.weight.detach().float().norm(dim=1).cpu().numpy() if lin is not None and lin.out_features == C else None
-    if norms is not None and model.info.get("output_order"):
-        norms = norms[np.asarray(model.info["output_order"])]  # rows follow the model's outputs; --labels re-orders
-    norm_warning = None
-    if norms is not None and not np.isfinite(norms).all():  # e.g. rows of 3e38 weights: finite logits, no norm
-        bad = [data.class_names[c] for c in np.flatnonzero(~np.isfinite(norms))]
-        norms = np.where(np.isfinite(norms), norms, np.nan)  # null in results, left out of the Spearman
-        norm_warning = (f"the classifier's weight norm overflows for {len(bad)} class(es) (e.g. {', '.join(bad[:3])}): "
-                        "stored as null; weights that large usually mean a broken export or training run")
-
-    per_class = []
-    for c in range(C):
-        per_class.append({
-            "index": c, "name": data.class_names[c], "train_count": counts[c], "group": group_of[c],
-            "n_eval": int(n_cls[c]), "clean_acc": float(clean_acc[c]),
-            "clean_ci95": list(wilson_interval(int(clean_k[c]), int(n_cls[c]))),
-            "robust_acc": {name: float(r[0][c]) for name, r in rob.items()},
-            "robust_ci95": {name: list(wilson_interval(int(r[1][c]), int(n_cls[c]))) for name, r in rob.items()},
-            "broken_by": {name: int((broken[a] & (labels == c)).sum()) for a, name in enumerate(records.attack_names)},
-            "weight_norm": float(norms[c]) if norms is not None and np.isfinite(norms[c]) else None,
-        })
-    n = len(labels)
-    summary: dict[str, Any] = {
-        "clean": cross_class_summary(clean_acc, int(clean_k.sum()), n, counts, groups),
-        "robust": {name: cross_class_summary(r[0], int(r[1].sum()), n, counts, groups) for name, r in rob.items()},
-    }
-    def gap(s: dict) -> Optional[float]:
-        g = s.get("groups") or {}
-        return (g["head"] - g["tail"]) if g.get("head") is not None and g.get("tail") is not None else None
-    summary["head_tail_gap"] = {"clean": gap(summary["clean"]), "worst_case": gap(summary["robust"]["worst_case"])}
-    summary["weight_norm_spearman"] = spearman(norms, rob["worst_case"][0]) if norms is not None else None
-    any_broken = broken.any(0)
-    first_attack = np.where(any_broken, broken.argmax(0), 0)
-    adv_pred = records.pred[first_attack, np.arange(n)] if n else np.zeros(0, np.int64)
-    summary["confusion"] = adversarial_confusion(labels, adv_pred, any_broken, C)
-    clean_conf = clean_confusion(labels, records.clean_pred, C)
-    summary["clean_confusion"] = clean_conf.tolist()
-    steps = config.calibration_steps
-    calibration = calibration_results(records, C, groups, calibration_procedure(
-        steps, config.norm, config.eps, attacked=bool(steps) and model.gradient_access,
-        why_not="black-box mode: no gradients" if not model.gradient_access else "--calibration-steps 0"),
-        data.class_names)
-    if calibration is not None:  # per_class[i].calibration and summary.calibration (docs/results_schema.md)
-        for row, entry in zip(per_class, calibration[0]):
-            row["calibration"] = entry
-        summary["calibration"] = calibration[1]
-
-    model_warnings = list(model.info.get("warnings", []))
-    said_probabilities = any("outputs probabilities" in w for w in model_warnings)
-    warnings = model_warnings + [w for w in records.warnings if not (said_probabilities and "outputs probabilities" in w)]
-    warnings += records.sanity_warnings(config.independent)
-    warnings += [norm_warning] if norm_warning else []
-    sanity, sanity_warnings = sanity_section(records, specs, data.class_names, large_eps)
-    warnings += sanity_warnings
-    warnings += calibration[2] if calibration is not None else []
-    inp = input_info(data.info.get("native_shape") or data.image_shape, model.preprocessing.input_size)
-    warnings += input_warnings(inp)
-    label_check = check_label_order(clean_conf, data.class_names, model.info.get("output_order"))
-    if label_check:
-        warnings.append(label_warning(label_check))
-    clean_overall = summary["clean"]["overall"] or 0
-    wc = summary["robust"]["worst_case"]["overall"]
-    if wc is not None and clean_overall > 0 and wc == clean_overall and config.eps > 0 and sum(records.attacked) > 20:
-        warnings.append("no attack broke a single point: check that --eps matches the pixel scale [0, 1] "
-                        "and that the model returns logits")
-    for w in warnings:
-        log.warning("%s", w)
-    attack_s = {name: records.attack_seconds[a] for a, name in enumerate(records.attack_names)}
-    work = records.clean_seconds + sum(records.attack_seconds)
-    model_desc = model.describe()
-    if model.reference_scorer is not None and model_desc.get("parity") is not None:
-        model_desc["parity"] = dict(model_desc["parity"], adversarial_rescored=records.rescored,
-                                    adversarial_rejected=records.rescore_disagreed,
-                                    survivors_broken=int(sum(records.survivors_broken)))
-    eps_text = config.eps_text
-    return AuditResults.from_json({
-        "schema_version": SCHEMA_VERSION,
-        "tool": {"name": "tailaudit", "version": __version__},
-        "created": created_now(),
-        "model": model_desc,
-        "dataset": {
-            "name": data.name, "root": data.info.get("root"),
-            "imbalance": config.imbalance if data.info.get("profile") == "exponential" else None,
-            "balanced": is_balanced(counts),
-            "classes": list(data.class_names), "train_counts": counts, "groups": groups,
-            "group_rule": config.group_rule, "n_eval": n, "n_per_class": config.n_per_class,
-            "test_size": len(data.test_labels),
-            "eval_indices_sha256": hashlib.sha256(np.asarray(eval_idx, dtype=np.int64).tobytes()).hexdigest(),
-            "info": data.info,
-        },
-        "input": inp,
-        "threat_model": {"norm": config.norm, "eps": config.eps, "eps_text": eps_text},
-        "attacks": [s.to_dict() for s in specs],
-        "suite": config.suite_name,
-        "suite_note": SUITES.get(config.suite).note if config.attacks is None else None,
-        "mode_label": "white-box" if model.gradient_access else "black-box (upper bound)",
-        "verdict_runtime": records.verified_by,
-        "sanity": sanity,
-        "mode": "independent" if config.independent else "cascade",
-        "seed": config.seed,
-        "subset_seed": config.subset_seed,
-        "config": config.to_dict(),
-        "environment": environment(device),
-        "timings": {
-            "load_s": timings["load_s"], "clean_s": records.clean_seconds, "attacks_s": attack_s,
-            "total_s": timings["total_s"], "points_per_s": (n / work) if work > 0 else None,
-            "attacked_points": {name: records.attacked[a] for a, name in enumerate(records.attack_names)},
-            "calibration_s": records.calibration_seconds,
-        },
-        "per_class": per_class,
-        "summary": summary,
-        "warnings": warnings,
-        "files": {"points": "points.json", "examples": "examples.npz"},
-        **({"label_check": label_check} if label_check else {}),
-    })
