@@ -6,41 +6,85 @@ function here then returns None and the templates leave the section out.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import numpy as np
 from markupsafe import Markup
 
+from audit.resultsmodel import (AuditResults, Calibration, CalibrationBlock, CalibrationSummaryBlock, ClassCalibrationBlock,
+                                Rate, Reliability)
+
 from .charts import FULL_WIDTH, group_colour, short
 from .fmt import interval, num, pct, points
 from .svg import AFTER, BEFORE, CLEAN, ROBUST, new_figure, style, to_svg
-from .verdict import head_tail
+from .verdict import by_count, head_tail
 
-HIGH = "confident_error_90"  # wrong with a confidence above 0.9
-MID = "confident_error_50"
 GROUP_ORDER = ("head", "many", "medium", "tail", "few")
+Block = CalibrationBlock | None  # a block that was not measured (no attack, an older run) is None
+SummaryBlock = CalibrationSummaryBlock | None  # all points of a run, with its groups and reliability bins
 
 
-def _cal(results: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    cal = (results.get("summary") or {}).get("calibration")
-    return cal if isinstance(cal, Mapping) and cal.get("clean") else None
+def _cal(results: AuditResults) -> Calibration | None:
+    return results.summary.calibration
 
 
-def _groups(side: Mapping[str, Any] | None) -> list[str]:
-    names = list(((side or {}).get("reliability") or {}).get("groups") or {})
+def _groups(side: SummaryBlock) -> list[str]:
+    names = list(side.reliability.groups or {}) if side is not None and side.reliability is not None else []
     return sorted(names, key=lambda g: (GROUP_ORDER.index(g) if g in GROUP_ORDER else 99, g))
 
 
-def _rate(block: Mapping[str, Any] | None, key: str = HIGH) -> float | None:
-    return ((block or {}).get(key) or {}).get("rate")
+def _group(block: SummaryBlock, name: str) -> Block:
+    """The figures of one group of classes within ``block`` (None when not measured)."""
+    return (block.groups or {}).get(name) if block is not None else None
 
 
-def reliability_chart(chart_id: str, panels: Sequence[tuple[str, Sequence[tuple[str, Mapping[str, Any] | None, str]]]],
+def _rate(rate: Rate | None) -> float | None:
+    return rate.rate if rate is not None else None
+
+
+def confident_wrong(block: Block) -> float | None:
+    """Share of the block's test images wrong with a confidence above 0.9."""
+    return _rate(block.confident_error_90) if block is not None else None
+
+
+def _bins(block: SummaryBlock, group: str | None = None) -> Reliability | None:
+    """The reliability bins of ``block`` (all its points, or one group's); None when not measured."""
+    rel = block.reliability if block is not None else None
+    if rel is None:
+        return None
+    return rel.overall if group is None else (rel.groups or {}).get(group)
+
+
+@dataclass(frozen=True)
+class Figures:
+    """What a table row shows of one block; all None (and no interval) for a block not measured."""
+
+    n: int | None = None
+    ece: float | None = None
+    ece_by_pred: float | None = None
+    over: float | None = None  # mean confidence of the wrong answers
+    mid: float | None = None  # wrong with a confidence above 0.5
+    high: float | None = None  # wrong with a confidence above 0.9
+    high_ci: str = ""
+
+    @classmethod
+    def of(cls, block: Block) -> "Figures":
+        if block is None:
+            return cls()
+        high = block.confident_error_90
+        by_pred = block.ece_by_pred if isinstance(block, ClassCalibrationBlock) else None
+        return cls(n=block.n, ece=block.ece, ece_by_pred=by_pred, over=block.over_confidence,
+                   mid=_rate(block.confident_error_50), high=_rate(high),
+                   high_ci=interval(high.ci95 if high is not None else None))
+
+
+def reliability_chart(chart_id: str, panels: Sequence[tuple[str, Sequence[tuple[str, Reliability | None, str]]]],
                       *, label: str, height: float = 2.3) -> Markup | None:
     """One reliability diagram per panel: accuracy against mean confidence in each non-empty bin (marker area by
     the bin's share of points), the diagonal of perfect calibration dashed. ``panels`` are (title, [(legend, bins,
     colour), ...]) with bins as ``summary.calibration.*.reliability`` stores them (None: series left out)."""
-    panels = [(t, [s for s in series if s[1] and any(s[1].get("count") or [])]) for t, series in panels]
+    panels = [(t, [s for s in series if s[1] is not None and any(s[1].count or [])]) for t, series in panels]
     panels = [(t, series) for t, series in panels if series]
     if not panels:
         return None
@@ -50,9 +94,9 @@ def reliability_chart(chart_id: str, panels: Sequence[tuple[str, Sequence[tuple[
         for ax, (title, series) in zip(axes, panels):
             ax.plot([0, 1], [0, 1], color="#999999", linestyle="--", linewidth=0.8)
             for legend, bins, colour in series:
-                count = np.asarray(bins["count"], dtype=float)
-                conf = np.array([np.nan if v is None else v for v in bins["confidence"]], dtype=float)
-                acc = np.array([np.nan if v is None else v for v in bins["accuracy"]], dtype=float)
+                count = np.asarray(bins.count, dtype=float)
+                conf = np.array([np.nan if v is None else v for v in bins.confidence], dtype=float)
+                acc = np.array([np.nan if v is None else v for v in bins.accuracy], dtype=float)
                 keep = count > 0
                 share = count[keep] / max(1.0, count.sum())
                 ax.plot(conf[keep], acc[keep], color=colour, linewidth=1.0, alpha=0.8)
@@ -72,95 +116,94 @@ def reliability_chart(chart_id: str, panels: Sequence[tuple[str, Sequence[tuple[
         return to_svg(fig, chart_id, label)
 
 
-def _finding(results: Mapping[str, Any], cal: Mapping[str, Any]) -> list[str]:
-    clean, att = cal["clean"], cal.get("attacked")
+def _finding(results: AuditResults, cal: Calibration) -> list[str]:
+    clean, att = cal.clean, cal.attacked
+    if att is None:
+        return [f"Calibration error (ECE) is {pct(clean.ece)} without attack; {pct(confident_wrong(clean))} of the "
+                "test images are wrong with a confidence above 0.9. No attacked calibration was measured ("
+                f"{cal.procedure.not_attacked_because or 'not run'})."]
     out = []
     head, tail = head_tail(results)
-    if att:
-        gt = (att.get("groups") or {})
-        if head and tail and tail in gt and head in gt:
-            out.append(f"Under attack, {pct(_rate(gt[tail]))} of the tail-class test images are wrong with a "
-                       f"confidence above 0.9, against {pct(_rate(gt[head]))} for the head classes (without attack: "
-                       f"{pct(_rate((clean.get('groups') or {}).get(tail)))} and "
-                       f"{pct(_rate((clean.get('groups') or {}).get(head)))}).")
-        else:
-            out.append(f"Under attack, {pct(_rate(att))} of the test images are wrong with a confidence above 0.9 "
-                       f"(without attack: {pct(_rate(clean))}).")
-        out.append(f"Calibration error (ECE) is {pct(clean.get('ece'))} without attack and {pct(att.get('ece'))} under "
-                   f"attack; wrong answers carry a mean confidence of {pct(clean.get('over_confidence'))} without "
-                   f"attack and {pct(att.get('over_confidence'))} under attack.")
-        out.append(f"The attacked confidences are what a {cal['procedure'].get('steps')}-step attack from each clean "
-                   "image reached: a lower bound, so a stronger attacker can only make the wrong answers more "
-                   "confident.")
-        missed = cal.get("cascade_missed")
-        if missed:
-            out.append(f"That attack also misclassified {missed} test images every attack of the cascade had left "
-                       "correct; robust accuracy is overstated by them (see the warnings).")
+    gt = att.groups or {}
+    if head and tail and tail in gt and head in gt:
+        out.append(f"Under attack, {pct(confident_wrong(gt[tail]))} of the tail-class test images are wrong with a "
+                   f"confidence above 0.9, against {pct(confident_wrong(gt[head]))} for the head classes (without "
+                   f"attack: {pct(confident_wrong(_group(clean, tail)))} and "
+                   f"{pct(confident_wrong(_group(clean, head)))}).")
     else:
-        out.append(f"Calibration error (ECE) is {pct(clean.get('ece'))} without attack; {pct(_rate(clean))} of the "
-                   "test images are wrong with a confidence above 0.9. No attacked calibration was measured ("
-                   f"{(cal.get('procedure') or {}).get('not_attacked_because') or 'not run'}).")
+        out.append(f"Under attack, {pct(confident_wrong(att))} of the test images are wrong with a confidence above "
+                   f"0.9 (without attack: {pct(confident_wrong(clean))}).")
+    out.append(f"Calibration error (ECE) is {pct(clean.ece)} without attack and {pct(att.ece)} under "
+               f"attack; wrong answers carry a mean confidence of {pct(clean.over_confidence)} without "
+               f"attack and {pct(att.over_confidence)} under attack.")
+    out.append(f"The attacked confidences are what a {cal.procedure.steps}-step attack from each clean "
+               "image reached: a lower bound, so a stronger attacker can only make the wrong answers more "
+               "confident.")
+    if cal.cascade_missed:
+        out.append(f"That attack also misclassified {cal.cascade_missed} test images every attack of the cascade had "
+                   "left correct; robust accuracy is overstated by them (see the warnings).")
     return out
 
 
-def _summary_rows(cal: Mapping[str, Any]) -> list[dict[str, str]]:
-    clean, att = cal["clean"], cal.get("attacked") or {}
-    rows = [("all test images", clean, att)]
-    for g in _groups(clean):
-        rows.append((f"{g} classes", (clean.get("groups") or {}).get(g) or {}, (att.get("groups") or {}).get(g) or {}))
-    return [{"what": what, "group": what.split(" ")[0] if what != "all test images" else "",
-             "n": c.get("n"), "ece_clean": pct(c.get("ece")), "ece_attacked": pct(a.get("ece")),
-             "over_clean": pct(c.get("over_confidence")), "over_attacked": pct(a.get("over_confidence")),
-             "mid_clean": pct(_rate(c, MID)), "mid_attacked": pct(_rate(a, MID)),
-             "high_clean": pct(_rate(c)), "high_attacked": pct(_rate(a)),
-             "high_attacked_ci": interval((a.get(HIGH) or {}).get("ci95")) if a else ""} for what, c, a in rows]
-
-
-def _class_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
-    rows = sorted(results["per_class"], key=lambda r: (-(r.get("train_count") or 0), r["index"]))
+def _summary_rows(cal: Calibration) -> list[dict[str, str]]:
+    rows: list[tuple[str, Block, Block]] = [("all test images", cal.clean, cal.attacked)]
+    rows += [(f"{g} classes", _group(cal.clean, g), _group(cal.attacked, g)) for g in _groups(cal.clean)]
     out = []
-    for r in rows:
-        cal = r.get("calibration") or {}
-        c, a = cal.get("clean") or {}, cal.get("attacked") or {}
-        out.append({"index": r["index"], "name": r["name"], "group": r.get("group") or "–", "n": c.get("n", "–"),
-                    "ece_clean": num(c.get("ece")), "ece_attacked": num(a.get("ece")),
-                    "ece_pred_attacked": num(a.get("ece_by_pred")),
-                    "over_clean": num(c.get("over_confidence")), "over_attacked": num(a.get("over_confidence")),
-                    "mid_attacked": num(_rate(a, MID)), "high_attacked": num(_rate(a)),
-                    "high_attacked_ci": interval((a.get(HIGH) or {}).get("ci95")) if a else "",
-                    "flag": (_rate(a) or 0) >= 0.5})
+    for what, block_c, block_a in rows:
+        c, a = Figures.of(block_c), Figures.of(block_a)
+        out.append({"what": what, "group": what.split(" ")[0] if what != "all test images" else "",
+                    "n": c.n, "ece_clean": pct(c.ece), "ece_attacked": pct(a.ece),
+                    "over_clean": pct(c.over), "over_attacked": pct(a.over),
+                    "mid_clean": pct(c.mid), "mid_attacked": pct(a.mid),
+                    "high_clean": pct(c.high), "high_attacked": pct(a.high), "high_attacked_ci": a.high_ci})
     return out
 
 
-def audit_section(results: Mapping[str, Any], prefix: str = "a") -> dict[str, Any] | None:
+def _class_rows(results: AuditResults) -> list[dict[str, Any]]:
+    out = []
+    for r in by_count(results.per_class):
+        cal = r.calibration
+        c, a = Figures.of(cal.clean if cal else None), Figures.of(cal.attacked if cal else None)
+        out.append({"index": r.index, "name": r.name, "group": r.group or "–", "n": c.n if c.n is not None else "–",
+                    "ece_clean": num(c.ece), "ece_attacked": num(a.ece), "ece_pred_attacked": num(a.ece_by_pred),
+                    "over_clean": num(c.over), "over_attacked": num(a.over),
+                    "mid_attacked": num(a.mid), "high_attacked": num(a.high),
+                    "high_attacked_ci": a.high_ci, "flag": (a.high or 0) >= 0.5})
+    return out
+
+
+def audit_section(results: AuditResults, prefix: str = "a") -> dict[str, Any] | None:
     """Everything the audit report's Calibration section shows; None for results without calibration."""
     cal = _cal(results)
     if cal is None:
         return None
-    clean, att = cal["clean"], cal.get("attacked")
-    panels = [("all classes", [("clean", clean.get("reliability", {}).get("overall"), CLEAN),
-                               ("under attack", (att or {}).get("reliability", {}).get("overall"), ROBUST)])]
+    clean, att = cal.clean, cal.attacked
+    panels = [("all classes", [("clean", _bins(clean), CLEAN), ("under attack", _bins(att), ROBUST)])]
     for g in _groups(clean):
-        panels.append((g, [("clean", clean["reliability"]["groups"].get(g), CLEAN),
-                           ("under attack", ((att or {}).get("reliability") or {}).get("groups", {}).get(g), ROBUST)]))
-    proc = cal.get("procedure") or {}
+        panels.append((g, [("clean", _bins(clean, g), CLEAN), ("under attack", _bins(att, g), ROBUST)]))
     return {
         "svg": reliability_chart(f"{prefix}-reliability", panels, label="Reliability diagrams, clean and under attack"),
         "findings": _finding(results, cal),
         "summary": _summary_rows(cal),
         "classes": _class_rows(results),
-        "attacked": bool(att),
-        "bins": proc.get("bins"),
-        "steps": proc.get("steps"),
+        "attacked": att is not None,
+        "bins": cal.procedure.bins,
+        "steps": cal.procedure.steps,
     }
 
 
-def compare_section(before: Mapping[str, Any], after: Mapping[str, Any], prefix: str = "c") -> dict[str, Any] | None:
+def _side(cal: Calibration | None, attacked: bool) -> SummaryBlock:
+    """The clean or the attacked figures of a run's calibration (None when not measured)."""
+    if cal is None:
+        return None
+    return cal.attacked if attacked else cal.clean
+
+
+def compare_section(before: AuditResults, after: AuditResults, prefix: str = "c") -> dict[str, Any] | None:
     """Before/after calibration figures of a comparison report; None when neither run has calibration."""
     cb, ca = _cal(before), _cal(after)
     if cb is None and ca is None:
         return None
-    cb, ca = cb or {}, ca or {}
     rows = []
 
     def add(label: str, b: float | None, a: float | None) -> None:
@@ -168,24 +211,21 @@ def compare_section(before: Mapping[str, Any], after: Mapping[str, Any], prefix:
         rows.append({"label": label, "before": pct(b), "after": pct(a), "delta": points(d),
                      "cls": "" if d is None or abs(d) < 0.0005 else ("pos" if d < 0 else "neg")})  # lower is better
 
-    for side, words in (("clean", "without attack"), ("attacked", "under attack")):
-        sb, sa = cb.get(side) or {}, ca.get(side) or {}
-        add(f"ECE, {words}", sb.get("ece"), sa.get("ece"))
-        add(f"Mean confidence of wrong answers, {words}", sb.get("over_confidence"), sa.get("over_confidence"))
-        add(f"Wrong with confidence > 0.9, {words}", _rate(sb), _rate(sa))
+    for attacked, words in ((False, "without attack"), (True, "under attack")):
+        sb, sa = Figures.of(_side(cb, attacked)), Figures.of(_side(ca, attacked))
+        add(f"ECE, {words}", sb.ece, sa.ece)
+        add(f"Mean confidence of wrong answers, {words}", sb.over, sa.over)
+        add(f"Wrong with confidence > 0.9, {words}", sb.high, sa.high)
     head, tail = head_tail(after)
     for g in [g for g in (tail, head) if g]:
         add(f"{g.capitalize()} classes wrong with confidence > 0.9, under attack",
-            _rate(((cb.get("attacked") or {}).get("groups") or {}).get(g)),
-            _rate(((ca.get("attacked") or {}).get("groups") or {}).get(g)))
-    side = "attacked" if (cb.get("attacked") or ca.get("attacked")) else "clean"
-    panels = [("all classes", [("before", ((cb.get(side) or {}).get("reliability") or {}).get("overall"), BEFORE),
-                               ("after", ((ca.get(side) or {}).get("reliability") or {}).get("overall"), AFTER)])]
+            confident_wrong(_group(_side(cb, True), g)), confident_wrong(_group(_side(ca, True), g)))
+    attacked = _side(cb, True) is not None or _side(ca, True) is not None
+    side_b, side_a = _side(cb, attacked), _side(ca, attacked)
+    panels = [("all classes", [("before", _bins(side_b), BEFORE), ("after", _bins(side_a), AFTER)])]
     if tail:
-        panels.append((tail, [
-            ("before", (((cb.get(side) or {}).get("reliability") or {}).get("groups") or {}).get(tail), BEFORE),
-            ("after", (((ca.get(side) or {}).get("reliability") or {}).get("groups") or {}).get(tail), AFTER)]))
-    return {"rows": rows, "side": "under attack" if side == "attacked" else "without attack",
+        panels.append((tail, [("before", _bins(side_b, tail), BEFORE), ("after", _bins(side_a, tail), AFTER)]))
+    return {"rows": rows, "side": "under attack" if attacked else "without attack",
             "svg": reliability_chart(f"{prefix}-reliability", panels,
                                      label="Reliability diagrams before and after", height=2.2),
-            "missing": "before" if not _cal(before) else "after" if not _cal(after) else None}
+            "missing": "before" if cb is None else "after" if ca is None else None}

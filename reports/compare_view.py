@@ -6,32 +6,32 @@ from typing import Any, Mapping, Sequence
 
 from markupsafe import Markup
 
-from audit.verdict import overall_of as _overall
+from audit.resultsmodel import AuditResults, ClassResult
 
 from . import calibration_view, charts
-from .audit_view import LARGE, TOP, attack_columns, by_count, confusion, group_names, method, strip_counts
+from .audit_view import LARGE, TOP, attack_columns, confusion, group_names, method, run_headline, strip_counts
 from .plain import glossary, at_risk, budget_sentence, change_sentences, critical_warnings, gate_rows, is_balanced, \
     resolve_verdict
 from .repair_view import repair_view
 from .examples import build_examples
-from .fmt import attack_label, count, interval, num, pct, points, seconds, short_name, threat_text
-from .verdict import compare_verdict, extra_broken, head_tail, weakest
+from .fmt import count, interval, num, pct, points, seconds, short_name
+from .verdict import by_count, compare_verdict, extra_broken, head_tail, robust_gap, weakest
 
 
-def class_deltas(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[dict[str, Any]]:
+def class_deltas(before: AuditResults, after: AuditResults) -> list[dict[str, Any]]:
     """Per class (results order): before/after/delta of clean and worst-case robust accuracy, and flags.
 
     A class is flagged *worse* when its after value lies below the before run's 95% interval,
     *better* when above it.
     """
     out = []
-    for b, a in zip(before["per_class"], after["per_class"]):
-        rb, ra = b["robust_acc"]["worst_case"], a["robust_acc"]["worst_case"]
-        cb, ca = b["clean_acc"], a["clean_acc"]
-        rci = (b.get("robust_ci95") or {}).get("worst_case")
-        cci = b.get("clean_ci95")
+    for b, a in zip(before.per_class, after.per_class):
+        rb, ra = b.worst_case, a.worst_case
+        cb, ca = b.clean_acc, a.clean_acc
+        rci = (b.robust_ci95 or {}).get("worst_case")
+        cci = b.clean_ci95
         out.append({
-            "index": b["index"], "name": b["name"], "group": a["group"] or "–", "train_count": a["train_count"],
+            "index": b.index, "name": b.name, "group": a.group or "–", "train_count": a.train_count,
             "robust_before": rb, "robust_after": ra, "d_robust": ra - rb, "robust_ci": rci,
             "clean_before": cb, "clean_after": ca, "d_clean": ca - cb, "clean_ci": cci,
             "worse": bool(rci) and ra < rci[0] - 1e-12, "better": bool(rci) and ra > rci[1] + 1e-12,
@@ -40,9 +40,15 @@ def class_deltas(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[di
     return out
 
 
-def kpi_rows(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[dict[str, str]]:
+def deltas_by_count(deltas: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Rows of :func:`class_deltas`, most common class first (the order of :func:`reports.verdict.by_count`)."""
+    return sorted(deltas, key=lambda d: (-(d["train_count"] or 0), d["index"]))
+
+
+def kpi_rows(before: AuditResults, after: AuditResults) -> list[dict[str, str]]:
     """Headline figures side by side: before, after, change (points)."""
-    sb, sa = before["summary"], after["summary"]
+    sb, sa = before.summary, after.summary
+    wb, wa = sb.worst_case, sa.worst_case
     rows = []
 
     def add(label: str, b: float | None, a: float | None, higher_is_better: bool = True) -> None:
@@ -51,20 +57,18 @@ def kpi_rows(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[dict[s
         rows.append({"label": label, "before": pct(b), "after": pct(a), "delta": points(d),
                      "cls": "" if good is None else ("pos" if good else "neg")})
 
-    add("Clean accuracy", _overall(sb["clean"]), _overall(sa["clean"]))
-    add("Balanced clean accuracy", sb["clean"]["mean"], sa["clean"]["mean"])
+    add("Clean accuracy", sb.clean.headline, sa.clean.headline)
+    add("Balanced clean accuracy", sb.clean.mean, sa.clean.mean)
     for col in attack_columns(after):
-        add("Robust, " + col["label"], _overall(sb["robust"].get(col["name"], {"mean": None})),
-            _overall(sa["robust"].get(col["name"], {"mean": None})))
-    add("Robust, worst case", _overall(sb["robust"]["worst_case"]), _overall(sa["robust"]["worst_case"]))
-    add("Balanced robust accuracy", sb["robust"]["worst_case"]["mean"], sa["robust"]["worst_case"]["mean"])
-    add("Worst class, robust", sb["robust"]["worst_case"]["worst"], sa["robust"]["worst_case"]["worst"])
+        nb, na = sb.robust.get(col["name"]), sa.robust.get(col["name"])
+        add("Robust, " + col["label"], nb.headline if nb else None, na.headline if na else None)
+    add("Robust, worst case", wb.headline, wa.headline)
+    add("Balanced robust accuracy", wb.mean, wa.mean)
+    add("Worst class, robust", wb.worst, wa.worst)
     head, tail = head_tail(after)
     for g in group_names(after):
-        add(f"Robust, {g} classes", sb["robust"]["worst_case"]["groups"].get(g),
-            sa["robust"]["worst_case"]["groups"].get(g))
-    gb = (sb.get("head_tail_gap") or {}).get("worst_case")
-    ga = (sa.get("head_tail_gap") or {}).get("worst_case")
+        add(f"Robust, {g} classes", wb.group(g), wa.group(g))
+    gb, ga = robust_gap(before), robust_gap(after)
     if head and tail and gb is not None and ga is not None:
         d = ga - gb
         rows.append({"label": f"{head.capitalize()}/{tail} robustness gap (points)", "before": points(gb),
@@ -73,15 +77,13 @@ def kpi_rows(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[dict[s
     return rows
 
 
-def group_rows(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[dict[str, Any]]:
+def group_rows(before: AuditResults, after: AuditResults) -> list[dict[str, Any]]:
     """Per-group means before/after for robust (worst case) and clean accuracy."""
     rows = []
     for g in group_names(after):
-        rb = before["summary"]["robust"]["worst_case"]["groups"].get(g)
-        ra = after["summary"]["robust"]["worst_case"]["groups"].get(g)
-        cb = before["summary"]["clean"]["groups"].get(g)
-        ca = after["summary"]["clean"]["groups"].get(g)
-        rows.append({"group": g, "n": len(after["dataset"]["groups"][g]),
+        rb, ra = before.worst_case.group(g), after.worst_case.group(g)
+        cb, ca = before.summary.clean.group(g), after.summary.clean.group(g)
+        rows.append({"group": g, "n": len(after.group_of(g)),
                      "robust_before": pct(rb), "robust_after": pct(ra),
                      "d_robust": points(None if rb is None or ra is None else ra - rb),
                      "d_robust_raw": 0.0 if rb is None or ra is None else ra - rb,
@@ -91,14 +93,20 @@ def group_rows(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[dict
     return rows
 
 
-def _charts(before: Mapping[str, Any], after: Mapping[str, Any], deltas: list[dict[str, Any]],
+def _spearman_title(before: AuditResults, after: AuditResults) -> str:
+    """'Spearman ρ 0.88 → 0.91' (n/a for a run without it)."""
+    rhos = [r.worst_case.spearman.rho if r.worst_case.spearman is not None else None for r in (before, after)]
+    return "Spearman ρ " + " → ".join(f"{rho:.2f}" if rho is not None else "n/a" for rho in rhos)
+
+
+def _charts(before: AuditResults, after: AuditResults, deltas: list[dict[str, Any]],
             groups: list[dict[str, Any]], epochs: Sequence[Mapping[str, Any]]) -> dict[str, Markup | None]:
     """The comparison's charts; every bar carries its value (0 included), empty charts are None."""
-    n = len(deltas)
-    large = n > LARGE
+    large = len(deltas) > LARGE
     out: dict[str, Markup | None] = {}
-    sel = by_count(sorted(deltas, key=lambda d: (d["d_robust"], -(d["train_count"] or 0)))[:TOP] if large else deltas)
-    rows_sel = [after["per_class"][d["index"]] for d in sel]
+    sel = deltas_by_count(sorted(deltas, key=lambda d: (d["d_robust"], -(d["train_count"] or 0)))[:TOP] if large
+                          else deltas)
+    rows_sel = [after.per_class[d["index"]] for d in sel]
     out["delta"] = charts.class_bars(
         "c-delta", [d["name"] for d in sel], [d["group"] for d in sel], strip_counts(after, rows_sel),
         [("change in robust accuracy (worst case)", [d["d_robust"] * 100 for d in sel], charts.ROBUST),
@@ -111,43 +119,48 @@ def _charts(before: Mapping[str, Any], after: Mapping[str, Any], deltas: list[di
         [("robust", [g["d_robust_raw"] * 100 for g in groups], charts.ROBUST),
          ("clean", [g["d_clean_raw"] * 100 for g in groups], charts.CLEAN)],
         label="Change per group", percent=False, title="change per group (points)") if groups else None
-    sel = by_count(weakest(after, TOP)) if large else by_count(after["per_class"])
-    idx = [r["index"] for r in sel]
+    shown = by_count(weakest(after, TOP)) if large else by_count(after.per_class)
     out["per_class"] = charts.class_bars(
-        "c-per-class", [after["per_class"][i]["name"] for i in idx], [after["per_class"][i]["group"] for i in idx],
-        strip_counts(after, sel),
-        [("robust before", [before["per_class"][i]["robust_acc"]["worst_case"] for i in idx], charts.BEFORE),
-         ("robust after", [after["per_class"][i]["robust_acc"]["worst_case"] for i in idx], charts.AFTER)],
-        label="Per-class robust accuracy before and after", flagged=[deltas[i]["worse"] for i in idx],
+        "c-per-class", [r.name for r in shown], [r.group for r in shown], strip_counts(after, shown),
+        [("robust before", [before.per_class[r.index].worst_case for r in shown], charts.BEFORE),
+         ("robust after", [r.worst_case for r in shown], charts.AFTER)],
+        label="Per-class robust accuracy before and after", flagged=[deltas[r.index]["worse"] for r in shown],
         value_labels="all")
-    rows = after["per_class"]
-    sp_b = (before["summary"]["robust"]["worst_case"].get("spearman") or {}).get("rho")
-    sp_a = (after["summary"]["robust"]["worst_case"].get("spearman") or {}).get("rho")
-    title = "Spearman ρ " + (f"{sp_b:.2f}" if sp_b is not None else "n/a") + " → " + \
-        (f"{sp_a:.2f}" if sp_a is not None else "n/a")
-    out["scatter"] = None
-    varies = len({r["robust_acc"]["worst_case"] for r in rows + before["per_class"]}) > 1
-    if strip_counts(after, rows) is not None and varies:
-        out["scatter"] = charts.count_scatter(
-            "c-scatter", [r["train_count"] for r in rows], [r["group"] for r in rows], [r["name"] for r in rows],
-            [r["robust_acc"]["worst_case"] for r in rows],
-            label="Robust accuracy against training count, before and after",
-            title=title, before=[r["robust_acc"]["worst_case"] for r in before["per_class"]],
-            label_classes=[r["index"] for r in weakest(after, 3)])
-    out["attacks"] = None
-    if len(after["attacks"]) > 1:
-        eb, ea = extra_broken(before), extra_broken(after)
-        if any(eb) or any(ea):
-            sel = by_count(sorted(rows, key=lambda r: -(eb[r["index"]] + ea[r["index"]]))[:TOP]) if large \
-                else by_count(rows)
-            out["attacks"] = charts.class_bars(
-                "c-attacks", [r["name"] for r in sel], [r["group"] for r in sel], strip_counts(after, sel),
-                [("before", [eb[r["index"]] / max(1, r["n_eval"]) * 100 for r in sel], charts.BEFORE),
-                 ("after", [ea[r["index"]] / max(1, r["n_eval"]) * 100 for r in sel], charts.AFTER)],
-                label="Extra points the later attacks broke, before and after", percent=False,
-                ylabel="accuracy points", value_labels="all", signed=False, height=2.8)
+    out["scatter"] = _scatter(before, after)
+    out["attacks"] = _attack_chart(before, after, large)
     out["training"] = charts.training_curves("c-training", epochs, label="Training curves") if epochs else None
     return out
+
+
+def _scatter(before: AuditResults, after: AuditResults) -> Markup | None:
+    """Robust accuracy against training count after, with the before values; None when nothing varies."""
+    rows = after.per_class
+    varies = len({r.worst_case for r in rows + before.per_class}) > 1
+    if strip_counts(after, rows) is None or not varies:
+        return None
+    return charts.count_scatter(
+        "c-scatter", [r.train_count for r in rows], [r.group for r in rows], [r.name for r in rows],
+        [r.worst_case for r in rows],
+        label="Robust accuracy against training count, before and after",
+        title=_spearman_title(before, after), before=[r.worst_case for r in before.per_class],
+        label_classes=[r.index for r in weakest(after, 3)])
+
+
+def _attack_chart(before: AuditResults, after: AuditResults, large: bool) -> Markup | None:
+    """Extra points the later attacks broke, before and after; None with one attack or when they broke none."""
+    if len(after.attacks) <= 1:
+        return None
+    eb, ea = extra_broken(before), extra_broken(after)
+    if not (any(eb) or any(ea)):
+        return None
+    rows: list[ClassResult] = after.per_class
+    sel = by_count(sorted(rows, key=lambda r: -(eb[r.index] + ea[r.index]))[:TOP]) if large else by_count(rows)
+    return charts.class_bars(
+        "c-attacks", [r.name for r in sel], [r.group for r in sel], strip_counts(after, sel),
+        [("before", [eb[r.index] / max(1, r.n_eval) * 100 for r in sel], charts.BEFORE),
+         ("after", [ea[r.index] / max(1, r.n_eval) * 100 for r in sel], charts.AFTER)],
+        label="Extra points the later attacks broke, before and after", percent=False,
+        ylabel="accuracy points", value_labels="all", signed=False, height=2.8)
 
 
 def class_table(deltas: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -159,23 +172,23 @@ def class_table(deltas: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         "robust_before": num(d["robust_before"]), "robust_ci": interval(d["robust_ci"]),
         "robust_after": num(d["robust_after"]), "d_robust": points(d["d_robust"]),
         "worse": d["worse"], "better": d["better"], "clean_worse": d["clean_worse"],
-    } for d in by_count(deltas)]
+    } for d in deltas_by_count(deltas)]
 
 
-def _run_rows(results: Mapping[str, Any], other: Mapping[str, Any]) -> list[tuple[str, str]]:
+def _run_rows(results: AuditResults, other: AuditResults) -> list[tuple[str, str]]:
     """Provenance of one run; environment entries only where they differ from the other run."""
-    m, t = results["model"], results.get("timings") or {}
-    rows = [("model", m.get("spec")), ("sha256", m.get("sha256") or "n/a"), ("audit run", results.get("created")),
-            ("seed", results.get("seed")), ("total run time", seconds(t.get("total_s")) if t else None)]
-    env, other_env = results.get("environment") or {}, other.get("environment") or {}
+    m, t = results.model, results.timings
+    rows = [("model", m.spec), ("sha256", m.sha256 or "n/a"), ("audit run", results.created),
+            ("seed", results.seed), ("total run time", seconds(t.total_s) if t is not None else None)]
+    env, other_env = results.environment or {}, other.environment or {}
     rows += [(k, v) for k, v in env.items() if other_env.get(k) != v]
     return [(k, str(v)) for k, v in rows if v is not None]
 
 
-def merged_warnings(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+def merged_warnings(before: AuditResults, after: AuditResults) -> list[str]:
     """Sanity warnings of both runs, each said once and labelled with the run it came from."""
-    wb = [str(w) for w in before.get("warnings") or []]
-    wa = [str(w) for w in after.get("warnings") or []]
+    wb = [str(w) for w in before.warnings or []]
+    wa = [str(w) for w in after.warnings or []]
     return ([f"both runs: {w}" for w in wb if w in wa] + [f"before: {w}" for w in wb if w not in wa]
             + [f"after: {w}" for w in wa if w not in wb])
 
@@ -204,17 +217,16 @@ def _after_actions(verdict: Mapping[str, Any]) -> list[str]:
     return [a for a in verdict.get("actions") or [] if not str(a).startswith(REPAIR_ADVICE)]
 
 
-def compare_context(before: Mapping[str, Any], before_dir: Path, after: Mapping[str, Any], after_dir: Path,
+def compare_context(before: AuditResults, before_dir: Path, after: AuditResults, after_dir: Path,
                     training_log: Mapping[str, Any] | None = None,
                     repair: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Everything the comparison template shows."""
     deltas = class_deltas(before, after)
     worse = [(d["name"], d["d_robust"]) for d in sorted(deltas, key=lambda d: d["d_robust"]) if d["worse"]]
     groups = group_rows(before, after)
-    training = repair_view(training_log, repair, list(after["dataset"]["classes"]))
+    training = repair_view(training_log, repair, after.class_names)
     chart_svgs = _charts(before, after, deltas, groups, (training or {}).get("epochs") or [])
-    d = after["dataset"]
-    spec_b, spec_a = before["model"]["spec"], after["model"]["spec"]
+    spec_b, spec_a = before.model.spec, after.model.spec
     models = spec_a if spec_a == spec_b else f"{spec_b} → {spec_a}"
     vb, va = resolve_verdict(before), resolve_verdict(after)
     balanced = is_balanced(after)
@@ -227,9 +239,7 @@ def compare_context(before: Mapping[str, Any], before_dir: Path, after: Mapping[
         "kind": "compare",
         "title": "Robustness before and after",
         "running": f"before/after: {models}",
-        "headline": (f"{d['name']} ({len(d['classes'])} classes, {count(d.get('n_eval'))} test points) · threat model "
-                     f"{threat_text(after['threat_model'])} · attacks "
-                     + " → ".join(attack_label(a) for a in after["attacks"])),
+        "headline": run_headline(after),
         "before_spec": spec_b, "after_spec": spec_a,
         "page1": {"before": vb, "after": va, "outcome": outcome, "changes": change_sentences(before, after) if va["meaningful"]
                   and vb["meaningful"] else [], "budget": budget_sentence(after),
@@ -246,7 +256,7 @@ def compare_context(before: Mapping[str, Any], before_dir: Path, after: Mapping[
         "warnings": merged_warnings(before, after),
         "charts": chart_svgs,
         "large": len(deltas) > LARGE, "top": TOP, "n_classes": len(deltas),
-        "attack_names": [short_name(a) for a in after["attacks"]],
+        "attack_names": [short_name(a) for a in after.attacks],
         "confusion_before": confusion(before, "cb", heatmap=False),
         "confusion_after": confusion(after, "ca", heatmap=False),
         "examples_before": build_examples(before, before_dir, max_classes=4),

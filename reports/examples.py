@@ -14,6 +14,7 @@ from PIL import Image
 
 from audit.bounds import MAX_EXAMPLES_BYTES
 from audit.errors import ResultsError
+from audit.resultsmodel import AuditResults
 
 from .fmt import short_name
 from .load import resolve_inside
@@ -139,21 +140,21 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def build_examples(results: Mapping[str, Any], folder: Path, max_classes: int = 5) -> dict[str, Any]:
+def build_examples(results: AuditResults, folder: Path, max_classes: int = 5) -> dict[str, Any]:
     """Rows for the weakest classes that have a kept example; ``note`` says why when there are none."""
-    rel = (results.get("files") or {}).get("examples")
+    rel = (results.files or {}).get("examples")
     path = resolve_inside(folder, rel)
     if path is None or not path.is_file():
         why = "refused (outside the results folder)" if rel and path is None else "not found"
         return {"rows": [], "note": "No example images were kept for this run." if not rel else
                 f"No example images: {rel} {why}."}
     arrays = _read_npz(path)
-    classes = results["dataset"]["classes"]
-    attacks = results["attacks"]
+    classes = results.dataset.classes
+    attacks = results.attacks
     labels = arrays["label"].astype(int)
     rows = []
-    for cls in weakest(results, len(results["per_class"])):
-        hits = np.nonzero(labels == int(cls["index"]))[0]
+    for cls in weakest(results, len(results.per_class)):
+        hits = np.nonzero(labels == int(cls.index))[0]
         if len(hits) == 0:
             continue
         i = int(hits[0])
@@ -162,8 +163,8 @@ def build_examples(results: Mapping[str, Any], folder: Path, max_classes: int = 
         pred = int(arrays["adv_pred"][i])
         atk = int(arrays["attack"][i]) if "attack" in arrays and arrays["attack"].ndim == 1 else -1
         rows.append({
-            "name": cls["name"],
-            "robust": cls["robust_acc"]["worst_case"],
+            "name": cls.name,
+            "robust": cls.worst_case,
             "pred": classes[pred] if 0 <= pred < len(classes) else str(pred),
             "attack": short_name(attacks[atk]) if 0 <= atk < len(attacks) else "",
             "clean_uri": png_data_uri(clean), "pert_uri": png_data_uri(pert), "adv_uri": png_data_uri(adv),

@@ -6,6 +6,8 @@ from typing import Any, Sequence
 
 from markupsafe import Markup, escape
 
+from audit.resultsmodel import AttackEntry, ThreatModel
+
 NORMS = {"linf": "L∞", "l2": "L2", "l1": "L1"}
 NOWRAP_MAX = 40  # longer hyphenated words (paths) may still wrap: they would overflow the box
 ATTACK_NAMES = {"pgd": "PGD", "temp-pgd": "Temperature-PGD", "apgd": "APGD", "fgsm": "FGSM"}
@@ -42,11 +44,11 @@ def interval(ci: Sequence[float] | None) -> str:
     return f"{ci[0] * 100:.1f}–{ci[1] * 100:.1f}"
 
 
-def eps_text(threat: dict[str, Any]) -> str:
+def eps_text(threat: ThreatModel) -> str:
     """'8/255' as recorded, else the nearest k/255 fraction, else the number."""
-    if threat.get("eps_text"):
-        return str(threat["eps_text"])
-    eps = float(threat.get("eps", 0.0))
+    if threat.eps_text:
+        return str(threat.eps_text)
+    eps = float(threat.eps)
     return over_255(eps) or f"{eps:g}"
 
 
@@ -60,31 +62,32 @@ def over_255(value: float | None) -> str | None:
     return None
 
 
-def threat_text(threat: dict[str, Any]) -> str:
+def threat_text(threat: ThreatModel) -> str:
     """'L∞, ε = 8/255'."""
-    return f"{NORMS.get(str(threat.get('norm')).lower(), str(threat.get('norm')))}, ε = {eps_text(threat)}"
+    return f"{NORMS.get(str(threat.norm).lower(), str(threat.norm))}, ε = {eps_text(threat)}"
 
 
-def attack_label(attack: dict[str, Any]) -> str:
+def attack_label(attack: AttackEntry) -> str:
     """Display name of an attack: 'PGD-20', 'Temperature-PGD-20 (T = 0.5)', 'Square-5000 (probe 1000)'."""
     base = short_name(attack)
-    if attack.get("steps"):
-        base += f"-{attack['steps']}"
-    elif attack.get("queries"):
-        base += f"-{attack['queries']}"
-    if (attack.get("restarts") or 1) > 1:
-        base += f" ×{attack['restarts']}"
-    if attack.get("temperature") is not None:
-        base += f" (T = {attack['temperature']:g})"
-    probe, queries = attack.get("probe"), attack.get("queries")
+    steps, queries = attack.param("steps"), attack.param("queries")
+    if steps:
+        base += f"-{steps}"
+    elif queries:
+        base += f"-{queries}"
+    if (attack.param("restarts") or 1) > 1:
+        base += f" ×{attack.param('restarts')}"
+    if attack.param("temperature") is not None:
+        base += f" (T = {attack.param('temperature'):g})"
+    probe = attack.param("probe")
     if isinstance(probe, int) and isinstance(queries, int) and 0 < probe < queries:
         base += f" (probe {probe})"
     return base
 
 
-def short_name(attack: dict[str, Any]) -> str:
+def short_name(attack: AttackEntry) -> str:
     """Short display name of an attack (no step count): the registry's name recorded in results."""
-    return str(attack.get("display_name") or ATTACK_NAMES.get(str(attack.get("kind")), str(attack.get("name"))))
+    return str(attack.display_name or ATTACK_NAMES.get(str(attack.kind), str(attack.name)))
 
 
 def seconds(value: float | None) -> str:

@@ -6,35 +6,45 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
-
 from audit.errors import ResultsError
+from audit.resultsmodel import AttackEntry, AuditResults, ThreatModel
 from audit.schema import load_results, migrate, validate_results
+from audit.typedjson import to_json
 
 LOG = logging.getLogger(__name__)
 
 __all__ = ["check_comparable", "coerce_results", "load_results", "resolve_inside"]
 
+Results = AuditResults | Mapping[str, Any]  # typed results, or a parsed results.json (checked, then migrated)
 
-def coerce_results(results: str | Path | Mapping[str, Any], default_dir: Path) -> tuple[dict[str, Any], Path]:
-    """Return (results dict, folder its side files live in) for a path or an in-memory dict.
 
-    A dict is deep-copied (the caller's object is never changed); its side files are looked up
-    in ``default_dir`` (the output folder), since it has no folder of its own.
+def typed_results(results: Results, what: str | None = None) -> AuditResults:
+    """``results`` as :class:`AuditResults`: a parsed results.json is checked against the schema (``what`` names it
+    in the error) and migrated, never changed; typed results are returned as they are (reports only read them)."""
+    if isinstance(results, AuditResults):
+        return results
+    validate_results(results, what)
+    return migrate(results)
+
+
+def coerce_results(results: str | Path | Results, default_dir: Path) -> tuple[AuditResults, Path]:
+    """Return (typed results, folder its side files live in) for a path, typed results or a parsed results.json.
+
+    Results in memory have no folder of their own: their side files are looked up in ``default_dir``
+    (the output folder).
     """
     if isinstance(results, (str, Path)):
         path = Path(results)
         return load_results(path), path.resolve().parent
-    results = migrate(results)  # a copy: the caller's object is never changed
-    validate_results(results)
-    return results, Path(default_dir).resolve()
+    return typed_results(results), Path(default_dir).resolve()
 
 
 _NOT_SETTINGS = ("name", "display_name")
 
 
-def _attack_settings(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _attack_settings(results: AuditResults) -> list[dict[str, Any]]:
     """Every recorded attack parameter (kind, budgets, step sizes, temperature, ...), in cascade order."""
-    return [{k: v for k, v in a.items() if k not in _NOT_SETTINGS} for a in results["attacks"]]
+    return [{k: v for k, v in to_json(a).items() if k not in _NOT_SETTINGS} for a in results.attacks]
 
 
 def _close(a: Any, b: Any) -> bool:
@@ -47,51 +57,63 @@ def _settings_equal(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
     return len(a) == len(b) and all(x.keys() == y.keys() and all(_close(x[k], y[k]) for k in x) for x, y in zip(a, b))
 
 
-def _describe_attacks(results: Mapping[str, Any]) -> str:
-    parts = []
-    for a in results["attacks"]:
-        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                           for k, v in a.items() if k not in _NOT_SETTINGS + ("kind", "gradient_free"))
-        parts.append(f"{a.get('kind')}({params})")
-    return " then ".join(parts)
+def _params(attack: AttackEntry) -> str:
+    """'steps=20, step_size=0.007843': an attack's parameters as they were recorded."""
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in attack.extra.items())
 
 
-def check_comparable(before: Mapping[str, Any], after: Mapping[str, Any],
-                     sides: tuple[str, str] = ("before", "after")) -> None:
+def _describe_attacks(results: AuditResults) -> str:
+    return " then ".join(f"{a.kind}({_params(a)})" for a in results.attacks)
+
+
+def _threat(side: str, t: ThreatModel) -> str:
+    return f"{side} {t.norm} eps {t.eps_text or t.eps}"
+
+
+def _differences(before: AuditResults, after: AuditResults, b: str, a: str) -> list[str]:
+    """What keeps two runs from being compared fairly, in words (empty: nothing)."""
+    diffs: list[str] = []
+    tb, ta = before.threat_model, after.threat_model
+    if tb.norm != ta.norm or not _close(tb.eps, ta.eps):
+        diffs.append(f"threat model ({_threat(b, tb)}, {_threat(a, ta)})")
+    if not _settings_equal(_attack_settings(before), _attack_settings(after)):
+        diffs.append(f"attack settings ({b} {_describe_attacks(before)}, {a} {_describe_attacks(after)})")
+    sb, sa = before.suite or "quick", after.suite or "quick"
+    if sb != sa:
+        diffs.append(f"attack suite ({b} {sb}, {a} {sa})")
+    gb, ga = before.mode_label or "white-box", after.mode_label or "white-box"
+    if gb != ga:
+        diffs.append(f"gradient access ({b} {gb}, {a} {ga})")
+    if before.mode != after.mode:
+        diffs.append(f"attack mode ({b} {before.mode}, {a} {after.mode})")
+    return diffs + _data_differences(before, after, b, a)
+
+
+def _data_differences(before: AuditResults, after: AuditResults, b: str, a: str) -> list[str]:
+    """Where the two runs' evaluation data differ: dataset, classes, evaluated points."""
+    diffs: list[str] = []
+    db, da = before.dataset, after.dataset
+    if db.name != da.name:
+        diffs.append(f"dataset ({b} {db.name}, {a} {da.name})")
+    if list(db.classes) != list(da.classes):
+        diffs.append(f"classes ({b} {len(db.classes)}, {a} {len(da.classes)}, or renamed)")
+    if db.n_eval != da.n_eval:
+        diffs.append(f"evaluation size ({b} {db.n_eval} points, {a} {da.n_eval})")
+    if db.eval_indices_sha256 != da.eval_indices_sha256:
+        diffs.append("evaluated test points (eval_indices_sha256 differs)")
+    return diffs
+
+
+def check_comparable(before: Results, after: Results, sides: tuple[str, str] = ("before", "after")) -> None:
     """Raise :class:`ResultsError` naming what differs when two runs cannot be compared fairly.
 
     Compared: threat model, attack settings and order, cascade/independent mode, dataset name,
     class list, evaluated points (count and fingerprint). ``sides`` names the two runs in the message
-    (a repair's "before"/"after", or two models' names).
+    (a repair's "before"/"after", or two models' names). A parsed results.json is checked against the
+    schema first.
     """
-    validate_results(before, f"the '{sides[0]}' results")
-    validate_results(after, f"the '{sides[1]}' results")
     b, a = sides
-    diffs: list[str] = []
-    tb, ta = before["threat_model"], after["threat_model"]
-    if tb.get("norm") != ta.get("norm") or not _close(tb.get("eps"), ta.get("eps")):
-        diffs.append(
-            f"threat model ({b} {tb.get('norm')} eps {tb.get('eps_text') or tb.get('eps')}, "
-            f"{a} {ta.get('norm')} eps {ta.get('eps_text') or ta.get('eps')})"
-        )
-    if not _settings_equal(_attack_settings(before), _attack_settings(after)):
-        diffs.append(f"attack settings ({b} {_describe_attacks(before)}, {a} {_describe_attacks(after)})")
-    if before.get("suite", "quick") != after.get("suite", "quick"):
-        diffs.append(f"attack suite ({b} {before.get('suite', 'quick')}, {a} {after.get('suite', 'quick')})")
-    if before.get("mode_label", "white-box") != after.get("mode_label", "white-box"):
-        diffs.append(f"gradient access ({b} {before.get('mode_label', 'white-box')}, "
-                     f"{a} {after.get('mode_label', 'white-box')})")
-    if before.get("mode") != after.get("mode"):
-        diffs.append(f"attack mode ({b} {before.get('mode')}, {a} {after.get('mode')})")
-    db, da = before["dataset"], after["dataset"]
-    if db.get("name") != da.get("name"):
-        diffs.append(f"dataset ({b} {db.get('name')}, {a} {da.get('name')})")
-    if list(db.get("classes", [])) != list(da.get("classes", [])):
-        diffs.append(f"classes ({b} {len(db.get('classes', []))}, {a} {len(da.get('classes', []))}, or renamed)")
-    if db.get("n_eval") != da.get("n_eval"):
-        diffs.append(f"evaluation size ({b} {db.get('n_eval')} points, {a} {da.get('n_eval')})")
-    if db.get("eval_indices_sha256") != da.get("eval_indices_sha256"):
-        diffs.append("evaluated test points (eval_indices_sha256 differs)")
+    diffs = _differences(typed_results(before, f"the '{b}' results"), typed_results(after, f"the '{a}' results"), b, a)
     if diffs:
         raise ResultsError(
             "cannot compare these runs, they differ in " + "; ".join(diffs)

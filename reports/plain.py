@@ -1,20 +1,19 @@
 """Page 1 in plain words: the verdict, what it means, classes at risk, critical warnings, the gate, a glossary.
 
-The verdict is the one in ``results["verdict"]``, computed once by the audit (audit/verdict.py);
+The verdict is the one in ``results.verdict``, computed once by the audit (audit/verdict.py);
 files written before verdicts were stored get theirs when they are loaded (audit/schema.py,
 ``migrate``). This module only lays it out.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from audit.inputs import MAX_RESIZE
-from audit.verdict import Verdict
-from audit.verdict import overall_of as _overall
+from audit.resultsmodel import AuditResults, Confusion, Flow, InputFit, LabelCheck, OutputMap, Sanity
 
 from .fmt import count, eps_text, pct, points, threat_text
-from .verdict import quote, weakest
+from .verdict import quote, stored_verdict, weakest
 
 # code -> (badge text, badge css class); not-meaningful has no grade, only a stop sign.
 GRADES: dict[str, tuple[str, str]] = {
@@ -51,155 +50,158 @@ GLOSSARY: tuple[tuple[str, str], ...] = (
 )
 
 
-def is_balanced(results: Mapping[str, Any]) -> bool:
+def is_balanced(results: AuditResults) -> bool:
     """True when the training set is balanced: flagged so, or no groups were formed."""
-    d = results["dataset"]
-    if d.get("balanced") is not None:
-        return bool(d["balanced"])
-    return not any((d.get("groups") or {}).values())
+    d = results.dataset
+    if d.balanced is not None:
+        return bool(d.balanced)
+    return not any(d.groups.values())
 
 
-def glossary(results: Mapping[str, Any], balanced: bool) -> list[tuple[str, str]]:
+def glossary(results: AuditResults, balanced: bool) -> list[tuple[str, str]]:
     """The words page 1 uses; the budget is explained with this run's own ε (never another example value)."""
-    t = results["threat_model"]
-    eps, text = float(t.get("eps") or 0.0), eps_text(dict(t))
-    if str(t.get("norm", "")).lower() == "linf":
+    t = results.threat_model
+    eps, text = float(t.eps or 0.0), eps_text(t)
+    if str(t.norm).lower() == "linf":
         budget = (f"how much the attacker may change each pixel, on a 0–1 scale; this audit's {text} is "
                   f"{eps * 100:.1f}% of the brightness range.")
     else:
-        budget = f"how much the attacker may change the image in total ({t.get('norm')} norm); this audit's is {text}."
+        budget = f"how much the attacker may change the image in total ({t.norm} norm); this audit's is {text}."
     words = [GLOSSARY[0], GLOSSARY[1], ("Attack budget (ε)", budget), *GLOSSARY[2:]]
     return [(w, x) for w, x in words if not (balanced and w.startswith("Head"))]  # no groups, no gap
 
 
-def resolve_verdict(results: Mapping[str, Any]) -> dict[str, Any]:
-    """The stored :class:`~audit.verdict.Verdict` laid out: code, headline, reasons, actions, meaning, ``grade``
+def resolve_verdict(results: AuditResults) -> dict[str, Any]:
+    """The stored :class:`~audit.resultsmodel.Verdict` laid out: code, headline, reasons, actions, meaning, ``grade``
     (badge text; None for not-meaningful), ``css`` and ``computed_on_load`` (the version that graded an older file)."""
-    v = Verdict.from_json(results["verdict"])
+    v = stored_verdict(results)
     grade, css = GRADES[v.code]
     return {"code": v.code, "headline": v.statement or MEANING[v.code], "reasons": list(v.reasons),
             "actions": list(v.actions), "computed_on_load": v.computed_on_load, "meaning": MEANING[v.code],
             "grade": grade if v.meaningful else None, "label": grade, "css": css, "meaningful": v.meaningful}
 
 
-def budget_sentence(results: Mapping[str, Any]) -> str:
+def budget_sentence(results: AuditResults) -> str:
     """The threat model in plain words."""
-    t = results["threat_model"]
-    eps = float(t.get("eps") or 0.0)
-    norm = str(t.get("norm", "")).lower()
+    t = results.threat_model
+    eps = float(t.eps or 0.0)
+    norm = str(t.norm).lower()
     if norm == "linf":
         return (f"Attack budget ({threat_text(t)}): every pixel may change by at most {eps * 100:.1f}% of the "
                 "brightness range.")
     return f"Attack budget ({threat_text(t)}): the total change to the image is limited to {eps:g} ({norm} norm)."
 
 
-def suite_sentence(results: Mapping[str, Any]) -> str:
+def suite_sentence(results: AuditResults) -> str:
     """Which attacks ran, in plain words, with the quick suite's advice and the black-box caveat."""
-    suite = results.get("suite") or "quick"
-    text = f"Attack suite: {suite}."
-    if results.get("suite_note"):
-        text += f" {results['suite_note']}"
-    if (results.get("mode_label") or "white-box") != "white-box":
-        text += (f" Mode: {results['mode_label']}: the model could not be attacked with gradients, so only a "
+    text = f"Attack suite: {results.suite or 'quick'}."
+    if results.suite_note:
+        text += f" {results.suite_note}"
+    if (results.mode_label or "white-box") != "white-box":
+        text += (f" Mode: {results.mode_label}: the model could not be attacked with gradients, so only a "
                  "score-based attack ran and robust accuracy may be overstated.")
     return text
 
 
-def sanity_rows(results: Mapping[str, Any]) -> list[dict[str, str]]:
-    """The gradient-masking checks of ``results['sanity']`` as (check, outcome, ok) rows for the report."""
-    s = results.get("sanity")
-    if not isinstance(s, Mapping):
+def _classes(names: Sequence[Any] | None) -> str:
+    """Up to eight class names, then how many more."""
+    listed = [str(n) for n in (names or [])]
+    return ", ".join(listed[:8]) + (f" and {len(listed) - 8} more" if len(listed) > 8 else "")
+
+
+def sanity_rows(results: AuditResults) -> list[dict[str, str]]:
+    """The gradient-masking checks of ``results.sanity`` as (check, outcome, ok) rows for the report."""
+    s = results.sanity
+    if s is None:
         return []
-    rows = []
-
-    def classes(names: Any) -> str:
-        names = [str(n) for n in (names or [])]
-        return ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
-
-    zg = s.get("zero_gradient") or {}
-    flagged = zg.get("flagged_classes") or []
-    rows.append({"check": "Input gradients exactly zero",
-                 "outcome": f"in classes {classes(flagged)}: their robust accuracy may be overstated" if flagged
-                 else "no class affected", "ok": not flagged})
-    sq = s.get("square_only") or {}
-    if sq.get("checked"):
-        n = int(sq.get("points") or 0)
-        rows.append({"check": "Points only the score-based attack (Square) broke",
-                     "outcome": (f"{n} point(s), in {classes(sq.get('classes'))}: gradients mislead there" if n
-                                 else "none: the gradient attacks found every weakness Square found"), "ok": n == 0})
-        pr = sq.get("probe")
-        if isinstance(pr, Mapping):
-            k, m = int(pr.get("full_budget_points") or 0), int(pr.get("attacked") or 0)
-            rows.append({"check": f"Square's full {count(pr.get('full_queries'))} queries",
-                         "outcome": (f"ran on {count(k)} of {count(m)} points: those where Square was closer to "
-                                     f"breaking them after {count(pr.get('probe_queries'))} queries than the "
-                                     "gradient attacks ever got" + (f" (classes {classes(pr.get('classes'))})" if k
-                                                                   else "")
-                                     + f"; the rest stopped at {count(pr.get('probe_queries'))}"),
-                         "ok": True})
-            if pr.get("reruns"):
-                r = int(pr.get("rerun_points") or 0)
-                rows.append({"check": f"Square's {count(pr.get('reruns'))} independent rerun(s) where the gradients "
-                                      "were blind",
-                             "outcome": (f"ran on {count(r)} point(s) that no gradient attack had a non-zero gradient "
-                                         "on and that Square's first run left robust"
-                                         + (f" (classes {classes(pr.get('rerun_classes'))})" if r else "")),
-                             "ok": True})
-    rnd = s.get("randomised") or {}
-    n = int(rnd.get("points") or 0)
+    flagged = s.zero_gradient.flagged_classes or []
+    rows = [{"check": "Input gradients exactly zero",
+             "outcome": f"in classes {_classes(flagged)}: their robust accuracy may be overstated" if flagged
+             else "no class affected", "ok": not flagged}]
+    rows += _square_rows(s)
+    n = int(s.randomised.points or 0)
     rows.append({"check": "Same logits on two identical passes",
-                 "outcome": (f"{n} point(s) differ (classes {classes(rnd.get('classes'))}): a randomised model; "
+                 "outcome": (f"{n} point(s) differ (classes {_classes(s.randomised.classes)}): a randomised model; "
                              "attacks must average over its randomness" if n else "yes: the model is deterministic"),
                  "ok": n == 0})
-    le = s.get("large_eps")
-    if isinstance(le, Mapping):
-        acc = le.get("robust_acc")
-        rows.append({"check": f"Robust accuracy at a huge budget (ε = {le.get('eps')})",
+    le = s.large_eps
+    if le is not None:
+        acc = le.robust_acc
+        rows.append({"check": f"Robust accuracy at a huge budget (ε = {le.eps})",
                      "outcome": (f"{100 * float(acc):.1f}%" if acc is not None else "n/a")
-                     + ("; falls to about zero as it must" if le.get("passed") else
-                        f"; should be about zero: gradient masking suspected in {classes(le.get('classes'))}"),
-                     "ok": bool(le.get("passed"))})
+                     + ("; falls to about zero as it must" if le.passed else
+                        f"; should be about zero: gradient masking suspected in {_classes(le.classes)}"),
+                     "ok": bool(le.passed)})
     return rows
 
 
-def at_risk(results: Mapping[str, Any], k: int = 3) -> list[dict[str, str]]:
+def _square_rows(s: Sanity) -> list[dict[str, Any]]:
+    """The rows of the check against the score-based attack (Square), its probe and its reruns."""
+    sq = s.square_only
+    if not sq.checked:
+        return []
+    n = int(sq.points or 0)
+    rows: list[dict[str, Any]] = [{
+        "check": "Points only the score-based attack (Square) broke",
+        "outcome": (f"{n} point(s), in {_classes(sq.classes)}: gradients mislead there" if n
+                    else "none: the gradient attacks found every weakness Square found"), "ok": n == 0}]
+    pr = sq.probe
+    if pr is None:
+        return rows
+    k, m = int(pr.full_budget_points or 0), int(pr.attacked or 0)
+    rows.append({"check": f"Square's full {count(pr.full_queries)} queries",
+                 "outcome": (f"ran on {count(k)} of {count(m)} points: those where Square was closer to "
+                             f"breaking them after {count(pr.probe_queries)} queries than the "
+                             "gradient attacks ever got" + (f" (classes {_classes(pr.classes)})" if k else "")
+                             + f"; the rest stopped at {count(pr.probe_queries)}"),
+                 "ok": True})
+    if pr.reruns:
+        r = int(pr.rerun_points or 0)
+        rows.append({"check": f"Square's {count(pr.reruns)} independent rerun(s) where the gradients were blind",
+                     "outcome": (f"ran on {count(r)} point(s) that no gradient attack had a non-zero gradient "
+                                 "on and that Square's first run left robust"
+                                 + (f" (classes {_classes(pr.rerun_classes)})" if r else "")),
+                     "ok": True})
+    return rows
+
+
+def at_risk(results: AuditResults, k: int = 3) -> list[dict[str, str]]:
     """The ``k`` least robust classes with the reasons the figures give: rarity, low clean accuracy, where attacks
     push them."""
-    rows = results["per_class"]
     balanced = is_balanced(results)
-    most = max((r.get("train_count") or 0 for r in rows), default=0)
-    clean_all = _overall(results["summary"]["clean"])
-    flows = ((results["summary"].get("confusion") or {}).get("top_flows")) or []
-    matrix = (results["summary"].get("confusion") or {}).get("matrix")
-    names = results["dataset"]["classes"]
+    most = max((r.train_count or 0 for r in results.per_class), default=0)
+    clean_all = results.summary.clean.headline
+    conf = results.summary.confusion
+    names = results.class_names
     out = []
     for r in weakest(results, k):
         why = []
-        tc = r.get("train_count")
-        if not balanced and tc and r.get("group") in ("tail", "few"):
+        tc = r.train_count
+        if not balanced and tc and r.group in ("tail", "few"):
             factor = f", {most / tc:.0f}× fewer than the most common class" if most and most / tc >= 2 else ""
             why.append(f"rare: {count(tc)} training image{'' if tc == 1 else 's'}{factor}")
-        if r["clean_acc"] < clean_all - 0.10:
-            why.append(f"often wrong even without attack (clean {pct(r['clean_acc'])})")
-        flow = _main_flow(r["index"], flows, matrix)
+        if r.clean_acc < clean_all - 0.10:
+            why.append(f"often wrong even without attack (clean {pct(r.clean_acc)})")
+        flow = _main_flow(r.index, conf)
         if flow is not None:
             why.append(_flow_text(flow, names))
-        out.append({"name": str(r["name"]), "robust": pct(r["robust_acc"]["worst_case"]), "clean": pct(r["clean_acc"]),
+        out.append({"name": str(r.name), "robust": pct(r.worst_case), "clean": pct(r.clean_acc),
                     "why": "; ".join(why) if why else "no single cause stands out in the figures"})
     return out
 
 
-def _main_flow(index: int, flows: Sequence[Mapping[str, Any]], matrix: Any) -> tuple[list[int], int, int | None] | None:
+def _main_flow(index: int, conf: Confusion | None) -> tuple[list[int], int, int | None] | None:
     """Where attacks send class ``index``: (the most frequent wrong classes, tied, how many images went to each,
     how many of the class's images were broken; None when unknown), or None when none was broken."""
+    matrix = conf.matrix if conf is not None else None
     if matrix and 0 <= index < len(matrix) and sum(matrix[index]):
         row = [int(v) for v in matrix[index]]
         top = max(row)
         return [c for c, v in enumerate(row) if v == top], top, sum(row)
-    mine = [f for f in flows if f.get("true") == index]
+    mine: list[Flow] = [f for f in (conf.top_flows if conf is not None else None) or [] if f.true == index]
     if mine:
-        top = max(int(f.get("count", 0)) for f in mine)
-        return [int(f["pred"]) for f in mine if int(f.get("count", 0)) == top], top, None
+        top = max(int(f.count) for f in mine)
+        return [int(f.pred) for f in mine if int(f.count) == top], top, None
     return None
 
 
@@ -212,47 +214,53 @@ def _flow_text(flow: tuple[list[int], int, int | None], names: Sequence[Any]) ->
     return f"{lead} " + " and ".join(f"{k} into {t}" for t in shown) + more
 
 
-def critical_warnings(results: Mapping[str, Any], who: str = "") -> list[dict[str, Any]]:
+def critical_warnings(results: AuditResults, who: str = "") -> list[dict[str, Any]]:
     """Input mismatch and suspected label order, from the structured keys the audit writes."""
-    out: list[dict[str, Any]] = []
     prefix = f"{who}: " if who else ""
-    inp = results.get("input") or {}
-    if inp:
-        data = "×".join(map(str, inp.get("data_shape") or [])) or "?"
-        model = "×".join(map(str, inp.get("model_shape") or [])) or "?"
-        conv = inp.get("channel_conversion")
-        factor = inp.get("resize_factor")
-        if conv:
-            out.append({"title": prefix + "Input mismatch: colour channels converted",
-                        "text": f"The images ({data}) do not have the channels the model expects ({model}); they "
-                                f"were converted ({conv}). The model may never have seen images like these: check "
-                                "that this is the right dataset for this model."})
-        if isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0 and \
-                (factor > MAX_RESIZE or factor < 1 / MAX_RESIZE):
-            how = f"enlarged {factor:.1f}×" if factor > 1 else f"shrunk {1 / factor:.1f}×"
-            out.append({"title": prefix + "Input mismatch: images resized a lot",
-                        "text": f"The images ({data}) were {how} to the model's input ({model}). Check that this is "
-                                "the right dataset for this model."})
-    lc = results.get("label_check") or {}
-    if lc.get("suspected"):
-        classes = results["dataset"]["classes"]
-
-        def assumed(m: Mapping[str, Any]) -> str:
-            # what the run took this output to mean (older results: the dataset order)
-            if m.get("assumed") is not None:
-                return str(m["assumed"])
-            o = int(m.get("output", -1))
-            return str(classes[o]) if 0 <= o < len(classes) else "?"
-
-        mapping = [m for m in lc.get("mapping") or [] if assumed(m) != m.get("class")]
-        out.append({"title": prefix + "The label order looks wrong",
-                    "text": f"Clean accuracy is {pct(lc.get('accuracy_now'))} with the class order used, but would be "
-                            f"{pct(lc.get('accuracy_mapped'))} if the model's outputs meant the classes below. Pass "
-                            "the model's class order with --labels FILE (one class name per line) and audit again.",
-                    "mapping": [{"output": str(m.get("output")), "class": str(m.get("class")),
-                                 "assumed": assumed(m)} for m in mapping[:12]],
-                    "more": max(0, len(mapping) - 12)})
+    out = _input_warnings(results.input, prefix) if results.input is not None else []
+    lc = results.label_check
+    if lc is not None and lc.suspected:
+        out.append(_label_warning(lc, results.class_names, prefix))
     return out
+
+
+def _input_warnings(inp: InputFit, prefix: str) -> list[dict[str, Any]]:
+    """The boxes for images converted to other channels or resized a lot to fit the model."""
+    out: list[dict[str, Any]] = []
+    data = "×".join(map(str, inp.data_shape or [])) or "?"
+    model = "×".join(map(str, inp.model_shape or [])) or "?"
+    conv, factor = inp.channel_conversion, inp.resize_factor
+    if conv:
+        out.append({"title": prefix + "Input mismatch: colour channels converted",
+                    "text": f"The images ({data}) do not have the channels the model expects ({model}); they "
+                            f"were converted ({conv}). The model may never have seen images like these: check "
+                            "that this is the right dataset for this model."})
+    if isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0 and \
+            (factor > MAX_RESIZE or factor < 1 / MAX_RESIZE):
+        how = f"enlarged {factor:.1f}×" if factor > 1 else f"shrunk {1 / factor:.1f}×"
+        out.append({"title": prefix + "Input mismatch: images resized a lot",
+                    "text": f"The images ({data}) were {how} to the model's input ({model}). Check that this is "
+                            "the right dataset for this model."})
+    return out
+
+
+def _label_warning(lc: LabelCheck, classes: Sequence[str], prefix: str) -> dict[str, Any]:
+    """The box for a suspected label order: the outputs that seem to mean another class than the run assumed."""
+    def assumed(m: OutputMap) -> str:
+        # what the run took this output to mean (older results: the dataset order)
+        if m.assumed is not None:
+            return str(m.assumed)
+        o = int(m.output)
+        return str(classes[o]) if 0 <= o < len(classes) else "?"
+
+    mapping = [m for m in lc.mapping or [] if assumed(m) != m.class_name]
+    return {"title": prefix + "The label order looks wrong",
+            "text": f"Clean accuracy is {pct(lc.accuracy_now)} with the class order used, but would be "
+                    f"{pct(lc.accuracy_mapped)} if the model's outputs meant the classes below. Pass "
+                    "the model's class order with --labels FILE (one class name per line) and audit again.",
+            "mapping": [{"output": str(m.output), "class": str(m.class_name), "assumed": assumed(m)}
+                        for m in mapping[:12]],
+            "more": max(0, len(mapping) - 12)}
 
 
 def _gate_value(key: str, value: Any, threshold: Any) -> tuple[str, str]:
@@ -270,26 +278,25 @@ def _gate_value(key: str, value: Any, threshold: Any) -> tuple[str, str]:
     return f(value), f(threshold)
 
 
-def gate_rows(results: Mapping[str, Any]) -> dict[str, Any] | None:
+def gate_rows(results: AuditResults) -> dict[str, Any] | None:
     """The CI gate's conditions for a table, or None when the run had no gate."""
-    gate = results.get("gate")
-    if not isinstance(gate, Mapping) or not gate.get("conditions"):
+    gate = results.gate
+    if gate is None or not gate.conditions:
         return None
     rows = []
-    for c in gate["conditions"]:
-        key = str(c.get("key"))
-        value, threshold = _gate_value(key, c.get("value"), c.get("threshold"))
+    for c in gate.conditions:
+        key = str(c.key)
+        value, threshold = _gate_value(key, c.value, c.threshold)
         rule = "at most" if key == "max-gap" else "at least"
-        rows.append({"key": key, "rule": f"{rule} {threshold}", "value": value, "passed": bool(c.get("passed"))})
-    passed = bool(gate.get("passed", all(r["passed"] for r in rows)))
-    return {"passed": passed, "rows": rows, "n_failed": sum(1 for r in rows if not r["passed"])}
+        rows.append({"key": key, "rule": f"{rule} {threshold}", "value": value, "passed": bool(c.passed)})
+    return {"passed": bool(gate.passed), "rows": rows, "n_failed": sum(1 for r in rows if not r["passed"])}
 
 
-def change_sentences(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+def change_sentences(before: AuditResults, after: AuditResults) -> list[str]:
     """What changed, in plain words, for the first page of a comparison."""
-    sb, sa = before["summary"], after["summary"]
-    rb, ra = _overall(sb["robust"]["worst_case"]), _overall(sa["robust"]["worst_case"])
-    cb, ca = _overall(sb["clean"]), _overall(sa["clean"])
+    sb, sa = before.summary, after.summary
+    rb, ra = sb.worst_case.headline, sa.worst_case.headline
+    cb, ca = sb.clean.headline, sa.clean.headline
     out = [f"Under attack the model now keeps {pct(ra)} of the test images correct, against {pct(rb)} before "
            f"({points(ra - rb)} points)."]
     if abs(ca - cb) < 0.005:
@@ -297,8 +304,8 @@ def change_sentences(before: Mapping[str, Any], after: Mapping[str, Any]) -> lis
     else:
         out.append(f"Without attack its accuracy {'rose' if ca > cb else 'fell'} from {pct(cb)} to {pct(ca)}"
                    + (" — the usual price of robustness." if ca < cb else "."))
-    groups_b = sb["robust"]["worst_case"].get("groups") or {}
-    groups_a = sa["robust"]["worst_case"].get("groups") or {}
+    groups_b = sb.worst_case.groups or {}
+    groups_a = sa.worst_case.groups or {}
     tail = next((g for g in ("tail", "few") if g in groups_a and g in groups_b), None)
     if tail and not is_balanced(after):
         out.append(f"The rare ({tail}) classes went from {pct(groups_b[tail])} to {pct(groups_a[tail])} robust "

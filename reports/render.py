@@ -17,7 +17,7 @@ from audit.outputs import output_error, prepare_out_dir
 from .audit_view import audit_context
 from .compare_view import compare_context
 from .fmt import interval, keep_words, num, pct, points
-from .load import check_comparable, coerce_results
+from .load import Results, check_comparable, coerce_results
 from .models_view import MAX_MODELS, model_names, models_context
 from .repair_view import find_repair_files
 
@@ -114,17 +114,23 @@ def _formats(formats: Sequence[str] | str) -> list[str]:
     return list(dict.fromkeys(wanted))
 
 
+def _source(results: str | Path | Results) -> str:
+    """The file a report was rendered from, for its footer ("results" for results in memory)."""
+    return str(results) if isinstance(results, (str, Path)) else "results"
+
+
 def render_report(
-    results: str | Path | Mapping[str, Any],
+    results: str | Path | Results,
     out_dir: str | Path,
     *,
     formats: Sequence[str] = FORMATS,
-    compare: str | Path | Mapping[str, Any] | Sequence[str | Path | Mapping[str, Any]] | None = None,
+    compare: str | Path | Results | Sequence[str | Path | Results] | None = None,
     training_log: Mapping[str, Any] | None = None,
     repair: Mapping[str, Any] | None = None,
     basename: str = "report",
 ) -> dict[str, Path]:
-    """Render a report from saved results; with ``compare`` (one or more further results), a comparison.
+    """Render a report from results (a results.json path, typed :class:`~audit.resultsmodel.AuditResults` or a
+    parsed results.json); with ``compare`` (one or more further results), a comparison.
 
     Two results files of a repair (``repair.json`` beside their ``before/`` and ``after/`` folders, or
     ``repair`` / ``training_log`` given) or of the same model file (a model changed in place and
@@ -140,18 +146,18 @@ def render_report(
     out = prepare_out_dir(out_dir)
     started = time.perf_counter()
     first, first_dir = coerce_results(results, out)
-    sources = [str(results) if isinstance(results, (str, Path)) else "results"]
+    sources = [_source(results)]
     others = [] if compare is None else list(compare) if isinstance(compare, (list, tuple)) else [compare]
     if len(others) + 1 > MAX_MODELS:
         raise ConfigError(f"a comparison shows at most {MAX_MODELS} models; got {len(others) + 1}")
     loaded = [coerce_results(o, out) for o in others]
-    sources += [str(o) if isinstance(o, (str, Path)) else "results" for o in others]
+    sources += [_source(o) for o in others]
     if len(loaded) == 1:
         second, second_dir = loaded[0]
         found_log, found_repair = find_repair_files(first_dir, second_dir)
         repair = repair if repair is not None else found_repair
         training_log = training_log if training_log is not None else found_log
-    same_model = len(loaded) == 1 and str(first["model"].get("spec")) == str(loaded[0][0]["model"].get("spec"))
+    same_model = len(loaded) == 1 and str(first.model.spec) == str(loaded[0][0].model.spec)
     if len(loaded) == 1 and (repair is not None or training_log is not None or same_model):  # before and after
         check_comparable(first, second)
         context = compare_context(first, first_dir, second, second_dir, training_log, repair)

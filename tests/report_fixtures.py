@@ -15,6 +15,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from audit.metrics import cross_class_summary, spearman, wilson_interval
+from audit.resultsmodel import AuditResults
+from audit.verdict import compute_verdict
+from reports.load import typed_results
 
 ATTACKS = [
     {"name": "pgd", "kind": "pgd", "steps": 20, "step_size": 2 / 255, "random_start": True, "temperature": None},
@@ -202,6 +205,17 @@ def with_verdict(results: dict[str, Any], code: str, headline: str, reasons: Seq
                  actions: Sequence[str] = ()) -> dict[str, Any]:
     """Add ``verdict`` as the audit writes it (one verdict, computed once)."""
     results["verdict"] = {"code": code, "headline": headline, "reasons": list(reasons), "actions": list(actions)}
+    return results
+
+
+def typed(results: dict[str, Any]) -> AuditResults:
+    """A fixture's dict as the reports read it: checked against the schema and migrated (audit/schema.py)."""
+    return typed_results(results)
+
+
+def with_computed_verdict(results: dict[str, Any]) -> dict[str, Any]:
+    """Store the verdict the rules (audit/verdict.py) give these figures, as the audit does."""
+    results["verdict"] = compute_verdict(AuditResults.from_json(results)).to_json()
     return results
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 import cli
+from audit.resultsmodel import CODES, Verdict
 from audit.schema import load_results, validate_results
-from audit.verdict import CODES, Verdict, compute_verdict, overall_of
+from audit.verdict import compute_verdict
 from audit.version import __version__
 from reports.fmt import pct
 from test_report_pages import visible_text
@@ -33,18 +34,18 @@ def test_the_kept_files_cover_both_shapes():
 def test_older_audit_loads_and_re_renders(path, tmp_path, capsys):
     raw = json.loads(path.read_text())
     results = load_results(path)
-    validate_results(results)  # the migrated form is valid for this version too
-    verdict = results["verdict"]
-    assert verdict["code"] in CODES
+    validate_results(results.to_json())  # the migrated form is valid for this version too
+    verdict = results.verdict
+    assert verdict is not None and verdict.code in CODES
     if "verdict" in raw:  # a stored verdict is kept as written: one verdict, never re-graded
-        assert verdict == raw["verdict"] and verdict.get("computed_on_load") is None
+        assert verdict == Verdict.from_json(raw["verdict"]) and verdict.computed_on_load is None
     else:
-        assert verdict["computed_on_load"] == __version__
-        assert verdict["code"] == compute_verdict(raw).code
+        assert verdict.computed_on_load == __version__
+        assert verdict.code == compute_verdict(results).code
     code = cli.main(["report", str(path), "--format", "html", "--out", str(tmp_path)])
     assert code == 0, capsys.readouterr().err
     text = visible_text((tmp_path / "report.html").read_text(encoding="utf-8"))
-    assert Verdict.from_json(verdict).statement in text and raw["model"]["spec"] in text  # beside the badge
+    assert verdict.statement in text and raw["model"]["spec"] in text  # beside the badge
     assert ("predates stored verdicts" in text) == ("verdict" not in raw)
 
 
@@ -54,6 +55,6 @@ def test_older_repair_re_renders_as_a_comparison(folder, tmp_path, capsys):
     code = cli.main(["report", str(before), "--compare", str(after), "--format", "html", "--out", str(tmp_path)])
     assert code == 0, capsys.readouterr().err
     text = visible_text((tmp_path / "report.html").read_text(encoding="utf-8"))
-    rb, ra = (overall_of(load_results(run)["summary"]["robust"]["worst_case"]) for run in (before, after))
+    rb, ra = (load_results(run).worst_case.headline for run in (before, after))
     assert f"robust accuracy under attack went from {pct(rb)} to {pct(ra)}" in text
     assert "Repair:" in text and "What was done: Repaired with" in text  # repair.json / training_log.json read

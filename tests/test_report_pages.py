@@ -19,10 +19,13 @@ import pytest
 
 import cli
 from audit.metrics import wilson_interval
+from audit.resultsmodel import AuditResults
 from audit.schema import migrate
+from audit.typedjson import from_json
 from audit.verdict import compute_verdict
 from audit.version import __version__
-from report_fixtures import CIFAR10, make_balanced, make_curve, make_results, with_verdict, write_run
+from report_fixtures import (CIFAR10, make_balanced, make_curve, make_results, typed, with_computed_verdict, with_verdict,
+                             write_run)
 from reports import charts, render_report
 from reports.charts import _count_label
 from reports.fmt import pct
@@ -176,7 +179,8 @@ def test_one_verdict_from_results(full, tmp_path):
     assert "Weakly robust" not in text and 'class="badge fair"' in html
     unstored = make_results(10)  # a file from before stored verdicts: graded once, on load, by audit/verdict.py
     old = resolve_verdict(migrate(unstored))
-    assert old["code"] == compute_verdict(unstored).code and old["computed_on_load"] == __version__
+    assert old["code"] == compute_verdict(AuditResults.from_json(unstored)).code
+    assert old["computed_on_load"] == __version__
     assert old["actions"] and "verdict" not in unstored  # the caller's dict is not changed
     text = visible_text(render_report(unstored, tmp_path / "old", formats=["html"])["html"].read_text(encoding="utf-8"))
     assert text.count(old["headline"]) == 1 and "predates stored verdicts" in text
@@ -456,28 +460,34 @@ def test_compare_with_not_meaningful_after_and_escaping(tmp_path):
 def test_suite_sentence_and_gradient_masking_rows():
     from reports.plain import sanity_rows, suite_sentence
 
-    assert "--suite standard" in suite_sentence({"suite": "quick", "suite_note": "Confirm with --suite standard."})
-    black = suite_sentence({"suite": "custom", "mode_label": "black-box (upper bound)"})
+    assert "--suite standard" in suite_sentence(typed({**make_results(10), "suite": "quick",
+                                                       "suite_note": "Confirm with --suite standard."}))
+    black = suite_sentence(typed({**make_results(10), "suite": "custom", "mode_label": "black-box (upper bound)"}))
     assert "black-box (upper bound)" in black and "overstated" in black
     sanity = {"zero_gradient": {"per_attack": {}, "flagged_classes": ["cat"]},
               "square_only": {"attacks": ["square"], "checked": True, "points": 2, "per_class": [], "classes": ["dog"]},
               "randomised": {"points": 0, "per_class": [], "classes": [], "max_abs_logit_diff": 0.0},
-              "large_eps": {"eps": 0.5, "robust_acc": 0.3, "passed": False, "classes": ["ship"]}, "passed": False}
-    rows = sanity_rows({"sanity": sanity})
+              "large_eps": {"norm": "linf", "eps": 0.5, "n": 40, "robust_acc": 0.3, "robust_per_class": [],
+                            "passed": False, "classes": ["ship"]}, "passed": False}
+
+    def rows_of(section: dict | None) -> list[dict]:
+        return sanity_rows(typed({**make_results(10), "sanity": copy.deepcopy(section)}))
+
+    rows = rows_of(sanity)
     assert [r["ok"] for r in rows] == [False, False, True, False]
     for row, name in zip(rows, ["cat", "dog", None, "ship"]):
         assert name is None or name in row["outcome"]
-    assert sanity_rows({}) == []
+    assert rows_of(None) == [] and sanity_rows(typed(make_results(10))) == []
     # Square's probe: how many points got the full budget, and where
     sanity["square_only"]["probe"] = {"attack": "square", "probe_queries": 1000, "full_queries": 5000, "attacked": 47,
                                       "full_budget_points": 3, "per_class": [], "classes": ["frog"]}
-    probe = [r for r in sanity_rows({"sanity": sanity}) if "5,000 queries" in r["check"]]
+    probe = [r for r in rows_of(sanity) if "5,000 queries" in r["check"]]
     assert len(probe) == 1 and probe[0]["ok"]
     assert "3 of 47 points" in probe[0]["outcome"] and "frog" in probe[0]["outcome"] and "1,000" in probe[0]["outcome"]
-    assert not [r for r in sanity_rows({"sanity": sanity}) if "rerun" in r["check"]]
+    assert not [r for r in rows_of(sanity) if "rerun" in r["check"]]
     # its reruns on the points the gradients were blind on (zero gradients everywhere)
     sanity["square_only"]["probe"].update(reruns=2, rerun_points=4, rerun_per_class=[], rerun_classes=["cat"])
-    rerun = [r for r in sanity_rows({"sanity": sanity}) if "rerun" in r["check"]]
+    rerun = [r for r in rows_of(sanity) if "rerun" in r["check"]]
     assert len(rerun) == 1 and "2 independent" in rerun[0]["check"] and "4 point" in rerun[0]["outcome"]
     assert "cat" in rerun[0]["outcome"]
 
@@ -486,28 +496,32 @@ def test_label_order_box_says_what_the_run_assumed_each_output_meant():
     """After --labels the run took output o to mean the --labels class, not the dataset's class o."""
     from reports.plain import critical_warnings
 
-    classes = ["cat", "dog", "frog"]
-    results = {"dataset": {"classes": classes}, "label_check": {
+    results = make_results(3, class_names=["cat", "dog", "frog"])
+    results["label_check"] = {
         "suspected": True, "accuracy_now": 0.1, "accuracy_mapped": 0.9,
         "mapping": [{"output": 0, "class": "dog", "assumed": "frog"}, {"output": 1, "class": "frog", "assumed": "cat"},
-                    {"output": 2, "class": "cat", "assumed": "cat"}]}}
-    box = [w for w in critical_warnings(results) if "label order" in w["title"]][0]
+                    {"output": 2, "class": "cat", "assumed": "cat"}]}
+    box = [w for w in critical_warnings(typed(results)) if "label order" in w["title"]][0]
     assert box["mapping"] == [{"output": "0", "class": "dog", "assumed": "frog"},
                               {"output": "1", "class": "frog", "assumed": "cat"}]  # output 2 already meant "cat"
     # results written before "assumed" existed: the dataset order
     for m in results["label_check"]["mapping"]:
         del m["assumed"]
-    box = [w for w in critical_warnings(results) if "label order" in w["title"]][0]
+    box = [w for w in critical_warnings(typed(results)) if "label order" in w["title"]][0]
     assert [m["assumed"] for m in box["mapping"]] == ["cat", "dog", "frog"]
 
 
 def test_attack_labels_name_budgets_and_squares_probe():
+    from audit.resultsmodel import AttackEntry
     from reports.fmt import attack_label
 
-    assert attack_label({"kind": "pgd", "display_name": "PGD", "steps": 20}) == "PGD-20"
-    sq = {"kind": "square", "display_name": "Square", "queries": 5000}
-    assert attack_label(sq) == "Square-5000" == attack_label(dict(sq, probe=0)) == attack_label(dict(sq, probe=5000))
-    assert attack_label(dict(sq, probe=1000)) == "Square-5000 (probe 1000)"
+    def label(**entry: object) -> str:
+        return attack_label(from_json(AttackEntry, entry))
+
+    assert label(name="pgd", kind="pgd", display_name="PGD", steps=20) == "PGD-20"
+    sq = {"name": "square", "kind": "square", "display_name": "Square", "queries": 5000}
+    assert label(**sq) == "Square-5000" == label(**sq, probe=0) == label(**sq, probe=5000)
+    assert label(**sq, probe=1000) == "Square-5000 (probe 1000)"
 
 
 # ----------------------------------------------------------------------------------------- page layout
@@ -568,8 +582,7 @@ def table_overflow(html: str) -> tuple[list[str], int]:
 @pytest.mark.parametrize("n_classes", [10, 100])
 def test_per_class_table_fits_the_page_with_the_standard_suite(tmp_path, n_classes):
     names = CIFAR10 if n_classes == 10 else [f"{CIFAR100_LIKE[i % 20]}_{i}" for i in range(n_classes)]
-    results = as_standard_suite(make_results(n_classes, class_names=names))
-    results["verdict"] = compute_verdict(results).to_json()
+    results = with_computed_verdict(as_standard_suite(make_results(n_classes, class_names=names)))
     html = render_report(results, tmp_path, formats=["html"])["html"].read_text(encoding="utf-8")
     assert "weight norm" in html and "broken by Square" in html  # every column is there ...
     over, pages = table_overflow(html)
@@ -578,8 +591,7 @@ def test_per_class_table_fits_the_page_with_the_standard_suite(tmp_path, n_class
 
 
 def test_attack_budgets_and_key_figure_captions_name_what_ran(tmp_path):
-    results = as_standard_suite(make_results(10))
-    results["verdict"] = compute_verdict(results).to_json()
+    results = with_computed_verdict(as_standard_suite(make_results(10)))
     text = visible_text(render_report(results, tmp_path, formats=["html"])["html"].read_text(encoding="utf-8"))
     assert "None" not in text
     assert "5,000 queries" in text and "100 steps × 3 targets (MALT-ranked)" in text and "20 steps" in text
@@ -589,10 +601,10 @@ def test_attack_budgets_and_key_figure_captions_name_what_ran(tmp_path):
 def test_flow_counts_are_true_and_ties_are_named():
     results = make_results(10)
     m = [[0] * 10 for _ in range(10)]
-    weak = weakest(results, 1)[0]["index"]
+    weak = weakest(typed(results), 1)[0].index
     m[weak][3], m[weak][5], m[weak][7] = 3, 3, 1  # 7 broken images: 3 into "3", 3 into "5"
     results["summary"]["confusion"] = {"matrix": m, "top_flows": []}
-    why = at_risk(results, 1)[0]["why"]
+    why = at_risk(typed(results), 1)[0]["why"]
     names = results["dataset"]["classes"]
     assert f"of its 7 broken images, attacks turn 3 into “{names[3]}” and 3 into “{names[5]}”" in why
     assert "mostly" not in why
@@ -632,8 +644,7 @@ def test_commands_do_not_wrap_at_dashes_and_no_page_repeats_the_glossary(full):
 
 def _model_run(folder: Path, spec: str, shift: float, seed: int) -> Path:
     results = make_results(10, model_spec=spec, robust_shift=shift, seed=seed, sha256=f"{seed:x}" * 64)
-    results["verdict"] = compute_verdict(results).to_json()
-    write_run(folder, results)
+    write_run(folder, with_computed_verdict(results))
     return folder / "results.json"
 
 

@@ -167,7 +167,7 @@ def test_load_results_rejects_bad_files(tmp_path):
     with pytest.raises(ResultsError, match="not found"):
         render_report(tmp_path / "nope.json", tmp_path / "out")
     good = write_run(tmp_path / "good", make_results(10), examples=False)
-    assert load_results(good)["dataset"]["classes"][0] == "airplane"
+    assert load_results(good).class_names[0] == "airplane"
 
 
 def test_errors_are_one_line(tmp_path):
