@@ -9,7 +9,7 @@ not work on this data, so no robustness grade is given). The terminal summary, t
 from __future__ import annotations
 
 import shlex
-from typing import Any, Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
 from .calibration import rare_confidently_wrong
 from .inputs import MAX_RESIZE
@@ -41,12 +41,6 @@ def band(robust: float, clean: float) -> str:
 
 def _pct(v: Optional[float]) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}%"
-
-
-def overall_of(node: Mapping[str, Any]) -> Optional[float]:
-    """The accuracy a headline quotes: over every evaluated point, else the class mean (``overall`` is null
-    when the evaluated set has no points for some class). Reports use this one rule too."""
-    return node.get("overall") if node.get("overall") is not None else node.get("mean")
 
 
 def prediction_collapse(matrix: Sequence[Sequence[int]], names: Optional[Sequence[str]] = None) -> Optional[str]:
