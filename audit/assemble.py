@@ -16,7 +16,7 @@ import torch
 from .calibration import calibration_results, procedure as calibration_procedure
 from .config import AuditConfig
 from .data import LTDataset, class_groups, groups_to_indices, is_balanced
-from .engine import PointRecords
+from .records import PointRecords
 from .inputs import input_info, input_warnings
 from .labels import check_label_order, clean_confusion, label_warning
 from .lifecycle import created_now

@@ -34,7 +34,8 @@ from .resultsmodel import AuditResults, CalibrationBlock, ClassResult
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from .engine import Evaluator, PointRecords
+    from .engine import Evaluator
+    from .records import PointRecords
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from .config import AuditConfig
-from .engine import PointRecords
+from .records import PointRecords
 from .values import parse_eps_list
 from .metrics import group_means, per_class_accuracy
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from .engine import PointRecords
+from .records import PointRecords
 
 
 def _point_axis(arrays: Sequence[np.ndarray], counts: Sequence[int]) -> int:
@@ -84,19 +84,3 @@ def _equal(a: Any, b: Any) -> bool:
         return bool(a == b)
     except Exception:  # noqa: BLE001 - arrays and odd types: not equal for our purpose
         return False
-
-
-def gather_records(records: PointRecords, *, examples_per_class: int,
-                   on_wait: Optional[Callable[[], None]] = None) -> Optional[PointRecords]:
-    """Under torchrun: wait until every rank finished its shard, then join the shards on rank 0.
-
-    Returns the whole run's records on rank 0, None on the others; ``records`` unchanged in
-    a plain run. A rank that failed makes this raise :class:`~audit.distributed.PeerFailed`.
-    """
-    from . import distributed
-
-    if distributed.current() is None:
-        return records
-    distributed.wait_for_peers("shards", on_wait)
-    parts = distributed.gather_to_main(records)
-    return concat_records(parts, examples_per_class=examples_per_class) if parts is not None else None

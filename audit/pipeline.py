@@ -18,13 +18,13 @@ from .calibration import confidence_pass
 from .config import AuditConfig
 from .curve import run_curve
 from .data import LTDataset, class_groups, groups_to_indices, load_dataset, stratified_subset
-from .engine import Evaluator, PointRecords, adapt_images
+from .engine import Evaluator, adapt_images
+from .records import PointRecords
 from .data.loading import Indexed as _Indexed, loader_options
 from .errors import ConfigError, ModelLoadError
 from .exports import CSV_NAME, MD_NAME, per_class_csv, summary_markdown
 from .gate import check_available, evaluate_gate, parse_fail_under
 from .labels import read_label_order
-from .merge import gather_records
 from .models import LoadedModel, check_finite_logits, load_model
 from .lifecycle import Renderer, check_ranks_agree, default_out_dir, output_folder, render_into, start
 from .outputs import AUDIT_FILES, RunFiles, with_reports
@@ -156,25 +156,25 @@ def _audit_into(out_dir: Optional[Path], config: AuditConfig, specs: list, attac
         attacks = [create_attack(s) for s in specs]
     load_s = time.perf_counter() - t_start
 
-    lo, hi = distributed.shard_bounds(len(eval_idx))  # [distributed] this rank's points (all in a plain run)
-    shard_idx = eval_idx[lo:hi]
+    size = model.preprocessing.input_size
+    evaluator = Evaluator(module, len(data.class_names), size, device, amp=config.amp,
+                          reference_scorer=model.reference_scorer)
+    shard_idx = evaluator.shard(eval_idx)  # [distributed] this rank's points (all in a plain run)
     loader = DataLoader(_Indexed(data.test, shard_idx), batch_size=config.batch_size, shuffle=False,
                         **loader_options(config.workers, device))
-    size = model.preprocessing.input_size
     if model.reference_scorer is not None and model.gradient_access:
         from .models.onnx_model import check_parity
 
-        check_idx = shard_idx[:64] if lo > 0 else eval_idx[:64]  # rank 0 checks what a plain run checks
+        later_rank = evaluator.dist is not None and not evaluator.dist.is_main
+        check_idx = shard_idx[:64] if later_rank else eval_idx[:64]  # rank 0 checks what a plain run checks
         for first in DataLoader(_Indexed(data.test, check_idx), batch_size=64):  # none for an empty shard
             check_parity(model, adapt_images(first[0].float(), size).to(device), tol=config.parity_tol)
 
     show = (not config.quiet) if progress is None else progress
-    evaluator = Evaluator(module, len(data.class_names), size, device, amp=config.amp,
-                          reference_scorer=model.reference_scorer)
     if not config.force:  # a model that cannot be graded stops here, before the first attack (audit/precheck.py)
         stop_if_ungradable(evaluator, model, data, eval_idx, dataset_name=config.dataset_name,
                            batch_size=config.batch_size, workers=config.workers)
-    bar = distributed.GlobalProgress(len(eval_idx), enabled=show) if distributed.current() else None  # [distributed]
+    bar = distributed.GlobalProgress(len(eval_idx), enabled=show) if evaluator.dist else None  # [distributed]
     curve = None
     if config.eps_curve:
         def cascade(cfg: AuditConfig, indices: np.ndarray) -> PointRecords:
@@ -207,7 +207,7 @@ def _audit_into(out_dir: Optional[Path], config: AuditConfig, specs: list, attac
     if bn_after != bn_before and not (np.isnan(bn_after) and np.isnan(bn_before)):
         raise RuntimeError("BatchNorm statistics changed during the audit; this is a bug, please report it")
     shard_records = records
-    records = gather_records(records, examples_per_class=config.examples_per_class,  # [distributed] rank 0: all
+    records = evaluator.join(records, examples_per_class=config.examples_per_class,  # [distributed] rank 0: all
                              on_wait=bar.refresh if bar is not None else None)
     if bar is not None:
         bar.close()

@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader
 
 from .data import LTDataset
 from .data.loading import Indexed, loader_options
-from .engine import Evaluator, PointRecords
+from .engine import Evaluator
+from .records import PointRecords
 from .errors import UngradableModel
 from .inputs import input_info
 from .labels import check_label_order, clean_confusion
