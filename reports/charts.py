@@ -7,7 +7,7 @@ never parsed as mathtext, and are shortened for axis labels (the table has them 
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 from markupsafe import Markup
@@ -77,6 +77,16 @@ def _label_bars(ax, bars, values: np.ndarray, percent: bool, n_bars: int, signed
                  rotation=90 if vertical else 0)
 
 
+def _series_bars(ax: Any, x: np.ndarray, series: Sequence[tuple[str, Sequence[float], str]],
+                 scale: float) -> Iterator[tuple[int, Any, np.ndarray]]:
+    """Each series' bars side by side around the positions ``x`` (values times ``scale``), drawn one series at a
+    time: yields (series index, its bars, their heights), so a caller labels a series before the next is drawn."""
+    width = 0.8 / len(series)
+    for j, (legend, values, colour) in enumerate(series):
+        vals = np.asarray(values, dtype=float) * scale
+        yield j, ax.bar(x - 0.4 + width * (j + 0.5), vals, width=width * 0.95, color=colour, label=legend), vals
+
+
 def class_bars(
     chart_id: str,
     names: Sequence[str],
@@ -124,11 +134,8 @@ def class_bars(
             strip.tick_params(axis="x", labelbottom=False, length=0)
             strip.grid(False)
         k = len(series)
-        width = 0.8 / k
         scale = 100.0 if percent else 1.0
-        for j, (legend, values, colour) in enumerate(series):
-            vals = np.asarray(values, dtype=float) * scale
-            bars = ax.bar(x - 0.4 + width * (j + 0.5), vals, width=width * 0.95, color=colour, label=legend)
+        for j, bars, vals in _series_bars(ax, x, series, scale):
             if value_labels == "all" or (value_labels == "last" and j == k - 1):
                 _label_bars(ax, bars, vals, percent, n * (k if value_labels == "all" else 1), signed)
         labelled = value_labels != "none"
@@ -180,11 +187,8 @@ def group_bars(
         ax = fig.add_subplot()
         x = np.arange(len(groups))
         k = max(1, len(series))
-        width = 0.8 / k
         scale = 100.0 if percent else 1.0
-        for j, (legend, values, colour) in enumerate(series):
-            vals = np.asarray(values, dtype=float) * scale
-            bars = ax.bar(x - 0.4 + width * (j + 0.5), vals, width=width * 0.95, color=colour, label=legend)
+        for _, bars, vals in _series_bars(ax, x, series, scale):
             fmt = "{:.0f}%" if percent else "{:+.1f}"
             texts = [fmt.format(v) for v in vals]
             if not percent:

@@ -13,7 +13,7 @@ from audit.inputs import MAX_RESIZE
 from audit.resultsmodel import AuditResults, Confusion, Flow, InputFit, LabelCheck, OutputMap, Sanity
 
 from .fmt import count, eps_text, pct, points, threat_text
-from .verdict import quote, stored_verdict, weakest
+from .verdict import headline_figures, quote, stored_verdict, weakest
 
 # code -> (badge text, badge css class); not-meaningful has no grade, only a stop sign.
 GRADES: dict[str, tuple[str, str]] = {
@@ -294,9 +294,7 @@ def gate_rows(results: AuditResults) -> dict[str, Any] | None:
 
 def change_sentences(before: AuditResults, after: AuditResults) -> list[str]:
     """What changed, in plain words, for the first page of a comparison."""
-    sb, sa = before.summary, after.summary
-    rb, ra = sb.worst_case.headline, sa.worst_case.headline
-    cb, ca = sb.clean.headline, sa.clean.headline
+    (rb, cb), (ra, ca) = headline_figures(before), headline_figures(after)
     out = [f"Under attack the model now keeps {pct(ra)} of the test images correct, against {pct(rb)} before "
            f"({points(ra - rb)} points)."]
     if abs(ca - cb) < 0.005:
@@ -304,8 +302,8 @@ def change_sentences(before: AuditResults, after: AuditResults) -> list[str]:
     else:
         out.append(f"Without attack its accuracy {'rose' if ca > cb else 'fell'} from {pct(cb)} to {pct(ca)}"
                    + (" — the usual price of robustness." if ca < cb else "."))
-    groups_b = sb.worst_case.groups or {}
-    groups_a = sa.worst_case.groups or {}
+    groups_b = before.worst_case.groups or {}
+    groups_a = after.worst_case.groups or {}
     tail = next((g for g in ("tail", "few") if g in groups_a and g in groups_b), None)
     if tail and not is_balanced(after):
         out.append(f"The rare ({tail}) classes went from {pct(groups_b[tail])} to {pct(groups_a[tail])} robust "

@@ -104,9 +104,14 @@ def by_count(rows: Sequence[ClassResult]) -> list[ClassResult]:
     return sorted(rows, key=lambda r: (-(r.train_count or 0), r.index))
 
 
+def headline_figures(results: AuditResults) -> tuple[float | None, float | None]:
+    """(worst-case robust, clean) accuracy as a headline quotes them: over every point, else the class mean."""
+    return results.worst_case.headline, results.summary.clean.headline
+
+
 def audit_verdict(results: AuditResults) -> dict[str, Any]:
     """{'sentences'}: the findings of an audit in plain words (no grade: that is ``results.verdict``)."""
-    robust, clean = results.worst_case.headline, results.summary.clean.headline
+    robust, clean = headline_figures(results)
     sentences = []
     flip = f": an attacker flips {1 - robust / clean:.0%} of its correct predictions" if clean > 0 else ""
     sentences.append(f"Under attack ({threat_text(results.threat_model)}) the model keeps {pct(robust)} of "
@@ -133,11 +138,9 @@ def compare_verdict(before: AuditResults, after: AuditResults,
 
     A change of verdict is named with the two runs' own verdict labels.
     """
-    sb, sa = before.summary, after.summary
-    rb, ra = sb.worst_case.headline, sa.worst_case.headline
-    cb, ca = sb.clean.headline, sa.clean.headline
+    (rb, cb), (ra, ca) = headline_figures(before), headline_figures(after)
     sentences = [f"Robust accuracy (worst case) went from {pct(rb)} to {pct(ra)} ({points(ra - rb)} points); "
-                 f"balanced robust accuracy from {pct(sb.worst_case.mean)} to {pct(sa.worst_case.mean)}."]
+                 f"balanced robust accuracy from {pct(before.worst_case.mean)} to {pct(after.worst_case.mean)}."]
     dc = ca - cb
     if dc <= -0.005:
         sentences.append(f"The trade-off: clean accuracy fell {points(-dc, signed=False)} points "
