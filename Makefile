@@ -27,13 +27,16 @@ demo: $(STAMP)
 	$(VPY) cli.py audit examples/digits_cnn.onnx $(DEMO_FLAGS) --out $(DEMO_OUT)
 	$(VPY) cli.py repair examples/digits_cnn.onnx $(DEMO_FLAGS) --out $(DEMO_OUT)/repair
 
-# Every tier (unit, contract, end-to-end); prints the 15 slowest tests.
+# Every tier (unit, contract, end-to-end); prints the 15 slowest tests. One torch thread per test
+# process unless OMP_NUM_THREADS says otherwise: the tests use tiny models, and on two busy cores
+# torch's default of two threads made the suite about twice as slow (README, "Quick start").
+TEST_THREADS ?= $${OMP_NUM_THREADS:-1}
 test: install
-	$(VPY) -m pytest -q --durations=15 tests
+	OMP_NUM_THREADS=$(TEST_THREADS) $(VPY) -m pytest -q --durations=15 tests
 
 # The fast tiers only (-m "not slow": no whole repairs, torchrun or wheel builds).
 test-fast: install
-	$(VPY) -m pytest -q -m "not slow" tests
+	OMP_NUM_THREADS=$(TEST_THREADS) $(VPY) -m pytest -q -m "not slow" tests
 
 bench: $(STAMP)
 	$(VPY) bench/attack_speed.py

@@ -134,8 +134,8 @@ def test_module_repair_returns_the_repaired_module_and_its_weights(notebook, tmp
     again.load_state_dict(load_file(run.model_path))  # what a notebook does with the file
     x = torch.rand(5, 1, 8, 8)
     assert torch.allclose(again.eval()((x - MEAN[0]) / STD[0]), run.module.eval()((x - MEAN[0]) / STD[0]), atol=1e-6)
-    assert run.before["model"]["spec"] == run.after["model"]["spec"] == "python:SmallNet"
-    assert run.before["model"]["sha256"] != run.after["model"]["sha256"] or run.summary["model"]["input_kept"]
+    assert run.before.model.spec == run.after.model.spec == "python:SmallNet"
+    assert run.before.model.sha256 != run.after.model.sha256 or run.summary["model"]["input_kept"]
 
 
 def test_eps_from_the_api_is_what_every_page_says(tmp_path):
