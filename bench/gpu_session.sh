@@ -5,7 +5,7 @@
 # jsonschema-specifications, referencing, rpds-py for cp312), see the device tool's README.
 T0=$(date +%s)
 LIMIT=${LIMIT:-585}
-SETTINGS=${SETTINGS:-"REAT defaults,LBGAT frozen,LBGAT learnable,AT-BSL,PGD-AT class-balanced,MiSLAS,ResLT,REAT warm-up smoothing,LBGAT learnable warm-up smoothing"}
+SETTINGS=${SETTINGS:-"REAT defaults,REAT constant,LBGAT frozen,LBGAT learnable,AT-BSL,PGD-AT class-balanced,MiSLAS,ResLT,REAT warm-up smoothing,LBGAT learnable warm-up smoothing"}  # REAT defaults = ε warm-up
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi -L; python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, torch.cuda.get_device_name(0))"
