@@ -277,7 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="smoothing of the rarest class (default 0)")
     t.add_argument("--smoothing-shape", default="concave", choices=["concave", "linear", "convex"],
                    help="profile of the smoothing over the class counts (default concave)")
-    t.add_argument("--eps-schedule", default="warmup", choices=["constant", "warmup"],
+    from reat_finetune.config import EPS_SCHEDULES, RepairConfig
+
+    t.add_argument("--eps-schedule", default=RepairConfig.eps_schedule, choices=list(EPS_SCHEDULES),
                    help="training radius ramped up from 0 over the first 30%% of the budget (warmup, the default), "
                         "or at full strength from the first step (constant)")
     t.add_argument("--eps-per-class", action="store_true",

@@ -8,6 +8,7 @@ from typing import Any, Optional, Sequence
 from audit.config import AttackSpec, AuditConfig
 
 from .errors import RepairError
+from .schedules import SCHEDULES as EPS_SCHEDULES
 
 PENALTIES = ("pairwise", "reference", "off")
 SCHEDULES = ("cosine", "step")
@@ -25,7 +26,6 @@ TRAINING_KEYS = ("method", "epochs", "steps_total", "evaluations", "sampler", "t
 GUIDES = ("frozen", "learnable")
 SMOOTHINGS = ("off", "label-aware")
 SMOOTHING_SHAPES = ("concave", "linear", "convex")
-EPS_SCHEDULES = ("constant", "warmup")
 MIN_CLEAN_KEPT = 0.8  # a fine-tuned checkpoint keeps at least this share of the input's validation clean accuracy
 
 
