@@ -24,6 +24,7 @@ from .jsonfile import read_json_file
 from .results import SCHEMA_VERSION
 from .attacks.apgd_t import APGDTParams
 from .resultsmodel import AuditResults
+from .typedjson import DocumentError
 from .verdict import compute_verdict
 
 APGDT_CANDIDATES = APGDTParams.candidates
@@ -208,10 +209,10 @@ def load_results(path: str | Path) -> AuditResults:
                              missing="not found; check the path or run `cli.py audit` first")
     validate_results(results, path)
     LOG.debug("loaded %s (%d classes)", path, len(results["per_class"]))
-    return migrate(results)
+    return migrate(results, path)
 
 
-def migrate(results: Mapping[str, Any]) -> AuditResults:
+def migrate(results: Mapping[str, Any], source: str | Path | None = None) -> AuditResults:
     """Validated ``results`` (a parsed results.json) as this version's typed results: older files are upgraded,
     not refused.
 
@@ -225,7 +226,10 @@ def migrate(results: Mapping[str, Any]) -> AuditResults:
     for attack in out.get("attacks") or []:  # APGD-T's target ranking, recorded since it has a choice
         if isinstance(attack, dict) and attack.get("kind") == "apgd-t" and "ranking" not in attack:
             attack.update(ranking="logit", candidates=APGDT_CANDIDATES)
-    typed = AuditResults.from_json(out)
+    try:
+        typed = AuditResults.from_json(out)
+    except DocumentError as exc:  # the schema leaves some sections open; the typed results do not
+        raise ResultsError(f"{_where(source)}: {exc}; the file is damaged or incomplete, re-run the audit") from None
     if typed.verdict is None:
         typed.verdict = replace(compute_verdict(typed), computed_on_load=__version__)
     return typed

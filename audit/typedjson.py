@@ -25,6 +25,10 @@ from typing import Any, Mapping, TypeVar, Union
 T = TypeVar("T")
 
 
+class DocumentError(ValueError):
+    """A document that does not fit the dataclasses: names the JSON path (``$.sanity.large_eps``) and what is wrong."""
+
+
 def json_key(f: dataclasses.Field) -> str:
     return f.metadata.get("key", f.name)
 
@@ -82,9 +86,12 @@ def from_json(tp: Any, data: Any, where: str = "$") -> Any:
 
 def _dataclass(cls: type[T], data: Any, where: str) -> T:
     if getattr(cls, "json_by_hand", False):
-        return cls.from_json(data)  # type: ignore[attr-defined]
+        try:
+            return cls.from_json(data)  # type: ignore[attr-defined]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DocumentError(f"{where}: {exc}") from None
     if not isinstance(data, Mapping):
-        raise TypeError(f"{where}: expected an object, found {type(data).__name__}")
+        raise DocumentError(f"{where} should be an object, found {type(data).__name__}")
     hints = _hints(cls)
     kwargs: dict[str, Any] = {}
     known: set[str] = set()
@@ -98,10 +105,13 @@ def _dataclass(cls: type[T], data: Any, where: str) -> T:
         if key in data:
             kwargs[f.name] = from_json(hints[f.name], data[key], f"{where}.{key}")
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
-            raise KeyError(f"{where}: the key {key!r} is missing")
+            raise DocumentError(f"{where} lacks {key!r}")
     unknown = {k: v for k, v in data.items() if k not in known}
     if unknown:
         if extra_field is None:
-            raise KeyError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+            raise DocumentError(f"{where} has unknown key(s) {', '.join(sorted(unknown))}")
         kwargs[extra_field] = unknown
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:  # e.g. a verdict code this version does not know
+        raise DocumentError(f"{where}: {exc}") from None

@@ -11,6 +11,7 @@ from support import ROOT
 from audit.errors import ResultsError
 from audit.resultsmodel import AuditResults, ClassResult, Verdict
 from audit.schema import check_written, load_results, migrate
+from audit.typedjson import DocumentError
 
 OLDER = sorted((ROOT / "tests" / "data" / "older_results").rglob("*.json"))
 OLDER_RESULTS = [p for p in OLDER if p.name.startswith("audit-") or p.name == "results.json"]
@@ -78,8 +79,32 @@ def test_a_document_missing_a_required_section_is_refused(tiny_audit, tmp_path):
     _, document = tiny_audit
     broken = copy.deepcopy(document)
     del broken["per_class"][0]["robust_acc"]
-    with pytest.raises(KeyError, match="robust_acc"):
+    with pytest.raises(DocumentError, match=r"\$\.per_class\[0\] lacks 'robust_acc'"):
         AuditResults.from_json(broken)
     (tmp_path / "results.json").write_text(json.dumps(broken))
     with pytest.raises(ResultsError):  # the schema check on read names it first
         load_results(tmp_path / "results.json")
+
+
+@pytest.mark.parametrize("edit,where", [
+    (lambda d: d["sanity"].__setitem__("large_eps", {"norm": "linf", "eps": 0.5}), r"\$\.sanity\.large_eps lacks 'n'"),
+    (lambda d: d["model"]["preprocessing"].pop("input_size"), r"\$\.model\.preprocessing lacks 'input_size'"),
+    (lambda d: d["sanity"]["zero_gradient"]["per_attack"].__setitem__("pgd", {}),
+     r"\$\.sanity\.zero_gradient\.per_attack\.pgd lacks 'points'"),
+], ids=["large-eps", "preprocessing", "zero-gradient"])
+def test_a_section_the_schema_leaves_open_is_one_clear_line(tiny_audit, tmp_path, capsys, edit, where):
+    """A file the schema lets through but the typed results cannot hold: the report command says where, exit 2."""
+    import cli
+
+    _, document = tiny_audit
+    damaged = copy.deepcopy(document)
+    edit(damaged)
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(damaged))
+    with pytest.raises(ResultsError, match=where):
+        load_results(path)
+    capsys.readouterr()
+    assert cli.main(["report", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "re-run the audit" in err[0] and "Traceback" not in err[0]
+    assert not (tmp_path / "out").exists()
