@@ -17,6 +17,7 @@ from __future__ import annotations
 from audit.config import AttackSpec, AuditConfig
 from audit.errors import TailAuditError
 from audit.models import LoadedModel
+from audit.resultsmodel import AuditResults
 from audit.version import __version__
 from reat_finetune.config import RepairConfig
 

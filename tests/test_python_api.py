@@ -226,3 +226,9 @@ def test_api_and_cli_give_the_same_pages_for_the_same_run(tmp_path, capsys):
         return [visible_text(p.group(0)) for p in parts]  # type: ignore[union-attr]
 
     assert pages(api.out_dir) == pages(tmp_path / "cli")
+
+
+def test_every_exported_name_exists():
+    """``from tailaudit import *`` gives every name the package lists, the typed results among them."""
+    assert [n for n in tailaudit.__all__ if not hasattr(tailaudit, n)] == []
+    assert tailaudit.AuditResults is AuditResults
