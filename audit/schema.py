@@ -207,9 +207,16 @@ def load_results(path: str | Path) -> AuditResults:
     path = Path(path)
     results = read_json_file(path, ResultsError, what="results file", fix="the file is damaged, re-run the audit",
                              missing="not found; check the path or run `cli.py audit` first")
-    validate_results(results, path)
-    LOG.debug("loaded %s (%d classes)", path, len(results["per_class"]))
-    return migrate(results, path)
+    typed = read_results(results, path)
+    LOG.debug("loaded %s (%d classes)", path, len(typed.per_class))
+    return typed
+
+
+def read_results(document: Any, source: str | Path | None = None) -> AuditResults:
+    """A parsed results.json, checked against the schema (``source`` names it in the error) and migrated:
+    what :func:`load_results` does after reading the file, for a document already in memory."""
+    validate_results(document, source)
+    return migrate(document, source)
 
 
 def migrate(results: Mapping[str, Any], source: str | Path | None = None) -> AuditResults:

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 from audit.errors import ResultsError
 from audit.resultsmodel import AttackEntry, AuditResults, ThreatModel
-from audit.schema import load_results, migrate, validate_results
+from audit.schema import load_results, read_results
 from audit.typedjson import to_json
 
 LOG = logging.getLogger(__name__)
@@ -21,10 +21,7 @@ Results = AuditResults | Mapping[str, Any]  # typed results, or a parsed results
 def typed_results(results: Results, what: str | None = None) -> AuditResults:
     """``results`` as :class:`AuditResults`: a parsed results.json is checked against the schema (``what`` names it
     in the error) and migrated, never changed; typed results are returned as they are (reports only read them)."""
-    if isinstance(results, AuditResults):
-        return results
-    validate_results(results, what)
-    return migrate(results)
+    return results if isinstance(results, AuditResults) else read_results(results, what)
 
 
 def coerce_results(results: str | Path | Results, default_dir: Path) -> tuple[AuditResults, Path]:
