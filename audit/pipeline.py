@@ -225,8 +225,9 @@ def _audit_into(out_dir: Optional[Path], config: AuditConfig, specs: list, attac
         results.gate = evaluate_gate(gate, results)
     assert results.environment is not None and out_dir is not None
     results.environment.update(distributed.describe())  # world_size (1 in a plain run)
-    results = _without_infinities(results)
-    write_outputs(out_dir, results, records, reports)
+    _name_files(results, records)
+    results, document = _document(results)
+    write_outputs(out_dir, results, document, records, reports)
     if distributed.current() is not None:  # [distributed] the other ranks get rank 0's results
         distributed.wait_for_peers("written")
         distributed.broadcast_from_main(results)
@@ -234,31 +235,36 @@ def _audit_into(out_dir: Optional[Path], config: AuditConfig, specs: list, attac
     return AuditRun(results, out_dir, records)
 
 
-def _without_infinities(results: AuditResults) -> AuditResults:
-    """A figure that overflowed is stored as null with a warning, never a crash (JSON has no infinity)."""
+def _name_files(results: AuditResults, records: PointRecords) -> None:
+    """``results.files``: the side files this run writes (no examples.npz when no point was broken)."""
+    names = dict(results.files or {})
+    if not records.examples:
+        names.pop("examples", None)
+    names.update({"per_class_csv": CSV_NAME, "summary_md": MD_NAME})
+    results.files = names
+
+
+def _document(results: AuditResults) -> tuple[AuditResults, dict[str, Any]]:
+    """The results.json document, made once. A figure that overflowed is stored as null with a warning, never a
+    crash (JSON has no infinity), and the typed results returned say the same as the file."""
     document = results.to_json()
     overflowed = null_infinities(document)
     if not overflowed:
-        return results
+        return results, document
     document["warnings"].append(f"{len(overflowed)} figure(s) overflowed to infinity and are stored as null "
                                 f"({', '.join(overflowed[:3])}{', …' if len(overflowed) > 3 else ''})")
-    return AuditResults.from_json(document)
+    return AuditResults.from_json(document), document
 
 
-def write_outputs(out_dir: Path, results: AuditResults, records: PointRecords,
+def write_outputs(out_dir: Path, results: AuditResults, document: dict[str, Any], records: PointRecords,
                   reports: Optional[Callable[[RunFiles, Path], Any]] = None) -> None:
-    """points.json, examples.npz, per_class.csv, summary.md, results.json and the reports, committed
-    together (audit/outputs.py)."""
+    """points.json, examples.npz, per_class.csv, summary.md, results.json (``document``, the serialised
+    ``results``) and the reports, committed together (audit/outputs.py)."""
     with RunFiles(out_dir) as files:
         files.add_json("points.json", records.to_json(), indent=None)
         if records.examples:
             files.add_npz("examples.npz", **records.examples)
-        files_map = results.files if results.files is not None else {}
-        if not records.examples:
-            files_map.pop("examples", None)
-        files_map.update({"per_class_csv": CSV_NAME, "summary_md": MD_NAME})
-        results.files = files_map
-        files.add_json("results.json", results.to_json(), check=check_written)  # first: the exports read what is checked
+        files.add_json("results.json", document, check=check_written)  # first: the exports read what is checked
         files.add(CSV_NAME, lambda path: write_text(path, per_class_csv(results)))
         files.add(MD_NAME, lambda path: write_text(path, summary_markdown(results)))
         if reports is not None:
