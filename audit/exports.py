@@ -101,7 +101,7 @@ def _figures_table(results: AuditResults) -> list[str]:
         lines.append(f"| weakest class | {_md(ds.classes[wc.worst_class])} {_p(wc.worst)} |")
     for g, val in (wc.groups or {}).items():
         lines.append(f"| {g} classes robust | {_p(val)} |")
-    gap = (s.head_tail_gap or {}).get("worst_case")
+    gap = s.robust_gap
     if gap is not None:
         lines.append(f"| head − tail gap | {100 * gap:.1f} points |")
     return lines

@@ -21,7 +21,7 @@ METRICS: dict[str, tuple[str, Callable[[Summary], Optional[float]], tuple[str, .
     "balanced": ("balanced (class-mean) robust accuracy", lambda s: s.worst_case.mean, (), False),
     "worst-class": ("robust accuracy of the weakest class", lambda s: s.worst_case.worst, (), False),
     "tail": ("robust accuracy of the tail classes", lambda s: s.worst_case.group("tail"), ("tail",), False),
-    "max-gap": ("head/tail gap of robust accuracy", lambda s: (s.head_tail_gap or {}).get("worst_case"),
+    "max-gap": ("head/tail gap of robust accuracy", lambda s: s.robust_gap,
                 ("head", "tail"), True),
 }
 _HINT = "write KEY=VALUE[,KEY=VALUE] with KEY in " + ", ".join(METRICS) + " and VALUE a fraction (0.5) or percent (50%)"

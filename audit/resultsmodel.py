@@ -455,6 +455,11 @@ class Summary:
     def worst_case(self) -> ClassSummary:
         return self.robust["worst_case"]
 
+    @property
+    def robust_gap(self) -> Optional[float]:
+        """Worst-case robust accuracy of the head group minus the tail group (None without both groups)."""
+        return (self.head_tail_gap or {}).get("worst_case")
+
 
 # -- optional sections ---------------------------------------------------------------------
 

@@ -179,7 +179,7 @@ def compute_verdict(results: AuditResults) -> Verdict:
     reasons = [f"worst-case robust accuracy {_pct(robust)} keeps {survive:.0%} of the clean accuracy {_pct(clean)}; "
                "the share kept sets the grade (80% or more: robust, 50-80%: partly, 20-50%: weakly, below 20%: "
                "not robust)"]
-    gap = (s.head_tail_gap or {}).get("worst_case")
+    gap = s.robust_gap
     rare_weak = gap is not None and gap >= UNEVEN and bool(results.group_of("tail")) and bool(results.group_of("head"))
     uneven = wc.worst is not None and wc.mean and wc.worst < WORST_SHARE * wc.mean
     qualifier = None

@@ -12,7 +12,7 @@ from .fmt import (attack_label, count, eps_text, interval, num, over_255, pct, p
                   threat_text)
 from .plain import (glossary, at_risk, budget_sentence, critical_warnings, gate_rows, is_balanced, resolve_verdict,
                     sanity_rows, suite_sentence)
-from .verdict import audit_verdict, by_count, extra_broken, head_tail, robust_gap, weakest
+from .verdict import audit_verdict, by_count, extra_broken, head_tail, weakest
 
 NOT_MEANINGFUL_FINDINGS = ("No findings: the model does not work on this data as it was audited (page 1), so the "
                            "figures below are what the attacks measured, not evidence about its robustness or about "
@@ -65,7 +65,7 @@ def kpis(results: AuditResults) -> list[dict[str, str]]:
     out.append({"label": "Worst class (robust)", "value": pct(worst.worst_case), "note": str(worst.name),
                 "quoted": "1"})
     head, tail = head_tail(results)
-    gap = robust_gap(results)
+    gap = results.summary.robust_gap
     if gap is not None and head and tail:
         out.append({"label": f"{head.capitalize()}/{tail} robustness gap", "value": f"{points(gap)} pts",
                     "note": f"{head} {pct(wc.group(head))} vs {tail} {pct(wc.group(tail))}"})

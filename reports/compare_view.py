@@ -15,7 +15,7 @@ from .plain import glossary, at_risk, budget_sentence, change_sentences, critica
 from .repair_view import repair_view
 from .examples import build_examples
 from .fmt import count, interval, num, pct, points, seconds, short_name
-from .verdict import by_count, compare_verdict, extra_broken, head_tail, robust_gap, weakest
+from .verdict import by_count, compare_verdict, extra_broken, head_tail, weakest
 
 
 def class_deltas(before: AuditResults, after: AuditResults) -> list[dict[str, Any]]:
@@ -68,7 +68,7 @@ def kpi_rows(before: AuditResults, after: AuditResults) -> list[dict[str, str]]:
     head, tail = head_tail(after)
     for g in group_names(after):
         add(f"Robust, {g} classes", wb.group(g), wa.group(g))
-    gb, ga = robust_gap(before), robust_gap(after)
+    gb, ga = before.summary.robust_gap, after.summary.robust_gap
     if head and tail and gb is not None and ga is not None:
         d = ga - gb
         rows.append({"label": f"{head.capitalize()}/{tail} robustness gap (points)", "before": points(gb),

@@ -15,7 +15,7 @@ from .audit_view import LARGE, TOP, method, run_headline, strip_counts
 from .calibration_view import confident_wrong
 from .fmt import count, num, pct, points, threat_text
 from .plain import budget_sentence, critical_warnings, glossary, is_balanced, resolve_verdict
-from .verdict import by_count, head_tail, quote, robust_gap
+from .verdict import by_count, head_tail, quote
 
 # one colour per model (Okabe-Ito, then black): distinguishable for colour-blind readers
 MODEL_COLOURS = ("#003F7F", "#E69F00", "#CC79A7", "#009E73", "#56B4E9", "#D55E00", "#000000", "#F0E442")
@@ -31,7 +31,7 @@ def model_names(runs: Sequence[AuditResults], folders: Sequence[Path]) -> list[s
 def _summary_row(name: str, results: AuditResults, colour: str) -> dict[str, Any]:
     wc = results.worst_case
     worst = results.per_class[wc.worst_class] if wc.worst_class is not None else None
-    gap = robust_gap(results)
+    gap = results.summary.robust_gap
     return {"name": name, "colour": colour, "verdict": resolve_verdict(results), "spec": str(results.model.spec),
             "sha": str(results.model.sha256 or "")[:12], "clean": pct(results.summary.clean.headline),
             "robust": pct(wc.headline), "balanced": pct(wc.mean),

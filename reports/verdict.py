@@ -33,14 +33,9 @@ def head_tail(results: AuditResults) -> tuple[str | None, str | None]:
     return head, tail
 
 
-def robust_gap(results: AuditResults) -> float | None:
-    """Worst-case robust accuracy of the head group minus the tail group (None without groups)."""
-    return (results.summary.head_tail_gap or {}).get("worst_case")
-
-
 def _gap_sentence(results: AuditResults) -> str | None:
     head, tail = head_tail(results)
-    gap = robust_gap(results)
+    gap = results.summary.robust_gap
     if head is None or tail is None or gap is None:
         return None
     nt, nh = len(results.group_of(tail)), len(results.group_of(head))
@@ -171,7 +166,7 @@ def compare_verdict(before: AuditResults, after: AuditResults,
 
 def _gap_change(before: AuditResults, after: AuditResults) -> str | None:
     """How the head/tail robustness gap moved, or None when either run has no gap or groups."""
-    gb, ga = robust_gap(before), robust_gap(after)
+    gb, ga = before.summary.robust_gap, after.summary.robust_gap
     head, tail = head_tail(after)
     if gb is None or ga is None or not head or not tail:
         return None
