@@ -5,7 +5,7 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: install system-deps demo test test-fast bench clean
+.PHONY: install system-deps demo lint test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -27,11 +27,15 @@ demo: $(STAMP)
 	$(VPY) cli.py audit examples/digits_cnn.onnx $(DEMO_FLAGS) --out $(DEMO_OUT)
 	$(VPY) cli.py repair examples/digits_cnn.onnx $(DEMO_FLAGS) --out $(DEMO_OUT)/repair
 
+# ruff (configured in pyproject.toml: pycodestyle + pyflakes); `make test` runs it before pytest.
+lint: $(STAMP)
+	$(VPY) -m ruff check .
+
 # Every tier (unit, contract, end-to-end); prints the 15 slowest tests. One torch thread per test
 # process unless OMP_NUM_THREADS says otherwise: the tests use tiny models, and on two busy cores
 # torch's default of two threads made the suite about twice as slow (README, "Quick start").
 TEST_THREADS ?= $${OMP_NUM_THREADS:-1}
-test: install
+test: install lint
 	OMP_NUM_THREADS=$(TEST_THREADS) $(VPY) -m pytest -q --durations=15 tests
 
 # The fast tiers only (-m "not slow": no whole repairs, torchrun or wheel builds).
