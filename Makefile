@@ -33,7 +33,7 @@ lint: $(STAMP)
 
 # Every tier (unit, contract, end-to-end); prints the 15 slowest tests. One torch thread per test
 # process unless OMP_NUM_THREADS says otherwise: the tests use tiny models, and on two busy cores
-# torch's default of two threads made the suite about twice as slow (README, "Quick start").
+# torch's default of two threads made the suite about twice as slow (docs/benchmarks.md).
 TEST_THREADS ?= $${OMP_NUM_THREADS:-1}
 test: install lint
 	OMP_NUM_THREADS=$(TEST_THREADS) $(VPY) -m pytest -q --durations=15 tests
