@@ -160,3 +160,31 @@ def test_shared_matmul_weight_stays_shared(tmp_path):
     assert not np.array_equal(numpy_helper.to_array(file_tensors(written)["shared/kernel:0"]),
                               numpy_helper.to_array(w))
     assert numpy_helper.to_array(file_tensors(written)["flatten/Const:0"]).tolist() == [-1, 64]
+
+
+def test_the_weight_rule_on_one_graph(tmp_path):
+    """Depthwise kernel and a mid-network per-channel scale train; input Sub/Div, a Div divisor and scalars do not."""
+    rng = np.random.default_rng(1)
+    f32 = lambda *s: rng.normal(0, 0.3, s).astype(np.float32)  # noqa: E731
+    inits = {"prep/mean": np.full((1, 3, 1, 1), 0.4, np.float32), "prep/std": np.full((1, 3, 1, 1), 0.25, np.float32),
+             "stem/W": f32(8, 3, 3, 3), "dw/W": f32(8, 1, 3, 3), "dw/scale": f32(1, 8, 1, 1) + 1,
+             "mid/div": np.full((1, 8, 1, 1), 2.0, np.float32), "act/half": np.float32(0.5),
+             "head/W": f32(8, 10), "head/b": f32(10)}
+    nodes = [helper.make_node("Sub", ["x", "prep/mean"], ["a"]), helper.make_node("Div", ["a", "prep/std"], ["b"]),
+             helper.make_node("Conv", ["b", "stem/W"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["c", "dw/W"], ["d"], pads=[1, 1, 1, 1], group=8),
+             helper.make_node("Mul", ["d", "dw/scale"], ["e"]), helper.make_node("Div", ["e", "mid/div"], ["f"]),
+             helper.make_node("Mul", ["f", "act/half"], ["g"]), helper.make_node("Relu", ["g"], ["h"]),
+             helper.make_node("GlobalAveragePool", ["h"], ["i"]), helper.make_node("Flatten", ["i"], ["j"]),
+             helper.make_node("MatMul", ["j", "head/W"], ["k"]), helper.make_node("Add", ["k", "head/b"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
+                              initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "rule.onnx"
+    onnx.save(model, str(path))
+    wmap = load_onnx(path, num_classes=10).weights
+    assert {s.name for s in wmap.slots} == {"stem/W", "dw/W", "dw/scale", "head/W", "head/b"}
+    assert {name for name, _, _ in wmap.frozen} == {"prep/mean", "prep/std", "mid/div"}  # scalars are not listed
+    assert wmap.complete
