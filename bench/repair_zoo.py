@@ -371,7 +371,8 @@ def _pct(fig: Optional[dict]) -> str:
 
 def table(state: dict, args: argparse.Namespace) -> str:
     head = ("| model | kind | built (images, epochs, s) | method | clean before | clean after | worst case before "
-            "| worst case after | tail wc before | tail wc after | outcome | kept step / budget | values trained (share onnx2torch alone trained) "
+            "| worst case after | tail wc before | tail wc after | outcome | kept step / budget "
+            "| values trained (share onnx2torch alone trained) "
             "| wall time | threads |")
     lines = [head, "|" + "---|" * 15]
     for name, st in state.items():
@@ -404,7 +405,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--long-epochs", type=int, default=10)
     ap.add_argument("--small-epochs", type=int, default=4, help="training epochs of the small CNNs")
     ap.add_argument("--pgd-steps", type=int, default=3, help="PGD steps per batch of the PGD-trained CNN")
-    ap.add_argument("--smoke", action="store_true", help="tiny repairs (6 steps, 5 images per class): checks the script")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny repairs (6 steps, 5 images per class): checks the script")
     ap.add_argument("--resume", action="store_true", help="skip models and repairs <out>/state.json has finished")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "zoo")
     args = ap.parse_args()

@@ -81,7 +81,8 @@ def test_dense_layers_exported_as_matmul_train(case, dense_files):
     else:  # every float tensor with more than one value is a weight here (BatchNorm as Mul + Add included)
         assert floats == bound and not wmap.frozen
     if case.kind == "keras-nobias":
-        assert {"sequential/batch_normalization/batchnorm/mul:0", "sequential/batch_normalization/batchnorm/sub:0"} <= bound
+        bn = "sequential/batch_normalization/batchnorm"
+        assert {f"{bn}/mul:0", f"{bn}/sub:0"} <= bound
 
 
 @pytest.mark.parametrize("case", DENSE_CASES, ids=[c.name for c in DENSE_CASES])

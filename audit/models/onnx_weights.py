@@ -131,7 +131,8 @@ class _Resolver:
         return hits[0] if len(hits) == 1 else None
 
 
-def _module_nodes(net: torch.fx.GraphModule, prepared: onnx.ModelProto) -> Iterator[tuple[torch.fx.Node, onnx.NodeProto]]:
+def _module_nodes(net: torch.fx.GraphModule, prepared: onnx.ModelProto
+                  ) -> Iterator[tuple[torch.fx.Node, onnx.NodeProto]]:
     """(fx call_module node, ONNX node) pairs: onnx2torch makes one module per node, in graph order."""
     calls = [n for n in net.graph.nodes if n.op == "call_module"]
     nodes = list(prepared.graph.node)
