@@ -1,6 +1,9 @@
 """The repaired model in the input's form: ONNX in, ONNX out (parity-checked); timm in, safetensors out.
 
-The ONNX export keeps the original input and output tensor names (whatever the exporter
+An ONNX model whose every trainable tensor sits in the input file (audit.models.onnx_weights)
+is written *in place*: the input file with the trained values in its own initializers (same
+names, layout, dtype and opset; no other change to the graph). Otherwise the re-export below
+applies. The re-export keeps the original input and output tensor names (whatever the exporter
 accepts: the file is written under placeholders and renamed), layout (NCHW/NHWC), batch axis
 (dynamic or fixed to 1), opset where the exporter still writes it (else the nearest newer one)
 and normalisation convention: the inner network is exported, so an input that expected
@@ -107,6 +110,8 @@ class ExportPlan:
     batch: Optional[int] = None  # None: dynamic batch axis; 1: fixed, as in the input file
     layout: Optional[str] = None
     parity: dict[str, Any] = field(default_factory=dict)  # the unmodified export against the input runtime
+    mode: str = "re-export"  # ONNX: in-place (trained values written into the input file) | re-export
+    weights: dict[str, Any] = field(default_factory=dict)  # ONNX: what trains (audit.models.onnx_weights summary)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -209,6 +214,114 @@ def _check_exported(loaded: LoadedModel, path: Path, probe: torch.Tensor, tol: f
     return parity
 
 
+def untrained_note(loaded: LoadedModel) -> Optional[str]:
+    """One line on the ONNX constants that stay as they are although they may be weights; None when all train."""
+    wmap = loaded.weights
+    if loaded.format != "onnx" or not loaded.gradient_access:
+        return None
+    if wmap is None:  # the conversion could not be mapped to the file: its constant buffers stay frozen
+        net, _ = _inner_network_ref(loaded)
+        frozen = [b for name, b in net.named_buffers()
+                  if name.startswith("initializers.") and b.is_floating_point() and b.numel() > 1]
+        if not frozen:
+            return None
+        return (f"{len(frozen)} float constants of the ONNX graph ({sum(b.numel() for b in frozen)} values, e.g. "
+                "MatMul weights) could not be traced to the input file, so they stay as they are; only "
+                "Conv/Gemm/BatchNorm parameters are fine-tuned")
+    lost = [(n, k) for n, k, why in wmap.frozen if why == "made by the conversion"]
+    for name, k, why in wmap.frozen:
+        log.info("ONNX constant %r (%d values) stays constant: %s", name, k, why)
+    if not lost:
+        return None
+    return (f"{len(lost)} weight-like constants of the ONNX graph ({sum(k for _, k in lost)} values, e.g. "
+            f"{lost[0][0]!r}) are computed by the graph rather than stored in the file, so they stay as they are")
+
+
+def _in_place_map(loaded: LoadedModel) -> Optional[Any]:
+    """The model's weight map when every tensor that trains now is in it (in-place export possible), else None."""
+    wmap = loaded.weights
+    if wmap is None or not wmap.complete:
+        return None
+    net, _ = _inner_network_ref(loaded)
+    keys = {s.key for s in wmap.slots}
+    changing = {k for k, _ in net.named_parameters()} | {k for k, _ in net.named_buffers()
+                                                         if k.endswith(("running_mean", "running_var"))}
+    missing = sorted(changing - keys)
+    if missing:  # e.g. a head folded back with a bias the input layer lacked
+        log.info("in-place export not possible: %d trained tensor(s) have no place in the input file (%s)",
+                 len(missing), ", ".join(missing[:3]))
+        return None
+    return wmap
+
+
+def _inner_network_ref(loaded: LoadedModel) -> tuple[torch.nn.Module, bool]:
+    """The converted network itself (not a copy) and whether it runs one image at a time."""
+    from audit.models.onnx_model import _PerSample
+
+    net = loaded.module.net
+    return (net.net, True) if isinstance(net, _PerSample) else (net, False)
+
+
+def _write_in_place(loaded: LoadedModel, wmap: Any, path: Path) -> None:
+    """The input file with the network's current values in its own tensors, written to ``path``."""
+    from audit.models.onnx_weights import write_back
+
+    net, _ = _inner_network_ref(loaded)
+    model = write_back(onnx.load(str(loaded.path)), net, wmap)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+@torch.no_grad()
+def _perturbed(loaded: LoadedModel, wmap: Any, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Add seeded noise (about 5 % of each tensor's scale) to every mapped tensor; returns the values to restore."""
+    net, _ = _inner_network_ref(loaded)
+    state = net.state_dict(keep_vars=True)
+    saved = {s.key: state[s.key].detach().clone() for s in wmap.slots}
+    gen = torch.Generator().manual_seed(seed)
+    for slot in wmap.slots:
+        t = state[slot.key]
+        noise = torch.randn(t.shape, generator=gen).to(t.device, t.dtype)
+        if slot.key.endswith("running_var"):
+            t.mul_(torch.exp(0.05 * noise))
+        else:
+            t.add_(0.05 * (t.abs().mean() + 1e-3) * noise)
+    return saved
+
+
+def preflight_in_place(loaded: LoadedModel, probe: torch.Tensor, *, tol: float = 1e-3,
+                       device: torch.device | str = "cpu") -> Optional[ExportPlan]:
+    """Prove the in-place write-back on a perturbed copy of the weights; None when it does not apply or fails.
+
+    Every mapped tensor gets seeded noise, the values are written into a copy of the input file,
+    and onnxruntime on it must match the perturbed network; the weights are restored afterwards.
+    """
+    wmap = _in_place_map(loaded)
+    if wmap is None:
+        return None
+    sig = OnnxSignature.of(loaded.path)  # type: ignore[arg-type]
+    net, _ = _inner_network_ref(loaded)
+    saved = _perturbed(loaded, wmap)
+    try:
+        with tempfile.TemporaryDirectory(prefix="tailaudit-preflight-") as tmp:
+            path = Path(tmp) / "preflight.onnx"
+            _write_in_place(loaded, wmap, path)
+            parity = _check_exported(loaded, path, probe, tol, device, "the input file with perturbed weights")
+    except Exception as exc:  # noqa: BLE001 - any failure of the write-back means: re-export instead
+        log.info("in-place export preflight failed (%s); the model will be re-exported", _first_line(exc))
+        return None
+    finally:
+        with torch.no_grad():
+            state = net.state_dict(keep_vars=True)
+            for key, value in saved.items():
+                state[key].copy_(value)
+    log.info("export preflight: trained weights are written in place into the input file (%d tensors, opset %d "
+             "kept), parity %.2g on perturbed weights", len({s.name for s in wmap.slots}), sig.opset,
+             parity["max_abs_logit_diff"])
+    return ExportPlan("onnx", sig.opset, sig.input, sig.output, sig.dims[0], loaded.preprocessing.layout, parity,
+                      mode="in-place", weights=wmap.summary())
+
+
 def preflight_onnx(loaded: LoadedModel, probe: torch.Tensor, *, tol: float = 1e-3,
                    device: torch.device | str = "cpu") -> ExportPlan:
     """Export the *unmodified* model the way the repaired one will be, before any attack or training step.
@@ -219,6 +332,9 @@ def preflight_onnx(loaded: LoadedModel, probe: torch.Tensor, *, tol: float = 1e-
     """
     if loaded.path is None:
         raise RepairError("the ONNX model's original file is unknown; cannot export it in the same form")
+    in_place = preflight_in_place(loaded, probe, tol=tol, device=device)
+    if in_place is not None:
+        return in_place
     sig = OnnxSignature.of(loaded.path)
     net, fixed = _inner_network(loaded, sig)
     with tempfile.TemporaryDirectory(prefix="tailaudit-preflight-") as tmp:
@@ -236,7 +352,9 @@ def preflight_onnx(loaded: LoadedModel, probe: torch.Tensor, *, tol: float = 1e-
     log.info("export preflight: the input model re-exports at opset %d (input %r, output %r, %s batch), "
              "parity %.2g", opset, sig.input, sig.output, "dynamic" if fixed is None else f"fixed {fixed}",
              parity["max_abs_logit_diff"])
-    return ExportPlan("onnx", opset, sig.input, sig.output, fixed, loaded.preprocessing.layout, parity)
+    weights = loaded.weights.summary() if loaded.weights is not None else {}
+    return ExportPlan("onnx", opset, sig.input, sig.output, fixed, loaded.preprocessing.layout, parity,
+                      weights=weights)
 
 
 def export_onnx(loaded: LoadedModel, out_dir: Path, probe: torch.Tensor, plan: ExportPlan, *, tol: float = 1e-3,
@@ -249,19 +367,28 @@ def export_onnx(loaded: LoadedModel, out_dir: Path, probe: torch.Tensor, plan: E
     if loaded.path is None:
         raise RepairError("the ONNX model's original file is unknown; cannot export in the same form")
     sig = OnnxSignature.of(loaded.path)
-    net, fixed = _inner_network(loaded, sig)
+    wmap = _in_place_map(loaded) if plan.mode == "in-place" else None
     final = out_dir / ONNX_NAME
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / f".{ONNX_NAME}.tmp.onnx"
     try:
-        opset = _export_any_opset(net, sig, fixed, tmp, [plan.opset or EXPORT_OPSET])
+        if wmap is not None:
+            _write_in_place(loaded, wmap, tmp)
+            opset = sig.opset
+        else:
+            net, fixed = _inner_network(loaded, sig)
+            opsets = [plan.opset or EXPORT_OPSET] if plan.mode != "in-place" else sig.opsets()
+            opset = _export_any_opset(net, sig, fixed, tmp, opsets)
         parity = _check_exported(loaded, tmp, probe, tol, device, "onnxruntime on the exported ONNX file")
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    log.info("wrote %s (opset %d, parity %.2g on %d images)", final, opset, parity["max_abs_logit_diff"], parity["n"])
-    return ExportResult(final, "onnx", str(final), None, {**parity, "opset": opset})
+    how = "trained weights in place" if wmap is not None else "re-exported"
+    log.info("wrote %s (%s, opset %d, parity %.2g on %d images)", final, how, opset, parity["max_abs_logit_diff"],
+             parity["n"])
+    return ExportResult(final, "onnx", str(final), None,
+                        {**parity, "opset": opset, "mode": "in-place" if wmap is not None else "re-export"})
 
 
 def export_timm(loaded: LoadedModel, out_dir: Path, probe: torch.Tensor, *, tol: float = 1e-3,

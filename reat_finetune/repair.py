@@ -36,7 +36,7 @@ from .checkpoint import CHECKPOINT_NAME, check_fingerprint, fingerprint, is_disk
 from .config import RepairConfig
 from .ddp import check_global_batch, check_world_size
 from .errors import RepairError
-from .export import ExportPlan, export_repaired, keep_input, preflight_export
+from .export import ExportPlan, export_repaired, keep_input, preflight_export, untrained_note
 from .outcome import decide
 from .features import build_feature_model
 from .losses import tail_class_weights
@@ -192,13 +192,10 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
     size = tuple(loaded.preprocessing.input_size)
     fm, feature_warnings = build_feature_model(loaded, _probe_images(data, train_idx, 8, size).to(device),
                                                explicit_penalty=config.tail_penalty, need_features=penalty != "off")
-    frozen = [b for name, b in loaded.module.net.named_buffers()
-              if name.startswith("initializers.") and b.is_floating_point() and b.numel() > 1]
-    if frozen:
-        feature_warnings.append(f"{len(frozen)} float constants of the ONNX graph ({sum(b.numel() for b in frozen)} "
-                                "values, e.g. MatMul weights) are not trainable and stay as they are; only "
-                                "Conv/Gemm/BatchNorm parameters are fine-tuned")
-        log.warning("%s", feature_warnings[-1])
+    untrained = untrained_note(loaded)  # ONNX: every weight in the file trains (audit.models.onnx_weights)
+    if untrained:
+        feature_warnings.append(untrained)
+        log.warning("%s", untrained)
     groups = class_groups(list(data.train_counts), rule=config.audit.group_rule)  # no tail when balanced
     if config.audit.fail_under:  # the gate judges the after-audit; refuse impossible conditions now
         from audit.gate import check_available, parse_fail_under

@@ -1,6 +1,6 @@
 """Repair end to end on ONNX files shaped like real exporters' (tests/exporter_fixtures.py): the export
-preflight, names/layout/batch/opset kept, onnxruntime parity, resume, and the input model returned
-when fine-tuning collapses."""
+preflight, names/layout/batch/opset kept, onnxruntime parity, resume, the input model returned
+when fine-tuning collapses, and dense layers exported as MatMul (+ Add) trained and written back in place."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,11 +16,14 @@ from reat_finetune import RepairConfig, RepairError, RepairInterrupted, TrainHoo
 from tailaudit import run_repair
 from reat_finetune.export import OnnxSignature
 
-from exporter_fixtures import CASES, ExporterCase, build
+from audit.models.onnx_model import check_parity, load_onnx
+from audit.models.onnx_weights import file_tensors
+from exporter_fixtures import CASES, DENSE_CASES, ExporterCase, build
 
 pytestmark = pytest.mark.slow  # the end-to-end tier (conftest.py)
 
 IDS = [c.name for c in CASES]
+RESUME_CASES = [c for c in CASES if c.kind == "torch" or c.name == "keras-dense"]  # resume costs two more repairs
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +69,32 @@ def test_repaired_file_keeps_the_exporters_signature(case, fixture_files, repair
     assert onnx.load(str(run.model_path)).graph.input[0].name == src.input
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", DENSE_CASES, ids=[c.name for c in DENSE_CASES])
+def test_dense_weights_change_and_go_back_in_place(case, fixture_files, repaired):
+    """The repaired file is the input file with trained values: MatMul weights changed, graph and names kept."""
+    _, run = repaired[case.name]
+    src, dst = onnx.load(str(fixture_files[case.name])), onnx.load(str(run.model_path))
+    assert run.summary["model"]["export"]["mode"] == "in-place" and run.summary["model"]["parity"]["mode"] == "in-place"
+    weights = run.summary["model"]["export"]["weights"]
+    assert weights["trainable_values"] > weights["converter_values"] and not weights["unbound"]
+    assert list(dst.graph.node) == list(src.graph.node) and dst.opset_import == src.opset_import
+    before, after = file_tensors(src), file_tensors(dst)
+    assert list(before) == list(after)
+    assert all(list(before[n].dims) == list(after[n].dims) and before[n].data_type == after[n].data_type
+               for n in before)
+    changed = {n for n in before if not np.array_equal(onnx.numpy_helper.to_array(before[n]),
+                                                        onnx.numpy_helper.to_array(after[n]))}
+    inits = {i.name for i in src.graph.initializer}
+    matmul = {i for n in src.graph.node if n.op_type == "MatMul" for i in n.input if i in inits}
+    assert matmul and matmul <= changed  # the dense layers were trained
+    assert "sequential/normalization/sub/y:0" not in changed  # preprocessing stays (keras-dense)
+    again = load_onnx(run.model_path, num_classes=10)  # loads in onnxruntime; its conversion matches it
+    d = load_dataset("digitslt", imbalance=0.01)
+    probe = torch.stack([d.test[i][0] for i in range(32)]).float()
+    assert check_parity(again, probe)["argmax_agreement"] == 1.0
+
+
+@pytest.mark.parametrize("case", RESUME_CASES, ids=[c.name for c in RESUME_CASES])
 def test_resume_of_a_killed_run_ends_identical(case, fixture_files, repaired, tmp_path):
     full_out, full_run = repaired[case.name]
 
@@ -99,13 +127,17 @@ def test_collapsing_budget_returns_the_input_model(fixture_files, tmp_path):
 
 
 def test_unexportable_model_is_refused_before_any_audit(fixture_files, tmp_path, monkeypatch):
-    """A model the exporter cannot write is refused in the preflight: no before-audit, no training."""
+    """A model the exporter cannot write is refused in the preflight: no before-audit, no training.
+
+    The in-place write-back is switched off, as for a model whose weights are not all in its file
+    (then torch.onnx.export re-exports it)."""
     case = CASES[0]
 
     def broken(*args, **kwargs):
         raise RuntimeError("Exporting the operator 'aten::foo' to ONNX opset version 9 is not supported")
 
     monkeypatch.setattr(torch.onnx, "export", broken)
+    monkeypatch.setattr("reat_finetune.export.preflight_in_place", lambda *a, **k: None)
     with pytest.raises(RepairError, match="cannot be written back as ONNX") as err:
         run_repair(gentle(case, fixture_files[case.name], tmp_path / "o"))
     assert "\n" not in str(err.value)

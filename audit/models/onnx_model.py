@@ -20,6 +20,7 @@ from torch import nn
 
 from ..errors import ConfigError, ModelLoadError, ParityError
 from . import onnx_graph
+from .onnx_weights import WeightMap, bind_weights
 from ..bounds import check_input_size
 from .wrapper import LoadedModel, PixelClassifier, Preprocessing, ScorerClassifier, check_norm_channels, sha256_of
 
@@ -288,7 +289,9 @@ def _batch_fix(model: onnx.ModelProto, k_shape: tuple[int, ...], device: torch.d
 # --------------------------------------------------------------------------- conversion
 
 
-def _convert(model: onnx.ModelProto, path: Path) -> tuple[nn.Module, dict[str, Any]]:
+def _convert(model: onnx.ModelProto, path: Path, original: onnx.ModelProto
+             ) -> tuple[nn.Module, dict[str, Any], Optional[WeightMap]]:
+    """onnx2torch's conversion of the prepared ``model``, its weights made trainable and mapped to ``original``."""
     from onnx2torch import convert
 
     with warnings.catch_warnings(record=True) as caught:
@@ -301,16 +304,21 @@ def _convert(model: onnx.ModelProto, path: Path) -> tuple[nn.Module, dict[str, A
             raise ConversionError(f"cannot prepare {path} for conversion to PyTorch ({type(exc).__name__}: {exc}); "
                                  f"re-export it with opset_version={onnx_graph.TARGET_OPSET}") from None
         try:
-            net = convert(prepared)
+            net = convert(prepared, attach_onnx_mapping=True)
         except Exception as exc:  # noqa: BLE001 - onnx2torch raises NotImplementedError, KeyError, ...
             raise ConversionError(f"onnx2torch cannot convert {path} ({type(exc).__name__}: {exc}); re-export it "
                                  f"with opset_version={onnx_graph.TARGET_OPSET} or audit a timm checkpoint") from None
     for w in caught:
         log.debug("conversion warning: %s", w.message)
+    try:
+        weights: Optional[WeightMap] = bind_weights(net, prepared, original)
+    except Exception as exc:  # noqa: BLE001 - the conversion still audits; its constants stay frozen
+        log.debug("weights of %s not mapped to the file (%s); its ONNX constants stay frozen", path, exc)
+        weights = None
     patched = _patch_converted(net)
     if patched:
         info.setdefault("graph_passes", {})["slice_modules_replaced"] = patched
-    return net, info
+    return net, info, weights
 
 
 def find_final_linear(module: nn.Module) -> Optional[nn.Linear]:
@@ -430,7 +438,7 @@ def load_onnx(path: str | Path, *, num_classes: int | None = None, mean: Optiona
     if black_box:
         return black_box_model(None)
     try:
-        net, graph_info = _convert(torch_source, path)
+        net, graph_info, weights = _convert(torch_source, path, model)
     except ConversionError as exc:
         if not fallback:
             raise
@@ -461,7 +469,7 @@ def load_onnx(path: str | Path, *, num_classes: int | None = None, mean: Optiona
              info.get("opset_original"), info.get("opset_converted"))
     return LoadedModel(module=module, spec=spec, format="onnx", num_classes=k, preprocessing=prep,
                        path=path.resolve(), sha256=sha256_of(path), arch=None, reference_scorer=scorer,
-                       parity=None, info=info)
+                       parity=None, info=info, weights=weights)
 
 
 def check_parity(model: LoadedModel, images: torch.Tensor, *, tol: float = 1e-3) -> dict[str, Any]:

@@ -147,6 +147,8 @@ class LoadedModel:
     info: dict[str, Any] = field(default_factory=dict)
     # False in black-box mode: ``module`` is the reference scorer, only score-based attacks apply
     gradient_access: bool = True
+    # For converted ONNX models: where each trainable tensor sits in the input file (audit.models.onnx_weights)
+    weights: Optional[Any] = None
 
     def apply_output_order(self, order: Optional[Sequence[int]]) -> None:
         """Re-order the outputs of the module and of the reference scorer alike (``--labels``)."""
