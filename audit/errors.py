@@ -5,6 +5,24 @@ line (no traceback unless ``--debug``). Messages say what is wrong and what to d
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from typing import Iterator
+
+# True while cli.main runs a command: errors keep their command-line flags; a Python caller gets them re-worded
+# as API arguments (tailaudit/wording.py)
+COMMAND_LINE: contextvars.ContextVar[bool] = contextvars.ContextVar("tailaudit_command_line", default=False)
+
+
+@contextlib.contextmanager
+def command_line() -> Iterator[None]:
+    """The command line is the caller: its errors name flags, as its users type them."""
+    token = COMMAND_LINE.set(True)
+    try:
+        yield
+    finally:
+        COMMAND_LINE.reset(token)
+
 
 class TailAuditError(Exception):
     """Base class for user-facing errors (bad input, missing files, impossible settings)."""

@@ -19,7 +19,7 @@ import tailaudit
 from audit.data import from_torch, load_dataset
 from audit.errors import ConfigError, DatasetError, ModelLoadError, TailAuditError
 
-MAX_LINE = 400  # a refusal is one short line
+MAX_LINE = 600  # a refusal is one line, short (the ungradable-model one, the longest, is 500)
 
 
 @pytest.fixture(scope="module")
@@ -230,3 +230,75 @@ def test_repair_fields_are_type_checked_naming_the_argument(digits):
     with pytest.raises(TailAuditError, match="lr= must be a number, got a str") as info:
         tailaudit.run_repair(tailaudit.RepairConfig(audit=audit, lr="0.1"))  # type: ignore[arg-type]
     _refusal(info.value)
+
+
+# -- issue 28 item 8: the Python API as a notebook user expects --------------------------------------------------
+
+def test_errors_raised_to_python_name_arguments_and_the_command_line_keeps_flags(digits, tmp_path, capsys):
+    """The engines word refusals for the command line; from Python the same refusal names the API argument."""
+    import cli
+    from audit.errors import UngradableModel
+    from support import DEMO, run_main
+
+    net, images, _, labels, _ = digits
+    with pytest.raises(ConfigError) as info:
+        tailaudit.run_audit(tailaudit.AuditConfig(model=net, device="tpu", quiet=True, out=str(tmp_path / "d")))
+    assert "device='tpu' is not a device" in _refusal(info.value)
+    torch.manual_seed(0)
+    untrained = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    with pytest.raises(UngradableModel) as info:  # chance-level answers: stopped before any attack
+        tailaudit.run_audit(tailaudit.AuditConfig(model=untrained, quiet=True, out=str(tmp_path / "u")))
+    assert "force=True" in _refusal(info.value)
+    code, _, err = run_main(["audit", str(DEMO), "--device", "tpu", "--quiet", "--out", str(tmp_path / "c")], capsys)
+    assert code == 2 and "--device 'tpu' is not a device" in err and cli is not None
+
+
+def test_weights_the_audit_cannot_run_get_one_sentence(digits, tmp_path):
+    net = digits[0]
+    cases = [(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).double(), "float64 weights", "model.float()"),
+             (nn.Sequential(nn.Flatten(), nn.Linear(64, 10, device="meta")), "meta device", "load_state_dict")]
+    for model, what, advice in cases:
+        with pytest.raises(ModelLoadError) as info:
+            tailaudit.run_audit(tailaudit.AuditConfig(model=model, quiet=True, out=str(tmp_path / "m")))
+        text = _refusal(info.value)
+        assert what in text and advice in text and "input_size" not in text
+    assert not (tmp_path / "m").exists() and net is not None
+
+
+def test_a_subset_of_an_image_folder_keeps_its_class_names(tmp_path):
+    from PIL import Image
+    from torchvision import datasets, transforms
+
+    for k, name in enumerate(["ant", "bee", "cat"]):
+        (tmp_path / name).mkdir()
+        for j in range(3):
+            Image.new("RGB", (8, 8), (40 * k, 20 * j, 0)).save(tmp_path / name / f"{j}.png")
+    folder = datasets.ImageFolder(str(tmp_path), transform=transforms.ToTensor())
+    picked = Subset(Subset(folder, [0, 2, 3, 5, 6, 8]), [0, 2, 3, 4, 5])  # a Subset of a Subset
+    data = from_torch(picked, train_counts=[10, 5, 1])
+    assert data.class_names == ["ant", "bee", "cat"]
+    assert data.test_labels.tolist() == [0, 1, 1, 2, 2]
+    assert data.test[1][1] == 1 and data.test[1][0].shape == (3, 8, 8)
+
+
+def test_a_run_compared_with_itself_is_refused(tiny_audit, tmp_path):
+    results = tiny_audit[0] / "results.json"
+    with pytest.raises(ConfigError) as info:
+        tailaudit.render(results, compare=results, out=tmp_path / "r", formats=["html"])
+    assert "compare= names results.json twice" in _refusal(info.value)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["audit", "repair"])
+def test_quiet_silences_a_repair_and_its_audits(digits, tmp_path, capfd, where):
+    net, images, _, labels, data = digits
+    train = TensorDataset(torch.stack([data.train[i][0] for i in range(len(data.train))]),
+                          torch.as_tensor(data.train_labels))
+    dataset = from_torch(TensorDataset(images, labels), classes=data.class_names, train=train)
+    audit = tailaudit.AuditConfig(model=net, dataset=dataset, n_per_class=2, steps=1, quiet=where == "audit")
+    capfd.readouterr()
+    tailaudit.run_repair(tailaudit.RepairConfig(audit=audit, steps_total=2, evaluations=1, batch_size=32,
+                                                quiet=where == "repair", out=str(tmp_path / "rep"), formats=()))
+    out, err = capfd.readouterr()
+    assert "points scored" not in err + out and "attacked" not in err + out, err
