@@ -29,7 +29,10 @@ SWITCHES = {"force": "force=True", "black-box": "black_box=True", "sanity": "san
             "shift-bn": "shift_bn=True", "no-sync-bn": "sync_bn=False", "quiet": "quiet=True",
             "debug": "the exception's traceback (logging at DEBUG level)", "json": "AuditResults.to_json()"}
 
-_FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)(?: ('[^'\s]{1,60}'|[^\s,;:)`'\"]+))?")
+_NUM = r"[0-9][0-9./eE+-]*"
+_FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)"
+                   rf"(?: ('[^'\s]{{1,60}}'|{_NUM}(?:,{_NUM})+|[^\s,;:)`'\"]+))?")
+SEQUENCES = ("mean", "std", "temperatures")  # arguments that take a tuple of numbers
 _NUMBER = re.compile(r"^[0-9][0-9./eE+-]*$")
 _PLACEHOLDER = re.compile(r"^[A-Z][A-Z0-9_=.,\[\]]*$")
 
@@ -63,16 +66,19 @@ def _argument(match: re.Match[str]) -> str:
     tail = value[len(word):]
     if word.startswith("'"):  # a quoted value: the text the user gave
         return f"{name}={word}{tail}"
+    if name in SEQUENCES and all(_NUMBER.match(v) for v in word.split(",")):
+        values = word.split(",")
+        return f"{name}=({', '.join(values)}{',' if len(values) == 1 else ''}){tail}"
     if _NUMBER.match(word) or _PLACEHOLDER.match(word):
         return f"{name}={word}{tail}"
-    if word in _choices() or re.fullmatch(r"cuda:\w+", word):
+    if word in _choices() or re.fullmatch(r"cuda:\w+", word) or "/" in word or "\\" in word:  # a word or a path
         return f'{name}="{word}"{tail}'
     return f"{name}= {value}"
 
 
 def for_python(message: str) -> str:
     """``message`` with every command-line flag written as its Python argument, cut to :data:`MAX_MESSAGE`."""
-    text = _FLAG.sub(_argument, message).replace("the flag", "the argument")
+    text = _FLAG.sub(_argument, message).replace("the flag", "the argument").replace("same command", "same call")
     return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE - 1] + "…"
 
 
