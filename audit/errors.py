@@ -29,6 +29,13 @@ class TailAuditError(Exception):
 
     exit_code = 2
 
+    def __init__(self, *args: object) -> None:
+        if args and isinstance(args[0], str) and args[0].startswith("Caught ") and "DataLoader worker" in args[0]:
+            # torch re-raises a worker's error with the worker's traceback as the message: keep the message itself
+            last = args[0].rstrip().splitlines()[-1]
+            args = (last.split(": ", 1)[1] if ": " in last else last, *args[1:])
+        super().__init__(*args)
+
 
 class ModelLoadError(TailAuditError):
     """The model file or architecture cannot be loaded."""

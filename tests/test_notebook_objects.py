@@ -300,3 +300,17 @@ def test_quiet_silences_a_repair_and_its_audits(digits, tmp_path, capfd, where):
                                                 quiet=where == "repair", out=str(tmp_path / "rep"), formats=()))
     out, err = capfd.readouterr()
     assert "points scored" not in err + out and "attacked" not in err + out, err
+
+
+def test_an_item_refused_in_a_decoding_worker_is_still_one_sentence(digits, tmp_path):
+    """With workers=1 torch re-raises the worker's DatasetError with its traceback as the message."""
+    net, images, _, labels, _ = digits
+    wide = images.clone()
+    wide[400:] = wide[400:] * 4 - 1.5
+
+    class Listed(TensorDataset):
+        targets = labels.tolist()
+
+    with pytest.raises(DatasetError, match=r"^dataset images must be float pixels in \[0, 1\], item 4\d\d") as info:
+        _audit(net, Listed(wide, labels), tmp_path, "worker", workers=1)
+    assert "Traceback" not in _refusal(info.value)
