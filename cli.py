@@ -486,7 +486,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
              else logging.WARNING if getattr(args, "quiet", False) else logging.INFO)  # --quiet: warnings only
     for name in ("audit", "reports", "reat_finetune", "tailaudit"):
         logging.getLogger(name).setLevel(level)
-    from audit.errors import TailAuditError
+    from audit.errors import TailAuditError, command_line
     from audit.textsafe import one_line, route_warnings
 
     route_warnings(debug)
@@ -498,7 +498,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if quiet_rank and args.command not in ("audit", "repair"):
             return 0  # [distributed] nothing to share out: rank 0 does it alone
-        return COMMANDS[args.command](args)
+        with command_line():  # errors keep their flags (a Python caller gets API arguments: tailaudit/wording.py)
+            return COMMANDS[args.command](args)
     except distributed.PeerFailed as exc:  # [distributed] the failing rank reports its own error
         if not quiet_rank:
             print(f"tailaudit: error: {one_line(str(exc))}", file=sys.stderr)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Optional, Sequence
 
@@ -9,7 +10,7 @@ from . import bounds as B
 from .attacks import ATTACKS, SUITES
 from .errors import ConfigError
 from .gate import parse_fail_under
-from .values import NORMS, AttackSpec, eps_text, parse_eps_list, parse_number, parse_number_list
+from .values import NORMS, AttackSpec, check_field_types, eps_text, type_name, parse_eps_list, parse_number, parse_number_list
 
 __all__ = ["AuditConfig", "AttackSpec", "NORMS", "parse_number", "parse_number_list"]
 
@@ -66,8 +67,18 @@ class AuditConfig:
     calibration_steps: int = 20  # PGD steps of the attacked-confidence pass (audit/calibration.py); 0: clean only
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        """Paths (``pathlib.Path``) and a ``torch.device`` from Python become the text the command line gives."""
+        for name in ("model", "checkpoint", "data_root", "class_counts", "out", "labels"):
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
+        if type(self.device).__name__ == "device" and type(self.device).__module__ == "torch":
+            self.device = str(self.device)
+
     def validate(self) -> None:
         """Reject impossible settings with one actionable sentence each (bounds in audit/bounds.py)."""
+        check_field_types(self)
+        self._validate_objects()
         if self.norm not in NORMS:
             raise ConfigError(f"--norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
         if not math.isfinite(self.eps) or not (0.0 <= self.eps <= 1.0) or (
@@ -109,6 +120,24 @@ class AuditConfig:
             parse_fail_under(self.fail_under)
         if self.eps_curve:
             parse_eps_list(",".join(self.eps_curve))
+
+    def _validate_objects(self) -> None:
+        """``model`` and ``dataset`` are what the audit can load: names, or objects from Python."""
+        from torch import nn
+
+        from .data.inmemory import is_dataset_object
+        from .models.wrapper import LoadedModel
+
+        empty = isinstance(self.model, str) and not self.model.strip()
+        if not isinstance(self.model, (str, nn.Module, LoadedModel)) or empty:
+            raise ConfigError(f"model= must be an nn.Module, an .onnx file path or \"timm:ARCH\", got "
+                              f"{'an empty text' if empty else type_name(self.model)}")
+        if not isinstance(self.dataset, str) and not is_dataset_object(self.dataset):
+            pairs = isinstance(self.dataset, (list, tuple)) and bool(self.dataset)
+            raise ConfigError("dataset= must be a dataset name or a torch Dataset / DataLoader, got "
+                              f"{type_name(self.dataset)}" + ("; put (image, label) pairs in a Dataset, e.g. "
+                                                                 "TensorDataset(torch.stack(images), torch.tensor(labels))"
+                                                                 if pairs else ""))
 
     def default_step_size(self) -> float:
         """alpha: 2/255 for the CIFAR default 8/255 at 20 steps; otherwise eps/4 (L-inf) or eps/4 (L2)."""

@@ -5,11 +5,36 @@ line (no traceback unless ``--debug``). Messages say what is wrong and what to d
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from typing import Iterator
+
+# True while cli.main runs a command: errors keep their command-line flags; a Python caller gets them re-worded
+# as API arguments (tailaudit/wording.py)
+COMMAND_LINE: contextvars.ContextVar[bool] = contextvars.ContextVar("tailaudit_command_line", default=False)
+
+
+@contextlib.contextmanager
+def command_line() -> Iterator[None]:
+    """The command line is the caller: its errors name flags, as its users type them."""
+    token = COMMAND_LINE.set(True)
+    try:
+        yield
+    finally:
+        COMMAND_LINE.reset(token)
+
 
 class TailAuditError(Exception):
     """Base class for user-facing errors (bad input, missing files, impossible settings)."""
 
     exit_code = 2
+
+    def __init__(self, *args: object) -> None:
+        if args and isinstance(args[0], str) and args[0].startswith("Caught ") and "DataLoader worker" in args[0]:
+            # torch re-raises a worker's error with the worker's traceback as the message: keep the message itself
+            last = args[0].rstrip().splitlines()[-1]
+            args = (last.split(": ", 1)[1] if ": " in last else last, *args[1:])
+        super().__init__(*args)
 
 
 class ModelLoadError(TailAuditError):

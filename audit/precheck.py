@@ -116,8 +116,8 @@ def _normalisation_cause(model: LoadedModel, evaluator: Evaluator, data: LTDatas
                 f"but {100 * acc:.1f}% without them; drop --mean and --std")
     values = lambda v: ",".join(f"{x:g}" for x in v)  # noqa: E731
     return (f"the model expects normalised input: clean accuracy is {100 * now:.1f}% on [0, 1] pixels but "
-            f"{100 * acc:.1f}% with {name} normalisation; pass --mean {values(mean)} --std {values(std)} "
-            "(in Python: mean=, std=), or the values it was trained with")
+            f"{100 * acc:.1f}% with {name} normalisation; pass --mean {values(mean)} --std {values(std)}, or the "
+            "values it was trained with")
 
 
 def _buffer(values: Optional[Sequence[float]], default: float, like: torch.Tensor) -> torch.Tensor:

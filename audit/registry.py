@@ -33,7 +33,8 @@ class Registry:
             return self._items[name]
         except KeyError:
             known = ", ".join(sorted(self._items)) or "(none)"
-            raise ConfigError(f"unknown {self.kind} {name!r}; choose one of: {known}") from None
+            shown = repr(name) if len(repr(name)) <= 60 else f"{repr(name)[:40]}... ({len(str(name))} characters)"
+            raise ConfigError(f"unknown {self.kind} {shown}; choose one of: {known}") from None
 
     def names(self) -> list[str]:
         return sorted(self._items)

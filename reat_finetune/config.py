@@ -81,6 +81,14 @@ class RepairConfig:
     sync_bn: bool = True  # under torchrun on GPUs: SyncBatchNorm (--no-sync-bn keeps per-rank statistics)
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        """Paths (``pathlib.Path``) from Python become the text the command line gives."""
+        import os
+
+        for name in ("out", "resume"):
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
+
     # -- derived -------------------------------------------------------------------------
     @property
     def seed(self) -> int:
@@ -135,7 +143,9 @@ class RepairConfig:
     def validate(self) -> None:
         """Reject settings that make no sense, one actionable sentence each (RepairError, exit code 2)."""
         from audit.errors import ConfigError
+        from audit.values import check_field_types
 
+        check_field_types(self, RepairError)
         try:
             self.audit.validate()
         except ConfigError as exc:

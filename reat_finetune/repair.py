@@ -146,7 +146,7 @@ def _run_repair(config: RepairConfig, *, hooks: Optional[TrainHooks], progress: 
     config.validate()
     if (config.audit.mean is None) != (config.audit.std is None):
         raise RepairError("--mean and --std go together; pass both (comma-separated, one value per channel)")
-    show = (not config.quiet) if progress is None else progress
+    show = not (config.quiet or config.audit.quiet) if progress is None else progress  # either quiet silences it
     t_start = time.perf_counter()
     device = start(config.audit.device, config.audit.threads, config.seed)
     check_ranks_agree(config.to_dict(), "flags")  # [distributed] before anything is created

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from audit.config import AuditConfig
+from audit.errors import ConfigError
 from audit.outputs import out_dir_guard
 from audit.pipeline import AuditRun
 from audit.pipeline import run_audit as _audit
@@ -14,26 +15,53 @@ from reat_finetune.repair import run_repair as _repair
 from reat_finetune.train import TrainHooks
 import reports
 
+from .wording import python_errors
+
 __all__ = ["AuditRun", "RepairRun", "render", "run_audit", "run_repair"]
 
 
 def run_audit(config: AuditConfig, *, formats: Sequence[str] = (),
               progress: Optional[bool] = None) -> AuditRun:
     """Audit ``config.model`` (a file, ``timm:NAME`` or an ``nn.Module``) and render ``formats`` beside the results."""
-    return _audit(config, progress=progress, formats=tuple(formats), render=reports.render_report)
+    with python_errors():
+        return _audit(config, progress=progress, formats=tuple(formats), render=reports.render_report)
 
 
 def run_repair(config: RepairConfig, *, hooks: Optional[TrainHooks] = None,
                progress: Optional[bool] = None) -> RepairRun:
     """Audit, fine-tune, export, audit again and render ``config.formats`` as the before/after report."""
-    return _repair(config, hooks=hooks, progress=progress, render=reports.render_report)
+    with python_errors():
+        return _repair(config, hooks=hooks, progress=progress, render=reports.render_report)
 
 
 def render(results: str | Path, *, out: Optional[str | Path] = None, formats: Sequence[str] = ("html", "pdf"),
            compare: Optional[str | Path | Sequence[str | Path]] = None) -> dict[str, Path]:
     """Re-render saved results (``tailaudit report``), or compare them with ``compare`` (a repair's after run,
     or other models' results): ``out`` defaults to the folder of the last file."""
-    last = (list(compare)[-1] if isinstance(compare, (list, tuple)) and compare else compare) or results
-    folder = Path(out) if out else Path(last).parent
-    with out_dir_guard(folder):
-        return reports.render_report(results, folder, formats=list(formats), compare=compare)
+    with python_errors():
+        _check_compare(results, compare)
+        last = (list(compare)[-1] if isinstance(compare, (list, tuple)) and compare else compare) or results
+        folder = Path(out) if out else Path(last).parent
+        with out_dir_guard(folder):
+            return reports.render_report(results, folder, formats=list(formats), compare=compare)
+
+
+def _check_compare(results: str | Path, compare: Optional[str | Path | Sequence[str | Path]]) -> None:
+    """ConfigError when a file is compared with itself: a before/after of one run reads +0.0 everywhere."""
+    if compare is None:
+        return
+    files = [Path(results)] + [Path(c) for c in ([compare] if isinstance(compare, (str, Path)) else compare)]
+    seen: list[Path] = []
+    for f in files:
+        same = next((s for s in seen if _same_file(s, f)), None)
+        if same is not None:
+            raise ConfigError(f"--compare names {f.name} twice (the same file as {same}); compare a run with "
+                              "another run (a repair's after/results.json, or another model's results)")
+        seen.append(f)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return a.resolve() == b.resolve()

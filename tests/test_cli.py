@@ -199,7 +199,9 @@ def test_audit_writes_reports_by_default_and_report_command_rerenders(tmp_path):
     assert "digits_cnn.onnx" in html and (out / "report.pdf").read_bytes()[:5] == b"%PDF-"
     again = tmp_path / "again"
     proc = run_cli("report", str(out / "results.json"), "--compare", str(out / "results.json"), "--out", str(again),
-                   "--format", "html")
+                   "--format", "html")  # a run compared with itself reads +0.0 everywhere: refused
+    assert proc.returncode == 2 and "--compare names results.json twice" in proc.stderr and not again.exists()
+    proc = run_cli("report", str(out / "results.json"), "--out", str(again), "--format", "html")
     assert proc.returncode == 0, proc.stderr
     assert (again / "report.html").exists() and not (again / "report.pdf").exists()
     proc = run_cli("report", str(out / "results.json"), "--format", "docx", "--out", str(again))

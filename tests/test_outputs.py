@@ -131,7 +131,7 @@ def test_an_interrupted_repair_leaves_the_finished_repair_as_it_was(tmp_path):
 
     other = cheap_config(out)
     other.audit.eps = 0.05  # another run, at another budget, into the same folder
-    with pytest.raises(RepairInterrupted, match="--resume"):
+    with pytest.raises(RepairInterrupted, match="resume="):  # worded for Python (tailaudit/wording.py)
         run_repair(other, hooks=TrainHooks(on_batch_end=stop))
     time.sleep(0.01)
     assert snapshot(out) == done  # before/, checkpoint.pt, training_log.json, after/, model, report: untouched

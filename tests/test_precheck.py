@@ -38,8 +38,9 @@ def test_missing_normalisation_stops_before_any_attack_and_names_the_fix(tmp_pat
     msg = str(err.value)
     assert err.value.exit_code == 4 and not out.exists()
     assert "not clearly above chance" in msg and "(on 500 clean test images)" in msg
-    assert "Most likely cause: the model expects normalised input" in msg and "--mean 0.1307 --std 0.3081" in msg
-    assert "No attack was run" in msg and "--force" in msg
+    assert "Most likely cause: the model expects normalised input" in msg  # worded for Python (tailaudit/wording.py)
+    assert "mean=(0.1307,) std=(0.3081,)" in msg and "No attack was run" in msg and "force=True" in msg
+    assert "--" not in msg
     # the fix the message names makes the model gradable: the audit then runs
     fixed = run_audit(AuditConfig(model=model, dataset="digitslt", mean=(MNIST[0],), std=(MNIST[1],), steps=2,
                                   n_per_class=10, out=str(tmp_path / "fixed"), quiet=True), formats=[])
@@ -50,7 +51,7 @@ def test_a_wrong_normalisation_given_is_named_and_force_runs_the_attacks(tmp_pat
     model = ExpectsNormalised(0.0, 1.0)  # takes [0, 1] pixels
     cfg = AuditConfig(model=model, dataset="digitslt", mean=(0.5,), std=(0.05,), steps=2, n_per_class=20,
                       out=str(tmp_path / "run"), quiet=True)
-    with pytest.raises(UngradableModel, match="without them; drop --mean and --std"):
+    with pytest.raises(UngradableModel, match="without them; drop mean= and std="):
         run_audit(cfg, formats=[])
     cfg.force = True
     forced = run_audit(cfg, formats=[])  # --force: the attacks run, and the verdict still gives no grade

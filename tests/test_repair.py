@@ -517,7 +517,7 @@ def test_resume_after_interrupt_is_bit_identical(uninterrupted, tmp_path, where)
             raise KeyboardInterrupt
 
     hooks = TrainHooks(on_epoch_end=stop_epoch) if where == "epoch" else TrainHooks(on_batch_end=stop_batch)
-    with pytest.raises(RepairInterrupted, match="--resume"):
+    with pytest.raises(RepairInterrupted, match="the same call plus resume="):  # worded for Python
         run_repair(cheap_config(out), hooks=hooks)
     state = load_checkpoint(out)["state"]
     assert (state["next_epoch"], state["pos"]) == ((2, 0) if where == "epoch" else (2, 2))
@@ -557,10 +557,10 @@ def test_disk_full_keeps_the_last_checkpoint(tmp_path, monkeypatch):
 
 
 def test_api_rejects_nonsense_learning_rate_and_epochs(tmp_path):
-    for kw, needle in (({"lr": 0.0}, "--lr"), ({"lr": -1.0}, "--lr"), ({"lr": float("nan")}, "--lr"),
-                       ({"epochs": 0}, "--epochs"), ({"val_fraction": 0.9}, "--val-fraction"),
-                       ({"steps_total": 0, "epochs": None}, "--train-steps-total"),
-                       ({"steps_total": 10, "epochs": 3}, "give one"), ({"sampler": "odd"}, "--sampler"),
+    for kw, needle in (({"lr": 0.0}, "lr="), ({"lr": -1.0}, "lr="), ({"lr": float("nan")}, "lr="),  # API names
+                       ({"epochs": 0}, "epochs="), ({"val_fraction": 0.9}, "val_fraction="),
+                       ({"steps_total": 0, "epochs": None}, "steps_total="),
+                       ({"steps_total": 10, "epochs": 3}, "give one"), ({"sampler": "odd"}, "sampler="),
                        ({"method": "nope"}, "trades-bsl"),
                        ({"method": "pgd-at", "tail_penalty": "pairwise"}, "reat")):
         with pytest.raises(RepairError, match=needle):

@@ -14,7 +14,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from ..bounds import MAX_IMAGE_PIXELS
@@ -131,6 +131,26 @@ def _truncation_is_an_error() -> Iterator[None]:
         ImageFile.LOAD_TRUNCATED_IMAGES = saved
 
 
+ORIENTATION_TAG = 0x0112  # EXIF Orientation: 5..8 turn the image by 90 degrees
+WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit greyscale PNGs open as one of these
+BACKGROUND = (255, 255, 255)  # transparent pixels are shown over white, as an image viewer shows them
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """8-bit RGB pixels of an image in any mode Pillow opens, as a viewer shows it: the EXIF orientation applied,
+    16-bit greyscale scaled to 8 bits (Pillow's own conversion clips it at 255, turning it white), transparency
+    (an alpha channel, or a palette's or colour key's transparent entry) over :data:`BACKGROUND`, and CMYK,
+    YCbCr, palettes and 1-bit images through Pillow's conversions."""
+    im = ImageOps.exif_transpose(im)
+    if im.mode in WIDE_GREY:  # 0..65535: v * 255 / 65535, rounded
+        wide = np.asarray(im, dtype=np.float64).clip(0, 65535)
+        im = Image.fromarray(np.floor(wide / 257.0 + 0.5).astype(np.uint8), mode="L")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (*BACKGROUND, 255)), rgba).convert("RGB")
+    return im.convert("RGB")
+
+
 def _open_rgb(path: Path) -> Image.Image:
     try:
         with warnings.catch_warnings(), _truncation_is_an_error():
@@ -138,7 +158,7 @@ def _open_rgb(path: Path) -> Image.Image:
             with Image.open(path) as im:
                 if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:
                     raise _too_large(path, im.size)
-                return im.convert("RGB")
+                return to_rgb(im)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise DatasetError(f"image {path} is above tailaudit's limit of {MAX_IMAGE_PIXELS:,} pixels per image "
                            "(a decompression bomb?); shrink or remove the file") from None
@@ -181,6 +201,8 @@ def image_size(path: Path) -> tuple[int, int]:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 size = im.size
+                if _orientation(im) in (5, 6, 7, 8):  # shown turned by 90 degrees
+                    size = (size[1], size[0])
     except Image.DecompressionBombError:
         raise DatasetError(f"image {path} is above tailaudit's limit of {MAX_IMAGE_PIXELS:,} pixels per image "
                            "(a decompression bomb?); shrink or remove the file") from None
@@ -191,8 +213,26 @@ def image_size(path: Path) -> tuple[int, int]:
     return size
 
 
-def _is_image(p: Path) -> bool:
-    return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+def _orientation(im: Image.Image) -> Optional[int]:
+    """The EXIF orientation found in the file's header, without decoding the pixels (``getexif`` of a PNG does)."""
+    raw = im.info.get("exif")
+    if not isinstance(raw, bytes):
+        return None
+    exif = Image.Exif()
+    try:
+        exif.load(raw)
+    except Exception:  # noqa: BLE001 - a damaged EXIF block: the pixels decide (to_rgb), not the size hint
+        return None
+    value = exif.get(ORIENTATION_TAG)
+    return value if isinstance(value, int) else None
+
+
+def _is_image(p: Path, folder: Path) -> bool:
+    """An image file under ``folder`` that neither is hidden nor lies in a hidden folder (.ipynb_checkpoints/,
+    .thumbs/, ._AppleDouble files): what a file browser shows is what the audit counts."""
+    *dirs, name = p.relative_to(folder).parts
+    hidden = name.startswith(".") or any(_tool_folder(d) for d in dirs)
+    return not hidden and p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
 
 
 def _tool_folder(name: str) -> bool:
@@ -244,7 +284,7 @@ def scan_image_folder(folder: Path, class_names: Optional[Sequence[str]] = None)
         cdir = folder / name
         if not cdir.is_dir():
             continue
-        files = sorted((p for p in cdir.rglob("*") if _is_image(p)), key=lambda p: p.relative_to(cdir).as_posix())
+        files = sorted((p for p in cdir.rglob("*") if _is_image(p, cdir)), key=lambda p: p.relative_to(cdir).as_posix())
         if not files:
             raise DatasetError(
                 f"class folder {cdir} has no images ({', '.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)}); "

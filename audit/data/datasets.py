@@ -42,7 +42,13 @@ def load_dataset(
             raise ConfigError("class_counts= (a file) goes with --dataset imagefolder; wrap your dataset with "
                               "audit.data.from_torch(dataset, train_counts=[...]) instead")
         return from_torch(name)
-    loader = DATASETS.get(str(name).strip().lower())
+    if not isinstance(name, str):
+        pairs = isinstance(name, (list, tuple)) and bool(name) and isinstance(name[0], (list, tuple))
+        raise DatasetError(f"dataset= is a {type(name).__name__}, not a dataset name or a torch Dataset; "
+                           + ("put the (image, label) pairs in a Dataset, e.g. TensorDataset(torch.stack(images), "
+                              "torch.tensor(labels))" if pairs else
+                              f"pass one of {', '.join(DATASETS.names())} or a torch Dataset / DataLoader"))
+    loader = DATASETS.get(name.strip().lower())
     root = Path(data_root).expanduser() if data_root is not None else None
     counts_file = Path(class_counts).expanduser() if class_counts is not None else None
     return loader(imbalance=imbalance, data_root=root, class_counts=counts_file, download=download)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -89,13 +89,41 @@ class PixelClassifier(nn.Module):
         return logits.index_select(1, self.output_order)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - self.mean) / self.std if self.preprocessing.mean is not None else x
+        """The network's input: normalised, in its layout, and never ``x`` itself (a network that writes into
+        its input changes a copy, not the attack's or the engine's images)."""
+        z = (x - self.mean) / self.std if self.preprocessing.mean is not None else x
         if self.preprocessing.layout == "NHWC":
-            x = x.permute(0, 2, 3, 1)
-        return x
+            z = z.permute(0, 2, 3, 1)
+        return z.clone() if z.data_ptr() == x.data_ptr() else z
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return self.reorder(self.net(self.normalise(x)))
+        return self.reorder(logits_of(self.net(self.normalise(x))))
+
+
+LOGITS_KEY = "logits"
+
+
+def output_rule(out: Any) -> Optional[str]:
+    """How :func:`logits_of` reads a network's output: None for a tensor, "first" for a tuple or list whose first
+    element is a tensor, "logits" for a mapping with a ``logits`` tensor (Hugging Face's outputs); ValueError
+    naming the output's type otherwise."""
+    if isinstance(out, torch.Tensor):
+        return None
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return "first"
+    if isinstance(out, Mapping) and isinstance(out.get(LOGITS_KEY), torch.Tensor):
+        return "logits"
+    what = f"a {type(out).__name__}" + (" without a 'logits' tensor" if isinstance(out, Mapping) else
+                                        " whose first element is not a tensor" if isinstance(out, (tuple, list))
+                                        else "")
+    raise ValueError(what)
+
+
+def logits_of(out: Any) -> torch.Tensor:
+    """The logits of a network's output: the tensor itself, the first element of a tuple ``(logits, features)``
+    or the ``logits`` entry of a dict (docs/python_api.md); ValueError for anything else."""
+    rule = output_rule(out)
+    return out if rule is None else out[0] if rule == "first" else out[LOGITS_KEY]
 
 
 def check_norm_channels(mean: Optional[Sequence[float]], std: Optional[Sequence[float]], channels: int,
