@@ -34,23 +34,27 @@ def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path):
     assert expected.tolist() == [[0, 10, 128], [200, 255, 4]]
 
 
-def test_transparency_is_shown_over_white(tmp_path):
+def test_transparency_is_dropped_as_torchvision_does(tmp_path):
+    """Transparent pixels keep their stored colour, as torchvision's ImageFolder loader (convert("RGB")) gives
+    them to a training pipeline; checked against known values and against the loader itself."""
+    from torchvision.datasets.folder import pil_loader
     pal = Image.new("P", (3, 1))
     pal.putpalette([255, 0, 0, 0, 0, 255, 0, 255, 0] + [0] * 759)
     for x, i in enumerate([0, 1, 2]):
         pal.putpixel((x, 0), i)
     pal.save(tmp_path / "palette.png", transparency=0)  # palette entry 0 (red) is transparent
     pal.save(tmp_path / "palette-bytes.png", transparency=bytes([0, 255, 128]))  # per-entry alpha: 0, 255, 128
-    assert decoded(tmp_path / "palette.png").tolist() == [[[255, 255, 255], [0, 0, 255], [0, 255, 0]]]
-    half = 128 / 255  # entry 2 is half transparent green over white
-    assert decoded(tmp_path / "palette-bytes.png").tolist() == [
-        [[255, 255, 255], [0, 0, 255], [round(255 * (1 - half))] * 1 + [255] + [round(255 * (1 - half))]]]
+    stored = [[[255, 0, 0], [0, 0, 255], [0, 255, 0]]]
+    assert decoded(tmp_path / "palette.png").tolist() == stored
+    assert decoded(tmp_path / "palette-bytes.png").tolist() == stored
     Image.new("RGBA", (1, 1), (200, 0, 0, 0)).save(tmp_path / "clear.png")
     Image.new("RGBA", (1, 1), (200, 40, 0, 255)).save(tmp_path / "opaque.png")
-    Image.new("LA", (1, 1), (0, 0)).save(tmp_path / "grey-clear.png")
-    assert decoded(tmp_path / "clear.png").tolist() == [[[255, 255, 255]]]
+    Image.new("LA", (1, 1), (90, 0)).save(tmp_path / "grey-clear.png")
+    assert decoded(tmp_path / "clear.png").tolist() == [[[200, 0, 0]]]
     assert decoded(tmp_path / "opaque.png").tolist() == [[[200, 40, 0]]]
-    assert decoded(tmp_path / "grey-clear.png").tolist() == [[[255, 255, 255]]]
+    assert decoded(tmp_path / "grey-clear.png").tolist() == [[[90, 90, 90]]]
+    for name in ("palette.png", "palette-bytes.png", "clear.png", "grey-clear.png"):
+        assert decoded(tmp_path / name).tolist() == np.asarray(pil_loader(str(tmp_path / name))).tolist()
 
 
 def test_cmyk_jpeg_converts_with_the_black_channel(tmp_path):

@@ -133,21 +133,20 @@ def _truncation_is_an_error() -> Iterator[None]:
 
 ORIENTATION_TAG = 0x0112  # EXIF Orientation: 5..8 turn the image by 90 degrees
 WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit greyscale PNGs open as one of these
-BACKGROUND = (255, 255, 255)  # transparent pixels are shown over white, as an image viewer shows them
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
     """8-bit RGB pixels of an image in any mode Pillow opens, as a viewer shows it: the EXIF orientation applied,
-    16-bit greyscale scaled to 8 bits (Pillow's own conversion clips it at 255, turning it white), transparency
-    (an alpha channel, or a palette's or colour key's transparent entry) over :data:`BACKGROUND`, and CMYK,
-    YCbCr, palettes and 1-bit images through Pillow's conversions."""
+    16-bit greyscale scaled to 8 bits (Pillow's own conversion clips it at 255, turning it white), and CMYK,
+    YCbCr, palettes and 1-bit images through Pillow's conversions. Transparency (an alpha channel, or a
+    palette's or colour key's transparent entry) is dropped, keeping the stored colour, as torchvision's
+    ``ImageFolder`` loader does: the audit sees the pixels most training pipelines fed the model."""
     im = ImageOps.exif_transpose(im)
     if im.mode in WIDE_GREY:  # 0..65535: v * 255 / 65535, rounded
         wide = np.asarray(im, dtype=np.float64).clip(0, 65535)
         im = Image.fromarray(np.floor(wide / 257.0 + 0.5).astype(np.uint8), mode="L")
-    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
-        rgba = im.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, (*BACKGROUND, 255)), rgba).convert("RGB")
+    if im.mode == "P" and "transparency" in im.info:  # via RGBA: Pillow warns on a direct P -> RGB here
+        im = im.convert("RGBA")
     return im.convert("RGB")
 
 
