@@ -37,7 +37,8 @@ from .config import RepairConfig
 from .ddp import check_global_batch, check_world_size
 from .errors import RepairError
 from .export import ExportPlan, export_repaired, keep_input, preflight_export
-from .outcome import decide
+from .outcome import RepairOutcome, decide
+from .significance import paired_tests, read_points
 from .features import build_feature_model
 from .losses import tail_class_weights
 from .methods import get_method
@@ -67,6 +68,18 @@ class RepairRun:
     summary: dict[str, Any]
     reports: dict[str, Path] = field(default_factory=dict)
     module: Optional[torch.nn.Module] = None  # an nn.Module's repair: the repaired copy (the file's weights loaded)
+
+    @property
+    def outcome(self) -> dict[str, Any]:
+        """The repair's verdict (``repair.json`` → ``outcome``): ``code``, ``label``, ``headline``, ``reasons``,
+        ``actions``, the changes, and ``tests`` (McNemar's exact tests: worst_case, tail, clean, each with
+        ``gained``, ``lost``, ``p_value``, ``significant``) with ``significance``, the tests in words."""
+        return dict(self.summary.get("outcome") or {})
+
+    @property
+    def improved(self) -> bool:
+        """True only when the worst-case gain is significant and the clean accuracy kept (``outcome['code']``)."""
+        return self.outcome.get("code") == "improved"
 
     @property
     def before_path(self) -> Path:
@@ -293,11 +306,8 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
                   "train_counts": split_counts,
                   "val_counts": [int(c) for c in np.bincount(labels[val_idx], minlength=C)], "seed": config.seed},
         "before": _headline(before), "after": _headline(after),
-        "outcome": decide(_headline(before), _headline(after), input_kept=input_kept,
-                          after_meaningful=after.verdict is None or after.verdict.meaningful,
-                          min_clean_kept=config.min_clean_kept, kept_note=result.best_note,
-                          model_file=exported.path.name, method=method.name,
-                          budget=f"{budget.steps_total} steps").to_dict(),
+        "outcome": _outcome(before, after, out, config, result, input_kept, exported.path.name, method.name,
+                            budget.steps_total).to_dict(),
         "timings": {"fine_tune_s": result.seconds, "fine_tune_session_s": result.session_seconds,
                     "total_s": time.perf_counter() - t_start, "resumed": resume_state is not None},
         "environment": environment(device),
@@ -313,6 +323,20 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
     return RepairRun(out_dir=out, before=before, after=after, training_log=tlog, model_path=exported.path,
                      best_epoch=result.best_epoch, summary=summary, reports=reports,
                      module=exported.audit_model if isinstance(exported.audit_model, torch.nn.Module) else None)
+
+
+def _outcome(before: AuditResults, after: AuditResults, out: Path, config: RepairConfig, result: Any,
+             input_kept: bool, model_file: str, method: str, steps: int) -> RepairOutcome:
+    """The repair's verdict: headline figures plus McNemar's tests on the points both audits scored."""
+    pb, pa = read_points(out / "before"), read_points(out / "after")
+    tests = paired_tests(pb, pa, before.group_of("tail")) if pb is not None and pa is not None else None
+    names = before.class_names
+    changes = [(names[i], a.clean_acc - b.clean_acc) for i, (b, a) in enumerate(zip(before.per_class, after.per_class))
+               if a.clean_acc is not None and b.clean_acc is not None]
+    return decide(_headline(before), _headline(after), input_kept=input_kept,
+                  after_meaningful=after.verdict is None or after.verdict.meaningful,
+                  min_clean_kept=config.min_clean_kept, tests=tests, kept_note=result.best_note,
+                  model_file=model_file, method=method, budget=f"{steps} steps", class_clean_changes=changes)
 
 
 def _shift_bn(loaded: Any, setup: TrainSetup, config: RepairConfig, result: Any) -> str:
@@ -383,7 +407,7 @@ def format_comparison(run: RepairRun) -> str:
             rows.append((f"  {g} robust", (b["robust_groups"] or {}).get(g), (a["robust_groups"] or {}).get(g)))
     rows.append(("worst class robust", b["worst_class_robust"], a["worst_class_robust"]))
     o = run.summary.get("outcome") or {}
-    lines = [f"repair outcome: {o.get('headline', '?')}", "",
+    lines = [f"repair outcome: {o.get('headline', '?')}"] + ([o["significance"]] if o.get("significance") else []) + ["",
              f"{'':<22}{'before':>8}{'after':>8}{'change':>9}"]
     for name, x, y in rows:
         d = "" if x is None or y is None else f"{100 * (y - x):+8.1f}"

@@ -194,3 +194,33 @@ def better(entry: dict[str, Any], best: Optional[dict[str, Any]]) -> bool:
     if s is None or b is None:
         return True  # nothing to compare on (empty validation and no guard): keep the latest eligible one
     return s >= b - 1e-12
+
+
+def seen_reasons(entries: Sequence[dict[str, Any]], floors: Optional[Floors]) -> list[str]:
+    """Why the fine-tuned checkpoints were not kept, one sentence per kind of reason (never the same floor
+    sentence once per checkpoint): how many evaluations failed it and the worst figure seen."""
+    tried = [e for e in entries if e.get("step")]
+    out: list[str] = []
+    low = [c for e in tried if floors is not None and floors.clean is not None
+           and (c := _clean_of(e)) is not None and c < floors.clean - 1e-12]
+    if low:
+        assert floors is not None and floors.clean is not None
+        out.append(f"validation clean accuracy fell below the floor of {floors.clean:.1%} ({floors.clean_words()}) "
+                   f"at {len(low)} of {len(tried)} evaluations (lowest {min(low):.1%})")
+    chance = sum(1 for e in tried if floors is not None and floors.chance is not None
+                 and (c := _clean_of(e)) is not None and c <= floors.chance)
+    if chance:
+        out.append(f"validation clean accuracy was not clearly above chance at {chance} of {len(tried)} evaluations")
+    collapsed = [e["val_collapse"] for e in tried if e.get("val_collapse")]
+    if collapsed:
+        out.append(f"the predictions collapsed on validation at {len(collapsed)} of {len(tried)} evaluations "
+                   f"(e.g. {collapsed[0]})")
+    guard = sum(1 for e in tried if floors is not None and floors.guard is not None
+                and e.get(GUARD_METRIC) is not None and e[GUARD_METRIC] < floors.guard - 1e-12)
+    if guard:
+        out.append(f"the classes without validation images lost robust accuracy on their training images at {guard} "
+                   f"of {len(tried)} evaluations")
+    eligible = [e for e in tried if e.get("eligible")]
+    if eligible:
+        out.append(f"{len(eligible)} eligible checkpoint(s) were less robust on validation than the input model")
+    return out

@@ -49,7 +49,7 @@ from .smoothing import label_aware_eps
 from .methods import LossContext, RepairMethod
 from .budget import Budget
 from .selection import (GUARD_METRIC, METRIC, Floors, ValidationPlan, better, ineligible_because, score,  # noqa: F401
-                        split_train_val)
+                        seen_reasons, split_train_val)
 
 log = logging.getLogger(__name__)
 
@@ -643,12 +643,11 @@ class Trainer:
         assert st is not None and st.kept is not None
         note = None
         if st.kept.step == 0:
-            tried = [e for e in st.log if e.get("step")]
-            why = sorted({r for e in tried for r in e.get("ineligible_because") or []})
+            why = seen_reasons(st.log, st.floors)
             note = ("no fine-tuned checkpoint beat the input model on validation while keeping its clean accuracy "
                     "and spread of predictions; the input model is returned unchanged")
             if why:
-                note += f" (seen: {'; '.join(why[:3])})"
+                note += f" (seen: {'; '.join(why)})"
             self.warnings.append(note)
             log.warning("%s", note)
         return TrainResult(best_epoch=int(st.kept.epoch), best_step=int(st.kept.step), best_state=st.kept.model,

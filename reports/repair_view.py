@@ -52,8 +52,10 @@ def _budget(budget: Mapping[str, Any] | None, cfg: Mapping[str, Any], done: int)
         total, epochs, per = budget.get("steps_total"), budget.get("epochs"), budget.get("steps_per_epoch")
         text = f"{count(total)} optimiser steps" if total is not None else ""
         inner = []
-        if epochs is not None:
-            inner.append(f"{_num(epochs):g} epochs" if _num(epochs) is not None else f"{epochs} epochs")
+        exact = _num(budget.get("epochs_exact"))  # 1.36 passes, not the 2 passes started
+        if exact is not None or epochs is not None:
+            e = exact if exact is not None else _num(epochs)
+            inner.append(f"{e:g} epoch{'' if e == 1 else 's'}" if e is not None else f"{epochs} epochs")
         if per is not None:
             inner.append(f"{count(per)} steps per epoch")
         if inner:
@@ -63,6 +65,27 @@ def _budget(budget: Mapping[str, Any] | None, cfg: Mapping[str, Any], done: int)
         return text + (f", {source}" if source else "") if text else None
     epochs = cfg.get("epochs") or done or None
     return f"{epochs} epochs" if epochs else None
+
+
+def _done_sentence(method: Any, budget: str | None, lr: float | None, sel: Mapping[str, Any], chosen: Any,
+                   raw: Any) -> str:
+    """'Repaired with reat for 300 optimiser steps (100 epochs) at learning rate 0.05; the checkpoint after
+    step 84 of 88 was kept' — the selection rule itself is on the training page, not repeated here."""
+    parts = [f"Repaired with {method}" if method else "Repaired"]
+    if budget:
+        parts.append(f"for {budget.split(', chosen')[0].split(', set on')[0]}")
+    if lr is not None:
+        parts.append(f"at learning rate {lr:g}")
+    sentence = " ".join(parts)
+    step = sel.get("chosen_step")
+    total = (raw or {}).get("steps_total") if isinstance(raw, Mapping) else None
+    if sel.get("input_kept") or step == 0:
+        sentence += "; no fine-tuned checkpoint qualified, so the input model was kept unchanged"
+    elif isinstance(step, int) and isinstance(total, int):
+        sentence += f"; the checkpoint after step {count(step)} of {count(total)} was kept"
+    elif chosen is not None:
+        sentence += f"; epoch {chosen} was kept"
+    return sentence
 
 
 def _options(cfg: Mapping[str, Any]) -> str | None:
@@ -156,16 +179,7 @@ def repair_view(log: Mapping[str, Any] | None, repair: Mapping[str, Any] | None,
                         "train": count(train_counts[i]) if train_counts and len(train_counts) == len(classes) else "–",
                         "missing": not c} for i, c in enumerate(val_counts)]
 
-    parts = [f"Repaired with {method}" if method else "Repaired"]
-    if budget:
-        parts.append(f"for {budget.split(',')[0]}")
-    if lr is not None:
-        parts.append(f"at learning rate {lr:g}")
-    sentence = " ".join(parts)
-    if sel.get("input_kept") or sel.get("chosen_step") == 0:
-        sentence += "; no fine-tuned checkpoint qualified, so the input model was kept unchanged"
-    elif chosen is not None:
-        sentence += f"; epoch {chosen} was kept" + (f" ({rule[0].lower() + rule[1:].rstrip('.')})" if rule else "")
+    sentence = _done_sentence(method, budget, lr, sel, chosen, repair.get("budget") or log.get("budget"))
     if fine_tune is not None:
         sentence += f"; fine-tuning took {seconds(fine_tune)}" + (f" on {device}" if device else "")
     plain_missing = None
