@@ -43,7 +43,8 @@ from .features import build_feature_model
 from .losses import tail_class_weights
 from .methods import get_method
 from .budget import resolve_budget
-from .selection import plan, split_train_val
+from .selection import plan, selection_size_warning
+from .selection_data import selection_data
 from .train import BatchSource, TrainHooks, TrainSetup, fine_tune, resolve_sampler, training_log
 
 log = logging.getLogger(__name__)
@@ -193,16 +194,19 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
     penalty = config.resolved_penalty(method.default_penalty) if method.needs_features else "off"
     C = len(data.class_names)
     labels = np.asarray(data.train_labels, dtype=np.int64)
-    train_idx, val_idx = split_train_val(labels, config.val_fraction, config.seed)
+    train_idx = np.arange(len(labels), dtype=np.int64)  # every training image trains; selection is on unseen ones
+    size = tuple(loaded.preprocessing.input_size)
+    sel = selection_data(data, eval_idx, config, size)
+    eval_idx, val_idx = sel.audit_idx, sel.idx  # the audits report the points selection never sees
     split_counts = [int(c) for c in np.bincount(labels[train_idx], minlength=C)]
     budget = resolve_budget(len(train_idx), int(config.batch_size), epochs=config.epochs,
                             steps_total=config.steps_total, evaluations=int(config.evaluations))
-    vplan = plan(labels, val_idx, data.class_names)
+    vplan = plan(sel.labels, val_idx, data.class_names, sel.source)
+    small = selection_size_warning(vplan.per_class_counts, data.class_names, config.min_clean_kept, sel.source)
     sampler, sampler_rule = resolve_sampler(config.sampler, split_counts)
     if config.sampler == "auto" and method.preferred_sampler:
         sampler, sampler_rule = method.preferred_sampler, f"auto: {method.name} trains on {method.preferred_sampler} batches"
     guard_idx = train_idx[np.isin(labels[train_idx], vplan.missing)]
-    size = tuple(loaded.preprocessing.input_size)
     fm, feature_warnings = build_feature_model(loaded, _probe_images(data, train_idx, 8, size).to(device),
                                                explicit_penalty=config.tail_penalty, need_features=penalty != "off")
     frozen = [b for name, b in loaded.module.net.named_buffers()
@@ -212,6 +216,9 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
                                 "values, e.g. MatMul weights) are not trainable and stay as they are; only "
                                 "Conv/Gemm/BatchNorm parameters are fine-tuned")
         log.warning("%s", feature_warnings[-1])
+    if small:
+        feature_warnings.append(small)
+        log.warning("%s", small)
     groups = class_groups(list(data.train_counts), rule=config.audit.group_rule)  # no tail when balanced
     if config.audit.fail_under:  # the gate judges the after-audit; refuse impossible conditions now
         from audit.gate import check_available, parse_fail_under
@@ -250,7 +257,7 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
     setup = TrainSetup(
         fm=fm, method=method,
         train=BatchSource(data.train, train_idx, labels, data.image_shape, workers=config.audit.workers),
-        val=BatchSource(data.train, val_idx, labels, data.image_shape, workers=config.audit.workers),
+        val=BatchSource(sel.dataset, val_idx, sel.labels, sel.image_shape, workers=config.audit.workers),
         train_counts=split_counts,
         is_tail=torch.tensor([g == "tail" for g in groups], dtype=torch.bool),
         v=tail_class_weights(split_counts), device=device, input_size=size, num_classes=C,
@@ -258,11 +265,10 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
         budget=budget, plan=vplan,
         guard=BatchSource(data.train, guard_idx, labels, data.image_shape) if vplan.missing else None,
         prior_counts=[1.0] * C if sampler == "class-balanced" else None, sampler=sampler, sampler_rule=sampler_rule,
-        input_test_clean=before.summary.clean.mean,
     )
     log.info("fine-tuning with %s (tail penalty %s, features: %s, %s sampling) on %d images for %d steps (%s), "
-             "validating on %d%s", method.name, penalty, setup.feature_source, sampler, len(train_idx),
-             budget.steps_total, budget.rule, len(val_idx),
+             "selecting on %d unseen images (%s)%s", method.name, penalty, setup.feature_source, sampler, len(train_idx),
+             budget.steps_total, budget.rule, len(val_idx), sel.words,
              f" + a guard on {len(guard_idx)} training images of {len(vplan.missing)} class(es) without validation "
              "images" if vplan.missing else "")
     result = fine_tune(setup, config, out_dir=out, resume=resume_state, hooks=hooks, progress=show)
@@ -285,7 +291,8 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
     after_cfg = replace(before_cfg, model=exported.audit_model, checkpoint=exported.audit_checkpoint,
                         out=str(out / "after"), fail_under=config.audit.fail_under)
     log.info("auditing the repaired model (after)")
-    after_run = run_audit(after_cfg, progress=show)
+    after_data, after_model, _ = prepare(after_cfg, device)
+    after_run = run_audit(after_cfg, progress=show, prepared=(after_data, after_model, eval_idx))  # the same points
     after = after_run.results
 
     # -- log, summary, report ------------------------------------------------------------------
@@ -303,8 +310,11 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
                   "format": exported.format, "parity": exported.parity, "export": export_plan.to_dict(),
                   "input_kept": input_kept},
         "split": {"n_train": len(train_idx), "n_val": len(val_idx), "n_guard": int(len(guard_idx)),
-                  "train_counts": split_counts,
-                  "val_counts": [int(c) for c in np.bincount(labels[val_idx], minlength=C)], "seed": config.seed},
+                  "n_audit": int(len(eval_idx)), "selection_source": sel.source, "selection_root": sel.root,
+                  "train_counts": split_counts, "val_counts": vplan.per_class_counts,
+                  "audit_counts": [int(c) for c in np.bincount(np.asarray(data.test_labels)[eval_idx], minlength=C)],
+                  "selection_indices": [int(i) for i in val_idx] if sel.source == "evaluation" else None,
+                  "seed": config.seed},
         "before": _headline(before), "after": _headline(after),
         "outcome": _outcome(before, after, out, config, result, input_kept, exported.path.name, method.name,
                             budget.steps_total).to_dict(),

@@ -49,7 +49,7 @@ from .smoothing import label_aware_eps
 from .methods import LossContext, RepairMethod
 from .budget import Budget
 from .selection import (GUARD_METRIC, METRIC, Floors, ValidationPlan, better, ineligible_because, score,  # noqa: F401
-                        seen_reasons, split_train_val)
+                        seen_reasons)
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +265,6 @@ class TrainSetup:
     prior_counts: Optional[list[float]] = None  # class prior of the batches (Balanced Softmax); None: train_counts
     sampler: str = "shuffle"  # resolved: shuffle | class-balanced
     sampler_rule: str = ""
-    input_test_clean: Optional[float] = None  # the before-audit's balanced clean accuracy (Floors.of_input)
 
 
 @dataclass
@@ -415,7 +414,7 @@ class Trainer:
         n_train = len(setup.train)
         if n_train < 2 or self.nb < 1:
             raise RepairError(f"the training split has {n_train} image(s); repair needs a training set "
-                              "(lower --val-fraction or use more data)")
+                              "(use more data)")
         self.dd = TrainDist(sync_bn=getattr(config, "sync_bn", True))  # [distributed] no-ops in a plain run
         self.dd.n_batches(n_train, self.B, lambda n, b: self.nb)  # [distributed] the global batch splits
         self.val_specs = config.validation_specs()
@@ -468,7 +467,7 @@ class Trainer:
 
     def _check_validation(self) -> None:
         if len(self.setup.val) == 0:
-            self.warnings.append("the validation split is empty (every class is too small to give up an image); "
+            self.warnings.append("the selection split is empty (every class is too small to give up an image); "
                                  "checkpoints are compared on the guard alone")
             log.warning("%s", self.warnings[-1])
 
@@ -478,12 +477,8 @@ class Trainer:
         base = self._validate(0)
         entry0 = {"epoch": 0, "step": 0, "loss": None, "lr": None, "time_s": time.perf_counter() - t0, **base,
                   "note": "the input model, before fine-tuning", "eligible": True, "ineligible_because": []}
-        floors = Floors.of_input(entry0, self.setup.num_classes, self.config.min_clean_kept, self.setup.input_test_clean)
-        if floors.reference_source == "test":  # recorded in selection.floors; the usual case, so not a warning
-            log.info("the input model scores %s on the validation images (from the training data it was trained on) "
-                     "but %s on the held-out test images, so the clean-accuracy floor is %s", _pct(base["val_clean_acc"]),
-                     _pct(floors.reference), floors.clean_words())
-        log.info("step 0 (input model): validation clean %s, worst-case robust %s", _pct(base["val_clean_acc"]),
+        floors = Floors.of_input(entry0, self.setup.num_classes, self.config.min_clean_kept)
+        log.info("step 0 (input model): selection clean %s, worst-case robust %s", _pct(base["val_clean_acc"]),
                  _pct(base["val_robust_acc"]))
         return TrainState(counts_prev=[int(c) for c in self.setup.train_counts], window=Window(self._lr(0)),
                           log=[entry0], kept=Kept(0, 0, score(entry0), state_dict_cpu(self.net)), floors=floors,
@@ -615,7 +610,7 @@ class Trainer:
         st.elapsed_s += entry["time_s"]
         st.window = Window(self._lr(step))
         guard = f", tail guard {_pct(v.get(GUARD_METRIC))}" if GUARD_METRIC in v else ""
-        log.info("step %d/%d (epoch %s): loss %.4f, validation clean %s worst-case robust %s%s, lr %.4g, %.1f s "
+        log.info("step %d/%d (epoch %s): loss %.4f, selection clean %s worst-case robust %s%s, lr %.4g, %.1f s "
                  "(%.0f img/s)%s", step, self.T, entry["epoch"], entry["loss"], _pct(v["val_clean_acc"]),
                  _pct(v["val_robust_acc"]), guard, entry["lr"], entry["time_s"], entry["images_per_s"],
                  f"; not eligible: {'; '.join(why)}" if why else "")
@@ -644,7 +639,7 @@ class Trainer:
         note = None
         if st.kept.step == 0:
             why = seen_reasons(st.log, st.floors)
-            note = ("no fine-tuned checkpoint beat the input model on validation while keeping its clean accuracy "
+            note = ("no fine-tuned checkpoint beat the input model on the selection images while keeping its clean accuracy "
                     "and spread of predictions; the input model is returned unchanged")
             if why:
                 note += f" (seen: {'; '.join(why)})"
@@ -727,7 +722,7 @@ def training_log(state: Optional[TrainState], setup: TrainSetup, config: RepairC
         "budget": setup.budget.to_dict(),
         "selection": selection_dict(state, setup, note),
         "metrics_note": ("one entry per evaluation (step 0 = the input model); val_*_acc are means over the classes "
-                         "with validation images, robust = clean-correct and unbroken by every attack of the "
+                         "with selection images (the selection split: unseen by the input model), robust = clean-correct and unbroken by every attack of the "
                          "cascade; *_overall are plain means; guard_* are on the training images of the classes "
                          "missing from validation; eligible/ineligible_because: whether the checkpoint may replace "
                          "the input model"),

@@ -126,6 +126,17 @@ def repair_view(log: Mapping[str, Any] | None, repair: Mapping[str, Any] | None,
     if not missing and val_counts and len(val_counts) == len(classes):
         missing = [classes[i] for i, c in enumerate(val_counts) if not c]
     fallback = validation.get("fallback")
+    source = validation.get("source")  # None: a repair that selected on held-out training images (older)
+    split = repair.get("split") if isinstance(repair.get("split"), Mapping) else {}
+    n_audit = split.get("n_audit")
+    set_name = "selection" if source else "validation"
+    selection_note = {
+        "evaluation": "Selection images used to choose the checkpoint: carved from the evaluation data, so the input "
+                      "model never trained on them" + (f"; the audits report the other {count(n_audit)} points"
+                                                       if n_audit is not None else "") + ".",
+        "val-root": f"Selection images used to choose the checkpoint: your validation folder "
+                    f"{split.get('selection_root') or ''} (not the training or evaluation images).",
+    }.get(str(source), "Validation split used to choose the epoch (held out of the training set, never the test set).")
 
     lr = _num(cfg.get("lr"))
     if lr is None and epochs:
@@ -155,7 +166,8 @@ def repair_view(log: Mapping[str, Any] | None, repair: Mapping[str, Any] | None,
         ("batch size", cfg.get("batch_size")),
         ("training attack", attack),
         ("long-tail options", _options(cfg)),
-        ("training / validation images", f"{count(n_train)} / {count(n_val)}" if n_train is not None else None),
+        (f"training / {set_name} images", f"{count(n_train)} / {count(n_val)}" if n_train is not None else None),
+        ("audited points", count(n_audit) if n_audit is not None else None),
         ("chosen epoch", chosen),
         ("selection rule", rule),
         ("selection metric", sel.get("metric")),
@@ -168,7 +180,7 @@ def repair_view(log: Mapping[str, Any] | None, repair: Mapping[str, Any] | None,
     if missing:
         listed = ", ".join(quote(m) for m in missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
         noun = "class has" if len(missing) == 1 else "classes have"
-        warnings.append(f"{len(missing)} {noun} no images in the validation split ({listed}): the epoch was chosen "
+        warnings.append(f"{len(missing)} {noun} no images in the {set_name} split ({listed}): the epoch was chosen "
                         "without checking " + ("it" if len(missing) == 1 else "them")
                         + (f"; fallback used: {fallback}" if fallback else "") + ".")
     warnings += [str(w) for w in log.get("warnings") or repair.get("warnings") or []]
@@ -185,13 +197,14 @@ def repair_view(log: Mapping[str, Any] | None, repair: Mapping[str, Any] | None,
     plain_missing = None
     if missing:
         names = ", ".join(quote(m) for m in missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-        plain_missing = (f"{names} had too few training images to set any aside for checking the repaired model. "
+        spare = "evaluation images" if source else "training images"
+        plain_missing = (f"{names} had too few {spare} to set any aside for checking the repaired model. "
                          "For " + ("it" if len(missing) == 1 else "them") + ", the tool checked instead that the "
                          "repair did not make their own training images easier to attack than before; read their "
                          "figures below with that in mind.")
     return {"rows": rows, "sentence": sentence + ".", "warnings": warnings, "missing": missing,
-            "plain_missing": plain_missing,
+            "plain_missing": plain_missing, "selection_note": selection_note, "set_name": set_name,
             "composition": composition if len(composition) <= 40 else [],
-            "composition_note": (f"{len(composition)} classes: validation images per class from "
+            "composition_note": (f"{len(composition)} classes: {set_name} images per class from "
                                  f"{min(val_counts)} to {max(val_counts)}") if len(composition) > 40 else None,
             "epochs": list(log.get("epochs") or [])}
