@@ -191,7 +191,7 @@ def _add_budget_args(t: argparse._ArgumentGroup) -> None:
                    help="validation checkpoints spread through the budget; the best one is kept (default 10)")
     t.add_argument("--lr", type=_f("--lr", 0, "MAX_LR", lo_open=True),
                    help="initial SGD learning rate, momentum 0.9, weight decay 5e-4, decayed by --schedule "
-                        "(default 0.05, a fine-tuning rate; the paper uses 0.1 from scratch)")
+                        "(default: a short search over 0.2, 0.05, 0.0125, 0.003 within the budget picks it)")
     t.add_argument("--sampler", choices=["auto", "shuffle", "class-balanced"],
                    help="batch sampling: shuffle (each image once a pass), class-balanced (every class equally "
                         "likely; Balanced Softmax then uses the uniform prior) or auto (class-balanced when the "

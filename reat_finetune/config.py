@@ -51,7 +51,7 @@ class RepairConfig:
     evaluations: int = 10
     sampler: str = "auto"
     trades_beta: float = 6.0
-    lr: float = 0.05
+    lr: Optional[float] = None  # None: a short search picks it within the budget (reat_finetune.adapt)
     batch_size: int = 128
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -148,7 +148,7 @@ class RepairConfig:
 
         if self.method not in METHODS:
             raise RepairError(f"--method {self.method!r} is unknown; choose one of: {', '.join(METHODS.names())}")
-        if not _finite(self.lr) or self.lr <= 0 or self.lr > 10:
+        if self.lr is not None and (not _finite(self.lr) or self.lr <= 0 or self.lr > 10):
             raise RepairError(f"--lr must be a positive learning rate (e.g. 0.01 for fine-tuning), got {self.lr}")
         if self.epochs is not None and self.steps_total is not None:
             raise RepairError("--epochs and --train-steps-total both set the fine-tuning budget; give one of them "

@@ -42,6 +42,7 @@ from .significance import paired_tests, read_points
 from .features import build_feature_model
 from .losses import tail_class_weights
 from .methods import get_method
+from .adapt import plan_search
 from .budget import resolve_budget
 from .selection import plan, selection_size_warning
 from .selection_data import selection_data
@@ -201,6 +202,8 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
     split_counts = [int(c) for c in np.bincount(labels[train_idx], minlength=C)]
     budget = resolve_budget(len(train_idx), int(config.batch_size), epochs=config.epochs,
                             steps_total=config.steps_total, evaluations=int(config.evaluations))
+    search = plan_search(config.lr, budget.steps_total)
+    budget = budget.after_search(search.steps, int(config.evaluations))
     vplan = plan(sel.labels, val_idx, data.class_names, sel.source)
     small = selection_size_warning(vplan.per_class_counts, data.class_names, config.min_clean_kept, sel.source)
     sampler, sampler_rule = resolve_sampler(config.sampler, split_counts)
@@ -265,6 +268,7 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
         budget=budget, plan=vplan,
         guard=BatchSource(data.train, guard_idx, labels, data.image_shape) if vplan.missing else None,
         prior_counts=[1.0] * C if sampler == "class-balanced" else None, sampler=sampler, sampler_rule=sampler_rule,
+        search=search,
     )
     log.info("fine-tuning with %s (tail penalty %s, features: %s, %s sampling) on %d images for %d steps (%s), "
              "selecting on %d unseen images (%s)%s", method.name, penalty, setup.feature_source, sampler, len(train_idx),
@@ -305,7 +309,7 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
         "method": method.name, "description": method.description, "tail_penalty": penalty,
         "feature_source": setup.feature_source,
         "best_epoch": result.best_epoch, "best_step": result.best_step, "epochs": budget.epochs,
-        "lr": config.lr, "sampler": sampler, "sampler_rule": sampler_rule, "budget": tlog["budget"], "selection": tlog["selection"],
+        "lr": tlog["lr"], "lr_search": tlog["lr_search"], "divergences": tlog["divergences"], "sampler": sampler, "sampler_rule": sampler_rule, "budget": tlog["budget"], "selection": tlog["selection"],
         "model": {"input": loaded.spec, "input_sha256": loaded.sha256, "repaired": str(exported.path),
                   "format": exported.format, "parity": exported.parity, "export": export_plan.to_dict(),
                   "input_kept": input_kept},

@@ -138,9 +138,15 @@ def repair_view(log: Mapping[str, Any] | None, repair: Mapping[str, Any] | None,
                     f"{split.get('selection_root') or ''} (not the training or evaluation images).",
     }.get(str(source), "Validation split used to choose the epoch (held out of the training set, never the test set).")
 
-    lr = _num(cfg.get("lr"))
+    lr = _num(repair.get("lr")) if _num(repair.get("lr")) is not None else _num(log.get("lr"))
+    if lr is None:
+        lr = _num(cfg.get("lr"))
     if lr is None and epochs:
         lr = _num(epochs[0].get("lr"))
+    search = repair.get("lr_search") or log.get("lr_search")
+    searched = (f", chosen by a {count(search.get('steps'))}-step search over "
+                f"{', '.join(f'{_num(g):g}' for g in search.get('grid') or [] if _num(g) is not None)}"
+                if isinstance(search, Mapping) and search.get("steps") else "")
     fine_tune = _num((repair.get("timings") or {}).get("fine_tune_s"))
     if fine_tune is None and epochs:
         fine_tune = sum(_num(e.get("time_s")) or 0.0 for e in epochs)
@@ -161,7 +167,7 @@ def repair_view(log: Mapping[str, Any] | None, repair: Mapping[str, Any] | None,
          if method else None),
         ("tail penalty", penalty),
         ("budget", budget),
-        ("learning rate", (f"{lr:g}" + (f", {cfg['schedule']} schedule" if cfg.get("schedule") else ""))
+        ("learning rate", (f"{lr:g}" + searched + (f", {cfg['schedule']} schedule" if cfg.get("schedule") else ""))
          if lr is not None else None),
         ("batch size", cfg.get("batch_size")),
         ("training attack", attack),

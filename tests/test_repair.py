@@ -438,11 +438,13 @@ def test_repair_on_digits_raises_tail_robustness(tmp_path):
     log = json.loads((out / "training_log.json").read_text())
     summary = json.loads((out / "repair.json").read_text())
     # the automatic budget: all 304 training images at batch 128 = 3 steps an epoch, floor 300 steps, 10 evaluations
-    want_budget = {"steps_total": 300, "steps_per_epoch": 3, "epochs": 100, "source": "auto"}
+    # 40 of the 300 steps go to the learning-rate search (successive halving, 5 + 10 steps), 260 to the main run
+    want_budget = {"steps_total": 260, "search_steps": 40, "steps_per_epoch": 3, "epochs": 87, "source": "auto"}
     for d in (log["budget"], summary["budget"]):
         assert {k: d[k] for k in want_budget} == want_budget
-    assert [e["step"] for e in log["epochs"]] == list(range(0, 301, 30))
-    assert [e["epoch"] for e in log["epochs"]] == list(range(0, 101, 10))
+    assert [e["step"] for e in log["epochs"]] == [0] + log["budget"]["eval_steps"] and len(log["epochs"]) == 11
+    assert all(e["epoch"] == pytest.approx(e["step"] / 3, abs=0.01) for e in log["epochs"])
+    assert log["lr_search"]["steps"] == 40 and log["lr"] == log["lr_search"]["chosen_lr"] == summary["lr"]
     # selection on unseen images: 10 of each class's 50 evaluation points, the audits report the other 400
     for d in (log["selection"], summary["selection"]):
         v = d["validation"]
@@ -459,11 +461,11 @@ def test_repair_on_digits_raises_tail_robustness(tmp_path):
         assert {"loss", "val_clean_acc", "val_robust_acc", "adv_pred_counts", "lr", "time_s",
                 "rbl_weights", "eligible"} <= set(e)
         assert sum(e["rbl_weights"]) == pytest.approx(10, rel=1e-5)
-    assert log["n_train"] == 304 and sum(sum(e["adv_pred_counts"]) for e in log["epochs"][1:]) == 100 * 304
+    assert log["n_train"] == 304 and sum(sum(e["adv_pred_counts"]) for e in log["epochs"][1:]) == 86 * 304 + 2 * 128
     ok = [e for e in log["epochs"][1:] if e["eligible"]]
     best = max(ok, key=lambda e: (e["val_robust_acc"], e["step"]))
     assert (best["step"], best["epoch"]) == (run.summary["best_step"], run.best_epoch)  # selection, never the audit
-    assert summary["lr"] == 0.05 and summary["epochs"] == 100 and "fine_tune_s" in summary["timings"]
+    assert summary["epochs"] == 87 and "fine_tune_s" in summary["timings"]
     assert summary["sampler"] == log["sampler"] == "shuffle" and "auto" in summary["sampler_rule"]  # 1-image classes
     assert not list(out.glob(".*.tmp*"))
 
