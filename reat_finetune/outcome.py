@@ -106,7 +106,7 @@ def decide(before: Mapping[str, Any], after: Mapping[str, Any], *, input_kept: b
     figures = dict(clean_kept=kept, worst_case_change=d_wc, tail_change=d_tail, clean_change=d_clean,
                    tests=dict(tests) if tests else None, significance=_significance(tests))
     how = f" ({method}, {budget})" if method and budget else ""
-    retry = actions_if_not or ["Keep the input model; try a smaller --lr or another --method"]
+    retry = ["Keep the input model"] + list(actions_if_not or ["Try another --method"])
     if input_kept:
         return RepairOutcome(
             "input-kept",
@@ -114,7 +114,7 @@ def decide(before: Mapping[str, Any], after: Mapping[str, Any], *, input_kept: b
             f"robust on the held-out check while keeping at least {min_clean_kept:.0%} of its clean accuracy and "
             "answering across the classes as before.",
             reasons=[kept_note] if kept_note else [],
-            actions=retry + [f"Lower --min-clean-kept (now {min_clean_kept:g}) only if losing more clean accuracy "
+            actions=retry[1:] + [f"Lower --min-clean-kept (now {min_clean_kept:g}) only if losing more clean accuracy "
                              "is acceptable for the robustness you need"], **figures)
     reasons = [f"worst-case robust accuracy {_pct(wc_b)} → {_pct(wc_a)}"
                + (f" ({_pts(d_wc)}, {_sig(tests, 'worst_case')})" if d_wc is not None else ""),

@@ -43,6 +43,7 @@ from .features import build_feature_model
 from .losses import tail_class_weights
 from .methods import get_method
 from .adapt import plan_search
+from .advice import next_steps
 from .budget import resolve_budget
 from .selection import plan, selection_size_warning
 from .selection_data import selection_data
@@ -321,7 +322,7 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
                   "seed": config.seed},
         "before": _headline(before), "after": _headline(after),
         "outcome": _outcome(before, after, out, config, result, input_kept, exported.path.name, method.name,
-                            budget.steps_total).to_dict(),
+                            budget.steps_total + budget.search_steps, tlog).to_dict(),
         "timings": {"fine_tune_s": result.seconds, "fine_tune_session_s": result.session_seconds,
                     "total_s": time.perf_counter() - t_start, "resumed": resume_state is not None},
         "environment": environment(device),
@@ -340,8 +341,9 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
 
 
 def _outcome(before: AuditResults, after: AuditResults, out: Path, config: RepairConfig, result: Any,
-             input_kept: bool, model_file: str, method: str, steps: int) -> RepairOutcome:
-    """The repair's verdict: headline figures plus McNemar's tests on the points both audits scored."""
+             input_kept: bool, model_file: str, method: str, steps: int, tlog: dict[str, Any]) -> RepairOutcome:
+    """The repair's verdict: headline figures plus McNemar's tests on the points both audits scored, and advice
+    read off the training log (advice.next_steps) for when it did not measurably help."""
     pb, pa = read_points(out / "before"), read_points(out / "after")
     tests = paired_tests(pb, pa, before.group_of("tail")) if pb is not None and pa is not None else None
     names = before.class_names
@@ -350,7 +352,16 @@ def _outcome(before: AuditResults, after: AuditResults, out: Path, config: Repai
     return decide(_headline(before), _headline(after), input_kept=input_kept,
                   after_meaningful=after.verdict is None or after.verdict.meaningful,
                   min_clean_kept=config.min_clean_kept, tests=tests, kept_note=result.best_note,
-                  model_file=model_file, method=method, budget=f"{steps} steps", class_clean_changes=changes)
+                  model_file=model_file, method=method, budget=f"{steps} steps", class_clean_changes=changes,
+                  actions_if_not=_advice(tlog, method, steps, config.eps_schedule))
+
+
+def _advice(tlog: dict[str, Any], method: str, steps: int, eps_schedule: str) -> list[str]:
+    sel = tlog.get("selection") or {}
+    val = sel.get("validation") or {}
+    return next_steps(tlog, method=method, lr=tlog.get("lr"), steps=steps,
+                      selection_counts=val.get("per_class_counts") or [], source=str(val.get("source")),
+                      floor=(sel.get("floors") or {}).get("clean"), eps_schedule=eps_schedule)
 
 
 def _shift_bn(loaded: Any, setup: TrainSetup, config: RepairConfig, result: Any) -> str:

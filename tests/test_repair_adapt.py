@@ -82,3 +82,31 @@ def test_learning_rate_search_runs_within_the_budget(tmp_path):
     assert [len(r["trials"]) for r in rec["rounds"]] == [4, 2] and rec["chosen_lr"] in rec["grid"]
     assert log["lr"] == rec["chosen_lr"] == run.summary["lr"]
     assert log["epochs"][-1]["step"] == 136
+
+
+def _log(robust, clean, divergences=()):
+    """A training log: step 0 (the input) then one evaluation per (robust, clean) pair."""
+    entries = [{"step": 10 * i, "val_robust_acc": r, "val_clean_acc": c} for i, (r, c) in enumerate(zip(robust, clean))]
+    return {"epochs": entries, "divergences": list(divergences)}
+
+
+@pytest.mark.parametrize("robust,clean,counts,divergences,needle,absent", [
+    # clean fell as training went on: a lower rate or a shorter budget, never a longer one
+    ((0.2, 0.25, 0.24, 0.22), (0.7, 0.6, 0.5, 0.45), [20] * 3, (), "(--lr 0.0125) or shorten the budget", "longer"),
+    # robustness never rose: a stronger method or the other radius schedule
+    ((0.3, 0.3, 0.28, 0.29), (0.7, 0.7, 0.7, 0.7), [20] * 3, (), "--eps-schedule constant", "longer"),
+    # still rising at the end with clean accuracy kept: only then a longer budget
+    ((0.3, 0.32, 0.35, 0.40), (0.7, 0.7, 0.7, 0.7), [20] * 3, (), "--train-steps-total 600", "--lr"),
+    # too few selection images: --val-root
+    ((0.3, 0.32, 0.31, 0.31), (0.7, 0.7, 0.7, 0.7), [3, 20, 20], (), "--val-root DIR", "longer"),
+    # a divergence: start lower
+    ((0.3, 0.32, 0.31, 0.31), (0.7, 0.7, 0.7, 0.7), [20] * 3,
+     ({"lr_to": 0.0125, "why": "the loss became nan"},), "--lr 0.0125", "longer"),
+])
+def test_advice_follows_from_what_happened(robust, clean, counts, divergences, needle, absent):
+    from reat_finetune.advice import next_steps
+
+    advice = next_steps(_log(robust, clean, divergences), method="reat", lr=0.05, steps=300, selection_counts=counts,
+                        source="evaluation", floor=0.8 * clean[0])
+    text = " ".join(advice)
+    assert needle in text and absent not in text, advice
