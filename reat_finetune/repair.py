@@ -440,11 +440,14 @@ def format_comparison(run: RepairRun) -> str:
     s = run.summary
     bud = s["budget"]
     kept = ("no fine-tuned checkpoint qualified: the input model was returned" if s["best_step"] == 0 else
-            f"kept step {s['best_step']} (epoch {s['best_epoch']}) by balanced worst-case robust accuracy on validation")
+            f"kept step {s['best_step']} of {bud['steps_total']} by balanced worst-case robust accuracy on "
+            f"{(s.get('split') or {}).get('n_val', 'the')} selection images")
     lines.append(f"method {s['method']} (tail penalty {s['tail_penalty']}, {s['sampler']} sampling, lr {s['lr']:g}); "
-                 f"budget {bud['steps_total']} steps ({bud['source']}, {bud['epochs']} epochs); {kept}; "
+                 f"budget {bud['steps_total'] + bud.get('search_steps', 0)} steps ({bud['source']}"
+                 + (f", {bud['search_steps']} of them searching the learning rate" if bud.get("search_steps") else "")
+                 + f"); {kept}; "
                  f"fine-tuning {s['timings']['fine_tune_s']:.1f} s, total {s['timings']['total_s']:.0f} s")
     missing = s["selection"]["validation"]["missing_classes"]
     if missing:
-        lines.append(f"classes without validation images (guarded on their training images): {', '.join(missing)}")
+        lines.append(f"classes without selection images (guarded on their training images): {', '.join(missing)}")
     return "\n".join(lines)
