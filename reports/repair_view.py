@@ -50,8 +50,9 @@ def _eps(v: Any) -> str:
 def _budget(budget: Mapping[str, Any] | None, cfg: Mapping[str, Any], done: int) -> str | None:
     if budget:
         total, epochs, per = budget.get("steps_total"), budget.get("epochs"), budget.get("steps_per_epoch")
-        text = f"{count(total)} optimiser steps" if total is not None else ""
-        inner = []
+        search = budget.get("search_steps") if isinstance(budget.get("search_steps"), int) else 0
+        text = f"{count(total + search)} optimiser steps" if total is not None else ""
+        inner = [f"{count(search)} choosing the learning rate, {count(total)} training"] if search and total else []
         exact = _num(budget.get("epochs_exact"))  # 1.36 passes, not the 2 passes started
         if exact is not None or epochs is not None:
             e = exact if exact is not None else _num(epochs)

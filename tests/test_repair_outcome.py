@@ -145,3 +145,19 @@ def test_input_kept_reason_names_each_floor_once():
     why = seen_reasons(log, floors)
     assert len(why) == 1 and "at 3 of 3 evaluations (lowest 45.0%)" in why[0]
     assert why[0].count("floor") == 1
+
+
+def test_done_sentence_counts_the_search_in_the_budget():
+    log = {"method": "reat", "budget": {"steps_total": 260, "search_steps": 40, "steps_per_epoch": 3, "epochs": 87,
+                                        "epochs_exact": 86.67, "source": "auto"},
+           "lr_search": {"steps": 40, "grid": [0.2, 0.05, 0.0125, 0.003125]}, "lr": 0.2,
+           "selection": {"chosen_step": 105, "validation": {"per_class_counts": [10] * 10, "source": "evaluation"}},
+           "epochs": []}
+    view = repair_view(log, {"split": {"n_audit": 400}}, [str(i) for i in range(10)])
+    s = view["sentence"]
+    assert "for 300 optimiser steps (40 choosing the learning rate, 260 training, 86.67 epochs" in s
+    assert "the checkpoint after step 105 of 260 was kept" in s and s.count("(") == s.count(")")
+    rows = dict(view["rows"])
+    assert rows["learning rate"].startswith("0.2, chosen by a 40-step search over 0.2, 0.05, 0.0125, 0.003125")
+    assert rows["audited points"] == "400" and "training / selection images" not in rows  # no n_train given
+    assert "the audits report the other 400 points" in view["selection_note"]
