@@ -192,6 +192,8 @@ def _add_budget_args(t: argparse._ArgumentGroup) -> None:
     t.add_argument("--lr", type=_f("--lr", 0, "MAX_LR", lo_open=True),
                    help="initial SGD learning rate, momentum 0.9, weight decay 5e-4, decayed by --schedule "
                         "(default: a short search over 0.2, 0.05, 0.0125, 0.003 within the budget picks it)")
+    t.add_argument("--grad-clip", type=_f("--grad-clip", 0, "MAX_COEFFICIENT", lo_open=True), metavar="NORM",
+                   help="cap the gradient norm of each update at NORM (default off; docs/repair.md)")
     t.add_argument("--sampler", choices=["auto", "shuffle", "class-balanced"],
                    help="batch sampling: shuffle (each image once a pass), class-balanced (every class equally "
                         "likely; Balanced Softmax then uses the uniform prior) or auto (class-balanced when the "
@@ -202,6 +204,7 @@ def _add_budget_args(t: argparse._ArgumentGroup) -> None:
 def _budget_kwargs(args: argparse.Namespace) -> dict:
     """The flags of :func:`_add_budget_args` that were given, as RepairConfig keywords."""
     keys = {"train_steps_total": "steps_total", "epochs": "epochs", "evaluations": "evaluations", "lr": "lr",
+            "grad_clip": "grad_clip",
             "sampler": "sampler", "trades_beta": "trades_beta"}
     return {cfg: getattr(args, a) for a, cfg in keys.items() if getattr(args, a) is not None}
 

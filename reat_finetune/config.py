@@ -19,7 +19,7 @@ FORMATS = ("html", "pdf")
 # Fields that change the trained weights: a --resume must agree on all of them.
 TRAINING_KEYS = ("method", "epochs", "steps_total", "evaluations", "sampler", "trades_beta",
                  "lr", "batch_size", "momentum", "weight_decay", "schedule", "train_eps",
-                 "train_steps", "train_step_size", "tail_penalty", "tail_lambda", "margin", "val_fraction", "val_root", "val_split",
+                 "train_steps", "train_step_size", "tail_penalty", "tail_lambda", "margin", "val_fraction", "val_root", "val_split", "grad_clip",
                  "augment", "amp", "seed", "norm", "min_clean_kept", "guide", "lbgat_beta", "smoothing",
                  "smoothing_head", "smoothing_tail", "smoothing_shape", "eps_schedule", "eps_per_class",
                  "shift_bn")
@@ -52,6 +52,7 @@ class RepairConfig:
     sampler: str = "auto"
     trades_beta: float = 6.0
     lr: Optional[float] = None  # None: a short search picks it within the budget (reat_finetune.adapt)
+    grad_clip: Optional[float] = None  # cap on the gradient norm of each update (off: measured no gain, docs/repair.md)
     batch_size: int = 128
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -150,6 +151,8 @@ class RepairConfig:
             raise RepairError(f"--method {self.method!r} is unknown; choose one of: {', '.join(METHODS.names())}")
         if self.lr is not None and (not _finite(self.lr) or self.lr <= 0 or self.lr > 10):
             raise RepairError(f"--lr must be a positive learning rate (e.g. 0.01 for fine-tuning), got {self.lr}")
+        if self.grad_clip is not None and (not _finite(self.grad_clip) or self.grad_clip <= 0):
+            raise RepairError(f"--grad-clip must be a positive gradient norm (e.g. 1), got {self.grad_clip}")
         if self.epochs is not None and self.steps_total is not None:
             raise RepairError("--epochs and --train-steps-total both set the fine-tuning budget; give one of them "
                               "(or neither, for the automatic budget)")

@@ -156,7 +156,8 @@ def perturb(attack: Attack, model: torch.nn.Module, x: torch.Tensor, y: torch.Te
 def train_step(fm: FeatureModel, attack: Attack, method: RepairMethod, ctx: LossContext, x: torch.Tensor,
                y: torch.Tensor, opt: torch.optim.Optimizer, gen: torch.Generator,
                autocast: Autocast = None, forward: Optional[Callable] = None,
-               guide: Optional[torch.nn.Module] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               guide: Optional[torch.nn.Module] = None,
+               grad_clip: Optional[float] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One adversarial training step; returns (loss, tail penalty, adversarial predictions), detached.
 
     ``forward`` is the training forward when it is not ``fm``/its pixel model (the DDP wrapper);
@@ -183,6 +184,8 @@ def train_step(fm: FeatureModel, attack: Attack, method: RepairMethod, ctx: Loss
                             guide_logits=guided)
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    if grad_clip:  # --grad-clip: the update's gradient norm capped (docs/repair.md, "Settings that adapt")
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], grad_clip)
     opt.step()
     return loss.detach(), pen, logits.detach().argmax(1)
 
@@ -616,7 +619,7 @@ class Trainer:
             g["lr"] = self._lr(st.iteration) * g.get("lr_scale", 1.0)
         attack = setup.method.attack_at(cfg.train_attack_spec(), st.iteration, self.T)  # hook: the ε schedule
         loss, pen, pred = train_step(setup.fm, attack, setup.method, self.ctx, x, y, self.opt, att_gen,
-                                     self.autocast, self.forward, self.guide)
+                                     self.autocast, self.forward, self.guide, cfg.grad_clip)
         loss, pen, pred, y = self.dd.batch_outcome(loss, pen, pred, y)  # [distributed] the global batch
         loss_v = float(loss)
         k, w = int(y.shape[0]), st.window
@@ -776,7 +779,7 @@ class Trainer:
             g["lr"] = lr * g.get("lr_scale", 1.0)
         attack = setup.method.attack_at(cfg.train_attack_spec(), it, self.T)
         loss, _, _ = train_step(setup.fm, attack, setup.method, self.ctx, x, y, self.opt, gen, self.autocast,
-                                self.forward, self.guide)
+                                self.forward, self.guide, cfg.grad_clip)
         return float(self.dd.batch_outcome(loss, loss, y, y)[0])
 
     def _validate(self, step: int, source: Optional[Any] = None) -> dict[str, Any]:

@@ -110,3 +110,11 @@ def test_advice_follows_from_what_happened(robust, clean, counts, divergences, n
                         source="evaluation", floor=0.8 * clean[0])
     text = " ".join(advice)
     assert needle in text and absent not in text, advice
+
+
+def test_grad_clip_must_be_a_positive_norm(tmp_path):
+    from reat_finetune.errors import RepairError
+
+    with pytest.raises(RepairError, match="--grad-clip must be a positive"):
+        cheap_config(tmp_path, grad_clip=-1.0).validate()
+    cheap_config(tmp_path, grad_clip=1.0).validate()
