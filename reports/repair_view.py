@@ -199,6 +199,10 @@ def repair_view(log: Mapping[str, Any] | None, repair: Mapping[str, Any] | None,
                         "missing": not c} for i, c in enumerate(val_counts)]
 
     sentence = _done_sentence(method, budget, lr, sel, chosen, repair.get("budget") or log.get("budget"))
+    div = [d for d in log.get("divergences") or repair.get("divergences") or [] if isinstance(d, Mapping)]
+    if div and _num(div[-1].get("lr_to")) is not None:
+        sentence += (f"; training diverged {len(div)} time{'s' if len(div) > 1 else ''} and went on from the last "
+                     f"good state at a lower rate (last {_num(div[-1]['lr_to']):.3g})")
     if fine_tune is not None:
         sentence += f"; fine-tuning took {seconds(fine_tune)}" + (f" on {device}" if device else "")
     plain_missing = None

@@ -161,3 +161,6 @@ def test_done_sentence_counts_the_search_in_the_budget():
     assert rows["learning rate"].startswith("0.2, chosen by a 40-step search over 0.2, 0.05, 0.0125, 0.003125")
     assert rows["audited points"] == "400" and "training / selection images" not in rows  # no n_train given
     assert "the audits report the other 400 points" in view["selection_note"]
+    log["divergences"] = [{"step": 5, "why": "the loss became nan", "lr_to": 0.05}]
+    assert "training diverged 1 time and went on from the last good state at a lower rate (last 0.05)" in \
+        repair_view(log, {}, [str(i) for i in range(10)])["sentence"]
