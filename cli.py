@@ -191,7 +191,9 @@ def _add_budget_args(t: argparse._ArgumentGroup) -> None:
                    help="validation checkpoints spread through the budget; the best one is kept (default 10)")
     t.add_argument("--lr", type=_f("--lr", 0, "MAX_LR", lo_open=True),
                    help="initial SGD learning rate, momentum 0.9, weight decay 5e-4, decayed by --schedule "
-                        "(default 0.05, a fine-tuning rate; the paper uses 0.1 from scratch)")
+                        "(default: a short search over 0.2, 0.05, 0.0125, 0.003 within the budget picks it)")
+    t.add_argument("--grad-clip", type=_f("--grad-clip", 0, "MAX_COEFFICIENT", lo_open=True), metavar="NORM",
+                   help="cap the gradient norm of each update at NORM (default off; docs/repair.md)")
     t.add_argument("--sampler", choices=["auto", "shuffle", "class-balanced"],
                    help="batch sampling: shuffle (each image once a pass), class-balanced (every class equally "
                         "likely; Balanced Softmax then uses the uniform prior) or auto (class-balanced when the "
@@ -202,6 +204,7 @@ def _add_budget_args(t: argparse._ArgumentGroup) -> None:
 def _budget_kwargs(args: argparse.Namespace) -> dict:
     """The flags of :func:`_add_budget_args` that were given, as RepairConfig keywords."""
     keys = {"train_steps_total": "steps_total", "epochs": "epochs", "evaluations": "evaluations", "lr": "lr",
+            "grad_clip": "grad_clip",
             "sampler": "sampler", "trades_beta": "trades_beta"}
     return {cfg: getattr(args, a) for a, cfg in keys.items() if getattr(args, a) is not None}
 
@@ -257,12 +260,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tail-lambda", type=_f("--tail-lambda", 0, "MAX_COEFFICIENT"), default=1.0, help="coefficient of the tail feature penalty (default 1)")
     t.add_argument("--margin", type=_f("--margin", 0, "MAX_COEFFICIENT"), default=0.1,
                    help="hinge margin on the KL of different-class pairs in the pairwise penalty (default 0.1)")
-    t.add_argument("--val-fraction", type=_f("--val-fraction", 0, 0.5, lo_open=True), default=0.1,
-                   help="seeded share of each class held out to pick the checkpoint; classes too small to spare an "
-                        "image are guarded on their training images (default 0.1)")
+    t.add_argument("--val-fraction", type=_f("--val-fraction", 0, 0.5, lo_open=True), default=0.2,
+                   help="seeded share of each class's evaluation points set aside to pick the checkpoint; the audits "
+                        "report the other points (default 0.2)")
+    t.add_argument("--val-root", metavar="DIR",
+                   help="pick the checkpoint on your own validation images, DIR/<class>/ (not training images), "
+                        "instead of carving them from the evaluation data")
+    t.add_argument("--val-split", metavar="NAME",
+                   help="the same, naming a folder under --data-root (e.g. val)")
     t.add_argument("--min-clean-kept", type=_f("--min-clean-kept", 0, 1), default=0.8,
-                   help="a fine-tuned checkpoint must keep this share of the input model's validation clean accuracy "
-                        "(and not collapse) to replace it; otherwise the input model is returned (default 0.8)")
+                   help="a fine-tuned checkpoint must keep this share of the input model's clean accuracy on the "
+                        "selection images (and not collapse) to replace it; otherwise the input model is returned "
+                        "(default 0.8)")
     t.add_argument("--guide", default="frozen", choices=["frozen", "learnable"],
                    help="lbgat: the input model guides as it is (frozen, default) or is trained alongside with "
                         "Balanced Softmax at a tenth of --lr (learnable)")
@@ -401,7 +410,8 @@ def cmd_repair(args: argparse.Namespace) -> int:
         audit=audit, method=args.method, **_budget_kwargs(args), batch_size=args.batch_size_train,
         schedule=args.schedule, train_eps=parse_number(args.train_eps, "--train-eps") if args.train_eps else None,
         train_steps=args.train_steps, train_step_size=args.train_step_size, tail_penalty=args.tail_penalty,
-        tail_lambda=args.tail_lambda, margin=args.margin, val_fraction=args.val_fraction, augment=args.augment, min_clean_kept=args.min_clean_kept,
+        tail_lambda=args.tail_lambda, margin=args.margin, val_fraction=args.val_fraction, val_root=args.val_root,
+        val_split=args.val_split, augment=args.augment, min_clean_kept=args.min_clean_kept,
         guide=args.guide, lbgat_beta=args.lbgat_beta, smoothing=args.smoothing, smoothing_head=args.smoothing_head,
         smoothing_tail=args.smoothing_tail, smoothing_shape=args.smoothing_shape, eps_schedule=args.eps_schedule,
         eps_per_class=args.eps_per_class, shift_bn=args.shift_bn,

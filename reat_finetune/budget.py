@@ -34,6 +34,7 @@ class Budget:
     source: str  # "auto" | "flag"
     rule: str  # one sentence: how steps_total was chosen
     eval_steps: list[int] = field(default_factory=list)
+    search_steps: int = 0  # spent by the learning-rate search before the main run (in the budget, not in steps_total)
 
     @property
     def epochs(self) -> int:
@@ -44,6 +45,15 @@ class Budget:
         """Passes completed after ``step`` optimizer steps (an int at epoch ends)."""
         q = step / self.steps_per_epoch
         return int(q) if step % self.steps_per_epoch == 0 else round(q, 2)
+
+    def after_search(self, steps: int, evaluations: int = EVALUATIONS) -> "Budget":
+        """The budget left to the main run once a learning-rate search has spent ``steps`` of it."""
+        if steps <= 0:
+            return self
+        left = self.steps_total - int(steps)
+        return Budget(steps_total=left, steps_per_epoch=self.steps_per_epoch, source=self.source,
+                      rule=f"{self.rule}; {steps} of the {self.steps_total} steps went to the learning-rate search",
+                      eval_steps=eval_points(left, self.steps_per_epoch, evaluations), search_steps=int(steps))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -19,7 +19,7 @@ FORMATS = ("html", "pdf")
 # Fields that change the trained weights: a --resume must agree on all of them.
 TRAINING_KEYS = ("method", "epochs", "steps_total", "evaluations", "sampler", "trades_beta",
                  "lr", "batch_size", "momentum", "weight_decay", "schedule", "train_eps",
-                 "train_steps", "train_step_size", "tail_penalty", "tail_lambda", "margin", "val_fraction",
+                 "train_steps", "train_step_size", "tail_penalty", "tail_lambda", "margin", "val_fraction", "val_root", "val_split", "grad_clip",
                  "augment", "amp", "seed", "norm", "min_clean_kept", "guide", "lbgat_beta", "smoothing",
                  "smoothing_head", "smoothing_tail", "smoothing_shape", "eps_schedule", "eps_per_class",
                  "shift_bn")
@@ -51,7 +51,8 @@ class RepairConfig:
     evaluations: int = 10
     sampler: str = "auto"
     trades_beta: float = 6.0
-    lr: float = 0.05
+    lr: Optional[float] = None  # None: a short search picks it within the budget (reat_finetune.adapt)
+    grad_clip: Optional[float] = None  # cap on the gradient norm of each update (off: measured no gain, docs/repair.md)
     batch_size: int = 128
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -62,7 +63,9 @@ class RepairConfig:
     tail_penalty: Optional[str] = None
     tail_lambda: float = 1.0
     margin: float = 0.1
-    val_fraction: float = 0.1
+    val_fraction: float = 0.2  # share of each class's evaluation points carved off for checkpoint selection
+    val_root: Optional[str] = None  # the user's validation folder (<class>/ images) instead of carving
+    val_split: Optional[str] = None  # ... or its name under the audit's --data-root (e.g. "val")
     augment: str = "none"
     min_clean_kept: float = MIN_CLEAN_KEPT
     guide: str = "frozen"  # lbgat: the input model as a frozen or learnable guide
@@ -156,8 +159,10 @@ class RepairConfig:
 
         if self.method not in METHODS:
             raise RepairError(f"--method {self.method!r} is unknown; choose one of: {', '.join(METHODS.names())}")
-        if not _finite(self.lr) or self.lr <= 0 or self.lr > 10:
+        if self.lr is not None and (not _finite(self.lr) or self.lr <= 0 or self.lr > 10):
             raise RepairError(f"--lr must be a positive learning rate (e.g. 0.01 for fine-tuning), got {self.lr}")
+        if self.grad_clip is not None and (not _finite(self.grad_clip) or self.grad_clip <= 0):
+            raise RepairError(f"--grad-clip must be a positive gradient norm (e.g. 1), got {self.grad_clip}")
         if self.epochs is not None and self.steps_total is not None:
             raise RepairError("--epochs and --train-steps-total both set the fine-tuning budget; give one of them "
                               "(or neither, for the automatic budget)")
@@ -199,6 +204,11 @@ class RepairConfig:
             raise RepairError(f"--margin must be >= 0, got {self.margin}")
         if not _finite(self.val_fraction) or not 0 < self.val_fraction <= 0.5:
             raise RepairError(f"--val-fraction must be in (0, 0.5], got {self.val_fraction}")
+        if self.val_root is not None and self.val_split is not None:
+            raise RepairError("--val-root and --val-split both name the validation images; give one of them")
+        if self.val_split is not None and not self.audit.data_root:
+            raise RepairError(f"--val-split {self.val_split} names a folder under --data-root; give --data-root DIR "
+                              "(or the whole path with --val-root DIR)")
         if not _finite(self.min_clean_kept) or not 0 <= self.min_clean_kept <= 1:
             raise RepairError(f"--min-clean-kept must be a share in [0, 1] (e.g. 0.8 = keep 80% of the input's "
                               f"clean accuracy), got {self.min_clean_kept}")

@@ -37,12 +37,16 @@ from .config import RepairConfig
 from .ddp import check_global_batch, check_world_size
 from .errors import RepairError
 from .export import ExportPlan, export_repaired, keep_input, preflight_export, untrained_note
-from .outcome import decide
+from .outcome import RepairOutcome, decide
+from .significance import paired_tests, read_points
 from .features import build_feature_model
 from .losses import tail_class_weights
 from .methods import get_method
+from .adapt import plan_search
+from .advice import next_steps
 from .budget import resolve_budget
-from .selection import plan, split_train_val
+from .selection import plan, selection_size_warning
+from .selection_data import selection_data
 from .train import BatchSource, TrainHooks, TrainSetup, fine_tune, resolve_sampler, training_log
 
 log = logging.getLogger(__name__)
@@ -67,6 +71,18 @@ class RepairRun:
     summary: dict[str, Any]
     reports: dict[str, Path] = field(default_factory=dict)
     module: Optional[torch.nn.Module] = None  # an nn.Module's repair: the repaired copy (the file's weights loaded)
+
+    @property
+    def outcome(self) -> dict[str, Any]:
+        """The repair's verdict (``repair.json`` → ``outcome``): ``code``, ``label``, ``headline``, ``reasons``,
+        ``actions``, the changes, and ``tests`` (McNemar's exact tests: worst_case, tail, clean, each with
+        ``gained``, ``lost``, ``p_value``, ``significant``) with ``significance``, the tests in words."""
+        return dict(self.summary.get("outcome") or {})
+
+    @property
+    def improved(self) -> bool:
+        """True only when the worst-case gain is significant and the clean accuracy kept (``outcome['code']``)."""
+        return self.outcome.get("code") == "improved"
 
     @property
     def before_path(self) -> Path:
@@ -180,22 +196,30 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
     penalty = config.resolved_penalty(method.default_penalty) if method.needs_features else "off"
     C = len(data.class_names)
     labels = np.asarray(data.train_labels, dtype=np.int64)
-    train_idx, val_idx = split_train_val(labels, config.val_fraction, config.seed)
+    train_idx = np.arange(len(labels), dtype=np.int64)  # every training image trains; selection is on unseen ones
+    size = tuple(loaded.preprocessing.input_size)
+    sel = selection_data(data, eval_idx, config, size)
+    eval_idx, val_idx = sel.audit_idx, sel.idx  # the audits report the points selection never sees
     split_counts = [int(c) for c in np.bincount(labels[train_idx], minlength=C)]
     budget = resolve_budget(len(train_idx), int(config.batch_size), epochs=config.epochs,
                             steps_total=config.steps_total, evaluations=int(config.evaluations))
-    vplan = plan(labels, val_idx, data.class_names)
+    search = plan_search(config.lr, budget.steps_total)
+    budget = budget.after_search(search.steps, int(config.evaluations))
+    vplan = plan(sel.labels, val_idx, data.class_names, sel.source)
+    small = selection_size_warning(vplan.per_class_counts, data.class_names, config.min_clean_kept, sel.source)
     sampler, sampler_rule = resolve_sampler(config.sampler, split_counts)
     if config.sampler == "auto" and method.preferred_sampler:
         sampler, sampler_rule = method.preferred_sampler, f"auto: {method.name} trains on {method.preferred_sampler} batches"
     guard_idx = train_idx[np.isin(labels[train_idx], vplan.missing)]
-    size = tuple(loaded.preprocessing.input_size)
     fm, feature_warnings = build_feature_model(loaded, _probe_images(data, train_idx, 8, size).to(device),
                                                explicit_penalty=config.tail_penalty, need_features=penalty != "off")
     untrained = untrained_note(loaded)  # ONNX: every weight in the file trains (audit.models.onnx_weights)
     if untrained:
         feature_warnings.append(untrained)
         log.warning("%s", untrained)
+    if small:
+        feature_warnings.append(small)
+        log.warning("%s", small)
     groups = class_groups(list(data.train_counts), rule=config.audit.group_rule)  # no tail when balanced
     if config.audit.fail_under:  # the gate judges the after-audit; refuse impossible conditions now
         from audit.gate import check_available, parse_fail_under
@@ -234,7 +258,7 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
     setup = TrainSetup(
         fm=fm, method=method,
         train=BatchSource(data.train, train_idx, labels, data.image_shape, workers=config.audit.workers),
-        val=BatchSource(data.train, val_idx, labels, data.image_shape, workers=config.audit.workers),
+        val=BatchSource(sel.dataset, val_idx, sel.labels, sel.image_shape, workers=config.audit.workers),
         train_counts=split_counts,
         is_tail=torch.tensor([g == "tail" for g in groups], dtype=torch.bool),
         v=tail_class_weights(split_counts), device=device, input_size=size, num_classes=C,
@@ -242,11 +266,11 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
         budget=budget, plan=vplan,
         guard=BatchSource(data.train, guard_idx, labels, data.image_shape) if vplan.missing else None,
         prior_counts=[1.0] * C if sampler == "class-balanced" else None, sampler=sampler, sampler_rule=sampler_rule,
-        input_test_clean=before.summary.clean.mean,
+        search=search,
     )
     log.info("fine-tuning with %s (tail penalty %s, features: %s, %s sampling) on %d images for %d steps (%s), "
-             "validating on %d%s", method.name, penalty, setup.feature_source, sampler, len(train_idx),
-             budget.steps_total, budget.rule, len(val_idx),
+             "selecting on %d unseen images (%s)%s", method.name, penalty, setup.feature_source, sampler, len(train_idx),
+             budget.steps_total, budget.rule, len(val_idx), sel.words,
              f" + a guard on {len(guard_idx)} training images of {len(vplan.missing)} class(es) without validation "
              "images" if vplan.missing else "")
     result = fine_tune(setup, config, out_dir=out, resume=resume_state, hooks=hooks, progress=show)
@@ -269,7 +293,8 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
     after_cfg = replace(before_cfg, model=exported.audit_model, checkpoint=exported.audit_checkpoint,
                         out=str(out / "after"), fail_under=config.audit.fail_under)
     log.info("auditing the repaired model (after)")
-    after_run = run_audit(after_cfg, progress=show)
+    after_data, after_model, _ = prepare(after_cfg, device)
+    after_run = run_audit(after_cfg, progress=show, prepared=(after_data, after_model, eval_idx))  # the same points
     after = after_run.results
 
     # -- log, summary, report ------------------------------------------------------------------
@@ -282,19 +307,20 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
         "method": method.name, "description": method.description, "tail_penalty": penalty,
         "feature_source": setup.feature_source,
         "best_epoch": result.best_epoch, "best_step": result.best_step, "epochs": budget.epochs,
-        "lr": config.lr, "sampler": sampler, "sampler_rule": sampler_rule, "budget": tlog["budget"], "selection": tlog["selection"],
+        "lr": tlog["lr"], "lr_search": tlog["lr_search"], "divergences": tlog["divergences"],
+        "sampler": sampler, "sampler_rule": sampler_rule, "budget": tlog["budget"], "selection": tlog["selection"],
         "model": {"input": loaded.spec, "input_sha256": loaded.sha256, "repaired": str(exported.path),
                   "format": exported.format, "parity": exported.parity, "export": export_plan.to_dict(),
                   "input_kept": input_kept},
         "split": {"n_train": len(train_idx), "n_val": len(val_idx), "n_guard": int(len(guard_idx)),
-                  "train_counts": split_counts,
-                  "val_counts": [int(c) for c in np.bincount(labels[val_idx], minlength=C)], "seed": config.seed},
+                  "n_audit": int(len(eval_idx)), "selection_source": sel.source, "selection_root": sel.root,
+                  "train_counts": split_counts, "val_counts": vplan.per_class_counts,
+                  "audit_counts": [int(c) for c in np.bincount(np.asarray(data.test_labels)[eval_idx], minlength=C)],
+                  "selection_indices": [int(i) for i in val_idx] if sel.source == "evaluation" else None,
+                  "seed": config.seed},
         "before": _headline(before), "after": _headline(after),
-        "outcome": decide(_headline(before), _headline(after), input_kept=input_kept,
-                          after_meaningful=after.verdict is None or after.verdict.meaningful,
-                          min_clean_kept=config.min_clean_kept, kept_note=result.best_note,
-                          model_file=exported.path.name, method=method.name,
-                          budget=f"{budget.steps_total} steps").to_dict(),
+        "outcome": _outcome(before, after, out, config, result, input_kept, exported.path.name, method.name,
+                            budget.steps_total + budget.search_steps, tlog).to_dict(),
         "timings": {"fine_tune_s": result.seconds, "fine_tune_session_s": result.session_seconds,
                     "total_s": time.perf_counter() - t_start, "resumed": resume_state is not None},
         "environment": environment(device),
@@ -310,6 +336,30 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
     return RepairRun(out_dir=out, before=before, after=after, training_log=tlog, model_path=exported.path,
                      best_epoch=result.best_epoch, summary=summary, reports=reports,
                      module=exported.audit_model if isinstance(exported.audit_model, torch.nn.Module) else None)
+
+
+def _outcome(before: AuditResults, after: AuditResults, out: Path, config: RepairConfig, result: Any,
+             input_kept: bool, model_file: str, method: str, steps: int, tlog: dict[str, Any]) -> RepairOutcome:
+    """The repair's verdict: headline figures plus McNemar's tests on the points both audits scored, and advice
+    read off the training log (advice.next_steps) for when it did not measurably help."""
+    pb, pa = read_points(out / "before"), read_points(out / "after")
+    tests = paired_tests(pb, pa, before.group_of("tail")) if pb is not None and pa is not None else None
+    names = before.class_names
+    changes = [(names[i], a.clean_acc - b.clean_acc) for i, (b, a) in enumerate(zip(before.per_class, after.per_class))
+               if a.clean_acc is not None and b.clean_acc is not None]
+    return decide(_headline(before), _headline(after), input_kept=input_kept,
+                  after_meaningful=after.verdict is None or after.verdict.meaningful,
+                  min_clean_kept=config.min_clean_kept, tests=tests, kept_note=result.best_note,
+                  model_file=model_file, method=method, budget=f"{steps} steps", class_clean_changes=changes,
+                  actions_if_not=_advice(tlog, method, steps, config.eps_schedule))
+
+
+def _advice(tlog: dict[str, Any], method: str, steps: int, eps_schedule: str) -> list[str]:
+    sel = tlog.get("selection") or {}
+    val = sel.get("validation") or {}
+    return next_steps(tlog, method=method, lr=tlog.get("lr"), steps=steps,
+                      selection_counts=val.get("per_class_counts") or [], source=str(val.get("source")),
+                      floor=(sel.get("floors") or {}).get("clean"), eps_schedule=eps_schedule)
 
 
 def _shift_bn(loaded: Any, setup: TrainSetup, config: RepairConfig, result: Any) -> str:
@@ -380,7 +430,7 @@ def format_comparison(run: RepairRun) -> str:
             rows.append((f"  {g} robust", (b["robust_groups"] or {}).get(g), (a["robust_groups"] or {}).get(g)))
     rows.append(("worst class robust", b["worst_class_robust"], a["worst_class_robust"]))
     o = run.summary.get("outcome") or {}
-    lines = [f"repair outcome: {o.get('headline', '?')}", "",
+    lines = [f"repair outcome: {o.get('headline', '?')}"] + ([o["significance"]] if o.get("significance") else []) + ["",
              f"{'':<22}{'before':>8}{'after':>8}{'change':>9}"]
     for name, x, y in rows:
         d = "" if x is None or y is None else f"{100 * (y - x):+8.1f}"
@@ -388,11 +438,14 @@ def format_comparison(run: RepairRun) -> str:
     s = run.summary
     bud = s["budget"]
     kept = ("no fine-tuned checkpoint qualified: the input model was returned" if s["best_step"] == 0 else
-            f"kept step {s['best_step']} (epoch {s['best_epoch']}) by balanced worst-case robust accuracy on validation")
+            f"kept step {s['best_step']} of {bud['steps_total']} by balanced worst-case robust accuracy on "
+            f"{(s.get('split') or {}).get('n_val', 'the')} selection images")
     lines.append(f"method {s['method']} (tail penalty {s['tail_penalty']}, {s['sampler']} sampling, lr {s['lr']:g}); "
-                 f"budget {bud['steps_total']} steps ({bud['source']}, {bud['epochs']} epochs); {kept}; "
+                 f"budget {bud['steps_total'] + bud.get('search_steps', 0)} steps ({bud['source']}"
+                 + (f", {bud['search_steps']} of them searching the learning rate" if bud.get("search_steps") else "")
+                 + f"); {kept}; "
                  f"fine-tuning {s['timings']['fine_tune_s']:.1f} s, total {s['timings']['total_s']:.0f} s")
     missing = s["selection"]["validation"]["missing_classes"]
     if missing:
-        lines.append(f"classes without validation images (guarded on their training images): {', '.join(missing)}")
+        lines.append(f"classes without selection images (guarded on their training images): {', '.join(missing)}")
     return "\n".join(lines)

@@ -48,8 +48,10 @@ from .losses import rbl_weights
 from .smoothing import label_aware_eps
 from .methods import LossContext, RepairMethod
 from .budget import Budget
+from .adapt import (DEFAULT_LR, LOWER, MAX_RECOVERIES, SearchPlan, Watch, collapsed, copy_state, lower_sentence,
+                    run_search, selection_subset)
 from .selection import (GUARD_METRIC, METRIC, Floors, ValidationPlan, better, ineligible_because, score,  # noqa: F401
-                        split_train_val)
+                        seen_reasons)
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +156,8 @@ def perturb(attack: Attack, model: torch.nn.Module, x: torch.Tensor, y: torch.Te
 def train_step(fm: FeatureModel, attack: Attack, method: RepairMethod, ctx: LossContext, x: torch.Tensor,
                y: torch.Tensor, opt: torch.optim.Optimizer, gen: torch.Generator,
                autocast: Autocast = None, forward: Optional[Callable] = None,
-               guide: Optional[torch.nn.Module] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               guide: Optional[torch.nn.Module] = None,
+               grad_clip: Optional[float] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One adversarial training step; returns (loss, tail penalty, adversarial predictions), detached.
 
     ``forward`` is the training forward when it is not ``fm``/its pixel model (the DDP wrapper);
@@ -181,6 +184,8 @@ def train_step(fm: FeatureModel, attack: Attack, method: RepairMethod, ctx: Loss
                             guide_logits=guided)
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    if grad_clip:  # --grad-clip: the update's gradient norm capped (docs/repair.md, "Settings that adapt")
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], grad_clip)
     opt.step()
     return loss.detach(), pen, logits.detach().argmax(1)
 
@@ -265,7 +270,7 @@ class TrainSetup:
     prior_counts: Optional[list[float]] = None  # class prior of the batches (Balanced Softmax); None: train_counts
     sampler: str = "shuffle"  # resolved: shuffle | class-balanced
     sampler_rule: str = ""
-    input_test_clean: Optional[float] = None  # the before-audit's balanced clean accuracy (Floors.of_input)
+    search: Optional[SearchPlan] = None  # the learning-rate search (adapt.plan_search); None or empty: none
 
 
 @dataclass
@@ -329,6 +334,28 @@ def deferred_sigint() -> Iterator[_StopFlag]:
         signal.signal(signal.SIGINT, previous)
 
 
+class _Positions:
+    """Some positions of a :class:`BatchSource`, as a source of their own (the search's selection subset)."""
+
+    def __init__(self, source: BatchSource, positions: np.ndarray) -> None:
+        self.source, self.pos = source, torch.as_tensor(np.asarray(positions, np.int64))
+
+    def __len__(self) -> int:
+        return int(self.pos.shape[0])
+
+    def batch(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.source.batch(self.pos[pos])
+
+
+def _search_order(labels: torch.Tensor, sampler: str, seed: int, batch: int, steps: int) -> torch.Tensor:
+    """Training positions for ``steps`` search batches: passes drawn like the main run's, from their own seeds."""
+    out, e = [], 0
+    while sum(len(o) for o in out) < steps * batch:
+        out.append(epoch_order(labels, sampler, torch.Generator().manual_seed(_mix(seed, 10_000 + e, 1))))
+        e += 1
+    return torch.cat(out)
+
+
 def _mix(seed: int, epoch: int, stream: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch) * 10_007 + stream) % (2 ** 63 - 1)
 
@@ -371,13 +398,19 @@ class TrainState:
     kept: Optional[Kept] = None
     floors: Optional[Floors] = None
     elapsed_s: float = 0.0
+    lr_base: float = DEFAULT_LR  # the rate the schedule starts from (--lr, or the search's choice)
+    lr_factor: float = 1.0  # x LOWER after each divergence caught
+    divergences: list[dict[str, Any]] = field(default_factory=list)
+    lr_search: Optional[dict[str, Any]] = None
 
     def to_checkpoint(self) -> dict[str, Any]:
         """Plain data and tensors only (read back with ``weights_only=True``)."""
         return {"counts_prev": list(self.counts_prev), "window": asdict(self.window), "next_epoch": self.next_epoch,
                 "pos": self.pos, "iteration": self.iteration, "accum_counts": self.accum_counts, "gens": self.gens,
                 "log": self.log, "kept": asdict(self.kept) if self.kept else None,
-                "floors": self.floors.to_dict() if self.floors else None, "elapsed_s": self.elapsed_s}
+                "floors": self.floors.to_dict() if self.floors else None, "elapsed_s": self.elapsed_s,
+                "lr_base": self.lr_base, "lr_factor": self.lr_factor, "divergences": self.divergences,
+                "lr_search": self.lr_search}
 
     @classmethod
     def from_checkpoint(cls, d: dict[str, Any]) -> "TrainState":
@@ -386,7 +419,9 @@ class TrainState:
                        next_epoch=int(d["next_epoch"]), pos=int(d["pos"]), iteration=int(d["iteration"]),
                        accum_counts=d["accum_counts"], gens=d["gens"], log=list(d["log"]),
                        kept=Kept(**d["kept"]) if d["kept"] else None,
-                       floors=Floors(**d["floors"]) if d["floors"] else None, elapsed_s=float(d["elapsed_s"]))
+                       floors=Floors(**d["floors"]) if d["floors"] else None, elapsed_s=float(d["elapsed_s"]),
+                       lr_base=float(d.get("lr_base", DEFAULT_LR)), lr_factor=float(d.get("lr_factor", 1.0)),
+                       divergences=list(d.get("divergences") or []), lr_search=d.get("lr_search"))
         except (KeyError, TypeError, ValueError) as exc:
             raise RepairError(f"--resume: the checkpoint's training state is damaged ({type(exc).__name__}: "
                               f"{exc}); start afresh with another --out") from None
@@ -415,7 +450,7 @@ class Trainer:
         n_train = len(setup.train)
         if n_train < 2 or self.nb < 1:
             raise RepairError(f"the training split has {n_train} image(s); repair needs a training set "
-                              "(lower --val-fraction or use more data)")
+                              "(use more data)")
         self.dd = TrainDist(sync_bn=getattr(config, "sync_bn", True))  # [distributed] no-ops in a plain run
         self.dd.n_batches(n_train, self.B, lambda n, b: self.nb)  # [distributed] the global batch splits
         self.val_specs = config.validation_specs()
@@ -442,22 +477,33 @@ class Trainer:
         self.guide_params = [p for p in self.guide.parameters() if p.requires_grad] if self.guide is not None else []
         if self.guide_params:  # a learnable guide trains at a tenth of the learning rate
             groups.append({"params": self.guide_params, "lr_scale": GUIDE_LR_SCALE})
-        self.opt = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        self.opt = torch.optim.SGD(groups, lr=config.lr or DEFAULT_LR, momentum=config.momentum,
+                                   weight_decay=config.weight_decay)
         self.forward = self.dd.wrap(setup.fm if setup.penalty != "off" else self.pm, self.net, self.dev)
         self.progress = progress and self.dd.is_main
         self.warnings: list[str] = []
         self.state: Optional[TrainState] = None
         self._consistent = True  # False while a batch is half done (Ctrl-C then keeps the last checkpoint)
+        self.watch = Watch()  # divergence: loss spikes and non-finite losses
+        self._good: Optional[dict[str, Any]] = None  # the last good state (weights + optimizer) and its step
+        self._halt = False  # too many divergences: training stops, the kept checkpoint stands
 
     # -- phases ----------------------------------------------------------------------------
     def run(self, resume: Optional[dict[str, Any]] = None) -> TrainResult:
         """Start (validate the input model) or resume, train every remaining pass, return the kept checkpoint."""
         t_start = time.perf_counter()
         self._check_validation()
-        self.state = self._resume(resume) if resume is not None else self._start()
+        if resume is not None:
+            self.state = self._resume(resume)
+        else:
+            record = self._search() if self.setup.search is not None and self.setup.search.grid else None
+            self.state = self._start(record)
+        self._good = {**copy_state(self.net, self.opt), "step": self.state.kept.step if self.state.kept else 0}
+        if self.state.kept is not None and self.state.iteration:  # resumed: the kept checkpoint is a good state
+            self._good["model"] = self.state.kept.model
         with deferred_sigint() as stop:
             try:
-                while self.state.next_epoch <= self.E:
+                while self.state.next_epoch <= self.E and not self._halt:
                     self._epoch(self.state.next_epoch, stop)
             except KeyboardInterrupt as exc:
                 if isinstance(exc, RepairInterrupted):
@@ -468,26 +514,26 @@ class Trainer:
 
     def _check_validation(self) -> None:
         if len(self.setup.val) == 0:
-            self.warnings.append("the validation split is empty (every class is too small to give up an image); "
+            self.warnings.append("the selection split is empty (every class is too small to give up an image); "
                                  "checkpoints are compared on the guard alone")
             log.warning("%s", self.warnings[-1])
 
-    def _start(self) -> TrainState:
+    def _start(self, record: Optional[dict[str, Any]]) -> TrainState:
         torch.manual_seed(self.config.seed)
+        base_lr = record["chosen_lr"] if record else (self.config.lr or DEFAULT_LR)
+        if record:
+            log.info("learning rate %g chosen by a %d-step search (%s)", base_lr, record["steps"], record["reason"])
         t0 = time.perf_counter()
         base = self._validate(0)
         entry0 = {"epoch": 0, "step": 0, "loss": None, "lr": None, "time_s": time.perf_counter() - t0, **base,
                   "note": "the input model, before fine-tuning", "eligible": True, "ineligible_because": []}
-        floors = Floors.of_input(entry0, self.setup.num_classes, self.config.min_clean_kept, self.setup.input_test_clean)
-        if floors.reference_source == "test":  # recorded in selection.floors; the usual case, so not a warning
-            log.info("the input model scores %s on the validation images (from the training data it was trained on) "
-                     "but %s on the held-out test images, so the clean-accuracy floor is %s", _pct(base["val_clean_acc"]),
-                     _pct(floors.reference), floors.clean_words())
-        log.info("step 0 (input model): validation clean %s, worst-case robust %s", _pct(base["val_clean_acc"]),
+        floors = Floors.of_input(entry0, self.setup.num_classes, self.config.min_clean_kept)
+        log.info("step 0 (input model): selection clean %s, worst-case robust %s", _pct(base["val_clean_acc"]),
                  _pct(base["val_robust_acc"]))
-        return TrainState(counts_prev=[int(c) for c in self.setup.train_counts], window=Window(self._lr(0)),
+        return TrainState(counts_prev=[int(c) for c in self.setup.train_counts],
+                          window=Window(lr_at(0, self.T, base_lr, self.config.schedule, self.E)),
                           log=[entry0], kept=Kept(0, 0, score(entry0), state_dict_cpu(self.net)), floors=floors,
-                          elapsed_s=float(entry0["time_s"]))
+                          elapsed_s=float(entry0["time_s"]), lr_base=float(base_lr), lr_search=record)
 
     def _resume(self, resume: dict[str, Any]) -> TrainState:
         state = TrainState.from_checkpoint(resume["state"] if "state" in resume else {})
@@ -532,6 +578,8 @@ class Trainer:
             for b in range(st.pos, n_this):
                 if self.dd.stop(stop.requested):
                     raise KeyboardInterrupt
+                if self._halt:
+                    break
                 self._consistent = False
                 k, dt = self._batch(order[b * self.B:(b + 1) * self.B], epoch, b, att_gen, aug_gen)
                 st.pos = b + 1
@@ -571,13 +619,15 @@ class Trainer:
             g["lr"] = self._lr(st.iteration) * g.get("lr_scale", 1.0)
         attack = setup.method.attack_at(cfg.train_attack_spec(), st.iteration, self.T)  # hook: the ε schedule
         loss, pen, pred = train_step(setup.fm, attack, setup.method, self.ctx, x, y, self.opt, att_gen,
-                                     self.autocast, self.forward, self.guide)
+                                     self.autocast, self.forward, self.guide, cfg.grad_clip)
         loss, pen, pred, y = self.dd.batch_outcome(loss, pen, pred, y)  # [distributed] the global batch
         loss_v = float(loss)
-        if not math.isfinite(loss_v):
-            raise RepairError(f"the training loss became {loss_v} at epoch {epoch}, batch {b + 1}; lower --lr "
-                              f"(now {cfg.lr}); the last good checkpoint is {self.ckpt_path}")
         k, w = int(y.shape[0]), st.window
+        why = self.watch.check(loss_v)
+        if why is not None:  # this step's update is thrown away with the rest since the last good state
+            self._recover(why)
+            st.iteration += 1
+            return k, time.perf_counter() - t0
         w.loss += loss_v * k
         w.penalty += float(pen) * k
         w.n += k
@@ -612,10 +662,15 @@ class Trainer:
         st.log.append(entry)
         if not why and better(entry, asdict(st.kept) if st.kept else None):
             st.kept = Kept(epoch, step, score(entry), state_dict_cpu(self.net))
+        broke = collapsed(v, st.floors.chance if st.floors else None)
+        if broke is not None:
+            self._recover(broke)
+        else:
+            self._good = {**copy_state(self.net, self.opt), "step": step}
         st.elapsed_s += entry["time_s"]
         st.window = Window(self._lr(step))
         guard = f", tail guard {_pct(v.get(GUARD_METRIC))}" if GUARD_METRIC in v else ""
-        log.info("step %d/%d (epoch %s): loss %.4f, validation clean %s worst-case robust %s%s, lr %.4g, %.1f s "
+        log.info("step %d/%d (epoch %s): loss %.4f, selection clean %s worst-case robust %s%s, lr %.4g, %.1f s "
                  "(%.0f img/s)%s", step, self.T, entry["epoch"], entry["loss"], _pct(v["val_clean_acc"]),
                  _pct(v["val_robust_acc"]), guard, entry["lr"], entry["time_s"], entry["images_per_s"],
                  f"; not eligible: {'; '.join(why)}" if why else "")
@@ -643,12 +698,11 @@ class Trainer:
         assert st is not None and st.kept is not None
         note = None
         if st.kept.step == 0:
-            tried = [e for e in st.log if e.get("step")]
-            why = sorted({r for e in tried for r in e.get("ineligible_because") or []})
-            note = ("no fine-tuned checkpoint beat the input model on validation while keeping its clean accuracy "
+            why = seen_reasons(st.log, st.floors)
+            note = ("no fine-tuned checkpoint beat the input model on the selection images while keeping its clean accuracy "
                     "and spread of predictions; the input model is returned unchanged")
             if why:
-                note += f" (seen: {'; '.join(why[:3])})"
+                note += f" (seen: {'; '.join(why)})"
             self.warnings.append(note)
             log.warning("%s", note)
         return TrainResult(best_epoch=int(st.kept.epoch), best_step=int(st.kept.step), best_state=st.kept.model,
@@ -657,12 +711,84 @@ class Trainer:
 
     # -- helpers ---------------------------------------------------------------------------
     def _lr(self, it: int) -> float:
-        return lr_at(it, self.T, self.config.lr, self.config.schedule, self.E)
+        st = self.state
+        base = st.lr_base * st.lr_factor if st is not None else (self.config.lr or DEFAULT_LR)
+        return lr_at(it, self.T, base, self.config.schedule, self.E)
 
-    def _validate(self, step: int) -> dict[str, Any]:
+    def _recover(self, why: str) -> None:
+        """A divergence: back to the last good state at a lower rate (recorded, one line), or stop after too many."""
+        st = self.state
+        assert st is not None and self._good is not None
+        lr_from = self._lr(st.iteration)
+        self.net.load_state_dict(self._good["model"])
+        self.opt.load_state_dict(self._good["optimizer"])
+        self.watch.reset()
+        st.lr_factor *= LOWER
+        event = {"step": st.iteration, "why": why, "restored_step": self._good["step"], "lr_from": lr_from,
+                 "lr_to": self._lr(st.iteration), "lr_factor": st.lr_factor}
+        event["sentence"] = lower_sentence(st.iteration, why, self._good["step"], lr_from, event["lr_to"])
+        if len(st.divergences) >= MAX_RECOVERIES:
+            self._halt = True
+            event["sentence"] += f"; {MAX_RECOVERIES} recoveries already: training stops here"
+        st.divergences.append(event)
+        self.warnings.append(event["sentence"])
+        log.warning("%s", event["sentence"])
+
+    def _search(self) -> dict[str, Any]:
+        """The learning-rate search (adapt.run_search) on a subset of the selection images."""
+        plan, setup = self.setup.search, self.setup
+        assert plan is not None
+        sub = _Positions(setup.val, selection_subset(setup.val.y.numpy()))
+        entry0 = self._validate(0, source=sub)
+        floors = Floors.of_input(entry0, setup.num_classes, self.config.min_clean_kept)
+        order = _search_order(setup.train.y, setup.sampler, self.config.seed, self.B, 3 * plan.round1_steps)
+        start = copy_state(self.net, self.opt)
+
+        def restore(state: dict[str, Any]) -> None:
+            self.net.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+
+        def score() -> dict[str, Any]:
+            v = self._validate(0, source=sub)
+            return {k: v.get(k) for k in ("val_clean_acc", "val_robust_acc")} | {
+                "eligible": not ineligible_because(v, floors)}
+
+        def train(lr: float, steps: int, state: Optional[dict[str, Any]]) -> tuple[dict[str, Any], Optional[str]]:
+            restore(state or start)
+            done = int((state or {}).get("done", 0))
+            gen = torch.Generator(device=self.dev).manual_seed(_mix(self.config.seed, done, 12))
+            watch = Watch()
+            for i in range(done, done + steps):
+                why = watch.check(self._trial_step(order[i * self.B:(i + 1) * self.B], lr, i, gen))
+                if why is not None:
+                    return {**copy_state(self.net, self.opt), "done": i + 1}, why
+            return {**copy_state(self.net, self.opt), "done": done + steps}, None
+
+        record = run_search(plan, train, score, restore, lambda: start)
+        record["input"] = {k: entry0.get(k) for k in ("val_clean_acc", "val_robust_acc")}
+        record["n_images"] = len(sub)
+        return record
+
+    def _trial_step(self, positions: torch.Tensor, lr: float, it: int, gen: torch.Generator) -> float:
+        """One search step at a constant rate ``lr``; returns its loss."""
+        setup, cfg = self.setup, self.config
+        x, y = setup.train.batch(self.dd.local(positions))
+        x = adapt_images(x.to(self.dev).float(), setup.input_size)
+        y = y.to(self.dev)
+        for g in self.opt.param_groups:
+            g["lr"] = lr * g.get("lr_scale", 1.0)
+        attack = setup.method.attack_at(cfg.train_attack_spec(), it, self.T)
+        loss, _, _ = train_step(setup.fm, attack, setup.method, self.ctx, x, y, self.opt, gen, self.autocast,
+                                self.forward, self.guide, cfg.grad_clip)
+        return float(self.dd.batch_outcome(loss, loss, y, y)[0])
+
+    def _validate(self, step: int, source: Optional[Any] = None) -> dict[str, Any]:
         setup, dd, C = self.setup, self.dd, self.setup.num_classes
         dd.sync_buffers(self.pm)  # [distributed] rank 0's BatchNorm statistics everywhere, rank 0's figures everywhere
         amp = "bf16" if self.autocast is not None else "off"
+        if source is not None:  # the search's subset: no guard
+            return dd.same(evaluate(self.pm, source, self.val_specs, device=self.dev, input_size=setup.input_size,
+                                    num_classes=C, seed=_mix(self.config.seed, step, 13), amp=amp))
         v = evaluate(self.pm, setup.val, self.val_specs, device=self.dev, input_size=setup.input_size,
                      num_classes=C, seed=_mix(self.config.seed, step, 4), amp=amp)
         if setup.guard is not None and len(setup.guard):
@@ -724,11 +850,14 @@ def training_log(state: Optional[TrainState], setup: TrainSetup, config: RepairC
         "tail_penalty": setup.penalty,
         "feature_source": setup.feature_source,
         "sampler": setup.sampler, "sampler_rule": setup.sampler_rule,
-        "lr": config.lr, "schedule": config.schedule, "batch_size": config.batch_size,
+        "lr": state.lr_base if state is not None else config.lr, "lr_given": config.lr,
+        "lr_search": state.lr_search if state is not None else None,
+        "divergences": list(state.divergences) if state is not None else [],
+        "schedule": config.schedule, "batch_size": config.batch_size,
         "budget": setup.budget.to_dict(),
         "selection": selection_dict(state, setup, note),
         "metrics_note": ("one entry per evaluation (step 0 = the input model); val_*_acc are means over the classes "
-                         "with validation images, robust = clean-correct and unbroken by every attack of the "
+                         "with selection images (the selection split: unseen by the input model), robust = clean-correct and unbroken by every attack of the "
                          "cascade; *_overall are plain means; guard_* are on the training images of the classes "
                          "missing from validation; eligible/ineligible_because: whether the checkpoint may replace "
                          "the input model"),

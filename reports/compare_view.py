@@ -107,7 +107,8 @@ def _charts(before: AuditResults, after: AuditResults, deltas: list[dict[str, An
     sel = deltas_by_count(sorted(deltas, key=lambda d: (d["d_robust"], -(d["train_count"] or 0)))[:TOP] if large
                           else deltas)
     rows_sel = [after.per_class[d["index"]] for d in sel]
-    out["delta"] = charts.class_bars(
+    unchanged = all(abs(d["d_robust"]) < 1e-12 and abs(d["d_clean"]) < 1e-12 for d in deltas)
+    out["delta"] = None if unchanged else charts.class_bars(
         "c-delta", [d["name"] for d in sel], [d["group"] for d in sel], strip_counts(after, rows_sel),
         [("change in robust accuracy (worst case)", [d["d_robust"] * 100 for d in sel], charts.ROBUST),
          ("change in clean accuracy", [d["d_clean"] * 100 for d in sel], charts.CLEAN)],
@@ -118,7 +119,7 @@ def _charts(before: AuditResults, after: AuditResults, deltas: list[dict[str, An
         "c-group-delta", labels,
         [("robust", [g["d_robust_raw"] * 100 for g in groups], charts.ROBUST),
          ("clean", [g["d_clean_raw"] * 100 for g in groups], charts.CLEAN)],
-        label="Change per group", percent=False, title="change per group (points)") if groups else None
+        label="Change per group", percent=False, title="change per group (points)") if groups and not unchanged else None
     shown = by_count(weakest(after, TOP)) if large else by_count(after.per_class)
     out["per_class"] = charts.class_bars(
         "c-per-class", [r.name for r in shown], [r.group for r in shown], strip_counts(after, shown),
@@ -193,7 +194,10 @@ def merged_warnings(before: AuditResults, after: AuditResults) -> list[str]:
             + [f"after: {w}" for w in wa if w not in wb])
 
 
-OUTCOME_CSS = {"improved": "good", "partly-improved": "fair", "not-improved": "bad", "input-kept": "bad"}
+OUTCOME_CSS = {"improved": "good", "partly-improved": "fair", "no-change": "bad", "not-improved": "bad",
+               "input-kept": "bad"}
+OUTCOME_LABELS = {"improved": "Improved", "partly-improved": "Partly improved", "no-change": "No measurable change",
+                  "not-improved": "Not improved", "input-kept": "Not improved (input kept)"}
 REPAIR_ADVICE = "Repair it with adversarial fine-tuning"  # an after-audit's advice that makes no sense after a repair
 
 
@@ -206,10 +210,24 @@ def repair_outcome(repair: Mapping[str, Any] | None) -> dict[str, Any] | None:
     o = (repair or {}).get("outcome")
     if not isinstance(o, Mapping) or o.get("code") not in OUTCOME_CSS or not isinstance(o.get("headline"), str):
         return None
-    label = {"improved": "Improved", "partly-improved": "Partly improved", "not-improved": "Not improved",
-             "input-kept": "Not improved (input kept)"}[o["code"]]
-    return {"code": o["code"], "label": label, "css": OUTCOME_CSS[o["code"]], "headline": o["headline"],
+    sig = o.get("significance")  # repairs before the paired tests have none: the headline stands alone
+    return {"code": o["code"], "label": OUTCOME_LABELS[o["code"]], "css": OUTCOME_CSS[o["code"]],
+            "headline": o["headline"], "significance": sig if isinstance(sig, str) else None,
             "reasons": _strings(o.get("reasons")), "actions": _strings(o.get("actions"))}
+
+
+def overstated_warning(after: AuditResults) -> list[dict[str, Any]]:
+    """Page 1's box when the after-audit's calibration pass broke points the cascade left robust."""
+    cal = after.summary.calibration
+    missed = cal.cascade_missed if cal is not None else None
+    text = next((str(w) for w in after.warnings or [] if "robust accuracy is overstated" in str(w)), None)
+    if not missed and text is None:
+        return []
+    n = f"{missed} test image{'s' if missed != 1 else ''}" if missed else "some test images"
+    return [{"title": "The after figures may overstate robustness",
+             "text": f"A separate check (the calibration pass) broke {n} that every attack of the audit left "
+                     "correct, so the repaired model's robust accuracy is somewhat lower than reported; confirm it "
+                     "with the stronger attack suite (--suite standard) before relying on it."}]
 
 
 def _after_actions(verdict: Mapping[str, Any]) -> list[str]:
@@ -234,6 +252,7 @@ def compare_context(before: AuditResults, before_dir: Path, after: AuditResults,
     if training and training["missing"]:
         critical.append({"title": "Some rare classes could not be checked separately", "text": training["plain_missing"]})
     outcome = repair_outcome(repair)
+    critical += overstated_warning(after)
     va = {**va, "actions": _after_actions(va)}
     return {
         "kind": "compare",

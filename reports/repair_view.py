@@ -50,10 +50,13 @@ def _eps(v: Any) -> str:
 def _budget(budget: Mapping[str, Any] | None, cfg: Mapping[str, Any], done: int) -> str | None:
     if budget:
         total, epochs, per = budget.get("steps_total"), budget.get("epochs"), budget.get("steps_per_epoch")
-        text = f"{count(total)} optimiser steps" if total is not None else ""
-        inner = []
-        if epochs is not None:
-            inner.append(f"{_num(epochs):g} epochs" if _num(epochs) is not None else f"{epochs} epochs")
+        search = budget.get("search_steps") if isinstance(budget.get("search_steps"), int) else 0
+        text = f"{count(total + search)} optimiser steps" if total is not None else ""
+        inner = [f"{count(search)} choosing the learning rate, {count(total)} training"] if search and total else []
+        exact = _num(budget.get("epochs_exact"))  # 1.36 passes, not the 2 passes started
+        if exact is not None or epochs is not None:
+            e = exact if exact is not None else _num(epochs)
+            inner.append(f"{e:g} epoch{'' if e == 1 else 's'}" if e is not None else f"{epochs} epochs")
         if per is not None:
             inner.append(f"{count(per)} steps per epoch")
         if inner:
@@ -63,6 +66,27 @@ def _budget(budget: Mapping[str, Any] | None, cfg: Mapping[str, Any], done: int)
         return text + (f", {source}" if source else "") if text else None
     epochs = cfg.get("epochs") or done or None
     return f"{epochs} epochs" if epochs else None
+
+
+def _done_sentence(method: Any, budget: str | None, lr: float | None, sel: Mapping[str, Any], chosen: Any,
+                   raw: Any) -> str:
+    """'Repaired with reat for 300 optimiser steps (100 epochs) at learning rate 0.05; the checkpoint after
+    step 84 of 88 was kept' — the selection rule itself is on the training page, not repeated here."""
+    parts = [f"Repaired with {method}" if method else "Repaired"]
+    if budget:
+        parts.append(f"for {budget.split(', chosen')[0].split(', set on')[0]}")
+    if lr is not None:
+        parts.append(f"at learning rate {lr:g}")
+    sentence = " ".join(parts)
+    step = sel.get("chosen_step")
+    total = (raw or {}).get("steps_total") if isinstance(raw, Mapping) else None
+    if sel.get("input_kept") or step == 0:
+        sentence += "; no fine-tuned checkpoint qualified, so the input model was kept unchanged"
+    elif isinstance(step, int) and isinstance(total, int):
+        sentence += f"; the checkpoint after step {count(step)} of {count(total)} was kept"
+    elif chosen is not None:
+        sentence += f"; epoch {chosen} was kept"
+    return sentence
 
 
 def _options(cfg: Mapping[str, Any]) -> str | None:
@@ -103,10 +127,27 @@ def repair_view(log: Mapping[str, Any] | None, repair: Mapping[str, Any] | None,
     if not missing and val_counts and len(val_counts) == len(classes):
         missing = [classes[i] for i, c in enumerate(val_counts) if not c]
     fallback = validation.get("fallback")
+    source = validation.get("source")  # None: a repair that selected on held-out training images (older)
+    split = repair.get("split") if isinstance(repair.get("split"), Mapping) else {}
+    n_audit = split.get("n_audit")
+    set_name = "selection" if source else "validation"
+    selection_note = {
+        "evaluation": "Selection images used to choose the checkpoint: carved from the evaluation data, so the input "
+                      "model never trained on them" + (f"; the audits report the other {count(n_audit)} points"
+                                                       if n_audit is not None else "") + ".",
+        "val-root": f"Selection images used to choose the checkpoint: your validation folder "
+                    f"{split.get('selection_root') or ''} (not the training or evaluation images).",
+    }.get(str(source), "Validation split used to choose the epoch (held out of the training set, never the test set).")
 
-    lr = _num(cfg.get("lr"))
+    lr = _num(repair.get("lr")) if _num(repair.get("lr")) is not None else _num(log.get("lr"))
+    if lr is None:
+        lr = _num(cfg.get("lr"))
     if lr is None and epochs:
         lr = _num(epochs[0].get("lr"))
+    search = repair.get("lr_search") or log.get("lr_search")
+    searched = (f", chosen by a {count(search.get('steps'))}-step search over "
+                f"{', '.join(f'{_num(g):g}' for g in search.get('grid') or [] if _num(g) is not None)}"
+                if isinstance(search, Mapping) and search.get("steps") else "")
     fine_tune = _num((repair.get("timings") or {}).get("fine_tune_s"))
     if fine_tune is None and epochs:
         fine_tune = sum(_num(e.get("time_s")) or 0.0 for e in epochs)
@@ -127,12 +168,13 @@ def repair_view(log: Mapping[str, Any] | None, repair: Mapping[str, Any] | None,
          if method else None),
         ("tail penalty", penalty),
         ("budget", budget),
-        ("learning rate", (f"{lr:g}" + (f", {cfg['schedule']} schedule" if cfg.get("schedule") else ""))
+        ("learning rate", (f"{lr:g}" + searched + (f", {cfg['schedule']} schedule" if cfg.get("schedule") else ""))
          if lr is not None else None),
         ("batch size", cfg.get("batch_size")),
         ("training attack", attack),
         ("long-tail options", _options(cfg)),
-        ("training / validation images", f"{count(n_train)} / {count(n_val)}" if n_train is not None else None),
+        (f"training / {set_name} images", f"{count(n_train)} / {count(n_val)}" if n_train is not None else None),
+        ("audited points", count(n_audit) if n_audit is not None else None),
         ("chosen epoch", chosen),
         ("selection rule", rule),
         ("selection metric", sel.get("metric")),
@@ -145,7 +187,7 @@ def repair_view(log: Mapping[str, Any] | None, repair: Mapping[str, Any] | None,
     if missing:
         listed = ", ".join(quote(m) for m in missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
         noun = "class has" if len(missing) == 1 else "classes have"
-        warnings.append(f"{len(missing)} {noun} no images in the validation split ({listed}): the epoch was chosen "
+        warnings.append(f"{len(missing)} {noun} no images in the {set_name} split ({listed}): the epoch was chosen "
                         "without checking " + ("it" if len(missing) == 1 else "them")
                         + (f"; fallback used: {fallback}" if fallback else "") + ".")
     warnings += [str(w) for w in log.get("warnings") or repair.get("warnings") or []]
@@ -156,28 +198,24 @@ def repair_view(log: Mapping[str, Any] | None, repair: Mapping[str, Any] | None,
                         "train": count(train_counts[i]) if train_counts and len(train_counts) == len(classes) else "–",
                         "missing": not c} for i, c in enumerate(val_counts)]
 
-    parts = [f"Repaired with {method}" if method else "Repaired"]
-    if budget:
-        parts.append(f"for {budget.split(',')[0]}")
-    if lr is not None:
-        parts.append(f"at learning rate {lr:g}")
-    sentence = " ".join(parts)
-    if sel.get("input_kept") or sel.get("chosen_step") == 0:
-        sentence += "; no fine-tuned checkpoint qualified, so the input model was kept unchanged"
-    elif chosen is not None:
-        sentence += f"; epoch {chosen} was kept" + (f" ({rule[0].lower() + rule[1:].rstrip('.')})" if rule else "")
+    sentence = _done_sentence(method, budget, lr, sel, chosen, repair.get("budget") or log.get("budget"))
+    div = [d for d in log.get("divergences") or repair.get("divergences") or [] if isinstance(d, Mapping)]
+    if div and _num(div[-1].get("lr_to")) is not None:
+        sentence += (f"; training diverged {len(div)} time{'s' if len(div) > 1 else ''} and went on from the last "
+                     f"good state at a lower rate (last {_num(div[-1]['lr_to']):.3g})")
     if fine_tune is not None:
         sentence += f"; fine-tuning took {seconds(fine_tune)}" + (f" on {device}" if device else "")
     plain_missing = None
     if missing:
         names = ", ".join(quote(m) for m in missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-        plain_missing = (f"{names} had too few training images to set any aside for checking the repaired model. "
+        spare = "evaluation images" if source else "training images"
+        plain_missing = (f"{names} had too few {spare} to set any aside for checking the repaired model. "
                          "For " + ("it" if len(missing) == 1 else "them") + ", the tool checked instead that the "
                          "repair did not make their own training images easier to attack than before; read their "
                          "figures below with that in mind.")
     return {"rows": rows, "sentence": sentence + ".", "warnings": warnings, "missing": missing,
-            "plain_missing": plain_missing,
+            "plain_missing": plain_missing, "selection_note": selection_note, "set_name": set_name,
             "composition": composition if len(composition) <= 40 else [],
-            "composition_note": (f"{len(composition)} classes: validation images per class from "
+            "composition_note": (f"{len(composition)} classes: {set_name} images per class from "
                                  f"{min(val_counts)} to {max(val_counts)}") if len(composition) > 40 else None,
             "epochs": list(log.get("epochs") or [])}

@@ -281,7 +281,8 @@ def test_ddp_epoch_leaves_identical_weights_on_both_ranks(ddp_repair):
     assert sum(sum(e["adv_pred_counts"]) for e in log["epochs"][1:]) == log["n_train"]
     for side in ("before", "after"):
         res = json.loads((ddp_repair / side / "results.json").read_text())
-        assert res["environment"]["world_size"] == 2 and res["dataset"]["n_eval"] == 50
+        # 50 evaluation points, 10 carved off for checkpoint selection: both audits report the other 40
+        assert res["environment"]["world_size"] == 2 and res["dataset"]["n_eval"] == 40
     assert json.loads((ddp_repair / "repair.json").read_text())["environment"]["world_size"] == 2
 
 

@@ -32,7 +32,8 @@ from reat_finetune.budget import AUTO_FLOOR_STEPS, eval_points, resolve_budget
 from reat_finetune.losses import KLAttack
 from reat_finetune.methods import LossContext, get_method
 from reat_finetune.selection import Floors, better, ineligible_because, plan
-from reat_finetune.train import CB_MIN_CLASS, epoch_order, lr_at, perturb, resolve_sampler, split_train_val
+from reat_finetune.train import CB_MIN_CLASS, epoch_order, lr_at, perturb, resolve_sampler
+from reat_finetune.selection import carve_selection
 from support import DEMO, ROOT
 
 
@@ -305,19 +306,23 @@ def test_attack_forwards_leave_batchnorm_statistics_alone():
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
 
 
-def test_validation_split_is_stratified_seeded_disjoint():
+def test_selection_split_is_stratified_seeded_disjoint():
+    """Carved from the evaluation points: a share of each class, one point at least left to the audit."""
     labels = np.repeat(np.arange(7), [50, 20, 10, 9, 3, 2, 1])
-    tr, va = split_train_val(labels, 0.1, 0)
-    # every class that keeps two training images gives at least one; 2- and 1-image classes give none
-    assert np.bincount(labels[va], minlength=7).tolist() == [5, 2, 1, 1, 1, 0, 0]
-    assert len(np.intersect1d(tr, va)) == 0 and len(tr) + len(va) == len(labels)
-    tr2, va2 = split_train_val(labels, 0.1, 0)
-    assert np.array_equal(va, va2) and not np.array_equal(va, split_train_val(labels, 0.1, 1)[1])
-    vp = plan(labels, va, [f"c{i}" for i in range(7)])
-    assert vp.missing == [5, 6] and vp.fallback and "guard" in vp.rule()
+    every = np.arange(len(labels))
+    audit, sel = carve_selection(labels, every, 0.2, 0)
+    assert np.bincount(labels[sel], minlength=7).tolist() == [10, 4, 2, 1, 1, 1, 0]  # the 1-point class gives none
+    assert len(np.intersect1d(audit, sel)) == 0 and len(audit) + len(sel) == len(labels)
+    assert np.array_equal(sel, carve_selection(labels, every, 0.2, 0)[1])
+    assert not np.array_equal(sel, carve_selection(labels, every, 0.2, 1)[1])
+    sub = every[::2]  # an --n-per-class subset: carved from it, never from points outside it
+    a2, s2 = carve_selection(labels, sub, 0.2, 0)
+    assert set(a2) | set(s2) == set(sub) and not set(a2) & set(s2)
+    vp = plan(labels, sel, [f"c{i}" for i in range(7)])
+    assert vp.missing == [6] and vp.fallback and "guard" in vp.rule() and "not trained on" in vp.rule()
     d = vp.to_dict(chosen_epoch=3, chosen_step=30)
-    assert d["validation"] == {"per_class_counts": [5, 2, 1, 1, 1, 0, 0], "missing_classes": ["c5", "c6"],
-                               "missing_class_indices": [5, 6], "fallback": vp.fallback}
+    assert d["validation"] == {"source": "evaluation", "per_class_counts": [10, 4, 2, 1, 1, 1, 0],
+                               "missing_classes": ["c6"], "missing_class_indices": [6], "fallback": vp.fallback}
     assert plan(labels[:50], np.arange(5), ["a"] * 7).fallback is not None  # classes absent entirely are missing too
 
 
@@ -346,15 +351,10 @@ def test_selection_rule_floors_guard_and_ties():
     floors = Floors.of_input(e(0.2, 0.3, clean=0.9), num_classes=10, min_clean_kept=0.8)
     assert floors.clean == pytest.approx(0.72) and floors.guard == 0.3 and floors.chance == pytest.approx(0.19)
     assert not ineligible_because(e(0.5, 0.3, clean=0.72), floors)
-    assert "below the floor 72.0% (80% of the input model's 90.0% on validation)" in \
+    assert "below the floor 72.0% (80% of the input model's 90.0% on the selection images)" in \
         ineligible_because(e(0.5, 0.3, clean=0.71), floors)[0]  # the collapse of issue 15
-    # an input that memorised its validation images (93.6% there, 59.1% on the test images): the floor is a
-    # share of the honest figure, or adversarial fine-tuning could never be kept (the CIFAR-10-LT GPU run)
-    memo = Floors.of_input(e(0.0, clean=0.936), num_classes=10, min_clean_kept=0.8, test_clean=0.591)
-    assert (memo.reference, memo.reference_source) == (0.591, "test") and memo.clean == pytest.approx(0.4728)
-    assert not ineligible_because(e(0.2, clean=0.55), memo)
-    assert "on the held-out test images" in ineligible_because(e(0.2, clean=0.47), memo)[0]
-    assert Floors.of_input(e(0.0, clean=0.5), 10, 0.8, test_clean=0.6).reference_source == "validation"
+    # the selection images are unseen by the input model: the floor is a share of its figure there, no test figure
+    assert (floors.reference, floors.reference_source) == (0.9, "selection")
     assert "training images" in ineligible_because(e(0.9, 0.2), floors)[0]  # the tail guard
     assert "collapse" in ineligible_because(e(0.9, 0.3, val_collapse="60% of all clean predictions"), floors)[0]
     low = Floors.of_input(e(0.0, clean=0.15), num_classes=10, min_clean_kept=0.8)
@@ -418,6 +418,10 @@ def test_repair_on_digits_raises_tail_robustness(tmp_path):
     assert ga["tail"] - gb["tail"] >= 0.05, (gb, ga)
     assert ga["head"] - ga["tail"] < gb["head"] - gb["tail"], (gb, ga)
     assert after.worst_case.overall > before.worst_case.overall
+    # the outcome is a test: the demo's gain is significant on the paired test points (issue 27 item 4)
+    tests = run.outcome["tests"]
+    assert run.improved and tests["worst_case"]["significant"] and tests["worst_case"]["p_value"] < 0.001
+    assert "McNemar" in run.outcome["significance"]
     # same threat model, attacks and evaluation points before and after
     assert (before.threat_model, before.attacks, before.mode) == (after.threat_model, after.attacks, after.mode)
     assert before.dataset.eval_indices_sha256 == after.dataset.eval_indices_sha256
@@ -433,34 +437,35 @@ def test_repair_on_digits_raises_tail_robustness(tmp_path):
         assert (out / name).is_file(), name
     log = json.loads((out / "training_log.json").read_text())
     summary = json.loads((out / "repair.json").read_text())
-    # the automatic budget: 275 training images at batch 128 = 3 steps an epoch, floor 300 steps, 10 evaluations
-    want_budget = {"steps_total": 300, "steps_per_epoch": 3, "epochs": 100, "source": "auto"}
+    # the automatic budget: all 304 training images at batch 128 = 3 steps an epoch, floor 300 steps, 10 evaluations
+    # 40 of the 300 steps go to the learning-rate search (successive halving, 5 + 10 steps), 260 to the main run
+    want_budget = {"steps_total": 260, "search_steps": 40, "steps_per_epoch": 3, "epochs": 87, "source": "auto"}
     for d in (log["budget"], summary["budget"]):
         assert {k: d[k] for k in want_budget} == want_budget
-    assert [e["step"] for e in log["epochs"]] == list(range(0, 301, 30))
-    assert [e["epoch"] for e in log["epochs"]] == list(range(0, 101, 10))
-    # tail-aware selection: digit 7 (3 images) gives one to validation, 8 and 9 (2 and 1) are guarded
+    assert [e["step"] for e in log["epochs"]] == [0] + log["budget"]["eval_steps"] and len(log["epochs"]) == 11
+    assert all(e["epoch"] == pytest.approx(e["step"] / 3, abs=0.01) for e in log["epochs"])
+    assert log["lr_search"]["steps"] == 40 and log["lr"] == log["lr_search"]["chosen_lr"] == summary["lr"]
+    # selection on unseen images: 10 of each class's 50 evaluation points, the audits report the other 400
     for d in (log["selection"], summary["selection"]):
         v = d["validation"]
-        assert v["per_class_counts"][7] == 1 and v["missing_classes"] == ["8", "9"] and v["fallback"]
+        assert v["per_class_counts"] == [10] * 10 and v["missing_classes"] == [] and v["source"] == "evaluation"
         assert d["metric"] == "val_robust_acc" and d["rule"].endswith(".") and d["chosen_epoch"] == run.best_epoch
+    assert summary["split"]["n_val"] == 100 and summary["split"]["n_audit"] == 400 == len(before.per_class) * 40
     assert log["n_val"] == sum(log["selection"]["validation"]["per_class_counts"])
-    # the input scores 100% on validation images it was trained on: the clean floor is a share of its test figure
+    # the floor is a share of the input's clean accuracy on the same unseen images (no test-figure floor)
     floors, val0 = log["selection"]["floors"], log["epochs"][0]["val_clean_acc"]
-    test_clean = json.loads((out / "before" / "results.json").read_text())["summary"]["clean"]["mean"]
-    assert val0 > test_clean and floors["reference_source"] == "test" and floors["reference"] == test_clean
-    assert floors["clean"] == pytest.approx(0.8 * test_clean)
+    assert floors["reference_source"] == "selection" and floors["reference"] == val0
+    assert floors["clean"] == pytest.approx(0.8 * val0)
     assert log["feature_source"] == "final-linear-input" and log["tail_penalty"] == "pairwise"
     for e in log["epochs"][1:]:
-        assert {"loss", "val_clean_acc", "val_robust_acc", "guard_robust_acc", "adv_pred_counts", "lr", "time_s",
+        assert {"loss", "val_clean_acc", "val_robust_acc", "adv_pred_counts", "lr", "time_s",
                 "rbl_weights", "eligible"} <= set(e)
         assert sum(e["rbl_weights"]) == pytest.approx(10, rel=1e-5)
-    assert log["n_train"] == 275 and sum(sum(e["adv_pred_counts"]) for e in log["epochs"][1:]) == 100 * 275
-    floor = log["epochs"][0]["guard_robust_acc"]
-    ok = [e for e in log["epochs"][1:] if e["guard_robust_acc"] >= floor]
+    assert log["n_train"] == 304 and sum(sum(e["adv_pred_counts"]) for e in log["epochs"][1:]) == 86 * 304 + 2 * 128
+    ok = [e for e in log["epochs"][1:] if e["eligible"]]
     best = max(ok, key=lambda e: (e["val_robust_acc"], e["step"]))
-    assert (best["step"], best["epoch"]) == (run.summary["best_step"], run.best_epoch)  # validation, never test
-    assert summary["lr"] == 0.05 and summary["epochs"] == 100 and "fine_tune_s" in summary["timings"]
+    assert (best["step"], best["epoch"]) == (run.summary["best_step"], run.best_epoch)  # selection, never the audit
+    assert summary["epochs"] == 87 and "fine_tune_s" in summary["timings"]
     assert summary["sampler"] == log["sampler"] == "shuffle" and "auto" in summary["sampler_rule"]  # 1-image classes
     assert not list(out.glob(".*.tmp*"))
 

@@ -189,19 +189,66 @@ def test_mislas_trains_the_head_only(tmp_path):
     assert abs(weights(DEMO, "Gemm")[0] - weights(run.model_path, "Gemm")[0]).max() > 1e-4
 
 
-@pytest.mark.parametrize("after,kept,meaningful,code", [
-    ((0.85, 0.78, 0.50), False, True, "improved"),
-    ((0.85, 0.78, 0.28), False, True, "partly-improved"),  # the rare classes did not gain
-    ((0.60, 0.78, 0.50), False, True, "partly-improved"),  # 74% of the clean accuracy kept
-    ((0.80, 0.69, 0.28), False, True, "not-improved"),
-    ((0.10, 0.10, 0.10), False, False, "not-improved"),  # a collapsed model is never celebrated
-    ((0.81, 0.69, 0.28), True, True, "input-kept"),
+def _paired(n, before, gained, lost):
+    """Before/after bool masks over ``n`` points: ``before`` hits, then ``gained`` new ones and ``lost`` old ones."""
+    import numpy as np
+
+    b = np.zeros(n, bool)
+    b[:before] = True
+    a = b.copy()
+    a[before:before + gained] = True
+    a[:lost] = False
+    return b, a
+
+
+def _tests(wc, tail, clean, n=200):
+    """significance.paired_tests-shaped dict from (before, gained, lost) triples (tail on n // 4 points)."""
+    from reat_finetune.significance import mcnemar
+
+    return {"test": "mcnemar", "alpha": 0.05, "n_points": n,
+            "worst_case": mcnemar(*_paired(n, *wc)).to_dict(), "clean": mcnemar(*_paired(n, *clean)).to_dict(),
+            "tail": mcnemar(*_paired(n // 4, *tail)).to_dict() if tail else None}
+
+
+@pytest.mark.parametrize("after,kept,meaningful,tests,code", [
+    ((0.85, 0.78, 0.50), False, True, ((138, 20, 2), (14, 12, 0), (162, 10, 4)), "improved"),
+    ((0.85, 0.78, 0.28), False, True, ((138, 20, 2), (14, 0, 0), (162, 10, 4)), "improved"),  # tail unchanged
+    ((0.85, 0.78, 0.20), False, True, ((138, 20, 2), (14, 0, 12), (162, 10, 4)), "partly-improved"),  # tail fell
+    ((0.60, 0.78, 0.50), False, True, ((138, 20, 2), (14, 12, 0), (162, 0, 42)), "partly-improved"),  # 74% kept
+    # issue 27/28: +10 of 200 images with overlapping intervals is not a gain, whatever the point estimate
+    ((0.80, 0.74, 0.35), False, True, ((138, 16, 6), (14, 3, 1), (162, 4, 6)), "no-change"),
+    ((0.80, 0.60, 0.28), False, True, ((138, 2, 20), (14, 0, 0), (162, 4, 6)), "not-improved"),  # significant loss
+    ((0.10, 0.10, 0.10), False, False, ((138, 20, 2), (14, 12, 0), (162, 10, 4)), "not-improved"),  # collapsed
+    ((0.81, 0.69, 0.28), True, True, ((138, 0, 0), (14, 0, 0), (162, 0, 0)), "input-kept"),
 ])
-def test_repair_outcome_codes(after, kept, meaningful, code):
+def test_repair_outcome_codes(after, kept, meaningful, tests, code):
+    """Only significant changes count (McNemar's exact test on the paired points); the headline says so."""
     from reat_finetune.outcome import decide
 
     head = lambda c, r, t: {"clean": c, "robust_worst_case": r, "robust_groups": {"tail": t}}  # noqa: E731
-    o = decide(head(0.81, 0.69, 0.28), head(*after), input_kept=kept, after_meaningful=meaningful, min_clean_kept=0.8)
+    o = decide(head(0.81, 0.69, 0.28), head(*after), input_kept=kept, after_meaningful=meaningful, min_clean_kept=0.8,
+               tests=_tests(*tests))
     assert o.code == code
     assert o.headline.startswith("Repair did not help" if kept else o.label)
     assert ("Repair" not in " ".join(o.actions)) and o.actions
+    assert "McNemar" in o.significance and o.tests["worst_case"]["n"] == 200
+    if code == "no-change":
+        assert o.tests["worst_case"]["gained"] - o.tests["worst_case"]["lost"] == 10
+        assert not o.tests["worst_case"]["significant"] and "chance" in o.significance
+        assert "Use " not in " ".join(o.actions)
+
+
+def test_repair_outcome_names_a_large_clean_loss_and_untested_changes():
+    """A clean loss above 5 points is in the headline with the classes that lost most; no tests: no gain claimed."""
+    from reat_finetune.outcome import decide
+
+    head = lambda c, r, t: {"clean": c, "robust_worst_case": r, "robust_groups": {"tail": t}}  # noqa: E731
+    o = decide(head(0.81, 0.60, 0.28), head(0.705, 0.70, 0.40), input_kept=False, after_meaningful=True,
+               min_clean_kept=0.8, tests=_tests((120, 25, 5), (14, 10, 0), (162, 5, 26)),
+               class_clean_changes=[("cat", -0.35), ("dog", -0.2), ("ship", 0.05)])
+    assert o.code == "improved"  # 87% of the clean accuracy kept: above the floor
+    assert "clean accuracy fell 10.5 points" in o.headline and "“cat” (-35 points)" in o.headline
+    assert "“ship”" not in o.headline
+    untested = decide(head(0.81, 0.60, 0.28), head(0.85, 0.70, 0.40), input_kept=False, after_meaningful=True,
+                      min_clean_kept=0.8, tests=None)
+    assert untested.code == "no-change" and "not tested" in untested.significance
