@@ -64,6 +64,9 @@ class AuditConfig:
     force: bool = False  # --force: run the attacks even when the clean check says the model cannot be graded
     weights: Optional[str] = None  # timm:ARCH without --checkpoint: "pretrained" (the hub's) or "random"
     calibration_steps: int = 20  # PGD steps of the attacked-confidence pass (audit/calibration.py); 0: clean only
+    corruptions: Sequence[str] = ()  # --corruptions: names of the corruption audit (audit/corruptions/); () = off
+    severities: Sequence[int] = (1, 2, 3, 4, 5)  # --severity: corruption severities scored
+    corruption_root: Optional[str] = None  # --corruption-root: released CIFAR-10-C/-100-C .npy or ImageNet-C folders
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -109,6 +112,21 @@ class AuditConfig:
             parse_fail_under(self.fail_under)
         if self.eps_curve:
             parse_eps_list(",".join(self.eps_curve))
+        self._validate_corruptions()
+
+    def _validate_corruptions(self) -> None:
+        """--corruptions/--severity/--corruption-root: known names, severities 1..5, the root only with names."""
+        from .corruptions import parse_corruptions, parse_severities
+
+        names = self.corruptions
+        self.corruptions = parse_corruptions(names if isinstance(names, str) else list(names)) if names else ()
+        sev = self.severities
+        self.severities = parse_severities(sev if isinstance(sev, (str, int)) else list(sev))
+        if self.corruption_root and not self.corruptions:
+            raise ConfigError("--corruption-root needs --corruptions (common, all or names) to say which files to read")
+        if self.corruptions and self.eps_curve:
+            raise ConfigError("--corruptions and a robustness curve (several --eps) do not combine yet; audit the "
+                              "corruptions with one --eps")
 
     def default_step_size(self) -> float:
         """alpha: 2/255 for the CIFAR default 8/255 at 20 steps; otherwise eps/4 (L-inf) or eps/4 (L2)."""
@@ -210,6 +228,8 @@ class AuditConfig:
         d["attacks"] = list(self.attacks) if self.attacks is not None else None
         d["temperatures"] = list(self.temperatures) if self.temperatures is not None else None
         d["eps_curve"] = list(self.eps_curve)
+        d["corruptions"] = list(self.corruptions)
+        d["severities"] = list(self.severities)
         return d
 
 

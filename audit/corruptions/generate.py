@@ -1,0 +1,94 @@
+"""Seeded corruption of single images with the ``imagecorruptions-imaug`` package.
+
+The package draws its randomness from NumPy's global generator, plus two private ones: impulse
+noise takes a ``seed`` for scikit-image's generator and glass blur a ``seed`` for numba's. Every
+call here derives one seed sequence from (seed, corruption, severity, test-set index), seeds all
+three from it and restores the global generator afterwards, so a point's corrupted image does not
+depend on batch, order, worker or shard. The other corruptions are deterministic.
+
+The package needs images of at least 32 pixels a side. Smaller images (the 8×8 digits demo) are
+upsampled bilinearly to 32 pixels on the short side, corrupted there, and resized back to the
+model's input (bilinear, antialiased) — every corruption, none refused (docs/corruptions.md).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .registry import corruption_id
+
+MIN_SIDE = 32  # the package refuses smaller images
+_SEEDED_KWARG = {"impulse_noise", "glass_blur"}  # corruptions with a private generator taking ``seed``
+
+
+def library_version() -> str:
+    """``imagecorruptions-imaug`` and its version, as results record it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"imagecorruptions-imaug {version('imagecorruptions-imaug')}"
+    except PackageNotFoundError:  # pragma: no cover - a source checkout without the package installed
+        return "imagecorruptions-imaug (version unknown)"
+
+
+def point_state(seed: int, name: str, severity: int, index: int) -> np.ndarray:
+    """The 32-bit words that seed one point's corruption: a function of its four coordinates only."""
+    ss = np.random.SeedSequence([int(seed) & (2**64 - 1), corruption_id(name), int(severity), int(index)])
+    return ss.generate_state(4, np.uint32)
+
+
+def corrupt_uint8(image: np.ndarray, name: str, severity: int, *, seed: int, index: int) -> np.ndarray:
+    """``image`` (H×W×3 uint8, sides >= 32) corrupted by ``name`` at ``severity``, seeded per point."""
+    from imagecorruptions import corrupt
+
+    words = point_state(seed, name, severity, index)
+    kwargs = {"seed": int(words[0])} if name in _SEEDED_KWARG else {}
+    saved = np.random.get_state()
+    np.random.seed(words)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = corrupt(np.ascontiguousarray(image), severity=int(severity), corruption_name=name, **kwargs)
+    finally:
+        np.random.set_state(saved)
+    return np.asarray(out, dtype=np.uint8)
+
+
+def working_side(shape: Sequence[int]) -> tuple[int, int]:
+    """(H, W) at which an image of ``shape`` (C, H, W) is corrupted: itself, or upsampled to a 32-pixel short side."""
+    h, w = int(shape[-2]), int(shape[-1])
+    if min(h, w) >= MIN_SIDE:
+        return h, w
+    scale = MIN_SIDE / min(h, w)
+    return max(MIN_SIDE, math.ceil(h * scale)), max(MIN_SIDE, math.ceil(w * scale))
+
+
+def to_uint8_hwc(x: torch.Tensor) -> np.ndarray:
+    """C×H×W float in [0, 1] -> H×W×3 uint8 (a grey image repeated on three channels)."""
+    arr = (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).numpy().transpose(1, 2, 0)
+    return np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr
+
+
+def corrupt_tensor(x: torch.Tensor, name: str, severity: int, *, seed: int, index: int) -> torch.Tensor:
+    """One model-input image (C×H×W float in [0, 1], C = 1 or 3) corrupted, same shape, float32 in [0, 1].
+
+    Pixels are quantised to 8 bits first (the package works on uint8, as CIFAR-10-C's files are).
+    A grey image is corrupted as RGB and brought back with the luma weights the engine uses.
+    """
+    c, h, w = (int(v) for v in x.shape)
+    side = working_side(x.shape)
+    small = side != (h, w)
+    if small:
+        x = F.interpolate(x[None].float(), size=side, mode="bilinear", align_corners=False).clamp(0, 1)[0]
+    out = corrupt_uint8(to_uint8_hwc(x), name, severity, seed=seed, index=index)
+    y = torch.from_numpy(out.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0))
+    if c == 1:
+        y = 0.299 * y[:1] + 0.587 * y[1:2] + 0.114 * y[2:3]
+    if small:
+        y = F.interpolate(y[None], size=(h, w), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)[0]
+    return y.contiguous()
