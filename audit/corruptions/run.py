@@ -96,4 +96,7 @@ def attach_corruptions(results: Any, config: "AuditConfig", records: CorruptionR
     per_class, summary = sections(config, records, label, clean_correct, len(data.class_names), groups, input_size)
     for row, figures in zip(results.per_class, per_class):
         row.corruptions = figures
+    from .story import compare
+
+    summary["note"], summary["differs"] = compare(results, summary)
     results.summary.corruptions = summary
