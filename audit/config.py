@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Optional, Sequence
 
@@ -124,6 +125,9 @@ class AuditConfig:
         self.severities = parse_severities(sev if isinstance(sev, (str, int)) else list(sev))
         if self.corruption_root and not self.corruptions:
             raise ConfigError("--corruption-root needs --corruptions (common, all or names) to say which files to read")
+        if self.corruption_root and not Path(self.corruption_root).is_dir():
+            raise ConfigError(f"--corruption-root {self.corruption_root} is not a folder; give the folder holding "
+                              "CIFAR-10-C's .npy files or ImageNet-C's <corruption>/<severity>/ folders")
         if self.corruptions and self.eps_curve:
             raise ConfigError("--corruptions and a robustness curve (several --eps) do not combine yet; audit the "
                               "corruptions with one --eps")

@@ -1,0 +1,166 @@
+"""The corruption audit (audit/corruptions/, docs/corruptions.md): the package vetted, seeding per point,
+released-file readers, figures invariant to batching and sharding, flags refused with one line."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from audit.corruptions import ALL, COMMON, HELD_OUT, parse_corruptions, parse_severities
+from audit.corruptions.evaluate import class_figures, corruption_pass, join_records, summary_figures
+from audit.corruptions.generate import corrupt_tensor, corrupt_uint8, point_state
+from audit.corruptions.official import official_points
+from audit.corruptions.points import GeneratedPoints
+from audit.engine import Evaluator
+from audit.errors import ConfigError, DatasetError
+from support import DEMO, TINY_AUDIT, run_main
+
+imagecorruptions = pytest.importorskip("imagecorruptions")
+
+
+def _images(n: int, side: int, seed: int = 0) -> np.ndarray:
+    """Smooth random pictures (a blurred noise field per channel), uint8 N×side×side×3."""
+    rng = np.random.default_rng(seed)
+    base = rng.random((n, side // 4, side // 4, 3))
+    return (np.kron(base, np.ones((1, 4, 4, 1))) * 255).astype(np.uint8)
+
+
+class _Stack(torch.utils.data.Dataset):
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        self.x = torch.from_numpy(images.transpose(0, 3, 1, 2).astype(np.float32) / 255)
+        self.y = labels
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int):
+        return self.x[i], int(self.y[i])
+
+
+def test_registry_and_flags():
+    assert len(COMMON) == 15 and HELD_OUT == ("speckle_noise", "gaussian_blur", "spatter", "saturate")
+    assert list(COMMON) == imagecorruptions.get_corruption_names("common")  # the package's names and order
+    assert list(ALL) == imagecorruptions.get_corruption_names("all")
+    assert parse_corruptions("common") == COMMON and parse_corruptions("all") == ALL
+    assert parse_corruptions("fog, gaussian_noise") == ("gaussian_noise", "fog")  # registry order
+    assert parse_severities("all") == (1, 2, 3, 4, 5) and parse_severities("5,1") == (1, 5)
+    for bad in ("fgo", ",", "common,blur"):
+        with pytest.raises(ConfigError, match="--corruptions"):
+            parse_corruptions(bad)
+    for bad in ("0", "6", "two"):
+        with pytest.raises(ConfigError, match="--severity"):
+            parse_severities(bad)
+
+
+def test_every_corruption_at_severity_one_on_32px_images():
+    """All 19 run on 32×32 pictures: right shape and type, the same image twice, a changed image."""
+    imgs = _images(3, 32)
+    for name in ALL:
+        for i, img in enumerate(imgs):
+            out = corrupt_uint8(img, name, 1, seed=7, index=i)
+            assert out.shape == img.shape and out.dtype == np.uint8, name
+            assert np.array_equal(out, corrupt_uint8(img, name, 1, seed=7, index=i)), name
+        assert not np.array_equal(out, img), name
+
+
+def test_seeding_is_per_point_and_leaves_the_global_generator_alone():
+    img = _images(1, 32)[0]
+    for name in ("gaussian_noise", "impulse_noise", "glass_blur", "frost", "fog", "motion_blur"):
+        np.random.seed(123)
+        a = corrupt_uint8(img, name, 3, seed=1, index=5)
+        after = np.random.random()
+        np.random.seed(999)  # another global state: the same image
+        b = corrupt_uint8(img, name, 3, seed=1, index=5)
+        np.random.seed(123)
+        assert np.random.random() == after  # restored around the call
+        assert np.array_equal(a, b), name
+        assert not np.array_equal(a, corrupt_uint8(img, name, 3, seed=1, index=6)), name  # another point
+        assert not np.array_equal(a, corrupt_uint8(img, name, 3, seed=2, index=5)), name  # another seed
+    # the seed words depend on the four coordinates only
+    assert np.array_equal(point_state(0, "fog", 2, 10), point_state(0, "fog", 2, 10))
+    assert not np.array_equal(point_state(0, "fog", 2, 10), point_state(0, "fog", 3, 10))
+
+
+def test_eight_pixel_grey_images_are_upsampled_corrupted_and_resized_back():
+    x = torch.from_numpy(_images(1, 8)[0, :, :, :1].transpose(2, 0, 1).astype(np.float32) / 255)
+    for name in ("gaussian_noise", "pixelate", "zoom_blur", "frost"):
+        y = corrupt_tensor(x, name, 5, seed=0, index=0)
+        assert y.shape == (1, 8, 8) and y.dtype == torch.float32 and 0 <= float(y.min()) <= float(y.max()) <= 1
+        assert torch.equal(y, corrupt_tensor(x, name, 5, seed=0, index=0))
+        assert not torch.equal(y, x)
+
+
+def _evaluator() -> Evaluator:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 30 * 30, 3)).eval()
+    return Evaluator(net, 3, (3, 32, 32), torch.device("cpu"))
+
+
+def test_figures_do_not_depend_on_batch_size_order_or_shards():
+    imgs, labels = _images(12, 32, seed=1), np.arange(12) % 3
+    data = _Stack(imgs, labels)
+    jobs = [("gaussian_noise", 2), ("glass_blur", 1), ("fog", 4)]
+    ev, idx = _evaluator(), np.arange(12)
+
+    def run(indices: np.ndarray, batch: int, shuffle: bool = False):
+        pts = GeneratedPoints(data, indices, jobs, (3, 32, 32), seed=3)
+        order = torch.utils.data.DataLoader(pts, batch_size=batch, shuffle=shuffle,
+                                            generator=torch.Generator().manual_seed(0))
+        return corruption_pass(ev, order, jobs, indices)
+
+    whole = run(idx, 256)
+    for other in (run(idx, 7), run(idx, 5, shuffle=True), join_records([run(idx[:5], 7), run(idx[5:], 3)])):
+        assert np.array_equal(other.index, whole.index) and np.array_equal(other.pred, whole.pred)
+        np.testing.assert_allclose(other.conf, whole.conf, rtol=0, atol=1e-6)
+    clean = np.ones(12, bool)
+    per_class = class_figures(whole, labels, clean, 3)
+    acc = (whole.pred[0][labels == 1] == 1).mean()
+    assert per_class[1]["gaussian_noise"]["2"]["accuracy"] == pytest.approx(acc)
+    assert per_class[1]["gaussian_noise"]["2"]["drop"] == pytest.approx(1 - acc)
+    summ = summary_figures(whole, labels, clean, 3, {})
+    fog = summ["per_corruption"]["fog"]
+    assert fog["mean_accuracy"] == pytest.approx((whole.pred[2] == labels).mean())
+    assert fog["relative_error"] == pytest.approx(1 - fog["mean_accuracy"])
+    means = [summ["per_corruption"][n]["mean_accuracy"] for n in ("gaussian_noise", "glass_blur", "fog")]
+    assert summ["mean_accuracy"] == pytest.approx(np.mean(means))
+
+
+def _official_files(root, imgs: np.ndarray, labels: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+    """Tiny files in the released CIFAR-10-C layout: <name>.npy = 5 severities × N images, labels.npy."""
+    n = len(labels)
+    stored = {}
+    for k, name in enumerate(names):
+        arr = np.stack([np.roll(imgs, s + k, axis=2) for s in range(5)]).reshape(5 * n, *imgs.shape[1:])
+        np.save(root / f"{name}.npy", arr.astype(np.uint8))
+        stored[name] = arr
+    np.save(root / "labels.npy", np.tile(labels, 5).astype(np.uint8))
+    return stored
+
+
+def test_released_npy_files_are_read_row_by_severity(tmp_path):
+    imgs, labels = _images(6, 32, seed=2), np.array([0, 1, 2, 0, 1, 2])
+    stored = _official_files(tmp_path, imgs, labels, ["fog", "snow"])
+    data, idx = _Stack(imgs, labels), np.array([1, 4, 5])
+    pts = official_points(tmp_path, data, labels, idx, [("fog", 1), ("snow", 3)], (3, 32, 32))
+    x, _, index, job = pts[4]  # job 1 (snow, severity 3), point 1 (test index 4)
+    assert (index, job) == (4, 1)
+    expect = stored["snow"][2 * 6 + 4]
+    assert np.array_equal((x.numpy().transpose(1, 2, 0) * 255).round().astype(np.uint8), expect)
+    with pytest.raises(DatasetError, match="speckle_noise.npy is missing"):
+        official_points(tmp_path, data, labels, idx, [("speckle_noise", 1)], (3, 32, 32))
+    with pytest.raises(DatasetError, match="does not match the dataset's test labels"):
+        official_points(tmp_path, data, labels[::-1].copy(), idx, [("fog", 1)], (3, 32, 32))
+    with pytest.raises(DatasetError, match="expected 5 × 7"):
+        official_points(tmp_path, _Stack(_images(7, 32), np.zeros(7, int)), np.zeros(7, int), idx, [("fog", 1)],
+                        (3, 32, 32))
+
+
+def test_cli_refuses_bad_corruption_flags_with_one_line(capsys, tmp_path):
+    code, _, err = run_main(["audit", str(DEMO), "--corruptions", "blurry", *TINY_AUDIT, "--out", str(tmp_path / "a")],
+                            capsys)
+    assert code == 2 and "unknown corruption 'blurry'" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_main(["audit", str(DEMO), "--corruptions", "fog", "--corruption-root", str(tmp_path / "none"),
+                             *TINY_AUDIT, "--out", str(tmp_path / "b")], capsys)
+    assert code == 2 and "is not a folder" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "b" / "results.json").exists()
