@@ -164,3 +164,20 @@ def test_cli_refuses_bad_corruption_flags_with_one_line(capsys, tmp_path):
                              *TINY_AUDIT, "--out", str(tmp_path / "b")], capsys)
     assert code == 2 and "is not a folder" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "b" / "results.json").exists()
+
+
+def test_spatter_without_drops_returns_the_image_not_a_black_one():
+    """The package's spatter (severities 1-3) divides by its drop mask's maximum; when the random liquid layer
+    leaves no drop on the image that is 0/0 and the package returns an all-black image (3 of 100 CIFAR-10 images at
+    severity 1). Those points get the image unchanged; the others the package's own output."""
+    img = _images(1, 32, seed=4)[0]
+    unchanged = 0
+    for i in range(150):
+        out = corrupt_uint8(img, "spatter", 1, seed=0, index=i)
+        assert out.max() > 0
+        if np.array_equal(out, img):
+            unchanged += 1
+            np.random.seed(point_state(0, "spatter", 1, i))
+            with np.errstate(invalid="ignore"):
+                assert imagecorruptions.corrupt(img, 1, "spatter").max() == 0  # the package's black image
+    assert unchanged > 0
