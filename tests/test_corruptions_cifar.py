@@ -52,6 +52,7 @@ def _corrupt(img: np.ndarray, name: str, severity: int, index: int) -> np.ndarra
             return img
 
 
+@pytest.mark.slow
 def test_all_corruptions_match_an_independent_recomputation(cifar10_jpeg_root, tmp_path):  # noqa: F811
     root = cifar10_jpeg_root
     net = _class_mean_classifier(root)
