@@ -56,11 +56,13 @@ def test_every_corruption_at_severity_one_on_32px_images():
     """All 19 run on 32×32 pictures: right shape and type, the same image twice, a changed image."""
     imgs = _images(3, 32)
     for name in ALL:
+        changed = 0
         for i, img in enumerate(imgs):
             out = corrupt_uint8(img, name, 1, seed=7, index=i)
             assert out.shape == img.shape and out.dtype == np.uint8, name
             assert np.array_equal(out, corrupt_uint8(img, name, 1, seed=7, index=i)), name
-        assert not np.array_equal(out, img), name
+            changed += not np.array_equal(out, img)
+        assert changed >= 2, name  # spatter may leave one image without a drop (see below)
 
 
 def test_seeding_is_per_point_and_leaves_the_global_generator_alone():
@@ -103,14 +105,15 @@ def test_figures_do_not_depend_on_batch_size_order_or_shards():
     jobs = [("gaussian_noise", 2), ("glass_blur", 1), ("fog", 4)]
     ev, idx = _evaluator(), np.arange(12)
 
-    def run(indices: np.ndarray, batch: int, shuffle: bool = False):
+    def run(indices: np.ndarray, batch: int, shuffle: bool = False, workers: int = 0):
         pts = GeneratedPoints(data, indices, jobs, (3, 32, 32), seed=3)
-        order = torch.utils.data.DataLoader(pts, batch_size=batch, shuffle=shuffle,
+        order = torch.utils.data.DataLoader(pts, batch_size=batch, shuffle=shuffle, num_workers=workers,
                                             generator=torch.Generator().manual_seed(0))
         return corruption_pass(ev, order, jobs, indices)
 
     whole = run(idx, 256)
-    for other in (run(idx, 7), run(idx, 5, shuffle=True), join_records([run(idx[:5], 7), run(idx[5:], 3)])):
+    for other in (run(idx, 7), run(idx, 5, shuffle=True), join_records([run(idx[:5], 7), run(idx[5:], 3)]),
+                  run(idx, 4, workers=2)):  # two DataLoader worker processes make the images
         assert np.array_equal(other.index, whole.index) and np.array_equal(other.pred, whole.pred)
         np.testing.assert_allclose(other.conf, whole.conf, rtol=0, atol=1e-6)
     clean = np.ones(12, bool)
