@@ -184,3 +184,26 @@ def test_spatter_without_drops_returns_the_image_not_a_black_one():
             with np.errstate(invalid="ignore"):
                 assert imagecorruptions.corrupt(img, 1, "spatter").max() == 0  # the package's black image
     assert unchanged > 0
+
+
+def test_digits_demo_is_upsampled_and_exported(capsys, caplog, tmp_path):
+    """The 8×8 digits demo: every corruption runs on 32-px upsampled images (one log line says so), and the figures
+    reach results.json (checked against the schema when written), per_class.csv and summary.md."""
+    import json
+
+    out = tmp_path / "d"
+    code, _, err = run_main(["audit", str(DEMO), "--corruptions", "fog,jpeg_compression", "--severity", "1",
+                             *TINY_AUDIT, "--out", str(out)], capsys)
+    assert code == 0, err
+    said = [r.getMessage() for r in caplog.records if "upsampled (bilinear) to 32×32" in r.getMessage()]
+    assert len(said) == 1 and "8×8" in said[0]
+    r = json.loads((out / "results.json").read_text())
+    c = r["summary"]["corruptions"]
+    assert c["input_side"] == [8, 8] and c["generated_side"] == [32, 32] and c["parameters"] == "ImageNet-C"
+    assert c["names"] == ["fog", "jpeg_compression"] and c["severities"] == [1] and c["images"] == 2 * 20
+    cell = r["per_class"][0]["corruptions"]["fog"]["1"]
+    assert cell["ci95"][0] <= cell["accuracy"] <= cell["ci95"][1]
+    assert cell["drop"] == pytest.approx(r["per_class"][0]["clean_acc"] - cell["accuracy"])
+    header = (out / "per_class.csv").read_text().splitlines()[0]
+    assert header.endswith("corruption_fog,corruption_jpeg_compression")
+    assert "| jpeg\\_compression |" in (out / "summary.md").read_text()
