@@ -207,3 +207,25 @@ def test_digits_demo_is_upsampled_and_exported(capsys, caplog, tmp_path):
     header = (out / "per_class.csv").read_text().splitlines()[0]
     assert header.endswith("corruption_fog,corruption_jpeg_compression")
     assert "| jpeg\\_compression |" in (out / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_two_torchrun_shards_give_the_same_corruption_figures(tmp_path, capsys):
+    """Each rank corrupts and scores its own block of points; rank 0 joins them: the figures of a plain run."""
+    import json
+
+    from test_distributed import torchrun
+
+    args = ["--corruptions", "glass_blur,spatter,fog", "--severity", "1,4", "--attacks", "pgd",
+            "--calibration-steps", "0", "--seed", "5", "--batch-size", "8", "--device", "cpu", *TINY_AUDIT]
+    one, two = tmp_path / "one", tmp_path / "two"
+    code, _, err = run_main(["audit", str(DEMO), *args, "--out", str(one)], capsys)
+    assert code == 0, err
+    proc = torchrun("audit", str(DEMO), *args, "--out", str(two))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = (json.loads((d / "results.json").read_text()) for d in (one, two))
+    assert b["environment"]["world_size"] == 2
+    assert [r["corruptions"] for r in a["per_class"]] == [r["corruptions"] for r in b["per_class"]]
+    for s in (a, b):
+        s["summary"]["corruptions"].pop("seconds")
+    assert a["summary"]["corruptions"] == b["summary"]["corruptions"]
