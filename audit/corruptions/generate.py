@@ -74,8 +74,11 @@ def working_side(shape: Sequence[int]) -> tuple[int, int]:
 
 
 def to_uint8_hwc(x: torch.Tensor) -> np.ndarray:
-    """C×H×W float in [0, 1] -> H×W×3 uint8 (a grey image repeated on three channels)."""
-    arr = (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).numpy().transpose(1, 2, 0)
+    """C×H×W float in [0, 1] -> H×W×3 uint8 (a grey image repeated on three channels).
+
+    NumPy, not torch: per-image torch ops in a process with several torch threads pay a thread wake-up
+    each, which made generation 15-30× slower with --threads 2 on a busy machine (bench/corruption_speed.py)."""
+    arr = np.rint(np.clip(x.detach().float().cpu().numpy(), 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0)
     return np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr
 
 
@@ -91,9 +94,10 @@ def corrupt_tensor(x: torch.Tensor, name: str, severity: int, *, seed: int, inde
     if small:
         x = F.interpolate(x[None].float(), size=side, mode="bilinear", align_corners=False).clamp(0, 1)[0]
     out = corrupt_uint8(to_uint8_hwc(x), name, severity, seed=seed, index=index)
-    y = torch.from_numpy(out.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0))
+    y = out.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
     if c == 1:
-        y = 0.299 * y[:1] + 0.587 * y[1:2] + 0.114 * y[2:3]
+        y = np.float32(0.299) * y[:1] + np.float32(0.587) * y[1:2] + np.float32(0.114) * y[2:3]
+    t = torch.from_numpy(np.ascontiguousarray(y))
     if small:
-        y = F.interpolate(y[None], size=(h, w), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)[0]
-    return y.contiguous()
+        t = F.interpolate(t[None], size=(h, w), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)[0]
+    return t.contiguous()
