@@ -229,3 +229,57 @@ def test_two_torchrun_shards_give_the_same_corruption_figures(tmp_path, capsys):
     for s in (a, b):
         s["summary"]["corruptions"].pop("seconds")
     assert a["summary"]["corruptions"] == b["summary"]["corruptions"]
+
+
+def test_imagenet_c_folders_mirror_the_evaluation_folder(tmp_path):
+    """ImageNet-C's <root>/<name>/<severity>/<class>/<file>: the corrupted twin of each audited image is read."""
+    from PIL import Image
+
+    from audit.data.core import ImageFileDataset
+
+    imgs = _images(4, 32, seed=3)
+    paths, labels = [], []
+    for i, img in enumerate(imgs):
+        cls = ["cat", "dog"][i % 2]
+        p = tmp_path / "test" / cls / f"{i:04d}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(p)
+        paths.append(p)
+        labels.append(i % 2)
+        twin = tmp_path / "c" / "fog" / "2" / cls / f"{i:04d}.png"
+        twin.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(255 - img).save(twin)
+    base = ImageFileDataset(paths, labels, size=(32, 32))
+    pts = official_points(tmp_path / "c", base, np.array(labels), np.arange(4), [("fog", 2)], (3, 32, 32))
+    x, _, index, job = pts[3]
+    assert (index, job) == (3, 0)
+    assert np.array_equal((x.numpy().transpose(1, 2, 0) * 255).round().astype(np.uint8), 255 - imgs[3])
+    with pytest.raises(DatasetError, match="is missing; ImageNet-C's layout"):
+        official_points(tmp_path / "c", base, np.array(labels), np.arange(4), [("fog", 3)], (3, 32, 32))
+    with pytest.raises(DatasetError, match="needs an image-folder dataset"):
+        official_points(tmp_path / "c", _Stack(imgs, np.array(labels)), np.array(labels), np.arange(4),
+                        [("fog", 2)], (3, 32, 32))
+
+
+def test_schema_takes_corruption_figures_and_refuses_impossible_ones():
+    from audit.errors import ResultsError
+    from audit.schema import validate_results
+    from report_fixtures import make_results
+    from test_corruption_report import with_corruptions
+
+    results = with_corruptions(make_results(10), tail_hit=0.2)
+    validate_results(results)
+    bad = json_copy(results)
+    bad["per_class"][2]["corruptions"]["fog"]["1"]["accuracy"] = 1.5
+    with pytest.raises(ResultsError, match="corruptions"):
+        validate_results(bad)
+    bad = json_copy(results)
+    bad["summary"]["corruptions"]["severities"] = [0]
+    with pytest.raises(ResultsError, match="severities"):
+        validate_results(bad)
+
+
+def json_copy(d: dict) -> dict:
+    import json
+
+    return json.loads(json.dumps(d))

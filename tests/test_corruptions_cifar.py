@@ -53,7 +53,10 @@ def _corrupt(img: np.ndarray, name: str, severity: int, index: int) -> np.ndarra
 
 
 @pytest.mark.slow
-def test_all_corruptions_match_an_independent_recomputation(cifar10_jpeg_root, tmp_path):  # noqa: F811
+def test_all_corruptions_match_an_independent_recomputation(cifar10_jpeg_root, tmp_path, monkeypatch):  # noqa: F811
+    import cv2
+    from imagecorruptions import corruptions as package_module
+
     root = cifar10_jpeg_root
     net = _class_mean_classifier(root)
     config = tailaudit.AuditConfig(model=net, dataset="cifar10lt", data_root=str(root), download=False,
@@ -64,6 +67,7 @@ def test_all_corruptions_match_an_independent_recomputation(cifar10_jpeg_root, t
     saved = json.loads(run.results_path.read_text())
     assert saved["summary"]["corruptions"]["names"] == imagecorruptions.get_corruption_names("all")
 
+    monkeypatch.setattr(package_module, "cv2", cv2)  # the package as shipped (tailaudit caches frost's file reads)
     files = [f for name in CIFAR10_NAMES for f in sorted((root / "test" / name).glob("*.jpg"))]
     index = np.asarray(run.records.index)
     labels = np.array([CIFAR10_NAMES.index(files[j].parent.name) for j in index])

@@ -12,9 +12,10 @@ model's input (bilinear, antialiased) — every corruption, none refused (docs/c
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -42,9 +43,45 @@ def point_state(seed: int, name: str, severity: int, index: int) -> np.ndarray:
     return ss.generate_state(4, np.uint32)
 
 
+class _CachedReads:
+    """OpenCV as the package's module sees it, with image files decoded once per process.
+
+    Frost reads one of its six texture files (PNG/JPEG up to 900×600) from disk for every image it
+    corrupts: decoding took most of its time (about 50 images/s on 32×32 images). The decoded
+    texture is kept and a copy handed out, so the output is the package's, byte for byte
+    (tests/test_corruptions_cifar.py compares with the package called directly)."""
+
+    def __init__(self, cv2: Any) -> None:
+        self._cv2 = cv2
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cv2, name)
+
+    @functools.lru_cache(maxsize=8)
+    def _read(self, path: str) -> Any:
+        return self._cv2.imread(path)
+
+    def imread(self, path: Any, *args: Any) -> Any:
+        if args:
+            return self._cv2.imread(path, *args)
+        img = self._read(str(path))
+        return None if img is None else img.copy()
+
+
+@functools.lru_cache(maxsize=1)
+def _package() -> Any:
+    """The package's ``corrupt``, with :class:`_CachedReads` installed in its corruptions module."""
+    import imagecorruptions
+    from imagecorruptions import corruptions as module
+
+    if not isinstance(module.cv2, _CachedReads):
+        module.cv2 = _CachedReads(module.cv2)
+    return imagecorruptions.corrupt
+
+
 def corrupt_uint8(image: np.ndarray, name: str, severity: int, *, seed: int, index: int) -> np.ndarray:
     """``image`` (H×W×3 uint8, sides >= 32) corrupted by ``name`` at ``severity``, seeded per point."""
-    from imagecorruptions import corrupt
+    corrupt = _package()
 
     words = point_state(seed, name, severity, index)
     kwargs = {"seed": int(words[0])} if name in _SEEDED_KWARG else {}
