@@ -205,7 +205,8 @@ def _audit_into(out_dir: Optional[Path], config: AuditConfig, specs: list, attac
                                                     shuffle=False, **loader_options(config.workers, device)),
                               records, steps=config.calibration_steps if model.gradient_access else 0,
                               norm=config.norm, eps=config.eps)
-    corruption_records = run_phase(config, evaluator, corrupted) if corrupted is not None else None
+    corruption_records = (run_phase(config, evaluator, corrupted, n_points=len(eval_idx), progress=show)
+                          if corrupted is not None else None)
     bn_after = _bn_fingerprint(module)
     if bn_after != bn_before and not (np.isnan(bn_after) and np.isnan(bn_before)):
         raise RuntimeError("BatchNorm statistics changed during the audit; this is a bug, please report it")

@@ -254,7 +254,7 @@ def test_imagenet_c_folders_mirror_the_evaluation_folder(tmp_path):
     x, _, index, job = pts[3]
     assert (index, job) == (3, 0)
     assert np.array_equal((x.numpy().transpose(1, 2, 0) * 255).round().astype(np.uint8), 255 - imgs[3])
-    with pytest.raises(DatasetError, match="is missing; ImageNet-C's layout"):
+    with pytest.raises(DatasetError, match=r"is missing \(4 of 4 at fog severity 3\); ImageNet-C's layout"):
         official_points(tmp_path / "c", base, np.array(labels), np.arange(4), [("fog", 3)], (3, 32, 32))
     with pytest.raises(DatasetError, match="needs an image-folder dataset"):
         official_points(tmp_path / "c", _Stack(imgs, np.array(labels)), np.array(labels), np.arange(4),

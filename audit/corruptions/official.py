@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from ..data.core import ImageFileDataset
 from ..errors import DatasetError
-from .points import Job, JobPoints, _model_input
+from .points import Job, JobPoints, model_input
 
 
 def _npy(path: Path) -> np.ndarray:
@@ -40,6 +40,7 @@ class NpyPoints(JobPoints):
         super().__init__(base, indices, jobs, input_size)
         self.root = Path(root)
         self.n_test = len(test_labels)
+        self.test_labels = np.asarray(test_labels, np.int64)
         labels = _npy(self.root / "labels.npy")
         if labels.ndim != 1 or len(labels) % 5 or len(labels) // 5 != self.n_test:
             raise DatasetError(f"--corruption-root: {self.root / 'labels.npy'} holds {len(labels)} labels; expected "
@@ -63,7 +64,7 @@ class NpyPoints(JobPoints):
     def image(self, name: str, severity: int, index: int) -> tuple[torch.Tensor, int]:
         row = np.array(self.arrays[name][(severity - 1) * self.n_test + index])
         x = torch.from_numpy(row.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0))
-        return _model_input(x, self.input_size), -1  # label: the test set's (checked equal above)
+        return model_input(x, self.input_size), int(self.test_labels[index])  # checked equal to the file's
 
 
 class FolderPoints(JobPoints):
@@ -77,17 +78,18 @@ class FolderPoints(JobPoints):
                                "names); for CIFAR give the folder with the .npy files")
         self.root, self.size = Path(root), base.size
         self.rel = {int(j): Path(*base.paths[int(j)].parts[-2:]) for j in self.indices}
-        for name, severity in self.jobs:
-            for j in self.indices[:1].tolist() + self.indices[-1:].tolist():
-                p = self.root / name / str(severity) / self.rel[j]
-                if not p.is_file():
-                    raise DatasetError(f"--corruption-root: {p} is missing; ImageNet-C's layout is "
-                                       "<root>/<corruption>/<severity>/<class>/<file>")
+        for name, severity in self.jobs:  # every file, before the first attack (one stat each)
+            missing = [p for p in (self.root / name / str(severity) / self.rel[int(j)] for j in self.indices)
+                       if not p.is_file()]
+            if missing:
+                raise DatasetError(f"--corruption-root: {missing[0]} is missing ({len(missing)} of {len(self.indices)} "
+                                   f"at {name} severity {severity}); ImageNet-C's layout is "
+                                   "<root>/<corruption>/<severity>/<class>/<file>")
 
     def image(self, name: str, severity: int, index: int) -> tuple[torch.Tensor, int]:
-        one = ImageFileDataset([self.root / name / str(severity) / self.rel[index]], [0], size=self.size)
-        x, _ = one[0]
-        return _model_input(x, self.input_size), -1
+        label = int(self.base.labels[index])  # type: ignore[attr-defined]
+        one = ImageFileDataset([self.root / name / str(severity) / self.rel[index]], [label], size=self.size)
+        return model_input(one[0][0], self.input_size), label
 
 
 def official_points(root: str | Path, base: Dataset, test_labels: np.ndarray, indices: np.ndarray,

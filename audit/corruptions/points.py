@@ -18,7 +18,8 @@ from .generate import corrupt_tensor
 Job = tuple[str, int]  # (corruption name, severity)
 
 
-def _model_input(x: torch.Tensor, input_size: Sequence[int]) -> torch.Tensor:
+def model_input(x: torch.Tensor, input_size: Sequence[int]) -> torch.Tensor:
+    """One image resized to the model's input exactly as the attacks see it (the engine's ``adapt_images``)."""
     from ..engine import adapt_images
 
     return adapt_images(x[None].float(), input_size)[0]
@@ -56,4 +57,4 @@ class GeneratedPoints(JobPoints):
 
     def image(self, name: str, severity: int, index: int) -> tuple[torch.Tensor, int]:
         x, label = self.base[index]
-        return corrupt_tensor(_model_input(x, self.input_size), name, severity, seed=self.seed, index=index), label
+        return corrupt_tensor(model_input(x, self.input_size), name, severity, seed=self.seed, index=index), label

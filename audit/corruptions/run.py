@@ -50,11 +50,15 @@ def prepare_points(config: "AuditConfig", data: "LTDataset", shard_idx: np.ndarr
     return GeneratedPoints(data.test, shard_idx, jobs, input_size, config.seed)
 
 
-def run_phase(config: "AuditConfig", evaluator: "Evaluator", points: JobPoints) -> Optional[CorruptionRecords]:
-    """Score this rank's corrupted points; rank 0 gets the whole run's records (None on the others)."""
+def run_phase(config: "AuditConfig", evaluator: "Evaluator", points: JobPoints, *, n_points: int,
+              progress: bool) -> Optional[CorruptionRecords]:
+    """Score this rank's corrupted points (one bar over every rank's images); rank 0 gets the whole run's records
+    (None on the others). ``n_points``: the audited points of the whole run."""
     loader = DataLoader(points, batch_size=config.batch_size, shuffle=False,
                         **loader_options(config.workers, evaluator.device))
-    records = corruption_pass(evaluator, loader, points.jobs, points.indices)
+    bar = distributed.GlobalProgress(len(points.jobs) * n_points, enabled=progress, desc="corruptions", unit="img")
+    records = corruption_pass(evaluator, distributed.counted(loader, bar.add), points.jobs, points.indices)
+    bar.close()
     if evaluator.dist is None:
         return records
     parts = distributed.gather_to_main(records)
