@@ -192,9 +192,10 @@ def test_digits_demo_is_upsampled_and_exported(capsys, caplog, tmp_path):
     import json
 
     out = tmp_path / "d"
-    code, _, err = run_main(["audit", str(DEMO), "--corruptions", "fog,jpeg_compression", "--severity", "1",
-                             *TINY_AUDIT, "--out", str(out)], capsys)
+    code, printed, err = run_main(["audit", str(DEMO), "--corruptions", "fog,jpeg_compression", "--severity", "1",
+                                   *TINY_AUDIT, "--out", str(out)], capsys)
     assert code == 0, err
+    assert "corruptions (2, severities 1, ImageNet-C parameters): mean accuracy" in printed
     said = [r.getMessage() for r in caplog.records if "upsampled (bilinear) to 32×32" in r.getMessage()]
     assert len(said) == 1 and "8×8" in said[0]
     r = json.loads((out / "results.json").read_text())
