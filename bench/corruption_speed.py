@@ -9,6 +9,10 @@ severities pooled), the slowest severity, and the estimated generation time of t
 model's forward passes come on top (75 passes over the test set).
 
     .venv/bin/python bench/corruption_speed.py [--images 100] [--threads 1] [--workers 0] [--json out.json]
+
+``--audit K`` instead runs the real pipeline (``tailaudit.run_audit`` with ``corruptions="common"``, all
+five severities) on K CIFAR-10 test images per class with a linear classifier (its forward pass costs
+next to nothing, so the figure is the pipeline's generation throughput) and ``--workers`` loader processes.
 """
 from __future__ import annotations
 
@@ -34,8 +38,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--workers", type=int, default=0, help="also time the DataLoader path with this many workers")
     ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--audit", type=int, default=0, metavar="K", help="time the whole pipeline on K images a class")
     args = ap.parse_args()
     _set_threads(args.threads)  # before numpy, torch and cv2 are imported
+    if args.audit:
+        return _audit(args.audit, args.threads, args.workers)
     import cv2
     import numpy as np
     import torch
@@ -87,6 +94,29 @@ def _loader(x, workers: int) -> float:
     t0 = time.perf_counter()
     n = sum(len(b[0]) for b in DataLoader(pts, batch_size=64, num_workers=workers))
     return n / (time.perf_counter() - t0)
+
+
+def _audit(per_class: int, threads: int, workers: int) -> None:
+    """The pipeline end to end: images/s of the corruption phase as results.json records it."""
+    import tempfile
+
+    import torch
+
+    import tailaudit
+    from bench._common import cifar10_root
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = tailaudit.AuditConfig(model=net, dataset="cifar10lt", data_root=str(cifar10_root()), download=False,
+                                       n_per_class=per_class, attacks=("pgd",), steps=1, calibration_steps=0,
+                                       force=True, threads=threads, workers=workers, quiet=True, out=f"{tmp}/run")
+        run = tailaudit.run_audit(config, corruptions="common")
+    c = run.results.summary.corruptions
+    rate = c["images"] / c["seconds"]
+    print(f"pipeline, {c['images']} images (common x 5 severities, {per_class * 10} test images), --threads {threads} "
+          f"--workers {workers}: {c['seconds']:.1f} s, {rate:.0f} img/s; CIFAR-10 common audit "
+          f"(750000 images) at this rate: {750000 / rate / 60:.1f} min")
 
 
 def torch_labels(n: int):

@@ -101,6 +101,13 @@ def corrupt_uint8(image: np.ndarray, name: str, severity: int, *, seed: int, ind
     return np.asarray(out, dtype=np.uint8)
 
 
+def warm_up(names: Sequence[str]) -> None:
+    """Compile glass blur's numba kernel in this process before DataLoader workers fork from it, so each worker
+    does not compile it again (a few seconds each)."""
+    if "glass_blur" in names:
+        corrupt_uint8(np.zeros((MIN_SIDE, MIN_SIDE, 3), np.uint8), "glass_blur", 1, seed=0, index=0)
+
+
 def working_side(shape: Sequence[int]) -> tuple[int, int]:
     """(H, W) at which an image of ``shape`` (C, H, W) is corrupted: itself, or upsampled to a 32-pixel short side."""
     h, w = int(shape[-2]), int(shape[-1])

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from .. import distributed
 from ..data.loading import loader_options
 from .evaluate import CorruptionRecords, class_figures, corruption_pass, join_records, summary_figures
-from .generate import MIN_SIDE, library_version, working_side
+from .generate import MIN_SIDE, library_version, warm_up, working_side
 from .official import official_points
 from .points import GeneratedPoints, JobPoints
 
@@ -54,6 +54,8 @@ def run_phase(config: "AuditConfig", evaluator: "Evaluator", points: JobPoints, 
               progress: bool) -> Optional[CorruptionRecords]:
     """Score this rank's corrupted points (one bar over every rank's images); rank 0 gets the whole run's records
     (None on the others). ``n_points``: the audited points of the whole run."""
+    if isinstance(points, GeneratedPoints):
+        warm_up(config.corruptions)  # before the workers fork
     loader = DataLoader(points, batch_size=config.batch_size, shuffle=False,
                         **loader_options(config.workers, evaluator.device))
     bar = distributed.GlobalProgress(len(points.jobs) * n_points, enabled=progress, desc="corruptions", unit="img")
