@@ -180,6 +180,8 @@ def _add_scaling_args(p: argparse.ArgumentParser, *, repair: bool = False) -> No
     if repair:
         p.add_argument("--no-sync-bn", action="store_true",
                        help="under torchrun on GPUs: keep per-rank BatchNorm statistics instead of SyncBatchNorm")
+
+
 def _add_corruption_args(p: argparse.ArgumentParser) -> None:
     """The corruption audit beside the attacks (audit/corruptions/, docs/corruptions.md)."""
     p.add_argument("--corruptions", metavar="common|all|NAME[,NAME...]",

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from . import bounds as B
