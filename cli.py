@@ -180,6 +180,19 @@ def _add_scaling_args(p: argparse.ArgumentParser, *, repair: bool = False) -> No
     if repair:
         p.add_argument("--no-sync-bn", action="store_true",
                        help="under torchrun on GPUs: keep per-rank BatchNorm statistics instead of SyncBatchNorm")
+
+
+def _add_corruption_args(p: argparse.ArgumentParser) -> None:
+    """The corruption audit beside the attacks (audit/corruptions/, docs/corruptions.md)."""
+    p.add_argument("--corruptions", metavar="common|all|NAME[,NAME...]",
+                   help="also audit natural corruptions per class: common (the 15 of ImageNet-C/CIFAR-10-C), all "
+                        "(+ speckle_noise, gaussian_blur, spatter, saturate) or names (default: off)")
+    p.add_argument("--severity", default="all", metavar="1..5|all",
+                   help="corruption severities, one, a list (1,3,5) or all (default all)")
+    p.add_argument("--corruption-root", metavar="DIR",
+                   help="read released CIFAR-10-C/CIFAR-100-C .npy files (or ImageNet-C folders) instead of generating")
+
+
 def _add_budget_args(t: argparse._ArgumentGroup) -> None:
     """Repair budget, learning rate, selection and class balancing (defaults live in RepairConfig)."""
     t.add_argument("--train-steps-total", type=_b("--train-steps-total", 1, "MAX_TRAIN_STEPS"), metavar="N",
@@ -225,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "model cannot be converted)")
     p.add_argument("--sanity", action="store_true",
                    help="also check that robust accuracy falls to about zero at a huge radius (gradient masking)")
+    _add_corruption_args(p)
     _add_verdict_args(p)
     p.add_argument("--out", help="output folder (default runs/<model>-<dataset>-<time>)")
     p.add_argument("--no-html", action="store_true", help="do not write report.html")
@@ -357,6 +371,8 @@ def _audit_config(args: argparse.Namespace):
         allow_large_input=args.allow_large_input, threads=args.threads, workers=args.workers,
         labels=getattr(args, "labels", None), fail_under=getattr(args, "fail_under", None),
         calibration_steps=args.calibration_steps, force=args.force, weights=args.weights,
+        corruptions=getattr(args, "corruptions", None) or (), severities=getattr(args, "severity", "all"),
+        corruption_root=getattr(args, "corruption_root", None),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from . import bounds as B
@@ -65,6 +66,9 @@ class AuditConfig:
     force: bool = False  # --force: run the attacks even when the clean check says the model cannot be graded
     weights: Optional[str] = None  # timm:ARCH without --checkpoint: "pretrained" (the hub's) or "random"
     calibration_steps: int = 20  # PGD steps of the attacked-confidence pass (audit/calibration.py); 0: clean only
+    corruptions: Sequence[str] = ()  # --corruptions: names of the corruption audit (audit/corruptions/); () = off
+    severities: Sequence[int] = (1, 2, 3, 4, 5)  # --severity: corruption severities scored
+    corruption_root: Optional[str] = None  # --corruption-root: released CIFAR-10-C/-100-C .npy or ImageNet-C folders
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -120,6 +124,24 @@ class AuditConfig:
             parse_fail_under(self.fail_under)
         if self.eps_curve:
             parse_eps_list(",".join(self.eps_curve))
+        self._validate_corruptions()
+
+    def _validate_corruptions(self) -> None:
+        """--corruptions/--severity/--corruption-root: known names, severities 1..5, the root only with names."""
+        from .corruptions import parse_corruptions, parse_severities
+
+        names = self.corruptions
+        self.corruptions = parse_corruptions(names if isinstance(names, str) else list(names)) if names else ()
+        sev = self.severities
+        self.severities = parse_severities(sev if isinstance(sev, (str, int)) else list(sev))
+        if self.corruption_root and not self.corruptions:
+            raise ConfigError("--corruption-root needs --corruptions (common, all or names) to say which files to read")
+        if self.corruption_root and not Path(self.corruption_root).is_dir():
+            raise ConfigError(f"--corruption-root {self.corruption_root} is not a folder; give the folder holding "
+                              "CIFAR-10-C's .npy files or ImageNet-C's <corruption>/<severity>/ folders")
+        if self.corruptions and self.eps_curve:
+            raise ConfigError("--corruptions and a robustness curve (several --eps) do not combine yet; audit the "
+                              "corruptions with one --eps")
 
     def _validate_objects(self) -> None:
         """``model`` and ``dataset`` are what the audit can load: names, or objects from Python."""
@@ -239,6 +261,8 @@ class AuditConfig:
         d["attacks"] = list(self.attacks) if self.attacks is not None else None
         d["temperatures"] = list(self.temperatures) if self.temperatures is not None else None
         d["eps_curve"] = list(self.eps_curve)
+        d["corruptions"] = list(self.corruptions)
+        d["severities"] = list(self.severities)
         return d
 
 

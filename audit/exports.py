@@ -6,6 +6,7 @@ import io
 from typing import Any, Optional
 
 from . import calibration
+from .corruptions import exports as corruption_exports
 from .resultsmodel import AuditResults
 
 CSV_NAME = "per_class.csv"
@@ -36,6 +37,7 @@ def per_class_csv(results: AuditResults) -> str:
         head += [f"robust_{n}", f"robust_{n}_ci95_low", f"robust_{n}_ci95_high"]
     calibrated = any(r.calibration for r in results.per_class)  # older results: no calibration columns
     head += calibration.csv_header() if calibrated else []
+    head += corruption_exports.csv_header(results)  # --corruptions: one column per corruption
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(head)
@@ -47,6 +49,7 @@ def per_class_csv(results: AuditResults) -> str:
             ci = r.robust_ci95.get(n) or [None, None]
             row += [_f(r.robust_acc.get(n)), _f(ci[0]), _f(ci[1])]
         row += calibration.csv_cells(r, _f) if calibrated else []
+        row += corruption_exports.csv_cells(results, r, _f)
         w.writerow(row)
     return buf.getvalue()
 
@@ -72,6 +75,7 @@ def summary_markdown(results: AuditResults, k_weakest: int = 5) -> str:
         lines += [f"- {_md(r)}" for r in v.reasons]
         lines.append("")
     lines += _figures_table(results) + _weakest_table(results, k_weakest) + _calibration_table(results)
+    lines += corruption_exports.markdown(results, _md, _p)
     if results.curve:
         lines += ["", "Robustness curve (worst case):", "", "| ε | robust | balanced |", "|---|---:|---:|"]
         lines += [f"| {_md(c.eps_text)} | {_p(c.overall)} | {_p(c.balanced)} |" for c in results.curve]

@@ -35,6 +35,7 @@ from .schema import check_written
 from .typedjson import from_json
 from .verdict import compute_verdict
 from .assemble import build_results
+from .corruptions.run import attach_corruptions, prepare_points, run_phase
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,7 @@ def _audit_into(out_dir: Optional[Path], config: AuditConfig, specs: list, attac
         for first in DataLoader(_Indexed(data.test, check_idx), batch_size=64):  # none for an empty shard
             check_parity(model, adapt_images(first[0].float(), size).to(device), tol=config.parity_tol)
 
+    corrupted = prepare_points(config, data, shard_idx, size)  # --corruptions: checked before any attack
     show = (not config.quiet) if progress is None else progress
     if not config.force:  # a model that cannot be graded stops here, before the first attack (audit/precheck.py)
         stop_if_ungradable(evaluator, model, data, eval_idx, dataset_name=config.dataset_name,
@@ -203,6 +205,8 @@ def _audit_into(out_dir: Optional[Path], config: AuditConfig, specs: list, attac
                                                     shuffle=False, **loader_options(config.workers, device)),
                               records, steps=config.calibration_steps if model.gradient_access else 0,
                               norm=config.norm, eps=config.eps)
+    corruption_records = (run_phase(config, evaluator, corrupted, n_points=len(eval_idx), progress=show)
+                          if corrupted is not None else None)
     bn_after = _bn_fingerprint(module)
     if bn_after != bn_before and not (np.isnan(bn_after) and np.isnan(bn_before)):
         raise RuntimeError("BatchNorm statistics changed during the audit; this is a bug, please report it")
@@ -220,6 +224,8 @@ def _audit_into(out_dir: Optional[Path], config: AuditConfig, specs: list, attac
                             {"load_s": load_s, "total_s": total_s}, large_eps=large_eps)
     if curve is not None:
         results.curve = [from_json(CurvePoint, c) for c in curve]
+    if corruption_records is not None:
+        attach_corruptions(results, config, corruption_records, records, data, size)
     results.verdict = compute_verdict(results)
     if gate:
         results.gate = evaluate_gate(gate, results)

@@ -385,6 +385,8 @@ class ClassResult:
     broken_by: dict[str, int] = field(default_factory=dict)
     weight_norm: Optional[float] = None
     calibration: Optional[ClassCalibration] = _omit()
+    # --corruptions: {name: {"1".."5": {accuracy, ci95, drop, ece, confident_error}, "mean": accuracy}}
+    corruptions: Optional[dict[str, dict[str, Any]]] = _omit()
     extra: dict[str, Any] = _extra()
 
     @property
@@ -449,6 +451,7 @@ class Summary:
     confusion: Optional[Confusion] = None
     clean_confusion: Optional[list[list[int]]] = _omit()
     calibration: Optional[Calibration] = _omit()
+    corruptions: Optional[dict[str, Any]] = _omit()  # --corruptions: figures and provenance (audit/corruptions/)
     extra: dict[str, Any] = _extra()
 
     @property

@@ -67,10 +67,28 @@ def _headline_lines(results: AuditResults) -> list[str]:
                      "images; robust accuracy scored by onnxruntime")
     if s.calibration:
         lines.append(calibration_line(s.calibration))
+    if s.corruptions:
+        lines += corruption_lines(results)
     for c in results.curve or []:
         lines.append(f"  eps {c.eps_text:>8}: robust {_pct(c.overall).strip()}, balanced {_pct(c.balanced).strip()}")
     lines += [f"warning: {inline_safe(w)}" for w in results.warnings]
     return lines
+
+
+def corruption_lines(results: AuditResults) -> list[str]:
+    """The corruption audit in two lines: mean accuracy, the hardest corruption and its weakest class, the note."""
+    c = results.summary.corruptions or {}
+    per = c.get("per_corruption") or {}
+    hardest = min(per, key=lambda n: per[n].get("mean_accuracy") if per[n].get("mean_accuracy") is not None else 2,
+                  default=None)
+    line = (f"corruptions ({len(c.get('names') or [])}, severities {','.join(str(v) for v in c.get('severities') or [])}, "
+            f"{c.get('parameters')} parameters): mean accuracy {_pct(c.get('mean_accuracy')).strip()} vs clean "
+            f"{_pct(c.get('clean_accuracy')).strip()}")
+    if hardest is not None:
+        w = per[hardest].get("worst_class")
+        line += (f"; hardest {hardest} {_pct(per[hardest].get('mean_accuracy')).strip()}"
+                 + (f" (weakest class {inline_safe(results.dataset.classes[w])})" if w is not None else ""))
+    return [line] + ([f"  {inline_safe(c['note'])}"] if c.get("note") else [])
 
 
 def calibration_line(cal: Calibration) -> str:

@@ -6,7 +6,7 @@ from typing import Any, Callable, Sequence
 
 from audit.resultsmodel import AttackEntry, AuditResults, ClassResult, Flow, Parity, ThreatModel, Timings, Tool
 
-from . import calibration_view, charts
+from . import calibration_view, charts, corruption_view
 from .examples import build_examples
 from .fmt import (attack_label, count, eps_text, interval, num, over_255, pct, points, seconds, short_name,
                   threat_text)
@@ -443,4 +443,6 @@ def audit_context(results: AuditResults, folder: Path) -> dict[str, Any]:
         "sanity": sanity_rows(results),
         "method": method(results),
         "calibration": calibration_view.audit_section(results),  # None for results without calibration
+        "corruptions": corruption_view.audit_section(results),  # None for results without --corruptions
+        "corruption_note": corruption_view.page1_note(results),
     }

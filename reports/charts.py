@@ -396,3 +396,44 @@ __all__ = [
     "class_bars", "confusion_heatmap", "count_scatter", "eps_curve", "group_bars", "group_colour", "short",
     "training_curves",
 ]
+
+
+def corruption_heatmap(
+    chart_id: str,
+    accuracy: Sequence[Sequence[float | None]],
+    class_names: Sequence[str],
+    corruption_names: Sequence[str],
+    *,
+    label: str,
+    width_in: float = FULL_WIDTH,
+) -> Markup:
+    """Class × corruption accuracy (rows: classes, columns: corruptions, severity-averaged), vector cells.
+
+    Sized to fit one A4 page for 10 to 100 classes: cells carry their percentage while there is room
+    (up to 30 classes); the row labels shrink with the class count."""
+    m = np.array([[np.nan if v is None else 100 * v for v in row] for row in accuracy], dtype=float)
+    n, k = m.shape
+    height = min(9.4, 1.6 + (0.22 if n <= 30 else 0.078) * n)
+    with style():
+        fig = new_figure(width_in, height)
+        ax = fig.add_subplot()
+        ax.grid(False)
+        mesh = ax.pcolormesh(np.arange(k + 1) - 0.5, np.arange(n + 1) - 0.5, np.ma.masked_invalid(m), cmap="RdYlGn",
+                             vmin=0, vmax=100, edgecolors="#ffffff", linewidth=0.4 if n <= 30 else 0.1)
+        ax.invert_yaxis()
+        if n <= 30:
+            for i in range(n):
+                for j in range(k):
+                    if not np.isnan(m[i, j]):
+                        ax.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center", fontsize=6, color="#222222")
+        ax.xaxis.set_ticks_position("top")
+        ax.set_xticks(np.arange(k), [c.replace("_", " ") for c in corruption_names], rotation=45, ha="left",
+                      rotation_mode="anchor", fontsize=6.5)
+        ax.set_yticks(np.arange(n), [short(s, 16) for s in class_names], fontsize=7 if n <= 30 else 4)
+        for side in ("top", "right", "left", "bottom"):
+            ax.spines[side].set_visible(False)
+        bar = fig.colorbar(mesh, ax=ax, shrink=0.6 if n > 30 else 0.8, pad=0.02)
+        if bar.solids is not None:
+            bar.solids.set_rasterized(False)  # keep the whole chart vector
+        bar.set_label("accuracy under corruption (%)")
+        return to_svg(fig, chart_id, label)

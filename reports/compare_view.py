@@ -8,7 +8,7 @@ from markupsafe import Markup
 
 from audit.resultsmodel import AuditResults, ClassResult
 
-from . import calibration_view, charts
+from . import calibration_view, charts, corruption_view
 from .audit_view import LARGE, TOP, attack_columns, confusion, group_names, method, run_headline, strip_counts
 from .plain import glossary, at_risk, budget_sentence, change_sentences, critical_warnings, gate_rows, is_balanced, \
     resolve_verdict
@@ -286,4 +286,5 @@ def compare_context(before: AuditResults, before_dir: Path, after: AuditResults,
         "training": training,
         "has_training": training is not None,
         "calibration": calibration_view.compare_section(before, after),  # None when neither run has calibration
+        "corruptions": corruption_view.compare_section(before, after),  # None unless both runs have corruptions
     }

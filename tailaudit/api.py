@@ -1,6 +1,7 @@
 """``run_audit``, ``run_repair`` and ``render``: the engines with the report renderer wired in."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -20,10 +21,17 @@ from .wording import python_errors
 __all__ = ["AuditRun", "RepairRun", "render", "run_audit", "run_repair"]
 
 
-def run_audit(config: AuditConfig, *, formats: Sequence[str] = (),
-              progress: Optional[bool] = None) -> AuditRun:
-    """Audit ``config.model`` (a file, ``timm:NAME`` or an ``nn.Module``) and render ``formats`` beside the results."""
+def run_audit(config: AuditConfig, *, formats: Sequence[str] = (), progress: Optional[bool] = None,
+              corruptions: Optional[str | Sequence[str]] = None,
+              severities: Optional[str | int | Sequence[int]] = None) -> AuditRun:
+    """Audit ``config.model`` (a file, ``timm:NAME`` or an ``nn.Module``) and render ``formats`` beside the results.
+
+    ``corruptions`` ("common", "all" or names) and ``severities`` (1..5, a list or "all") add the corruption
+    audit (docs/corruptions.md); they set ``config.corruptions`` / ``config.severities`` for this call."""
     with python_errors():
+        if corruptions is not None or severities is not None:
+            config = dataclasses.replace(config, corruptions=config.corruptions if corruptions is None else corruptions,
+                                         severities=config.severities if severities is None else severities)
         return _audit(config, progress=progress, formats=tuple(formats), render=reports.render_report)
 
 

@@ -1,0 +1,88 @@
+"""The corruption section of the audit and comparison reports (results' ``corruptions`` only).
+
+Audit: the class × corruption heatmap (severity-averaged), the weakest class per corruption, head
+vs tail under corruption next to the attacks, and the sentence the audit stored on whether
+corruption hurts other classes than the attacks (page 1 shows it when it does). Comparison: mean
+corruption accuracy per corruption before and after; a repair does not optimise for corruptions.
+Results without ``summary.corruptions`` (older files, runs without --corruptions) show nothing.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from audit.resultsmodel import AuditResults
+
+from . import charts
+from .fmt import pct, points
+
+
+def _corr(results: Optional[AuditResults]) -> Optional[dict[str, Any]]:
+    return None if results is None else results.summary.corruptions or None
+
+
+def _provenance(c: dict[str, Any]) -> str:
+    sev = ", ".join(str(s) for s in c.get("severities") or [])
+    if c.get("source") == "official":
+        return f"Read from the released corruption files (severities {sev})."
+    side = c.get("generated_side") or []
+    inp = c.get("input_side") or []
+    resized = (f" The model's {inp[0]}×{inp[1]} images were upsampled to {side[0]}×{side[1]} to be corrupted and "
+               "resized back." if side and inp and list(side) != list(inp) else "")
+    return (f"Generated with {c.get('library')} at severities {sev}, seed {c.get('seed')}, with its "
+            f"{c.get('parameters')} parameters (harsher than CIFAR-10-C's on 32-pixel images; docs/corruptions.md)."
+            + resized)
+
+
+def page1_note(results: AuditResults) -> Optional[str]:
+    """The page-1 sentence: only when corruption tells a different story from the attacks."""
+    c = _corr(results)
+    return c.get("note") if c and c.get("differs") and c.get("note") else None
+
+
+def audit_section(results: AuditResults, prefix: str = "a") -> Optional[dict[str, Any]]:
+    """Heatmap, weakest class per corruption and the group table; None without corruption figures."""
+    c = _corr(results)
+    if not c:
+        return None
+    names = list(c.get("names") or [])
+    classes = results.dataset.classes
+    matrix = [[((r.corruptions or {}).get(n) or {}).get("mean") for n in names] for r in results.per_class]
+    svg = charts.corruption_heatmap(f"{prefix}-corruptions", matrix, [r.name for r in results.per_class], names,
+                                    label="Accuracy of each class under each corruption, averaged over severities")
+    weakest = []
+    for n, p in (c.get("per_corruption") or {}).items():
+        w = p.get("worst_class")
+        weakest.append({"name": n.replace("_", " "), "family": p.get("family", ""), "mean": pct(p.get("mean_accuracy")),
+                        "lost": points(p.get("relative_error")),
+                        "weakest": classes[w] if w is not None else "n/a", "weakest_acc": pct(p.get("worst_class_accuracy")),
+                        "head": pct((p.get("groups") or {}).get("head")), "tail": pct((p.get("groups") or {}).get("tail"))})
+    groups = []
+    clean_g, robust_g = results.summary.clean.groups or {}, results.summary.worst_case.groups or {}
+    for g, v in (c.get("groups") or {}).items():
+        groups.append({"group": g, "clean": pct(clean_g.get(g)), "corrupted": pct(v),
+                       "lost": points((c.get("group_drop") or {}).get(g)), "attacked": pct(robust_g.get(g))})
+    return {"svg": svg, "weakest": weakest, "groups": groups, "note": c.get("note") or "",
+            "mean": pct(c.get("mean_accuracy")), "clean": pct(c.get("clean_accuracy")),
+            "rmce": points(c.get("relative_mce")), "provenance": _provenance(c), "n_classes": len(classes)}
+
+
+def compare_section(before: AuditResults, after: AuditResults) -> Optional[dict[str, Any]]:
+    """Mean accuracy per corruption before and after, when both runs have it (None otherwise)."""
+    cb, ca = _corr(before), _corr(after)
+    if not cb or not ca:
+        return None
+    rows = []
+
+    def add(label: str, b: Optional[float], a: Optional[float]) -> None:
+        d = None if a is None or b is None else a - b
+        rows.append({"label": label, "before": pct(b), "after": pct(a), "delta": points(d),
+                     "cls": "" if d is None or abs(d) < 0.0005 else ("pos" if d > 0 else "neg")})
+
+    add("Mean accuracy under corruption", cb.get("mean_accuracy"), ca.get("mean_accuracy"))
+    for g in ("head", "tail"):
+        if g in (cb.get("groups") or {}) and g in (ca.get("groups") or {}):
+            add(f"{g.capitalize()} classes under corruption", cb["groups"][g], ca["groups"][g])
+    pb, pa = cb.get("per_corruption") or {}, ca.get("per_corruption") or {}
+    for n in [n for n in pb if n in pa]:
+        add(n.replace("_", " "), pb[n].get("mean_accuracy"), pa[n].get("mean_accuracy"))
+    return {"rows": rows}
