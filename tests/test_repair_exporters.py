@@ -148,6 +148,6 @@ def test_black_box_model_is_refused_up_front(fixture_files, tmp_path):
     case = CASES[1]
     cfg = gentle(case, fixture_files[case.name], tmp_path / "bb")
     cfg.audit.black_box = True
-    with pytest.raises(RepairError, match="black-box"):
+    with pytest.raises(RepairError, match="black.box"):  # the API names black_box=, the CLI --black-box
         run_repair(cfg)
     assert not (tmp_path / "bb" / "before").exists()
