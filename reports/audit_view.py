@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from audit.verdict import ranking_sentences, repair_command
 from audit.resultsmodel import AttackEntry, AuditResults, ClassResult, Flow, Parity, ThreatModel, Timings, Tool
 
 from . import calibration_view, charts
@@ -353,6 +354,8 @@ def method(results: AuditResults) -> dict[str, Any]:
                           ("audit run", results.created)),
         "meaningful": verdict["meaningful"],
         "verdict_on_load": verdict["computed_on_load"],
+        "repair_command": repair_command(results) if verdict["graded"] and verdict["code"] != "robust"
+        and not verdict["upper_bound"] else None,
         "balanced": is_balanced(results),
     }
 
@@ -404,6 +407,7 @@ def first_page(results: AuditResults) -> dict[str, Any]:
             "balanced": balanced,
             "critical": critical_warnings(results),
             "at_risk": at_risk(results) if verdict["meaningful"] else [],
+            "ranking": ranking_sentences(results) if verdict["meaningful"] else [],
             "at_risk_title": "Weakest classes, and why" if verdict["code"] == "robust" else "Classes at risk, and why",
             "gate": gate_rows(results),
             "glossary": glossary(results, balanced)}
