@@ -166,7 +166,11 @@ def test_page1_answers_in_plain_words(full):
         assert needle in page1, needle
     weakest = sorted(results["per_class"], key=lambda r: (r["robust_acc"]["worst_case"], r["index"]))[0]
     assert f"“{weakest['name']}”: {pct(weakest['robust_acc']['worst_case'])} robust" in page1
-    assert "rare: " in page1 and "training images" in page1  # why: rarity, from the training counts
+    # the fixture's counts are tailaudit's sampling profile (no --class-counts): never stated as the model's
+    assert "in the tail of tailaudit's sampling profile" in page1 and "--class-counts" in page1
+    assert not re.search(r"\d training images?", page1) and "rare: " not in page1
+    wc_ci = [round(100 * v, 1) for v in weakest["robust_ci95"]["worst_case"]]
+    assert f"(95% interval {wc_ci[0]:.1f}–{wc_ci[1]:.1f}%)" in page1  # the weakest class with its interval
     whole = page_text(files["pdf"], 1, 3)
     assert whole.index("Words used in this report") < whole.index("Key figures") < whole.index("Findings in detail")
 
