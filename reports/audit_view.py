@@ -377,6 +377,12 @@ def run_headline(results: AuditResults, note: str = "") -> str:
             f"{threat_text(results.threat_model)} · attacks " + " → ".join(attack_label(a) for a in results.attacks))
 
 
+def model_title(results: AuditResults) -> str:
+    """The model as a title names it: its file name, not the path (the method page gives the path)."""
+    spec = str(results.model.spec)
+    return spec if spec.startswith(("timm:", "python:")) else (Path(spec).name or spec)
+
+
 def headline(results: AuditResults) -> str:
     """'MODEL on DATASET (N classes), threat model L∞, ε = 8/255, attacks PGD-20 → …'."""
     return f"{results.model.spec} on {run_headline(results)}"
@@ -427,8 +433,8 @@ def audit_context(results: AuditResults, folder: Path) -> dict[str, Any]:
         findings = [NOT_MEANINGFUL_FINDINGS]
     return {
         "kind": "audit",
-        "title": f"Robustness audit: {results.model.spec}",
-        "running": f"audit: {results.model.spec}",
+        "title": f"Robustness audit: {model_title(results)}",
+        "running": f"audit: {model_title(results)}",
         "headline": headline(results),
         "created": results.created,
         "page1": first_page(results),

@@ -29,11 +29,10 @@ MEANING: dict[str, str] = {
     "robust": "Most of the model's correct answers survive the attack: someone who alters images within this "
               "budget rarely changes its decisions.",
     "partly-robust": "Many of the model's correct answers survive the attack, but a clear share can be flipped by "
-                     "changes to the image too small for a person to notice.",
-    "weakly-robust": "Most of the model's correct answers can be flipped by changes to the image too small for a "
-                     "person to notice; only a minority survive.",
-    "not-robust": "Almost every correct answer can be flipped by changes to the image too small for a person to "
-                  "notice. Do not rely on this model where someone may tamper with its input.",
+                     "{changes}.",
+    "weakly-robust": "Most of the model's correct answers can be flipped by {changes}; only a minority survive.",
+    "not-robust": "Almost every correct answer can be flipped by {changes}. Do not rely on this model where someone "
+                  "may tamper with its input.",
     "not-meaningful": "The model does not work on this data as it was audited, so its robustness figures say "
                       "nothing and no robustness grade is given. Fix the setup first, then audit again.",
     "not-graded": "The attacks could not work on this model, so the share of answers that survived them says "
@@ -54,6 +53,21 @@ GLOSSARY: tuple[tuple[str, str], ...] = (
     ("Interval", "the range the true value lies in with 95% confidence, given the number of test images "
                  "(Wilson interval); few test images give wide intervals."),
 )
+
+
+SMALL = {"linf": 8 / 255, "l2": 0.5}  # budgets up to these are the usual "imperceptible" ones
+
+
+def changes_words(results: AuditResults) -> str:
+    """The attacker's changes in words that hold for this run's budget: "too small for a person to notice" only
+    up to the usual imperceptible budgets (L∞ 8/255, L2 0.5)."""
+    t = results.threat_model
+    norm, eps = str(t.norm).lower(), float(t.eps or 0.0)
+    if eps <= SMALL.get(norm, 0.0) + 1e-9:
+        return "changes to the image too small for a person to notice"
+    if norm == "linf":
+        return f"changes of up to {eps * 100:.0f}% of the brightness range per pixel"
+    return f"changes to the image of L2 size up to {eps:g}"
 
 
 def is_balanced(results: AuditResults) -> bool:
@@ -84,8 +98,10 @@ def resolve_verdict(results: AuditResults) -> dict[str, Any]:
     grade, css = GRADES[v.code]
     if v.upper_bound and v.graded:  # black-box: the badge says "at most", never a white-box grade
         grade, css = f"{v.label} (upper bound)", f"{css} upper"
-    meaning = (UPPER_BOUND if v.upper_bound and v.graded else "") + MEANING[v.code]
-    return {"code": v.code, "headline": v.statement or MEANING[v.code], "reasons": list(v.reasons),
+    meaning = MEANING[v.code].format(changes=changes_words(results))
+    if v.upper_bound and v.graded:
+        meaning = UPPER_BOUND + meaning
+    return {"code": v.code, "headline": v.statement or meaning, "reasons": list(v.reasons),
             "actions": list(v.actions), "computed_on_load": v.computed_on_load, "meaning": meaning,
             "grade": grade if v.graded else None, "label": grade, "css": css, "meaningful": v.meaningful,
             "graded": v.graded, "upper_bound": v.upper_bound}
@@ -197,8 +213,8 @@ def at_risk(results: AuditResults, k: int = 3) -> list[dict[str, str]]:
             else:
                 factor = f", {most / tc:.0f}× fewer than the most common class" if most and most / tc >= 2 else ""
                 why.append(f"rare: {count(tc)} training image{'' if tc == 1 else 's'}{factor}")
-        if r.clean_acc < clean_all - 0.10:
-            why.append(f"often wrong even without attack (clean {pct(r.clean_acc)})")
+        if r.clean_acc < clean_all - 0.10:  # its clean accuracy is on the same line: not repeated here
+            why.append("often wrong even without attack")
         flow = _main_flow(r.index, conf)
         if flow is not None:
             why.append(_flow_text(flow, names))

@@ -3,6 +3,7 @@ or a ranking is claimed, black-box figures as upper bounds, no grade from blind 
 as the model's."""
 from __future__ import annotations
 
+import html as htmllib
 import json
 import re
 import subprocess
@@ -166,3 +167,55 @@ def test_a_failed_large_radius_check_gives_no_grade():
     assert v.code == "not-graded" and not v.graded and "do not work on this model" in v.headline
     res["sanity"]["large_eps"]["passed"] = True
     assert compute_verdict(typed(res)).graded
+
+
+# -- item 6: the smaller defects, read in the rendered report ------------------------------------------------------
+
+def _visible(html: str) -> str:
+    body = re.sub(r"<style.*?</style>|<svg.*?</svg>", " ", html, flags=re.S)
+    return " ".join(htmllib.unescape(re.sub(r"<[^>]+>", " ", body)).split())
+
+
+def _defects_run() -> dict:
+    """An absolute model path and data root inside the working folder, ε = 0.1, a three-attack cascade where only
+    Temperature-PGD broke anything beyond PGD (one image), the quick suite's note."""
+    res = make_results(10)
+    res["threat_model"] = {"norm": "linf", "eps": 0.1, "eps_text": "0.1"}
+    res["model"]["spec"] = str(Path.cwd() / "models" / "resnet_4b.onnx")
+    res["config"] = {"data_root": str(Path.cwd() / "data" / "cifar")}
+    res["attacks"].append({"name": "square", "kind": "square", "display_name": "Square", "queries": 5000})
+    res["suite"], res["mode_label"] = "quick", "white-box"
+    res["suite_note"] = ("quick suite (PGD + Temperature-PGD): a fast audit, not AutoAttack-level; confirm the "
+                         "figures with --suite standard")
+    for row in res["per_class"]:
+        pgd = row["robust_acc"]["pgd"]
+        worst = pgd - (1 / row["n_eval"] if row["index"] == 0 else 0)
+        row["robust_acc"].update({"temp-pgd": worst, "square": worst, "worst_case": worst})
+        row["robust_ci95"]["square"] = row["robust_ci95"]["temp-pgd"]
+        row["broken_by"] = {"pgd": row["broken_by"]["pgd"], "temp-pgd": int(row["index"] == 0), "square": 0}
+    res["summary"]["robust"]["square"] = res["summary"]["robust"]["temp-pgd"]
+    return with_computed_verdict(res)
+
+
+def test_smaller_defects_in_the_rendered_report(tmp_path):
+    res = _defects_run()
+    files = render_report(write_run(tmp_path, res), tmp_path, formats=["html"])
+    html = files["html"].read_text(encoding="utf-8")
+    text = _visible(html)
+    assert "Temperature-PGD broke 1 test image that PGD missed" in text  # singular, and only the attack that did
+    assert "Square broke" not in text and "and Square broke" not in text
+    assert "too small for a person to notice" not in text  # ε = 0.1 is 10% of the brightness range
+    assert "changes of up to 10% of the brightness range per pixel" in text
+    assert "--suite standard. Data:" in text  # the suite note ends with a full stop
+    title = re.search(r"<title>(.*?)</title>", html, re.S).group(1)
+    assert title.strip() == "Robustness audit: resnet_4b.onnx" and str(Path.cwd()) not in title
+    page1 = text[:text.index("Key figures")]
+    assert "cli.py" not in page1 and "Repair it with adversarial fine-tuning" in page1  # plain words on page 1
+    method = text[text.index("To repair this model"):]
+    assert "python cli.py repair models/resnet_4b.onnx --dataset digitslt --data-root data/cifar" in method
+    assert str(Path.cwd()) not in method.split("Model")[0]
+    weakest = min(res["per_class"], key=lambda r: (r["robust_acc"]["worst_case"], r["index"]))
+    line = page1[page1.index(f"“{weakest['name']}” :"):]
+    line = line[:line.index(".", line.index("—"))]
+    clean = f"{100 * weakest['clean_acc']:.1f}%"
+    assert line.count(clean) <= 1, line  # a bullet does not repeat its own figure
