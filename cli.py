@@ -103,12 +103,24 @@ def _add_model_data_args(p: argparse.ArgumentParser) -> None:
                    help="head/medium/tail rule: thirds of classes by count, or shots (>100, <20)")
 
 
-def _add_dataset_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="digitslt", help="cifar10lt | cifar100lt | digitslt | imagefolder (default digitslt)")
+def _add_dataset_args(p: argparse.ArgumentParser, *, named: bool = True) -> None:
+    """--dataset (unless the command names the dataset itself) and the options that describe it."""
+    if named:
+        p.add_argument("--dataset", default="digitslt",
+                       help="cifar10lt | cifar100lt | digitslt | imagefolder (default digitslt)")
     p.add_argument("--imbalance", type=_f("--imbalance", 0, 1, lo_open=True), default=0.01, help="rho = smallest/largest class (default 0.01)")
     p.add_argument("--data-root", help="folder with the data (torchvision CIFAR layout or train/<class>/, test/<class>/)")
-    p.add_argument("--class-counts", help="JSON training counts for an imagefolder with only an evaluation folder")
+    p.add_argument("--class-counts", help="JSON file with the training counts the model was really trained on, per "
+                   "class: for cifar10lt/cifar100lt (instead of tailaudit's own sampled long-tail profile, which "
+                   "page 1 otherwise describes as such) and for an imagefolder with only an evaluation folder")
     p.add_argument("--no-download", action="store_true", help="never try to download datasets")
+
+
+def _standard_probe() -> int:
+    """Square's probe in the standard suite (the suite registry is its one source)."""
+    from audit.attacks import SUITES
+
+    return next(int(o.get("probe", 0)) for k, o in SUITES.get("standard").attacks if k == "square")
 
 
 def _add_suite_args(p: argparse.ArgumentParser) -> None:
@@ -127,7 +139,8 @@ def _add_suite_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queries", type=_b("--queries", 1, "MAX_QUERIES"), help=f"Square queries per point (default 5000; at most {MAX_QUERIES})")
     p.add_argument("--probe", type=_b("--probe", 0, "MAX_QUERIES"),
                    help="Square: a point stops after this many queries unless Square is doing better on it "
-                        "than the gradient attacks did (standard suite 1000; 0 = full --queries for every point)")
+                        f"than the gradient attacks did (standard suite {_standard_probe()}; 0 = full --queries for "
+                        "every point)")
     p.add_argument("--targets", type=_b("--targets", 1, "MAX_TARGETS"),
                    help=f"APGD-T target classes (default 9, C-1 when fewer; at most {MAX_TARGETS})")
     p.add_argument("--target-ranking", choices=["logit", "malt"],
@@ -139,7 +152,9 @@ def _add_suite_args(p: argparse.ArgumentParser) -> None:
 
 def _add_attack_args(p: argparse.ArgumentParser) -> None:
     _add_suite_args(p)
-    p.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    p.add_argument("--norm", default="linf", choices=["linf", "l2"],
+                   help="threat model: linf limits every pixel's change to --eps; l2 limits the whole image's "
+                        "change (default linf)")
     p.add_argument("--eps", default="8/255", help="radius of the threat model in [0,1] pixels (accepts 8/255); several "
                    "(1/255,2/255,4/255,8/255) audit a robustness curve, the largest is the headline")
     p.add_argument("--step-size", type=_f("--step-size", 0, 1, lo_open=True), help="PGD step size alpha (default eps/4, i.e. 2/255 at 8/255)")
@@ -159,7 +174,8 @@ def _add_attack_args(p: argparse.ArgumentParser) -> None:
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: the GPU when torch sees one)")
-    p.add_argument("--batch-size", type=_b("--batch-size", 1, "MAX_BATCH"), default=256)
+    p.add_argument("--batch-size", type=_b("--batch-size", 1, "MAX_BATCH"), default=256,
+                   help="test images attacked at once (default 256); results do not depend on it, memory does")
     p.add_argument("--amp", default="off", choices=["off", "bf16"], help="bf16 autocast for the attack (GPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -228,8 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pdf", action="store_true", help="do not write report.pdf")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
-    p = sub.add_parser("repair", help="adversarially fine-tune a model (REAT, AT-BSL, PGD-AT, TRADES-BSL, LBGAT) and audit "
-                                      "it before/after")
+    p = sub.add_parser("repair", help="adversarially fine-tune a model (REAT, AT-BSL, PGD-AT, TRADES-BSL, LBGAT, MiSLAS, "
+                                      "ResLT) and audit it before/after")
     _add_model_data_args(p)
     _add_attack_args(p)  # the before/after audit; the after-audit repeats it unchanged
     _add_run_args(p)
@@ -261,8 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seeded share of each class held out to pick the checkpoint; classes too small to spare an "
                         "image are guarded on their training images (default 0.1)")
     t.add_argument("--min-clean-kept", type=_f("--min-clean-kept", 0, 1), default=0.8,
-                   help="a fine-tuned checkpoint must keep this share of the input model's validation clean accuracy "
-                        "(and not collapse) to replace it; otherwise the input model is returned (default 0.8)")
+                   help="a fine-tuned checkpoint must keep this share of the input model's balanced clean accuracy "
+                        "(on the validation images, or on the held-out test images when that is lower) and not "
+                        "collapse to replace it; otherwise the input model is returned (default 0.8)")
     t.add_argument("--guide", default="frozen", choices=["frozen", "learnable"],
                    help="lbgat: the input model guides as it is (frozen, default) or is trained alongside with "
                         "Balanced Softmax at a tenth of --lr (learnable)")
@@ -296,8 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     p = sub.add_parser("dataset", help="print a dataset's class names and long-tailed training counts")
-    p.add_argument("name")
-    _add_dataset_args(p)
+    p.add_argument("name", help="cifar10lt | cifar100lt | digitslt | imagefolder")
+    _add_dataset_args(p, named=False)  # the name is the positional argument: no second way to give it
     p.add_argument("--groups", default="thirds", choices=["thirds", "shots"])
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)

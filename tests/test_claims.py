@@ -219,3 +219,32 @@ def test_smaller_defects_in_the_rendered_report(tmp_path):
     line = line[:line.index(".", line.index("—"))]
     clean = f"{100 * weakest['clean_acc']:.1f}%"
     assert line.count(clean) <= 1, line  # a bullet does not repeat its own figure
+
+
+# -- item 7: first use --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("how", ["HF_HUB_OFFLINE", "unreachable"])
+def test_pretrained_offline_is_one_line_at_once(tmp_path, monkeypatch, capsys, how):
+    """No network and no cached weights: one error line within seconds, no hub retry warnings (they took a minute)."""
+    import time
+
+    from huggingface_hub import constants
+
+    from audit.models import timm_model
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # nothing cached
+    if how == "HF_HUB_OFFLINE":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr(timm_model, "HUB_URL", "http://127.0.0.1:9")  # a closed port: refused at once
+    import timm
+
+    start = time.perf_counter()
+    with pytest.raises(Exception) as info:
+        timm_model._hub_model(timm, "resnet18", 1000)
+    took = time.perf_counter() - start
+    assert took < 10, took
+    assert "not in the local cache" in str(info.value) and "--checkpoint FILE" in str(info.value)
+    err = capsys.readouterr().err
+    assert "Retrying" not in err and "huggingface" not in err.lower()
