@@ -261,7 +261,7 @@ def ranking_sentences(results: AuditResults) -> list[str]:
     lo = min(class_interval(r)[0] for r in group)
     hi = max(class_interval(r)[1] for r in group)
     out = [f"{_listed(group)} cannot be told apart at {_per_class_n(group)} test images per class: their 95% "
-           f"intervals overlap (together {100 * lo:.1f}–{100 * hi:.1f}%), so their order is not evidence."]
+           f"intervals overlap ({100 * lo:.1f}–{100 * hi:.1f}%)."]
     first = group[0]
     second = next((r for r in group[1:] if r.worst_case > first.worst_case), None)
     if second is None:
@@ -275,8 +275,7 @@ def ranking_sentences(results: AuditResults) -> list[str]:
         out.append(f"Telling {pair} apart would need more than {SEPARATE_MAX_N:,} test images per class: treat "
                    "them as equally weak.")
     else:
-        out.append(f"Telling {pair} apart would take about --n-per-class {need:,} (if the measured rates hold; the "
-                   "test set must have that many images per class).")
+        out.append(f"Telling {pair} apart would take about --n-per-class {need:,}, if these rates hold.")
     return out
 
 

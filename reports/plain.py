@@ -208,7 +208,7 @@ def at_risk(results: AuditResults, k: int = 3) -> list[dict[str, str]]:
         tc = r.train_count
         if not balanced and tc and r.group in ("tail", "few"):
             if sampled:
-                why.append("in the tail of tailaudit's sampling profile")  # the data sentence says what that means
+                why.append("tail of tailaudit's sampled profile")  # the data sentence says what that means
             else:
                 factor = f", {most / tc:.0f}× fewer than the most common class" if most and most / tc >= 2 else ""
                 why.append(f"rare: {count(tc)} training image{'' if tc == 1 else 's'}{factor}")
