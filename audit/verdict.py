@@ -263,20 +263,39 @@ def ranking_sentences(results: AuditResults) -> list[str]:
     out = [f"{_listed(group)} cannot be told apart at {_per_class_n(group)} test images per class: their 95% "
            f"intervals overlap ({100 * lo:.1f}–{100 * hi:.1f}%)."]
     first = group[0]
+    tied = [r for r in group if r.worst_case == first.worst_case]
     second = next((r for r in group[1:] if r.worst_case > first.worst_case), None)
+    if len(tied) > 1:
+        out.append(f"{_listed(tied)} all measured {_pct(first.worst_case)}: no sample size would rank them on this "
+                   "evidence.")
     if second is None:
-        out.append(f"They measured the same robust accuracy ({_pct(first.worst_case)}): no sample size would rank "
-                   "them on this evidence.")
         return out
     n_now = max(int(first.n_eval), int(second.n_eval))
     need = points_to_separate(first.worst_case, second.worst_case, start=n_now + 1)
-    pair = (f"“{first.name}” ({_pct(first.worst_case)}) from “{second.name}” ({_pct(second.worst_case)})")
+    lead = f"“{first.name}”" if len(tied) == 1 else "them"
+    pair = f"{lead} ({_pct(first.worst_case)}) from “{second.name}” ({_pct(second.worst_case)})"
     if need is None:
         out.append(f"Telling {pair} apart would need more than {SEPARATE_MAX_N:,} test images per class: treat "
                    "them as equally weak.")
     else:
         out.append(f"Telling {pair} apart would take about --n-per-class {need:,}, if these rates hold.")
     return out
+
+
+def _weakest_words(results: AuditResults) -> tuple[str, str]:
+    """(headline words, reason words) about the weakest class, or about the weakest classes the 95% intervals
+    cannot rank (never one name picked from a tie)."""
+    group = indistinct_weakest(results)
+    first = group[0]
+    if len(group) == 1:
+        return (f"class “{first.name}” keeps only {_pct(first.worst_case)}",
+                f"the weakest class “{first.name}” keeps {_pct(first.worst_case)} robust accuracy "
+                f"({interval_text(class_interval(first))})")
+    last = group[-1].worst_case
+    rates = _pct(first.worst_case) if last == first.worst_case else f"{_pct(first.worst_case)}–{_pct(last)}"
+    return (f"the weakest classes {_listed(group)} keep only {rates}",
+            f"the weakest classes {_listed(group)} keep {rates} robust accuracy (their 95% intervals overlap: the "
+            "test points cannot rank them)")
 
 
 def weakest_with_intervals(results: AuditResults, k: int = 3) -> str:
@@ -327,13 +346,11 @@ def compute_verdict(results: AuditResults) -> Verdict:
         reasons.append(f"robust accuracy on the tail (rarest) classes is {100 * gap:.1f} points below the head "
                        f"classes (15 points or more singles them out)")
     if uneven:
-        worst = results.per_class[wc.worst_class]
         qualifier = qualifier or "every class"
+        head_words, reason_words = _weakest_words(results)
         if not rare_weak:
-            why.append(f"class “{worst.name}” keeps only {_pct(wc.worst)}")
-        reasons.append(f"the weakest class “{worst.name}” keeps {_pct(wc.worst)} robust accuracy "
-                       f"({interval_text(class_interval(worst))}), below half the balanced robust accuracy "
-                       f"{_pct(wc.mean)}")
+            why.append(head_words)
+        reasons.append(f"{reason_words}, below half the balanced robust accuracy {_pct(wc.mean)}")
     if qualifier and base in ("robust", "partly-robust"):
         code = {"robust": "partly-robust", "partly-robust": "weakly-robust"}[base]
         reasons[1 if upper else 0] += f"; one step lower here because {why[0]}"
@@ -383,8 +400,9 @@ def _actions(results: AuditResults, code: str, *, rare_weak: bool, uneven: bool,
             actions.append(f"Collect more training images for {_names(rows)} (rare classes with the lowest robust "
                            "accuracy)")
     elif uneven:
-        actions.append(f"Look at the weakest classes {_names(_weakest(results, 2))}: more or cleaner training data "
-                       "there helps most")
+        group = indistinct_weakest(results)
+        rows = group if len(group) > 1 else _weakest(results, 2)
+        actions.append(f"Look at the weakest classes {_listed(rows)}: more or cleaner training data there helps most")
     if extra:
         actions.append("Audit the model on data of the size and colour it was trained on")
     if not upper and (results.suite or "quick") in ("quick", "custom"):

@@ -16,7 +16,7 @@ from onnx import helper, numpy_helper
 
 import cli
 from audit.exports import summary_markdown
-from audit.metrics import wilson_interval
+from audit.metrics import cross_class_summary, wilson_interval
 from audit.schema import migrate
 from audit.summary import format_summary
 from audit.verdict import compute_verdict, points_to_separate, ranking_sentences
@@ -38,6 +38,11 @@ def _twenty_per_class(robust: list[float]) -> dict:
         k = round(p * 20)
         row["robust_acc"].update({"pgd": k / 20, "temp-pgd": k / 20, "worst_case": k / 20})
         row["robust_ci95"].update({n: list(wilson_interval(k, 20)) for n in ("pgd", "temp-pgd", "worst_case")})
+    d = res["dataset"]
+    acc = [round(p * 20) / 20 for p in robust]
+    node = cross_class_summary(np.asarray(acc), round(sum(acc) * 20), 200, d["train_counts"], d["groups"])
+    res["summary"]["robust"] = {n: node for n in ("pgd", "temp-pgd", "worst_case")}
+    res["summary"]["head_tail_gap"]["worst_case"] = node["groups"]["head"] - node["groups"]["tail"]
     return with_computed_verdict(res)
 
 
@@ -64,6 +69,11 @@ def test_a_weakest_class_that_stands_apart_is_not_grouped_and_equal_rates_are_ne
     assert ranking_sentences(apart) == []
     tied = typed(_twenty_per_class([0.9, 0.9, 0.1, 0.1, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]))
     assert "no sample size would rank them" in " ".join(ranking_sentences(tied))
+    zeros = typed(_twenty_per_class([0.05, 0.6, 0.0, 0.0, 0.0, 0.6, 0.6, 0.6, 0.6, 0.6]))
+    v = compute_verdict(zeros)  # five classes the intervals cannot rank: none is named "the weakest class"
+    assert "the weakest classes “bird”, “cat”, “deer” and “airplane” keep only 0.0%–5.0%" in v.headline, v.headline
+    assert not any("the weakest class “" in r for r in v.reasons)
+    assert any("“bird”, “cat”, “deer” and “airplane”" in a for a in v.actions)
 
 
 def test_page1_of_a_20_per_class_audit_carries_the_headline_interval_and_the_grouping(tmp_path):
