@@ -243,7 +243,8 @@ def _flow_text(flow: tuple[list[int], int, int | None], names: Sequence[Any]) ->
     targets, k, total = flow
     shown = [quote(names[t]) for t in targets[:3] if 0 <= t < len(names)]
     more = f" (and {len(targets) - 3} more classes)" if len(targets) > 3 else ""
-    lead = f"of its {total} broken images, attacks turn" if total is not None else "attacks turn"
+    lead = (f"of its {total} broken image{'' if total == 1 else 's'}, attacks turn" if total is not None
+            else "attacks turn")
     return f"{lead} " + " and ".join(f"{k} into {t}" for t in shown) + more
 
 

@@ -258,3 +258,10 @@ def test_pretrained_offline_is_one_line_at_once(tmp_path, monkeypatch, capsys, h
     assert "not in the local cache" in str(info.value) and "--checkpoint FILE" in str(info.value)
     err = capsys.readouterr().err
     assert "Retrying" not in err and "huggingface" not in err.lower()
+
+
+def test_one_broken_image_is_singular():
+    from reports.plain import _flow_text
+
+    assert _flow_text(([1], 1, 1), ["a", "b"]) == "of its 1 broken image, attacks turn 1 into “b”"
+    assert _flow_text(([1], 2, 3), ["a", "b"]) == "of its 3 broken images, attacks turn 2 into “b”"
