@@ -265,3 +265,17 @@ def test_one_broken_image_is_singular():
 
     assert _flow_text(([1], 1, 1), ["a", "b"]) == "of its 1 broken image, attacks turn 1 into “b”"
     assert _flow_text(([1], 2, 3), ["a", "b"]) == "of its 3 broken images, attacks turn 2 into “b”"
+
+
+def test_model_comparison_carries_intervals_and_never_ranks_an_upper_bound_as_a_grade():
+    from reports.models_view import models_context
+
+    white = typed(with_computed_verdict(make_results(10, seed=1)))
+    black = migrate(_older_black_box_file())
+    ctx = models_context([white, black], [Path("a"), Path("b")])
+    n = white.dataset.n_eval
+    lo, hi = wilson_interval(round(white.worst_case.headline * n), n)
+    assert ctx["models"][0]["robust_ci"] == f"{100 * lo:.1f}–{100 * hi:.1f}"
+    assert "95% interval" in ctx["models"][0]["worst"]
+    assert ctx["models"][1]["verdict"]["label"].startswith("At most ")
+    assert any("upper bounds" in s and "b" in s for s in ctx["ranking"])
