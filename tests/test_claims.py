@@ -279,3 +279,23 @@ def test_model_comparison_carries_intervals_and_never_ranks_an_upper_bound_as_a_
     assert "95% interval" in ctx["models"][0]["worst"]
     assert ctx["models"][1]["verdict"]["label"].startswith("At most ")
     assert any("upper bounds" in s and "b" in s for s in ctx["ranking"])
+
+
+def test_help_is_grouped_and_complete(capsys):
+    from audit.attacks import SUITES
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, cli.argparse._SubParsersAction))
+    audit_help = sub.choices["audit"].format_help()
+    heads = [h for h in ("model:", "data:", "threat model:", "attacks:", "outputs:", "run:")]
+    assert [audit_help.index("\n" + h) for h in heads] == sorted(audit_help.index("\n" + h) for h in heads)
+    for action in sub.choices["audit"]._actions:  # every option says what it does
+        if action.option_strings and action.help != cli.argparse.SUPPRESS:
+            assert action.help, action.option_strings
+    probe = next(o for k, o in SUITES.get("standard").attacks if k == "square")["probe"]
+    assert f"standard suite {probe};" in " ".join(audit_help.split())
+    assert "MiSLAS" in parser.format_help() and "ResLT" in parser.format_help()
+    assert "cifar10lt" in " ".join(audit_help.split()).split("--class-counts CLASS_COUNTS ")[1][:200]
+    with pytest.raises(SystemExit) as info:
+        cli.main(["dataset", "digitslt", "--dataset", "cifar10lt"])  # one way to name the dataset
+    assert info.value.code == 2 and "--dataset" in capsys.readouterr().err
