@@ -384,8 +384,9 @@ def model_title(results: AuditResults) -> str:
 
 
 def headline(results: AuditResults) -> str:
-    """'MODEL on DATASET (N classes), threat model L∞, ε = 8/255, attacks PGD-20 → …'."""
-    return f"{results.model.spec} on {run_headline(results)}"
+    """'MODEL on DATASET (N classes), threat model L∞, ε = 8/255, attacks PGD-20 → …' (the model by its file
+    name: the method page gives its path)."""
+    return f"{model_title(results)} on {run_headline(results)}"
 
 
 def _data_sentence(results: AuditResults, balanced: bool) -> str:

@@ -219,6 +219,7 @@ def test_smaller_defects_in_the_rendered_report(tmp_path):
     assert "--suite standard. Data:" in text  # the suite note ends with a full stop
     title = re.search(r"<title>(.*?)</title>", html, re.S).group(1)
     assert title.strip() == "Robustness audit: resnet_4b.onnx" and str(Path.cwd()) not in title
+    assert "resnet_4b.onnx on digitslt" in text and str(Path.cwd() / "models") in text  # the path: method page
     page1 = text[:text.index("Key figures")]
     assert "cli.py" not in page1 and "Repair it with adversarial fine-tuning" in page1  # plain words on page 1
     method = text[text.index("To repair this model"):]
