@@ -310,15 +310,7 @@ def compute_verdict(results: AuditResults) -> Verdict:
     extra = input_reasons(results.input)
     problems = _meaningful_problems(results)
     if problems:
-        return Verdict(
-            code="not-meaningful",
-            headline=(f"No robustness grade: {problems[0]}. Check the label order, the dataset, the "
-                      "preprocessing and the weights before reading any figure here."),
-            reasons=tuple(problems + extra),
-            actions=tuple([f"Check {c}" for c in LOOKUP_CHECKS]
-                          + ([f"Re-run with --labels FILE listing the model's outputs in order: "
-                              f"{', '.join(m.class_name for m in results.label_check.mapping)}"]
-                             if results.label_check is not None and results.label_check.suspected else [])))
+        return _not_meaningful(results, problems, extra)
     blind = blind_attack_reasons(results)
     if blind:
         return _not_graded(results, blind, extra)
@@ -377,6 +369,17 @@ def compute_verdict(results: AuditResults) -> Verdict:
     # -- end of calibration
     return Verdict(code=code, headline=headline, reasons=tuple(reasons), actions=tuple(actions), band=base,
                    survival=survive, qualifier=qualifier, upper_bound=upper)
+
+
+def _not_meaningful(results: AuditResults, problems: list[str], extra: list[str]) -> Verdict:
+    label_check = results.label_check
+    relabel = ([f"Re-run with --labels FILE listing the model's outputs in order: "
+                f"{', '.join(m.class_name for m in label_check.mapping)}"]
+               if label_check is not None and label_check.suspected else [])
+    return Verdict(code="not-meaningful",
+                   headline=(f"No robustness grade: {problems[0]}. Check the label order, the dataset, the "
+                             "preprocessing and the weights before reading any figure here."),
+                   reasons=tuple(problems + extra), actions=tuple([f"Check {c}" for c in LOOKUP_CHECKS] + relabel))
 
 
 def _actions(results: AuditResults, code: str, *, rare_weak: bool, uneven: bool, extra: bool,
