@@ -448,8 +448,9 @@ def blind_attack_reasons(results: AuditResults) -> list[str]:
         for name, zg in san.zero_gradient.per_attack.items():
             n = int(attacked.get(name) or 0)
             if n and zg.points > BLIND_SHARE * n:
-                out.append(f"{zg.points} of the {n} points {name} attacked had an input gradient of exactly zero: the "
-                           "gradient attacks could not see where to go (gradient masking, e.g. rounded inputs)")
+                shown = next((a.display_name for a in results.attacks if a.name == name and a.display_name), name)
+                out.append(f"{zg.points} of the {n} points {shown} attacked had an input gradient of exactly zero: "
+                           "the gradient attacks could not see where to go (gradient masking, e.g. rounded inputs)")
                 break
     le = san.large_eps
     if le is not None and not le.passed:
