@@ -89,9 +89,8 @@ def glossary(results: AuditResults, balanced: bool) -> list[tuple[str, str]]:
         budget = f"how much the attacker may change the image in total ({t.norm} norm); this audit's is {text}."
     words = [GLOSSARY[0], GLOSSARY[1], ("Attack budget (ε)", budget), *GLOSSARY[2:]]
     if counts_are_sampled(results):  # the groups follow tailaudit's sampling, not the model's training data
-        words = [(w, "classes grouped by their training count in tailaudit's sampled long-tail profile (not "
-                     "measured for this model): head = most, tail = fewest.") if w.startswith("Head / medium") else
-                 (w, x) for w, x in words]
+        words = [(w, "classes grouped by training count in tailaudit's sampled profile: head = most, tail = "
+                     "fewest.") if w.startswith("Head / medium") else (w, x) for w, x in words]
     return [(w, x) for w, x in words if not (balanced and w.startswith("Head"))]  # no groups, no gap
 
 
