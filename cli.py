@@ -66,11 +66,31 @@ def _add_limits_args(p: argparse.ArgumentParser) -> None:
     """Flags of the hardening work: thread count and the large-input override."""
     from audit.bounds import MAX_INPUT_SIDE, MAX_THREADS
 
-    p.add_argument("--threads", type=_b("--threads", 1, MAX_THREADS),
+    run = _group(p, "run")
+    run.add_argument("--threads", type=_b("--threads", 1, MAX_THREADS),
                    help="CPU threads for torch (intra- and inter-op); recorded in results. Identical results need "
                         "the same threads, device and library versions")
-    p.add_argument("--allow-large-input", action="store_true",
+    run.add_argument("--allow-large-input", action="store_true",
                    help=f"allow model inputs above {MAX_INPUT_SIDE} pixels a side (memory grows with it)")
+
+
+# audit --help / repair --help: options in these groups, in this order
+GROUPS = {"model": "model", "data": "data", "threat": "threat model", "attacks": "attacks",
+          "corruptions": "natural corruptions", "outputs": "outputs", "run": "run"}
+
+
+def _group(p: argparse.ArgumentParser, key: str) -> argparse._ArgumentGroup:
+    """The parser's help group ``key`` (created once, in :data:`GROUPS` order when :func:`_groups` ran first)."""
+    groups = p.__dict__.setdefault("_tailaudit_groups", {})
+    if key not in groups:
+        groups[key] = p.add_argument_group(GROUPS[key])
+    return groups[key]
+
+
+def _groups(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    for key in GROUPS:
+        _group(p, key)
+    return p
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,32 +103,46 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_model_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="path/to/model.onnx or timm:ARCH (with --checkpoint)")
-    p.add_argument("--checkpoint", help="state dict for timm:ARCH (.pth/.pt/.safetensors; never unpickled)")
-    weights = p.add_mutually_exclusive_group()
+    m = _group(p, "model")
+    m.add_argument("model", help="path/to/model.onnx or timm:ARCH (with --checkpoint)")
+    m.add_argument("--checkpoint", help="state dict for timm:ARCH (.pth/.pt/.safetensors; never unpickled)")
+    weights = m.add_mutually_exclusive_group()
     weights.add_argument("--pretrained", dest="weights", action="store_const", const="pretrained",
                          help="timm:ARCH with the hub's pretrained weights (downloads them; its own class count)")
     weights.add_argument("--random-weights", dest="weights", action="store_const", const="random",
                          help="timm:ARCH with random weights, on purpose (a timm model without weights is refused)")
-    p.add_argument("--force", action="store_true",
+    _group(p, "run").add_argument("--force", action="store_true",
                    help="run the attacks even when the clean check finds the model cannot be graded on this data "
                         "(it stops with exit code 4 otherwise)")
-    p.add_argument("--num-classes", type=_b("--num-classes", 1, "MAX_CLASSES"), help="default: the dataset's class count")
-    p.add_argument("--mean", help="per-channel mean the model expects, e.g. 0.4914,0.4822,0.4465 (folded into the wrapper)")
-    p.add_argument("--std", help="per-channel std the model expects, e.g. 0.2471,0.2435,0.2616")
-    p.add_argument("--input-size", type=_b("--input-size", 1, 10**6), help="square input size the model was trained at")
+    m.add_argument("--num-classes", type=_b("--num-classes", 1, "MAX_CLASSES"), help="default: the dataset's class count")
+    m.add_argument("--mean", help="per-channel mean the model expects, e.g. 0.4914,0.4822,0.4465 (folded into the wrapper)")
+    m.add_argument("--std", help="per-channel std the model expects, e.g. 0.2471,0.2435,0.2616")
+    m.add_argument("--input-size", type=_b("--input-size", 1, 10**6), help="square input size the model was trained at")
     _add_dataset_args(p)
-    p.add_argument("--n-per-class", type=_b("--n-per-class", 1, "MAX_N_PER_CLASS"), help="stratified seeded subset: K test images per class")
-    p.add_argument("--groups", default="thirds", choices=["thirds", "shots"],
+    _group(p, "data").add_argument("--n-per-class", type=_b("--n-per-class", 1, "MAX_N_PER_CLASS"), help="stratified seeded subset: K test images per class")
+    _group(p, "data").add_argument("--groups", default="thirds", choices=["thirds", "shots"],
                    help="head/medium/tail rule: thirds of classes by count, or shots (>100, <20)")
 
 
-def _add_dataset_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="digitslt", help="cifar10lt | cifar100lt | digitslt | imagefolder (default digitslt)")
-    p.add_argument("--imbalance", type=_f("--imbalance", 0, 1, lo_open=True), default=0.01, help="rho = smallest/largest class (default 0.01)")
-    p.add_argument("--data-root", help="folder with the data (torchvision CIFAR layout or train/<class>/, test/<class>/)")
-    p.add_argument("--class-counts", help="JSON training counts for an imagefolder with only an evaluation folder")
-    p.add_argument("--no-download", action="store_true", help="never try to download datasets")
+def _add_dataset_args(p: argparse.ArgumentParser, *, named: bool = True) -> None:
+    """--dataset (unless the command names the dataset itself) and the options that describe it."""
+    d = _group(p, "data")
+    if named:
+        d.add_argument("--dataset", default="digitslt",
+                       help="cifar10lt | cifar100lt | digitslt | imagefolder (default digitslt)")
+    d.add_argument("--imbalance", type=_f("--imbalance", 0, 1, lo_open=True), default=0.01, help="rho = smallest/largest class (default 0.01)")
+    d.add_argument("--data-root", help="folder with the data (torchvision CIFAR layout or train/<class>/, test/<class>/)")
+    d.add_argument("--class-counts", help="JSON file with the training counts the model was really trained on, per "
+                   "class: for cifar10lt/cifar100lt (instead of tailaudit's own sampled long-tail profile, which "
+                   "page 1 otherwise describes as such) and for an imagefolder with only an evaluation folder")
+    d.add_argument("--no-download", action="store_true", help="never try to download datasets")
+
+
+def _standard_probe() -> int:
+    """Square's probe in the standard suite (the suite registry is its one source)."""
+    from audit.attacks import SUITES
+
+    return next(int(o.get("probe", 0)) for k, o in SUITES.get("standard").attacks if k == "square")
 
 
 def _add_suite_args(p: argparse.ArgumentParser) -> None:
@@ -118,78 +152,86 @@ def _add_suite_args(p: argparse.ArgumentParser) -> None:
 
     suites = "; ".join(f"{n}: {SUITES.get(n).description}" for n in SUITES.names())
     kinds = ", ".join(f"{n} ({ATTACKS.get(n).display_name})" for n in ATTACKS.names())
-    p.add_argument("--suite", default="quick", choices=SUITES.names(), help=f"attack suite (default quick). {suites}")
-    p.add_argument("--attacks", help=f"explicit comma-separated cascade instead of a suite, from: {kinds}")
-    p.add_argument("--steps", type=_b("--steps", 1, "MAX_STEPS"),
+    a = _group(p, "attacks")
+    a.add_argument("--suite", default="quick", choices=SUITES.names(), help=f"attack suite (default quick). {suites}")
+    a.add_argument("--attacks", help=f"explicit comma-separated cascade instead of a suite, from: {kinds}")
+    a.add_argument("--steps", type=_b("--steps", 1, "MAX_STEPS"),
                    help=f"iterations of every gradient attack (default: each attack's own, PGD 20, APGD 100; at most "
                         f"{MAX_STEPS})")
-    p.add_argument("--restarts", type=_b("--restarts", 1, "MAX_RESTARTS"), help=f"APGD runs per point (default 1; thorough 5; at most {MAX_RESTARTS})")
-    p.add_argument("--queries", type=_b("--queries", 1, "MAX_QUERIES"), help=f"Square queries per point (default 5000; at most {MAX_QUERIES})")
-    p.add_argument("--probe", type=_b("--probe", 0, "MAX_QUERIES"),
+    a.add_argument("--restarts", type=_b("--restarts", 1, "MAX_RESTARTS"), help=f"APGD runs per point (default 1; thorough 5; at most {MAX_RESTARTS})")
+    a.add_argument("--queries", type=_b("--queries", 1, "MAX_QUERIES"), help=f"Square queries per point (default 5000; at most {MAX_QUERIES})")
+    a.add_argument("--probe", type=_b("--probe", 0, "MAX_QUERIES"),
                    help="Square: a point stops after this many queries unless Square is doing better on it "
-                        "than the gradient attacks did (standard suite 1000; 0 = full --queries for every point)")
-    p.add_argument("--targets", type=_b("--targets", 1, "MAX_TARGETS"),
+                        f"than the gradient attacks did (standard suite {_standard_probe()}; 0 = full --queries for "
+                        "every point)")
+    a.add_argument("--targets", type=_b("--targets", 1, "MAX_TARGETS"),
                    help=f"APGD-T target classes (default 9, C-1 when fewer; at most {MAX_TARGETS})")
-    p.add_argument("--target-ranking", choices=["logit", "malt"],
+    a.add_argument("--target-ranking", choices=["logit", "malt"],
                    help="how APGD-T picks its --targets classes: logit = highest clean logits (AutoAttack, the "
                         "default); malt = MALT's estimated distance to each class boundary over --rank-candidates")
-    p.add_argument("--rank-candidates", type=_b("--rank-candidates", 1, "MAX_TARGETS"),
+    a.add_argument("--rank-candidates", type=_b("--rank-candidates", 1, "MAX_TARGETS"),
                    help="MALT: classes ranked per point, the top ones by clean logit (default 100; one gradient each)")
 
 
 def _add_attack_args(p: argparse.ArgumentParser) -> None:
     _add_suite_args(p)
-    p.add_argument("--norm", default="linf", choices=["linf", "l2"])
-    p.add_argument("--eps", default="8/255", help="radius of the threat model in [0,1] pixels (accepts 8/255); several "
+    t, a = _group(p, "threat"), _group(p, "attacks")
+    t.add_argument("--norm", default="linf", choices=["linf", "l2"],
+                   help="threat model: linf limits every pixel's change to --eps; l2 limits the whole image's "
+                        "change (default linf)")
+    t.add_argument("--eps", default="8/255", help="radius of the threat model in [0,1] pixels (accepts 8/255); several "
                    "(1/255,2/255,4/255,8/255) audit a robustness curve, the largest is the headline")
-    p.add_argument("--step-size", type=_f("--step-size", 0, 1, lo_open=True), help="PGD step size alpha (default eps/4, i.e. 2/255 at 8/255)")
-    p.add_argument("--temperature", help="Temperature-PGD T, one value or a list to sweep (default 0.5; thorough "
+    a.add_argument("--step-size", type=_f("--step-size", 0, 1, lo_open=True), help="PGD step size alpha (default eps/4, i.e. 2/255 at 8/255)")
+    a.add_argument("--temperature", help="Temperature-PGD T, one value or a list to sweep (default 0.5; thorough "
                                          "0.1,0.5,2,5)")
-    p.add_argument("--independent", action="store_true",
+    a.add_argument("--independent", action="store_true",
                    help="run every attack on every clean-correct point (head-to-head) instead of the cascade")
-    p.add_argument("--seed", type=_b("--seed", 0, "SEED_MAX"), default=0,
+    a.add_argument("--seed", type=_b("--seed", 0, "SEED_MAX"), default=0,
                    help="attack randomness, 0 .. 2**63-1: a point's random start depends only on (seed, attack, its "
                         "test-set index)")
-    p.add_argument("--subset-seed", type=_b("--subset-seed", 0, "SEED_MAX"), default=0,
+    _group(p, "data").add_argument("--subset-seed", type=_b("--subset-seed", 0, "SEED_MAX"), default=0,
                    help="picks the --n-per-class subset, 0 .. 2**63-1 (default 0)")
-    p.add_argument("--calibration-steps", type=_b("--calibration-steps", 0, "MAX_STEPS"), default=20, metavar="N",
+    a.add_argument("--calibration-steps", type=_b("--calibration-steps", 0, "MAX_STEPS"), default=20, metavar="N",
                    help="calibration under attack: steps of the deterministic PGD after the cascade that measures "
                         "how confident the attacked answers can be made (default 20; 0 = clean calibration only)")
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: the GPU when torch sees one)")
-    p.add_argument("--batch-size", type=_b("--batch-size", 1, "MAX_BATCH"), default=256)
-    p.add_argument("--amp", default="off", choices=["off", "bf16"], help="bf16 autocast for the attack (GPU)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    r = _group(p, "run")
+    r.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: the GPU when torch sees one)")
+    r.add_argument("--batch-size", type=_b("--batch-size", 1, "MAX_BATCH"), default=256,
+                   help="test images attacked at once (default 256); results do not depend on it, memory does")
+    r.add_argument("--amp", default="off", choices=["off", "bf16"], help="bf16 autocast for the attack (GPU)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _add_verdict_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--labels", metavar="FILE",
+    _group(p, "model").add_argument("--labels", metavar="FILE",
                    help="the model's class names in output order (one per line, or a JSON list); default: the "
                         "dataset's order")
-    p.add_argument("--fail-under", metavar="KEY=VALUE,...",
+    _group(p, "outputs").add_argument("--fail-under", metavar="KEY=VALUE,...",
                    help="CI gate: exit 3 when a figure misses its threshold; keys clean, robust, balanced, "
                         "worst-class, tail (floors) and max-gap (ceiling); values 0.4 or 40%%")
 
 
 def _add_scaling_args(p: argparse.ArgumentParser, *, repair: bool = False) -> None:
     """Data-loading workers and DDP options (launch under torchrun for several processes)."""
-    p.add_argument("--workers", type=_b("--workers", 0, "MAX_WORKERS"), default=0,
+    _group(p, "run").add_argument("--workers", type=_b("--workers", 0, "MAX_WORKERS"), default=0,
                    help="DataLoader processes decoding images (default 0: in the main process); pinned memory on GPU")
     if repair:
-        p.add_argument("--no-sync-bn", action="store_true",
+        _group(p, "run").add_argument("--no-sync-bn", action="store_true",
                        help="under torchrun on GPUs: keep per-rank BatchNorm statistics instead of SyncBatchNorm")
 
 
 def _add_corruption_args(p: argparse.ArgumentParser) -> None:
     """The corruption audit beside the attacks (audit/corruptions/, docs/corruptions.md)."""
-    p.add_argument("--corruptions", metavar="common|all|NAME[,NAME...]",
+    g = _group(p, "corruptions")
+    g.add_argument("--corruptions", metavar="common|all|NAME[,NAME...]",
                    help="also audit natural corruptions per class: common (the 15 of ImageNet-C/CIFAR-10-C), all "
                         "(+ speckle_noise, gaussian_blur, spatter, saturate) or names (default: off)")
-    p.add_argument("--severity", default="all", metavar="1..5|all",
+    g.add_argument("--severity", default="all", metavar="1..5|all",
                    help="corruption severities, one, a list (1,3,5) or all (default all)")
-    p.add_argument("--corruption-root", metavar="DIR",
+    g.add_argument("--corruption-root", metavar="DIR",
                    help="read released CIFAR-10-C/CIFAR-100-C .npy files (or ImageNet-C folders) instead of generating")
 
 
@@ -214,6 +256,13 @@ def _add_budget_args(t: argparse._ArgumentGroup) -> None:
     t.add_argument("--trades-beta", type=_f("--trades-beta", 0, "MAX_COEFFICIENT"), help="weight of the KL term of --method trades-bsl (default 6)")
 
 
+def _add_output_args(p: argparse.ArgumentParser, out_help: str) -> None:
+    o = _group(p, "outputs")
+    o.add_argument("--out", help=out_help)
+    o.add_argument("--no-html", action="store_true", help="do not write report.html")
+    o.add_argument("--no-pdf", action="store_true", help="do not write report.pdf")
+
+
 def _budget_kwargs(args: argparse.Namespace) -> dict:
     """The flags of :func:`_add_budget_args` that were given, as RepairConfig keywords."""
     keys = {"train_steps_total": "steps_total", "epochs": "epochs", "evaluations": "evaluations", "lr": "lr",
@@ -227,26 +276,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("audit", help="audit a model: class-wise PGD / Temperature-PGD robustness")
+    p = _groups(sub.add_parser("audit", help="audit a model: class-wise PGD / Temperature-PGD robustness"))
     _add_model_data_args(p)
     _add_attack_args(p)
     _add_run_args(p)
     _add_limits_args(p)
     _add_scaling_args(p)
-    p.add_argument("--black-box", action="store_true",
+    _group(p, "attacks").add_argument("--black-box", action="store_true",
                    help="ONNX only: no gradients, Square on onnxruntime alone (an upper bound; automatic when the "
                         "model cannot be converted)")
-    p.add_argument("--sanity", action="store_true",
+    _group(p, "attacks").add_argument("--sanity", action="store_true",
                    help="also check that robust accuracy falls to about zero at a huge radius (gradient masking)")
     _add_corruption_args(p)
     _add_verdict_args(p)
-    p.add_argument("--out", help="output folder (default runs/<model>-<dataset>-<time>)")
-    p.add_argument("--no-html", action="store_true", help="do not write report.html")
-    p.add_argument("--no-pdf", action="store_true", help="do not write report.pdf")
+    _add_output_args(p, "output folder (default runs/<model>-<dataset>-<time>)")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
-    p = sub.add_parser("repair", help="adversarially fine-tune a model (REAT, AT-BSL, PGD-AT, TRADES-BSL, LBGAT) and audit "
-                                      "it before/after")
+    p = _groups(sub.add_parser("repair", help="adversarially fine-tune a model (REAT, AT-BSL, PGD-AT, TRADES-BSL, LBGAT, "
+                                              "MiSLAS, ResLT) and audit it before/after"))
     _add_model_data_args(p)
     _add_attack_args(p)  # the before/after audit; the after-audit repeats it unchanged
     _add_run_args(p)
@@ -313,15 +360,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--augment", default="none", choices=["none", "flip-crop"],
                    help="training augmentation: none, or random flip + 4-pixel crop for natural images (default none)")
     t.add_argument("--resume", metavar="DIR", help="continue a killed or interrupted run from DIR/checkpoint.pt")
-    p.add_argument("--out", help="output folder (default: the --resume folder, else runs/<model>-<dataset>-repair-<time>)")
-    p.add_argument("--no-html", action="store_true", help="do not write report.html")
-    p.add_argument("--no-pdf", action="store_true", help="do not write report.pdf")
+    _add_output_args(p, "output folder (default: the --resume folder, else runs/<model>-<dataset>-repair-<time>)")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     p = sub.add_parser("dataset", help="print a dataset's class names and long-tailed training counts")
-    p.add_argument("name")
-    _add_dataset_args(p)
-    p.add_argument("--groups", default="thirds", choices=["thirds", "shots"])
+    p.add_argument("name", help="cifar10lt | cifar100lt | digitslt | imagefolder")
+    _add_dataset_args(p, named=False)  # the name is the positional argument: no second way to give it
+    p.add_argument("--groups", default="thirds", choices=["thirds", "shots"],
+                   help="head/medium/tail rule: thirds of classes by count, or shots (>100, <20)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
@@ -446,7 +492,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
     if not _is_main():  # [distributed] rank 0 prints
         return 0
     print(terminal_safe(format_comparison(run)))
-    after = [ln for ln in verdict_lines(run.after)[1:] if "next: Repair it" not in ln]  # not the repaired file again
+    after = [ln for ln in verdict_lines(run.after)[1:] if "next: Repair it" not in ln and "repair command:" not in ln]  # not the repaired file again
     print(terminal_safe("\n".join(["", "audit of the model handed back:"] + after)))
     for path in run.reports.values():
         print(terminal_safe(f"report: {path}"))

@@ -36,7 +36,6 @@ def build_results(config: AuditConfig, specs: Sequence[Any], data: LTDataset, mo
                   eval_idx: np.ndarray, records: PointRecords, device: torch.device, timings: dict[str, float],
                   large_eps: Optional[dict[str, Any]] = None) -> AuditResults:
     """The typed results of one audit (no verdict or gate yet: the pipeline adds them)."""
-    from .attacks import SUITES
     from .sanity import sanity_section
 
     C = len(data.class_names)
@@ -58,14 +57,32 @@ def build_results(config: AuditConfig, specs: Sequence[Any], data: LTDataset, mo
         schema_version=SCHEMA_VERSION, tool=Tool(name="tailaudit", version=__version__), created=created_now(),
         model=_model_info(model, records), dataset=_dataset_info(data, config, counts, groups, eval_idx, n),
         input=inp, threat_model=ThreatModel(norm=config.norm, eps=config.eps, eps_text=config.eps_text),
-        attacks=[from_json(AttackEntry, s.to_dict()) for s in specs], suite=config.suite_name,
-        suite_note=SUITES.get(config.suite).note if config.attacks is None else None,
-        mode_label="white-box" if model.gradient_access else "black-box (upper bound)",
+        attacks=[from_json(AttackEntry, s.to_dict()) for s in specs], **_suite_fields(config, specs, model),
         verdict_runtime=records.verified_by, sanity=from_json(Sanity, sanity),
         mode="independent" if config.independent else "cascade", seed=config.seed, subset_seed=config.subset_seed,
         config=config.to_dict(), environment=environment(device), timings=_timings(records, timings, n),
         per_class=per_class, summary=summary, warnings=warnings,
         files={"points": "points.json", "examples": "examples.npz"}, label_check=label_check)
+
+
+def _suite_fields(config: AuditConfig, specs: Sequence[Any], model: LoadedModel) -> dict[str, Any]:
+    """What ran, as recorded: the suite ("black-box" when only score-based attacks could run, never the suite that
+    was asked for), its note, the gradient access and, in black-box mode, why (asked for, or not convertible)."""
+    from .attacks import ATTACKS, SUITES
+
+    def _display(spec: Any) -> str:  # noqa: N802
+        return ATTACKS.get(spec.kind).display_name
+
+    if model.gradient_access:
+        return {"suite": config.suite_name, "mode_label": "white-box",
+                "suite_note": SUITES.get(config.suite).note if config.attacks is None else None}
+    ran = ", ".join(_display(s) for s in specs)
+    return {"suite": "black-box", "mode_label": "black-box (upper bound)",
+            "suite_note": f"black-box: only {ran} (score-based, on onnxruntime alone) ran; robust accuracy is an "
+                          "upper bound",
+            "black_box_reason": ("asked for with --black-box" if config.black_box else
+                                 model.info.get("black_box_reason") or "the model could not be converted for "
+                                                                       "gradients")}
 
 
 def _weight_norms(model: LoadedModel, names: Sequence[str]) -> tuple[Optional[np.ndarray], Optional[str]]:

@@ -8,6 +8,7 @@ from typing import Any, Optional
 from . import calibration
 from .corruptions import exports as corruption_exports
 from .resultsmodel import AuditResults
+from .verdict import class_interval, counts_are_sampled, headline_interval, interval_text, ranking_sentences
 
 CSV_NAME = "per_class.csv"
 MD_NAME = "summary.md"
@@ -99,7 +100,7 @@ def _figures_table(results: AuditResults) -> list[str]:
              f"{len(ds.classes)} classes" + (" (balanced training set)" if ds.balanced else "") + ".", "",
              "| figure | value |", "|---|---|",
              f"| clean accuracy | {_p(s.clean.overall)} |",
-             f"| worst-case robust accuracy | {_p(wc.overall)} |",
+             f"| worst-case robust accuracy | {_p(wc.overall)} ({interval_text(headline_interval(results))}) |",
              f"| balanced robust accuracy (class mean) | {_p(wc.mean)} |"]
     if wc.worst_class is not None:
         lines.append(f"| weakest class | {_md(ds.classes[wc.worst_class])} {_p(wc.worst)} |")
@@ -113,12 +114,19 @@ def _figures_table(results: AuditResults) -> list[str]:
 
 def _weakest_table(results: AuditResults, k: int) -> list[str]:
     rows = sorted(results.per_class, key=lambda r: (r.worst_case if r.worst_case is not None else 2, r.index))[:k]
-    lines = ["", "Weakest classes under attack:", "", "| class | training images | group | clean | robust (worst case) |",
-             "|---|---:|---|---:|---:|"]
+    sampled = counts_are_sampled(results)
+    counts = "training images (tailaudit's sampling profile)" if sampled else "training images"
+    lines = ["", "Weakest classes under attack:", "", f"| class | {counts} | group | clean | robust (worst case) | "
+             "95% interval |", "|---|---:|---|---:|---:|---|"]
     for r in rows:
+        lo, hi = class_interval(r)
         lines.append(f"| {_md(r.name)} | {r.train_count} | {r.group or '-'} | {_p(r.clean_acc)} | "
-                     f"{_p(r.worst_case)} |")
-    return lines
+                     f"{_p(r.worst_case)} | {100 * lo:.1f}–{100 * hi:.1f}% |")
+    notes = ranking_sentences(results)
+    if sampled:
+        notes.append("The training counts are tailaudit's own long-tailed sampling profile, not the model's: give "
+                     "the model's real counts with --class-counts FILE.")
+    return lines + (["", *(_md(t) for t in notes)] if notes else [])
 
 
 def _calibration_table(results: AuditResults) -> list[str]:

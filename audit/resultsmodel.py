@@ -19,9 +19,9 @@ from typing import Any, ClassVar, Mapping, Optional
 from .typedjson import from_json, to_json
 from .values import eps_text as _eps_text
 
-CODES = ("robust", "partly-robust", "weakly-robust", "not-robust", "not-meaningful")
+CODES = ("robust", "partly-robust", "weakly-robust", "not-robust", "not-meaningful", "not-graded")
 LABELS = {"robust": "Robust", "partly-robust": "Partly robust", "weakly-robust": "Weakly robust",
-          "not-robust": "Not robust", "not-meaningful": "Not meaningful"}
+          "not-robust": "Not robust", "not-meaningful": "Not meaningful", "not-graded": "Not graded"}
 
 Interval = Optional[list[float]]  # a 95% interval [low, high], None when there is nothing to count
 
@@ -58,6 +58,7 @@ class Verdict:
     band: Optional[str] = None
     survival: Optional[float] = None
     qualifier: Optional[str] = None
+    upper_bound: bool = False  # only score-based (black-box) attacks ran: the grade is "at most" this
     computed_on_load: Optional[str] = None
 
     def __post_init__(self) -> None:
@@ -66,7 +67,15 @@ class Verdict:
 
     @property
     def label(self) -> str:
+        """The code in words; "At most …" for an upper bound (black-box), never read as a white-box grade."""
+        if self.upper_bound and self.code not in ("not-meaningful", "not-graded"):
+            return f"At most {LABELS[self.code].lower()}"
         return LABELS[self.code]
+
+    @property
+    def graded(self) -> bool:
+        """False when no grade is given: the model does not work on the data, or the attacks could not work."""
+        return self.code not in ("not-meaningful", "not-graded")
 
     @property
     def statement(self) -> str:
@@ -83,6 +92,8 @@ class Verdict:
         out = {"code": self.code, "headline": self.headline, "reasons": list(self.reasons),
                "actions": list(self.actions), "band": self.band, "survival": self.survival,
                "qualifier": self.qualifier}
+        if self.upper_bound:
+            out["upper_bound"] = True
         if self.computed_on_load is not None:
             out["computed_on_load"] = self.computed_on_load
         return out
@@ -94,7 +105,7 @@ class Verdict:
                    reasons=tuple(str(r) for r in data.get("reasons") or ()),
                    actions=tuple(str(a) for a in data.get("actions") or ()), band=data.get("band"),
                    survival=data.get("survival"), qualifier=data.get("qualifier"),
-                   computed_on_load=data.get("computed_on_load"))
+                   upper_bound=bool(data.get("upper_bound", False)), computed_on_load=data.get("computed_on_load"))
 
 
 # -- model, data, threat model ---------------------------------------------------------------
@@ -547,6 +558,7 @@ class AuditResults:
     suite: Optional[str] = _omit()
     suite_note: Optional[str] = None
     mode_label: Optional[str] = _omit()
+    black_box_reason: Optional[str] = _omit()
     verdict_runtime: Optional[str] = _omit()
     sanity: Optional[Sanity] = _omit()
     mode: Optional[str] = _omit()

@@ -233,13 +233,31 @@ def migrate(results: Mapping[str, Any], source: str | Path | None = None) -> Aud
     for attack in out.get("attacks") or []:  # APGD-T's target ranking, recorded since it has a choice
         if isinstance(attack, dict) and attack.get("kind") == "apgd-t" and "ranking" not in attack:
             attack.update(ranking="logit", candidates=APGDT_CANDIDATES)
+    _record_black_box(out)
     try:
         typed = AuditResults.from_json(out)
     except DocumentError as exc:  # the schema leaves some sections open; the typed results do not
         raise ResultsError(f"{_where(source)}: {exc}; the file is damaged or incomplete, re-run the audit") from None
-    if typed.verdict is None:
+    stale_black_box = typed.suite == "black-box" and typed.verdict is not None and not typed.verdict.upper_bound \
+        and typed.verdict.graded  # graded before black-box grades said "at most": graded again, and said so
+    if typed.verdict is None or stale_black_box:
         typed.verdict = replace(compute_verdict(typed), computed_on_load=__version__)
     return typed
+
+
+def _record_black_box(out: dict[str, Any]) -> None:
+    """Files written before black-box runs were recorded as such stored the suite asked for ("quick"): record what
+    ran ("black-box") and why, from the stored config or the loader's warning."""
+    if not str(out.get("mode_label") or "white-box").startswith("black-box") or out.get("suite") == "black-box":
+        return
+    out["suite"] = "black-box"
+    if out.get("black_box_reason"):
+        return
+    if (out.get("config") or {}).get("black_box"):
+        out["black_box_reason"] = "asked for with --black-box"
+        return
+    warned = next((w for w in out.get("warnings") or [] if isinstance(w, str) and "black-box mode" in w), None)
+    out["black_box_reason"] = warned.split(";")[0] if warned else "the model could not be converted for gradients"
 
 
 def check_written(results: AuditResults | Mapping[str, Any]) -> None:

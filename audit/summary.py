@@ -5,6 +5,7 @@ from typing import Any
 
 from .resultsmodel import AuditResults, Calibration, CalibrationBlock
 from .textsafe import inline_safe
+from .verdict import counts_are_sampled, headline_interval, interval_text, ranking_sentences, repair_command, weakest_with_intervals
 
 
 def _pct(v: Any) -> str:
@@ -20,7 +21,8 @@ def _class_table(results: AuditResults, max_rows: int) -> list[str]:
     attacks = [a.name for a in results.attacks]
     rows = sorted(results.per_class, key=lambda r: (-r.train_count, r.index))
     name_w = min(24, max([5] + [len(r.name) for r in rows]))  # names shown through inline_safe: one line each
-    head = f"{'class':<{name_w}} {'train':>6} {'group':<6} {'n':>5} {'clean':>6}"
+    sampled = counts_are_sampled(results)
+    head = f"{'class':<{name_w}} {'train*' if sampled else 'train':>6} {'group':<6} {'n':>5} {'clean':>6}"
     for a in attacks:
         head += f" {a[:12]:>12}"
     head += f" {'worst':>6}"
@@ -36,6 +38,9 @@ def _class_table(results: AuditResults, max_rows: int) -> list[str]:
             line += f" {_pct(r.robust_acc[a]):>12}"
         line += f" {_pct(r.worst_case):>6}"
         lines.append(line)
+    if sampled:
+        lines.append("* train: tailaudit's own long-tailed sampling profile, not the model's training counts "
+                     "(give those with --class-counts FILE)")
     return lines
 
 
@@ -48,12 +53,16 @@ def _headline_lines(results: AuditResults) -> list[str]:
                f" (rho {ds.imbalance})" if ds.imbalance is not None else "")
     lines = [f"model {inline_safe(results.model.spec)} on {ds.name}{profile}, "
              f"{results.threat_model.norm} eps {results.eps_text}, {results.mode}, {ds.n_eval} points"]
-    if results.suite:
+    if results.suite == "black-box":
+        lines.append(f"suite black-box ({results.black_box_reason or 'no gradients'}): "
+                     + (results.suite_note or "score-based attacks only; robust accuracy is an upper bound"))
+    elif results.suite:
         lines.append(f"suite {results.suite}, {results.mode_label or 'white-box'}"
                      + (f" ({results.suite_note})" if results.suite_note else ""))
+    ci = interval_text(headline_interval(results))
     lines.append(f"clean accuracy {_pct(s.clean.overall).strip()}   "
                  + "   ".join(f"{a} {_pct(s.robust[a].overall).strip()}" for a in attacks)
-                 + f"   worst case {_pct(wc.overall).strip()}")
+                 + f"   worst case {_pct(wc.overall).strip()}" + (f" ({ci})" if ci else ""))
     if wc.mean is not None:
         g = wc.groups or {}
         by_group = "".join(f"; {k} {_pct(v).strip()}" for k, v in g.items()) if g else ""
@@ -107,9 +116,15 @@ def verdict_lines(results: AuditResults) -> list[str]:
     v = results.verdict
     if v is None:
         return []
-    lines = ["", f"verdict: {v.code}: {inline_safe(v.statement)}"]  # class names inside: one line each
+    grade = f"{v.code} (upper bound: {v.label.lower()})" if v.upper_bound and v.graded else v.code
+    lines = ["", f"verdict: {grade}: {inline_safe(v.statement)}"]  # class names inside: one line each
     lines += [f"  because {inline_safe(r)}" for r in v.reasons]
+    if v.meaningful:
+        lines.append(f"  weakest classes: {inline_safe(weakest_with_intervals(results))}")
+        lines += [f"  note: {inline_safe(t)}" for t in ranking_sentences(results)]
     lines += [f"  next: {inline_safe(a)}" for a in v.actions]
+    if v.graded and not v.upper_bound and v.code != "robust":
+        lines.append(f"  repair command: {inline_safe(repair_command(results))}")
     gate = results.gate
     if gate:
         lines.append(f"gate: {'passed' if gate.passed else 'FAILED'} ("

@@ -71,6 +71,7 @@ class _OnceFilter(logging.Filter):
 
 _ONCE = _OnceFilter()
 NOISY_LOGGERS = ("weasyprint", "fontTools", "matplotlib", "PIL", "py.warnings")
+LIBRARY_LOGGERS = ("huggingface_hub", "timm", "urllib3", "httpx")
 _ROUTED = False
 
 
@@ -88,6 +89,8 @@ def route_warnings(debug: bool = False) -> None:
             handler.setFormatter(SafeFormatter(fmt))
     logging.captureWarnings(True)
     logging.getLogger("py.warnings").setLevel(logging.DEBUG if debug else logging.ERROR)
+    for name in LIBRARY_LOGGERS:  # libraries' own warnings (hub retries, ...): only with --debug
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.ERROR)
     _ONCE.seen.clear()  # once per command run
     _ONCE.glyph_said = False
     for name in NOISY_LOGGERS:

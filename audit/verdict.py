@@ -8,6 +8,7 @@ not work on this data, so no robustness grade is given). The terminal summary, t
 """
 from __future__ import annotations
 
+import os
 import shlex
 from typing import Optional, Sequence
 
@@ -15,6 +16,10 @@ from .calibration import rare_confidently_wrong
 from .inputs import MAX_RESIZE
 from .metrics import wilson_interval
 from .resultsmodel import LABELS, AuditResults, ClassResult, InputFit, LabelCheck, Verdict
+
+Interval = tuple[float, float]
+SEPARATE_MAX_N = 5000  # the largest --n-per-class the sample-size sentence suggests; beyond: "too close to rank"
+NAMED_MAX = 5  # class names a grouping sentence lists before "and N more"
 
 # (lowest share of clean-correct answers that survive, code): worst-case robust / clean accuracy
 BANDS: tuple[tuple[float, str], ...] = ((0.8, "robust"), (0.5, "partly-robust"), (0.2, "weakly-robust"),
@@ -127,24 +132,37 @@ def input_reasons(inp: Optional[InputFit]) -> list[str]:
     return out
 
 
-def _repair_command(results: AuditResults) -> str:
+def repair_command(results: AuditResults) -> str:
+    """The repair command for this audit, paths relative to the folder the audit ran in when they lie inside it."""
     if str(results.model.format) == "torch":  # a module from Python: the API, not the command line
         return "tailaudit.run_repair(RepairConfig(audit=<this audit's AuditConfig>)) (docs/python_api.md)"
     cfg = results.config or {}
-    parts = ["python", "cli.py", "repair", str(results.model.spec), "--dataset", str(results.dataset.name)]
+    parts = ["python", "cli.py", "repair", _relative(results.model.spec), "--dataset", str(results.dataset.name)]
     for key in ("checkpoint", "labels", "mean", "std", "input_size"):
         if cfg.get(key) is not None:
             val = cfg[key]
-            val = ",".join(f"{v:g}" for v in val) if isinstance(val, (list, tuple)) else str(val)
+            val = ",".join(f"{v:g}" for v in val) if isinstance(val, (list, tuple)) else _relative(val)
             parts += [f"--{key.replace('_', '-')}", val]
     if cfg.get("data_root"):
-        parts += ["--data-root", str(cfg["data_root"])]
+        parts += ["--data-root", _relative(cfg["data_root"])]
     tm = results.threat_model
     if tm.norm and tm.norm != "linf":
         parts += ["--norm", str(tm.norm)]
     if tm.eps_text:
         parts += ["--eps", str(tm.eps_text)]
     return " ".join(shlex.quote(p) for p in parts)
+
+
+def _relative(value: object) -> str:
+    """A path as given, relative to the working folder when it lies inside it (commands stay short and portable)."""
+    text = str(value)
+    if not os.path.isabs(text):
+        return text
+    try:
+        rel = os.path.relpath(text)
+    except ValueError:  # another drive (Windows)
+        return text
+    return text if rel.startswith("..") else rel
 
 
 def _weakest(results: AuditResults, k: int, group: Optional[str] = None) -> list[ClassResult]:
@@ -157,75 +175,191 @@ def _names(rows: Sequence[ClassResult]) -> str:
     return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
 
 
+# -- uncertainty where the claim is made (every page and line that ranks classes reads these) ------------------
+
+def headline_interval(results: AuditResults) -> Optional[Interval]:
+    """Wilson 95% interval of the headline worst-case robust accuracy over the evaluated points (None without)."""
+    n = int(results.dataset.n_eval or 0)
+    value = results.summary.worst_case.headline
+    if not n or value is None:
+        return None
+    return wilson_interval(round(value * n), n)
+
+
+def interval_text(ci: Optional[Sequence[float]]) -> str:
+    """'95% interval 65.2–73.3%' ('' without an interval)."""
+    if not ci or len(ci) != 2 or ci[0] is None or ci[1] is None:
+        return ""
+    return f"95% interval {100 * ci[0]:.1f}–{100 * ci[1]:.1f}%"
+
+
+def class_interval(row: ClassResult) -> Interval:
+    """A class's worst-case robust accuracy interval: as stored, else from its count of test points."""
+    ci = (row.robust_ci95 or {}).get("worst_case")
+    if ci and len(ci) == 2:
+        return float(ci[0]), float(ci[1])
+    return wilson_interval(round((row.worst_case or 0.0) * row.n_eval), row.n_eval)
+
+
+def _overlap(a: Interval, b: Interval) -> bool:
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+def counts_are_sampled(results: AuditResults) -> bool:
+    """True when the training counts are tailaudit's own long-tailed sampling profile, not counts measured for this
+    model (no --class-counts): no page may then state a count as the model's."""
+    d = results.dataset
+    return d.imbalance is not None and not d.balanced
+
+
+def ranked_classes(results: AuditResults) -> list[ClassResult]:
+    """Every class with a worst-case figure, least robust first (lower index first on ties)."""
+    rows = [r for r in results.per_class if r.worst_case is not None]
+    return sorted(rows, key=lambda r: (r.worst_case, r.index))
+
+
+def indistinct_weakest(results: AuditResults) -> list[ClassResult]:
+    """The weakest class and every class whose 95% interval overlaps its interval: the classes the test points
+    cannot rank against the weakest one (a single row when the weakest stands apart)."""
+    rows = ranked_classes(results)
+    if not rows:
+        return []
+    ci = class_interval(rows[0])
+    return [rows[0]] + [r for r in rows[1:] if _overlap(ci, class_interval(r))]
+
+
+def points_to_separate(p1: float, p2: float, *, start: int = 1, limit: int = SEPARATE_MAX_N) -> Optional[int]:
+    """The smallest test points per class (from ``start``) at which rates ``p1`` < ``p2`` get 95% Wilson intervals
+    that do not overlap, if the rates held; None when no count up to ``limit`` does (or the rates are equal)."""
+    if p2 <= p1:
+        return None
+    for n in range(max(1, start), limit + 1):
+        if wilson_interval(round(p1 * n), n)[1] < wilson_interval(round(p2 * n), n)[0]:
+            return n
+    return None
+
+
+def _listed(rows: Sequence[ClassResult]) -> str:
+    shown = list(rows[:NAMED_MAX])
+    more = len(rows) - len(shown)
+    if more:
+        return ", ".join(f"“{r.name}”" for r in shown) + f" and {more} more"
+    return _names(shown)
+
+
+def _per_class_n(rows: Sequence[ClassResult]) -> str:
+    ns = sorted({int(r.n_eval) for r in rows})
+    return f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
+
+
+def ranking_sentences(results: AuditResults) -> list[str]:
+    """When the weakest classes cannot be told apart: which ones, at how many test images per class, and the
+    --n-per-class that would separate the two weakest if their rates held. Empty when the weakest stands apart."""
+    group = indistinct_weakest(results)
+    if len(group) < 2:
+        return []
+    lo = min(class_interval(r)[0] for r in group)
+    hi = max(class_interval(r)[1] for r in group)
+    out = [f"{_listed(group)} cannot be told apart at {_per_class_n(group)} test images per class: their 95% "
+           f"intervals overlap ({100 * lo:.1f}–{100 * hi:.1f}%)."]
+    first = group[0]
+    tied = [r for r in group if r.worst_case == first.worst_case]
+    second = next((r for r in group[1:] if r.worst_case > first.worst_case), None)
+    if len(tied) > 1:
+        out.append(f"{_listed(tied)} all measured {_pct(first.worst_case)}: no sample size would rank them on this "
+                   "evidence.")
+    if second is None:
+        return out
+    n_now = max(int(first.n_eval), int(second.n_eval))
+    need = points_to_separate(first.worst_case, second.worst_case, start=n_now + 1)
+    lead = f"“{first.name}”" if len(tied) == 1 else "them"
+    pair = f"{lead} ({_pct(first.worst_case)}) from “{second.name}” ({_pct(second.worst_case)})"
+    if need is None:
+        out.append(f"Telling {pair} apart would need more than {SEPARATE_MAX_N:,} test images per class: treat "
+                   "them as equally weak.")
+    else:
+        out.append(f"Telling {pair} apart would take about --n-per-class {need:,}, if these rates hold.")
+    return out
+
+
+def _weakest_words(results: AuditResults) -> tuple[str, str]:
+    """(headline words, reason words) about the weakest class, or about the weakest classes the 95% intervals
+    cannot rank (never one name picked from a tie)."""
+    group = indistinct_weakest(results)
+    first = group[0]
+    if len(group) == 1:
+        return (f"class “{first.name}” keeps only {_pct(first.worst_case)}",
+                f"the weakest class “{first.name}” keeps {_pct(first.worst_case)} robust accuracy "
+                f"({interval_text(class_interval(first))})")
+    last = group[-1].worst_case
+    rates = _pct(first.worst_case) if last == first.worst_case else f"{_pct(first.worst_case)}–{_pct(last)}"
+    return (f"the weakest classes {_listed(group)} keep only {rates}",
+            f"the weakest classes {_listed(group)} keep {rates} robust accuracy (their 95% intervals overlap: the "
+            "test points cannot rank them)")
+
+
+def weakest_with_intervals(results: AuditResults, k: int = 3) -> str:
+    """'“8” 6.0% (95% interval 2.1–16.2%), …': the ``k`` least robust classes with their intervals."""
+    return ", ".join(f"“{r.name}” {_pct(r.worst_case)} ({interval_text(class_interval(r))})"
+                     for r in ranked_classes(results)[:k])
+
+
 def compute_verdict(results: AuditResults) -> Verdict:
     """The :class:`Verdict` the rules give an audit's figures (see module doc)."""
     s = results.summary
     extra = input_reasons(results.input)
     problems = _meaningful_problems(results)
     if problems:
-        return Verdict(
-            code="not-meaningful",
-            headline=(f"No robustness grade: {problems[0]}. Check the label order, the dataset, the "
-                      "preprocessing and the weights before reading any figure here."),
-            reasons=tuple(problems + extra),
-            actions=tuple([f"Check {c}" for c in LOOKUP_CHECKS]
-                          + ([f"Re-run with --labels FILE listing the model's outputs in order: "
-                              f"{', '.join(m.class_name for m in results.label_check.mapping)}"]
-                             if results.label_check is not None and results.label_check.suspected else [])))
+        return _not_meaningful(results, problems, extra)
+    blind = blind_attack_reasons(results)
+    if blind:
+        return _not_graded(results, blind, extra)
+    upper = is_upper_bound(results)
     wc = s.worst_case
     robust, clean = wc.headline, s.clean.headline
     survive = robust / clean if clean else 0.0
     base = band(robust, clean)
-    reasons = [f"worst-case robust accuracy {_pct(robust)} keeps {survive:.0%} of the clean accuracy {_pct(clean)}; "
-               "the share kept sets the grade (80% or more: robust, 50-80%: partly, 20-50%: weakly, below 20%: "
-               "not robust)"]
+    at_most = "at most " if upper else ""
+    reasons = [f"worst-case robust accuracy {at_most}{_pct(robust)} keeps {at_most}{survive:.0%} of the clean accuracy "
+               f"{_pct(clean)}; the share kept sets the grade (80% or more: robust, 50-80%: partly, 20-50%: weakly, "
+               "below 20%: not robust)"]
+    if upper:
+        reasons.insert(0, black_box_sentence(results))
     gap = s.robust_gap
     rare_weak = gap is not None and gap >= UNEVEN and bool(results.group_of("tail")) and bool(results.group_of("head"))
     uneven = wc.worst is not None and wc.mean and wc.worst < WORST_SHARE * wc.mean
+    rare = "the tail classes of tailaudit's sampling profile" if counts_are_sampled(results) else "the rare classes"
     qualifier = None
     code = base
     why = []  # what singles out the weak classes, in the headline's words
     if rare_weak:
         qualifier = "rare classes"
-        why.append(f"the rare classes are much weaker (tail {_pct(wc.group('tail'))} vs head {_pct(wc.group('head'))})")
+        why.append(f"{rare} are much weaker (tail {_pct(wc.group('tail'))} vs head {_pct(wc.group('head'))})")
         reasons.append(f"robust accuracy on the tail (rarest) classes is {100 * gap:.1f} points below the head "
                        f"classes (15 points or more singles them out)")
     if uneven:
-        worst = results.per_class[wc.worst_class]
         qualifier = qualifier or "every class"
+        head_words, reason_words = _weakest_words(results)
         if not rare_weak:
-            why.append(f"class “{worst.name}” keeps only {_pct(wc.worst)}")
-        reasons.append(f"the weakest class “{worst.name}” keeps {_pct(wc.worst)} robust accuracy, below half "
-                       f"the balanced robust accuracy {_pct(wc.mean)}")
+            why.append(head_words)
+        reasons.append(f"{reason_words}, below half the balanced robust accuracy {_pct(wc.mean)}")
     if qualifier and base in ("robust", "partly-robust"):
         code = {"robust": "partly-robust", "partly-robust": "weakly-robust"}[base]
-        reasons[0] += f"; one step lower here because {why[0]}"
+        reasons[1 if upper else 0] += f"; one step lower here because {why[0]}"
         tail = f"; graded one step down because {why[0]}"
     elif qualifier:
         tail = f"; {why[0]}"
     else:
         tail = ""
     threat = f"{'L∞' if results.threat_model.norm == 'linf' else 'L2'} ε = {results.eps_text}"
-    headline = (f"{LABELS[code]}: {_pct(robust)} of the test images stay correct under attack ({threat}), against "
-                f"{_pct(clean)} without attack, so it keeps {survive:.0%} of its correct answers{tail}.")
+    ci = interval_text(headline_interval(results))
+    label = f"At most {LABELS[code].lower()}" if upper else LABELS[code]
+    attack = "a score-based attack (black-box, an upper bound)" if upper else "attack"
+    headline = (f"{label}: {at_most}{_pct(robust)}{f' ({ci})' if ci else ''} of the test images stay correct under "
+                f"{attack} ({threat}), against {_pct(clean)} without attack, so it keeps {at_most}{survive:.0%} of its "
+                f"correct answers{tail}.")
     reasons += extra
-    actions = []
-    if code != "robust":
-        actions.append(f"Repair it with adversarial fine-tuning (REAT): {_repair_command(results)}")
-    if rare_weak:
-        rows = _weakest(results, 2, "tail")
-        if rows:
-            actions.append(f"Collect more training images for {_names(rows)} (rare classes with the lowest robust "
-                           "accuracy)")
-    elif uneven:
-        actions.append(f"Look at the weakest classes {_names(_weakest(results, 2))}: more or cleaner training data "
-                       "there helps most")
-    if extra:
-        actions.append("Audit the model on data of the size and colour it was trained on")
-    if (results.suite or "quick") in ("quick", "custom"):
-        actions.append("Confirm the figures with the stronger attack suite (--suite standard) before relying on them")
-    elif (results.mode_label or "white-box") != "white-box":
-        actions.append("Black-box figures are an upper bound: audit an ONNX export that converts for gradients")
+    actions = _actions(results, code, rare_weak=rare_weak, uneven=bool(uneven), extra=bool(extra), upper=upper)
     # -- calibration under attack (rule and wording in audit/calibration.py); it adds a reason and an action,
     # never changes the code
     confident = rare_confidently_wrong(results)
@@ -234,4 +368,103 @@ def compute_verdict(results: AuditResults) -> Verdict:
         actions.append(confident[1])
     # -- end of calibration
     return Verdict(code=code, headline=headline, reasons=tuple(reasons), actions=tuple(actions), band=base,
-                   survival=survive, qualifier=qualifier)
+                   survival=survive, qualifier=qualifier, upper_bound=upper)
+
+
+def _not_meaningful(results: AuditResults, problems: list[str], extra: list[str]) -> Verdict:
+    label_check = results.label_check
+    relabel = ([f"Re-run with --labels FILE listing the model's outputs in order: "
+                f"{', '.join(m.class_name for m in label_check.mapping)}"]
+               if label_check is not None and label_check.suspected else [])
+    return Verdict(code="not-meaningful",
+                   headline=(f"No robustness grade: {problems[0]}. Check the label order, the dataset, the "
+                             "preprocessing and the weights before reading any figure here."),
+                   reasons=tuple(problems + extra), actions=tuple([f"Check {c}" for c in LOOKUP_CHECKS] + relabel))
+
+
+def _actions(results: AuditResults, code: str, *, rare_weak: bool, uneven: bool, extra: bool,
+             upper: bool) -> list[str]:
+    """What to do next, in plain words (the exact repair command is on the report's method page and in the
+    terminal: :func:`repair_command`). An upper bound alone never leads to repair advice."""
+    actions = []
+    sampled = counts_are_sampled(results)
+    if upper:
+        actions.append(_black_box_next(results))
+    elif code != "robust":
+        actions.append("Repair it with adversarial fine-tuning (REAT) using tailaudit's repair command; the exact "
+                       "command is in the report's method section")
+    if rare_weak:
+        rows = _weakest(results, 2, "tail")
+        if rows and sampled:
+            actions.append(f"Check how many training images {_names(rows)} really had (give the counts with "
+                           "--class-counts FILE): the groups here follow tailaudit's sampling profile, not the model's "
+                           "training data")
+        elif rows:
+            actions.append(f"Collect more training images for {_names(rows)} (rare classes with the lowest robust "
+                           "accuracy)")
+    elif uneven:
+        group = indistinct_weakest(results)
+        rows = group if len(group) > 1 else _weakest(results, 2)
+        actions.append(f"Look at the weakest classes {_listed(rows)}: more or cleaner training data there helps most")
+    if extra:
+        actions.append("Audit the model on data of the size and colour it was trained on")
+    if not upper and (results.suite or "quick") in ("quick", "custom"):
+        actions.append("Confirm the figures with the stronger attack suite (--suite standard) before relying on them")
+    return actions
+
+
+def is_upper_bound(results: AuditResults) -> bool:
+    """True when only score-based attacks could run (black-box): robust accuracy is an upper bound."""
+    return (results.suite == "black-box") or (results.mode_label or "white-box") != "white-box"
+
+
+def black_box_sentence(results: AuditResults) -> str:
+    """Why the audit ran black-box, in words: asked for with --black-box, or the model does not convert."""
+    why = results.black_box_reason or "the model was audited black-box"
+    return (f"only the score-based Square attack ran ({why}), so robust accuracy is an upper bound: gradient "
+            "attacks may break more images")
+
+
+def _black_box_next(results: AuditResults) -> str:
+    if (results.config or {}).get("black_box"):
+        return ("Audit it again without --black-box (gradient attacks on the converted model) before grading or "
+                "repairing it: this figure is only an upper bound")
+    return ("This ONNX file does not convert for gradient attacks: audit the original PyTorch model (timm:ARCH with "
+            "--checkpoint, or from Python) to get a grade that is not an upper bound")
+
+
+BLIND_SHARE = 0.5  # more than half the attacked points with exactly zero input gradients: the attacks were blind
+
+
+def blind_attack_reasons(results: AuditResults) -> list[str]:
+    """Why the gradient attacks could not work on this model (empty list: they could): most attacked points had
+    exactly zero input gradients and no score-based attack ran, or the --sanity large-radius check failed."""
+    san = results.sanity
+    if san is None:
+        return []
+    out = []
+    attacked = (results.timings.attacked_points or {}) if results.timings is not None else {}
+    if not san.square_only.attacks:
+        for name, zg in san.zero_gradient.per_attack.items():
+            n = int(attacked.get(name) or 0)
+            if n and zg.points > BLIND_SHARE * n:
+                shown = next((a.display_name for a in results.attacks if a.name == name and a.display_name), name)
+                out.append(f"{zg.points} of the {n} points {shown} attacked had an input gradient of exactly zero: "
+                           "the gradient attacks could not see where to go (gradient masking, e.g. rounded inputs)")
+                break
+    le = san.large_eps
+    if le is not None and not le.passed:
+        out.append(f"at a huge radius (ε = {le.eps:.3g}) {_pct(le.robust_acc)} of the checked points stay robust; it "
+                   "must be about zero: the attacks do not work on this model")
+    return out
+
+
+def _not_graded(results: AuditResults, blind: list[str], extra: list[str]) -> Verdict:
+    s = results.summary
+    robust, clean = s.worst_case.headline, s.clean.headline
+    headline = (f"No robustness grade: the attacks could not work on this model ({blind[0]}). The {_pct(robust)} "
+                f"that survived them is not evidence of robustness (clean accuracy {_pct(clean)}).")
+    actions = ["Audit it with the score-based attack, which needs no gradients: --suite standard (Square reruns "
+               "where the gradients were blind) or --black-box",
+               "If the model rounds or quantises its input, audit the model before that step as well"]
+    return Verdict(code="not-graded", headline=headline, reasons=tuple(blind + extra), actions=tuple(actions))

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from audit.verdict import ranking_sentences, repair_command
 from audit.resultsmodel import AttackEntry, AuditResults, ClassResult, Flow, Parity, ThreatModel, Timings, Tool
 
 from . import calibration_view, charts, corruption_view
@@ -353,6 +354,8 @@ def method(results: AuditResults) -> dict[str, Any]:
                           ("audit run", results.created)),
         "meaningful": verdict["meaningful"],
         "verdict_on_load": verdict["computed_on_load"],
+        "repair_command": repair_command(results) if verdict["graded"] and verdict["code"] != "robust"
+        and not verdict["upper_bound"] else None,
         "balanced": is_balanced(results),
     }
 
@@ -374,9 +377,16 @@ def run_headline(results: AuditResults, note: str = "") -> str:
             f"{threat_text(results.threat_model)} · attacks " + " → ".join(attack_label(a) for a in results.attacks))
 
 
+def model_title(results: AuditResults) -> str:
+    """The model as a title names it: its file name, not the path (the method page gives the path)."""
+    spec = str(results.model.spec)
+    return spec if spec.startswith(("timm:", "python:")) else (Path(spec).name or spec)
+
+
 def headline(results: AuditResults) -> str:
-    """'MODEL on DATASET (N classes), threat model L∞, ε = 8/255, attacks PGD-20 → …'."""
-    return f"{results.model.spec} on {run_headline(results)}"
+    """'MODEL on DATASET (N classes), threat model L∞, ε = 8/255, attacks PGD-20 → …' (the model by its file
+    name: the method page gives its path)."""
+    return f"{model_title(results)} on {run_headline(results)}"
 
 
 def _data_sentence(results: AuditResults, balanced: bool) -> str:
@@ -404,6 +414,7 @@ def first_page(results: AuditResults) -> dict[str, Any]:
             "balanced": balanced,
             "critical": critical_warnings(results),
             "at_risk": at_risk(results) if verdict["meaningful"] else [],
+            "ranking": ranking_sentences(results) if verdict["meaningful"] else [],
             "at_risk_title": "Weakest classes, and why" if verdict["code"] == "robust" else "Classes at risk, and why",
             "gate": gate_rows(results),
             "glossary": glossary(results, balanced)}
@@ -423,8 +434,8 @@ def audit_context(results: AuditResults, folder: Path) -> dict[str, Any]:
         findings = [NOT_MEANINGFUL_FINDINGS]
     return {
         "kind": "audit",
-        "title": f"Robustness audit: {results.model.spec}",
-        "running": f"audit: {results.model.spec}",
+        "title": f"Robustness audit: {model_title(results)}",
+        "running": f"audit: {model_title(results)}",
         "headline": headline(results),
         "created": results.created,
         "page1": first_page(results),

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from audit.metrics import wilson_interval
+from audit.verdict import class_interval, headline_interval, interval_text
 from audit.resultsmodel import AuditResults, Calibration
 
 from . import charts
 from .audit_view import LARGE, TOP, method, run_headline, strip_counts
 from .calibration_view import confident_wrong
-from .fmt import count, num, pct, points, threat_text
+from .fmt import count, interval, num, pct, points, threat_text
 from .plain import budget_sentence, critical_warnings, glossary, is_balanced, resolve_verdict
 from .verdict import by_count, head_tail, quote
 
@@ -34,8 +35,9 @@ def _summary_row(name: str, results: AuditResults, colour: str) -> dict[str, Any
     gap = results.summary.robust_gap
     return {"name": name, "colour": colour, "verdict": resolve_verdict(results), "spec": str(results.model.spec),
             "sha": str(results.model.sha256 or "")[:12], "clean": pct(results.summary.clean.headline),
-            "robust": pct(wc.headline), "balanced": pct(wc.mean),
-            "worst": f"{pct(worst.worst_case)} ({quote(worst.name)})" if worst else "n/a",
+            "robust": pct(wc.headline), "robust_ci": interval(headline_interval(results)), "balanced": pct(wc.mean),
+            "worst": (f"{pct(worst.worst_case)} ({quote(worst.name)}, {interval_text(class_interval(worst))})"
+                      if worst else "n/a"),
             "gap": f"{points(gap)} pts" if gap is not None else "–",
             "confident": _confidently_wrong(results.summary.calibration)}
 
@@ -52,12 +54,16 @@ def ranking_sentences(names: Sequence[str], runs: Sequence[AuditResults]) -> lis
     """Which model keeps the most test images correct under attack, and whether the intervals separate it; models
     that cannot be graded are named, never ranked."""
     n = int(runs[0].dataset.n_eval or 0)
-    graded = [(r.worst_case.headline, name) for name, r in zip(names, runs) if resolve_verdict(r)["meaningful"]]
+    graded = [(r.worst_case.headline, name) for name, r in zip(names, runs) if resolve_verdict(r)["graded"]]
     out = []
-    ungraded = [name for name, r in zip(names, runs) if not resolve_verdict(r)["meaningful"]]
+    ungraded = [name for name, r in zip(names, runs) if not resolve_verdict(r)["graded"]]
     if ungraded:
-        out.append(f"Not graded (the model does not work on this data as audited): {', '.join(ungraded)}; "
-                   "it is left out of the ranking.")
+        out.append(f"Not graded (the model does not work on this data as audited, or the attacks could not work on "
+                   f"it): {', '.join(ungraded)}; left out of the ranking.")
+    upper = [name for name, r in zip(names, runs) if resolve_verdict(r)["upper_bound"]]
+    if upper:
+        out.append(f"Black-box figures (upper bounds: only a score-based attack ran): {', '.join(upper)}; a higher "
+                   "upper bound is not evidence of a more robust model.")
     graded = sorted([g for g in graded if g[0] is not None], key=lambda g: -g[0])
     if len(graded) < 2:
         return out

@@ -11,8 +11,9 @@ from typing import Any, Sequence
 
 from audit.inputs import MAX_RESIZE
 from audit.resultsmodel import AuditResults, Confusion, Flow, InputFit, LabelCheck, OutputMap, Sanity
+from audit.verdict import class_interval, counts_are_sampled, interval_text, is_upper_bound
 
-from .fmt import count, eps_text, pct, points, threat_text
+from .fmt import attack_label, count, eps_text, pct, points, threat_text
 from .verdict import headline_figures, quote, stored_verdict, weakest
 
 # code -> (badge text, badge css class); not-meaningful has no grade, only a stop sign.
@@ -22,19 +23,23 @@ GRADES: dict[str, tuple[str, str]] = {
     "weakly-robust": ("Weakly robust", "poor"),
     "not-robust": ("Not robust", "bad"),
     "not-meaningful": ("Result not meaningful", "void"),
+    "not-graded": ("Not graded", "void"),
 }
 MEANING: dict[str, str] = {
     "robust": "Most of the model's correct answers survive the attack: someone who alters images within this "
               "budget rarely changes its decisions.",
     "partly-robust": "Many of the model's correct answers survive the attack, but a clear share can be flipped by "
-                     "changes to the image too small for a person to notice.",
-    "weakly-robust": "Most of the model's correct answers can be flipped by changes to the image too small for a "
-                     "person to notice; only a minority survive.",
-    "not-robust": "Almost every correct answer can be flipped by changes to the image too small for a person to "
-                  "notice. Do not rely on this model where someone may tamper with its input.",
+                     "{changes}.",
+    "weakly-robust": "Most of the model's correct answers can be flipped by {changes}; only a minority survive.",
+    "not-robust": "Almost every correct answer can be flipped by {changes}. Do not rely on this model where someone "
+                  "may tamper with its input.",
     "not-meaningful": "The model does not work on this data as it was audited, so its robustness figures say "
                       "nothing and no robustness grade is given. Fix the setup first, then audit again.",
+    "not-graded": "The attacks could not work on this model, so the share of answers that survived them says "
+                  "nothing about robustness and no grade is given. Audit it with an attack that needs no gradients.",
 }
+UPPER_BOUND = ("Only a score-based attack ran (black-box), so this is the best grade the model could have: gradient "
+               "attacks may flip more answers. ")
 
 GLOSSARY: tuple[tuple[str, str], ...] = (
     ("Clean accuracy", "share of test images the model classifies correctly, untouched."),
@@ -48,6 +53,21 @@ GLOSSARY: tuple[tuple[str, str], ...] = (
     ("Interval", "the range the true value lies in with 95% confidence, given the number of test images "
                  "(Wilson interval); few test images give wide intervals."),
 )
+
+
+SMALL = {"linf": 8 / 255, "l2": 0.5}  # budgets up to these are the usual "imperceptible" ones
+
+
+def changes_words(results: AuditResults) -> str:
+    """The attacker's changes in words that hold for this run's budget: "too small for a person to notice" only
+    up to the usual imperceptible budgets (L∞ 8/255, L2 0.5)."""
+    t = results.threat_model
+    norm, eps = str(t.norm).lower(), float(t.eps or 0.0)
+    if eps <= SMALL.get(norm, 0.0) + 1e-9:
+        return "changes to the image too small for a person to notice"
+    if norm == "linf":
+        return f"changes of up to {eps * 100:.0f}% of the brightness range per pixel"
+    return f"changes to the image of L2 size up to {eps:g}"
 
 
 def is_balanced(results: AuditResults) -> bool:
@@ -68,6 +88,9 @@ def glossary(results: AuditResults, balanced: bool) -> list[tuple[str, str]]:
     else:
         budget = f"how much the attacker may change the image in total ({t.norm} norm); this audit's is {text}."
     words = [GLOSSARY[0], GLOSSARY[1], ("Attack budget (ε)", budget), *GLOSSARY[2:]]
+    if counts_are_sampled(results):  # the groups follow tailaudit's sampling, not the model's training data
+        words = [(w, "classes grouped by training count in tailaudit's sampled profile: head = most, tail = "
+                     "fewest.") if w.startswith("Head / medium") else (w, x) for w, x in words]
     return [(w, x) for w, x in words if not (balanced and w.startswith("Head"))]  # no groups, no gap
 
 
@@ -76,9 +99,15 @@ def resolve_verdict(results: AuditResults) -> dict[str, Any]:
     (badge text; None for not-meaningful), ``css`` and ``computed_on_load`` (the version that graded an older file)."""
     v = stored_verdict(results)
     grade, css = GRADES[v.code]
-    return {"code": v.code, "headline": v.statement or MEANING[v.code], "reasons": list(v.reasons),
-            "actions": list(v.actions), "computed_on_load": v.computed_on_load, "meaning": MEANING[v.code],
-            "grade": grade if v.meaningful else None, "label": grade, "css": css, "meaningful": v.meaningful}
+    if v.upper_bound and v.graded:  # black-box: the badge says "at most", never a white-box grade
+        grade, css = f"{v.label} (upper bound)", f"{css} upper"
+    meaning = MEANING[v.code].format(changes=changes_words(results))
+    if v.upper_bound and v.graded:
+        meaning = UPPER_BOUND + meaning
+    return {"code": v.code, "headline": v.statement or meaning, "reasons": list(v.reasons),
+            "actions": list(v.actions), "computed_on_load": v.computed_on_load, "meaning": meaning,
+            "grade": grade if v.graded else None, "label": grade, "css": css, "meaningful": v.meaningful,
+            "graded": v.graded, "upper_bound": v.upper_bound}
 
 
 def budget_sentence(results: AuditResults) -> str:
@@ -94,12 +123,14 @@ def budget_sentence(results: AuditResults) -> str:
 
 def suite_sentence(results: AuditResults) -> str:
     """Which attacks ran, in plain words, with the quick suite's advice and the black-box caveat."""
+    if is_upper_bound(results):
+        ran = ", ".join(attack_label(a) for a in results.attacks)
+        why = results.black_box_reason or "black-box mode"
+        return (f"Attack suite: black-box ({why}): only {ran} ran, a score-based attack on the model's outputs, so "
+                "robust accuracy is an upper bound.")
     text = f"Attack suite: {results.suite or 'quick'}."
     if results.suite_note:
-        text += f" {results.suite_note}"
-    if (results.mode_label or "white-box") != "white-box":
-        text += (f" Mode: {results.mode_label}: the model could not be attacked with gradients, so only a "
-                 "score-based attack ran and robust accuracy may be overstated.")
+        text += f" {results.suite_note.rstrip('.')}."
     return text
 
 
@@ -166,9 +197,10 @@ def _square_rows(s: Sanity) -> list[dict[str, Any]]:
 
 
 def at_risk(results: AuditResults, k: int = 3) -> list[dict[str, str]]:
-    """The ``k`` least robust classes with the reasons the figures give: rarity, low clean accuracy, where attacks
-    push them."""
+    """The ``k`` least robust classes with their 95% intervals and the reasons the figures give: rarity (in
+    tailaudit's sampling profile unless the counts were given), low clean accuracy, where attacks push them."""
     balanced = is_balanced(results)
+    sampled = counts_are_sampled(results)
     most = max((r.train_count or 0 for r in results.per_class), default=0)
     clean_all = results.summary.clean.headline
     conf = results.summary.confusion
@@ -178,14 +210,18 @@ def at_risk(results: AuditResults, k: int = 3) -> list[dict[str, str]]:
         why = []
         tc = r.train_count
         if not balanced and tc and r.group in ("tail", "few"):
-            factor = f", {most / tc:.0f}× fewer than the most common class" if most and most / tc >= 2 else ""
-            why.append(f"rare: {count(tc)} training image{'' if tc == 1 else 's'}{factor}")
-        if r.clean_acc < clean_all - 0.10:
-            why.append(f"often wrong even without attack (clean {pct(r.clean_acc)})")
+            if sampled:
+                why.append("tail of tailaudit's sampled profile")  # the data sentence says what that means
+            else:
+                factor = f", {most / tc:.0f}× fewer than the most common class" if most and most / tc >= 2 else ""
+                why.append(f"rare: {count(tc)} training image{'' if tc == 1 else 's'}{factor}")
+        if r.clean_acc < clean_all - 0.10:  # its clean accuracy is on the same line: not repeated here
+            why.append("often wrong even without attack")
         flow = _main_flow(r.index, conf)
         if flow is not None:
             why.append(_flow_text(flow, names))
         out.append({"name": str(r.name), "robust": pct(r.worst_case), "clean": pct(r.clean_acc),
+                    "interval": interval_text(class_interval(r)),
                     "why": "; ".join(why) if why else "no single cause stands out in the figures"})
     return out
 
@@ -210,7 +246,8 @@ def _flow_text(flow: tuple[list[int], int, int | None], names: Sequence[Any]) ->
     targets, k, total = flow
     shown = [quote(names[t]) for t in targets[:3] if 0 <= t < len(names)]
     more = f" (and {len(targets) - 3} more classes)" if len(targets) > 3 else ""
-    lead = f"of its {total} broken images, attacks turn" if total is not None else "attacks turn"
+    lead = (f"of its {total} broken image{'' if total == 1 else 's'}, attacks turn" if total is not None
+            else "attacks turn")
     return f"{lead} " + " and ".join(f"{k} into {t}" for t in shown) + more
 
 

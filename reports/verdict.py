@@ -74,18 +74,33 @@ def extra_broken(results: AuditResults) -> list[int]:
 
 
 def _attack_sentence(results: AuditResults) -> str | None:
+    """What the later attacks found beyond the first, naming only the attacks that broke something (their own
+    counts from ``broken_by``) and the right plural."""
     attacks = results.attacks
     if len(attacks) < 2:
         return None
     first = short_name(attacks[0])
-    later = " and ".join(dict.fromkeys(short_name(a) for a in attacks[1:]))
     extra = extra_broken(results)
     total = sum(extra)
     n_eval = sum(r.n_eval for r in results.per_class) or 1
     if total == 0:
+        later = " and ".join(dict.fromkeys(short_name(a) for a in attacks[1:]))
         return f"{later} found no adversarial example that {first} missed."
+    by = {}
+    for a in attacks[1:]:
+        k = sum(int((r.broken_by or {}).get(a.name, 0)) for r in results.per_class)
+        if k:
+            by[short_name(a)] = by.get(short_name(a), 0) + k
+    split = ""
+    if len(by) == 1 and sum(by.values()) == total and results.mode != "independent":
+        who = next(iter(by))
+    elif by and sum(by.values()) == total and results.mode != "independent":
+        who, split = "The later attacks", " (" + ", ".join(f"{name} {k}" for name, k in by.items()) + ")"
+    else:  # no per-attack counts (older files, independent mode): the later attacks together
+        who = " and ".join(dict.fromkeys(short_name(a) for a in attacks[1:]))
     classes = sum(1 for e in extra if e)
-    return (f"{later} broke {total} test images that {first} missed ({points(total / n_eval, signed=False)} "
+    noun = "test image" if total == 1 else "test images"
+    return (f"{who} broke {total} {noun}{split} that {first} missed ({points(total / n_eval, signed=False)} "
             f"points of accuracy), in {classes} of {len(extra)} classes.")
 
 

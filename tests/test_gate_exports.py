@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from audit.metrics import wilson_interval
 from PIL import Image
 
 import cli
@@ -121,7 +123,9 @@ def test_summary_markdown_has_verdict_figures_and_weakest_classes(demo):
     v = res["verdict"]
     assert f"(`{v['code']}`)" in md and LABELS[v['code']] in md  # the label is derived from the code
     wc = res["summary"]["robust"]["worst_case"]
-    assert f"| worst-case robust accuracy | {100 * wc['overall']:.1f}% |" in md
+    n = res["dataset"]["n_eval"]
+    lo, hi = wilson_interval(round(wc["overall"] * n), n)
+    assert f"| worst-case robust accuracy | {100 * wc['overall']:.1f}% (95% interval {100 * lo:.1f}–{100 * hi:.1f}%) |" in md
     assert f"| clean accuracy | {100 * res['summary']['clean']['overall']:.1f}% |" in md
     weakest = sorted(res["per_class"], key=lambda r: (r["robust_acc"]["worst_case"], r["index"]))[0]
     assert f"| {weakest['name']} | {weakest['train_count']} | {weakest['group']} |" in md

@@ -104,8 +104,11 @@ def test_pretrained_weights_are_checked_before_any_download(monkeypatch):
             raise ConnectionError("Failed to establish a new connection: [Errno 101] Network is unreachable")
         return real(*args, **kwargs)
 
+    from audit.models import timm_model
+
     real = timm.create_model
     monkeypatch.setattr(timm, "create_model", no_network)
+    monkeypatch.setattr(timm_model, "_hub_reachable", lambda: True)  # the hub answers, the download then fails
     with pytest.raises(ModelLoadError, match="has 1000 classes but the dataset has 10"):
         load_model("timm:resnet18", num_classes=10, pretrained=True)  # refused before anything is fetched
     with pytest.raises(ModelLoadError, match="could not fetch timm's pretrained weights for 'resnet18' "

@@ -147,7 +147,9 @@ def test_eps_from_the_api_is_what_every_page_says(tmp_path):
     run = tailaudit.run_audit(config, formats=["html", "pdf"])
     res = run.results
     assert res.threat_model.eps_text == res.config["eps_text"] == "2/255"
-    assert "--eps 2/255" in " ".join(res.verdict.actions) or res.verdict.code == "robust"
+    from audit.verdict import repair_command
+
+    assert "--eps 2/255" in repair_command(res)  # the suggested command (terminal, method page)
     html = (run.out_dir / "report.html").read_text(encoding="utf-8")
     pdf = subprocess.run(["pdftotext", str(run.out_dir / "report.pdf"), "-"], capture_output=True, text=True).stdout
     md = (run.out_dir / "summary.md").read_text(encoding="utf-8")

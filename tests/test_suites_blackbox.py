@@ -112,7 +112,8 @@ def test_unconvertible_onnx_is_audited_black_box_with_square_on_onnxruntime(tmp_
     res = _audit(tmp_path, _unconvertible_onnx(tmp_path / "shrink.onnx"), "--suite", "standard")
     assert res["mode_label"] == "black-box (upper bound)" and res["model"]["gradient_access"] is False
     assert [a["kind"] for a in res["attacks"]] == ["square"] and res["attacks"][0]["queries"] == 60
-    assert res["suite"] == "standard" and res["verdict_runtime"] == "onnxruntime"
+    assert res["suite"] == "black-box" and res["verdict_runtime"] == "onnxruntime"  # what ran, not what was asked
+    assert "cannot be converted" in res["black_box_reason"] and res["verdict"]["upper_bound"] is True
     assert any("black-box" in w for w in res["warnings"])
     assert res["model"]["parity"] is None  # nothing was converted, nothing to compare
     assert 0 < res["summary"]["robust"]["worst_case"]["overall"] < res["summary"]["clean"]["overall"]
@@ -122,7 +123,12 @@ def test_unconvertible_onnx_is_audited_black_box_with_square_on_onnxruntime(tmp_
 def test_black_box_flag_on_a_convertible_model_and_the_quick_suite_note(tmp_path):
     res = _audit(tmp_path, DEMO, "--black-box")
     assert res["mode_label"] == "black-box (upper bound)" and [a["kind"] for a in res["attacks"]] == ["square"]
-    assert res["suite"] == "quick" and "--suite standard" in res["suite_note"]
+    assert res["suite"] == "black-box" and "--suite standard" not in res["suite_note"]  # not "quick": Square ran
+    assert res["black_box_reason"] == "asked for with --black-box" and "Square" in res["suite_note"]
+    v = res["verdict"]
+    assert v["upper_bound"] is True and "at most" in v["headline"]
+    assert not any("--suite standard" in a or "REAT" in a or "ONNX export that converts" in a for a in v["actions"])
+    assert any("without --black-box" in a for a in v["actions"])
 
 
 def test_compare_refuses_runs_whose_suite_or_attack_parameters_differ():

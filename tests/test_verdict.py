@@ -14,7 +14,7 @@ import cli
 from audit.data import class_groups, groups_to_indices
 from audit.metrics import cross_class_summary, wilson_interval
 from audit.resultsmodel import CODES, LABELS, AuditResults, Verdict
-from audit.verdict import BANDS, band, compute_verdict as _compute_verdict, prediction_collapse
+from audit.verdict import BANDS, band, compute_verdict as _compute_verdict, prediction_collapse, repair_command
 
 GRADES = [LABELS[c] for c in CODES if c != "not-meaningful"]  # "Robust", "Partly robust", ...
 
@@ -68,7 +68,10 @@ def test_each_band(robust, code):
     standard = fixture([0.95] * 9, [robust] * 9)
     standard["suite"] = "standard"  # already the strong suite: no advice to run it
     assert not any("--suite standard" in a for a in compute_verdict(standard).actions)
-    assert (code == "robust") != any("cli.py repair m.onnx --dataset digitslt --eps 8/255" in a for a in v.actions)
+    assert (code == "robust") != any(a.startswith("Repair it") for a in v.actions)
+    assert not any("cli.py" in a for a in v.actions)  # plain words: the command is on the method page
+    assert repair_command(AuditResults.from_json(fixture([0.95] * 9, [robust] * 9))) == \
+        "python cli.py repair m.onnx --dataset digitslt --eps 8/255"
 
 
 def test_band_thresholds_are_the_documented_shares():
@@ -81,7 +84,8 @@ def test_rare_classes_lagging_downgrade_robust_to_partly_and_name_classes_to_col
     robust = [0.95, 0.95, 0.95, 0.85, 0.85, 0.85, 0.72, 0.70, 0.66]  # ~85% of clean overall, tail 20 points down
     v = compute_verdict(fixture([1.0] * 9, robust))
     assert v.band == "robust" and v.code == "partly-robust" and v.qualifier == "rare classes"
-    assert v.headline.startswith("Partly robust: 83.1% of the test images stay correct under attack")
+    assert v.headline.startswith("Partly robust: 83.1% (95% interval 80.5–85.4%) of the test images stay correct "
+                                 "under attack")
     assert "graded one step down because the rare classes are much weaker (tail 69.3% vs head 95.0%)" in v.headline
     assert any("tail" in r and "points below" in r for r in v.reasons)
     assert any(a.startswith("Collect more training images for “c8” and “c7”") for a in v.actions)
@@ -210,7 +214,9 @@ def test_headline_has_one_grade_and_leads_with_robust_accuracy(clean, robust):
     accuracy itself (not the share kept), and names no other grade."""
     v = compute_verdict(fixture(clean, robust))
     wc = AuditResults.from_json(fixture(clean, robust)).worst_case.headline
-    assert v.headline.startswith(f"{v.label}: {100 * wc:.1f}% of the test images stay correct under attack")
+    lo, hi = wilson_interval(round(wc * 900), 900)
+    assert v.headline.startswith(f"{v.label}: {100 * wc:.1f}% (95% interval {100 * lo:.1f}–{100 * hi:.1f}%) of the "
+                                 "test images stay correct under attack")
     others = [label for code, label in LABELS.items() if code != v.code and label not in v.label]
     assert not any(o in v.headline for o in others), v.headline
     assert v.statement == v.headline[len(v.label) + 2:] and not v.statement.startswith(v.label)

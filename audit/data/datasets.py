@@ -63,7 +63,8 @@ def dataset_names() -> list[str]:
 def _digitslt(*, imbalance: float, data_root: Optional[Path], class_counts: Optional[Path], download: bool) -> LTDataset:
     """scikit-learn's bundled 8x8 digits: 50 test images per class, long-tailed train from the rest."""
     if class_counts is not None:
-        raise ConfigError("--class-counts only applies to --dataset imagefolder; digitslt derives its counts from --imbalance")
+        raise ConfigError("--class-counts goes with cifar10lt, cifar100lt and imagefolder; digitslt derives its counts "
+                          "from --imbalance")
     if data_root is not None:
         log.info("digitslt is bundled with scikit-learn; ignoring --data-root %s", data_root)
     longtail_counts(1, 10, imbalance)  # validate rho first

@@ -428,6 +428,7 @@ def load_onnx(path: str | Path, *, num_classes: int | None = None, mean: Optiona
 
     def black_box_model(reason: Optional[str]) -> LoadedModel:
         info["black_box"] = True
+        info["black_box_reason"] = reason or "asked for with --black-box"
         if reason:
             info["warnings"].append(f"{reason}; audited in black-box mode: Square on onnxruntime alone, an upper "
                                     "bound on robust accuracy (use --black-box to ask for it explicitly)")

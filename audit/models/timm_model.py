@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import stat
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -120,12 +123,50 @@ def _hub_model(timm: Any, arch: str, num_classes: int) -> Any:
     if cfg.num_classes != num_classes:
         raise ModelLoadError(f"timm's pretrained {arch} has {cfg.num_classes} classes but the dataset has {num_classes}; "
                              "fine-tune it on this data and pass --checkpoint FILE, or audit it on data of its classes")
+    online = _hub_reachable()
     try:
-        return timm.create_model(arch, pretrained=True)
+        with _hub_offline(not online):  # offline: the local cache only, at once, not minutes of retries
+            return timm.create_model(arch, pretrained=True)
     except Exception as exc:  # no network, hub errors, a missing hub client: all mean "no weights here"
+        if not online:
+            raise ModelLoadError(f"timm's pretrained weights for {arch!r} are not in the local cache and the hub "
+                                 f"({HUB_URL}) cannot be reached: connect once to download them, or pass "
+                                 "--checkpoint FILE") from None
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
         raise ModelLoadError(f"could not fetch timm's pretrained weights for {arch!r} ({type(exc).__name__}: {first}); "
                              "check the network, or download them once and pass --checkpoint FILE") from None
+
+
+HUB_URL = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+HUB_TIMEOUT_S = 3.0  # one short connection attempt decides online or offline
+
+
+def _hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
+    """True when the weights hub answers a TCP connection within ``timeout`` (False when HF_HUB_OFFLINE is set)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urlparse(HUB_URL)
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """Put the hub client in offline mode for the call (cached files only, no retries), then restore it."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # timm without the hub client fails with its own message
+        yield
+        return
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = before or offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
 
 
 def load_timm(
