@@ -5,7 +5,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 from . import bounds as B
 from .attacks import ATTACKS, SUITES
@@ -66,8 +66,9 @@ class AuditConfig:
     force: bool = False  # --force: run the attacks even when the clean check says the model cannot be graded
     weights: Optional[str] = None  # timm:ARCH without --checkpoint: "pretrained" (the hub's) or "random"
     calibration_steps: int = 20  # PGD steps of the attacked-confidence pass (audit/calibration.py); 0: clean only
-    corruptions: Sequence[str] = ()  # --corruptions: names of the corruption audit (audit/corruptions/); () = off
-    severities: Sequence[int] = (1, 2, 3, 4, 5)  # --severity: corruption severities scored
+    # --corruptions: "common", "all" or names (audit/corruptions/); () = off; a list of names after validation
+    corruptions: Union[str, Sequence[str]] = ()
+    severities: Union[str, int, Sequence[int]] = (1, 2, 3, 4, 5)  # --severity: 1..5, a list or "all"; a tuple after validation
     corruption_root: Optional[str] = None  # --corruption-root: released CIFAR-10-C/-100-C .npy or ImageNet-C folders
     extra: dict[str, Any] = field(default_factory=dict)
 

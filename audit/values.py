@@ -139,7 +139,8 @@ def _fits(value: Any, hint: Any) -> bool:
 # one example per argument whose refusal reads better with one (a fraction is a Python number too)
 EXAMPLES = {"eps": "eps=8/255", "train_eps": "train_eps=8/255", "step_size": "step_size=2/255",
             "steps": "steps=20", "eps_curve": 'eps_curve=("1/255", "2/255")', "attacks": 'attacks=["pgd", "square"]',
-            "mean": "mean=(0.4914, 0.4822, 0.4465)", "std": "std=(0.2471, 0.2435, 0.2616)"}
+            "mean": "mean=(0.4914, 0.4822, 0.4465)", "std": "std=(0.2471, 0.2435, 0.2616)",
+            "corruptions": 'corruptions="common"', "severities": "severities=(1, 3, 5)"}
 
 
 def check_field_types(config: Any, error: type[Exception] = ConfigError) -> None:
