@@ -441,10 +441,13 @@ def keep_previous_run(out: Path, names: Sequence[str], *, resume: bool) -> Itera
         shutil.rmtree(out / PARTIAL, ignore_errors=True)
     elif not resume and _present(out, names):
         _move_entries(out, out / PREVIOUS, _present(out, names))
+    untouched = _stamp(out, names)
     try:
         yield
     except BaseException:
         if not (out / PREVIOUS).is_dir() and _present(out, names):
+            if _stamp(out, names) == untouched and saved is not None:  # refused before writing: no trace either
+                _atomic(manifest, lambda fh: fh.write(saved))
             raise  # nothing finished was moved aside: the partial run stays in place (claimed) for --resume
         try:
             _park(out, names)
@@ -458,6 +461,15 @@ def keep_previous_run(out: Path, names: Sequence[str], *, resume: bool) -> Itera
         raise
     shutil.rmtree(out / PREVIOUS, ignore_errors=True)
     shutil.rmtree(out / PARTIAL, ignore_errors=True)
+
+
+def _stamp(out: Path, names: Sequence[str]) -> list[tuple[str, int, int]]:
+    """(name, inode, mtime) of the ``names`` present: equal stamps mean the run has not written any of them."""
+    stamps = []
+    for n in _present(out, names):
+        st = os.lstat(out / n)
+        stamps.append((n, st.st_ino, st.st_mtime_ns))
+    return stamps
 
 
 def claim(out: Path, names: Sequence[str]) -> None:
