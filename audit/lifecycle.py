@@ -21,7 +21,8 @@ import torch
 
 from . import distributed
 from .errors import ConfigError
-from .outputs import AUDIT_FILES, RunFiles, with_reports, folder_lock, out_dir_guard, output_error, refuse_foreign_files
+from .outputs import (AUDIT_FILES, RunFiles, folder_lock, out_dir_guard, output_error, recover_commit,
+                      refuse_foreign_files, with_reports)
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ def output_folder(path: Path | str, writes: Sequence[str] = with_reports(AUDIT_F
         yield None
         return
     with out_dir_guard(path) as out, folder_lock(out):
+        recover_commit(out)  # a run killed while publishing its files: the earlier set is put back first
         refuse_foreign_files(out, writes)
         yield out
 
