@@ -218,7 +218,7 @@ def _read_journal(out: Path) -> Optional[tuple[Path, list[str], list[str]]]:
     return (stage, new, old) if plain and _is_plain_name(stage.name) and stage.name.startswith(_STAGING_PREFIX) else None
 
 
-def recover_commit(out_dir: Path) -> bool:
+def recover_commit(out_dir: Path, *, killed: bool = True) -> bool:
     """Roll back a switch that stopped before its commit point (a killed run, a failed rename): the new files
     leave, the old ones (moved into the staging folder) come back, the journal goes. True when there was one.
     Called with the folder locked, before staging folders of dead runs are swept."""
@@ -232,7 +232,8 @@ def recover_commit(out_dir: Path) -> bool:
         (out / JOURNAL).unlink(missing_ok=True)
         return False
     stage, new, old = found
-    log.warning("a run into %s stopped while publishing its files; the earlier run's files were put back", out)
+    if killed:  # (a failure in this process says so in its own error line)
+        log.warning("a run into %s was stopped while publishing its files; the earlier run's files were put back", out)
     for name in [*new, MANIFEST]:  # the new files that reached the folder go back to the (discarded) staging folder
         if name not in old or (stage / f"{_OLD}{name}").exists():
             with contextlib.suppress(FileNotFoundError):
@@ -342,7 +343,7 @@ class RunFiles:
             try:
                 self._switch(current, stale)
             except OSError as exc:
-                recover_commit(self.out_dir)
+                recover_commit(self.out_dir, killed=False)
                 raise output_error(exc, self.out_dir) from None
         self.committed = True
         self._drop_staging()
