@@ -305,11 +305,12 @@ class RunFiles:
         return target
 
     def add_json(self, name: str, data: Any, *, indent: Optional[int] = 2,
-                 check: Optional[Callable[[Any], None]] = None) -> Path:
-        """``data`` as JSON; ``check`` sees the parsed text first (a refusal stages nothing)."""
+                 check: Optional[Callable[[Any], None]] = None, max_bytes: Optional[int] = None) -> Path:
+        """``data`` as JSON; ``check`` sees the parsed text first, ``max_bytes`` is its reader's limit (a refusal
+        stages nothing)."""
         from .results import write_json
 
-        return self.add(name, lambda p: write_json(p, data, indent=indent, check=check))
+        return self.add(name, lambda p: write_json(p, data, indent=indent, check=check, max_bytes=max_bytes))
 
     def add_npz(self, name: str, **arrays: Any) -> Path:
         from .results import write_npz
