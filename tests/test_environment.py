@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.nn as nn
 
@@ -51,6 +52,7 @@ def _quantised(folder: Path) -> Path:
     return folder / "q.onnx"
 
 
+@pytest.mark.slow
 def test_an_onnx_audit_leaves_home_and_the_current_folder_alone(tmp_path):
     """No telemetry under HOME/.cache/Microsoft; symbolic shape inference of a quantised model writes no
     sym_shape_infer_temp.onnx into the current folder (it used to overwrite a user's file of that name)."""
@@ -84,6 +86,7 @@ def test_a_closed_or_full_stdout_ends_like_a_unix_tool(tmp_path):
     assert done.returncode == 2 and len(lines) == 1 and "cannot write to standard output" in lines[0], done.stderr
 
 
+@pytest.mark.slow
 def test_utf8_class_folders_under_an_ascii_locale(tmp_path):
     """LC_ALL=C with PYTHONUTF8=0: Python decodes file names as ASCII; valid UTF-8 class folders must still be
     classes with their real names (they were refused as "not UTF-8"), and printing them must not fail."""

@@ -54,6 +54,7 @@ def test_a_failed_download_is_one_line(tmp_path):
     assert proc.stdout == ""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["results.json", "report.pdf"])
 def test_a_full_disk_is_one_line_and_keeps_nothing(tmp_path, name):
     """Before: a full disk while the report was written warned "nothing of this run was kept" and "the results
