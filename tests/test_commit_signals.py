@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from audit.outputs import JOURNAL, MANIFEST, STEP_ENV, recover_commit
+from audit.outputs import JOURNAL, STEP_ENV, recover_commit
 from support import DEMO, ROOT
 
 NAMES = ["results.json", "points.json", "examples.npz", "per_class.csv", "summary.md"]
