@@ -469,55 +469,11 @@ def _is_main() -> bool:
     return distributed.is_main()
 
 
-def _tolerant_stdout() -> None:
-    """Class names a locale cannot encode (LC_ALL=C: ASCII) print as \\u escapes instead of a traceback."""
-    for stream in (sys.stdout, sys.stderr):
-        if hasattr(stream, "reconfigure") and (stream.encoding or "").lower().replace("-", "") != "utf8":
-            stream.reconfigure(errors="backslashreplace")
-
-
-def _stdout_broken(exc: OSError) -> bool:
-    """Whether ``exc`` is standard output failing: a pipe whose reader has gone (poll says so), or a write error
-    without a file name (every file tailaudit writes is named in its own error) on a full or failing device."""
-    import errno
-    import select
-
-    if exc.filename is not None or exc.errno not in (errno.EPIPE, errno.ENOSPC, errno.EIO, errno.EFBIG,
-                                                     getattr(errno, "EDQUOT", errno.ENOSPC)):
-        return False
-    if exc.errno != errno.EPIPE:
-        return True
-    try:
-        poller = select.poll()
-        poller.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
-    except (OSError, ValueError, AttributeError):  # no file descriptor (an in-process caller's stream)
-        return False
-
-
-def _stdout_gone(exc: OSError) -> int:
-    """A closed pipe (``| head -1``) ends quietly with SIGPIPE's status, a full device with one line, as Unix tools
-    do; the unwritten text goes to /dev/null so that the interpreter's last flush says nothing either."""
-    import errno
-    import os
-
-    try:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError):  # no file descriptor (an in-process caller's stream)
-        pass
-    if exc.errno == errno.EPIPE:
-        return 141
-    print(f"tailaudit: error: cannot write to standard output ({exc.strerror or exc}); redirect it to a file or "
-          "a device with space (files under --out are written as usual)", file=sys.stderr)
-    return 2
-
-
 COMMANDS = {"audit": cmd_audit, "repair": cmd_repair, "dataset": cmd_dataset, "report": cmd_report}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    _tolerant_stdout()
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = args.debug or "--debug" in argv
@@ -531,8 +487,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for name in ("audit", "reports", "reat_finetune", "tailaudit"):
         logging.getLogger(name).setLevel(level)
     from audit.errors import TailAuditError
-    from audit.textsafe import one_line, route_warnings
+    from audit.textsafe import one_line, route_warnings, stdout_broken, stdout_gone, tolerant_stdout
 
+    tolerant_stdout()
     route_warnings(debug)
     if getattr(args, "threads", None):
         from audit.lifecycle import apply_threads
@@ -556,9 +513,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"tailaudit: {where}error: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:
-        if not _stdout_broken(exc):
+        if not stdout_broken(exc):
             raise
-        return _stdout_gone(exc)
+        return stdout_gone(exc)
     except KeyboardInterrupt:
         if not quiet_rank:
             print("tailaudit: interrupted", file=sys.stderr)
