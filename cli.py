@@ -559,8 +559,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for name in ("audit", "reports", "reat_finetune", "tailaudit"):
         logging.getLogger(name).setLevel(level)
     from audit.errors import TailAuditError, command_line
-    from audit.textsafe import one_line, route_warnings
+    from audit.textsafe import one_line, route_warnings, stdout_broken, stdout_gone, tolerant_stdout
 
+    tolerant_stdout()
     route_warnings(debug)
     if getattr(args, "threads", None):
         from audit.lifecycle import apply_threads
@@ -571,7 +572,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if quiet_rank and args.command not in ("audit", "repair"):
             return 0  # [distributed] nothing to share out: rank 0 does it alone
         with command_line():  # errors keep their flags (a Python caller gets API arguments: tailaudit/wording.py)
-            return COMMANDS[args.command](args)
+            code = COMMANDS[args.command](args)
+            if sys.stdout is not None:
+                sys.stdout.flush()  # a full or closed stdout fails here, in the handlers below, not at exit
+        return code
     except distributed.PeerFailed as exc:  # [distributed] the failing rank reports its own error
         if not quiet_rank:
             print(f"tailaudit: error: {one_line(str(exc))}", file=sys.stderr)
@@ -581,6 +585,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"tailaudit: {where}error: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        if not stdout_broken(exc):
+            raise
+        return stdout_gone(exc)
     except KeyboardInterrupt:
         if not quiet_rank:
             print("tailaudit: interrupted", file=sys.stderr)

@@ -21,7 +21,8 @@ import torch
 
 from . import distributed
 from .errors import ConfigError
-from .outputs import AUDIT_FILES, RunFiles, with_reports, folder_lock, out_dir_guard, output_error, refuse_foreign_files
+from .outputs import (AUDIT_FILES, OutputError, RunFiles, folder_lock, out_dir_guard, output_error, recover_commit,
+                      refuse_foreign_files, with_reports)
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ def output_folder(path: Path | str, writes: Sequence[str] = with_reports(AUDIT_F
         yield None
         return
     with out_dir_guard(path) as out, folder_lock(out):
+        recover_commit(out)  # a run killed while publishing its files: the earlier set is put back first
         refuse_foreign_files(out, writes)
         yield out
 
@@ -108,6 +110,8 @@ def render_into(files: RunFiles, render: Optional[Renderer], results: Path, form
         staged = render(results, files.staging, formats=list(formats), **options)
     except OSError as exc:
         raise output_error(exc, files.out_dir) from None
+    except OutputError as exc:  # the renderer's own line for an OSError: the same policy, said once
+        raise OutputError(str(exc).replace(str(files.staging), str(files.out_dir))) from None
     except Exception as exc:  # noqa: BLE001 - a renderer failure must not throw away a finished run
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         shown = files.out_dir / results.relative_to(files.staging) if results.is_relative_to(files.staging) else results

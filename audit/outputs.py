@@ -17,8 +17,10 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
@@ -170,6 +172,102 @@ def _is_plain_name(name: str) -> bool:
     return bool(name) and "/" not in name and "\\" not in name and name not in (MANIFEST, ".", "..")
 
 
+JOURNAL = ".tailaudit-journal.json"  # present only while a run's files are being switched into place
+_OLD = ".old."  # the previous run's files, moved into the staging folder during the switch
+STEP_ENV = "TAILAUDIT_TEST_COMMIT_SIGNAL"  # "K:SIG" (e.g. "3:INT"): send SIG to this process at step K of a commit
+
+
+def _step(k: int) -> None:
+    """A test seam: with ``TAILAUDIT_TEST_COMMIT_SIGNAL=K:SIG`` the process signals itself at step K of a commit
+    (KILL included), so a test can interrupt the switch at every step through the real CLI."""
+    spec = os.environ.get(STEP_ENV, "")
+    if spec and spec.partition(":")[0] == str(k):
+        os.kill(os.getpid(), getattr(signal, "SIG" + spec.partition(":")[2]))
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_journal(out: Path, entry: dict[str, Any]) -> None:
+    tmp = out / f"{JOURNAL}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump({"tool": "tailaudit", **entry}, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, out / JOURNAL)
+    _fsync_dir(out)
+
+
+def _read_journal(out: Path) -> Optional[tuple[Path, list[str], list[str]]]:
+    """(staging folder, new names, old names) of an unfinished switch, or None (none, or not one tailaudit wrote)."""
+    from .jsonfile import parse_json, read_text
+
+    try:
+        entry = parse_json(read_text(out / JOURNAL, max_bytes=MAX_MANIFEST_BYTES))
+        stage = out / str(entry["staging"])
+        new, old = [str(n) for n in entry["new"]], [str(n) for n in entry["old"]]
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return None
+    plain = all(_is_plain_name(n) or n == MANIFEST for n in new + old)
+    return (stage, new, old) if plain and _is_plain_name(stage.name) and stage.name.startswith(_STAGING_PREFIX) else None
+
+
+def recover_commit(out_dir: Path, *, killed: bool = True) -> bool:
+    """Roll back a switch that stopped before its commit point (a killed run, a failed rename): the new files
+    leave, the old ones (moved into the staging folder) come back, the journal goes. True when there was one.
+    Called with the folder locked, before staging folders of dead runs are swept."""
+    out = Path(out_dir)
+    (out / f"{JOURNAL}.tmp").unlink(missing_ok=True)
+    if not (out / JOURNAL).is_file():
+        return False
+    found = _read_journal(out)
+    if found is None:
+        log.warning("ignoring an unreadable %s in %s", JOURNAL, out)
+        (out / JOURNAL).unlink(missing_ok=True)
+        return False
+    stage, new, old = found
+    if killed:  # (a failure in this process says so in its own error line)
+        log.warning("a run into %s was stopped while publishing its files; the earlier run's files were put back", out)
+    for name in [*new, MANIFEST]:  # the new files that reached the folder go back to the (discarded) staging folder
+        if name not in old or (stage / f"{_OLD}{name}").exists():
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(out / name, stage / name)
+    for name in old:
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(stage / f"{_OLD}{name}", out / name)
+    (out / JOURNAL).unlink()
+    _fsync_dir(out)
+    shutil.rmtree(stage, ignore_errors=True)
+    return True
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM received inside wait until the block is over, then act as they would have (the journal
+    covers what no handler can: SIGKILL, a power cut). Outside the main thread nothing is deferred."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.getsignal(s) for s in sigs}
+    for s in sigs:
+        signal.signal(s, lambda signum, frame: got.append(signum))
+    try:
+        yield
+    finally:
+        for s in sigs:
+            signal.signal(s, previous[s])
+        for s in dict.fromkeys(got):
+            os.kill(os.getpid(), s)  # delivered now as it would have been (KeyboardInterrupt, or the process ends)
+
+
 class RunFiles:
     """A run's output files, staged together and committed as a set.
 
@@ -181,6 +279,7 @@ class RunFiles:
 
     def __init__(self, out_dir: str | Path) -> None:
         self.out_dir = Path(out_dir)
+        recover_commit(self.out_dir)  # a killed run's half switch, before its staging folder is swept
         sweep_dead_staging(self.out_dir)
         self.staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(), dir=self.out_dir))
         self.names: list[str] = []
@@ -206,11 +305,12 @@ class RunFiles:
         return target
 
     def add_json(self, name: str, data: Any, *, indent: Optional[int] = 2,
-                 check: Optional[Callable[[Any], None]] = None) -> Path:
-        """``data`` as JSON; ``check`` sees the parsed text first (a refusal stages nothing)."""
+                 check: Optional[Callable[[Any], None]] = None, max_bytes: Optional[int] = None) -> Path:
+        """``data`` as JSON; ``check`` sees the parsed text first, ``max_bytes`` is its reader's limit (a refusal
+        stages nothing)."""
         from .results import write_json
 
-        return self.add(name, lambda p: write_json(p, data, indent=indent, check=check))
+        return self.add(name, lambda p: write_json(p, data, indent=indent, check=check, max_bytes=max_bytes))
 
     def add_npz(self, name: str, **arrays: Any) -> Path:
         from .results import write_npz
@@ -230,51 +330,51 @@ class RunFiles:
 
     # -- commit -------------------------------------------------------------------------------
     def commit(self) -> list[Path]:
-        """Move every staged file into ``out_dir``, then drop stale files of earlier runs."""
-        done: list[tuple[Path, Optional[Path]]] = []
+        """Publish every staged file into ``out_dir`` as one set, with the earlier run's stale files dropped.
+
+        A journal (:data:`JOURNAL`) is written first and removed last, which is the commit point: the old
+        files (and the old manifest) are moved into the staging folder, the new ones into place, and a run
+        that stops before the journal is gone, even killed outright, is rolled back to the old set by
+        :func:`recover_commit` on the next start. SIGINT and SIGTERM wait until the switch is over.
+        """
         previous = read_manifest(self.out_dir)
-        try:
-            for name in self.names:
-                target = self.out_dir / name
-                backup = None
-                if target.exists() and not target.is_dir():
-                    backup = self.staging / f".old.{name}"
-                    os.replace(target, backup)
-                done.append((target, backup))
-                os.replace(self.staging / name, target)
-            current = self.names + [n for n in self.owned if n not in self.names]
-            self._write_manifest(current)
-        except OSError as exc:
-            self._roll_back(done)
-            raise output_error(exc, self.out_dir) from None
-        for old in previous:
-            if old not in current:
-                stale = self.out_dir / old
-                try:
-                    if stale.is_file() or stale.is_symlink():
-                        stale.unlink()
-                        log.info("removed %s, written by an earlier run into this folder", stale)
-                except OSError as exc:
-                    log.warning("cannot remove stale %s from an earlier run: %s", stale, exc)
+        current = self.names + [n for n in self.owned if n not in self.names]
+        stale = [n for n in previous if n not in current]
+        with _signals_deferred():
+            try:
+                self._switch(current, stale)
+            except OSError as exc:
+                recover_commit(self.out_dir, killed=False)
+                raise output_error(exc, self.out_dir) from None
         self.committed = True
         self._drop_staging()
+        for name in stale:
+            log.info("removed %s, written by an earlier run into this folder", self.out_dir / name)
         return [self.out_dir / n for n in self.names]
+
+    def _switch(self, current: list[str], stale: list[str]) -> None:
+        """The steps of :meth:`commit` (numbered for the interruption test, :func:`_step`)."""
+        out, stage = self.out_dir, self.staging
+        olds = [n for n in [*self.names, *stale, MANIFEST]
+                if ((out / n).is_file() or (out / n).is_symlink()) and not (out / n).is_dir()]
+        _write_journal(out, {"staging": stage.name, "new": self.names, "old": olds})
+        _step(0)
+        for k, name in enumerate(olds, 1):  # old files aside, so a roll-back can put them back
+            os.replace(out / name, stage / f"{_OLD}{name}")
+            _step(k)
+        for k, name in enumerate(self.names, len(olds) + 1):
+            os.replace(stage / name, out / name)
+            _step(k)
+        self._write_manifest(current)
+        _step(len(olds) + len(self.names) + 1)
+        os.unlink(out / JOURNAL)  # the commit point
+        _fsync_dir(out)
 
     def _write_manifest(self, names: list[str]) -> None:
         text = json.dumps({"tool": "tailaudit", "files": names}, indent=2) + "\n"
         tmp = self.staging / MANIFEST
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, self.out_dir / MANIFEST)
-
-    def _roll_back(self, done: list[tuple[Path, Optional[Path]]]) -> None:
-        for target, backup in reversed(done):
-            try:
-                if target.exists():
-                    target.unlink()
-                if backup is not None and backup.exists():
-                    os.rename(backup, target)
-            except OSError as exc:  # best effort: report, keep going
-                log.warning("could not restore %s: %s", target, exc)
 
     def discard(self) -> None:
         """Remove everything staged (nothing of this run is left)."""
@@ -377,6 +477,7 @@ def refuse_foreign_files(out_dir: Path, names: Iterable[str], flag: str = "--out
 
 
 PREVIOUS = ".tailaudit-previous"  # a finished run, moved aside while a new run writes in its place
+_ASIDE_DONE = ".aside-done"  # in PREVIOUS once the whole finished run is there
 PARTIAL = ".tailaudit-partial"  # what a failed or interrupted run had written (its checkpoint, for --resume)
 
 
@@ -417,8 +518,9 @@ def recover_killed_run(out: Path, names: Sequence[str]) -> None:
     run it had moved aside is put back. Called with the folder locked, so no live run owns PREVIOUS."""
     if (out / PREVIOUS).is_dir():
         log.warning("restoring the finished run in %s that a killed run had moved aside", out)
-        _park(out, names)
-        _restore(out, names)
+        if (out / PREVIOUS / _ASIDE_DONE).is_file():  # the killed run had started writing: its files are partial
+            _park(out, names)
+        _restore(out, names)  # else it was killed while moving the finished run aside: all of it comes back
 
 
 @contextlib.contextmanager
@@ -435,20 +537,27 @@ def keep_previous_run(out: Path, names: Sequence[str], *, resume: bool) -> Itera
     manifest = out / MANIFEST
     saved = manifest.read_bytes() if manifest.is_file() else None  # put back byte for byte on failure
     claim(out, names)
-    if resume and (out / PARTIAL).is_dir():
-        _move_entries(out, out / PREVIOUS, _present(out, names))
-        _move_entries(out / PARTIAL, out, _present(out / PARTIAL, names))
-        shutil.rmtree(out / PARTIAL, ignore_errors=True)
-    elif not resume and _present(out, names):
-        _move_entries(out, out / PREVIOUS, _present(out, names))
+    with _signals_deferred():  # Ctrl-C waits until the finished run is wholly aside
+        if resume and (out / PARTIAL).is_dir():
+            _move_entries(out, out / PREVIOUS, _present(out, names))
+            _move_entries(out / PARTIAL, out, _present(out / PARTIAL, names))
+            shutil.rmtree(out / PARTIAL, ignore_errors=True)
+        elif not resume and _present(out, names):
+            _move_entries(out, out / PREVIOUS, _present(out, names))
+        if (out / PREVIOUS).is_dir():
+            (out / PREVIOUS / _ASIDE_DONE).touch()  # recover_killed_run: what is in ``out`` now is the new run's
+    untouched = _stamp(out, names)
     try:
         yield
     except BaseException:
         if not (out / PREVIOUS).is_dir() and _present(out, names):
+            if _stamp(out, names) == untouched and saved is not None:  # refused before writing: no trace either
+                _atomic(manifest, lambda fh: fh.write(saved))
             raise  # nothing finished was moved aside: the partial run stays in place (claimed) for --resume
         try:
-            _park(out, names)
-            _restore(out, names)
+            with _signals_deferred():  # a second Ctrl-C waits until the finished run is back
+                _park(out, names)
+                _restore(out, names)
             if saved is None:  # a refusal before anything was written leaves no trace
                 manifest.unlink(missing_ok=True)
             else:
@@ -458,6 +567,15 @@ def keep_previous_run(out: Path, names: Sequence[str], *, resume: bool) -> Itera
         raise
     shutil.rmtree(out / PREVIOUS, ignore_errors=True)
     shutil.rmtree(out / PARTIAL, ignore_errors=True)
+
+
+def _stamp(out: Path, names: Sequence[str]) -> list[tuple[str, int, int]]:
+    """(name, inode, mtime) of the ``names`` present: equal stamps mean the run has not written any of them."""
+    stamps = []
+    for n in _present(out, names):
+        st = os.lstat(out / n)
+        stamps.append((n, st.st_ino, st.st_mtime_ns))
+    return stamps
 
 
 def claim(out: Path, names: Sequence[str]) -> None:

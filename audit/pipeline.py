@@ -29,9 +29,10 @@ from .models import LoadedModel, check_finite_logits, load_model
 from .lifecycle import Renderer, check_ranks_agree, default_out_dir, output_folder, render_into, start
 from .outputs import AUDIT_FILES, RunFiles, with_reports
 from .precheck import stop_if_ungradable
-from .results import null_infinities, write_text
+from .bounds import MAX_JSON_BYTES
+from .results import DENSE_CLASSES_MAX, compact_confusions, null_infinities, write_text
 from .resultsmodel import AuditResults, CurvePoint
-from .schema import check_written
+from .schema import check_written, read_results
 from .typedjson import from_json
 from .verdict import compute_verdict
 from .assemble import build_results
@@ -254,12 +255,13 @@ def _document(results: AuditResults) -> tuple[AuditResults, dict[str, Any]]:
     """The results.json document, made once. A figure that overflowed is stored as null with a warning, never a
     crash (JSON has no infinity), and the typed results returned say the same as the file."""
     document = results.to_json()
+    compact_confusions(document)  # more than DENSE_CLASSES_MAX classes: sparse matrices (audit/results.py)
     overflowed = null_infinities(document)
     if not overflowed:
         return results, document
     document["warnings"].append(f"{len(overflowed)} figure(s) overflowed to infinity and are stored as null "
                                 f"({', '.join(overflowed[:3])}{', …' if len(overflowed) > 3 else ''})")
-    return AuditResults.from_json(document), document
+    return read_results(document), document
 
 
 def write_outputs(out_dir: Path, results: AuditResults, document: dict[str, Any], records: PointRecords,
@@ -270,7 +272,9 @@ def write_outputs(out_dir: Path, results: AuditResults, document: dict[str, Any]
         files.add_json("points.json", records.to_json(), indent=None)
         if records.examples:
             files.add_npz("examples.npz", **records.examples)
-        files.add_json("results.json", document, check=check_written)  # first: the exports read what is checked
+        large = len(document["per_class"]) > DENSE_CLASSES_MAX  # compact text, as its matrices are sparse
+        files.add_json("results.json", document, check=check_written, indent=None if large else 2,
+                       max_bytes=MAX_JSON_BYTES)  # first: the exports read what is checked
         files.add(CSV_NAME, lambda path: write_text(path, per_class_csv(results)))
         files.add(MD_NAME, lambda path: write_text(path, summary_markdown(results)))
         if reports is not None:

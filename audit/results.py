@@ -79,15 +79,70 @@ def null_infinities(node: Any, path: str = "$") -> list[str]:
     return found
 
 
+# -- confusion matrices that scale with the classes ---------------------------------------------------------
+
+DENSE_CLASSES_MAX = 100  # up to this many classes results.json keeps dense C x C matrices, pretty-printed;
+# above it the matrices are sparse ({"classes": C, "entries": [[true, pred, count], ...]}, non-zero cells only)
+# and the text compact, so the file grows with the points and classes, not with C squared
+
+
+def sparse_counts(matrix: Any) -> dict[str, Any]:
+    """A C x C count matrix as its non-zero cells: ``{"classes": C, "entries": [[true, pred, count], ...]}``."""
+    m = np.asarray(matrix, dtype=np.int64)
+    rows, cols = np.nonzero(m)
+    return {"classes": int(m.shape[0]), "entries": np.stack([rows, cols, m[rows, cols]], 1).tolist()}
+
+
+def dense_counts(sparse: Any) -> list[list[int]]:
+    """The C x C matrix of a :func:`sparse_counts` object (already checked by the loader)."""
+    c = int(sparse["classes"])
+    m = np.zeros((c, c), dtype=np.int64)
+    cells = np.asarray(sparse["entries"], dtype=np.int64).reshape(-1, 3)
+    np.add.at(m, (cells[:, 0], cells[:, 1]), cells[:, 2])
+    return m.tolist()
+
+
+def compact_confusions(document: dict[str, Any]) -> bool:
+    """In place: the confusion matrices of a results document with more than :data:`DENSE_CLASSES_MAX` classes
+    as sparse objects (``summary.confusion.sparse`` for ``.matrix``, ``summary.clean_confusion`` an object).
+    True when the document is a large one (written compact)."""
+    summary = document.get("summary") or {}
+    if len(document.get("per_class") or ()) <= DENSE_CLASSES_MAX:
+        return False
+    confusion = summary.get("confusion")
+    if isinstance(confusion, dict) and isinstance(confusion.get("matrix"), list):
+        confusion["sparse"] = sparse_counts(confusion.pop("matrix"))
+    if isinstance(summary.get("clean_confusion"), list):
+        summary["clean_confusion"] = sparse_counts(summary["clean_confusion"])
+    return True
+
+
+def expand_confusions(document: dict[str, Any]) -> None:
+    """In place: :func:`compact_confusions` undone (the typed results hold dense matrices, whatever the file)."""
+    summary = document.get("summary") or {}
+    confusion = summary.get("confusion")
+    if isinstance(confusion, dict) and isinstance(confusion.get("sparse"), dict):
+        confusion["matrix"] = dense_counts(confusion.pop("sparse"))
+    if isinstance(summary.get("clean_confusion"), dict):
+        summary["clean_confusion"] = dense_counts(summary["clean_confusion"])
+
+
 def json_text(data: Any, *, indent: int | None = 2) -> str:
     """``data`` as the JSON text tailaudit writes (NaN becomes null; numpy values and paths converted)."""
     return json.dumps(_clean_nan(data), indent=indent, default=_default, allow_nan=False)
 
 
 def write_json(path: Path, data: Any, *, indent: int | None = 2,
-               check: Callable[[Any], None] | None = None) -> Path:
-    """Atomically write ``data`` as JSON; ``check`` validates the parsed text before anything is written."""
+               check: Callable[[Any], None] | None = None, max_bytes: int | None = None) -> Path:
+    """Atomically write ``data`` as JSON; ``check`` validates the parsed text before anything is written, and
+    ``max_bytes`` (the limit the file's reader applies) refuses a text its reader would refuse."""
     text = json_text(data, indent=indent)
+    if max_bytes is not None and len(text.encode("utf-8")) + 1 > max_bytes:
+        from .errors import ResultsError
+
+        raise ResultsError(f"{Path(path).name} would be {len(text.encode('utf-8')) + 1:,} bytes, above the "
+                           f"{max_bytes:,} bytes tailaudit reads back; audit fewer classes or points (nothing of "
+                           "this run was kept)")
     if check is not None:
         check(json.loads(text))
     return _atomic(path, lambda fh: fh.write(text.encode("utf-8") + b"\n"))

@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import ResultsError
 from .jsonfile import read_json_file
-from .results import SCHEMA_VERSION
+from .results import SCHEMA_VERSION, expand_confusions
 from .attacks.apgd_t import APGDTParams
 from .resultsmodel import AuditResults
 from .typedjson import DocumentError
@@ -186,20 +186,28 @@ def validate_results(results: Mapping[str, Any], source: str | Path | None = Non
             if node.get(field) is not None and node[field] >= n:
                 raise ResultsError(f"{where}: summary {key} {field} is {node[field]} but there are {n} classes; "
                                    "the file is inconsistent, re-run the audit")
-    matrix = (results["summary"].get("confusion") or {}).get("matrix")
-    if matrix is not None:
-        ok = len(matrix) == n and all(isinstance(r, list) and len(r) == n for r in matrix)
-        if ok:
-            arr = np.asarray(matrix, dtype=object)
-            ok = all(type(v) is int and 0 <= v <= 10**12 for v in arr.ravel())
-        if not ok:
-            raise ResultsError(f"{where}: summary.confusion.matrix is not a {n} x {n} table of counts; the file "
-                               "is damaged, re-run the audit")
+    confusion = results["summary"].get("confusion") or {}
+    for name, matrix in (("summary.confusion.matrix", confusion.get("matrix")),
+                         ("summary.confusion.sparse", confusion.get("sparse")),
+                         ("summary.clean_confusion", results["summary"].get("clean_confusion"))):
+        if matrix is not None and not _counts_fit(matrix, n):
+            raise ResultsError(f"{where}: {name} is not a {n} x {n} table of counts; the file is damaged, re-run "
+                               "the audit")
     groups = results["dataset"].get("groups") or {}
     for name, members in groups.items():
         if isinstance(members, list) and any(isinstance(c, int) and c >= n for c in members):
             raise ResultsError(f"{where}: dataset.groups.{name} names a class index >= {n}; the file is "
                                "inconsistent, re-run the audit")
+
+
+def _counts_fit(matrix: Any, n: int) -> bool:
+    """A dense ``n`` x ``n`` list of count rows, or a sparse_counts object of ``n`` classes with cells inside."""
+    if isinstance(matrix, Mapping):  # the schema checked the types of its entries
+        cells = np.asarray(matrix.get("entries") or [], dtype=np.int64).reshape(-1, 3)
+        return matrix.get("classes") == n and bool(((cells[:, :2] >= 0) & (cells[:, :2] < n)).all())
+    if not (isinstance(matrix, list) and len(matrix) == n and all(isinstance(r, list) and len(r) == n for r in matrix)):
+        return False
+    return all(type(v) is int and 0 <= v <= 10**12 for row in matrix for v in row)
 
 
 def load_results(path: str | Path) -> AuditResults:
@@ -230,6 +238,7 @@ def migrate(results: Mapping[str, Any], source: str | Path | None = None) -> Aud
     The caller's object is never changed.
     """
     out = copy.deepcopy(dict(results))
+    expand_confusions(out)  # sparse matrices (more than 100 classes) are dense in the typed results
     for attack in out.get("attacks") or []:  # APGD-T's target ranking, recorded since it has a choice
         if isinstance(attack, dict) and attack.get("kind") == "apgd-t" and "ranking" not in attack:
             attack.update(ranking="logit", candidates=APGDT_CANDIDATES)

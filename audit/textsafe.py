@@ -6,8 +6,12 @@ comparison, error lines) goes through :func:`terminal_safe` or :func:`one_line`.
 """
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import re
+import select
+import sys
 import warnings
 
 # C0 controls except newline and tab, DEL, C1 controls, and bidi overrides / isolates
@@ -102,3 +106,43 @@ def route_warnings(debug: bool = False) -> None:
         warnings.filterwarnings("once", message=".*[Gg]lyph.*missing from.*")
         warnings.filterwarnings("once", message=".*weights_only.*")
         _ROUTED = True
+
+
+# -- standard output that a locale cannot encode, or that is closed or full -----------------------------------
+
+
+def tolerant_stdout() -> None:
+    """Class names a locale cannot encode (LC_ALL=C: ASCII) print as \\u escapes instead of a traceback."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure") and (stream.encoding or "").lower().replace("-", "") != "utf8":
+            stream.reconfigure(errors="backslashreplace")
+
+
+def stdout_broken(exc: OSError) -> bool:
+    """Whether ``exc`` is standard output failing: a pipe whose reader has gone (poll says so), or a write error
+    without a file name (every file tailaudit writes is named in its own error) on a full or failing device."""
+    if exc.filename is not None or exc.errno not in (errno.EPIPE, errno.ENOSPC, errno.EIO, errno.EFBIG,
+                                                     getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return False
+    if exc.errno != errno.EPIPE:
+        return True
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no file descriptor (an in-process caller's stream)
+        return False
+
+
+def stdout_gone(exc: OSError) -> int:
+    """A closed pipe (``| head -1``) ends quietly with SIGPIPE's status, a full device with one line, as Unix tools
+    do; the unwritten text goes to /dev/null so that the interpreter's last flush says nothing either."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no file descriptor (an in-process caller's stream)
+        pass
+    if exc.errno == errno.EPIPE:
+        return 141
+    print(f"tailaudit: error: cannot write to standard output ({exc.strerror or exc}); redirect it to a file or "
+          "a device with space (files under --out are written as usual)", file=sys.stderr)
+    return 2

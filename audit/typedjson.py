@@ -56,8 +56,13 @@ def to_json(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: to_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
+        if all(type(v) in _LEAVES for v in value):  # a row of numbers (a confusion matrix's): copied, not walked
+            return list(value)
         return [to_json(v) for v in value]
     return value
+
+
+_LEAVES = (int, float, str, bool, type(None))
 
 
 def from_json(tp: Any, data: Any, where: str = "$") -> Any:
@@ -75,6 +80,8 @@ def from_json(tp: Any, data: Any, where: str = "$") -> Any:
     if origin in (list, tuple) and data is not None:
         args = typing.get_args(tp)
         item = args[0] if args else Any
+        if item in _LEAVES or item is Any:  # list[int] and the like: nothing to convert per item
+            return tuple(data) if origin is tuple else list(data)
         items = [from_json(item, v, f"{where}[{i}]") for i, v in enumerate(data)]
         return tuple(items) if origin is tuple else items
     if origin is dict and data is not None:

@@ -23,12 +23,14 @@ from audit.outputs import PARTIAL
 from audit.results import _atomic
 
 from .errors import RepairError
+from .resume_state import check_structure
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "tailaudit-repair-checkpoint"
-VERSION = 2  # 2: typed training state under "state", the input model as the first kept candidate
+VERSION = 3  # 2: typed training state under "state", the input model as the first kept candidate; 3: world_size always
+READS = (2, 3)  # a version-2 file wrote world_size only under torchrun: absent there means one process
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
@@ -82,9 +84,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
                           "start afresh with another --out") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise RepairError(f"--resume: {path} is not a tailaudit repair checkpoint; start afresh with another --out")
-    if state.get("version") != VERSION:
-        raise RepairError(f"--resume: {path} has checkpoint version {state.get('version')}, this tailaudit "
-                          f"writes version {VERSION}; start afresh with another --out")
+    if state.get("version") not in READS:
+        raise RepairError(f"--resume: {path} has checkpoint version {str(state.get('version'))[:20]}, this tailaudit "
+                          f"reads versions {', '.join(map(str, READS))}; start afresh with another --out")
+    if state["version"] == 2 and "world_size" not in state and "ranks" not in state:
+        state["world_size"] = 1  # the one migration: version 2 left it out of single-process runs
+    check_structure(state, path)  # every key, type and size (resume_state.py) before anything uses it
     return state
 
 

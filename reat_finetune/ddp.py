@@ -37,7 +37,7 @@ def check_world_size(resume_state: Optional[dict[str, Any]], folder: str) -> Non
     """A checkpoint resumes only with the world size that wrote it (the streams and batch split depend on it)."""
     if resume_state is None:
         return
-    saved, now = int(resume_state.get("world_size", 1)), distributed.world_size()
+    saved, now = resume_state["world_size"], distributed.world_size()  # an int, checked on reading
     if saved != now:
         raise RepairError(f"--resume {folder}: the checkpoint was written by {saved} process(es), this run has {now}; "
                           f"resume with the same launch (world size {saved}), or start afresh with another --out")

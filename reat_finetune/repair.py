@@ -6,6 +6,7 @@ after-audit scores the exported ONNX file, so onnxruntime has the last word on i
 """
 from __future__ import annotations
 
+import copy
 import errno
 import json
 import logging
@@ -45,9 +46,10 @@ from .methods import get_method
 from .adapt import plan_search
 from .advice import next_steps
 from .budget import resolve_budget
+from .resume_state import RunShape, check_fits
 from .selection import plan, selection_size_warning
 from .selection_data import selection_data
-from .train import BatchSource, TrainHooks, TrainSetup, fine_tune, resolve_sampler, training_log
+from .train import BatchSource, TrainHooks, TrainSetup, fine_tune, make_optimizer, resolve_sampler, training_log
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +127,21 @@ def _probe_images(data: LTDataset, indices: np.ndarray, n: int, size: tuple[int,
 def _eval_images(data: LTDataset, n: int, size: tuple[int, int, int]) -> torch.Tensor:
     xs = [data.test[i][0] for i in range(min(n, len(data.test)))]  # type: ignore[arg-type]
     return adapt_images(torch.stack(xs).float(), size)
+
+
+def _training_copy(loaded: Any, method: Any, config: RepairConfig, counts: list[int], batches: list[torch.Tensor],
+                   groups: list[Optional[str]]) -> tuple[torch.nn.Module, Optional[torch.nn.Module], torch.optim.Optimizer]:
+    """Copies of the model, method and optimizer built as the trainer builds them, for the resume check:
+    (net, learnable guide or None, optimizer)."""
+    memo: dict[int, Any] = {}
+    pm = copy.deepcopy(loaded.module, memo)
+    m = copy.deepcopy(method)
+    linear = final_linear_of(loaded)
+    m.prepare_model(pm, memo.get(id(linear)) if linear is not None else None, batches, groups)
+    m.configure(config, counts)
+    guide = m.make_guide(pm)
+    opt = make_optimizer(m, pm.net, guide, config)
+    return pm.net, guide if len(opt.param_groups) > 1 else None, opt
 
 
 def _headline(res: AuditResults) -> dict[str, Any]:
@@ -234,8 +251,12 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
         training={**config.training_dict(), "budget_steps": budget.steps_total,
                   "steps_per_epoch": budget.steps_per_epoch},
     )
-    if resume_state is not None:
+    if resume_state is not None:  # the whole checkpoint against this model and run, before anything is written
         check_fingerprint(resume_state["fingerprint"], fp, Path(config.resume))  # type: ignore[arg-type]
+        probe = [_probe_images(data, train_idx, 256, size)]
+        check_fits(resume_state, RunShape(C, budget.steps_total, budget.steps_per_epoch, budget.epochs,
+                                          lambda: _training_copy(loaded, method, config, split_counts, probe, groups)),
+                   str(config.resume))
     method.check_model(final_linear_of(loaded), groups)  # a method's refusal, before any audit
     export_plan = _preflight(loaded, data, config, device)  # proves the export before any attack or training step
     if distributed.is_main():

@@ -420,11 +420,28 @@ class TrainState:
                        accum_counts=d["accum_counts"], gens=d["gens"], log=list(d["log"]),
                        kept=Kept(**d["kept"]) if d["kept"] else None,
                        floors=Floors(**d["floors"]) if d["floors"] else None, elapsed_s=float(d["elapsed_s"]),
-                       lr_base=float(d.get("lr_base", DEFAULT_LR)), lr_factor=float(d.get("lr_factor", 1.0)),
-                       divergences=list(d.get("divergences") or []), lr_search=d.get("lr_search"))
+                       lr_base=float(d["lr_base"]), lr_factor=float(d["lr_factor"]),
+                       divergences=list(d["divergences"]), lr_search=d["lr_search"])
         except (KeyError, TypeError, ValueError) as exc:
             raise RepairError(f"--resume: the checkpoint's training state is damaged ({type(exc).__name__}: "
                               f"{exc}); start afresh with another --out") from None
+
+
+def make_optimizer(method: RepairMethod, net: torch.nn.Module, guide: Optional[torch.nn.Module],
+                   config: RepairConfig) -> torch.optim.SGD:
+    """SGD over the method's trainable parameters of ``net`` (the others frozen), plus a learnable guide's
+    parameters as a second group at a tenth of the learning rate (the resume check builds the same one)."""
+    params = method.trainable_parameters(net)  # hook: which parameters train
+    chosen = {id(p) for p in params}
+    for p in net.parameters():  # the others get no gradient (a frozen backbone costs no weight grads)
+        p.requires_grad_(id(p) in chosen)
+    groups: list[dict[str, Any]] = [{"params": params}]
+    guide_params = [p for p in guide.parameters() if p.requires_grad] if guide is not None else []
+    if guide_params:  # a learnable guide trains at a tenth of the learning rate
+        groups.append({"params": guide_params, "lr_scale": GUIDE_LR_SCALE})
+    # the schedule sets each step's rate (from --lr or the search's choice); DEFAULT_LR only fills the constructor
+    return torch.optim.SGD(groups, lr=config.lr or DEFAULT_LR, momentum=config.momentum,
+                           weight_decay=config.weight_decay)
 
 
 class Trainer:
@@ -469,16 +486,8 @@ class Trainer:
             self.ctx.smoothing = label_aware_eps(setup.train_counts, config.smoothing_head, config.smoothing_tail,
                                                  config.smoothing_shape).to(self.dev)
         self.guide = method.make_guide(self.pm)  # hook: a guide model (None for most methods)
-        params = method.trainable_parameters(self.net)  # hook: which parameters train
-        chosen = {id(p) for p in params}
-        for p in self.net.parameters():  # the others get no gradient (a frozen backbone costs no weight grads)
-            p.requires_grad_(id(p) in chosen)
-        groups = [{"params": params}]
-        self.guide_params = [p for p in self.guide.parameters() if p.requires_grad] if self.guide is not None else []
-        if self.guide_params:  # a learnable guide trains at a tenth of the learning rate
-            groups.append({"params": self.guide_params, "lr_scale": GUIDE_LR_SCALE})
-        self.opt = torch.optim.SGD(groups, lr=config.lr or DEFAULT_LR, momentum=config.momentum,
-                                   weight_decay=config.weight_decay)
+        self.opt = make_optimizer(method, self.net, self.guide, config)
+        self.guide_params = self.opt.param_groups[1]["params"] if len(self.opt.param_groups) > 1 else []
         self.forward = self.dd.wrap(setup.fm if setup.penalty != "off" else self.pm, self.net, self.dev)
         self.progress = progress and self.dd.is_main
         self.warnings: list[str] = []
@@ -536,7 +545,7 @@ class Trainer:
                           elapsed_s=float(entry0["time_s"]), lr_base=float(base_lr), lr_search=record)
 
     def _resume(self, resume: dict[str, Any]) -> TrainState:
-        state = TrainState.from_checkpoint(resume["state"] if "state" in resume else {})
+        state = TrainState.from_checkpoint(resume["state"])  # every field checked already (resume_state.py)
         try:
             self.net.load_state_dict(resume["model"])
             if self.guide_params:
@@ -803,7 +812,7 @@ class Trainer:
         ranks = dd.per_rank({"gens": st.gens, "rng": rng_state(self.dev)}) if dd.active else None
         if not dd.is_main:  # [distributed] rank 0 writes
             return self.ckpt_path
-        extra = {"world_size": dd.world, "ranks": ranks} if dd.active else {}
+        extra = {"world_size": dd.world, **({"ranks": ranks} if dd.active else {})}
         return save_checkpoint(self.ckpt_path, {
             **extra, "fingerprint": self.setup.fingerprint, "model": state_dict_cpu(self.net),
             "optimizer": self.opt.state_dict(),

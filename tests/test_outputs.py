@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import cli
-from audit.outputs import LOCK, PARTIAL, PREVIOUS, keep_previous_run, recover_killed_run
+from audit.outputs import _ASIDE_DONE, LOCK, PARTIAL, PREVIOUS, keep_previous_run, recover_killed_run
 from support import DEMO, ROOT
 
 FAST = ["--n-per-class", "2", "--steps", "1", "--quiet", "--no-html", "--no-pdf"]
@@ -108,9 +108,21 @@ def test_a_killed_run_is_undone_by_the_next_one(tmp_path):
     (out / PREVIOUS).mkdir()
     for name in NAMES:
         os.replace(out / name, out / PREVIOUS / name)
+    (out / PREVIOUS / _ASIDE_DONE).touch()  # the whole finished run was aside when the new one started writing
     (out / "checkpoint.pt").write_bytes(b"killed run")
     recover_killed_run(out, NAMES)
     assert snapshot(out) == done and (out / PARTIAL / "checkpoint.pt").read_bytes() == b"killed run"
+
+
+def test_a_run_killed_while_moving_the_finished_run_aside_gets_all_of_it_back(tmp_path):
+    out = tmp_path / "r"
+    _finished(out)
+    done = snapshot(out)
+    (out / PREVIOUS).mkdir()
+    for name in NAMES[:2]:  # kill -9 half-way through the move aside: no marker yet
+        os.replace(out / name, out / PREVIOUS / name)
+    recover_killed_run(out, NAMES)
+    assert snapshot(out) == done and not (out / PARTIAL).exists() and not (out / PREVIOUS).exists()
 
 
 @pytest.mark.slow

@@ -6,6 +6,8 @@ Pickles go through :mod:`audit.data.safe_pickle`, never through torchvision's lo
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,14 +92,17 @@ def _locate(spec: CifarSpec, data_root: Optional[Path], download: bool) -> tuple
     try:
         from torchvision.datasets.utils import download_and_extract_archive
 
-        log.info("downloading %s to %s", spec.title, root)
+        log.debug("downloading %s to %s", spec.title, root)
         root.mkdir(parents=True, exist_ok=True)
-        download_and_extract_archive(spec.url, download_root=str(root), filename=spec.filename, md5=spec.md5)
+        chatter = io.StringIO()  # torchvision prints and draws a bar: a failed download must stay one line
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+            download_and_extract_archive(spec.url, download_root=str(root), filename=spec.filename, md5=spec.md5)
     except Exception as exc:  # offline, proxy, checksum: all mean the same to the user
         log.debug("download failed: %r", exc)
         raise DatasetError(
             f"{spec.title} not found under {root} and could not be downloaded (offline?); {_layout_hint(spec)}"
         ) from None
+    log.info("downloaded %s to %s", spec.title, root)
     found = _find_layout(spec, root)
     if found is None:
         raise DatasetError(f"{spec.title} downloaded to {root} but its files are missing; {_layout_hint(spec)}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,14 +246,14 @@ def list_class_folders(folder: Path) -> list[str]:
     UTF-8 text cannot be shown or stored and is refused, naming its bytes."""
     if not folder.is_dir():
         raise DatasetError(f"folder {folder} does not exist; expected {folder}/<class>/<images>")
-    names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not _tool_folder(p.name))
-    for name in names:
-        try:
-            name.encode("utf-8")
-        except UnicodeEncodeError:
-            raw = name.encode("utf-8", "surrogateescape")
-            raise DatasetError(f"class folder {raw!r} in {folder} has a name that is not UTF-8 text, which cannot be "
-                               "shown in the report; rename it") from None
+    names = []
+    for fs in (p.name for p in folder.iterdir() if p.is_dir() and not _tool_folder(p.name)):
+        try:  # the name's bytes as UTF-8, whatever the locale (LC_ALL=C may decode them as ASCII and surrogates)
+            names.append(os.fsencode(fs).decode("utf-8"))
+        except UnicodeDecodeError:
+            raise DatasetError(f"class folder {os.fsencode(fs)!r} in {folder} has a name that is not UTF-8 text, which "
+                               "cannot be shown in the report; rename it") from None
+    names.sort()
     if not names:
         raise DatasetError(f"folder {folder} has no class subfolders; put images in {folder}/<class>/")
     return names
@@ -280,7 +281,7 @@ def scan_image_folder(folder: Path, class_names: Optional[Sequence[str]] = None)
     paths: list[Path] = []
     labels: list[int] = []
     for idx, name in enumerate(class_names):
-        cdir = folder / name
+        cdir = folder / os.fsdecode(name.encode("utf-8"))  # the file system's form of the UTF-8 name
         if not cdir.is_dir():
             continue
         files = sorted((p for p in cdir.rglob("*") if _is_image(p, cdir)), key=lambda p: p.relative_to(cdir).as_posix())

@@ -590,6 +590,28 @@ def fix_asymmetric_avgpool(model: onnx.ModelProto) -> int:
     return _rewrite(model, "tailaudit_avgpool", fix)
 
 
+def _symbolic_shapes(model: onnx.ModelProto) -> Optional[onnx.ModelProto]:
+    """onnxruntime's symbolic shape inference, or None when it cannot finish.
+
+    Its ``infer_shapes`` saves an unfinished model as ``sym_shape_infer_temp.onnx`` (plus a .data file)
+    into the current folder, over any file of that name (a quantised model with QLinearConv does it):
+    the same steps are run here without that save. Without those steps (another onnxruntime), None.
+    """
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference, get_opset
+
+    opset = get_opset(model)
+    ssi = SymbolicShapeInference(2**31 - 1, True, False, 0)  # int_max, auto_merge, guess_output_rank, verbose
+    steps = ("_preprocess", "_infer_impl", "_update_output_from_vi", "out_mp_")
+    if not opset or opset < 7 or not all(hasattr(ssi, a) or a == "out_mp_" for a in steps):
+        return None
+    ssi._preprocess(model)
+    done = False
+    while ssi.run_:
+        done = ssi._infer_impl()
+    ssi._update_output_from_vi()
+    return ssi.out_mp_ if done else None
+
+
 def complete_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Symbolic shape inference, so every tensor has a known rank.
 
@@ -598,10 +620,8 @@ def complete_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     dims. onnxruntime's symbolic inference keeps them; plain inference is the fallback.
     """
     try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
         with quiet_loggers("onnxruntime.tools.symbolic_shape_infer"):
-            out = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+            out = _symbolic_shapes(model)
         if out is not None:
             return out
     except Exception as exc:  # noqa: BLE001
