@@ -231,12 +231,9 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
     fm, feature_warnings = build_feature_model(loaded, _probe_images(data, train_idx, 8, size).to(device),
                                                explicit_penalty=config.tail_penalty, need_features=penalty != "off")
     untrained = untrained_note(loaded)  # ONNX: every weight in the file trains (audit.models.onnx_weights)
-    if untrained:
-        feature_warnings.append(untrained)
-        log.warning("%s", untrained)
-    if small:
-        feature_warnings.append(small)
-        log.warning("%s", small)
+    # said once every up-front check has passed, so a refusal stays one stderr line
+    late_warnings = [w for w in (untrained, small) if w]
+    feature_warnings.extend(late_warnings)
     groups = class_groups(list(data.train_counts), rule=config.audit.group_rule)  # no tail when balanced
     if config.audit.fail_under:  # the gate judges the after-audit; refuse impossible conditions now
         from audit.gate import check_available, parse_fail_under
@@ -259,6 +256,8 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
                    str(config.resume))
     method.check_model(final_linear_of(loaded), groups)  # a method's refusal, before any audit
     export_plan = _preflight(loaded, data, config, device)  # proves the export before any attack or training step
+    for warning in late_warnings:
+        log.warning("%s", warning)
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
 
