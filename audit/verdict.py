@@ -504,7 +504,7 @@ def corruption_sentences(results: AuditResults) -> list[str]:
     w = f["weakest"]
     if w is not None:
         ci = interval_text(w["ci95"])
-        out.append(f"the weakest class there is {w['class']} at {_pct(w['accuracy'])}{f' ({ci})' if ci else ''} at severity "
+        out.append(f"the weakest class there is “{w['class']}” at {_pct(w['accuracy'])}{f' ({ci})' if ci else ''} at severity "
                    f"{w['severity']} ({w['n']} test images)")
     drop = f["group_drop"]
     if drop.get("head") is not None and drop.get("tail") is not None:
