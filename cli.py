@@ -154,7 +154,8 @@ def _add_suite_args(p: argparse.ArgumentParser) -> None:
     kinds = ", ".join(f"{n} ({ATTACKS.get(n).display_name})" for n in ATTACKS.names())
     a = _group(p, "attacks")
     a.add_argument("--suite", default="quick", choices=SUITES.names(), help=f"attack suite (default quick). {suites}")
-    a.add_argument("--attacks", help=f"explicit comma-separated cascade instead of a suite, from: {kinds}")
+    a.add_argument("--attacks", help=f"explicit comma-separated cascade instead of a suite, from: {kinds}; or none "
+                                     "with --corruptions for a corruption-only audit (docs/corruptions.md)")
     a.add_argument("--steps", type=_b("--steps", 1, "MAX_STEPS"),
                    help=f"iterations of every gradient attack (default: each attack's own, PGD 20, APGD 100; at most "
                         f"{MAX_STEPS})")

@@ -73,6 +73,9 @@ def _suite_fields(config: AuditConfig, specs: Sequence[Any], model: LoadedModel)
     def _display(spec: Any) -> str:  # noqa: N802
         return ATTACKS.get(spec.kind).display_name
 
+    if config.attack_free:
+        return {"suite": config.suite_name, "mode_label": "no attack (natural corruptions only)",
+                "suite_note": "--attacks none: no attack ran; attack robustness was not measured"}
     if model.gradient_access:
         return {"suite": config.suite_name, "mode_label": "white-box",
                 "suite_note": SUITES.get(config.suite).note if config.attacks is None else None}
@@ -105,7 +108,8 @@ def _class_results(records: PointRecords, config: AuditConfig, names: Sequence[s
     """One :class:`ClassResult` per class, and the per-class accuracies (clean and per attack) they came from."""
     C, labels = len(names), records.label
     clean_acc, clean_k, n_cls = per_class_accuracy(records.clean_correct, labels, C)
-    rob = {name: per_class_accuracy(m, labels, C) for name, m in records.robust_masks(config.independent).items()}
+    masks = records.robust_masks(config.independent) if not config.attack_free else {}  # none: no robust figure
+    rob = {name: per_class_accuracy(m, labels, C) for name, m in masks.items()}
     broken = records.broken()
     rows = [ClassResult(
         index=c, name=names[c], train_count=counts[c], group=group_of[c], n_eval=int(n_cls[c]),
@@ -134,25 +138,34 @@ def _summary(records: PointRecords, acc: dict, counts: list[int], groups: dict[s
         head, tail = s.group("head"), s.group("tail")
         return head - tail if head is not None and tail is not None else None
 
+    attacked = "worst_case" in acc  # False for --attacks none: no robust figure, no adversarial confusion
+    rho = spearman(norms, acc["worst_case"][0]) if norms is not None and attacked else None
+    return Summary(clean=clean, robust=robust,
+                   head_tail_gap={"clean": gap(clean), **({"worst_case": gap(robust["worst_case"])} if attacked else {})},
+                   weight_norm_spearman=from_json(Spearman, rho) if rho is not None else None,
+                   confusion=_adversarial_confusion(records, C) if attacked else None,
+                   clean_confusion=clean_confusion(records.label, records.clean_pred, C).tolist())
+
+
+def _adversarial_confusion(records: PointRecords, C: int) -> Confusion:
+    """Where broken points went: each one's prediction at the first attack that broke it."""
+    n = len(records.label)
     broken = records.broken()
     any_broken = broken.any(0)
     first_attack = np.where(any_broken, broken.argmax(0), 0)
     adv_pred = records.pred[first_attack, np.arange(n)] if n else np.zeros(0, np.int64)
-    rho = spearman(norms, acc["worst_case"][0]) if norms is not None else None
-    return Summary(clean=clean, robust=robust,
-                   head_tail_gap={"clean": gap(clean), "worst_case": gap(robust["worst_case"])},
-                   weight_norm_spearman=from_json(Spearman, rho) if rho is not None else None,
-                   confusion=from_json(Confusion, adversarial_confusion(records.label, adv_pred, any_broken, C)),
-                   clean_confusion=clean_confusion(records.label, records.clean_pred, C).tolist())
+    return from_json(Confusion, adversarial_confusion(records.label, adv_pred, any_broken, C))
 
 
 def _calibration(records: PointRecords, config: AuditConfig, model: LoadedModel, groups: dict[str, list[int]],
                  names: Sequence[str], per_class: list[ClassResult], summary: Summary) -> list[str]:
     """Calibration figures into ``per_class[i].calibration`` and ``summary.calibration``; their warnings."""
     steps = config.calibration_steps
+    why_not = ("--attacks none: no attack" if config.attack_free else
+               "black-box mode: no gradients" if not model.gradient_access else "--calibration-steps 0")
     found = calibration_results(records, len(names), groups, calibration_procedure(
-        steps, config.norm, config.eps, attacked=bool(steps) and model.gradient_access,
-        why_not="black-box mode: no gradients" if not model.gradient_access else "--calibration-steps 0"), names)
+        steps, config.norm, config.eps, attacked=bool(steps) and model.gradient_access and not config.attack_free,
+        why_not=why_not), names)
     if found is None:
         return []
     rows, cal, warnings = found
@@ -174,7 +187,7 @@ def _warnings(model: LoadedModel, records: PointRecords, config: AuditConfig, su
     if label_check:
         warnings.append(label_warning(label_check))
     clean_overall = summary.clean.overall or 0
-    wc = summary.worst_case.overall
+    wc = summary.worst_case.overall if "worst_case" in summary.robust else None
     if wc is not None and clean_overall > 0 and wc == clean_overall and config.eps > 0 and sum(records.attacked) > 20:
         warnings.append("no attack broke a single point: check that --eps matches the pixel scale [0, 1] "
                         "and that the model returns logits")

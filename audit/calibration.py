@@ -138,8 +138,8 @@ def attacked_predictions(records: "PointRecords") -> np.ndarray:
     broke it, else its clean prediction (the true class for a robust point, the mistake for a clean one)."""
     broken = records.broken()
     n = len(records.label)
-    if n == 0:
-        return np.zeros(0, np.int64)
+    if n == 0 or not len(broken):  # no point, or no attack (--attacks none): the clean answers
+        return records.clean_pred.astype(np.int64)
     hit = broken.any(0)
     first = np.where(hit, broken.argmax(0), 0)
     return np.where(hit, records.pred[first, np.arange(n)], records.clean_pred).astype(np.int64)

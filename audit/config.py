@@ -11,7 +11,7 @@ from . import bounds as B
 from .attacks import ATTACKS, SUITES
 from .errors import ConfigError
 from .gate import parse_fail_under
-from .values import NORMS, AttackSpec, check_field_types, eps_text, type_name, parse_eps_list, parse_number, parse_number_list
+from .values import NO_ATTACKS, NORMS, AttackSpec, check_field_types, eps_text, type_name, parse_eps_list, parse_number, parse_number_list
 
 __all__ = ["AuditConfig", "AttackSpec", "NORMS", "parse_number", "parse_number_list"]
 
@@ -32,7 +32,7 @@ class AuditConfig:
     n_per_class: Optional[int] = None
     group_rule: str = "thirds"
     suite: str = "quick"
-    attacks: Optional[Sequence[str]] = None  # explicit cascade (then the suite is "custom")
+    attacks: Optional[Sequence[str]] = None  # explicit cascade (then the suite is "custom"); ["none"]: no attack
     norm: str = "linf"
     eps: float = 8 / 255  # the one source of truth for the budget; its text form is derived (eps_text)
     steps: Optional[int] = None  # None: each attack's default (PGD 20, APGD 100)
@@ -174,9 +174,14 @@ class AuditConfig:
         return eps_text(self.eps)
 
     @property
+    def attack_free(self) -> bool:
+        """``--attacks none`` (``attacks=["none"]`` in Python): a corruption-only audit, no attack runs."""
+        return self.attacks is not None and not isinstance(self.attacks, str) and list(self.attacks) == [NO_ATTACKS]
+
+    @property
     def suite_name(self) -> str:
-        """The suite recorded in results: the --suite name, or "custom" for an explicit --attacks list."""
-        return "custom" if self.attacks is not None else self.suite
+        """The suite recorded in results: the --suite name, "custom" for an explicit --attacks list, or "none"."""
+        return NO_ATTACKS if self.attack_free else "custom" if self.attacks is not None else self.suite
 
     def _validate_weights(self) -> None:
         """A timm architecture needs weights: a checkpoint, the hub's (--pretrained) or, on purpose, random ones."""
@@ -196,8 +201,12 @@ class AuditConfig:
 
     def _validate_attacks(self) -> None:
         if self.attacks is not None and not list(self.attacks):
-            raise ConfigError(f"--attacks is empty; choose from {', '.join(ATTACKS.names())}")
+            raise ConfigError(f"--attacks is empty; choose from {', '.join(ATTACKS.names())}, or none with "
+                              "--corruptions")
         SUITES.get(self.suite)
+        if self.attacks is not None and NO_ATTACKS in list(self.attacks):
+            self._validate_attack_free()
+            return
         for kind in self.attacks or ():
             ATTACKS.get(kind)
         if self.black_box and not (isinstance(self.model, str) and not self.model.startswith("timm:")):
@@ -206,12 +215,29 @@ class AuditConfig:
         for spec in self.attack_specs():
             spec.params.validate(spec.kind)
 
+    def _validate_attack_free(self) -> None:
+        """--attacks none: alone, and only with --corruptions (an audit must measure something)."""
+        if list(self.attacks or ()) != [NO_ATTACKS]:
+            raise ConfigError("--attacks none means no attack; do not list other attacks with it")
+        if not self.corruptions:
+            raise ConfigError("--attacks none needs --corruptions (common, all or names): an audit must measure "
+                              "something")
+        if self.sanity or self.black_box or self.eps_curve:
+            flag = "--sanity" if self.sanity else "--black-box" if self.black_box else "several --eps"
+            raise ConfigError(f"--attacks none runs no attack, so {flag} has nothing to act on; drop it")
+        if self.fail_under:
+            from .gate import check_attack_free
+
+            check_attack_free(parse_fail_under(self.fail_under))
+
     def attack_specs(self, *, black_box: Optional[bool] = None) -> list[AttackSpec]:
         """Expand the suite (or ``attacks``), the budget flags and ``temperatures`` into the ordered cascade.
 
         Flags set only the parameters an attack declares (``--queries`` means nothing to PGD).
         In black-box mode only score-based attacks run (Square when the suite has none).
         """
+        if self.attack_free:
+            return []
         black_box = self.black_box if black_box is None else black_box
         suite = SUITES.get(self.suite)
         entries = list(suite.attacks) if self.attacks is None else [(k, {}) for k in self.attacks]

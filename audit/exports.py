@@ -32,7 +32,7 @@ def per_class_csv(results: AuditResults) -> str:
     """One row per class: counts, group, clean and robust accuracy (per attack and worst case) with 95% intervals.
 
     Text cells that a spreadsheet would run as a formula are neutralised (:func:`_text_cell`)."""
-    names = [a.name for a in results.attacks] + ["worst_case"]
+    names = [a.name for a in results.attacks] + ([] if results.attack_free else ["worst_case"])  # none: no column
     head = ["class", "index", "train_count", "group", "n_eval", "clean_acc", "clean_ci95_low", "clean_ci95_high"]
     for n in names:
         head += [f"robust_{n}", f"robust_{n}_ci95_low", f"robust_{n}_ci95_high"]
@@ -75,7 +75,10 @@ def summary_markdown(results: AuditResults, k_weakest: int = 5) -> str:
         lines += [f"**Verdict: {_md(v.label)}** (`{v.code}`). {_md(v.statement)}", ""]
         lines += [f"- {_md(r)}" for r in v.reasons]
         lines.append("")
-    lines += _figures_table(results) + _weakest_table(results, k_weakest) + _calibration_table(results)
+    if results.attack_free:  # --attacks none: no attack figure at all, the corruption tables lead
+        lines += _clean_table(results) + _calibration_table(results)
+    else:
+        lines += _figures_table(results) + _weakest_table(results, k_weakest) + _calibration_table(results)
     lines += corruption_exports.markdown(results, _md, _p)
     if results.curve:
         lines += ["", "Robustness curve (worst case):", "", "| ε | robust | balanced |", "|---|---:|---:|"]
@@ -90,6 +93,15 @@ def summary_markdown(results: AuditResults, k_weakest: int = 5) -> str:
     if results.warnings:
         lines += ["", "Warnings:", ""] + [f"- {_md(w)}" for w in results.warnings]
     return "\n".join(lines) + "\n"
+
+
+def _clean_table(results: AuditResults) -> list[str]:
+    """--attacks none: what was measured besides the corruptions (attack robustness was not)."""
+    s, ds = results.summary, results.dataset
+    return [f"No attack ran (--attacks none): attack robustness was not measured. {ds.n_eval} test images, "
+            f"{len(ds.classes)} classes" + (" (balanced training set)" if ds.balanced else "") + ".", "",
+            "| figure | value |", "|---|---|", f"| clean accuracy | {_p(s.clean.overall)} |",
+            f"| mean accuracy under corruption | {_p((s.corruptions or {}).get('mean_accuracy'))} |"]
 
 
 def _figures_table(results: AuditResults) -> list[str]:
@@ -133,6 +145,9 @@ def _calibration_table(results: AuditResults) -> list[str]:
     cal_rows = calibration.summary_rows(results)
     if not cal_rows:
         return []
+    if results.attack_free:  # --attacks none: clean calibration only, no empty attacked column
+        return (["", "Calibration on clean images (confidence = top softmax probability):", "", "| figure | clean |",
+                 "|---|---:|"] + [f"| {_md(a)} | {b} |" for a, b, _ in cal_rows])
     lines = ["", "Calibration (confidence = top softmax probability):", "", "| figure | clean | under attack |",
              "|---|---:|---:|"]
     lines += [f"| {_md(a)} | {b} | {c} |" for a, b, c in cal_rows]

@@ -76,6 +76,14 @@ def parse_fail_under(text: str) -> list[Condition]:
     return out
 
 
+def check_attack_free(conditions: Sequence[Condition]) -> None:
+    """--attacks none: only the clean-accuracy condition can be measured; refuse the others before any work."""
+    robust = [c.key for c in conditions if c.key != "clean"]
+    if robust:
+        raise ConfigError(f"--fail-under {','.join(robust)}: --attacks none measures no robust accuracy; gate on "
+                          "clean only, or run attacks")
+
+
 def check_available(conditions: Sequence[Condition], groups: Sequence[Optional[str]]) -> None:
     """Refuse (before any compute) a condition on a group the dataset does not have, e.g. tail when balanced."""
     present = {g for g in groups if g}

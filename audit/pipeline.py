@@ -149,7 +149,7 @@ def _audit_into(out_dir: Optional[Path], config: AuditConfig, specs: list, attac
     for p in module.parameters():
         p.requires_grad_(False)
     bn_before = _bn_fingerprint(module)
-    if not model.gradient_access and not config.black_box:  # conversion failed: black-box mode, noted by the loader
+    if not model.gradient_access and not config.black_box and not config.attack_free:  # conversion failed: black-box mode, noted by the loader
         try:
             specs = config.attack_specs(black_box=True)
         except ConfigError:
@@ -204,7 +204,7 @@ def _audit_into(out_dir: Optional[Path], config: AuditConfig, specs: list, attac
     # calibration (audit/calibration.py): every rank on its own shard's points, joined with the records below
     records = confidence_pass(evaluator, DataLoader(_Indexed(data.test, records.index), batch_size=config.batch_size,
                                                     shuffle=False, **loader_options(config.workers, device)),
-                              records, steps=config.calibration_steps if model.gradient_access else 0,
+                              records, steps=config.calibration_steps if model.gradient_access and not config.attack_free else 0,
                               norm=config.norm, eps=config.eps)
     corruption_records = (run_phase(config, evaluator, corrupted, n_points=len(eval_idx), progress=show)
                           if corrupted is not None else None)

@@ -596,6 +596,11 @@ class AuditResults:
         return self.summary.robust["worst_case"]
 
     @property
+    def attack_free(self) -> bool:
+        """A corruption-only audit (``--attacks none``): no attack ran, so there is no robust figure at all."""
+        return not self.attacks and self.suite == "none"
+
+    @property
     def eps_text(self) -> str:
         return self.threat_model.eps_text or _eps_text(self.threat_model.eps)
 

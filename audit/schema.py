@@ -43,7 +43,7 @@ _REQUIRED: tuple[tuple[str, ...], ...] = (
     ("attacks",),
     ("per_class",),
     ("summary", "clean"),
-    ("summary", "robust", "worst_case"),
+    ("summary", "robust"),
 )
 _PER_CLASS_REQUIRED = ("name", "train_count", "group", "n_eval", "clean_acc", "robust_acc")
 
@@ -134,6 +134,24 @@ def check_schema(results: Any, source: str | Path | None = None) -> None:
     check_against(results, _validator(), where, *_RESULTS_FILE)
 
 
+def _check_attacks(results: Mapping[str, Any], where: str) -> bool:
+    """Whether the file is a corruption-only audit (``--attacks none``: suite "none", no attacks, no robust
+    figures, corruption figures); any other file must list its attacks and carry the worst case."""
+    if not isinstance(results["attacks"], list):
+        raise ResultsError(f"{where}: attacks is not a list; re-run the audit")
+    if results["attacks"]:
+        if "worst_case" not in results["summary"]["robust"]:
+            raise ResultsError(f"{where} lacks 'summary.robust.worst_case'; it is incomplete, re-run the audit")
+        return False
+    if results.get("suite") != "none" or not results["summary"].get("corruptions"):
+        raise ResultsError(f"{where} lists no attacks; re-run the audit")
+    robust = [i for i, row in enumerate(results["per_class"]) if isinstance(row, Mapping) and row.get("robust_acc")]
+    if results["summary"]["robust"] or robust:
+        raise ResultsError(f"{where} ran no attack (--attacks none) but carries robust figures; the file is "
+                           "inconsistent, re-run the audit")
+    return True
+
+
 def validate_results(results: Mapping[str, Any], source: str | Path | None = None) -> None:
     """Raise :class:`ResultsError` unless ``results`` is a schema-1 results dict a report can render."""
     where = _where(source)
@@ -167,14 +185,13 @@ def validate_results(results: Mapping[str, Any], source: str | Path | None = Non
             f"{where} has {len(per_class)} per-class entries for {len(classes)} classes; "
             "the file is inconsistent, re-run the audit"
         )
-    if not isinstance(results["attacks"], list) or not results["attacks"]:
-        raise ResultsError(f"{where} lists no attacks; re-run the audit")
-    names = [a.get("name") for a in results["attacks"]]
+    attack_free = _check_attacks(results, where)
+    names = [a.get("name") for a in results["attacks"]] + ([] if attack_free else ["worst_case"])
     for i, row in enumerate(per_class):
         missing = [k for k in _PER_CLASS_REQUIRED if k not in row]
         if missing:
             raise ResultsError(f"{where}: per_class[{i}] lacks {', '.join(missing)}; re-run the audit")
-        absent = [n for n in [*names, "worst_case"] if n not in row["robust_acc"]]
+        absent = [n for n in names if n not in row["robust_acc"]]
         if absent:
             raise ResultsError(
                 f"{where}: per_class[{i}] has no robust accuracy for {', '.join(map(str, absent))}; re-run the audit"

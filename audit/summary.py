@@ -25,7 +25,7 @@ def _class_table(results: AuditResults, max_rows: int) -> list[str]:
     head = f"{'class':<{name_w}} {'train*' if sampled else 'train':>6} {'group':<6} {'n':>5} {'clean':>6}"
     for a in attacks:
         head += f" {a[:12]:>12}"
-    head += f" {'worst':>6}"
+    head += f" {'worst':>6}" if not results.attack_free else ""  # --attacks none: no robust column
     lines = [head, "-" * len(head)]
     shown = rows if len(rows) <= max_rows else rows[: max_rows // 2] + [None] + rows[-max_rows // 2:]
     for r in shown:
@@ -36,7 +36,7 @@ def _class_table(results: AuditResults, max_rows: int) -> list[str]:
                 f"{_pct(r.clean_acc):>6}")
         for a in attacks:
             line += f" {_pct(r.robust_acc[a]):>12}"
-        line += f" {_pct(r.worst_case):>6}"
+        line += f" {_pct(r.worst_case):>6}" if not results.attack_free else ""
         lines.append(line)
     if sampled:
         lines.append("* train: tailaudit's own long-tailed sampling profile, not the model's training counts "
@@ -45,6 +45,8 @@ def _class_table(results: AuditResults, max_rows: int) -> list[str]:
 
 
 def _headline_lines(results: AuditResults) -> list[str]:
+    if results.attack_free:
+        return _corruption_only_lines(results)
     s = results.summary
     wc = s.worst_case
     ds = results.dataset
@@ -84,6 +86,23 @@ def _headline_lines(results: AuditResults) -> list[str]:
     return lines
 
 
+def _profile(results: AuditResults) -> str:
+    ds = results.dataset
+    return (" (balanced training set)" if ds.balanced else f" (rho {ds.imbalance})" if ds.imbalance is not None else "")
+
+
+def _corruption_only_lines(results: AuditResults) -> list[str]:
+    """--attacks none: the run, clean accuracy, calibration and the corruption findings; no attack figure."""
+    s, ds = results.summary, results.dataset
+    lines = [f"model {inline_safe(results.model.spec)} on {ds.name}{_profile(results)}, {ds.n_eval} points",
+             "no attack ran (--attacks none): natural corruptions only, attack robustness was not measured",
+             f"clean accuracy {_pct(s.clean.overall).strip()}"]
+    if s.calibration:
+        lines.append(calibration_line(s.calibration))
+    lines += corruption_lines(results)
+    return lines + [f"warning: {inline_safe(w)}" for w in results.warnings]
+
+
 def corruption_lines(results: AuditResults) -> list[str]:
     """The corruption audit in two lines: mean accuracy, the hardest corruption and its weakest class, the note."""
     c = results.summary.corruptions or {}
@@ -119,7 +138,7 @@ def verdict_lines(results: AuditResults) -> list[str]:
     grade = f"{v.code} (upper bound: {v.label.lower()})" if v.upper_bound and v.graded else v.code
     lines = ["", f"verdict: {grade}: {inline_safe(v.statement)}"]  # class names inside: one line each
     lines += [f"  because {inline_safe(r)}" for r in v.reasons]
-    if v.meaningful:
+    if v.meaningful and not results.attack_free:
         lines.append(f"  weakest classes: {inline_safe(weakest_with_intervals(results))}")
         lines += [f"  note: {inline_safe(t)}" for t in ranking_sentences(results)]
     lines += [f"  next: {inline_safe(a)}" for a in v.actions]

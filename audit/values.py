@@ -16,6 +16,7 @@ from .errors import ConfigError
 from .registry import ATTACKS
 
 NORMS = ("linf", "l2")
+NO_ATTACKS = "none"  # --attacks none: a corruption-only audit (audit/config.py)
 
 
 def parse_number(text: str | float | int, what: str) -> float:

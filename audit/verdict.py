@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from .calibration import rare_confidently_wrong
 from .inputs import MAX_RESIZE
@@ -311,6 +311,8 @@ def compute_verdict(results: AuditResults) -> Verdict:
     problems = _meaningful_problems(results)
     if problems:
         return _not_meaningful(results, problems, extra)
+    if results.attack_free:
+        return _corruptions_only(results, extra)
     blind = blind_attack_reasons(results)
     if blind:
         return _not_graded(results, blind, extra)
@@ -468,3 +470,55 @@ def _not_graded(results: AuditResults, blind: list[str], extra: list[str]) -> Ve
                "where the gradients were blind) or --black-box",
                "If the model rounds or quantises its input, audit the model before that step as well"]
     return Verdict(code="not-graded", headline=headline, reasons=tuple(blind + extra), actions=tuple(actions))
+
+
+def corruption_findings(results: AuditResults) -> Optional[dict[str, Any]]:
+    """The corruption audit's page-1 findings (None without corruption figures): the worst corruption (lowest
+    severity-averaged accuracy), the weakest class-cell there (lowest accuracy over its severities, with the
+    cell's 95% interval and image count) and the head/tail means and losses under corruption."""
+    c = results.summary.corruptions or {}
+    per = {n: p for n, p in (c.get("per_corruption") or {}).items() if p.get("mean_accuracy") is not None}
+    if not per:
+        return None
+    worst = min(per, key=lambda n: per[n]["mean_accuracy"])
+    cells = [(cell["accuracy"], r, sev, cell) for r in results.per_class
+             for sev, cell in (((r.corruptions or {}).get(worst) or {}).items())
+             if sev != "mean" and isinstance(cell, dict) and cell.get("accuracy") is not None]
+    weakest = None
+    if cells:
+        acc, row, sev, cell = min(cells, key=lambda t: (t[0], t[1].index))
+        weakest = {"class": row.name, "severity": int(sev), "accuracy": acc, "ci95": cell.get("ci95"),
+                   "n": row.n_eval}
+    return {"mean_accuracy": c.get("mean_accuracy"), "clean_accuracy": c.get("clean_accuracy"),
+            "worst": worst, "worst_accuracy": per[worst]["mean_accuracy"], "weakest": weakest,
+            "groups": c.get("groups") or {}, "group_drop": c.get("group_drop") or {}}
+
+
+def corruption_sentences(results: AuditResults) -> list[str]:
+    """The findings in words: worst corruption, weakest class there with its interval, head vs tail."""
+    f = corruption_findings(results)
+    if f is None:
+        return []
+    out = [f"the worst corruption is {f['worst'].replace('_', ' ')}, {_pct(f['worst_accuracy'])} accuracy averaged over "
+           "its severities"]
+    w = f["weakest"]
+    if w is not None:
+        ci = interval_text(w["ci95"])
+        out.append(f"the weakest class there is “{w['class']}” at {_pct(w['accuracy'])}{f' ({ci})' if ci else ''} at severity "
+                   f"{w['severity']} ({w['n']} test images)")
+    drop = f["group_drop"]
+    if drop.get("head") is not None and drop.get("tail") is not None:
+        out.append(f"head classes lose {100 * drop['head']:.1f} points under corruption, tail classes "
+                   f"{100 * drop['tail']:.1f}")
+    return out
+
+
+def _corruptions_only(results: AuditResults, extra: list[str]) -> Verdict:
+    """--attacks none: no grade of attack robustness, a statement of what the corruption audit measured."""
+    f = corruption_findings(results) or {}
+    headline = (f"Not graded for attack robustness: this audit measured natural corruptions only (--attacks none); "
+                f"attack robustness was not measured. Accuracy is {_pct(f.get('mean_accuracy'))} under corruption "
+                f"on average against {_pct(results.summary.clean.headline)} clean.")
+    actions = ["Run the attack audit (drop --attacks none, e.g. --suite standard) for an attack-robustness grade"]
+    return Verdict(code="not-graded", headline=headline, reasons=tuple(corruption_sentences(results) + extra),
+                   actions=tuple(actions))

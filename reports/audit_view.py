@@ -302,7 +302,7 @@ def _evaluation_rows(results: AuditResults) -> list[tuple[str, str]]:
         ("evaluated points fingerprint (sha256)", d.eval_indices_sha256),
         ("groups", groups),
         ("seed", results.seed),
-        ("attack suite", results.suite or "quick"),
+        ("attack suite", "none (--attacks none): no attack ran" if results.attack_free else results.suite or "quick"),
         ("gradient access", results.mode_label or "white-box"),
         ("verdicts checked on", VERDICT_RUNTIMES.get(results.verdict_runtime or "")),
     )

@@ -57,13 +57,16 @@ def audit_section(results: AuditResults, prefix: str = "a") -> Optional[dict[str
                         "weakest": classes[w] if w is not None else "n/a", "weakest_acc": pct(p.get("worst_class_accuracy")),
                         "head": pct((p.get("groups") or {}).get("head")), "tail": pct((p.get("groups") or {}).get("tail"))})
     groups = []
-    clean_g, robust_g = results.summary.clean.groups or {}, results.summary.worst_case.groups or {}
+    attacked = "worst_case" in results.summary.robust  # False for --attacks none: no "under attack" column
+    clean_g = results.summary.clean.groups or {}
+    robust_g = (results.summary.worst_case.groups or {}) if attacked else {}
     for g, v in (c.get("groups") or {}).items():
         groups.append({"group": g, "clean": pct(clean_g.get(g)), "corrupted": pct(v),
                        "lost": points((c.get("group_drop") or {}).get(g)), "attacked": pct(robust_g.get(g))})
     return {"svg": svg, "weakest": weakest, "groups": groups, "note": c.get("note") or "",
             "mean": pct(c.get("mean_accuracy")), "clean": pct(c.get("clean_accuracy")),
-            "rmce": points(c.get("relative_mce")), "provenance": _provenance(c), "n_classes": len(classes)}
+            "rmce": points(c.get("relative_mce")), "provenance": _provenance(c), "n_classes": len(classes),
+            "attacked": attacked}
 
 
 def compare_section(before: AuditResults, after: AuditResults) -> Optional[dict[str, Any]]:

@@ -11,10 +11,11 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from audit.errors import ConfigError
+from audit.errors import ConfigError, ResultsError
 from audit.outputs import output_error, prepare_out_dir
 
 from .audit_view import audit_context
+from .corruption_only_view import corruption_only_context
 from .compare_view import compare_context
 from .fmt import interval, keep_words, num, pct, points
 from .load import Results, check_comparable, coerce_results
@@ -151,6 +152,9 @@ def render_report(
     if len(others) + 1 > MAX_MODELS:
         raise ConfigError(f"a comparison shows at most {MAX_MODELS} models; got {len(others) + 1}")
     loaded = [coerce_results(o, out) for o in others]
+    if loaded and any(r.attack_free for r in [first, *(r for r, _ in loaded)]):
+        raise ResultsError("a corruption-only audit (--attacks none) has no attack figures to compare; render it "
+                           "on its own, or compare audits that ran attacks")
     sources += [_source(o) for o in others]
     if len(loaded) == 1:
         second, second_dir = loaded[0]
@@ -169,6 +173,9 @@ def render_report(
             check_comparable(first, run, (names[0], name))
         context = models_context(runs, folders)
         template = "models.html.j2"
+    elif first.attack_free:  # --attacks none: a report without any attack figure
+        context = corruption_only_context(first, first_dir)
+        template = "corruption_audit.html.j2"
     else:
         context = audit_context(first, first_dir)
         template = "audit.html.j2"

@@ -32,6 +32,8 @@ def _pts(v: float) -> str:
 def compare(results: AuditResults, corr: dict[str, Any]) -> tuple[str, bool]:
     """(sentence, whether corruption tells a different story from the attacks)."""
     s = results.summary
+    if "worst_case" not in s.robust:  # --attacks none: nothing to compare with; the corruption finding alone
+        return corruption_only(results, corr), False
     clean_g = s.clean.groups or {}
     robust_g = s.worst_case.groups or {}
     drop = corr.get("group_drop") or {}
@@ -53,6 +55,20 @@ def compare(results: AuditResults, corr: dict[str, Any]) -> tuple[str, bool]:
         return "", False
     sentence = (f"The weakest class under corruption is {names[worst_c]} and under attack {names[worst_a]}.")
     return sentence, worst_c != worst_a
+
+
+def corruption_only(results: AuditResults, corr: dict[str, Any]) -> str:
+    """A corruption-only audit's sentence: head vs tail loss under corruption, else the weakest class."""
+    drop = corr.get("group_drop") or {}
+    if drop.get("tail") is not None and drop.get("head") is not None:
+        return (f"Under corruption the rare (tail) classes lose {_pts(drop['tail'])} of accuracy and the common "
+                f"(head) classes {_pts(drop['head'])}{_times(_ratio(drop['tail'], drop['head']))}; attack "
+                "robustness was not measured.")
+    worst_c = _worst_class(results)
+    if worst_c is None:
+        return ""
+    return (f"The weakest class under corruption is {results.dataset.classes[worst_c]}; attack robustness was not "
+            "measured.")
 
 
 def _worst_class(results: AuditResults) -> Optional[int]:
