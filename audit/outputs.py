@@ -340,6 +340,8 @@ class RunFiles:
         previous = read_manifest(self.out_dir)
         current = self.names + [n for n in self.owned if n not in self.names]
         stale = [n for n in previous if n not in current]
+        removed = [n for n in stale if ((self.out_dir / n).is_file() or (self.out_dir / n).is_symlink())
+                   and not (self.out_dir / n).is_dir()]  # what the switch really drops (a claim may name folders)
         with _signals_deferred():
             try:
                 self._switch(current, stale)
@@ -348,7 +350,7 @@ class RunFiles:
                 raise output_error(exc, self.out_dir) from None
         self.committed = True
         self._drop_staging()
-        for name in stale:
+        for name in removed:
             log.info("removed %s, written by an earlier run into this folder", self.out_dir / name)
         return [self.out_dir / n for n in self.names]
 

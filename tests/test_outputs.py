@@ -178,3 +178,22 @@ def test_files_read_back_on_resume_are_bounded(tmp_path, caplog):
     before.write_text("[" * 100000 + "]" * 100000)
     assert _reusable_before(before, AuditConfig(model=str(DEMO))) is None
     assert "not reusing the before-audit" in caplog.text
+
+
+def test_commit_says_removed_only_for_files_it_removed(tmp_path, caplog):
+    """A repair claims folders and a file it may never write (before/, after/, repaired.safetensors); publishing the
+    run must not log that it removed them as an earlier run's files (it removed nothing)."""
+    import logging
+
+    from audit.outputs import RunFiles, claim
+
+    (tmp_path / "before").mkdir()
+    claim(tmp_path, ["before", "repaired.safetensors", "old.json"])
+    (tmp_path / "old.json").write_text("{}")
+    files = RunFiles(tmp_path)
+    files.add_json("results.json", {"a": 1})
+    with caplog.at_level(logging.INFO, logger="audit.outputs"):
+        files.commit()
+    removed = [r.getMessage() for r in caplog.records if "removed" in r.getMessage()]
+    assert removed == [f"removed {tmp_path / 'old.json'}, written by an earlier run into this folder"]
+    assert (tmp_path / "before").is_dir() and not (tmp_path / "old.json").exists()
