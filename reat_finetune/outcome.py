@@ -119,7 +119,8 @@ def decide(before: Mapping[str, Any], after: Mapping[str, Any], *, input_kept: b
     reasons = [f"worst-case robust accuracy {_pct(wc_b)} → {_pct(wc_a)}"
                + (f" ({_pts(d_wc)}, {_sig(tests, 'worst_case')})" if d_wc is not None else ""),
                f"clean accuracy {_pct(clean_b)} → {_pct(clean_a)}"
-               + ("" if kept is None else f": {kept:.0%} of the input's kept" if kept < 1 else ": not lower")
+               + ("" if kept is None else f": {kept:.0%} of the input's kept" if kept < 1
+                  else ": not lower" if clean_a == clean_b else ": higher")
                + (f" ({_sig(tests, 'clean')})" if tests else "")]
     if d_tail is not None:
         reasons.insert(1, f"rare (tail) classes' robust accuracy {_pct(_tail(before))} → {_pct(_tail(after))} "
@@ -131,7 +132,7 @@ def decide(before: Mapping[str, Any], after: Mapping[str, Any], *, input_kept: b
     code, head = _verdict(tests, kept, min_clean_kept, wc_b, wc_a, d_tail, before, after)
     if code in ("improved", "partly-improved") and kept is not None:
         head += (f"; clean accuracy {_pct(clean_b)} → {_pct(clean_a)}" + (f", {kept:.0%} of the input's kept"
-                 if kept < 1 else ", not lower than before"))
+                 if kept < 1 else ", not lower than before" if clean_a == clean_b else ", higher than before"))
     head += _clean_loss_words(d_clean, clean_b, clean_a, class_clean_changes) + "."
     actions = {"improved": [f"Use {model_file}; confirm its figures with the stronger attack suite (--suite standard)"],
                "partly-improved": [f"Weigh the changes below before using {model_file}"] + retry[1:],
