@@ -66,9 +66,17 @@ print(json.dumps(report))
 """
 
 
+def _interruptible() -> None:
+    """In the child before exec: SIGINT as a terminal delivers it. A suite started in the background (``make test &``,
+    some CI runners) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt, as a user's shell
+    would not have it either."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_a_signal_at_any_step_of_the_switch_leaves_the_old_set_or_the_new_one(tmp_path):
     proc = subprocess.run([sys.executable, "-c", MATRIX, str(tmp_path), str(ROOT), json.dumps(OLD), json.dumps(NEW)],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          preexec_fn=_interruptible)
     assert proc.returncode == 0, proc.stderr[-2000:]
     cases = json.loads(proc.stdout)
     killed_mid_switch = 0
@@ -91,7 +99,8 @@ def test_a_signal_at_any_step_of_the_switch_leaves_the_old_set_or_the_new_one(tm
 def _audit(out: Path, n: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "cli.py"), "audit", str(DEMO), "--out", str(out),
                            "--n-per-class", n, "--steps", "1", "--quiet", "--no-html", "--no-pdf", "--threads", "1"],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+                          capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})},
+                          preexec_fn=_interruptible)
 
 
 def _files(out: Path) -> dict[str, bytes]:
