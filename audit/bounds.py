@@ -1,6 +1,6 @@
 """Documented limits on every number a user can give, and the checks that enforce them.
 
-One place for the bounds (README "Bad input" lists them) so that the CLI's argparse types,
+One place for the bounds (docs/bad_input.md lists them) so that the CLI's argparse types,
 the dataclass configs and the loaders refuse the same things with the same words. A flag
 added later needs one line: ``type=bounded_int("--queries", 1, MAX_QUERIES)``.
 """

@@ -295,7 +295,7 @@ def check_written(results: AuditResults | Mapping[str, Any]) -> None:
         raise ResultsError(f"{exc} (this is a tailaudit bug: please report it with the command line)") from None
 
 
-# what each file of a repair folder is for, and what to do when it is damaged (README "Bad input and limits")
+# what each file of a repair folder is for, and what to do when it is damaged (docs/bad_input.md)
 REPAIR_FILES = {
     "repair.json": ("repair", "re-run the repair, or remove the file to compare the two results without the "
                               "repair's training section"),

@@ -341,7 +341,7 @@ def trade_offs(rows: list[dict]) -> list[dict]:
 
 
 def frontier_table(rows: list[dict]) -> str:
-    """The measured frontier (clean kept against tail gain), for the README."""
+    """The measured frontier (clean kept against tail gain), for docs/benchmarks.md."""
     lines = ["| method | seeds | clean kept | tail worst-case gain | on the frontier | both targets | outcome |",
              "|---|---|---|---|---|---|---|"]
     for p in trade_offs(rows):

@@ -74,7 +74,7 @@ class RepairConfig:
     smoothing_head: float = 0.3
     smoothing_tail: float = 0.0
     smoothing_shape: str = "concave"
-    eps_schedule: str = "warmup"  # chosen by the CIFAR-10-LT comparison (README, docs/repair.md "ε schedules")
+    eps_schedule: str = "warmup"  # chosen by the CIFAR-10-LT comparison (docs/benchmarks.md "Repair", docs/repair.md "ε schedules")
     eps_per_class: bool = False
     shift_bn: bool = False  # re-estimate BatchNorm statistics on class-balanced clean batches before export
     out: Optional[str] = None

@@ -221,7 +221,7 @@ def test_render_100_classes(run100):
 def test_render_1000_classes(tmp_path):
     results = make_results(1000)
     path = write_run(tmp_path, results, shape=(3, 32, 32))
-    files = render_report(path, tmp_path)  # render time is a benchmark figure (README), not asserted here
+    files = render_report(path, tmp_path)  # render time is a benchmark figure (docs/benchmarks.md), not asserted here
     check_pdf(files["pdf"], 10, 60)
     text = pdf_text(files["pdf"])
     for needle in ["class_000", "class_500", "class_999", *headline_figures(results)]:

@@ -7,7 +7,7 @@
   probes 500 queries and goes on to 5000 where it beats the gradient attacks ("Square's probe"),
   and where no gradient attack had a non-zero gradient it reruns up to twice from fresh starts on the
   points its first run left robust ("Square's reruns where the gradients are blind").
-  These choices were measured against published AutoAttack (README, "Measured figures"; docs/attacks.md).
+  These choices were measured against published AutoAttack (docs/benchmarks.md, "Attack suites vs AutoAttack"; docs/attacks.md).
 * ``thorough``: APGD-CE and APGD-T with more restarts, a Temperature-PGD sweep
   (T = 0.1, 0.5, 2, 5) and Square with 20000 queries.
 
