@@ -340,8 +340,7 @@ class RunFiles:
         previous = read_manifest(self.out_dir)
         current = self.names + [n for n in self.owned if n not in self.names]
         stale = [n for n in previous if n not in current]
-        removed = [n for n in stale if ((self.out_dir / n).is_file() or (self.out_dir / n).is_symlink())
-                   and not (self.out_dir / n).is_dir()]  # what the switch really drops (a claim may name folders)
+        removed = _files_among(self.out_dir, stale)  # what the switch really drops (a claim may name folders)
         with _signals_deferred():
             try:
                 self._switch(current, stale)
@@ -357,8 +356,7 @@ class RunFiles:
     def _switch(self, current: list[str], stale: list[str]) -> None:
         """The steps of :meth:`commit` (numbered for the interruption test, :func:`_step`)."""
         out, stage = self.out_dir, self.staging
-        olds = [n for n in [*self.names, *stale, MANIFEST]
-                if ((out / n).is_file() or (out / n).is_symlink()) and not (out / n).is_dir()]
+        olds = _files_among(out, [*self.names, *stale, MANIFEST])
         _write_journal(out, {"staging": stage.name, "new": self.names, "old": olds})
         _step(0)
         for k, name in enumerate(olds, 1):  # old files aside, so a roll-back can put them back
@@ -493,6 +491,11 @@ def _move_entries(src: Path, dst: Path, names: Iterable[str]) -> None:
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
         os.replace(source, target)
+
+
+def _files_among(folder: Path, names: Sequence[str]) -> list[str]:
+    """The ``names`` that are files (or links) in ``folder``: what a switch moves; folders stay where they are."""
+    return [n for n in names if ((folder / n).is_file() or (folder / n).is_symlink()) and not (folder / n).is_dir()]
 
 
 def _present(folder: Path, names: Sequence[str]) -> list[str]:
