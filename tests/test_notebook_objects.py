@@ -100,8 +100,8 @@ def test_pixels_outside_0_1_at_a_later_item_are_refused(digits, tmp_path):
     assert not (tmp_path / "wide").exists()
 
 
-def test_later_items_read_lazily_are_checked_as_they_are_read(digits, tmp_path):
-    """A dataset that lists its ``targets`` is not decoded up front: its items are checked when the audit reads them."""
+def _listed_wide(digits) -> tuple[nn.Module, TensorDataset]:
+    """The digits with items from 400 on normalised twice, in a dataset that lists its ``targets`` (read lazily)."""
     net, images, _, labels, _ = digits
     wide = images.clone()
     wide[400:] = wide[400:] * 4 - 1.5
@@ -109,8 +109,14 @@ def test_later_items_read_lazily_are_checked_as_they_are_read(digits, tmp_path):
     class Listed(TensorDataset):
         targets = labels.tolist()
 
+    return net, Listed(wide, labels)
+
+
+def test_later_items_read_lazily_are_checked_as_they_are_read(digits, tmp_path):
+    """A dataset that lists its ``targets`` is not decoded up front: its items are checked when the audit reads them."""
+    net, listed = _listed_wide(digits)
     with pytest.raises(DatasetError, match=r"\[0, 1\]") as info:
-        _audit(net, Listed(wide, labels), tmp_path, "lazy")
+        _audit(net, listed, tmp_path, "lazy")
     _refusal(info.value)
     assert not (tmp_path / "lazy").exists()
 
@@ -304,13 +310,7 @@ def test_quiet_silences_a_repair_and_its_audits(digits, tmp_path, capfd, where):
 
 def test_an_item_refused_in_a_decoding_worker_is_still_one_sentence(digits, tmp_path):
     """With workers=1 torch re-raises the worker's DatasetError with its traceback as the message."""
-    net, images, _, labels, _ = digits
-    wide = images.clone()
-    wide[400:] = wide[400:] * 4 - 1.5
-
-    class Listed(TensorDataset):
-        targets = labels.tolist()
-
+    net, listed = _listed_wide(digits)
     with pytest.raises(DatasetError, match=r"^dataset images must be float pixels in \[0, 1\], item 4\d\d") as info:
-        _audit(net, Listed(wide, labels), tmp_path, "worker", workers=1)
+        _audit(net, listed, tmp_path, "worker", workers=1)
     assert "Traceback" not in _refusal(info.value)
