@@ -330,6 +330,14 @@ def figures(results: Path) -> dict:
     return out
 
 
+def _child_cpu_s() -> float:
+    """CPU seconds (user + system) of finished children: the repair's cost, less sensitive to load than wall time."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def repair(entry: Entry, built: dict, method: str, args: argparse.Namespace, out: Path) -> dict:
     """``cli.py repair`` on the model with every default (``method``: "default" or a --method); returns its record."""
     cmd = [sys.executable, str(ROOT / "cli.py"), "repair", built["spec"], *built["cli"], "--threads", str(args.threads),
@@ -343,10 +351,11 @@ def repair(entry: Entry, built: dict, method: str, args: argparse.Namespace, out
     if (out / "checkpoint.pt").exists() and not (out / "repair.json").exists():
         cmd += ["--resume", str(out)]
     log.info("%s: %s", entry.name, " ".join(cmd))
-    t0 = time.time()
+    t0, cpu0 = time.time(), _child_cpu_s()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
-    rec = {"cmd": cmd, "rc": proc.returncode, "wall_s": round(time.time() - t0, 1)}
+    rec = {"cmd": cmd, "rc": proc.returncode, "wall_s": round(time.time() - t0, 1),
+           "cpu_s": round(_child_cpu_s() - cpu0, 1), "load_1min": round(os.getloadavg()[0], 2)}
     if proc.returncode != 0:
         rec["error"] = (proc.stderr.strip().splitlines() or [""])[-1][:300]
         return rec
@@ -369,11 +378,15 @@ def _pct(fig: Optional[dict]) -> str:
     return f"{100 * fig['value']:.1f} [{100 * lo:.0f}, {100 * hi:.0f}]"
 
 
+def _cpu(r: dict) -> str:
+    return f" ({r['cpu_s'] / 60:.1f} min CPU, load {r['load_1min']})" if "cpu_s" in r else ""
+
+
 def table(state: dict, args: argparse.Namespace) -> str:
     head = ("| model | kind | built (images, epochs, s) | method | clean before | clean after | worst case before "
             "| worst case after | tail wc before | tail wc after | outcome | kept step / budget "
             "| values trained (share onnx2torch alone trained) "
-            "| wall time | threads |")
+            "| wall time (CPU time, load at end) | threads |")
     lines = [head, "|" + "---|" * 15]
     for name, st in state.items():
         b = st.get("build", {})
@@ -391,7 +404,7 @@ def table(state: dict, args: argparse.Namespace) -> str:
                          f"{_pct(bf['clean'])} | {_pct(af['clean'])} | {_pct(bf['worst_case'])} | "
                          f"{_pct(af['worst_case'])} | {_pct(bf['tail_worst_case'])} | {_pct(af['tail_worst_case'])} | "
                          f"{r['outcome']} | {r.get('kept_step')} / {r.get('steps_total')} | {share} | "
-                         f"{r['wall_s'] / 60:.1f} min | {args.threads} |")
+                         f"{r['wall_s'] / 60:.1f} min{_cpu(r)} | {args.threads} |")
     return "\n".join(lines)
 
 
@@ -409,6 +422,8 @@ def parse_args() -> argparse.Namespace:
                     help="tiny repairs (6 steps, 5 images per class): checks the script")
     ap.add_argument("--resume", action="store_true", help="skip models and repairs <out>/state.json has finished")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "zoo")
+    ap.add_argument("--table-only", nargs="*", type=Path, metavar="STATE",
+                    help="write <out>/table.md from <out>/state.json merged with these state.json files; no runs")
     args = ap.parse_args()
     if args.smoke:
         args.n_per_class = 5
@@ -421,8 +436,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     state_path = args.out / "state.json"
-    state = json.loads(state_path.read_text()) if args.resume and state_path.exists() else {}
-    chosen = set(args.models.split(",")) if args.models else None
+    state = json.loads(state_path.read_text()) if (args.resume or args.table_only is not None) and state_path.exists() else {}
+    for extra in args.table_only or []:  # runs split over processes: their finished records join this one
+        for name, st in json.loads(extra.read_text()).items():
+            mine = state.setdefault(name, {k: v for k, v in st.items() if k != "repairs"} | {"repairs": {}})
+            mine["repairs"].update({m: r for m, r in st.get("repairs", {}).items()
+                                    if r.get("rc") == 0 or m not in mine["repairs"]})
+    if args.table_only is not None:
+        state_path.write_text(json.dumps(state, indent=1))
+        chosen = set()
+    else:
+        chosen = set(args.models.split(",")) if args.models else None
     for entry in entries(args):
         if chosen is not None and entry.name not in chosen:
             continue
