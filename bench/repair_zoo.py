@@ -446,10 +446,11 @@ def main() -> None:
         state_path.write_text(json.dumps(state, indent=1))
         chosen = set()
     else:
-        chosen = set(args.models.split(",")) if args.models else None
-    for entry in entries(args):
-        if chosen is not None and entry.name not in chosen:
-            continue
+        chosen = args.models.split(",") if args.models else None
+    known = {e.name: e for e in entries(args)}
+    if chosen and set(chosen) - set(known):
+        raise SystemExit(f"unknown zoo models {sorted(set(chosen) - set(known))}; known: {', '.join(known)}")
+    for entry in (list(known.values()) if chosen is None else [known[n] for n in chosen]):  # in the order asked
         st = state.setdefault(entry.name, {"kind": entry.kind, "repairs": {}})
         t0 = time.time()
         built = entry.build(args)
