@@ -9,7 +9,7 @@ import sys
 from typing import TYPE_CHECKING, Optional, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
-    from audit.resultsmodel import AuditResults
+    from audit.contract.model import AuditResults
 
 EXIT_USAGE = 2
 

@@ -1,4 +1,4 @@
-"""From an audit's per-point records to its typed results (:class:`audit.resultsmodel.AuditResults`).
+"""From an audit's per-point records to its typed results (:class:`audit.contract.model.AuditResults`).
 
 Phases: per-class figures, the cross-class summary (with confusion and calibration), the
 warnings every check raised, and the run's description (model, data, threat model, settings,
@@ -20,13 +20,15 @@ from .records import PointRecords
 from .inputs import input_info, input_warnings
 from .labels import check_label_order, clean_confusion, label_warning
 from .lifecycle import created_now
-from .metrics import adversarial_confusion, cross_class_summary, per_class_accuracy, spearman, wilson_interval
+from .metrics import adversarial_confusion, cross_class_summary, per_class_accuracy, spearman
+from .contract.figures import wilson_interval
 from .models import LoadedModel, final_linear_of
-from .results import SCHEMA_VERSION, environment
-from .resultsmodel import (AttackEntry, AuditResults, Calibration, ClassCalibration, ClassResult, ClassSummary,
-                           Confusion, DatasetInfo, InputFit, LabelCheck, ModelInfo, Sanity, Spearman, Summary,
-                           ThreatModel, Timings, Tool)
-from .typedjson import from_json
+from .contract.schema import SCHEMA_VERSION
+from .lifecycle import environment
+from .contract.model import (AttackEntry, AuditResults, Calibration, ClassCalibration, ClassResult, ClassSummary,
+                             Confusion, DatasetInfo, InputFit, LabelCheck, ModelInfo, Sanity, Spearman, Summary,
+                             ThreatModel, Timings, Tool)
+from .contract.codec import from_json
 from .version import __version__
 
 log = logging.getLogger(__name__)

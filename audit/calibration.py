@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .metrics import wilson_interval
-from .resultsmodel import AuditResults, CalibrationBlock, ClassResult
+from .contract.figures import wilson_interval
+from .contract.model import AuditResults, CalibrationBlock, ClassResult
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -7,8 +7,8 @@ from typing import Any, Optional
 
 from . import calibration
 from .corruptions import exports as corruption_exports
-from .resultsmodel import AuditResults
-from .verdict import class_interval, counts_are_sampled, headline_interval, interval_text, ranking_sentences
+from .contract.model import AuditResults
+from .contract.figures import class_interval, counts_are_sampled, headline_interval, interval_text, ranking_sentences
 
 CSV_NAME = "per_class.csv"
 MD_NAME = "summary.md"

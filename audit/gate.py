@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 from .errors import ConfigError
-from .resultsmodel import AuditResults, Gate, GateCondition, Summary
+from .contract.model import AuditResults, Gate, GateCondition, Summary
 
 EXIT_GATE = 3
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
-from .resultsmodel import InputFit
+from .contract.model import InputFit
 
 MAX_RESIZE = 4.0  # resizing by more than this factor (either way) means the model was made for other data
 

@@ -14,9 +14,9 @@ import numpy as np
 
 from .bounds import MAX_CLASSES
 from .errors import ConfigError
-from .jsonfile import parse_json, read_text
-from .metrics import wilson_interval
-from .resultsmodel import LabelCheck, OutputMap
+from .contract.jsonfile import parse_json, read_text
+from .contract.figures import wilson_interval
+from .contract.model import LabelCheck, OutputMap
 
 MAX_LABELS_BYTES = MAX_CLASSES * 256  # one name a line, up to 256 bytes each for the most classes allowed
 

@@ -12,17 +12,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import platform
 import re
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Protocol, Sequence
 
+import numpy as np
 import torch
 
 from . import distributed
 from .errors import ConfigError
-from .outputs import (AUDIT_FILES, OutputError, RunFiles, folder_lock, out_dir_guard, output_error, recover_commit,
-                      refuse_foreign_files, with_reports)
+from .outputs import AUDIT_FILES, RunFiles, folder_lock, recover_commit, refuse_foreign_files, with_reports
+from .contract.files import OutputError, out_dir_guard, output_error
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,27 @@ def output_folder(path: Path | str, writes: Sequence[str] = with_reports(AUDIT_F
 def created_now() -> str:
     """The time stamp every record of a run carries: UTC, seconds, ISO 8601."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def environment(device: Any) -> dict[str, Any]:
+    """Versions and device the numbers came from (results.json and repair.json ``environment``)."""
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if str(device).startswith("cuda") else platform.processor() or "cpu",
+        "argv": sys.argv,
+    }
+    for mod in ("torchvision", "timm", "onnx", "onnxruntime", "onnx2torch"):
+        try:
+            env[mod] = __import__(mod).__version__
+        except Exception:  # optional at run time
+            env[mod] = None
+    return env
 
 
 def run_stamp() -> str:

@@ -1,6 +1,6 @@
 """Output folders: probed before any work, and a run's files written as one set.
 
-:func:`prepare_out_dir` creates ``--out`` and writes and removes a probe file, so a folder
+:func:`audit.contract.files.prepare_out_dir` creates ``--out`` and writes and removes a probe file, so a folder
 that is a file, lies under a file, is read-only or full fails in a second, not after the
 compute. :class:`RunFiles` stages every file of a run in a hidden folder inside ``--out``
 (same filesystem, so renames are atomic), then moves them into place together; on any
@@ -12,7 +12,6 @@ touches a file tailaudit did not write.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -24,7 +23,8 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
-from .errors import TailAuditError
+from .contract.files import OutputError, atomic_write, output_error, write_json, write_npz
+from .contract.jsonfile import parse_json, read_text
 
 log = logging.getLogger(__name__)
 
@@ -33,91 +33,8 @@ MAX_MANIFEST_BYTES = 1 << 20  # a manifest lists a few file names; a larger one 
 _STAGING_PREFIX = ".tailaudit-staging-"
 
 
-class OutputError(TailAuditError):
-    """The output folder cannot be created or written."""
-
-
-def _reason(exc: OSError) -> str:
-    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-        return "no space left on the device"
-    if exc.errno == errno.EROFS:
-        return "the filesystem is read-only"
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return "permission denied"
-    if exc.errno == errno.ENOTDIR:
-        return "a part of the path is a file, not a folder"
-    if exc.errno == errno.EEXIST:
-        return "a file of that name exists"
-    return exc.strerror or type(exc).__name__
-
-
-def output_error(exc: OSError, path: Path | str, what: str = "write") -> OutputError:
-    """One-line error for an OSError while writing outputs."""
-    return OutputError(f"cannot {what} {path}: {_reason(exc)}; free space, fix the permissions or choose "
-                       "another --out (nothing of this run was kept)")
-
-
-def check_path_length(path: Path, flag: str = "--out") -> None:
-    """OutputError (one line, the path shortened) when the file system cannot hold a path this long."""
-    longest = max((len(part.encode("utf-8", "surrogateescape")) for part in path.parts), default=0)
-    try:
-        os.stat(path)
-    except OSError as exc:
-        if exc.errno != errno.ENAMETOOLONG:
-            return
-        shown = str(path) if len(str(path)) <= 80 else str(path)[:60] + "…" + str(path)[-15:]
-        raise OutputError(f"{flag} {shown} is too long for the file system ({len(str(path))} characters, its "
-                          f"longest name {longest} bytes; file systems usually allow 255 bytes a name and 4096 a "
-                          "path): choose a shorter path") from None
-
-
-def prepare_out_dir(path: str | Path, flag: str = "--out") -> Path:
-    """Create ``path`` (and parents) and prove it is writable by writing and removing a probe file."""
-    out = Path(path).expanduser()
-    check_path_length(out, flag)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{flag} {out} is an existing file, not a folder; choose a folder path")
-    for parent in out.parents:
-        if parent.exists() and not parent.is_dir():
-            raise OutputError(f"{flag} {out} lies under {parent}, which is a file; choose a folder path")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create {flag} folder {out}: {_reason(exc)}; choose another {flag}") from None
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".tailaudit-probe-", dir=out)
-        try:
-            os.write(fd, b"probe")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            os.unlink(probe)
-    except OSError as exc:
-        raise OutputError(f"cannot write into {flag} folder {out}: {_reason(exc)}; choose another {flag}") from None
-    return out
-
-
-@contextlib.contextmanager
-def out_dir_guard(path: str | Path, flag: str = "--out") -> Iterator[Path]:
-    """:func:`prepare_out_dir`, and on an exception remove the folders it created if they are still empty."""
-    out = Path(path).expanduser()
-    check_path_length(out, flag)
-    missing = [d for d in [out, *out.parents] if not d.exists()]
-    try:
-        yield prepare_out_dir(out, flag)
-    except BaseException:
-        for d in missing:  # deepest first
-            try:
-                d.rmdir()
-            except OSError:
-                break
-        raise
-
-
 def read_manifest(out_dir: Path) -> list[str]:
     """Files an earlier run recorded as its own (relative names); [] when none or unreadable."""
-    from .jsonfile import parse_json, read_text
-
     try:
         data = parse_json(read_text(Path(out_dir) / MANIFEST, max_bytes=MAX_MANIFEST_BYTES))
         files = data.get("files", []) if isinstance(data, dict) else []
@@ -206,8 +123,6 @@ def _write_journal(out: Path, entry: dict[str, Any]) -> None:
 
 def _read_journal(out: Path) -> Optional[tuple[Path, list[str], list[str]]]:
     """(staging folder, new names, old names) of an unfinished switch, or None (none, or not one tailaudit wrote)."""
-    from .jsonfile import parse_json, read_text
-
     try:
         entry = parse_json(read_text(out / JOURNAL, max_bytes=MAX_MANIFEST_BYTES))
         stage = out / str(entry["staging"])
@@ -308,13 +223,9 @@ class RunFiles:
                  check: Optional[Callable[[Any], None]] = None, max_bytes: Optional[int] = None) -> Path:
         """``data`` as JSON; ``check`` sees the parsed text first, ``max_bytes`` is its reader's limit (a refusal
         stages nothing)."""
-        from .results import write_json
-
         return self.add(name, lambda p: write_json(p, data, indent=indent, check=check, max_bytes=max_bytes))
 
     def add_npz(self, name: str, **arrays: Any) -> Path:
-        from .results import write_npz
-
         return self.add(name, lambda p: write_npz(p, **arrays))
 
     def adopt(self, name: str) -> None:
@@ -536,8 +447,6 @@ def keep_previous_run(out: Path, names: Sequence[str], *, resume: bool) -> Itera
     run to protect they stay in place). With ``resume``, a partial run is continued in place of the finished
     one; without a partial run, ``resume`` continues the files in ``out`` as they are. ``names`` are claimed in
     the folder's manifest first, so the run's own unfinished files are never taken for someone else's."""
-    from .results import _atomic
-
     recover_killed_run(out, names)
     manifest = out / MANIFEST
     saved = manifest.read_bytes() if manifest.is_file() else None  # put back byte for byte on failure
@@ -557,7 +466,7 @@ def keep_previous_run(out: Path, names: Sequence[str], *, resume: bool) -> Itera
     except BaseException:
         if not (out / PREVIOUS).is_dir() and _present(out, names):
             if _stamp(out, names) == untouched and saved is not None:  # refused before writing: no trace either
-                _atomic(manifest, lambda fh: fh.write(saved))
+                atomic_write(manifest, lambda fh: fh.write(saved))
             raise  # nothing finished was moved aside: the partial run stays in place (claimed) for --resume
         try:
             with _signals_deferred():  # a second Ctrl-C waits until the finished run is back
@@ -566,7 +475,7 @@ def keep_previous_run(out: Path, names: Sequence[str], *, resume: bool) -> Itera
             if saved is None:  # a refusal before anything was written leaves no trace
                 manifest.unlink(missing_ok=True)
             else:
-                _atomic(manifest, lambda fh: fh.write(saved))
+                atomic_write(manifest, lambda fh: fh.write(saved))
         except OSError as exc:  # best effort: say where the files are
             log.warning("could not put the earlier run in %s back (%s); its files are in %s", out, exc, out / PREVIOUS)
         raise
@@ -586,8 +495,6 @@ def _stamp(out: Path, names: Sequence[str]) -> list[tuple[str, int, int]]:
 def claim(out: Path, names: Sequence[str]) -> None:
     """Record ``names`` in the folder's manifest before the run writes them in place (a checkpoint, a before-audit),
     so a later run knows them as tailaudit's even when this one never finishes."""
-    from .results import write_json
-
     current = read_manifest(out)
     missing = [n for n in names if n not in current and _is_plain_name(n)]
     if not missing:

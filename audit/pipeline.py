@@ -30,10 +30,10 @@ from .lifecycle import Renderer, check_ranks_agree, default_out_dir, output_fold
 from .outputs import AUDIT_FILES, RunFiles, with_reports
 from .precheck import stop_if_ungradable
 from .bounds import MAX_JSON_BYTES
-from .results import DENSE_CLASSES_MAX, compact_confusions, null_infinities, write_text
-from .resultsmodel import AuditResults, CurvePoint
-from .schema import check_written, read_results
-from .typedjson import from_json
+from .contract.files import DENSE_CLASSES_MAX, compact_confusions, null_infinities, write_text
+from .contract.model import AuditResults, CurvePoint
+from .contract.schema import check_written, read_results
+from .contract.codec import from_json
 from .verdict import compute_verdict
 from .assemble import build_results
 from .corruptions.run import attach_corruptions, prepare_points, run_phase
@@ -255,7 +255,7 @@ def _document(results: AuditResults) -> tuple[AuditResults, dict[str, Any]]:
     """The results.json document, made once. A figure that overflowed is stored as null with a warning, never a
     crash (JSON has no infinity), and the typed results returned say the same as the file."""
     document = results.to_json()
-    compact_confusions(document)  # more than DENSE_CLASSES_MAX classes: sparse matrices (audit/results.py)
+    compact_confusions(document)  # more than DENSE_CLASSES_MAX classes: sparse matrices (audit/contract/files.py)
     overflowed = null_infinities(document)
     if not overflowed:
         return results, document

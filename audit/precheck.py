@@ -25,7 +25,7 @@ from .records import PointRecords
 from .errors import UngradableModel
 from .inputs import input_info
 from .labels import check_label_order, clean_confusion
-from .metrics import wilson_interval
+from .contract.figures import wilson_interval
 from .models import LoadedModel
 from .models.wrapper import PixelClassifier
 from .verdict import clean_problems, input_reasons

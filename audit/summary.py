@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .resultsmodel import AuditResults, Calibration, CalibrationBlock
+from .contract.model import AuditResults, Calibration, CalibrationBlock
 from .textsafe import inline_safe
-from .verdict import counts_are_sampled, headline_interval, interval_text, ranking_sentences, repair_command, weakest_with_intervals
+from .contract.figures import counts_are_sampled, headline_interval, interval_text, ranking_sentences, repair_command
+from .verdict import weakest_with_intervals
 
 
 def _pct(v: Any) -> str:

@@ -3,23 +3,23 @@
 Codes, in order: ``robust``, ``partly-robust``, ``weakly-robust``, ``not-robust`` (bands on
 the share of correct answers that survive the attacks) and ``not-meaningful`` (the model does
 not work on this data, so no robustness grade is given). The terminal summary, the reports and
-``summary.md`` all read ``results.verdict`` (:class:`audit.resultsmodel.Verdict`); the rules are explained in docs/method.md
-("Verdict").
+``summary.md`` all read ``results.verdict`` (:class:`audit.contract.model.Verdict`); the rules are explained in
+docs/method.md ("Verdict"). How stored figures are read (intervals, rankings) is audit/contract/figures.py, which the
+reports share; :func:`grade_on_load` grades a file written before verdicts were stored.
 """
 from __future__ import annotations
 
-import os
-import shlex
-from typing import Any, Optional, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional, Sequence
 
 from .calibration import rare_confidently_wrong
-from .inputs import MAX_RESIZE
-from .metrics import wilson_interval
-from .resultsmodel import LABELS, AuditResults, ClassResult, InputFit, LabelCheck, Verdict
-
-Interval = tuple[float, float]
-SEPARATE_MAX_N = 5000  # the largest --n-per-class the sample-size sentence suggests; beyond: "too close to rank"
-NAMED_MAX = 5  # class names a grouping sentence lists before "and N more"
+from .contract.figures import (MAX_RESIZE, class_interval, corruption_findings, counts_are_sampled, headline_interval,
+                               indistinct_weakest, interval_text, is_upper_bound, listed, pct_text, quoted_names,
+                               ranked_classes, wilson_interval)
+from .contract.model import LABELS, AuditResults, ClassResult, InputFit, LabelCheck, Verdict
+from .contract.schema import load_results, needs_grading
+from .version import __version__
 
 # (lowest share of clean-correct answers that survive, code): worst-case robust / clean accuracy
 BANDS: tuple[tuple[float, str], ...] = ((0.8, "robust"), (0.5, "partly-robust"), (0.2, "weakly-robust"),
@@ -42,10 +42,6 @@ def band(robust: float, clean: float) -> str:
         if survive >= threshold:
             return code
     return BANDS[-1][1]
-
-
-def _pct(v: Optional[float]) -> str:
-    return "n/a" if v is None else f"{100 * v:.1f}%"
 
 
 def prediction_collapse(matrix: Sequence[Sequence[int]], names: Optional[Sequence[str]] = None) -> Optional[str]:
@@ -105,15 +101,15 @@ def clean_problems(k: int, n: int, confusion: Optional[Sequence[Sequence[int]]],
     chance = 1.0 / C
     floor = chance + CHANCE_MARGIN * (1 - chance)
     if lo <= floor:
-        out.append(f"clean accuracy {_pct(k / n)} is not clearly above chance ({_pct(chance)} for {C} classes; "
-                   f"its 95% interval starts at {_pct(lo)}, at or below {_pct(floor)})")
+        out.append(f"clean accuracy {pct_text(k / n)} is not clearly above chance ({pct_text(chance)} for {C} classes; "
+                   f"its 95% interval starts at {pct_text(lo)}, at or below {pct_text(floor)})")
     if confusion:
         collapsed = prediction_collapse(confusion, names)
         if collapsed:
             out.append(f"the predictions collapse: {collapsed}")
     if label_check is not None and label_check.suspected:  # the most likely cause goes first
-        out.insert(0, f"the label order looks permuted: clean accuracy is {_pct(label_check.accuracy_now)}, but "
-                   f"{_pct(label_check.accuracy_mapped)} once the model's outputs are re-mapped to other classes")
+        out.insert(0, f"the label order looks permuted: clean accuracy is {pct_text(label_check.accuracy_now)}, but "
+                   f"{pct_text(label_check.accuracy_mapped)} once the model's outputs are re-mapped to other classes")
     return out
 
 
@@ -132,154 +128,12 @@ def input_reasons(inp: Optional[InputFit]) -> list[str]:
     return out
 
 
-def repair_command(results: AuditResults) -> str:
-    """The repair command for this audit, paths relative to the folder the audit ran in when they lie inside it."""
-    if str(results.model.format) == "torch":  # a module from Python: the API, not the command line
-        return "tailaudit.run_repair(RepairConfig(audit=<this audit's AuditConfig>)) (docs/python_api.md)"
-    cfg = results.config or {}
-    parts = ["python", "cli.py", "repair", _relative(results.model.spec), "--dataset", str(results.dataset.name)]
-    for key in ("checkpoint", "labels", "mean", "std", "input_size"):
-        if cfg.get(key) is not None:
-            val = cfg[key]
-            val = ",".join(f"{v:g}" for v in val) if isinstance(val, (list, tuple)) else _relative(val)
-            parts += [f"--{key.replace('_', '-')}", val]
-    if cfg.get("data_root"):
-        parts += ["--data-root", _relative(cfg["data_root"])]
-    tm = results.threat_model
-    if tm.norm and tm.norm != "linf":
-        parts += ["--norm", str(tm.norm)]
-    if tm.eps_text:
-        parts += ["--eps", str(tm.eps_text)]
-    return " ".join(shlex.quote(p) for p in parts)
-
-
-def _relative(value: object) -> str:
-    """A path as given, relative to the working folder when it lies inside it (commands stay short and portable)."""
-    text = str(value)
-    if not os.path.isabs(text):
-        return text
-    try:
-        rel = os.path.relpath(text)
-    except ValueError:  # another drive (Windows)
-        return text
-    return text if rel.startswith("..") else rel
-
-
 def _weakest(results: AuditResults, k: int, group: Optional[str] = None) -> list[ClassResult]:
     rows = [r for r in results.per_class if r.worst_case is not None and (group is None or r.group == group)]
     return sorted(rows, key=lambda r: (r.worst_case, r.index))[:k]
 
 
-def _names(rows: Sequence[ClassResult]) -> str:
-    quoted = [f"“{r.name}”" for r in rows]
-    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
-
-
 # -- uncertainty where the claim is made (every page and line that ranks classes reads these) ------------------
-
-def headline_interval(results: AuditResults) -> Optional[Interval]:
-    """Wilson 95% interval of the headline worst-case robust accuracy over the evaluated points (None without)."""
-    n = int(results.dataset.n_eval or 0)
-    value = results.summary.worst_case.headline
-    if not n or value is None:
-        return None
-    return wilson_interval(round(value * n), n)
-
-
-def interval_text(ci: Optional[Sequence[float]]) -> str:
-    """'95% interval 65.2–73.3%' ('' without an interval)."""
-    if not ci or len(ci) != 2 or ci[0] is None or ci[1] is None:
-        return ""
-    return f"95% interval {100 * ci[0]:.1f}–{100 * ci[1]:.1f}%"
-
-
-def class_interval(row: ClassResult) -> Interval:
-    """A class's worst-case robust accuracy interval: as stored, else from its count of test points."""
-    ci = (row.robust_ci95 or {}).get("worst_case")
-    if ci and len(ci) == 2:
-        return float(ci[0]), float(ci[1])
-    return wilson_interval(round((row.worst_case or 0.0) * row.n_eval), row.n_eval)
-
-
-def _overlap(a: Interval, b: Interval) -> bool:
-    return a[0] <= b[1] and b[0] <= a[1]
-
-
-def counts_are_sampled(results: AuditResults) -> bool:
-    """True when the training counts are tailaudit's own long-tailed sampling profile, not counts measured for this
-    model (no --class-counts): no page may then state a count as the model's."""
-    d = results.dataset
-    return d.imbalance is not None and not d.balanced
-
-
-def ranked_classes(results: AuditResults) -> list[ClassResult]:
-    """Every class with a worst-case figure, least robust first (lower index first on ties)."""
-    rows = [r for r in results.per_class if r.worst_case is not None]
-    return sorted(rows, key=lambda r: (r.worst_case, r.index))
-
-
-def indistinct_weakest(results: AuditResults) -> list[ClassResult]:
-    """The weakest class and every class whose 95% interval overlaps its interval: the classes the test points
-    cannot rank against the weakest one (a single row when the weakest stands apart)."""
-    rows = ranked_classes(results)
-    if not rows:
-        return []
-    ci = class_interval(rows[0])
-    return [rows[0]] + [r for r in rows[1:] if _overlap(ci, class_interval(r))]
-
-
-def points_to_separate(p1: float, p2: float, *, start: int = 1, limit: int = SEPARATE_MAX_N) -> Optional[int]:
-    """The smallest test points per class (from ``start``) at which rates ``p1`` < ``p2`` get 95% Wilson intervals
-    that do not overlap, if the rates held; None when no count up to ``limit`` does (or the rates are equal)."""
-    if p2 <= p1:
-        return None
-    for n in range(max(1, start), limit + 1):
-        if wilson_interval(round(p1 * n), n)[1] < wilson_interval(round(p2 * n), n)[0]:
-            return n
-    return None
-
-
-def _listed(rows: Sequence[ClassResult]) -> str:
-    shown = list(rows[:NAMED_MAX])
-    more = len(rows) - len(shown)
-    if more:
-        return ", ".join(f"“{r.name}”" for r in shown) + f" and {more} more"
-    return _names(shown)
-
-
-def _per_class_n(rows: Sequence[ClassResult]) -> str:
-    ns = sorted({int(r.n_eval) for r in rows})
-    return f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
-
-
-def ranking_sentences(results: AuditResults) -> list[str]:
-    """When the weakest classes cannot be told apart: which ones, at how many test images per class, and the
-    --n-per-class that would separate the two weakest if their rates held. Empty when the weakest stands apart."""
-    group = indistinct_weakest(results)
-    if len(group) < 2:
-        return []
-    lo = min(class_interval(r)[0] for r in group)
-    hi = max(class_interval(r)[1] for r in group)
-    out = [f"{_listed(group)} cannot be told apart at {_per_class_n(group)} test images per class: their 95% "
-           f"intervals overlap ({100 * lo:.1f}–{100 * hi:.1f}%)."]
-    first = group[0]
-    tied = [r for r in group if r.worst_case == first.worst_case]
-    second = next((r for r in group[1:] if r.worst_case > first.worst_case), None)
-    if len(tied) > 1:
-        out.append(f"{_listed(tied)} all measured {_pct(first.worst_case)}: no sample size would rank them on this "
-                   "evidence.")
-    if second is None:
-        return out
-    n_now = max(int(first.n_eval), int(second.n_eval))
-    need = points_to_separate(first.worst_case, second.worst_case, start=n_now + 1)
-    lead = f"“{first.name}”" if len(tied) == 1 else "them"
-    pair = f"{lead} ({_pct(first.worst_case)}) from “{second.name}” ({_pct(second.worst_case)})"
-    if need is None:
-        out.append(f"Telling {pair} apart would need more than {SEPARATE_MAX_N:,} test images per class: treat "
-                   "them as equally weak.")
-    else:
-        out.append(f"Telling {pair} apart would take about --n-per-class {need:,}, if these rates hold.")
-    return out
 
 
 def _weakest_words(results: AuditResults) -> tuple[str, str]:
@@ -288,19 +142,19 @@ def _weakest_words(results: AuditResults) -> tuple[str, str]:
     group = indistinct_weakest(results)
     first = group[0]
     if len(group) == 1:
-        return (f"class “{first.name}” keeps only {_pct(first.worst_case)}",
-                f"the weakest class “{first.name}” keeps {_pct(first.worst_case)} robust accuracy "
+        return (f"class “{first.name}” keeps only {pct_text(first.worst_case)}",
+                f"the weakest class “{first.name}” keeps {pct_text(first.worst_case)} robust accuracy "
                 f"({interval_text(class_interval(first))})")
     last = group[-1].worst_case
-    rates = _pct(first.worst_case) if last == first.worst_case else f"{_pct(first.worst_case)}–{_pct(last)}"
-    return (f"the weakest classes {_listed(group)} keep only {rates}",
-            f"the weakest classes {_listed(group)} keep {rates} robust accuracy (their 95% intervals overlap: the "
+    rates = pct_text(first.worst_case) if last == first.worst_case else f"{pct_text(first.worst_case)}–{pct_text(last)}"
+    return (f"the weakest classes {listed(group)} keep only {rates}",
+            f"the weakest classes {listed(group)} keep {rates} robust accuracy (their 95% intervals overlap: the "
             "test points cannot rank them)")
 
 
 def weakest_with_intervals(results: AuditResults, k: int = 3) -> str:
     """'“8” 6.0% (95% interval 2.1–16.2%), …': the ``k`` least robust classes with their intervals."""
-    return ", ".join(f"“{r.name}” {_pct(r.worst_case)} ({interval_text(class_interval(r))})"
+    return ", ".join(f"“{r.name}” {pct_text(r.worst_case)} ({interval_text(class_interval(r))})"
                      for r in ranked_classes(results)[:k])
 
 
@@ -322,8 +176,8 @@ def compute_verdict(results: AuditResults) -> Verdict:
     survive = robust / clean if clean else 0.0
     base = band(robust, clean)
     at_most = "at most " if upper else ""
-    reasons = [f"worst-case robust accuracy {at_most}{_pct(robust)} keeps {at_most}{survive:.0%} of the clean accuracy "
-               f"{_pct(clean)}; the share kept sets the grade (80% or more: robust, 50-80%: partly, 20-50%: weakly, "
+    reasons = [f"worst-case robust accuracy {at_most}{pct_text(robust)} keeps {at_most}{survive:.0%} of the clean accuracy "
+               f"{pct_text(clean)}; the share kept sets the grade (80% or more: robust, 50-80%: partly, 20-50%: weakly, "
                "below 20%: not robust)"]
     if upper:
         reasons.insert(0, black_box_sentence(results))
@@ -336,7 +190,7 @@ def compute_verdict(results: AuditResults) -> Verdict:
     why = []  # what singles out the weak classes, in the headline's words
     if rare_weak:
         qualifier = "rare classes"
-        why.append(f"{rare} are much weaker (tail {_pct(wc.group('tail'))} vs head {_pct(wc.group('head'))})")
+        why.append(f"{rare} are much weaker (tail {pct_text(wc.group('tail'))} vs head {pct_text(wc.group('head'))})")
         reasons.append(f"robust accuracy on the tail (rarest) classes is {100 * gap:.1f} points below the head "
                        f"classes (15 points or more singles them out)")
     if uneven:
@@ -344,7 +198,7 @@ def compute_verdict(results: AuditResults) -> Verdict:
         head_words, reason_words = _weakest_words(results)
         if not rare_weak:
             why.append(head_words)
-        reasons.append(f"{reason_words}, below half the balanced robust accuracy {_pct(wc.mean)}")
+        reasons.append(f"{reason_words}, below half the balanced robust accuracy {pct_text(wc.mean)}")
     if qualifier and base in ("robust", "partly-robust"):
         code = {"robust": "partly-robust", "partly-robust": "weakly-robust"}[base]
         reasons[1 if upper else 0] += f"; one step lower here because {why[0]}"
@@ -357,8 +211,8 @@ def compute_verdict(results: AuditResults) -> Verdict:
     ci = interval_text(headline_interval(results))
     label = f"At most {LABELS[code].lower()}" if upper else LABELS[code]
     attack = "a score-based attack (black-box, an upper bound)" if upper else "attack"
-    headline = (f"{label}: {at_most}{_pct(robust)}{f' ({ci})' if ci else ''} of the test images stay correct under "
-                f"{attack} ({threat}), against {_pct(clean)} without attack, so it keeps {at_most}{survive:.0%} of its "
+    headline = (f"{label}: {at_most}{pct_text(robust)}{f' ({ci})' if ci else ''} of the test images stay correct under "
+                f"{attack} ({threat}), against {pct_text(clean)} without attack, so it keeps {at_most}{survive:.0%} of its "
                 f"correct answers{tail}.")
     reasons += extra
     actions = _actions(results, code, rare_weak=rare_weak, uneven=bool(uneven), extra=bool(extra), upper=upper)
@@ -398,26 +252,21 @@ def _actions(results: AuditResults, code: str, *, rare_weak: bool, uneven: bool,
     if rare_weak:
         rows = _weakest(results, 2, "tail")
         if rows and sampled:
-            actions.append(f"Check how many training images {_names(rows)} really had (give the counts with "
+            actions.append(f"Check how many training images {quoted_names(rows)} really had (give the counts with "
                            "--class-counts FILE): the groups here follow tailaudit's sampling profile, not the model's "
                            "training data")
         elif rows:
-            actions.append(f"Collect more training images for {_names(rows)} (rare classes with the lowest robust "
+            actions.append(f"Collect more training images for {quoted_names(rows)} (rare classes with the lowest robust "
                            "accuracy)")
     elif uneven:
         group = indistinct_weakest(results)
         rows = group if len(group) > 1 else _weakest(results, 2)
-        actions.append(f"Look at the weakest classes {_listed(rows)}: more or cleaner training data there helps most")
+        actions.append(f"Look at the weakest classes {listed(rows)}: more or cleaner training data there helps most")
     if extra:
         actions.append("Audit the model on data of the size and colour it was trained on")
     if not upper and (results.suite or "quick") in ("quick", "custom"):
         actions.append("Confirm the figures with the stronger attack suite (--suite standard) before relying on them")
     return actions
-
-
-def is_upper_bound(results: AuditResults) -> bool:
-    """True when only score-based attacks could run (black-box): robust accuracy is an upper bound."""
-    return (results.suite == "black-box") or (results.mode_label or "white-box") != "white-box"
 
 
 def black_box_sentence(results: AuditResults) -> str:
@@ -456,7 +305,7 @@ def blind_attack_reasons(results: AuditResults) -> list[str]:
                 break
     le = san.large_eps
     if le is not None and not le.passed:
-        out.append(f"at a huge radius (ε = {le.eps:.3g}) {_pct(le.robust_acc)} of the checked points stay robust; it "
+        out.append(f"at a huge radius (ε = {le.eps:.3g}) {pct_text(le.robust_acc)} of the checked points stay robust; it "
                    "must be about zero: the attacks do not work on this model")
     return out
 
@@ -464,34 +313,12 @@ def blind_attack_reasons(results: AuditResults) -> list[str]:
 def _not_graded(results: AuditResults, blind: list[str], extra: list[str]) -> Verdict:
     s = results.summary
     robust, clean = s.worst_case.headline, s.clean.headline
-    headline = (f"No robustness grade: the attacks could not work on this model ({blind[0]}). The {_pct(robust)} "
-                f"that survived them is not evidence of robustness (clean accuracy {_pct(clean)}).")
+    headline = (f"No robustness grade: the attacks could not work on this model ({blind[0]}). The {pct_text(robust)} "
+                f"that survived them is not evidence of robustness (clean accuracy {pct_text(clean)}).")
     actions = ["Audit it with the score-based attack, which needs no gradients: --suite standard (Square reruns "
                "where the gradients were blind) or --black-box",
                "If the model rounds or quantises its input, audit the model before that step as well"]
     return Verdict(code="not-graded", headline=headline, reasons=tuple(blind + extra), actions=tuple(actions))
-
-
-def corruption_findings(results: AuditResults) -> Optional[dict[str, Any]]:
-    """The corruption audit's page-1 findings (None without corruption figures): the worst corruption (lowest
-    severity-averaged accuracy), the weakest class-cell there (lowest accuracy over its severities, with the
-    cell's 95% interval and image count) and the head/tail means and losses under corruption."""
-    c = results.summary.corruptions or {}
-    per = {n: p for n, p in (c.get("per_corruption") or {}).items() if p.get("mean_accuracy") is not None}
-    if not per:
-        return None
-    worst = min(per, key=lambda n: per[n]["mean_accuracy"])
-    cells = [(cell["accuracy"], r, sev, cell) for r in results.per_class
-             for sev, cell in (((r.corruptions or {}).get(worst) or {}).items())
-             if sev != "mean" and isinstance(cell, dict) and cell.get("accuracy") is not None]
-    weakest = None
-    if cells:
-        acc, row, sev, cell = min(cells, key=lambda t: (t[0], t[1].index))
-        weakest = {"class": row.name, "severity": int(sev), "accuracy": acc, "ci95": cell.get("ci95"),
-                   "n": row.n_eval}
-    return {"mean_accuracy": c.get("mean_accuracy"), "clean_accuracy": c.get("clean_accuracy"),
-            "worst": worst, "worst_accuracy": per[worst]["mean_accuracy"], "weakest": weakest,
-            "groups": c.get("groups") or {}, "group_drop": c.get("group_drop") or {}}
 
 
 def corruption_sentences(results: AuditResults) -> list[str]:
@@ -499,12 +326,12 @@ def corruption_sentences(results: AuditResults) -> list[str]:
     f = corruption_findings(results)
     if f is None:
         return []
-    out = [f"the worst corruption is {f['worst'].replace('_', ' ')}, {_pct(f['worst_accuracy'])} accuracy averaged over "
+    out = [f"the worst corruption is {f['worst'].replace('_', ' ')}, {pct_text(f['worst_accuracy'])} accuracy averaged over "
            "its severities"]
     w = f["weakest"]
     if w is not None:
         ci = interval_text(w["ci95"])
-        out.append(f"the weakest class there is “{w['class']}” at {_pct(w['accuracy'])}{f' ({ci})' if ci else ''} at severity "
+        out.append(f"the weakest class there is “{w['class']}” at {pct_text(w['accuracy'])}{f' ({ci})' if ci else ''} at severity "
                    f"{w['severity']} ({w['n']} test images)")
     drop = f["group_drop"]
     if drop.get("head") is not None and drop.get("tail") is not None:
@@ -517,8 +344,24 @@ def _corruptions_only(results: AuditResults, extra: list[str]) -> Verdict:
     """--attacks none: no grade of attack robustness, a statement of what the corruption audit measured."""
     f = corruption_findings(results) or {}
     headline = (f"Not graded for attack robustness: this audit measured natural corruptions only (--attacks none); "
-                f"attack robustness was not measured. Accuracy is {_pct(f.get('mean_accuracy'))} under corruption "
-                f"on average against {_pct(results.summary.clean.headline)} clean.")
+                f"attack robustness was not measured. Accuracy is {pct_text(f.get('mean_accuracy'))} under corruption "
+                f"on average against {pct_text(results.summary.clean.headline)} clean.")
     actions = ["Run the attack audit (drop --attacks none, e.g. --suite standard) for an attack-robustness grade"]
     return Verdict(code="not-graded", headline=headline, reasons=tuple(corruption_sentences(results) + extra),
                    actions=tuple(actions))
+
+
+def grade_on_load(results: AuditResults) -> AuditResults:
+    """``results`` with the verdict these rules give its stored figures when the file lacks one they stand by
+    (:func:`audit.contract.schema.needs_grading`: written before verdicts were stored, or a black-box grade from
+    before grades said "at most"); ``verdict.computed_on_load`` names this version, and reports say so. Results
+    that need nothing are returned as they are; the caller's object is never changed."""
+    if not needs_grading(results):
+        return results
+    return replace(results, verdict=replace(compute_verdict(results), computed_on_load=__version__))
+
+
+def load_graded(path: str | Path) -> AuditResults:
+    """A results.json read, checked and migrated by the contract (:func:`audit.contract.schema.load_results`), then
+    graded if it predates stored verdicts: how the audit side, the repair and the API read a results file."""
+    return grade_on_load(load_results(path))

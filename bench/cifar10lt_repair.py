@@ -40,7 +40,7 @@ from _common import CACHE, cifar10_root
 from audit.config import AuditConfig
 from audit.data import load_dataset
 from audit.lifecycle import resolve_device
-from audit.resultsmodel import AuditResults
+from audit.contract.model import AuditResults
 from tailaudit import RepairConfig, run_repair
 from reat_finetune.train import augment
 

@@ -316,7 +316,7 @@ def wilson(k: float, n: int) -> Optional[list[float]]:
 
 def figures(results: Path) -> dict:
     """Clean, worst case and tail worst case (pooled, with Wilson intervals) from an audit's results.json."""
-    from audit.schema import load_results
+    from audit.contract.schema import load_results
 
     res = load_results(results)
     out: dict = {}

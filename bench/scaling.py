@@ -29,7 +29,7 @@ from pathlib import Path
 
 from _common import ROOT, cifar10_root
 
-from audit.schema import load_results
+from audit.contract.schema import load_results
 
 MEAN, STD = "0.4914,0.4822,0.4465", "0.2471,0.2435,0.2616"
 

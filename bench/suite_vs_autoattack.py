@@ -62,7 +62,7 @@ class AutoAttackCache:
     def put(self, key: str, value: dict) -> None:
         if not self.path:
             return
-        from audit.results import write_json  # the project's atomic JSON writer
+        from audit.contract.files import write_json  # the project's atomic JSON writer
 
         self.data[key] = value
         write_json(Path(self.path), self.data, indent=1)

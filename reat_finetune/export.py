@@ -30,7 +30,7 @@ import torch
 
 from audit.errors import TailAuditError
 from audit.models import LoadedModel, PixelClassifier
-from audit.results import _atomic
+from audit.contract.files import atomic_write
 
 from .errors import RepairError
 
@@ -402,7 +402,7 @@ def export_timm(loaded: LoadedModel, out_dir: Path, probe: torch.Tensor, *, tol:
     tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     blob = save(tensors, metadata={"arch": str(loaded.arch), "producer": "tailaudit repair"})
     final = out_dir / SAFETENSORS_NAME
-    _atomic(final, lambda fh: fh.write(blob))
+    atomic_write(final, lambda fh: fh.write(blob))
     pre = loaded.preprocessing
     again = load_timm(str(loaded.arch), final, num_classes=loaded.num_classes, mean=pre.mean, std=pre.std,
                       input_size=pre.input_size[1], device=device)
@@ -425,7 +425,7 @@ def export_module(loaded: LoadedModel, out_dir: Path, probe: torch.Tensor, *, to
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
     blob = save(tensors, metadata={"module": str(loaded.arch), "producer": "tailaudit repair"})
     final = out_dir / SAFETENSORS_NAME
-    _atomic(final, lambda fh: fh.write(blob))
+    atomic_write(final, lambda fh: fh.write(blob))
     again = copy.deepcopy(net).cpu()
     again.load_state_dict(load(final.read_bytes()))
     again.eval()
@@ -491,7 +491,7 @@ def keep_input(loaded: LoadedModel, out_dir: Path) -> Optional[ExportResult]:
     if loaded.format != "onnx" or loaded.path is None:
         return None
     final = out_dir / ONNX_NAME
-    _atomic(final, lambda fh: fh.write(Path(loaded.path).read_bytes()))  # type: ignore[arg-type]
+    atomic_write(final, lambda fh: fh.write(Path(loaded.path).read_bytes()))  # type: ignore[arg-type]
     log.info("wrote %s: the input model, unchanged", final)
     return ExportResult(final, "onnx", str(final), None, {"identical_to_input": True})
 

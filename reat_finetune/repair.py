@@ -26,12 +26,13 @@ from audit.data import LTDataset, class_groups
 from audit.models import final_linear_of
 from audit.engine import adapt_images
 from audit.lifecycle import Renderer, check_ranks_agree, created_now, default_out_dir, output_folder, render_into, start
-from audit.outputs import RunFiles, keep_previous_run, output_error, with_reports
+from audit.outputs import RunFiles, keep_previous_run, with_reports
+from audit.contract.files import output_error
 from audit.pipeline import prepare, run_audit
 from audit.errors import ResultsError
-from audit.results import environment
-from audit.schema import load_results
-from audit.resultsmodel import AuditResults
+from audit.lifecycle import environment
+from audit.contract.model import AuditResults
+from audit.verdict import load_graded
 
 from .checkpoint import CHECKPOINT_NAME, check_fingerprint, fingerprint, is_disk_full, labels_digest, load_checkpoint
 from .config import RepairConfig
@@ -108,7 +109,7 @@ def _reusable_before(path: Path, audit: AuditConfig) -> Optional[AuditResults]:
     if not path.is_file():
         return None
     try:
-        res = load_results(path)  # bounded, schema-checked: a damaged file is audited again, never trusted
+        res = load_graded(path)  # bounded, schema-checked: a damaged file is audited again, never trusted
     except ResultsError as exc:
         log.warning("not reusing the before-audit: %s", exc)
         return None

@@ -34,7 +34,7 @@ from audit.attacks.base import Attack
 from audit.values import AttackSpec
 from audit.distributed import launched, launcher_rank
 from audit.engine import Evaluator, adapt_images
-from audit.results import write_json
+from audit.contract.files import write_json
 from audit.labels import clean_confusion
 from audit.metrics import per_class_accuracy
 from audit.verdict import prediction_collapse

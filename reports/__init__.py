@@ -3,9 +3,13 @@
 Public API (used by ``cli.py audit``, ``cli.py report`` and the repair command)::
 
     render_report(results, out_dir, formats=("html", "pdf"), compare=None, training_log=None, repair=None,
-                  basename="report")
+                  basename="report", grade=None)
     load_results(path)
     check_comparable(before, after)
+
+Reports depend on the torch-free results contract (``audit.contract``) alone. A file written before verdicts
+were stored is graded by ``grade`` (``audit.verdict.grade_on_load``), which the application layer hands in
+(``tailaudit.api.report_renderer``).
 """
 from __future__ import annotations
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from audit.verdict import ranking_sentences, repair_command
-from audit.resultsmodel import AttackEntry, AuditResults, ClassResult, Flow, Parity, ThreatModel, Timings, Tool
+from audit.contract.figures import ranking_sentences, repair_command
+from audit.contract.model import AttackEntry, AuditResults, ClassResult, Flow, Parity, ThreatModel, Timings, Tool
 
 from . import calibration_view, charts, corruption_view
 from .examples import build_examples

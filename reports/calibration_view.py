@@ -12,8 +12,8 @@ from typing import Any, Sequence
 import numpy as np
 from markupsafe import Markup
 
-from audit.resultsmodel import (AuditResults, Calibration, CalibrationBlock, CalibrationSummaryBlock, ClassCalibrationBlock,
-                                Rate, Reliability)
+from audit.contract.model import (AuditResults, Calibration, CalibrationBlock, CalibrationSummaryBlock,
+                                  ClassCalibrationBlock, Rate, Reliability)
 
 from .charts import FULL_WIDTH, group_colour, short
 from .fmt import interval, num, pct, points

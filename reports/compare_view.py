@@ -6,7 +6,7 @@ from typing import Any, Mapping, Sequence
 
 from markupsafe import Markup
 
-from audit.resultsmodel import AuditResults, ClassResult
+from audit.contract.model import AuditResults, ClassResult
 
 from . import calibration_view, charts, corruption_view
 from .audit_view import LARGE, TOP, attack_columns, confusion, group_names, method, run_headline, strip_counts

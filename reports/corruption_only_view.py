@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from audit.resultsmodel import AuditResults
-from audit.verdict import corruption_findings
+from audit.contract.model import AuditResults
+from audit.contract.figures import corruption_findings
 
 from . import corruption_view
 from .audit_view import _data_sentence, _evaluation_rows, _kv, _model_rows, model_title

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from audit.resultsmodel import AuditResults
+from audit.contract.model import AuditResults
 
 from . import charts
 from .fmt import pct, points

@@ -14,7 +14,7 @@ from PIL import Image
 
 from audit.bounds import MAX_EXAMPLES_BYTES
 from audit.errors import ResultsError
-from audit.resultsmodel import AuditResults
+from audit.contract.model import AuditResults
 
 from .fmt import short_name
 from .load import resolve_inside

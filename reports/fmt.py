@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 from markupsafe import Markup, escape
 
-from audit.resultsmodel import AttackEntry, ThreatModel
+from audit.contract.model import AttackEntry, ThreatModel
 
 NORMS = {"linf": "L∞", "l2": "L2", "l1": "L1"}
 NOWRAP_MAX = 40  # longer hyphenated words (paths) may still wrap: they would overflow the box

@@ -4,18 +4,21 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 from audit.errors import ResultsError
-from audit.resultsmodel import AttackEntry, AuditResults, ThreatModel
-from audit.schema import load_results, read_results
-from audit.typedjson import to_json
+from audit.contract.model import AttackEntry, AuditResults, ThreatModel
+from audit.contract.schema import load_results, needs_grading, read_results
+from audit.contract.codec import to_json
 
 LOG = logging.getLogger(__name__)
 
 __all__ = ["check_comparable", "coerce_results", "load_results", "resolve_inside"]
 
 Results = AuditResults | Mapping[str, Any]  # typed results, or a parsed results.json (checked, then migrated)
+# fills the verdict of a file written before verdicts were stored: the verdict rules live on the audit side
+# (audit.verdict.grade_on_load), so the application layer hands them in, as the engines are handed the renderer
+Grader = Callable[[AuditResults], AuditResults]
 
 
 def typed_results(results: Results, what: str | None = None) -> AuditResults:
@@ -24,16 +27,31 @@ def typed_results(results: Results, what: str | None = None) -> AuditResults:
     return results if isinstance(results, AuditResults) else read_results(results, what)
 
 
-def coerce_results(results: str | Path | Results, default_dir: Path) -> tuple[AuditResults, Path]:
+def _graded(typed: AuditResults, where: str, grade: Optional[Grader]) -> AuditResults:
+    """A migrated file's results with the verdict its figures get when the file predates stored verdicts."""
+    if not needs_grading(typed):
+        return typed
+    if grade is None:
+        raise ResultsError(f"{where} was written before verdicts were stored and must be graded when read: render "
+                           "it with `cli.py report` or tailaudit.render, which grade it")
+    return grade(typed)
+
+
+def coerce_results(results: str | Path | Results, default_dir: Path,
+                   grade: Optional[Grader] = None) -> tuple[AuditResults, Path]:
     """Return (typed results, folder its side files live in) for a path, typed results or a parsed results.json.
 
     Results in memory have no folder of their own: their side files are looked up in ``default_dir``
-    (the output folder).
+    (the output folder). A file or parsed document that predates stored verdicts is graded by ``grade``
+    (the application layer's ``audit.verdict.grade_on_load``); without one it is refused. Typed results are
+    taken as they are.
     """
     if isinstance(results, (str, Path)):
         path = Path(results)
-        return load_results(path), path.resolve().parent
-    return typed_results(results), Path(default_dir).resolve()
+        return _graded(load_results(path), str(path), grade), path.resolve().parent
+    if isinstance(results, AuditResults):
+        return results, Path(default_dir).resolve()
+    return _graded(typed_results(results), "the results", grade), Path(default_dir).resolve()
 
 
 _NOT_SETTINGS = ("name", "display_name")

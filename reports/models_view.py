@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from audit.metrics import wilson_interval
-from audit.verdict import class_interval, headline_interval, interval_text
-from audit.resultsmodel import AuditResults, Calibration
+from audit.contract.figures import wilson_interval
+from audit.contract.figures import class_interval, headline_interval, interval_text
+from audit.contract.model import AuditResults, Calibration
 
 from . import charts
 from .audit_view import LARGE, TOP, method, run_headline, strip_counts

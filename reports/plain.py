@@ -1,17 +1,17 @@
 """Page 1 in plain words: the verdict, what it means, classes at risk, critical warnings, the gate, a glossary.
 
 The verdict is the one in ``results.verdict``, computed once by the audit (audit/verdict.py);
-files written before verdicts were stored get theirs when they are loaded (audit/schema.py,
-``migrate``). This module only lays it out.
+files written before verdicts were stored get theirs when they are loaded (``audit.verdict.grade_on_load``,
+handed to the renderer by the application layer). This module only lays it out.
 """
 from __future__ import annotations
 
 import math
 from typing import Any, Sequence
 
-from audit.inputs import MAX_RESIZE
-from audit.resultsmodel import AuditResults, Confusion, Flow, InputFit, LabelCheck, OutputMap, Sanity
-from audit.verdict import class_interval, counts_are_sampled, interval_text, is_upper_bound
+from audit.contract.figures import MAX_RESIZE
+from audit.contract.model import AuditResults, Confusion, Flow, InputFit, LabelCheck, OutputMap, Sanity
+from audit.contract.figures import class_interval, counts_are_sampled, interval_text, is_upper_bound
 
 from .fmt import attack_label, count, eps_text, pct, points, threat_text
 from .verdict import headline_figures, quote, stored_verdict, weakest
@@ -95,7 +95,7 @@ def glossary(results: AuditResults, balanced: bool) -> list[tuple[str, str]]:
 
 
 def resolve_verdict(results: AuditResults) -> dict[str, Any]:
-    """The stored :class:`~audit.resultsmodel.Verdict` laid out: code, headline, reasons, actions, meaning, ``grade``
+    """The stored :class:`~audit.contract.model.Verdict` laid out: code, headline, reasons, actions, meaning, ``grade``
     (badge text; None for not-meaningful), ``css`` and ``computed_on_load`` (the version that graded an older file)."""
     v = stored_verdict(results)
     grade, css = GRADES[v.code]

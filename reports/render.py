@@ -12,13 +12,13 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from audit.errors import ConfigError, ResultsError
-from audit.outputs import output_error, prepare_out_dir
+from audit.contract.files import output_error, prepare_out_dir
 
 from .audit_view import audit_context
 from .corruption_only_view import corruption_only_context
 from .compare_view import compare_context
 from .fmt import interval, keep_words, num, pct, points
-from .load import Results, check_comparable, coerce_results
+from .load import Grader, Results, check_comparable, coerce_results
 from .models_view import MAX_MODELS, model_names, models_context
 from .repair_view import find_repair_files
 
@@ -129,8 +129,9 @@ def render_report(
     training_log: Mapping[str, Any] | None = None,
     repair: Mapping[str, Any] | None = None,
     basename: str = "report",
+    grade: Grader | None = None,
 ) -> dict[str, Path]:
-    """Render a report from results (a results.json path, typed :class:`~audit.resultsmodel.AuditResults` or a
+    """Render a report from results (a results.json path, typed :class:`~audit.contract.model.AuditResults` or a
     parsed results.json); with ``compare`` (one or more further results), a comparison.
 
     Two results files of a repair (``repair.json`` beside their ``before/`` and ``after/`` folders, or
@@ -139,6 +140,9 @@ def render_report(
     training section. Any other set of files (different models, or more than two) makes a
     side-by-side model comparison: never "before" and "after".
 
+    A file written before verdicts were stored is graded by ``grade`` (``audit.verdict.grade_on_load``, handed
+    in by the application layer: the reports hold no verdict rules) and refused without it.
+
     Files are written atomically as ``out_dir/basename.html`` and ``.pdf``; returns
     ``{"html": path, "pdf": path}`` for the formats asked for. Raises :class:`ResultsError`
     for unreadable or incomparable results, :class:`ConfigError` for an unknown format.
@@ -146,12 +150,12 @@ def render_report(
     wanted = _formats(formats)
     out = prepare_out_dir(out_dir)
     started = time.perf_counter()
-    first, first_dir = coerce_results(results, out)
+    first, first_dir = coerce_results(results, out, grade)
     sources = [_source(results)]
     others = [] if compare is None else list(compare) if isinstance(compare, (list, tuple)) else [compare]
     if len(others) + 1 > MAX_MODELS:
         raise ConfigError(f"a comparison shows at most {MAX_MODELS} models; got {len(others) + 1}")
-    loaded = [coerce_results(o, out) for o in others]
+    loaded = [coerce_results(o, out, grade) for o in others]
     if loaded and any(r.attack_free for r in [first, *(r for r, _ in loaded)]):
         raise ResultsError("a corruption-only audit (--attacks none) has no attack figures to compare; render it "
                            "on its own, or compare audits that ran attacks")

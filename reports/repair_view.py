@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from audit.schema import load_repair_file
+from audit.contract.schema import load_repair_file
 
 from .fmt import count, over_255, seconds
 from .verdict import quote
@@ -22,7 +22,7 @@ SIDE_FILES = ("training_log.json", "repair.json")
 
 def read_side_file(path: Path) -> dict[str, Any] | None:
     """A repair folder's ``training_log.json`` or ``repair.json``, checked against its schema
-    (audit/repair_files.schema.json); None when absent, :class:`ResultsError` naming the file and the
+    (audit/contract/repair_files.schema.json); None when absent, :class:`ResultsError` naming the file and the
     field when damaged (remove the file to render without it)."""
     return load_repair_file(path)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from audit.resultsmodel import AuditResults, ClassResult, Verdict
+from audit.contract.model import AuditResults, ClassResult, Verdict
 
 from .fmt import pct, points, short_name, threat_text
 
@@ -20,9 +20,9 @@ def quote(name: Any) -> str:
 
 
 def stored_verdict(results: AuditResults) -> Verdict:
-    """The run's one verdict (:func:`audit.schema.migrate` grades a file written before verdicts were stored)."""
+    """The run's one verdict (``audit.verdict.grade_on_load`` grades a file written before verdicts were stored)."""
     if results.verdict is None:
-        raise ValueError("results without a verdict: read them with audit.schema.load_results or migrate")
+        raise ValueError("results without a verdict: grade them with audit.verdict.grade_on_load")
     return results.verdict
 
 

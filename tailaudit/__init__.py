@@ -6,8 +6,8 @@
                               formats=("html",))
     print(run.results.worst_case.overall, run.out_dir)
 
-Layers (docs/architecture.md, kept by tests/test_layers.py): value types and parsing at the bottom
-(``audit.values``, ``audit.errors``, ``audit.bounds``, ``audit.results``); attacks, models and data
+Layers (docs/architecture.md, kept by tests/test_layers.py): value types and the results contract at the bottom
+(``audit.values``, ``audit.errors``, ``audit.bounds``, ``audit.contract``); attacks, models and data
 on them; the audit engine (``audit.engine``, ``audit.pipeline``); the repair engine
 (``reat_finetune``); ``reports`` reading results files only; and this package on top. ``cli.py``
 is a thin shell over it.
@@ -17,7 +17,7 @@ from __future__ import annotations
 from audit.config import AttackSpec, AuditConfig
 from audit.errors import TailAuditError
 from audit.models import LoadedModel
-from audit.resultsmodel import AuditResults
+from audit.contract.model import AuditResults
 from audit.version import __version__
 from reat_finetune.config import RepairConfig
 

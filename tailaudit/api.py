@@ -7,9 +7,10 @@ from typing import Optional, Sequence
 
 from audit.config import AuditConfig
 from audit.errors import ConfigError
-from audit.outputs import out_dir_guard
+from audit.contract.files import out_dir_guard
 from audit.pipeline import AuditRun
 from audit.pipeline import run_audit as _audit
+from audit.verdict import grade_on_load
 from reat_finetune.config import RepairConfig
 from reat_finetune.repair import RepairRun
 from reat_finetune.repair import run_repair as _repair
@@ -19,6 +20,12 @@ import reports
 from .wording import python_errors
 
 __all__ = ["AuditRun", "RepairRun", "render", "run_audit", "run_repair"]
+
+
+def report_renderer(results: object, out_dir: str | Path, **options: object) -> dict[str, Path]:
+    """``reports.render_report`` as every entry point calls it: a file from before stored verdicts is graded by the audit's rules
+    (``audit.verdict.grade_on_load``; the reports hold none)."""
+    return reports.render_report(results, out_dir, grade=grade_on_load, **options)  # type: ignore[arg-type]
 
 
 def run_audit(config: AuditConfig, *, formats: Sequence[str] = (), progress: Optional[bool] = None,
@@ -32,14 +39,14 @@ def run_audit(config: AuditConfig, *, formats: Sequence[str] = (), progress: Opt
         if corruptions is not None or severities is not None:
             config = dataclasses.replace(config, corruptions=config.corruptions if corruptions is None else corruptions,
                                          severities=config.severities if severities is None else severities)
-        return _audit(config, progress=progress, formats=tuple(formats), render=reports.render_report)
+        return _audit(config, progress=progress, formats=tuple(formats), render=report_renderer)
 
 
 def run_repair(config: RepairConfig, *, hooks: Optional[TrainHooks] = None,
                progress: Optional[bool] = None) -> RepairRun:
     """Audit, fine-tune, export, audit again and render ``config.formats`` as the before/after report."""
     with python_errors():
-        return _repair(config, hooks=hooks, progress=progress, render=reports.render_report)
+        return _repair(config, hooks=hooks, progress=progress, render=report_renderer)
 
 
 def render(results: str | Path, *, out: Optional[str | Path] = None, formats: Sequence[str] = ("html", "pdf"),
@@ -51,7 +58,7 @@ def render(results: str | Path, *, out: Optional[str | Path] = None, formats: Se
         last = (list(compare)[-1] if isinstance(compare, (list, tuple)) and compare else compare) or results
         folder = Path(out) if out else Path(last).parent
         with out_dir_guard(folder):
-            return reports.render_report(results, folder, formats=list(formats), compare=compare)
+            return report_renderer(results, folder, formats=list(formats), compare=compare)
 
 
 def _check_compare(results: str | Path, compare: Optional[str | Path | Sequence[str | Path]]) -> None:

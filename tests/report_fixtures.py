@@ -14,9 +14,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from audit.metrics import cross_class_summary, spearman, wilson_interval
-from audit.resultsmodel import AuditResults
-from audit.verdict import compute_verdict
+from audit.metrics import cross_class_summary, spearman
+from audit.contract.figures import wilson_interval
+from audit.contract.model import AuditResults
+from audit.verdict import compute_verdict, grade_on_load
 from reports.load import typed_results
 
 ATTACKS = [
@@ -209,8 +210,9 @@ def with_verdict(results: dict[str, Any], code: str, headline: str, reasons: Seq
 
 
 def typed(results: dict[str, Any]) -> AuditResults:
-    """A fixture's dict as the reports read it: checked against the schema and migrated (audit/schema.py)."""
-    return typed_results(results)
+    """A fixture's dict as the reports read it in the application: checked against the schema and migrated
+    (audit/contract/schema.py), graded if it has no verdict (audit/verdict.py, as tailaudit hands the reports)."""
+    return grade_on_load(typed_results(results))
 
 
 def with_computed_verdict(results: dict[str, Any]) -> dict[str, Any]:

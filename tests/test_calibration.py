@@ -25,11 +25,11 @@ from audit.engine import Evaluator
 from audit.errors import ConfigError, ResultsError
 from audit.exports import per_class_csv, summary_markdown
 from audit.merge import concat_records
-from audit.metrics import wilson_interval
-from audit.schema import load_results, migrate, validate_results
-from audit.verdict import compute_verdict
+from audit.contract.figures import wilson_interval
+from audit.contract.schema import load_results, migrate, validate_results
+from audit.verdict import compute_verdict, grade_on_load
 from report_fixtures import make_results, write_run
-from reports import render_report
+from tailaudit.api import report_renderer as render_report  # with the audit's grader, as tailaudit renders
 from support import DEMO, OLDER_RESULTS
 from test_report_pages import visible_text
 
@@ -309,10 +309,10 @@ def test_exports_carry_calibration_only_when_measured():
     row = dict(zip(head, csv_text.splitlines()[1].split(",")))
     assert float(row["attacked_ece"]) == pytest.approx(results["per_class"][0]["calibration"]["attacked"]["ece"],
                                                        rel=1e-5)
-    md = summary_markdown(migrate(results))
+    md = summary_markdown(grade_on_load(migrate(results)))
     assert "Calibration" in md and "tail classes wrong with confidence \\> 0.9" in md and "lower bound" in md
     plain = make_results(10)
-    assert "clean_ece" not in per_class_csv(migrate(plain)) and "Calibration" not in summary_markdown(migrate(plain))
+    assert "clean_ece" not in per_class_csv(migrate(plain)) and "Calibration" not in summary_markdown(grade_on_load(migrate(plain)))
 
 
 # ------------------------------------------------------------------ reports

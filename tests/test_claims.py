@@ -16,12 +16,14 @@ from onnx import helper, numpy_helper
 
 import cli
 from audit.exports import summary_markdown
-from audit.metrics import cross_class_summary, wilson_interval
-from audit.schema import migrate
+from audit.metrics import cross_class_summary
+from audit.contract.figures import wilson_interval
+from audit.contract.schema import migrate
 from audit.summary import format_summary
-from audit.verdict import compute_verdict, points_to_separate, ranking_sentences
+from audit.verdict import compute_verdict, grade_on_load
+from audit.contract.figures import points_to_separate, ranking_sentences
 from report_fixtures import make_results, typed, with_computed_verdict, write_run
-from reports import render_report
+from tailaudit.api import report_renderer as render_report  # with the audit's grader, as tailaudit renders
 from support import DEMO
 
 
@@ -121,7 +123,7 @@ def _older_black_box_file() -> dict:
 def test_older_black_box_files_are_read_as_upper_bounds(tmp_path):
     old = _older_black_box_file()
     assert old["verdict"].get("upper_bound") is None
-    res = migrate(old)
+    res = grade_on_load(migrate(old))
     assert res.suite == "black-box" and res.black_box_reason == "asked for with --black-box"
     assert res.verdict.upper_bound and res.verdict.label.startswith("At most ")
     assert res.verdict.computed_on_load and "at most" in res.verdict.headline
@@ -272,7 +274,7 @@ def test_model_comparison_carries_intervals_and_never_ranks_an_upper_bound_as_a_
     from reports.models_view import models_context
 
     white = typed(with_computed_verdict(make_results(10, seed=1)))
-    black = migrate(_older_black_box_file())
+    black = grade_on_load(migrate(_older_black_box_file()))
     ctx = models_context([white, black], [Path("a"), Path("b")])
     n = white.dataset.n_eval
     lo, hi = wilson_interval(round(white.worst_case.headline * n), n)

@@ -264,7 +264,7 @@ def test_imagenet_c_folders_mirror_the_evaluation_folder(tmp_path):
 
 def test_schema_takes_corruption_figures_and_refuses_impossible_ones():
     from audit.errors import ResultsError
-    from audit.schema import validate_results
+    from audit.contract.schema import validate_results
     from report_fixtures import make_results
     from test_corruption_report import with_corruptions
 

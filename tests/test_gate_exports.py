@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audit.metrics import wilson_interval
+from audit.contract.figures import wilson_interval
 from PIL import Image
 
 import cli
 from audit.errors import ConfigError
 from audit.gate import evaluate_gate, parse_fail_under
-from audit.resultsmodel import AuditResults
+from audit.contract.model import AuditResults
 from audit.inputs import input_info, input_warnings
-from audit.verdict import LABELS
+from audit.contract.model import LABELS
 from support import DEMO
 
 FAST = ["--steps", "3", "--eps", "0.1", "--quiet", "--no-html", "--no-pdf"]
@@ -299,9 +299,9 @@ def test_eps_curve_is_monotone_and_matches_single_budget_runs(tmp_path):
     assert "curve" not in singles["0.1"]
     md = (tmp_path / "curve" / "summary.md").read_text()
     assert "| 0.03 |" in md and "Robustness curve" in md
-    from audit.schema import validate_results
+    from audit.contract.schema import validate_results
 
-    validate_results(curve_res)  # curve, verdict and input are in audit/results.schema.json
+    validate_results(curve_res)  # curve, verdict and input are in audit/contract/results.schema.json
     bad = json.loads(json.dumps(curve_res))
     bad["curve"][0]["per_class"][0] = 1.5
     with pytest.raises(Exception, match="curve"):

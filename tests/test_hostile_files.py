@@ -106,7 +106,7 @@ def test_repair_side_file_that_is_a_device_or_pipe_is_not_read(tmp_path, capsys,
 
 def test_stored_repair_files_match_their_schema():
     """The side files of a real (older) repair folder and of the current writer's shape validate."""
-    from audit.schema import load_repair_file
+    from audit.contract.schema import load_repair_file
 
     for name in ("repair.json", "training_log.json"):
         assert isinstance(load_repair_file(REPAIR / name), dict)

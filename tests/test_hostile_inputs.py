@@ -349,7 +349,7 @@ def test_report_out_under_a_file(tmp_path, capsys, demo_results):
 def test_own_results_validate_against_the_schema(demo_results):
     import jsonschema
 
-    schema = json.loads((ROOT / "audit" / "results.schema.json").read_text())
+    schema = json.loads((ROOT / "audit" / "contract" / "results.schema.json").read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     jsonschema.validate(demo_results, schema, cls=jsonschema.Draft202012Validator)
     # additions by newer writers (verdict, gate, sections' new keys) still validate
@@ -369,7 +369,7 @@ def test_results_checked_against_the_schema_before_they_are_written(tmp_path, mo
     import dataclasses
 
     import audit.pipeline
-    from audit.resultsmodel import Verdict
+    from audit.contract.model import Verdict
     from audit.verdict import compute_verdict
 
     class Broken(Verdict):  # a verdict whose JSON the schema refuses
@@ -388,13 +388,13 @@ def test_results_checked_against_the_schema_before_they_are_written(tmp_path, mo
 def test_repair_before_after_results_validate(tmp_path, capsys):
     import jsonschema
 
-    from audit.schema import load_results
+    from audit.contract.schema import load_results
 
     out = tmp_path / "rep"
     code, _, err = run_main(["repair", str(DEMO), "--epochs", "1", "--train-steps", "1", "--batch-size-train", "64",
                              "--out", str(out), *FAST], capsys)
     assert code == 0, err
-    schema = json.loads((ROOT / "audit" / "results.schema.json").read_text())
+    schema = json.loads((ROOT / "audit" / "contract" / "results.schema.json").read_text())
     for side in ("before", "after"):
         res = json.loads((out / side / "results.json").read_text())
         jsonschema.validate(res, schema, cls=jsonschema.Draft202012Validator)
@@ -407,7 +407,7 @@ def test_repair_before_after_results_validate(tmp_path, capsys):
 
 def test_schema_doc_in_step_with_markdown():
     """Every top-level key the schema names is documented in docs/results_schema.md."""
-    schema = json.loads((ROOT / "audit" / "results.schema.json").read_text())
+    schema = json.loads((ROOT / "audit" / "contract" / "results.schema.json").read_text())
     doc = (ROOT / "docs" / "results_schema.md").read_text()
     missing = [k for k in schema["properties"] if f'"{k}"' not in doc]
     assert not missing, missing
@@ -494,7 +494,7 @@ def test_read_only_out_folder_refused_before_loading(tmp_path, monkeypatch, caps
     if os.geteuid() != 0:
         ro.chmod(0o500)
     else:
-        import audit.outputs as outputs
+        import audit.contract.files as outputs
 
         def refuse(*a, **k):
             raise OSError(errno.EROFS, "Read-only file system")
@@ -680,8 +680,8 @@ def test_out_path_too_long_is_one_line(tmp_path, capsys, shape, command):
 
 def test_an_infinite_figure_is_written_as_null_and_named(demo_results, tmp_path):
     """Any figure that overflowed becomes null with its JSON path in a warning; NaN (no figure) stays silent."""
-    from audit.results import null_infinities, write_json
-    from audit.schema import check_written
+    from audit.contract.files import null_infinities, write_json
+    from audit.contract.schema import check_written
 
     res = demo_results
     res["per_class"][3]["weight_norm"] = float("inf")

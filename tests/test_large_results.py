@@ -18,8 +18,8 @@ from torch.utils.data import TensorDataset
 
 from audit.bounds import MAX_JSON_BYTES
 from audit.errors import ResultsError
-from audit.results import DENSE_CLASSES_MAX, compact_confusions, write_json
-from audit.schema import check_written, load_results, read_results
+from audit.contract.files import DENSE_CLASSES_MAX, compact_confusions, write_json
+from audit.contract.schema import check_written, load_results, read_results
 from report_fixtures import make_results
 from support import ROOT
 

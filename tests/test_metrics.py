@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from audit.records import PointRecords
-from audit.metrics import adversarial_confusion, cross_class_summary, per_class_accuracy, spearman, wilson_interval
+from audit.metrics import adversarial_confusion, cross_class_summary, per_class_accuracy, spearman
+from audit.contract.figures import wilson_interval
 
 
 def test_wilson_interval_known_values():

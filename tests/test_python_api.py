@@ -18,8 +18,8 @@ import cli
 import tailaudit
 from audit.data import from_torch, load_dataset
 from audit.errors import DatasetError, ModelLoadError
-from audit.resultsmodel import AuditResults
-from audit.schema import load_results
+from audit.contract.model import AuditResults
+from audit.contract.schema import load_results
 from support import DEMO as DEMO_ONNX
 
 
@@ -147,7 +147,7 @@ def test_eps_from_the_api_is_what_every_page_says(tmp_path):
     run = tailaudit.run_audit(config, formats=["html", "pdf"])
     res = run.results
     assert res.threat_model.eps_text == res.config["eps_text"] == "2/255"
-    from audit.verdict import repair_command
+    from audit.contract.figures import repair_command
 
     assert "--eps 2/255" in repair_command(res)  # the suggested command (terminal, method page)
     html = (run.out_dir / "report.html").read_text(encoding="utf-8")

@@ -18,15 +18,16 @@ from pathlib import Path
 import pytest
 
 import cli
-from audit.metrics import wilson_interval
-from audit.resultsmodel import AuditResults
-from audit.schema import migrate
-from audit.typedjson import from_json
-from audit.verdict import compute_verdict
+from audit.contract.figures import wilson_interval
+from audit.contract.model import AuditResults
+from audit.contract.schema import migrate
+from audit.contract.codec import from_json
+from audit.verdict import compute_verdict, grade_on_load
 from audit.version import __version__
 from report_fixtures import (CIFAR10, make_balanced, make_curve, make_results, typed, with_computed_verdict, with_verdict,
                              write_run)
-from reports import charts, render_report
+from reports import charts
+from tailaudit.api import report_renderer as render_report  # with the audit's grader, as tailaudit renders
 from reports.charts import _count_label
 from reports.fmt import pct
 from reports.plain import at_risk, resolve_verdict
@@ -183,7 +184,7 @@ def test_one_verdict_from_results(full, tmp_path):
     # the band rule of older reports would call this run "Weakly robust": the report shows the results' verdict only
     assert "Weakly robust" not in text and 'class="badge fair"' in html
     unstored = make_results(10)  # a file from before stored verdicts: graded once, on load, by audit/verdict.py
-    old = resolve_verdict(migrate(unstored))
+    old = resolve_verdict(grade_on_load(migrate(unstored)))
     assert old["code"] == compute_verdict(AuditResults.from_json(unstored)).code
     assert old["computed_on_load"] == __version__
     assert old["actions"] and "verdict" not in unstored  # the caller's dict is not changed
@@ -518,7 +519,7 @@ def test_label_order_box_says_what_the_run_assumed_each_output_meant():
 
 
 def test_attack_labels_name_budgets_and_squares_probe():
-    from audit.resultsmodel import AttackEntry
+    from audit.contract.model import AttackEntry
     from reports.fmt import attack_label
 
     def label(**entry: object) -> str:

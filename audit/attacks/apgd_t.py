@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..bounds import MAX_RESTARTS, MAX_STEPS, MAX_TARGETS
+from ..contract.model import APGDT_CANDIDATES
 from ..errors import ConfigError
 from ..registry import register_attack
 from .apgd import APGD, targeted_dlr_loss
@@ -35,7 +36,7 @@ class APGDTParams(AttackParams):
     restarts: int = 1
     targets: int = 9
     ranking: str = "logit"  # "logit" (AutoAttack) or "malt"
-    candidates: int = 100  # MALT ranks the top ``candidates`` classes by clean logit (capped at C - 1)
+    candidates: int = APGDT_CANDIDATES  # MALT ranks the top ``candidates`` classes by clean logit (capped at C - 1)
     bounds: ClassVar[dict] = {"steps": (1, MAX_STEPS, "--steps"), "restarts": (1, MAX_RESTARTS, "--restarts"),
                               "targets": (1, MAX_TARGETS, "--targets"),
                               "candidates": (1, MAX_TARGETS, "--rank-candidates")}

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from .. import calibration as cal
-from ..metrics import group_means, per_class_accuracy, wilson_interval
+from ..metrics import group_means, per_class_accuracy
+from ..contract.figures import wilson_interval
 from .registry import FAMILY
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from ..resultsmodel import AuditResults, ClassResult
+from ..contract.model import AuditResults, ClassResult
 
 
 def names(results: AuditResults) -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from ..resultsmodel import AuditResults
+from ..contract.model import AuditResults
 
 RATIO_SPLIT = 1.5  # "rare classes lose more" when the tail loses at least 1.5x what the head loses
 MIN_LOSS = 0.01  # a group that loses under one point loses "nothing" (no ratio)

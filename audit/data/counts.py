@@ -6,7 +6,7 @@ from typing import Sequence
 
 from ..bounds import MAX_COUNT
 from ..errors import DatasetError
-from ..jsonfile import read_json_file
+from ..contract.jsonfile import read_json_file
 
 COUNTS_HINT = 'pass --class-counts FILE with JSON {"class": count, ...} or a list of counts in sorted class-folder order'
 

@@ -1,21 +1,23 @@
-"""Writing run artefacts atomically, and describing the environment they came from."""
+"""Writing tailaudit's files: the output folder (created and probed, its errors in one line), atomic replacement,
+the JSON text every file uses (NaN as null, numpy values converted) and the compact form of large confusion
+matrices. Torch-free: the reports write through it too."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import os
-import platform
-import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+from ..errors import ResultsError, TailAuditError
 
 
-def _atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> Path:
+def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> Path:
     """Write through a temporary file in the same folder, then rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,44 +140,102 @@ def write_json(path: Path, data: Any, *, indent: int | None = 2,
     ``max_bytes`` (the limit the file's reader applies) refuses a text its reader would refuse."""
     text = json_text(data, indent=indent)
     if max_bytes is not None and len(text.encode("utf-8")) + 1 > max_bytes:
-        from .errors import ResultsError
-
         raise ResultsError(f"{Path(path).name} would be {len(text.encode('utf-8')) + 1:,} bytes, above the "
                            f"{max_bytes:,} bytes tailaudit reads back; audit fewer classes or points (nothing of "
                            "this run was kept)")
     if check is not None:
         check(json.loads(text))
-    return _atomic(path, lambda fh: fh.write(text.encode("utf-8") + b"\n"))
+    return atomic_write(path, lambda fh: fh.write(text.encode("utf-8") + b"\n"))
 
 
 def write_npz(path: Path, **arrays: np.ndarray) -> Path:
     """Atomically write a compressed npz."""
-    return _atomic(path, lambda fh: np.savez_compressed(fh, **arrays))
-
-
-def environment(device: Any) -> dict[str, Any]:
-    """Versions and device the numbers came from."""
-    import torch
-
-    env: dict[str, Any] = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "torch_interop_threads": torch.get_num_interop_threads(),
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if str(device).startswith("cuda") else platform.processor() or "cpu",
-        "argv": sys.argv,
-    }
-    for mod in ("torchvision", "timm", "onnx", "onnxruntime", "onnx2torch"):
-        try:
-            env[mod] = __import__(mod).__version__
-        except Exception:  # optional at run time
-            env[mod] = None
-    return env
+    return atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays))
 
 
 def write_text(path: Path, text: str) -> Path:
     """Atomically write UTF-8 text."""
-    return _atomic(path, lambda fh: fh.write(text.encode("utf-8")))
+    return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+# -- the output folder --------------------------------------------------------------------------------
+
+class OutputError(TailAuditError):
+    """The output folder cannot be created or written."""
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return "no space left on the device"
+    if exc.errno == errno.EROFS:
+        return "the filesystem is read-only"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if exc.errno == errno.ENOTDIR:
+        return "a part of the path is a file, not a folder"
+    if exc.errno == errno.EEXIST:
+        return "a file of that name exists"
+    return exc.strerror or type(exc).__name__
+
+
+def output_error(exc: OSError, path: Path | str, what: str = "write") -> OutputError:
+    """One-line error for an OSError while writing outputs."""
+    return OutputError(f"cannot {what} {path}: {_reason(exc)}; free space, fix the permissions or choose "
+                       "another --out (nothing of this run was kept)")
+
+
+def check_path_length(path: Path, flag: str = "--out") -> None:
+    """OutputError (one line, the path shortened) when the file system cannot hold a path this long."""
+    longest = max((len(part.encode("utf-8", "surrogateescape")) for part in path.parts), default=0)
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:
+            return
+        shown = str(path) if len(str(path)) <= 80 else str(path)[:60] + "…" + str(path)[-15:]
+        raise OutputError(f"{flag} {shown} is too long for the file system ({len(str(path))} characters, its "
+                          f"longest name {longest} bytes; file systems usually allow 255 bytes a name and 4096 a "
+                          "path): choose a shorter path") from None
+
+
+def prepare_out_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Create ``path`` (and parents) and prove it is writable by writing and removing a probe file."""
+    out = Path(path).expanduser()
+    check_path_length(out, flag)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{flag} {out} is an existing file, not a folder; choose a folder path")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise OutputError(f"{flag} {out} lies under {parent}, which is a file; choose a folder path")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {flag} folder {out}: {_reason(exc)}; choose another {flag}") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".tailaudit-probe-", dir=out)
+        try:
+            os.write(fd, b"probe")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"cannot write into {flag} folder {out}: {_reason(exc)}; choose another {flag}") from None
+    return out
+
+
+@contextlib.contextmanager
+def out_dir_guard(path: str | Path, flag: str = "--out") -> Iterator[Path]:
+    """:func:`prepare_out_dir`, and on an exception remove the folders it created if they are still empty."""
+    out = Path(path).expanduser()
+    check_path_length(out, flag)
+    missing = [d for d in [out, *out.parents] if not d.exists()]
+    try:
+        yield prepare_out_dir(out, flag)
+    except BaseException:
+        for d in missing:  # deepest first
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise

@@ -1,5 +1,9 @@
-"""The results file's contract: its JSON Schema (``audit/results.schema.json``, package data),
+"""The results file's contract: its JSON Schema (``audit/contract/results.schema.json``, package data),
 the structural checks a report relies on, and the migration of files older tailaudit wrote.
+
+Torch-free and free of the verdict rules: a file written before verdicts were stored loads here with
+``verdict`` None (:func:`needs_grading` says so) and is graded on the audit side
+(``audit.verdict.grade_on_load``), which the application layer applies when it loads results.
 
 Every ``results.json`` is checked here twice: when a run writes it (:func:`check_written`, so
 a tailaudit bug can never ship a file its own reports refuse) and when anything reads it
@@ -8,7 +12,6 @@ a tailaudit bug can never ship a file its own reports refuse) and when anything 
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
 import functools
 import json
 import logging
@@ -19,18 +22,15 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .errors import ResultsError
+from ..errors import ResultsError
+from .codec import DocumentError
+from .files import expand_confusions
 from .jsonfile import read_json_file
-from .results import SCHEMA_VERSION, expand_confusions
-from .attacks.apgd_t import APGDTParams
-from .resultsmodel import AuditResults
-from .typedjson import DocumentError
-from .verdict import compute_verdict
-
-APGDT_CANDIDATES = APGDTParams.candidates
-from .version import __version__
+from .model import APGDT_CANDIDATES, AuditResults
 
 LOG = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1  # the results.json layout this tailaudit writes and reads
 
 # Keys a report needs; anything else in results.json is optional.
 _REQUIRED: tuple[tuple[str, ...], ...] = (
@@ -126,7 +126,7 @@ def check_against(data: Any, validator: Any, where: str, kind: str, fix: str) ->
 
 
 def check_schema(results: Any, source: str | Path | None = None) -> None:
-    """Validate against audit/results.schema.json; :class:`ResultsError` naming the first bad field."""
+    """Validate against audit/contract/results.schema.json; :class:`ResultsError` naming the first bad field."""
     where = _where(source)
     bad = _first_non_finite(results)
     if bad is not None:
@@ -249,9 +249,10 @@ def migrate(results: Mapping[str, Any], source: str | Path | None = None) -> Aud
     not refused.
 
     Files written before APGD-T recorded its target ranking get AutoAttack's rule (the only one
-    there was), so they compare with newer runs. Schema-1 files written before verdicts were stored (tailaudit 0.1 before its verdict rules)
-    get the verdict these rules give their stored figures (``verdict.computed_on_load`` names the
-    version that computed it, and reports say so), so a report shows one verdict from one source.
+    there was), so they compare with newer runs. Schema-1 files written before verdicts were stored
+    (tailaudit 0.1 before its verdict rules) keep ``verdict`` None here (:func:`needs_grading`); the audit
+    side grades them (``audit.verdict.grade_on_load``: ``verdict.computed_on_load`` names the version that
+    computed it, and reports say so), so a report shows one verdict from one source.
     The caller's object is never changed.
     """
     out = copy.deepcopy(dict(results))
@@ -264,11 +265,14 @@ def migrate(results: Mapping[str, Any], source: str | Path | None = None) -> Aud
         typed = AuditResults.from_json(out)
     except DocumentError as exc:  # the schema leaves some sections open; the typed results do not
         raise ResultsError(f"{_where(source)}: {exc}; the file is damaged or incomplete, re-run the audit") from None
-    stale_black_box = typed.suite == "black-box" and typed.verdict is not None and not typed.verdict.upper_bound \
-        and typed.verdict.graded  # graded before black-box grades said "at most": graded again, and said so
-    if typed.verdict is None or stale_black_box:
-        typed.verdict = replace(compute_verdict(typed), computed_on_load=__version__)
     return typed
+
+
+def needs_grading(results: AuditResults) -> bool:
+    """Whether loaded results lack a verdict the rules would stand by: a file written before verdicts were stored
+    (none), or a black-box file graded before black-box grades said "at most" (graded again, and said so)."""
+    v = results.verdict
+    return v is None or (results.suite == "black-box" and not v.upper_bound and v.graded)
 
 
 def _record_black_box(out: dict[str, Any]) -> None:
@@ -305,8 +309,8 @@ REPAIR_FILES = {
 
 
 def load_repair_file(path: str | Path) -> dict[str, Any] | None:
-    """``repair.json`` or ``training_log.json`` of a repair folder, read within audit/jsonfile.py's caps and checked
-    against audit/repair_files.schema.json; None when absent. A file that is there but damaged (unreadable, too
+    """``repair.json`` or ``training_log.json`` of a repair folder, read within audit/contract/jsonfile.py's caps and checked
+    against audit/contract/repair_files.schema.json; None when absent. A file that is there but damaged (unreadable, too
     large or deep, a field of the wrong type) is a :class:`ResultsError` naming the file and the field: both are
     optional, so the message says to remove it to render without it."""
     path = Path(path)

@@ -1,6 +1,6 @@
 """Dataclasses to and from the JSON tailaudit writes, driven by their type hints.
 
-The typed results (audit/resultsmodel.py) declare their fields once; this module turns them into
+The typed results (audit/contract/model.py) declare their fields once; this module turns them into
 JSON-ready dicts and back, so a section's keys are not written out a second time by hand.
 
 Field metadata understood here:

@@ -12,7 +12,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from .bounds import MAX_JSON_BYTES, MAX_JSON_DEPTH
+from ..bounds import MAX_JSON_BYTES, MAX_JSON_DEPTH
 
 
 def _no_constants(name: str) -> Any:

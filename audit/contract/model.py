@@ -1,7 +1,7 @@
 """The typed results of an audit: what ``results.json`` holds, as dataclasses.
 
 :class:`AuditResults` is what an audit produces (audit/pipeline.py builds it), what
-:func:`audit.schema.load_results` returns for a file, and what the terminal summary, the exports,
+:func:`audit.contract.schema.load_results` returns for a file, and what the terminal summary, the exports,
 the verdict rules, the repair and the reports read. ``results.json`` is its serialisation
 (:meth:`AuditResults.to_json`, checked against the shipped schema before it is written;
 :meth:`AuditResults.from_json` after the schema check and the migration of older files).
@@ -16,9 +16,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Optional
 
-from .typedjson import from_json, to_json
-from .values import eps_text as _eps_text
+from ..values import eps_text as _eps_text
+from .codec import from_json, to_json
 
+# APGD-T's default count of classes MALT ranks (audit/attacks/apgd_t.py); files written before APGD-T recorded its
+# ranking are migrated with it (audit/contract/schema.py), so they compare with newer runs
+APGDT_CANDIDATES = 100
 CODES = ("robust", "partly-robust", "weakly-robust", "not-robust", "not-meaningful", "not-graded")
 LABELS = {"robust": "Robust", "partly-robust": "Partly robust", "weakly-robust": "Weakly robust",
           "not-robust": "Not robust", "not-meaningful": "Not meaningful", "not-graded": "Not graded"}
@@ -45,7 +48,7 @@ class Verdict:
 
     ``band`` is the grade before a rare-class or uneven qualifier lowered it, ``survival`` the share
     of correct answers that survive (both None when not meaningful). ``computed_on_load`` names the
-    tailaudit version that graded a file written before verdicts were stored (audit/schema.py);
+    tailaudit version that graded a file written before verdicts were stored (``audit.verdict.grade_on_load``);
     it is never written. The label is the code in words (:data:`LABELS`), derived, not stored twice.
     """
 
@@ -578,12 +581,12 @@ class AuditResults:
     extra: dict[str, Any] = _extra()
 
     def to_json(self) -> dict[str, Any]:
-        """The ``results.json`` document (a plain dict; :func:`audit.results.json_text` writes it)."""
+        """The ``results.json`` document (a plain dict; :func:`audit.contract.files.json_text` writes it)."""
         return to_json(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "AuditResults":
-        """From a document already checked against the schema and migrated (audit/schema.py)."""
+        """From a document already checked against the schema and migrated (audit/contract/schema.py)."""
         return from_json(cls, data)
 
     # -- what pages and rules ask most often
