@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from audit.config import AuditConfig
 from audit.errors import ConfigError
@@ -19,13 +19,14 @@ import reports
 
 from .wording import python_errors
 
-__all__ = ["AuditRun", "RepairRun", "render", "run_audit", "run_repair"]
+__all__ = ["AuditRun", "RepairRun", "render", "report_renderer", "run_audit", "run_repair"]
 
 
-def report_renderer(results: object, out_dir: str | Path, **options: object) -> dict[str, Path]:
-    """``reports.render_report`` as every entry point calls it: a file from before stored verdicts is graded by the audit's rules
-    (``audit.verdict.grade_on_load``; the reports hold none)."""
-    return reports.render_report(results, out_dir, grade=grade_on_load, **options)  # type: ignore[arg-type]
+def report_renderer(results: Any, out_dir: str | Path, **options: Any) -> dict[str, Path]:
+    """``reports.render_report`` as every entry point calls it (the ``Renderer`` the engines are handed): a file
+    from before stored verdicts is graded by the audit's rules (``audit.verdict.grade_on_load``; the reports,
+    torch-free, hold none)."""
+    return reports.render_report(results, out_dir, grade=grade_on_load, **options)
 
 
 def run_audit(config: AuditConfig, *, formats: Sequence[str] = (), progress: Optional[bool] = None,
