@@ -101,7 +101,8 @@ def environment(device: Any) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if str(device).startswith("cuda") else platform.processor() or "cpu",
+        "device_name": (torch.cuda.get_device_name(device) if str(device).startswith("cuda")
+                        else platform.processor() or "cpu"),
         "argv": sys.argv,
     }
     for mod in ("torchvision", "timm", "onnx", "onnxruntime", "onnx2torch"):

@@ -15,8 +15,8 @@ from typing import Optional, Sequence
 
 from .calibration import rare_confidently_wrong
 from .contract.figures import (MAX_RESIZE, class_interval, corruption_findings, counts_are_sampled, headline_interval,
-                               indistinct_weakest, interval_text, is_upper_bound, listed, pct_text, quoted_names,
-                               ranked_classes, wilson_interval)
+                               indistinct_weakest, interval_text, is_upper_bound, ranked_classes, wilson_interval)
+from .contract.figures import listed as _listed, pct_text as _pct, quoted_names as _names
 from .contract.model import LABELS, AuditResults, ClassResult, InputFit, LabelCheck, Verdict
 from .contract.schema import load_results, needs_grading
 from .version import __version__
@@ -101,15 +101,15 @@ def clean_problems(k: int, n: int, confusion: Optional[Sequence[Sequence[int]]],
     chance = 1.0 / C
     floor = chance + CHANCE_MARGIN * (1 - chance)
     if lo <= floor:
-        out.append(f"clean accuracy {pct_text(k / n)} is not clearly above chance ({pct_text(chance)} for {C} classes; "
-                   f"its 95% interval starts at {pct_text(lo)}, at or below {pct_text(floor)})")
+        out.append(f"clean accuracy {_pct(k / n)} is not clearly above chance ({_pct(chance)} for {C} classes; "
+                   f"its 95% interval starts at {_pct(lo)}, at or below {_pct(floor)})")
     if confusion:
         collapsed = prediction_collapse(confusion, names)
         if collapsed:
             out.append(f"the predictions collapse: {collapsed}")
     if label_check is not None and label_check.suspected:  # the most likely cause goes first
-        out.insert(0, f"the label order looks permuted: clean accuracy is {pct_text(label_check.accuracy_now)}, but "
-                   f"{pct_text(label_check.accuracy_mapped)} once the model's outputs are re-mapped to other classes")
+        out.insert(0, f"the label order looks permuted: clean accuracy is {_pct(label_check.accuracy_now)}, but "
+                   f"{_pct(label_check.accuracy_mapped)} once the model's outputs are re-mapped to other classes")
     return out
 
 
@@ -142,19 +142,19 @@ def _weakest_words(results: AuditResults) -> tuple[str, str]:
     group = indistinct_weakest(results)
     first = group[0]
     if len(group) == 1:
-        return (f"class “{first.name}” keeps only {pct_text(first.worst_case)}",
-                f"the weakest class “{first.name}” keeps {pct_text(first.worst_case)} robust accuracy "
+        return (f"class “{first.name}” keeps only {_pct(first.worst_case)}",
+                f"the weakest class “{first.name}” keeps {_pct(first.worst_case)} robust accuracy "
                 f"({interval_text(class_interval(first))})")
     last = group[-1].worst_case
-    rates = pct_text(first.worst_case) if last == first.worst_case else f"{pct_text(first.worst_case)}–{pct_text(last)}"
-    return (f"the weakest classes {listed(group)} keep only {rates}",
-            f"the weakest classes {listed(group)} keep {rates} robust accuracy (their 95% intervals overlap: the "
+    rates = _pct(first.worst_case) if last == first.worst_case else f"{_pct(first.worst_case)}–{_pct(last)}"
+    return (f"the weakest classes {_listed(group)} keep only {rates}",
+            f"the weakest classes {_listed(group)} keep {rates} robust accuracy (their 95% intervals overlap: the "
             "test points cannot rank them)")
 
 
 def weakest_with_intervals(results: AuditResults, k: int = 3) -> str:
     """'“8” 6.0% (95% interval 2.1–16.2%), …': the ``k`` least robust classes with their intervals."""
-    return ", ".join(f"“{r.name}” {pct_text(r.worst_case)} ({interval_text(class_interval(r))})"
+    return ", ".join(f"“{r.name}” {_pct(r.worst_case)} ({interval_text(class_interval(r))})"
                      for r in ranked_classes(results)[:k])
 
 
@@ -176,8 +176,8 @@ def compute_verdict(results: AuditResults) -> Verdict:
     survive = robust / clean if clean else 0.0
     base = band(robust, clean)
     at_most = "at most " if upper else ""
-    reasons = [f"worst-case robust accuracy {at_most}{pct_text(robust)} keeps {at_most}{survive:.0%} of the clean accuracy "
-               f"{pct_text(clean)}; the share kept sets the grade (80% or more: robust, 50-80%: partly, 20-50%: weakly, "
+    reasons = [f"worst-case robust accuracy {at_most}{_pct(robust)} keeps {at_most}{survive:.0%} of the clean accuracy "
+               f"{_pct(clean)}; the share kept sets the grade (80% or more: robust, 50-80%: partly, 20-50%: weakly, "
                "below 20%: not robust)"]
     if upper:
         reasons.insert(0, black_box_sentence(results))
@@ -190,7 +190,7 @@ def compute_verdict(results: AuditResults) -> Verdict:
     why = []  # what singles out the weak classes, in the headline's words
     if rare_weak:
         qualifier = "rare classes"
-        why.append(f"{rare} are much weaker (tail {pct_text(wc.group('tail'))} vs head {pct_text(wc.group('head'))})")
+        why.append(f"{rare} are much weaker (tail {_pct(wc.group('tail'))} vs head {_pct(wc.group('head'))})")
         reasons.append(f"robust accuracy on the tail (rarest) classes is {100 * gap:.1f} points below the head "
                        f"classes (15 points or more singles them out)")
     if uneven:
@@ -198,7 +198,7 @@ def compute_verdict(results: AuditResults) -> Verdict:
         head_words, reason_words = _weakest_words(results)
         if not rare_weak:
             why.append(head_words)
-        reasons.append(f"{reason_words}, below half the balanced robust accuracy {pct_text(wc.mean)}")
+        reasons.append(f"{reason_words}, below half the balanced robust accuracy {_pct(wc.mean)}")
     if qualifier and base in ("robust", "partly-robust"):
         code = {"robust": "partly-robust", "partly-robust": "weakly-robust"}[base]
         reasons[1 if upper else 0] += f"; one step lower here because {why[0]}"
@@ -211,8 +211,8 @@ def compute_verdict(results: AuditResults) -> Verdict:
     ci = interval_text(headline_interval(results))
     label = f"At most {LABELS[code].lower()}" if upper else LABELS[code]
     attack = "a score-based attack (black-box, an upper bound)" if upper else "attack"
-    headline = (f"{label}: {at_most}{pct_text(robust)}{f' ({ci})' if ci else ''} of the test images stay correct under "
-                f"{attack} ({threat}), against {pct_text(clean)} without attack, so it keeps {at_most}{survive:.0%} of its "
+    headline = (f"{label}: {at_most}{_pct(robust)}{f' ({ci})' if ci else ''} of the test images stay correct under "
+                f"{attack} ({threat}), against {_pct(clean)} without attack, so it keeps {at_most}{survive:.0%} of its "
                 f"correct answers{tail}.")
     reasons += extra
     actions = _actions(results, code, rare_weak=rare_weak, uneven=bool(uneven), extra=bool(extra), upper=upper)
@@ -252,16 +252,16 @@ def _actions(results: AuditResults, code: str, *, rare_weak: bool, uneven: bool,
     if rare_weak:
         rows = _weakest(results, 2, "tail")
         if rows and sampled:
-            actions.append(f"Check how many training images {quoted_names(rows)} really had (give the counts with "
+            actions.append(f"Check how many training images {_names(rows)} really had (give the counts with "
                            "--class-counts FILE): the groups here follow tailaudit's sampling profile, not the model's "
                            "training data")
         elif rows:
-            actions.append(f"Collect more training images for {quoted_names(rows)} (rare classes with the lowest robust "
+            actions.append(f"Collect more training images for {_names(rows)} (rare classes with the lowest robust "
                            "accuracy)")
     elif uneven:
         group = indistinct_weakest(results)
         rows = group if len(group) > 1 else _weakest(results, 2)
-        actions.append(f"Look at the weakest classes {listed(rows)}: more or cleaner training data there helps most")
+        actions.append(f"Look at the weakest classes {_listed(rows)}: more or cleaner training data there helps most")
     if extra:
         actions.append("Audit the model on data of the size and colour it was trained on")
     if not upper and (results.suite or "quick") in ("quick", "custom"):
@@ -305,7 +305,7 @@ def blind_attack_reasons(results: AuditResults) -> list[str]:
                 break
     le = san.large_eps
     if le is not None and not le.passed:
-        out.append(f"at a huge radius (ε = {le.eps:.3g}) {pct_text(le.robust_acc)} of the checked points stay robust; it "
+        out.append(f"at a huge radius (ε = {le.eps:.3g}) {_pct(le.robust_acc)} of the checked points stay robust; it "
                    "must be about zero: the attacks do not work on this model")
     return out
 
@@ -313,8 +313,8 @@ def blind_attack_reasons(results: AuditResults) -> list[str]:
 def _not_graded(results: AuditResults, blind: list[str], extra: list[str]) -> Verdict:
     s = results.summary
     robust, clean = s.worst_case.headline, s.clean.headline
-    headline = (f"No robustness grade: the attacks could not work on this model ({blind[0]}). The {pct_text(robust)} "
-                f"that survived them is not evidence of robustness (clean accuracy {pct_text(clean)}).")
+    headline = (f"No robustness grade: the attacks could not work on this model ({blind[0]}). The {_pct(robust)} "
+                f"that survived them is not evidence of robustness (clean accuracy {_pct(clean)}).")
     actions = ["Audit it with the score-based attack, which needs no gradients: --suite standard (Square reruns "
                "where the gradients were blind) or --black-box",
                "If the model rounds or quantises its input, audit the model before that step as well"]
@@ -326,12 +326,12 @@ def corruption_sentences(results: AuditResults) -> list[str]:
     f = corruption_findings(results)
     if f is None:
         return []
-    out = [f"the worst corruption is {f['worst'].replace('_', ' ')}, {pct_text(f['worst_accuracy'])} accuracy averaged over "
+    out = [f"the worst corruption is {f['worst'].replace('_', ' ')}, {_pct(f['worst_accuracy'])} accuracy averaged over "
            "its severities"]
     w = f["weakest"]
     if w is not None:
         ci = interval_text(w["ci95"])
-        out.append(f"the weakest class there is “{w['class']}” at {pct_text(w['accuracy'])}{f' ({ci})' if ci else ''} at severity "
+        out.append(f"the weakest class there is “{w['class']}” at {_pct(w['accuracy'])}{f' ({ci})' if ci else ''} at severity "
                    f"{w['severity']} ({w['n']} test images)")
     drop = f["group_drop"]
     if drop.get("head") is not None and drop.get("tail") is not None:
@@ -344,8 +344,8 @@ def _corruptions_only(results: AuditResults, extra: list[str]) -> Verdict:
     """--attacks none: no grade of attack robustness, a statement of what the corruption audit measured."""
     f = corruption_findings(results) or {}
     headline = (f"Not graded for attack robustness: this audit measured natural corruptions only (--attacks none); "
-                f"attack robustness was not measured. Accuracy is {pct_text(f.get('mean_accuracy'))} under corruption "
-                f"on average against {pct_text(results.summary.clean.headline)} clean.")
+                f"attack robustness was not measured. Accuracy is {_pct(f.get('mean_accuracy'))} under corruption "
+                f"on average against {_pct(results.summary.clean.headline)} clean.")
     actions = ["Run the attack audit (drop --attacks none, e.g. --suite standard) for an attack-robustness grade"]
     return Verdict(code="not-graded", headline=headline, reasons=tuple(corruption_sentences(results) + extra),
                    actions=tuple(actions))
