@@ -22,14 +22,11 @@ import torch
 from audit import distributed
 from audit.version import __version__
 from audit.config import AuditConfig
-from audit.data import LTDataset, class_groups
 from audit.models import final_linear_of
-from audit.engine import adapt_images
-from audit.lifecycle import Renderer, check_ranks_agree, created_now, default_out_dir, output_folder, render_into, start
-from audit.outputs import RunFiles, keep_previous_run, output_error, with_reports
-from audit.pipeline import prepare, run_audit
+from audit.phases import (LTDataset, Renderer, RunFiles, check_gate, check_ranks_agree, class_groups, created_now,
+                          default_out_dir, environment, fit_images, keep_previous_run, output_error, output_folder,
+                          prepare, render_into, run_audit, start, with_reports)
 from audit.errors import ResultsError
-from audit.results import environment
 from audit.schema import load_results
 from audit.resultsmodel import AuditResults
 
@@ -121,12 +118,12 @@ def _probe_images(data: LTDataset, indices: np.ndarray, n: int, size: tuple[int,
     xs = [data.train[int(i)][0] for i in indices[:n]] if data.train is not None else []
     if not xs:
         xs = [data.test[i][0] for i in range(min(n, len(data.test)))]  # type: ignore[arg-type]
-    return adapt_images(torch.stack(xs).float(), size)
+    return fit_images(torch.stack(xs).float(), size)
 
 
 def _eval_images(data: LTDataset, n: int, size: tuple[int, int, int]) -> torch.Tensor:
     xs = [data.test[i][0] for i in range(min(n, len(data.test)))]  # type: ignore[arg-type]
-    return adapt_images(torch.stack(xs).float(), size)
+    return fit_images(torch.stack(xs).float(), size)
 
 
 def _training_copy(loaded: Any, method: Any, config: RepairConfig, counts: list[int], batches: list[torch.Tensor],
@@ -236,9 +233,7 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
     feature_warnings.extend(late_warnings)
     groups = class_groups(list(data.train_counts), rule=config.audit.group_rule)  # no tail when balanced
     if config.audit.fail_under:  # the gate judges the after-audit; refuse impossible conditions now
-        from audit.gate import check_available, parse_fail_under
-
-        check_available(parse_fail_under(config.audit.fail_under), groups)
+        check_gate(config.audit.fail_under, groups)
     fp = fingerprint(
         model={"sha256": loaded.sha256 or f"random-init:{loaded.spec}", "spec": loaded.spec, "format": loaded.format,
                "arch": loaded.arch},
@@ -392,7 +387,7 @@ def _shift_bn(loaded: Any, setup: TrainSetup, config: RepairConfig, result: Any)
     saved = {k: v.clone() for k, v in net.state_dict().items()}
     order = epoch_order(setup.train.y, "class-balanced", torch.Generator().manual_seed(config.seed))
     order = order[: min(len(order), 20 * int(config.batch_size))]
-    batches = (adapt_images(setup.train.batch(order[i:i + int(config.batch_size)])[0].to(setup.device).float(),
+    batches = (fit_images(setup.train.batch(order[i:i + int(config.batch_size)])[0].to(setup.device).float(),
                             setup.input_size) for i in range(0, len(order), int(config.batch_size)))
     n = shift_batchnorm(loaded.module, batches)
     loaded.module.eval()
