@@ -4,60 +4,110 @@ A caller above the engine (``reat_finetune``, ``tailaudit``, ``bench/``) runs an
 names here, the package faces :mod:`audit.attacks` and :mod:`audit.models`, the run's process
 group :mod:`audit.distributed`, and the results contract; never through the engine's own modules,
 so the engine can be rearranged without touching its callers (docs/architecture.md, "The audit's
-public surface"; tests/test_surface.py keeps it so). Each name is the engine's own code, not a
-second copy:
+public surface"; tests/test_surface.py keeps it so). Each phase runs the engine's own code, never
+a second copy of it:
 
-- **run**: :func:`start` (torchrun, threads, seed, device), :func:`output_folder` (created, probed,
-  locked by rank 0), the renderer policy (:func:`render_into`);
-- **prepare**: :func:`prepare` loads the dataset and the model wrapped with its normalisation inside,
-  checks they fit and picks the evaluation points; :func:`fit_images` sizes pixels for the model;
+- **run**: :func:`start` (torchrun, threads, seed, device, the ranks' agreement), :func:`run_folder`
+  (created, probed and locked by rank 0; a finished run kept until the new one has finished), the
+  renderer policy (:func:`render_into`);
+- **prepare**: :func:`prepare` loads the dataset and the model wrapped with its normalisation inside
+  (eval mode), checks they fit and picks the evaluation points; :func:`fit_images` sizes pixels for it;
 - **evaluate**: :func:`run_audit` audits a prepared model (clean, the attack suite, calibration,
   corruptions) and assembles and writes its results; :func:`score_points` runs the same cascade on
-  given batches of a model in training (eval mode) and returns typed per-class figures;
+  given batches of a model in training (in eval mode) and returns typed per-class figures;
 - **assemble**: :func:`created_now`, :func:`environment`, the verdict's :func:`chance_floor`;
 - **write**: :class:`RunFiles` publishes a run's files as one set (audit/outputs.py),
-  :func:`keep_previous_run` keeps a finished run until the new one has finished, :func:`write_atomic`
-  writes one file whole or not at all.
+  :func:`write_atomic` one file whole or not at all.
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+import logging
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 
+from . import lifecycle, pipeline
 from .attacks import create_attack
+from .config import AuditConfig
 from .data import LTDataset, class_groups
 from .data.core import ImageFileDataset, scan_image_folder
 from .engine import Evaluator, adapt_images
+from .errors import ResultsError
 from .gate import check_available, parse_fail_under
 from .labels import clean_confusion
-from .lifecycle import (Renderer, check_ranks_agree, created_now, default_out_dir, output_folder, render_into,
-                        resolve_device, start)
+from .lifecycle import Renderer, created_now, default_out_dir, render_into, resolve_device
 from .metrics import per_class_accuracy
 from .outputs import PARTIAL, RunFiles, keep_previous_run, out_dir_guard, output_error, with_reports
-from .pipeline import AuditRun, Prepared, prepare, run_audit
-from .results import _atomic as write_atomic
-from .results import environment
+from .pipeline import AuditRun, Prepared
+from .results import _atomic, environment
+from .resultsmodel import AuditResults
+from .schema import load_results
 from .values import AttackSpec
 from .verdict import CHANCE_MARGIN, prediction_collapse
 
-fit_images = adapt_images  # pixels N x C x H x W in [0, 1] resized to the model's input size (the audit's rule)
+log = logging.getLogger(__name__)
 
 __all__ = [
     # run
-    "Renderer", "check_ranks_agree", "default_out_dir", "output_folder", "render_into", "resolve_device", "start",
+    "Renderer", "default_out_dir", "render_into", "resolve_device", "run_folder", "start",
     # prepare
     "ImageFileDataset", "LTDataset", "Prepared", "check_gate", "class_groups", "fit_images", "prepare",
     "scan_image_folder",
     # evaluate
-    "AuditRun", "Evaluator", "PointScores", "run_audit", "score_points",
+    "AuditRun", "Evaluator", "PointScores", "reusable_results", "run_audit", "score_points",
     # assemble
     "chance_floor", "created_now", "environment",
     # write
-    "PARTIAL", "RunFiles", "keep_previous_run", "out_dir_guard", "output_error", "with_reports", "write_atomic",
+    "PARTIAL", "RunFiles", "out_dir_guard", "output_error", "write_atomic",
 ]
+
+
+# -- run ---------------------------------------------------------------------------------------------
+
+
+def start(device: str, threads: Optional[int], seed: int, *, settings: Optional[Mapping[str, Any]] = None
+          ) -> torch.device:
+    """The first phase of a run: torchrun setup, thread pools, the global seed, the device; under torchrun every
+    rank then checks that it runs rank 0's ``settings`` (the command's flags) before anything is created."""
+    dev = lifecycle.start(device, threads, seed)
+    if settings is not None:
+        lifecycle.check_ranks_agree(settings, "flags")
+    return dev
+
+
+@contextlib.contextmanager
+def run_folder(out: Path, files: Sequence[str], formats: Sequence[str], *, keep_previous: bool = False,
+               resume: bool = False) -> Iterator[Optional[Path]]:
+    """The run's output folder, created, probed and locked by rank 0 before any loading (None on other ranks).
+
+    Refuses when ``files`` and the ``formats`` reports would replace files tailaudit did not write;
+    ``keep_previous``: a finished run of many files (a repair) stays whole in the folder until this one
+    has finished (audit/outputs.py), ``resume`` continuing it.
+    """
+    with lifecycle.output_folder(out, with_reports(files, formats)) as made:
+        every = with_reports(files, ("html", "pdf"))
+        with keep_previous_run(made, every, resume=resume) if made and keep_previous else contextlib.nullcontext():
+            yield made
+
+
+# -- prepare -----------------------------------------------------------------------------------------
+
+
+def prepare(config: AuditConfig, device: torch.device) -> Prepared:
+    """The dataset, the model wrapped with its normalisation inside (eval mode) and the evaluation points,
+    checked to fit each other: what :func:`run_audit` audits."""
+    return pipeline.prepare(config, device)
+
+
+def fit_images(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Pixels N x C x H x W in [0, 1] sized to the model's input (``size`` = C, H, W), as the audit sizes them."""
+    return adapt_images(x, size)
 
 
 def check_gate(fail_under: str, groups: Sequence[Optional[str]]) -> None:
@@ -65,9 +115,18 @@ def check_gate(fail_under: str, groups: Sequence[Optional[str]]) -> None:
     check_available(parse_fail_under(fail_under), groups)
 
 
-def chance_floor(num_classes: int) -> float:
-    """Accuracy "clearly above chance" for ``num_classes`` classes: the audit verdict's rule (audit/verdict.py)."""
-    return 1.0 / num_classes + CHANCE_MARGIN * (1.0 - 1.0 / num_classes)
+# -- evaluate ----------------------------------------------------------------------------------------
+
+
+def run_audit(config: AuditConfig, *, progress: Optional[bool] = None, formats: Sequence[str] = (),
+              render: Optional[Renderer] = None, prepared: Optional[Prepared] = None) -> AuditRun:
+    """Audit ``config.model``: clean accuracy, the attack suite, calibration and corruptions on the evaluation
+    points, the results assembled, the verdict and the gate, every file written as one set.
+
+    ``prepared`` is :func:`prepare`'s triple for a caller that has loaded the data and the model already
+    (a repair's before-audit; its after-audit, on the same points); ``render`` draws ``formats``.
+    """
+    return pipeline.run_audit(config, progress=progress, formats=formats, render=render, prepared=prepared)
 
 
 @dataclass(frozen=True)
@@ -102,3 +161,43 @@ def score_points(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, t
         robust_by_class=per_class_accuracy(robust, rec.label, num_classes)[0],
         collapse=prediction_collapse(clean_confusion(rec.label, rec.clean_pred, num_classes).tolist()),
     )
+
+
+def reusable_results(path: Path, config: AuditConfig) -> Optional[AuditResults]:
+    """The results in ``path`` when they exist and were made with ``config``'s settings (a resumed repair's
+    before-audit); None otherwise. Read bounded and schema-checked: a damaged file is audited again, never trusted.
+    """
+    if not path.is_file():
+        return None
+    try:
+        res = load_results(path)
+    except ResultsError as exc:
+        log.warning("not reusing the audit in %s: %s", path.parent, exc)
+        return None
+    if _comparable_config(res.config or {}) != _comparable_config(config.to_dict()):
+        return None
+    return res
+
+
+def _comparable_config(d: dict[str, Any]) -> dict[str, Any]:
+    """An audit config as JSON, without the fields that do not change results."""
+    d = json.loads(json.dumps(d, default=str))
+    for k in ("out", "quiet", "device", "model", "checkpoint", "batch_size", "workers"):
+        d.pop(k, None)
+    return d
+
+
+# -- assemble ----------------------------------------------------------------------------------------
+
+
+def chance_floor(num_classes: int) -> float:
+    """Accuracy "clearly above chance" for ``num_classes`` classes: the audit verdict's rule (audit/verdict.py)."""
+    return 1.0 / num_classes + CHANCE_MARGIN * (1.0 - 1.0 / num_classes)
+
+
+# -- write -------------------------------------------------------------------------------------------
+
+
+def write_atomic(path: Path, write: Callable[[io.BufferedWriter], Any]) -> Path:
+    """``path`` written whole or not at all: ``write`` fills a temporary file that then replaces ``path``."""
+    return _atomic(path, write)

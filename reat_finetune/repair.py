@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import copy
 import errno
-import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from contextlib import nullcontext
 from typing import Any, Optional
 
 import numpy as np
@@ -21,13 +19,10 @@ import torch
 
 from audit import distributed
 from audit.version import __version__
-from audit.config import AuditConfig
 from audit.models import final_linear_of
-from audit.phases import (LTDataset, Renderer, RunFiles, check_gate, check_ranks_agree, class_groups, created_now,
-                          default_out_dir, environment, fit_images, keep_previous_run, output_error, output_folder,
-                          prepare, render_into, run_audit, start, with_reports)
-from audit.errors import ResultsError
-from audit.schema import load_results
+from audit.phases import (LTDataset, Renderer, RunFiles, check_gate, class_groups, created_now, default_out_dir,
+                          environment, fit_images, output_error, prepare, render_into, reusable_results, run_audit,
+                          run_folder, start)
 from audit.resultsmodel import AuditResults
 
 from .checkpoint import CHECKPOINT_NAME, check_fingerprint, fingerprint, is_disk_full, labels_digest, load_checkpoint
@@ -90,28 +85,6 @@ class RepairRun:
     @property
     def after_path(self) -> Path:
         return self.out_dir / "after" / "results.json"
-
-
-def _comparable_config(d: dict[str, Any]) -> dict[str, Any]:
-    """An audit config as JSON, without the fields that do not change results."""
-    d = json.loads(json.dumps(d, default=str))
-    for k in ("out", "quiet", "device", "model", "checkpoint", "batch_size", "workers"):
-        d.pop(k, None)
-    return d
-
-
-def _reusable_before(path: Path, audit: AuditConfig) -> Optional[AuditResults]:
-    """The before-audit of a resumed run, when it exists and was made with the same audit settings."""
-    if not path.is_file():
-        return None
-    try:
-        res = load_results(path)  # bounded, schema-checked: a damaged file is audited again, never trusted
-    except ResultsError as exc:
-        log.warning("not reusing the before-audit: %s", exc)
-        return None
-    if _comparable_config(res.config or {}) != _comparable_config(audit.to_dict()):
-        return None
-    return res
 
 
 def _probe_images(data: LTDataset, indices: np.ndarray, n: int, size: tuple[int, int, int]) -> torch.Tensor:
@@ -178,8 +151,8 @@ def _run_repair(config: RepairConfig, *, hooks: Optional[TrainHooks], progress: 
         raise RepairError("--mean and --std go together; pass both (comma-separated, one value per channel)")
     show = not (config.quiet or config.audit.quiet) if progress is None else progress  # either quiet silences it
     t_start = time.perf_counter()
-    device = start(config.audit.device, config.audit.threads, config.seed)
-    check_ranks_agree(config.to_dict(), "flags")  # [distributed] before anything is created
+    device = start(config.audit.device, config.audit.threads, config.seed,
+                   settings=config.to_dict())  # [distributed] every rank runs rank 0's flags
     resume_state = load_checkpoint(Path(config.resume)) if config.resume else None
     check_world_size(resume_state, str(config.resume))
     check_global_batch(config.batch_size)
@@ -190,11 +163,9 @@ def _run_repair(config: RepairConfig, *, hooks: Optional[TrainHooks], progress: 
     else:
         out = default_out_dir(config.audit.model_name, config.audit.dataset_name, "repair")
     out = Path(distributed.broadcast_from_main(str(out)))  # [distributed] rank 0's time stamp
-    with output_folder(out, with_reports(REPAIR_FILES, config.formats)) as made:  # rank 0: created, probed, locked
-        # a finished run in the folder stays intact until this one has finished (audit/outputs.py)
-        every = with_reports(REPAIR_FILES, ("html", "pdf"))
-        with keep_previous_run(made, every, resume=resume_state is not None) if made else nullcontext():
-            return _repair_into(made or out, config, hooks, show, t_start, resume_state, device, render)
+    # rank 0: created, probed, locked; a finished run in the folder stays intact until this one has finished
+    with run_folder(out, REPAIR_FILES, config.formats, keep_previous=True, resume=resume_state is not None) as made:
+        return _repair_into(made or out, config, hooks, show, t_start, resume_state, device, render)
 
 
 def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], show: bool, t_start: float,
@@ -259,7 +230,7 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
     # -- before (the model as loaded, before any method changes it) ----------------------------
     before_cfg = replace(config.audit, out=str(out / "before"), quiet=config.quiet or config.audit.quiet,
                          fail_under=None)
-    before = _reusable_before(out / "before" / "results.json", before_cfg) if resume_state is not None else None
+    before = reusable_results(out / "before" / "results.json", before_cfg) if resume_state is not None else None
     before = distributed.broadcast_from_main(before)  # [distributed] rank 0 decides
     if before is None:
         log.info("auditing the input model (before)")
