@@ -60,7 +60,7 @@ def standard_model(arch: str = "resnet10t", epochs: int = 2, device: str = "cpu"
     """A timm model standard-trained on CIFAR-10 at 32x32 (cached); returns the PixelClassifier."""
     import timm
 
-    from audit.models.wrapper import PixelClassifier, Preprocessing
+    from audit.models import PixelClassifier, Preprocessing
 
     ckpt = CACHE / f"bench-{arch}-e{epochs}.safetensors"
     net = timm.create_model(arch, pretrained=False, num_classes=10)

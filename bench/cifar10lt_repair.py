@@ -39,7 +39,7 @@ from _common import CACHE, cifar10_root
 
 from audit.config import AuditConfig
 from audit.data import load_dataset
-from audit.lifecycle import resolve_device
+from audit.phases import resolve_device
 from audit.contract.model import AuditResults
 from tailaudit import RepairConfig, run_repair
 from reat_finetune.train import augment
@@ -121,7 +121,7 @@ def standard_lt_model(arch: str, epochs: int, device: torch.device) -> Path:
     import timm
     from safetensors.torch import save_file
 
-    from audit.models.wrapper import PixelClassifier, Preprocessing
+    from audit.models import PixelClassifier, Preprocessing
 
     ckpt = CACHE / f"bench-lt{RHO}-{arch}-e{epochs}.safetensors"
     if ckpt.exists():

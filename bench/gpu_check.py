@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from audit.attacks import BatchNoise, create_attack, make_spec  # noqa: E402
 from audit.data import assign_groups, longtail_counts  # noqa: E402
-from audit.models.wrapper import LoadedModel, PixelClassifier, Preprocessing  # noqa: E402
+from audit.models import LoadedModel, PixelClassifier, Preprocessing  # noqa: E402
 
 BATCH, SIZE, C = 256, 32, 10
 

@@ -48,7 +48,7 @@ def trained(arch: str, std_epochs: int, at_epochs: int, per_class: int, steps: i
     from safetensors.torch import load_file, save_file
 
     from audit.attacks import BatchNoise, create_attack, make_spec
-    from audit.models.wrapper import PixelClassifier, Preprocessing
+    from audit.models import PixelClassifier, Preprocessing
 
     ckpt = CACHE / f"bench100-{arch}-e{std_epochs}-pgdat-e{at_epochs}-k{per_class}-s{steps}.safetensors"
     net = timm.create_model(arch, pretrained=False, num_classes=100)

@@ -27,7 +27,7 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     from audit.attacks import PointNoise, create_attack, make_spec
-    from audit.models.onnx_model import load_onnx
+    from audit.models import load_onnx
 
     native = standard_model(args.arch).eval()
     pre = native.preprocessing

@@ -20,8 +20,8 @@ from _common import alternate  # noqa: F401  (also puts the repo root on sys.pat
 from audit.attacks import create_attack
 from audit.attacks import make_spec
 from audit.data import assign_groups, longtail_counts
-from audit.models.wrapper import LoadedModel, PixelClassifier, Preprocessing
-from audit.lifecycle import resolve_device
+from audit.models import LoadedModel, PixelClassifier, Preprocessing
+from audit.phases import resolve_device
 from reat_finetune.features import build_feature_model
 from reat_finetune.losses import log_prior, tail_class_weights
 from reat_finetune.methods import LossContext, get_method

@@ -208,7 +208,7 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
              model_key: str = "") -> dict:
     from audit.attacks import create_attack
     from audit.config import AuditConfig
-    from audit.engine import Evaluator
+    from audit.phases import Evaluator
 
     for p in model.parameters():
         p.requires_grad_(False)

@@ -18,9 +18,8 @@ import numpy as np
 import torch
 
 from audit.errors import ModelLoadError
-from audit.models.timm_model import check_archive_size
-from audit.outputs import PARTIAL
-from audit.contract.files import atomic_write
+from audit.models import check_archive_size
+from audit.phases import PARTIAL, write_atomic
 
 from .errors import RepairError
 from .resume_state import check_structure
@@ -48,7 +47,7 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> Path:
     path = Path(path)
     payload = {"format": FORMAT, "version": VERSION, **state}
     try:
-        atomic_write(path, lambda fh: _serialise(payload, fh))
+        write_atomic(path, lambda fh: _serialise(payload, fh))
     except OSError as exc:
         resume = f"--resume {path.parent}"
         kept = "the previous checkpoint is intact" if path.exists() else "no earlier checkpoint exists"

@@ -29,8 +29,9 @@ import onnx
 import torch
 
 from audit.errors import TailAuditError
-from audit.models import LoadedModel, PixelClassifier
-from audit.contract.files import atomic_write
+from audit.models import (LoadedModel, PixelClassifier, check_parity, converted_network, load_onnx, load_timm,
+                          onnx_input_shape, onnx_opset, onnx_with_weights)
+from audit.phases import write_atomic
 
 from .errors import RepairError
 
@@ -84,14 +85,12 @@ class OnnxSignature:
 
     @classmethod
     def of(cls, path: Path) -> "OnnxSignature":
-        from audit.models import onnx_graph
-
         model = onnx.load(str(path), load_external_data=False)
         inits = {i.name for i in model.graph.initializer}
         inp = [vi for vi in model.graph.input if vi.name not in inits][0]
-        dims = tuple(onnx_graph.tensor_shape(inp) or ())
+        dims = tuple(onnx_input_shape(inp) or ())
         batch_name = inp.type.tensor_type.shape.dim[0].dim_param or "batch"
-        return cls(inp.name, model.graph.output[0].name, dims, batch_name, onnx_graph.opset_of(model))
+        return cls(inp.name, model.graph.output[0].name, dims, batch_name, onnx_opset(model))
 
     def opsets(self) -> list[int]:
         """Opsets to try, the input's own first, then the nearest newer ones the exporter writes."""
@@ -151,11 +150,8 @@ def rename_tensors(model: onnx.ModelProto, mapping: dict[str, str]) -> None:
 
 def _inner_network(loaded: LoadedModel, sig: OnnxSignature) -> tuple[torch.nn.Module, Optional[int]]:
     """The network to export (on the CPU, eval mode) and its fixed batch size (None: dynamic)."""
-    from audit.models.onnx_model import _PerSample
-
-    net, fixed = loaded.module.net, sig.dims[0]
-    if isinstance(net, _PerSample):
-        net, fixed = net.net, 1
+    net, per_sample = converted_network(loaded)
+    fixed = 1 if per_sample else sig.dims[0]
     return copy.deepcopy(net).cpu().eval(), fixed
 
 
@@ -197,8 +193,6 @@ def _export_any_opset(net: torch.nn.Module, sig: OnnxSignature, fixed: Optional[
 def _check_exported(loaded: LoadedModel, path: Path, probe: torch.Tensor, tol: float,
                     device: torch.device | str, what: str) -> dict[str, Any]:
     """Load ``path`` like the audit will, and compare it with the in-memory model (and its own conversion)."""
-    from audit.models.onnx_model import check_parity, load_onnx
-
     pre = loaded.preprocessing
     exported = load_onnx(path, num_classes=loaded.num_classes, mean=pre.mean, std=pre.std, device=device,
                          fallback=False)
@@ -220,7 +214,7 @@ def untrained_note(loaded: LoadedModel) -> Optional[str]:
     if loaded.format != "onnx" or not loaded.gradient_access:
         return None
     if wmap is None:  # the conversion could not be mapped to the file: its constant buffers stay frozen
-        net, _ = _inner_network_ref(loaded)
+        net, _ = converted_network(loaded)
         frozen = [b for name, b in net.named_buffers()
                   if name.startswith("initializers.") and b.is_floating_point() and b.numel() > 1]
         if not frozen:
@@ -242,7 +236,7 @@ def _in_place_map(loaded: LoadedModel) -> Optional[Any]:
     wmap = loaded.weights
     if wmap is None or not wmap.complete:
         return None
-    net, _ = _inner_network_ref(loaded)
+    net, _ = converted_network(loaded)
     keys = {s.key for s in wmap.slots}
     changing = {k for k, _ in net.named_parameters()} | {k for k, _ in net.named_buffers()
                                                          if k.endswith(("running_mean", "running_var"))}
@@ -254,20 +248,10 @@ def _in_place_map(loaded: LoadedModel) -> Optional[Any]:
     return wmap
 
 
-def _inner_network_ref(loaded: LoadedModel) -> tuple[torch.nn.Module, bool]:
-    """The converted network itself (not a copy) and whether it runs one image at a time."""
-    from audit.models.onnx_model import _PerSample
-
-    net = loaded.module.net
-    return (net.net, True) if isinstance(net, _PerSample) else (net, False)
-
-
 def _write_in_place(loaded: LoadedModel, wmap: Any, path: Path) -> None:
     """The input file with the network's current values in its own tensors, written to ``path``."""
-    from audit.models.onnx_weights import write_back
-
-    net, _ = _inner_network_ref(loaded)
-    model = write_back(onnx.load(str(loaded.path)), net, wmap)
+    net, _ = converted_network(loaded)
+    model = onnx_with_weights(onnx.load(str(loaded.path)), net, wmap)
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
 
@@ -275,7 +259,7 @@ def _write_in_place(loaded: LoadedModel, wmap: Any, path: Path) -> None:
 @torch.no_grad()
 def _perturbed(loaded: LoadedModel, wmap: Any, seed: int = 0) -> dict[str, torch.Tensor]:
     """Add seeded noise (about 5 % of each tensor's scale) to every mapped tensor; returns the values to restore."""
-    net, _ = _inner_network_ref(loaded)
+    net, _ = converted_network(loaded)
     state = net.state_dict(keep_vars=True)
     saved = {s.key: state[s.key].detach().clone() for s in wmap.slots}
     gen = torch.Generator().manual_seed(seed)
@@ -300,7 +284,7 @@ def preflight_in_place(loaded: LoadedModel, probe: torch.Tensor, *, tol: float =
     if wmap is None:
         return None
     sig = OnnxSignature.of(loaded.path)  # type: ignore[arg-type]
-    net, _ = _inner_network_ref(loaded)
+    net, _ = converted_network(loaded)
     saved = _perturbed(loaded, wmap)
     try:
         with tempfile.TemporaryDirectory(prefix="tailaudit-preflight-") as tmp:
@@ -396,13 +380,11 @@ def export_timm(loaded: LoadedModel, out_dir: Path, probe: torch.Tensor, *, tol:
     """Write the repaired timm network's state dict to ``out_dir/repaired.safetensors``, reloaded and checked."""
     from safetensors.torch import save
 
-    from audit.models.timm_model import load_timm
-
     net = loaded.module.net
     tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     blob = save(tensors, metadata={"arch": str(loaded.arch), "producer": "tailaudit repair"})
     final = out_dir / SAFETENSORS_NAME
-    atomic_write(final, lambda fh: fh.write(blob))
+    write_atomic(final, lambda fh: fh.write(blob))
     pre = loaded.preprocessing
     again = load_timm(str(loaded.arch), final, num_classes=loaded.num_classes, mean=pre.mean, std=pre.std,
                       input_size=pre.input_size[1], device=device)
@@ -425,7 +407,7 @@ def export_module(loaded: LoadedModel, out_dir: Path, probe: torch.Tensor, *, to
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
     blob = save(tensors, metadata={"module": str(loaded.arch), "producer": "tailaudit repair"})
     final = out_dir / SAFETENSORS_NAME
-    atomic_write(final, lambda fh: fh.write(blob))
+    write_atomic(final, lambda fh: fh.write(blob))
     again = copy.deepcopy(net).cpu()
     again.load_state_dict(load(final.read_bytes()))
     again.eval()
@@ -491,7 +473,7 @@ def keep_input(loaded: LoadedModel, out_dir: Path) -> Optional[ExportResult]:
     if loaded.format != "onnx" or loaded.path is None:
         return None
     final = out_dir / ONNX_NAME
-    atomic_write(final, lambda fh: fh.write(Path(loaded.path).read_bytes()))  # type: ignore[arg-type]
+    write_atomic(final, lambda fh: fh.write(Path(loaded.path).read_bytes()))  # type: ignore[arg-type]
     log.info("wrote %s: the input model, unchanged", final)
     return ExportResult(final, "onnx", str(final), None, {"identical_to_input": True})
 

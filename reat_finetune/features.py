@@ -15,8 +15,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from audit.models import LoadedModel, final_linear_of
-from audit.models.wrapper import PixelClassifier
+from audit.models import LoadedModel, PixelClassifier, final_linear_of
 
 from .errors import RepairError
 

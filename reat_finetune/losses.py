@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from audit.attacks.pgd import PGD
+from audit.attacks import PGD
 
 
 def _counts_tensor(counts: Sequence[float] | torch.Tensor) -> torch.Tensor:

@@ -31,11 +31,8 @@ import torch.nn.functional as F
 
 from audit.registry import METHODS, register_method
 
-from audit.attacks import Attack, create_attack
+from audit.attacks import PGD, Attack, create_attack
 from audit.values import AttackSpec
-
-from audit.attacks.pgd import PGD
-
 
 from .errors import RepairError
 from .heads import ResLTHead, ScaledLinear, feature_stats, fold_head, require_linear, swap_head

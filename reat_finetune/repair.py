@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import copy
 import errno
-import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from contextlib import nullcontext
 from typing import Any, Optional
 
 import numpy as np
@@ -21,18 +19,11 @@ import torch
 
 from audit import distributed
 from audit.version import __version__
-from audit.config import AuditConfig
-from audit.data import LTDataset, class_groups
 from audit.models import final_linear_of
-from audit.engine import adapt_images
-from audit.lifecycle import Renderer, check_ranks_agree, created_now, default_out_dir, output_folder, render_into, start
-from audit.outputs import RunFiles, keep_previous_run, with_reports
-from audit.contract.files import output_error
-from audit.pipeline import prepare, run_audit
-from audit.errors import ResultsError
-from audit.lifecycle import environment
+from audit.phases import (LTDataset, Renderer, RunFiles, check_gate, class_groups, created_now, default_out_dir,
+                          environment, fit_images, output_error, prepare, render_into, reusable_results, run_audit,
+                          run_folder, start)
 from audit.contract.model import AuditResults
-from audit.verdict import load_graded
 
 from .checkpoint import CHECKPOINT_NAME, check_fingerprint, fingerprint, is_disk_full, labels_digest, load_checkpoint
 from .config import RepairConfig
@@ -96,38 +87,16 @@ class RepairRun:
         return self.out_dir / "after" / "results.json"
 
 
-def _comparable_config(d: dict[str, Any]) -> dict[str, Any]:
-    """An audit config as JSON, without the fields that do not change results."""
-    d = json.loads(json.dumps(d, default=str))
-    for k in ("out", "quiet", "device", "model", "checkpoint", "batch_size", "workers"):
-        d.pop(k, None)
-    return d
-
-
-def _reusable_before(path: Path, audit: AuditConfig) -> Optional[AuditResults]:
-    """The before-audit of a resumed run, when it exists and was made with the same audit settings."""
-    if not path.is_file():
-        return None
-    try:
-        res = load_graded(path)  # bounded, schema-checked: a damaged file is audited again, never trusted
-    except ResultsError as exc:
-        log.warning("not reusing the before-audit: %s", exc)
-        return None
-    if _comparable_config(res.config or {}) != _comparable_config(audit.to_dict()):
-        return None
-    return res
-
-
 def _probe_images(data: LTDataset, indices: np.ndarray, n: int, size: tuple[int, int, int]) -> torch.Tensor:
     xs = [data.train[int(i)][0] for i in indices[:n]] if data.train is not None else []
     if not xs:
         xs = [data.test[i][0] for i in range(min(n, len(data.test)))]  # type: ignore[arg-type]
-    return adapt_images(torch.stack(xs).float(), size)
+    return fit_images(torch.stack(xs).float(), size)
 
 
 def _eval_images(data: LTDataset, n: int, size: tuple[int, int, int]) -> torch.Tensor:
     xs = [data.test[i][0] for i in range(min(n, len(data.test)))]  # type: ignore[arg-type]
-    return adapt_images(torch.stack(xs).float(), size)
+    return fit_images(torch.stack(xs).float(), size)
 
 
 def _training_copy(loaded: Any, method: Any, config: RepairConfig, counts: list[int], batches: list[torch.Tensor],
@@ -182,8 +151,8 @@ def _run_repair(config: RepairConfig, *, hooks: Optional[TrainHooks], progress: 
         raise RepairError("--mean and --std go together; pass both (comma-separated, one value per channel)")
     show = not (config.quiet or config.audit.quiet) if progress is None else progress  # either quiet silences it
     t_start = time.perf_counter()
-    device = start(config.audit.device, config.audit.threads, config.seed)
-    check_ranks_agree(config.to_dict(), "flags")  # [distributed] before anything is created
+    device = start(config.audit.device, config.audit.threads, config.seed,
+                   settings=config.to_dict())  # [distributed] every rank runs rank 0's flags
     resume_state = load_checkpoint(Path(config.resume)) if config.resume else None
     check_world_size(resume_state, str(config.resume))
     check_global_batch(config.batch_size)
@@ -194,11 +163,9 @@ def _run_repair(config: RepairConfig, *, hooks: Optional[TrainHooks], progress: 
     else:
         out = default_out_dir(config.audit.model_name, config.audit.dataset_name, "repair")
     out = Path(distributed.broadcast_from_main(str(out)))  # [distributed] rank 0's time stamp
-    with output_folder(out, with_reports(REPAIR_FILES, config.formats)) as made:  # rank 0: created, probed, locked
-        # a finished run in the folder stays intact until this one has finished (audit/outputs.py)
-        every = with_reports(REPAIR_FILES, ("html", "pdf"))
-        with keep_previous_run(made, every, resume=resume_state is not None) if made else nullcontext():
-            return _repair_into(made or out, config, hooks, show, t_start, resume_state, device, render)
+    # rank 0: created, probed, locked; a finished run in the folder stays intact until this one has finished
+    with run_folder(out, REPAIR_FILES, config.formats, keep_previous=True, resume=resume_state is not None) as made:
+        return _repair_into(made or out, config, hooks, show, t_start, resume_state, device, render)
 
 
 def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], show: bool, t_start: float,
@@ -237,9 +204,7 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
     feature_warnings.extend(late_warnings)
     groups = class_groups(list(data.train_counts), rule=config.audit.group_rule)  # no tail when balanced
     if config.audit.fail_under:  # the gate judges the after-audit; refuse impossible conditions now
-        from audit.gate import check_available, parse_fail_under
-
-        check_available(parse_fail_under(config.audit.fail_under), groups)
+        check_gate(config.audit.fail_under, groups)
     fp = fingerprint(
         model={"sha256": loaded.sha256 or f"random-init:{loaded.spec}", "spec": loaded.spec, "format": loaded.format,
                "arch": loaded.arch},
@@ -265,7 +230,7 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
     # -- before (the model as loaded, before any method changes it) ----------------------------
     before_cfg = replace(config.audit, out=str(out / "before"), quiet=config.quiet or config.audit.quiet,
                          fail_under=None)
-    before = _reusable_before(out / "before" / "results.json", before_cfg) if resume_state is not None else None
+    before = reusable_results(out / "before" / "results.json", before_cfg) if resume_state is not None else None
     before = distributed.broadcast_from_main(before)  # [distributed] rank 0 decides
     if before is None:
         log.info("auditing the input model (before)")
@@ -393,7 +358,7 @@ def _shift_bn(loaded: Any, setup: TrainSetup, config: RepairConfig, result: Any)
     saved = {k: v.clone() for k, v in net.state_dict().items()}
     order = epoch_order(setup.train.y, "class-balanced", torch.Generator().manual_seed(config.seed))
     order = order[: min(len(order), 20 * int(config.batch_size))]
-    batches = (adapt_images(setup.train.batch(order[i:i + int(config.batch_size)])[0].to(setup.device).float(),
+    batches = (fit_images(setup.train.batch(order[i:i + int(config.batch_size)])[0].to(setup.device).float(),
                             setup.input_size) for i in range(0, len(order), int(config.batch_size)))
     n = shift_batchnorm(loaded.module, batches)
     loaded.module.eval()

@@ -16,8 +16,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from audit.attacks.base import ascent_direction, project, view_rows
-from audit.attacks.noise import Noise
+from audit.attacks import Noise, ascent_direction, project, view_rows
 
 WARMUP_SHARE = 0.3  # the radius reaches its full value after this share of the budget
 ROBUSTLT_A = 0.3

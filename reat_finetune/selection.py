@@ -147,10 +147,10 @@ class Floors:
         test-figure floor of earlier versions (a patch for selecting on memorised training images)
         is gone.
         """
-        from audit.verdict import CHANCE_MARGIN
+        from audit.phases import chance_floor
 
         clean = _clean_of(entry)
-        chance = 1.0 / num_classes + CHANCE_MARGIN * (1.0 - 1.0 / num_classes)
+        chance = chance_floor(num_classes)
         return cls(clean=None if clean is None else min_clean_kept * clean,
                    chance=chance if clean is not None and clean > chance else None,
                    guard=entry.get(GUARD_METRIC), min_clean_kept=float(min_clean_kept),

@@ -13,9 +13,8 @@ from typing import Optional
 import numpy as np
 from torch.utils.data import Dataset
 
-from audit.data import LTDataset
-from audit.data.core import ImageFileDataset, scan_image_folder
 from audit.errors import DatasetError
+from audit.phases import ImageFileDataset, LTDataset, scan_image_folder
 
 from .config import RepairConfig
 from .errors import RepairError

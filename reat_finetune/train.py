@@ -29,15 +29,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from audit.attacks import BatchNoise, create_attack
-from audit.attacks.base import Attack
+from audit.attacks import Attack, BatchNoise
 from audit.values import AttackSpec
 from audit.distributed import launched, launcher_rank
-from audit.engine import Evaluator, adapt_images
+from audit.phases import fit_images, score_points
 from audit.contract.files import write_json
-from audit.labels import clean_confusion
-from audit.metrics import per_class_accuracy
-from audit.verdict import prediction_collapse
 
 from .checkpoint import rng_state, restore_rng, save_checkpoint, state_dict_cpu
 from .config import RepairConfig
@@ -207,7 +203,7 @@ def evaluate(model: torch.nn.Module, source: BatchSource, spec: AttackSpec | Seq
              amp: str = "off") -> dict[str, Any]:
     """Clean and worst-case robust accuracy on a split, overall and class-balanced.
 
-    The audit's own evaluation (:class:`audit.engine.Evaluator`): ``spec`` is one attack or a
+    The audit's own evaluation (:func:`audit.phases.score_points`): ``spec`` is one attack or a
     cascade, a point is robust when it is clean-correct and no attack of the cascade fools it,
     each point's noise is seeded by its position in the split, and a bf16 run's verdicts are
     re-checked in fp32. Balanced = mean over the classes that have images in the split (the test
@@ -219,19 +215,16 @@ def evaluate(model: torch.nn.Module, source: BatchSource, spec: AttackSpec | Seq
     if n == 0:
         return {"val_clean_acc": None, "val_robust_acc": None, "val_clean_acc_overall": None,
                 "val_robust_acc_overall": None, "val_robust_per_class": [None] * num_classes, "val_collapse": None}
-    model.eval()
-    evaluator = Evaluator(model, num_classes, input_size, device, amp=amp, strict_outputs=False)
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         for s in range(0, n, VAL_BATCH):
             pos = torch.arange(s, min(n, s + VAL_BATCH))
             yield (*source.batch(pos), pos)
 
-    rec = evaluator.cascade(batches(), [create_attack(sp) for sp in specs], n_total=n, seed=seed,
-                            examples_per_class=0)
-    clean, robust = rec.clean_correct, rec.robust_masks(independent=False)["worst_case"]
-    acc_clean = per_class_accuracy(clean, rec.label, num_classes)[0]  # NaN for classes without images
-    acc_robust = per_class_accuracy(robust, rec.label, num_classes)[0]
+    got = score_points(model, batches(), specs, n_total=n, num_classes=num_classes, input_size=input_size,
+                       device=device, seed=seed, amp=amp)  # in eval mode
+    clean, robust = got.clean, got.robust
+    acc_clean, acc_robust = got.clean_by_class, got.robust_by_class  # NaN for classes without images
     present = ~np.isnan(acc_clean)
     per_rob = [float(a) if ok else None for a, ok in zip(acc_robust, present)]
     return {
@@ -240,7 +233,7 @@ def evaluate(model: torch.nn.Module, source: BatchSource, spec: AttackSpec | Seq
         "val_clean_acc_overall": float(clean.mean()),
         "val_robust_acc_overall": float(robust.mean()),
         "val_robust_per_class": per_rob,
-        "val_collapse": prediction_collapse(clean_confusion(rec.label, rec.clean_pred, num_classes).tolist()),
+        "val_collapse": got.collapse,
     }
 
 
@@ -622,7 +615,7 @@ class Trainer:
         t0 = time.perf_counter()
         x, y = setup.train.batch(self.dd.local(positions))  # [distributed] this rank's part
         x = augment(x, cfg.augment, aug_gen)
-        x = adapt_images(x.to(self.dev, non_blocking=True).float(), setup.input_size)
+        x = fit_images(x.to(self.dev, non_blocking=True).float(), setup.input_size)
         y = y.to(self.dev, non_blocking=True)
         for g in self.opt.param_groups:
             g["lr"] = self._lr(st.iteration) * g.get("lr_scale", 1.0)
@@ -782,7 +775,7 @@ class Trainer:
         """One search step at a constant rate ``lr``; returns its loss."""
         setup, cfg = self.setup, self.config
         x, y = setup.train.batch(self.dd.local(positions))
-        x = adapt_images(x.to(self.dev).float(), setup.input_size)
+        x = fit_images(x.to(self.dev).float(), setup.input_size)
         y = y.to(self.dev)
         for g in self.opt.param_groups:
             g["lr"] = lr * g.get("lr_scale", 1.0)

@@ -7,10 +7,8 @@ from typing import Any, Optional, Sequence
 
 from audit.config import AuditConfig
 from audit.errors import ConfigError
-from audit.contract.files import out_dir_guard
-from audit.pipeline import AuditRun
-from audit.pipeline import run_audit as _audit
-from audit.verdict import grade_on_load
+from audit.phases import AuditRun, grade_on_load, out_dir_guard
+from audit.phases import run_audit as _audit
 from reat_finetune.config import RepairConfig
 from reat_finetune.repair import RepairRun
 from reat_finetune.repair import run_repair as _repair

@@ -161,10 +161,10 @@ def test_files_read_back_on_resume_are_bounded(tmp_path, caplog):
     import zipfile
 
     from audit.config import AuditConfig
+    from audit.phases import reusable_results
     from audit.outputs import MANIFEST, MAX_MANIFEST_BYTES, read_manifest
     from reat_finetune import RepairError
     from reat_finetune.checkpoint import load_checkpoint
-    from reat_finetune.repair import _reusable_before
 
     (tmp_path / MANIFEST).write_text('{"files": ["results.json"], "pad": "' + "x" * MAX_MANIFEST_BYTES + '"}')
     assert read_manifest(tmp_path) == []
@@ -176,8 +176,8 @@ def test_files_read_back_on_resume_are_bounded(tmp_path, caplog):
         load_checkpoint(tmp_path)
     before = tmp_path / "results.json"
     before.write_text("[" * 100000 + "]" * 100000)
-    assert _reusable_before(before, AuditConfig(model=str(DEMO))) is None
-    assert "not reusing the before-audit" in caplog.text
+    assert reusable_results(before, AuditConfig(model=str(DEMO))) is None
+    assert f"not reusing the audit in {tmp_path}" in caplog.text
 
 
 def test_commit_says_removed_only_for_files_it_removed(tmp_path, caplog):

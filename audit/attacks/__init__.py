@@ -10,9 +10,9 @@ from typing import Any, Optional
 
 from ..values import AttackSpec
 from ..registry import ATTACKS
-from .base import Attack, AttackOutcome, AttackParams
+from .base import Attack, AttackOutcome, AttackParams, ascent_direction, project, view_rows
 from .noise import BatchNoise, Noise, PointNoise, point_seed
-from . import pgd as _pgd  # noqa: F401  (registers "pgd")
+from .pgd import PGD  # registers "pgd"; the repair's training attacks build on it
 from . import temp_pgd as _temp_pgd  # noqa: F401  (registers "temp-pgd")
 from . import apgd as _apgd  # noqa: F401  (registers "apgd-ce", "apgd-dlr")
 from . import apgd_t as _apgd_t  # noqa: F401  (registers "apgd-t")
@@ -37,4 +37,5 @@ def display_name(kind: str) -> str:
 
 
 __all__ = ["Attack", "AttackOutcome", "AttackParams", "create_attack", "make_spec", "display_name", "ATTACKS",
-           "SUITES", "Suite", "Noise", "PointNoise", "BatchNoise", "point_seed"]
+           "SUITES", "Suite", "Noise", "PointNoise", "BatchNoise", "point_seed", "PGD", "ascent_direction", "project",
+           "view_rows"]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -88,5 +88,68 @@ def final_linear_of(loaded: LoadedModel) -> Optional[nn.Linear]:
     return find_final_linear(net)
 
 
+# -- the model formats, for callers that write models back (the repair's export): thin faces over .onnx_*,
+# .timm_model, imported when called so that loading the package pulls in neither onnx nor timm
+
+
+def load_onnx(path: str | Path, **options: Any) -> LoadedModel:
+    """An ONNX classifier converted for auditing, onnxruntime its reference scorer (:func:`.onnx_model.load_onnx`)."""
+    from .onnx_model import load_onnx as load
+
+    return load(path, **options)
+
+
+def load_timm(arch: str, checkpoint: Optional[str | Path], **options: Any) -> LoadedModel:
+    """``timm:ARCH`` with a checkpoint (:func:`.timm_model.load_timm`)."""
+    from .timm_model import load_timm as load
+
+    return load(arch, checkpoint, **options)
+
+
+def check_parity(model: LoadedModel, images: torch.Tensor, *, tol: float = 1e-3) -> dict[str, Any]:
+    """The converted module against onnxruntime on ``images``; ParityError beyond ``tol`` (:mod:`.onnx_model`)."""
+    from .onnx_model import check_parity as check
+
+    return check(model, images, tol=tol)
+
+
+def check_archive_size(path: Path) -> None:
+    """Refuse a zip checkpoint whose entries declare far more bytes than the file, before torch unpacks it."""
+    from .timm_model import check_archive_size as check
+
+    check(path)
+
+
+def converted_network(loaded: LoadedModel) -> tuple[nn.Module, bool]:
+    """The network inside the wrapper (itself, not a copy) and whether it runs one image at a time (an ONNX
+    file whose batch is fixed to 1)."""
+    from .onnx_model import _PerSample
+
+    net = loaded.module.net
+    return (net.net, True) if isinstance(net, _PerSample) else (net, False)
+
+
+def onnx_input_shape(value: Any) -> Optional[list[Optional[int]]]:
+    """Dims of an ONNX tensor value (None for symbolic dims), or None when its rank is unknown."""
+    from .onnx_graph import tensor_shape
+
+    return tensor_shape(value)
+
+
+def onnx_opset(model: Any) -> int:
+    """The default-domain (ai.onnx) opset an ONNX model imports."""
+    from .onnx_graph import opset_of
+
+    return opset_of(model)
+
+
+def onnx_with_weights(original: Any, net: nn.Module, wmap: Any) -> Any:
+    """A copy of the ONNX model ``original`` whose bound tensors hold ``net``'s current values (:mod:`.onnx_weights`)."""
+    from .onnx_weights import write_back
+
+    return write_back(original, net, wmap)
+
+
 __all__ = ["check_finite_logits", "check_finite_weights", "LoadedModel", "PixelClassifier", "Preprocessing", "load_model", "final_linear_of",
-           "parse_floats", "sha256_of"]
+           "parse_floats", "sha256_of", "check_archive_size", "check_parity", "converted_network", "load_onnx",
+           "load_timm", "onnx_input_shape", "onnx_opset", "onnx_with_weights"]
