@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 from .errors import TailAuditError
+from .repairmodel import Manifest
+from .typedjson import from_json, to_json
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +122,9 @@ def read_manifest(out_dir: Path) -> list[str]:
 
     try:
         data = parse_json(read_text(Path(out_dir) / MANIFEST, max_bytes=MAX_MANIFEST_BYTES))
-        files = data.get("files", []) if isinstance(data, dict) else []
-        return [f for f in files if isinstance(f, str) and _is_plain_name(f)]
-    except (OSError, ValueError, RecursionError):
+        manifest = from_json(Manifest, data, MANIFEST)
+        return [f for f in manifest.files or [] if isinstance(f, str) and _is_plain_name(f)]
+    except (OSError, ValueError, RecursionError):  # DocumentError is a ValueError: not tailaudit's manifest
         return []
 
 
@@ -371,7 +373,7 @@ class RunFiles:
         _fsync_dir(out)
 
     def _write_manifest(self, names: list[str]) -> None:
-        text = json.dumps({"tool": "tailaudit", "files": names}, indent=2) + "\n"
+        text = json.dumps(to_json(Manifest(files=list(names))), indent=2) + "\n"
         tmp = self.staging / MANIFEST
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, self.out_dir / MANIFEST)

@@ -4,43 +4,20 @@ change, not improved, or input kept.
 Computed once, from the before/after audits of the same evaluation points (never used for
 selection): their headline figures and the paired tests of :mod:`.significance` (McNemar's exact
 test on the points whose outcome changed). A change counts only when it is significant; stored in
-``repair.json`` as ``outcome`` (with the tests under ``outcome.tests``) and shown on page 1 of the
+``repair.json`` as ``outcome`` (:class:`audit.repairmodel.RepairOutcome`, the tests under ``outcome.tests``) and shown on page 1 of the
 before/after report and in the terminal. Rules: docs/repair.md ("What the repair says it did").
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Optional, Sequence
+
+from audit.repairmodel import OUTCOME_CODES as CODES, OUTCOME_LABELS as LABELS, PairedTests, RepairOutcome
+from audit.typedjson import from_json
 
 from .significance import change_words, p_words
 
-CODES = ("improved", "partly-improved", "no-change", "not-improved", "input-kept")
-LABELS = {"improved": "Improved", "partly-improved": "Partly improved", "no-change": "No measurable change",
-          "not-improved": "Not improved", "input-kept": "Not improved (input kept)"}
+__all__ = ["CODES", "LABELS", "RepairOutcome", "decide"]
 CLEAN_LOSS_NAMED = 0.05  # a clean loss above 5 points is named in the headline, with the classes that lost most
-
-
-@dataclass(frozen=True)
-class RepairOutcome:
-    """The repair's verdict and the figures behind it (fractions; changes are after − before)."""
-
-    code: str
-    headline: str
-    reasons: list[str] = field(default_factory=list)
-    actions: list[str] = field(default_factory=list)
-    clean_kept: Optional[float] = None  # after clean / before clean on the test points
-    worst_case_change: Optional[float] = None
-    tail_change: Optional[float] = None
-    clean_change: Optional[float] = None
-    tests: Optional[dict[str, Any]] = None  # significance.paired_tests: worst_case, tail, clean
-    significance: Optional[str] = None  # the tests in one plain sentence (page 1)
-
-    @property
-    def label(self) -> str:
-        return LABELS[self.code]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "label": self.label}
 
 
 def _pct(v: Optional[float]) -> str:
@@ -104,7 +81,7 @@ def decide(before: Mapping[str, Any], after: Mapping[str, Any], *, input_kept: b
     d_tail = _tail(after) - _tail(before) if _tail(after) is not None and _tail(before) is not None else None
     d_clean = clean_a - clean_b if clean_a is not None and clean_b is not None else None
     figures = dict(clean_kept=kept, worst_case_change=d_wc, tail_change=d_tail, clean_change=d_clean,
-                   tests=dict(tests) if tests else None, significance=_significance(tests))
+                   tests=from_json(PairedTests, dict(tests)) if tests else None, significance=_significance(tests))
     how = f" ({method}, {budget})" if method and budget else ""
     retry = ["Keep the input model"] + list(actions_if_not or ["Try another --method"])
     if input_kept:
