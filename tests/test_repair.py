@@ -419,9 +419,10 @@ def test_repair_on_digits_raises_tail_robustness(tmp_path):
     assert ga["head"] - ga["tail"] < gb["head"] - gb["tail"], (gb, ga)
     assert after.worst_case.overall > before.worst_case.overall
     # the outcome is a test: the demo's gain is significant on the paired test points (issue 27 item 4)
-    tests = run.outcome["tests"]
-    assert run.improved and tests["worst_case"]["significant"] and tests["worst_case"]["p_value"] < 0.001
-    assert "McNemar" in run.outcome["significance"]
+    tests = run.outcome.tests  # typed (audit/repairmodel.py), as run.results.verdict is
+    assert run.improved and run.outcome.code == "improved" and run.outcome.clean_kept >= 0.8
+    assert tests.worst_case.significant and tests.worst_case.p_value < 0.001 and tests.worst_case.direction == "up"
+    assert "McNemar" in run.outcome.significance and run.summary["outcome"]["code"] == run.outcome.code
     # same threat model, attacks and evaluation points before and after
     assert (before.threat_model, before.attacks, before.mode) == (after.threat_model, after.attacks, after.mode)
     assert before.dataset.eval_indices_sha256 == after.dataset.eval_indices_sha256
