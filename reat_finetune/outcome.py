@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence
 
-from audit.repairmodel import OUTCOME_CODES as CODES, OUTCOME_LABELS as LABELS, PairedTests, RepairOutcome
+from audit.repairmodel import (OUTCOME_CODES as CODES, OUTCOME_LABELS as LABELS, Headline, PairedTests,
+                               RepairOutcome)
 from audit.typedjson import from_json
 
 from .significance import change_words, p_words
@@ -28,8 +29,8 @@ def _pts(v: float) -> str:
     return f"{100 * v:+.1f} points"
 
 
-def _tail(h: Mapping[str, Any]) -> Optional[float]:
-    return (h.get("robust_groups") or {}).get("tail")
+def _tail(h: Headline) -> Optional[float]:
+    return h.group("tail")
 
 
 def _dir(tests: Optional[Mapping[str, Any]], key: str) -> str:
@@ -62,8 +63,8 @@ def _significance(tests: Optional[Mapping[str, Any]]) -> str:
             "means a change this large is unlikely to be chance; otherwise it is not counted as a change.")
 
 
-def decide(before: Mapping[str, Any], after: Mapping[str, Any], *, input_kept: bool, after_meaningful: bool,
-           min_clean_kept: float, tests: Optional[Mapping[str, Any]], kept_note: Optional[str] = None,
+def decide(before: Headline | Mapping[str, Any], after: Headline | Mapping[str, Any], *, input_kept: bool,
+           after_meaningful: bool, min_clean_kept: float, tests: Optional[Mapping[str, Any]], kept_note: Optional[str] = None,
            model_file: str = "the repaired model", method: str = "", budget: str = "",
            class_clean_changes: Sequence[tuple[str, float]] = (),
            actions_if_not: Optional[list[str]] = None) -> RepairOutcome:
@@ -74,8 +75,9 @@ def decide(before: Mapping[str, Any], after: Mapping[str, Any], *, input_kept: b
     accuracy fell by more than 5 points; ``actions_if_not`` is the advice when nothing measurably
     improved (:func:`.advice.next_steps`).
     """
-    clean_b, clean_a = before.get("clean"), after.get("clean")
-    wc_b, wc_a = before.get("robust_worst_case"), after.get("robust_worst_case")
+    before, after = (h if isinstance(h, Headline) else from_json(Headline, dict(h)) for h in (before, after))
+    clean_b, clean_a = before.clean, after.clean
+    wc_b, wc_a = before.robust_worst_case, after.robust_worst_case
     kept = clean_a / clean_b if clean_b else None
     d_wc = wc_a - wc_b if wc_a is not None and wc_b is not None else None
     d_tail = _tail(after) - _tail(before) if _tail(after) is not None and _tail(before) is not None else None
@@ -126,7 +128,7 @@ def _sig(tests: Optional[Mapping[str, Any]], key: str) -> str:
 
 def _verdict(tests: Optional[Mapping[str, Any]], kept: Optional[float], min_clean_kept: float,
              wc_b: Optional[float], wc_a: Optional[float], d_tail: Optional[float],
-             before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[str, str]:
+             before: Headline, after: Headline) -> tuple[str, str]:
     """(code, headline without the clean part): only significant changes count."""
     wc, tail, clean = _dir(tests, "worst_case"), _dir(tests, "tail"), _dir(tests, "clean")
     clean_ok = (kept is None or kept >= min_clean_kept) and not (clean == "down" and kept is not None

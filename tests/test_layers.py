@@ -4,8 +4,8 @@ Every ``import`` in the source tree counts, including those inside functions (a 
 still a dependency). Layers, bottom to top:
 
 1. value types and parsing: ``audit.values``, ``audit.errors``, ``audit.registry``, ``audit.bounds``,
-   ``audit.version``, ``audit.textsafe``, the typed results ``audit.resultsmodel`` with their JSON codec
-   ``audit.typedjson`` (and the results helpers reports may read);
+   ``audit.version``, ``audit.textsafe``, the typed results ``audit.resultsmodel`` and repair documents
+   ``audit.repairmodel`` with their JSON codec ``audit.typedjson`` (and the results helpers reports may read);
 2. attacks, models and data; 3. the audit engine; 4. the repair engine (``reat_finetune``);
 5. ``reports``, which reads results only; 6. the application layer (``tailaudit``, ``cli``), the
    only code that calls the renderer.
@@ -21,7 +21,7 @@ from support import ROOT
 
 PACKAGES = ("audit", "reat_finetune", "reports", "tailaudit")
 BOTTOM = {"audit.values", "audit.errors", "audit.registry", "audit.bounds", "audit.version", "audit.textsafe",
-          "audit.resultsmodel", "audit.typedjson"}
+          "audit.resultsmodel", "audit.repairmodel", "audit.typedjson"}
 # what reports may read of the audit package: value types, results helpers, the stored verdict's constants
 REPORTS_MAY_READ = BOTTOM | {"audit.jsonfile", "audit.results", "audit.outputs", "audit.verdict", "audit.metrics", "audit.inputs",
                                 "audit.schema"}
