@@ -202,10 +202,6 @@ class Evaluation(OpenSection):
     def val_robust_acc(self) -> Optional[float]:
         return _number(self._value("val_robust_acc"))
 
-    def figure(self, key: str) -> Optional[float]:
-        """A numeric figure by its log name (the chart's series are named in one list, reports/charts.py)."""
-        return _number(self._value(key))
-
 
 @dataclass(kw_only=True)
 class Budget:
