@@ -4,8 +4,9 @@ change, not improved, or input kept.
 Computed once, from the before/after audits of the same evaluation points (never used for
 selection): their headline figures and the paired tests of :mod:`.significance` (McNemar's exact
 test on the points whose outcome changed). A change counts only when it is significant; stored in
-``repair.json`` as ``outcome`` (:class:`audit.repairmodel.RepairOutcome`, the tests under ``outcome.tests``) and shown on page 1 of the
-before/after report and in the terminal. Rules: docs/repair.md ("What the repair says it did").
+``repair.json`` as ``outcome`` (:class:`audit.repairmodel.RepairOutcome`, the tests under
+``outcome.tests``) and shown on page 1 of the before/after report and in the terminal. Rules: docs/repair.md
+("What the repair says it did").
 """
 from __future__ import annotations
 
@@ -64,7 +65,8 @@ def _significance(tests: Optional[Mapping[str, Any]]) -> str:
 
 
 def decide(before: Headline | Mapping[str, Any], after: Headline | Mapping[str, Any], *, input_kept: bool,
-           after_meaningful: bool, min_clean_kept: float, tests: Optional[Mapping[str, Any]], kept_note: Optional[str] = None,
+           after_meaningful: bool, min_clean_kept: float, tests: Optional[Mapping[str, Any]],
+           kept_note: Optional[str] = None,
            model_file: str = "the repaired model", method: str = "", budget: str = "",
            class_clean_changes: Sequence[tuple[str, float]] = (),
            actions_if_not: Optional[list[str]] = None) -> RepairOutcome:

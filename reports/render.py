@@ -135,10 +135,10 @@ def render_report(
     parsed results.json); with ``compare`` (one or more further results), a comparison.
 
     Two results files of a repair (``repair.json`` beside their ``before/`` and ``after/`` folders, or
-    ``repair`` / ``training_log`` given, typed (:mod:`audit.repairmodel`) or as parsed JSON) or of the same model file (a model changed in place and
-    audited again) make a before/after report, with the repair folder's ``training_log.json`` for the
-    training section. Any other set of files (different models, or more than two) makes a
-    side-by-side model comparison: never "before" and "after".
+    ``repair`` / ``training_log`` given, typed (:mod:`audit.repairmodel`) or as parsed JSON) or of the same
+    model file (a model changed in place and audited again) make a before/after report, with the repair
+    folder's ``training_log.json`` for the training section. Any other set of files (different models, or more
+    than two) makes a side-by-side model comparison: never "before" and "after".
 
     Files are written atomically as ``out_dir/basename.html`` and ``.pdf``; returns
     ``{"html": path, "pdf": path}`` for the formats asked for. Raises :class:`ResultsError`
