@@ -170,6 +170,10 @@ class Divergence(OpenSection):
     def lr_to(self) -> Optional[float]:
         return _number(self._value("lr_to"))
 
+    @property
+    def why(self) -> Optional[str]:
+        return _text(self._value("why"))
+
 
 class Evaluation(OpenSection):
     """One evaluation of the training log (``epochs[i]``; step 0 is the input model): keys vary by method."""

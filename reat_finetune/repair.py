@@ -388,7 +388,7 @@ def _outcome(before: AuditResults, after: AuditResults, out: Path, config: Repai
 def _advice(tlog: TrainingLog, method: str, steps: int, eps_schedule: str) -> list[str]:
     sel = tlog.selection or Selection()
     val = sel.validation or Validation()
-    return next_steps(tlog.to_json(), method=method, lr=tlog.lr, steps=steps,
+    return next_steps(tlog, method=method, lr=tlog.lr, steps=steps,
                       selection_counts=val.per_class_counts or [], source=str(val.source),
                       floor=(sel.floors or {}).get("clean"), eps_schedule=eps_schedule)
 
@@ -461,8 +461,8 @@ def format_comparison(run: RepairRun) -> str:
         if b.group(g) is not None or a.group(g) is not None:
             rows.append((f"  {g} robust", b.group(g), a.group(g)))
     rows.append(("worst class robust", b.worst_class_robust, a.worst_class_robust))
-    o = run.outcome
-    lines = [f"repair outcome: {o.headline}"] + ([o.significance] if o.significance else []) + ["",
+    o = s.outcome
+    lines = [f"repair outcome: {o.headline if o else '?'}"] + ([o.significance] if o and o.significance else []) + ["",
              f"{'':<22}{'before':>8}{'after':>8}{'change':>9}"]
     for name, x, y in rows:
         d = "" if x is None or y is None else f"{100 * (y - x):+8.1f}"

@@ -640,6 +640,7 @@ def test_resume_on_another_dataset_is_refused(uninterrupted, tmp_path):
 def test_terminal_comparison_has_no_group_rows_on_a_balanced_set():
     from types import SimpleNamespace
 
+    from audit.repairmodel import RepairDocument
     from reat_finetune import format_comparison
 
     def side(groups):
@@ -648,10 +649,11 @@ def test_terminal_comparison_has_no_group_rows_on_a_balanced_set():
     summary = {"method": "reat", "tail_penalty": "pairwise", "sampler": "shuffle", "lr": 0.05, "best_step": 30,
                "best_epoch": 2, "budget": {"steps_total": 300, "source": "automatic", "epochs": 10},
                "timings": {"fine_tune_s": 1.0, "total_s": 2.0}, "selection": {"validation": {"missing_classes": []}}}
-    balanced = format_comparison(SimpleNamespace(summary=dict(summary, before=side(None), after=side({}))))
+    balanced = format_comparison(SimpleNamespace(repair=RepairDocument.from_json(dict(summary, before=side(None),
+                                                                                      after=side({})))))
     assert "worst-case robust" in balanced and "n/a" not in balanced
     assert not any(f"{g} robust" in balanced for g in ("head", "medium", "tail"))
-    lt = format_comparison(SimpleNamespace(summary=dict(
+    lt = format_comparison(SimpleNamespace(repair=RepairDocument.from_json(dict(
         summary, before=side({"head": 0.9, "medium": 0.5, "tail": 0.1}),
-        after=side({"head": 0.85, "medium": 0.5, "tail": 0.3}))))
+        after=side({"head": 0.85, "medium": 0.5, "tail": 0.3})))))
     assert "  tail robust" in lt and "+20.0" in lt and "head robust" in lt
