@@ -20,6 +20,8 @@ from audit.attacks import PointNoise, create_attack, make_spec
 from audit.config import AuditConfig
 from audit.data import assign_groups, longtail_counts
 from audit.models import load_model
+from audit.results import json_text
+from audit.schema import load_repair_file
 from reat_finetune import RepairConfig, RepairError, RepairInterrupted, TrainHooks
 from tailaudit import run_repair
 from reat_finetune import checkpoint as ckpt_mod
@@ -438,6 +440,10 @@ def test_repair_on_digits_raises_tail_robustness(tmp_path):
         assert (out / name).is_file(), name
     log = json.loads((out / "training_log.json").read_text())
     summary = json.loads((out / "repair.json").read_text())
+    # the typed documents are the files (audit/repairmodel.py): read back and written again, the same text
+    for name in ("training_log.json", "repair.json"):
+        assert json_text(load_repair_file(out / name).to_json()) + "\n" == (out / name).read_text(), name
+    assert load_repair_file(out / "repair.json").outcome == run.outcome
     # the automatic budget: all 304 training images at batch 128 = 3 steps an epoch, floor 300 steps, 10 evaluations
     # 40 of the 300 steps go to the learning-rate search (successive halving, 5 + 10 steps), 260 to the main run
     want_budget = {"steps_total": 260, "search_steps": 40, "steps_per_epoch": 3, "epochs": 87, "source": "auto"}
