@@ -25,6 +25,8 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 from .contract.files import OutputError, atomic_write, output_error, write_json, write_npz
 from .contract.jsonfile import parse_json, read_text
+from .contract.codec import from_json, to_json
+from .contract.repair import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +39,9 @@ def read_manifest(out_dir: Path) -> list[str]:
     """Files an earlier run recorded as its own (relative names); [] when none or unreadable."""
     try:
         data = parse_json(read_text(Path(out_dir) / MANIFEST, max_bytes=MAX_MANIFEST_BYTES))
-        files = data.get("files", []) if isinstance(data, dict) else []
-        return [f for f in files if isinstance(f, str) and _is_plain_name(f)]
-    except (OSError, ValueError, RecursionError):
+        manifest = from_json(Manifest, data, MANIFEST)
+        return [f for f in manifest.files or [] if isinstance(f, str) and _is_plain_name(f)]
+    except (OSError, ValueError, RecursionError):  # DocumentError is a ValueError: not tailaudit's manifest
         return []
 
 
@@ -282,7 +284,7 @@ class RunFiles:
         _fsync_dir(out)
 
     def _write_manifest(self, names: list[str]) -> None:
-        text = json.dumps({"tool": "tailaudit", "files": names}, indent=2) + "\n"
+        text = json.dumps(to_json(Manifest(files=list(names))), indent=2) + "\n"
         tmp = self.staging / MANIFEST
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, self.out_dir / MANIFEST)

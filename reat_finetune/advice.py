@@ -8,33 +8,36 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence
 
+from audit.contract.repair import Evaluation, TrainingLog
+
 from .selection import MIN_SELECTION_PER_CLASS
 
 RISING = 0.01  # the last evaluation beats the best before it by this much: "still rising"
 
 
-def _trained(log: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    return [e for e in log.get("epochs") or [] if e.get("step")]
+def _trained(log: TrainingLog) -> list[Evaluation]:
+    return [e for e in log.epochs if e.step]
 
 
 def _pct(v: Optional[float]) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}%"
 
 
-def next_steps(log: Mapping[str, Any], *, method: str, lr: Optional[float], steps: int,
+def next_steps(log: TrainingLog | Mapping[str, Any], *, method: str, lr: Optional[float], steps: int,
                selection_counts: Sequence[int], source: str, floor: Optional[float],
                eps_schedule: str = "warmup") -> list[str]:
     """Advice for a repair that did not measurably improve the model, most telling cause first."""
+    log = log if isinstance(log, TrainingLog) else TrainingLog.from_json(log)
     entries, out = _trained(log), []
-    start = (log.get("epochs") or [{}])[0]
-    cleans = [e.get("val_clean_acc") for e in entries if e.get("val_clean_acc") is not None]
-    robs = [e.get("val_robust_acc") for e in entries if e.get("val_robust_acc") is not None]
-    rob0, clean0 = start.get("val_robust_acc"), start.get("val_clean_acc")
-    divergences = log.get("divergences") or []
+    start = log.epochs[0] if log.epochs else Evaluation()
+    cleans = [e.val_clean_acc for e in entries if e.val_clean_acc is not None]
+    robs = [e.val_robust_acc for e in entries if e.val_robust_acc is not None]
+    rob0, clean0 = start.val_robust_acc, start.val_clean_acc
+    divergences = log.divergences
     if divergences:
         d = divergences[-1]
-        out.append(f"Start at a lower learning rate (--lr {d['lr_to']:.3g}): training diverged at "
-                   f"{len(divergences)} point(s) ({d['why']})")
+        out.append(f"Start at a lower learning rate (--lr {d.lr_to:.3g}): training diverged at "
+                   f"{len(divergences)} point(s) ({d.why})")
     if cleans and floor is not None and cleans[-1] < floor and clean0 is not None:
         out.append(f"Lower the learning rate (--lr {(lr or 0.05) / 4:.3g}) or shorten the budget "
                    f"(--train-steps-total {max(1, steps // 2)}): clean accuracy on the selection images fell from "

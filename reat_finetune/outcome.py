@@ -4,43 +4,22 @@ change, not improved, or input kept.
 Computed once, from the before/after audits of the same evaluation points (never used for
 selection): their headline figures and the paired tests of :mod:`.significance` (McNemar's exact
 test on the points whose outcome changed). A change counts only when it is significant; stored in
-``repair.json`` as ``outcome`` (with the tests under ``outcome.tests``) and shown on page 1 of the
-before/after report and in the terminal. Rules: docs/repair.md ("What the repair says it did").
+``repair.json`` as ``outcome`` (:class:`audit.contract.repair.RepairOutcome`, the tests under
+``outcome.tests``) and shown on page 1 of the before/after report and in the terminal. Rules: docs/repair.md
+("What the repair says it did").
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Optional, Sequence
+
+from audit.contract.repair import (OUTCOME_CODES as CODES, OUTCOME_LABELS as LABELS, Headline, PairedTests,
+                               RepairOutcome)
+from audit.contract.codec import from_json
 
 from .significance import change_words, p_words
 
-CODES = ("improved", "partly-improved", "no-change", "not-improved", "input-kept")
-LABELS = {"improved": "Improved", "partly-improved": "Partly improved", "no-change": "No measurable change",
-          "not-improved": "Not improved", "input-kept": "Not improved (input kept)"}
+__all__ = ["CODES", "LABELS", "RepairOutcome", "decide"]
 CLEAN_LOSS_NAMED = 0.05  # a clean loss above 5 points is named in the headline, with the classes that lost most
-
-
-@dataclass(frozen=True)
-class RepairOutcome:
-    """The repair's verdict and the figures behind it (fractions; changes are after − before)."""
-
-    code: str
-    headline: str
-    reasons: list[str] = field(default_factory=list)
-    actions: list[str] = field(default_factory=list)
-    clean_kept: Optional[float] = None  # after clean / before clean on the test points
-    worst_case_change: Optional[float] = None
-    tail_change: Optional[float] = None
-    clean_change: Optional[float] = None
-    tests: Optional[dict[str, Any]] = None  # significance.paired_tests: worst_case, tail, clean
-    significance: Optional[str] = None  # the tests in one plain sentence (page 1)
-
-    @property
-    def label(self) -> str:
-        return LABELS[self.code]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "label": self.label}
 
 
 def _pct(v: Optional[float]) -> str:
@@ -51,8 +30,8 @@ def _pts(v: float) -> str:
     return f"{100 * v:+.1f} points"
 
 
-def _tail(h: Mapping[str, Any]) -> Optional[float]:
-    return (h.get("robust_groups") or {}).get("tail")
+def _tail(h: Headline) -> Optional[float]:
+    return h.group("tail")
 
 
 def _dir(tests: Optional[Mapping[str, Any]], key: str) -> str:
@@ -85,8 +64,9 @@ def _significance(tests: Optional[Mapping[str, Any]]) -> str:
             "means a change this large is unlikely to be chance; otherwise it is not counted as a change.")
 
 
-def decide(before: Mapping[str, Any], after: Mapping[str, Any], *, input_kept: bool, after_meaningful: bool,
-           min_clean_kept: float, tests: Optional[Mapping[str, Any]], kept_note: Optional[str] = None,
+def decide(before: Headline | Mapping[str, Any], after: Headline | Mapping[str, Any], *, input_kept: bool,
+           after_meaningful: bool, min_clean_kept: float, tests: Optional[Mapping[str, Any]],
+           kept_note: Optional[str] = None,
            model_file: str = "the repaired model", method: str = "", budget: str = "",
            class_clean_changes: Sequence[tuple[str, float]] = (),
            actions_if_not: Optional[list[str]] = None) -> RepairOutcome:
@@ -97,14 +77,15 @@ def decide(before: Mapping[str, Any], after: Mapping[str, Any], *, input_kept: b
     accuracy fell by more than 5 points; ``actions_if_not`` is the advice when nothing measurably
     improved (:func:`.advice.next_steps`).
     """
-    clean_b, clean_a = before.get("clean"), after.get("clean")
-    wc_b, wc_a = before.get("robust_worst_case"), after.get("robust_worst_case")
+    before, after = (h if isinstance(h, Headline) else from_json(Headline, dict(h)) for h in (before, after))
+    clean_b, clean_a = before.clean, after.clean
+    wc_b, wc_a = before.robust_worst_case, after.robust_worst_case
     kept = clean_a / clean_b if clean_b else None
     d_wc = wc_a - wc_b if wc_a is not None and wc_b is not None else None
     d_tail = _tail(after) - _tail(before) if _tail(after) is not None and _tail(before) is not None else None
     d_clean = clean_a - clean_b if clean_a is not None and clean_b is not None else None
     figures = dict(clean_kept=kept, worst_case_change=d_wc, tail_change=d_tail, clean_change=d_clean,
-                   tests=dict(tests) if tests else None, significance=_significance(tests))
+                   tests=from_json(PairedTests, dict(tests)) if tests else None, significance=_significance(tests))
     how = f" ({method}, {budget})" if method and budget else ""
     retry = ["Keep the input model"] + list(actions_if_not or ["Try another --method"])
     if input_kept:
@@ -149,7 +130,7 @@ def _sig(tests: Optional[Mapping[str, Any]], key: str) -> str:
 
 def _verdict(tests: Optional[Mapping[str, Any]], kept: Optional[float], min_clean_kept: float,
              wc_b: Optional[float], wc_a: Optional[float], d_tail: Optional[float],
-             before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[str, str]:
+             before: Headline, after: Headline) -> tuple[str, str]:
     """(code, headline without the clean part): only significant changes count."""
     wc, tail, clean = _dir(tests, "worst_case"), _dir(tests, "tail"), _dir(tests, "clean")
     clean_ok = (kept is None or kept >= min_clean_kept) and not (clean == "down" and kept is not None

@@ -24,13 +24,16 @@ from audit.phases import (LTDataset, Renderer, RunFiles, check_gate, class_group
                           environment, fit_images, output_error, prepare, render_into, reusable_results, run_audit,
                           run_folder, start)
 from audit.contract.model import AuditResults
+from audit.contract.codec import from_json
+from audit.contract.repair import (Budget, Environment, Headline, RepairDocument, RepairOutcome, RepairSettings,
+                                   Selection, Split, Timings, TrainingLog, Validation)
 
 from .checkpoint import CHECKPOINT_NAME, check_fingerprint, fingerprint, is_disk_full, labels_digest, load_checkpoint
 from .config import RepairConfig
 from .ddp import check_global_batch, check_world_size
 from .errors import RepairError
 from .export import ExportPlan, export_repaired, keep_input, preflight_export, untrained_note
-from .outcome import RepairOutcome, decide
+from .outcome import decide
 from .significance import paired_tests, read_points
 from .features import build_feature_model
 from .losses import tail_class_weights
@@ -54,29 +57,42 @@ PROBE = 64
 
 @dataclass
 class RepairRun:
-    """What :func:`run_repair` returns: both audits, the training log and where everything went."""
+    """What :func:`run_repair` returns: both audits, the typed ``repair.json`` and ``training_log.json``, and where
+    everything went."""
 
     out_dir: Path
     before: AuditResults
     after: AuditResults
-    training_log: dict[str, Any]
+    log: TrainingLog  # training_log.json (audit/contract/repair.py)
     model_path: Path
     best_epoch: int
-    summary: dict[str, Any]
+    repair: RepairDocument  # repair.json (audit/contract/repair.py)
     reports: dict[str, Path] = field(default_factory=dict)
     module: Optional[torch.nn.Module] = None  # an nn.Module's repair: the repaired copy (the file's weights loaded)
 
     @property
-    def outcome(self) -> dict[str, Any]:
+    def outcome(self) -> RepairOutcome:
         """The repair's verdict (``repair.json`` → ``outcome``): ``code``, ``label``, ``headline``, ``reasons``,
-        ``actions``, the changes, and ``tests`` (McNemar's exact tests: worst_case, tail, clean, each with
-        ``gained``, ``lost``, ``p_value``, ``significant``) with ``significance``, the tests in words."""
-        return dict(self.summary.get("outcome") or {})
+        ``actions``, ``clean_kept`` and the changes, and ``tests`` (McNemar's exact tests: ``worst_case``, ``tail``,
+        ``clean``, each with ``gained``, ``lost``, ``p_value``, ``significant``) with ``significance``, the tests
+        in words."""
+        assert self.repair.outcome is not None  # every run_repair records one
+        return self.repair.outcome
 
     @property
     def improved(self) -> bool:
-        """True only when the worst-case gain is significant and the clean accuracy kept (``outcome['code']``)."""
-        return self.outcome.get("code") == "improved"
+        """True only when the worst-case gain is significant and the clean accuracy kept (``outcome.code``)."""
+        return self.outcome.improved
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """``repair.json`` as the JSON it was written as (a new dict each time; :attr:`repair` is the typed form)."""
+        return self.repair.to_json()
+
+    @property
+    def training_log(self) -> dict[str, Any]:
+        """``training_log.json`` as the JSON it was written as (:attr:`log` is the typed form)."""
+        return self.log.to_json()
 
     @property
     def before_path(self) -> Path:
@@ -114,13 +130,12 @@ def _training_copy(loaded: Any, method: Any, config: RepairConfig, counts: list[
     return pm.net, guide if len(opt.param_groups) > 1 else None, opt
 
 
-def _headline(res: AuditResults) -> dict[str, Any]:
+def _headline(res: AuditResults) -> Headline:
     """The before/after figures repair.json records (its own file format, docs/results_schema.md)."""
     clean, wc = res.summary.clean, res.worst_case
-    return {"clean": clean.overall, "clean_balanced": clean.mean,
-            "robust_worst_case": wc.overall, "robust_balanced": wc.mean,
-            "robust_groups": wc.groups, "clean_groups": clean.groups,
-            "worst_class": wc.worst_class, "worst_class_robust": wc.worst}
+    return Headline(clean=clean.overall, clean_balanced=clean.mean, robust_worst_case=wc.overall,
+                    robust_balanced=wc.mean, robust_groups=wc.groups, clean_groups=clean.groups,
+                    worst_class=wc.worst_class, worst_class_robust=wc.worst)
 
 
 @distributed.reports_failure
@@ -285,47 +300,43 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
 
     # -- log, summary, report ------------------------------------------------------------------
     tlog = training_log(result.state, setup, config, note=result.best_note)
-    tlog["warnings"] = feature_warnings + result.warnings
-    summary = {
-        "tool": {"name": "tailaudit", "version": __version__},
-        "created": created_now(),
-        "config": config.to_dict(),
-        "method": method.name, "description": method.description, "tail_penalty": penalty,
-        "feature_source": setup.feature_source,
-        "best_epoch": result.best_epoch, "best_step": result.best_step, "epochs": budget.epochs,
-        "lr": tlog["lr"], "lr_search": tlog["lr_search"], "divergences": tlog["divergences"],
-        "sampler": sampler, "sampler_rule": sampler_rule, "budget": tlog["budget"], "selection": tlog["selection"],
-        "model": {"input": loaded.spec, "input_sha256": loaded.sha256, "repaired": str(exported.path),
-                  "format": exported.format, "parity": exported.parity, "export": export_plan.to_dict(),
-                  "input_kept": input_kept},
-        "split": {"n_train": len(train_idx), "n_val": len(val_idx), "n_guard": int(len(guard_idx)),
-                  "n_audit": int(len(eval_idx)), "selection_source": sel.source, "selection_root": sel.root,
-                  "train_counts": split_counts, "val_counts": vplan.per_class_counts,
-                  "audit_counts": [int(c) for c in np.bincount(np.asarray(data.test_labels)[eval_idx], minlength=C)],
-                  "selection_indices": [int(i) for i in val_idx] if sel.source == "evaluation" else None,
-                  "seed": config.seed},
-        "before": _headline(before), "after": _headline(after),
-        "outcome": _outcome(before, after, out, config, result, input_kept, exported.path.name, method.name,
-                            budget.steps_total + budget.search_steps, tlog).to_dict(),
-        "timings": {"fine_tune_s": result.seconds, "fine_tune_session_s": result.session_seconds,
-                    "total_s": time.perf_counter() - t_start, "resumed": resume_state is not None},
-        "environment": environment(device),
-        "warnings": tlog["warnings"],
-        "files": {"before": "before/results.json", "after": "after/results.json", "training_log": "training_log.json",
-                  "checkpoint": CHECKPOINT_NAME, "model": exported.path.name},
-    }
-    summary["environment"].update(distributed.describe())
+    tlog.warnings = feature_warnings + result.warnings
+    outcome = _outcome(before, after, out, config, result, input_kept, exported.path.name, method.name,
+                       budget.steps_total + budget.search_steps, tlog)
+    split = {"n_train": len(train_idx), "n_val": len(val_idx), "n_guard": int(len(guard_idx)),
+             "n_audit": int(len(eval_idx)), "selection_source": sel.source, "selection_root": sel.root,
+             "train_counts": split_counts, "val_counts": vplan.per_class_counts,
+             "audit_counts": [int(c) for c in np.bincount(np.asarray(data.test_labels)[eval_idx], minlength=C)],
+             "selection_indices": [int(i) for i in val_idx] if sel.source == "evaluation" else None,
+             "seed": config.seed}
+    summary = RepairDocument(
+        tool={"name": "tailaudit", "version": __version__}, created=created_now(),
+        config=RepairSettings(config.to_dict()),
+        method=method.name, description=method.description, tail_penalty=penalty, feature_source=setup.feature_source,
+        best_epoch=result.best_epoch, best_step=result.best_step, epochs=budget.epochs,
+        lr=tlog.lr, lr_search=tlog.lr_search, divergences=tlog.divergences,
+        sampler=sampler, sampler_rule=sampler_rule, budget=tlog.budget, selection=tlog.selection,
+        model={"input": loaded.spec, "input_sha256": loaded.sha256, "repaired": str(exported.path),
+               "format": exported.format, "parity": exported.parity, "export": export_plan.to_dict(),
+               "input_kept": input_kept},
+        split=from_json(Split, split, "split"), before=_headline(before), after=_headline(after), outcome=outcome,
+        timings=Timings(fine_tune_s=result.seconds, fine_tune_session_s=result.session_seconds,
+                        total_s=time.perf_counter() - t_start, resumed=resume_state is not None),
+        environment=Environment({**environment(device), **distributed.describe()}),
+        warnings=tlog.warnings,
+        files={"before": "before/results.json", "after": "after/results.json", "training_log": "training_log.json",
+               "checkpoint": CHECKPOINT_NAME, "model": exported.path.name})
     reports: dict[str, Path] = {}
     if distributed.is_main():  # [distributed] rank 0 writes
         reports = _write_top_level(out, config, tlog, summary, after_run.results_path, exported.path.name, t_start,
                                    render)
-    return RepairRun(out_dir=out, before=before, after=after, training_log=tlog, model_path=exported.path,
-                     best_epoch=result.best_epoch, summary=summary, reports=reports,
+    return RepairRun(out_dir=out, before=before, after=after, log=tlog, model_path=exported.path,
+                     best_epoch=result.best_epoch, repair=summary, reports=reports,
                      module=exported.audit_model if isinstance(exported.audit_model, torch.nn.Module) else None)
 
 
 def _outcome(before: AuditResults, after: AuditResults, out: Path, config: RepairConfig, result: Any,
-             input_kept: bool, model_file: str, method: str, steps: int, tlog: dict[str, Any]) -> RepairOutcome:
+             input_kept: bool, model_file: str, method: str, steps: int, tlog: TrainingLog) -> RepairOutcome:
     """The repair's verdict: headline figures plus McNemar's tests on the points both audits scored, and advice
     read off the training log (advice.next_steps) for when it did not measurably help."""
     pb, pa = read_points(out / "before"), read_points(out / "after")
@@ -340,12 +351,12 @@ def _outcome(before: AuditResults, after: AuditResults, out: Path, config: Repai
                   actions_if_not=_advice(tlog, method, steps, config.eps_schedule))
 
 
-def _advice(tlog: dict[str, Any], method: str, steps: int, eps_schedule: str) -> list[str]:
-    sel = tlog.get("selection") or {}
-    val = sel.get("validation") or {}
-    return next_steps(tlog, method=method, lr=tlog.get("lr"), steps=steps,
-                      selection_counts=val.get("per_class_counts") or [], source=str(val.get("source")),
-                      floor=(sel.get("floors") or {}).get("clean"), eps_schedule=eps_schedule)
+def _advice(tlog: TrainingLog, method: str, steps: int, eps_schedule: str) -> list[str]:
+    sel = tlog.selection or Selection()
+    val = sel.validation or Validation()
+    return next_steps(tlog, method=method, lr=tlog.lr, steps=steps,
+                      selection_counts=val.per_class_counts or [], source=str(val.source),
+                      floor=(sel.floors or {}).get("clean"), eps_schedule=eps_schedule)
 
 
 def _shift_bn(loaded: Any, setup: TrainSetup, config: RepairConfig, result: Any) -> str:
@@ -386,52 +397,53 @@ def _preflight(loaded: Any, data: LTDataset, config: RepairConfig, device: torch
     return distributed.broadcast_from_main(plan)  # [distributed] a refusal on rank 0 fails every rank
 
 
-def _write_top_level(out: Path, config: RepairConfig, tlog: dict[str, Any], summary: dict[str, Any],
+def _write_top_level(out: Path, config: RepairConfig, tlog: TrainingLog, summary: RepairDocument,
                      after_path: Path, model_name: str, t_start: float,
                      render: Optional[Renderer]) -> dict[str, Path]:
     """training_log.json, the before/after report and repair.json as one set (before/ and after/ have their own)."""
     reports: dict[str, Path] = {}
     with RunFiles(out) as files:
-        files.add_json("training_log.json", tlog)
+        files.add_json("training_log.json", tlog.to_json())
         files.own([CHECKPOINT_NAME, model_name])
         reports = render_into(files, render, out / "before" / "results.json", config.formats, compare=after_path,
                               training_log=tlog, repair=summary, basename="report")
-        summary["files"].update({k: p.name for k, p in reports.items()})
-        summary["timings"]["total_s"] = time.perf_counter() - t_start
-        files.add_json("repair.json", summary)
+        summary.files.update({k: p.name for k, p in reports.items()})
+        summary.timings.total_s = time.perf_counter() - t_start
+        files.add_json("repair.json", summary.to_json())
         files.commit()
     return reports
 
 
 def format_comparison(run: RepairRun) -> str:
     """A small before/after table for the terminal."""
-    b, a = run.summary["before"], run.summary["after"]
+    s = run.repair
+    b, a = s.before or Headline(), s.after or Headline()
 
     def pct(v: Any) -> str:
         return "   n/a" if v is None else f"{100 * v:5.1f}%"
 
-    rows = [("clean accuracy", b["clean"], a["clean"]), ("worst-case robust", b["robust_worst_case"], a["robust_worst_case"])]
+    rows = [("clean accuracy", b.clean, a.clean), ("worst-case robust", b.robust_worst_case, a.robust_worst_case)]
     for g in ("head", "medium", "tail"):  # a balanced set has no groups: no rows rather than n/a rows
-        if (b["robust_groups"] or {}).get(g) is not None or (a["robust_groups"] or {}).get(g) is not None:
-            rows.append((f"  {g} robust", (b["robust_groups"] or {}).get(g), (a["robust_groups"] or {}).get(g)))
-    rows.append(("worst class robust", b["worst_class_robust"], a["worst_class_robust"]))
-    o = run.summary.get("outcome") or {}
-    lines = [f"repair outcome: {o.get('headline', '?')}"] + ([o["significance"]] if o.get("significance") else []) + ["",
+        if b.group(g) is not None or a.group(g) is not None:
+            rows.append((f"  {g} robust", b.group(g), a.group(g)))
+    rows.append(("worst class robust", b.worst_class_robust, a.worst_class_robust))
+    o = s.outcome
+    lines = [f"repair outcome: {o.headline if o else '?'}"] + ([o.significance] if o and o.significance else []) + ["",
              f"{'':<22}{'before':>8}{'after':>8}{'change':>9}"]
     for name, x, y in rows:
         d = "" if x is None or y is None else f"{100 * (y - x):+8.1f}"
         lines.append(f"{name:<22}{pct(x):>8}{pct(y):>8}{d:>9}")
-    s = run.summary
-    bud = s["budget"]
-    kept = ("no fine-tuned checkpoint qualified: the input model was returned" if s["best_step"] == 0 else
-            f"kept step {s['best_step']} of {bud['steps_total']} by balanced worst-case robust accuracy on "
-            f"{(s.get('split') or {}).get('n_val', 'the')} selection images")
-    lines.append(f"method {s['method']} (tail penalty {s['tail_penalty']}, {s['sampler']} sampling, lr {s['lr']:g}); "
-                 f"budget {bud['steps_total'] + bud.get('search_steps', 0)} steps ({bud['source']}"
-                 + (f", {bud['search_steps']} of them searching the learning rate" if bud.get("search_steps") else "")
+    bud = s.budget or Budget()
+    search = bud.search_steps or 0
+    kept = ("no fine-tuned checkpoint qualified: the input model was returned" if s.best_step == 0 else
+            f"kept step {s.best_step} of {bud.steps_total} by balanced worst-case robust accuracy on "
+            f"{s.split.n_val if s.split.n_val is not None else 'the'} selection images")
+    lines.append(f"method {s.method} (tail penalty {s.tail_penalty}, {s.sampler} sampling, lr {s.lr:g}); "
+                 f"budget {bud.steps_total + search} steps ({bud.source}"
+                 + (f", {search} of them searching the learning rate" if search else "")
                  + f"); {kept}; "
-                 f"fine-tuning {s['timings']['fine_tune_s']:.1f} s, total {s['timings']['total_s']:.0f} s")
-    missing = s["selection"]["validation"]["missing_classes"]
+                 f"fine-tuning {s.timings.fine_tune_s:.1f} s, total {s.timings.total_s:.0f} s")
+    missing = s.selection.validation.missing_classes if s.selection and s.selection.validation else []
     if missing:
         lines.append(f"classes without selection images (guarded on their training images): {', '.join(missing)}")
     return "\n".join(lines)

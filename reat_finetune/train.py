@@ -34,6 +34,8 @@ from audit.values import AttackSpec
 from audit.distributed import launched, launcher_rank
 from audit.phases import fit_images, score_points
 from audit.contract.files import write_json
+from audit.contract.codec import from_json
+from audit.contract.repair import TrainingLog
 
 from .checkpoint import rng_state, restore_rng, save_checkpoint, state_dict_cpu
 from .config import RepairConfig
@@ -815,7 +817,7 @@ class Trainer:
 
     def _write_log(self) -> None:
         if self.dd.is_main:  # [distributed] rank 0 writes
-            write_json(self.log_path, training_log(self.state, self.setup, self.config))
+            write_json(self.log_path, training_log(self.state, self.setup, self.config).to_json())
 
 
 def fine_tune(setup: TrainSetup, config: RepairConfig, *, out_dir: Path, resume: Optional[dict[str, Any]] = None,
@@ -844,10 +846,10 @@ def selection_dict(state: Optional[TrainState], setup: TrainSetup, note: Optiona
 
 
 def training_log(state: Optional[TrainState], setup: TrainSetup, config: RepairConfig,
-                 note: Optional[str] = None) -> dict[str, Any]:
-    """The JSON training log the report charts (``epochs``: one entry per evaluation) plus what produced it."""
+                 note: Optional[str] = None) -> TrainingLog:
+    """The training log the report charts (``epochs``: one entry per evaluation) plus what produced it."""
     kept = state.kept if state is not None else None
-    return {
+    return from_json(TrainingLog, {
         "method": config.method,
         "tail_penalty": setup.penalty,
         "feature_source": setup.feature_source,
@@ -858,15 +860,18 @@ def training_log(state: Optional[TrainState], setup: TrainSetup, config: RepairC
         "schedule": config.schedule, "batch_size": config.batch_size,
         "budget": setup.budget.to_dict(),
         "selection": selection_dict(state, setup, note),
-        "metrics_note": ("one entry per evaluation (step 0 = the input model); val_*_acc are means over the classes "
-                         "with selection images (the selection split: unseen by the input model), robust = clean-correct and unbroken by every attack of the "
-                         "cascade; *_overall are plain means; guard_* are on the training images of the classes "
-                         "missing from validation; eligible/ineligible_because: whether the checkpoint may replace "
-                         "the input model"),
+        "metrics_note": METRICS_NOTE,
         "train_counts_split": list(setup.train_counts),
         "n_train": len(setup.train), "n_val": len(setup.val),
         "best_epoch": kept.epoch if kept else None, "best_step": kept.step if kept else None,
         "best_val_robust_acc": kept.score if kept else None,
         "input_kept": bool(kept is not None and kept.step == 0),
         "epochs": list(state.log) if state is not None else [],
-    }
+    }, "training_log")
+
+
+METRICS_NOTE = ("one entry per evaluation (step 0 = the input model); val_*_acc are means over the classes "
+                "with selection images (the selection split: unseen by the input model), robust = clean-correct and "
+                "unbroken by every attack of the cascade; *_overall are plain means; guard_* are on the training "
+                "images of the classes missing from validation; eligible/ineligible_because: whether the checkpoint "
+                "may replace the input model")

@@ -7,12 +7,14 @@ never parsed as mathtext, and are shortened for axis labels (the table has them 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from markupsafe import Markup
 from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter, NullLocator
+
+from audit.contract.repair import Evaluation
 
 from .svg import (AFTER, BEFORE, BETTER, CLEAN, CURVE_COLOURS, GROUP_COLOURS, OTHER_GROUP, ROBUST, WORSE, new_figure,
                   style, to_svg)
@@ -314,14 +316,15 @@ def confusion_heatmap(
         return to_svg(fig, chart_id, label)
 
 
-def training_curves(chart_id: str, epochs: Sequence[Mapping[str, float]], *, label: str) -> Markup | None:
+def training_curves(chart_id: str, epochs: Sequence[Evaluation], *, label: str) -> Markup | None:
     """Loss, validation accuracies (clean and robust) and learning rate per epoch; None without epochs."""
     if not epochs:
         return None
-    ep = [e.get("epoch", i + 1) for i, e in enumerate(epochs)]
+    ep = [e.epoch if e.epoch is not None else i + 1 for i, e in enumerate(epochs)]
 
     def col(key: str) -> list[float]:
-        return [float(e[key]) if e.get(key) is not None else math.nan for e in epochs]
+        values = [getattr(e, key) for e in epochs]  # loss, val_clean_acc, val_robust_acc, lr: typed figures
+        return [float(v) if v is not None else math.nan for v in values]
 
     with style():
         fig = new_figure(FULL_WIDTH, 2.3)

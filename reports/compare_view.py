@@ -7,12 +7,13 @@ from typing import Any, Mapping, Sequence
 from markupsafe import Markup
 
 from audit.contract.model import AuditResults, ClassResult
+from audit.contract.repair import RepairDocument, TrainingLog
 
 from . import calibration_view, charts, corruption_view
 from .audit_view import LARGE, TOP, attack_columns, confusion, group_names, method, run_headline, strip_counts
 from .plain import glossary, at_risk, budget_sentence, change_sentences, critical_warnings, gate_rows, is_balanced, \
     resolve_verdict
-from .repair_view import repair_view
+from .repair_view import repair_view, typed_log, typed_repair
 from .examples import build_examples
 from .fmt import count, interval, num, pct, points, seconds, short_name
 from .verdict import by_count, compare_verdict, extra_broken, head_tail, weakest
@@ -196,24 +197,17 @@ def merged_warnings(before: AuditResults, after: AuditResults) -> list[str]:
 
 OUTCOME_CSS = {"improved": "good", "partly-improved": "fair", "no-change": "bad", "not-improved": "bad",
                "input-kept": "bad"}
-OUTCOME_LABELS = {"improved": "Improved", "partly-improved": "Partly improved", "no-change": "No measurable change",
-                  "not-improved": "Not improved", "input-kept": "Not improved (input kept)"}
 REPAIR_ADVICE = "Repair it with adversarial fine-tuning"  # an after-audit's advice that makes no sense after a repair
 
 
-def _strings(v: Any) -> list[str]:
-    return [str(x) for x in v] if isinstance(v, list) else []
-
-
-def repair_outcome(repair: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """The repair's own verdict from ``repair.json`` (``outcome``), checked for shape; None when absent."""
-    o = (repair or {}).get("outcome")
-    if not isinstance(o, Mapping) or o.get("code") not in OUTCOME_CSS or not isinstance(o.get("headline"), str):
+def repair_outcome(repair: RepairDocument | None) -> dict[str, Any] | None:
+    """The repair's own verdict from ``repair.json`` (``outcome``, typed and checked on load); None when absent."""
+    o = repair.outcome if repair is not None else None
+    if o is None:
         return None
-    sig = o.get("significance")  # repairs before the paired tests have none: the headline stands alone
-    return {"code": o["code"], "label": OUTCOME_LABELS[o["code"]], "css": OUTCOME_CSS[o["code"]],
-            "headline": o["headline"], "significance": sig if isinstance(sig, str) else None,
-            "reasons": _strings(o.get("reasons")), "actions": _strings(o.get("actions"))}
+    # repairs before the paired tests have no significance sentence: the headline stands alone
+    return {"code": o.code, "label": o.label, "css": OUTCOME_CSS[o.code], "headline": o.headline,
+            "significance": o.significance, "reasons": list(o.reasons), "actions": list(o.actions)}
 
 
 def overstated_warning(after: AuditResults) -> list[dict[str, Any]]:
@@ -231,19 +225,20 @@ def overstated_warning(after: AuditResults) -> list[dict[str, Any]]:
 
 
 def _after_actions(verdict: Mapping[str, Any]) -> list[str]:
-    """The after-audit's actions without the advice to repair the model again."""
-    return [a for a in verdict.get("actions") or [] if not str(a).startswith(REPAIR_ADVICE)]
+    """The after-audit's actions (plain.resolve_verdict's) without the advice to repair the model again."""
+    return [a for a in verdict["actions"] if not str(a).startswith(REPAIR_ADVICE)]
 
 
 def compare_context(before: AuditResults, before_dir: Path, after: AuditResults, after_dir: Path,
-                    training_log: Mapping[str, Any] | None = None,
-                    repair: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Everything the comparison template shows."""
+                    training_log: TrainingLog | Mapping[str, Any] | None = None,
+                    repair: RepairDocument | Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Everything the comparison template shows (a parsed training_log.json or repair.json is checked and typed)."""
+    training_log, repair = typed_log(training_log), typed_repair(repair)
     deltas = class_deltas(before, after)
     worse = [(d["name"], d["d_robust"]) for d in sorted(deltas, key=lambda d: d["d_robust"]) if d["worse"]]
     groups = group_rows(before, after)
     training = repair_view(training_log, repair, after.class_names)
-    chart_svgs = _charts(before, after, deltas, groups, (training or {}).get("epochs") or [])
+    chart_svgs = _charts(before, after, deltas, groups, training["epochs"] if training else [])
     spec_b, spec_a = before.model.spec, after.model.spec
     models = spec_a if spec_a == spec_b else f"{spec_b} → {spec_a}"
     vb, va = resolve_verdict(before), resolve_verdict(after)

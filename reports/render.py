@@ -13,6 +13,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from audit.errors import ConfigError, ResultsError
 from audit.contract.files import output_error, prepare_out_dir
+from audit.contract.repair import RepairDocument, TrainingLog
 
 from .audit_view import audit_context
 from .corruption_only_view import corruption_only_context
@@ -126,8 +127,8 @@ def render_report(
     *,
     formats: Sequence[str] = FORMATS,
     compare: str | Path | Results | Sequence[str | Path | Results] | None = None,
-    training_log: Mapping[str, Any] | None = None,
-    repair: Mapping[str, Any] | None = None,
+    training_log: TrainingLog | Mapping[str, Any] | None = None,
+    repair: RepairDocument | Mapping[str, Any] | None = None,
     basename: str = "report",
     grade: Grader | None = None,
 ) -> dict[str, Path]:
@@ -135,10 +136,10 @@ def render_report(
     parsed results.json); with ``compare`` (one or more further results), a comparison.
 
     Two results files of a repair (``repair.json`` beside their ``before/`` and ``after/`` folders, or
-    ``repair`` / ``training_log`` given) or of the same model file (a model changed in place and
-    audited again) make a before/after report, with the repair folder's ``training_log.json`` for the
-    training section. Any other set of files (different models, or more than two) makes a
-    side-by-side model comparison: never "before" and "after".
+    ``repair`` / ``training_log`` given, typed (:mod:`audit.contract.repair`) or as parsed JSON) or of the same
+    model file (a model changed in place and audited again) make a before/after report, with the repair
+    folder's ``training_log.json`` for the training section. Any other set of files (different models, or more
+    than two) makes a side-by-side model comparison: never "before" and "after".
 
     A file written before verdicts were stored is graded by ``grade`` (``audit.verdict.grade_on_load``, handed
     in by the application layer: the reports hold no verdict rules) and refused without it.

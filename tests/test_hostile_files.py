@@ -108,8 +108,10 @@ def test_stored_repair_files_match_their_schema():
     """The side files of a real (older) repair folder and of the current writer's shape validate."""
     from audit.contract.schema import load_repair_file
 
-    for name in ("repair.json", "training_log.json"):
-        assert isinstance(load_repair_file(REPAIR / name), dict)
+    from audit.contract.repair import RepairDocument, TrainingLog
+
+    for name, model in (("repair.json", RepairDocument), ("training_log.json", TrainingLog)):
+        assert isinstance(load_repair_file(REPAIR / name), model)
     assert load_repair_file(REPAIR / "before" / "repair.json") is None  # absent: no training section, no error
 
 

@@ -20,6 +20,8 @@ from audit.attacks import PointNoise, create_attack, make_spec
 from audit.config import AuditConfig
 from audit.data import assign_groups, longtail_counts
 from audit.models import load_model
+from audit.results import json_text
+from audit.contract.schema import load_repair_file
 from reat_finetune import RepairConfig, RepairError, RepairInterrupted, TrainHooks
 from tailaudit import run_repair
 from reat_finetune import checkpoint as ckpt_mod
@@ -419,9 +421,10 @@ def test_repair_on_digits_raises_tail_robustness(tmp_path):
     assert ga["head"] - ga["tail"] < gb["head"] - gb["tail"], (gb, ga)
     assert after.worst_case.overall > before.worst_case.overall
     # the outcome is a test: the demo's gain is significant on the paired test points (issue 27 item 4)
-    tests = run.outcome["tests"]
-    assert run.improved and tests["worst_case"]["significant"] and tests["worst_case"]["p_value"] < 0.001
-    assert "McNemar" in run.outcome["significance"]
+    tests = run.outcome.tests  # typed (audit/contract/repair.py), as run.results.verdict is
+    assert run.improved and run.outcome.code == "improved" and run.outcome.clean_kept >= 0.8
+    assert tests.worst_case.significant and tests.worst_case.p_value < 0.001 and tests.worst_case.direction == "up"
+    assert "McNemar" in run.outcome.significance and run.summary["outcome"]["code"] == run.outcome.code
     # same threat model, attacks and evaluation points before and after
     assert (before.threat_model, before.attacks, before.mode) == (after.threat_model, after.attacks, after.mode)
     assert before.dataset.eval_indices_sha256 == after.dataset.eval_indices_sha256
@@ -437,6 +440,10 @@ def test_repair_on_digits_raises_tail_robustness(tmp_path):
         assert (out / name).is_file(), name
     log = json.loads((out / "training_log.json").read_text())
     summary = json.loads((out / "repair.json").read_text())
+    # the typed documents are the files (audit/contract/repair.py): read back and written again, the same text
+    for name in ("training_log.json", "repair.json"):
+        assert json_text(load_repair_file(out / name).to_json()) + "\n" == (out / name).read_text(), name
+    assert load_repair_file(out / "repair.json").outcome == run.outcome
     # the automatic budget: all 304 training images at batch 128 = 3 steps an epoch, floor 300 steps, 10 evaluations
     # 40 of the 300 steps go to the learning-rate search (successive halving, 5 + 10 steps), 260 to the main run
     want_budget = {"steps_total": 260, "search_steps": 40, "steps_per_epoch": 3, "epochs": 87, "source": "auto"}
@@ -639,6 +646,7 @@ def test_resume_on_another_dataset_is_refused(uninterrupted, tmp_path):
 def test_terminal_comparison_has_no_group_rows_on_a_balanced_set():
     from types import SimpleNamespace
 
+    from audit.contract.repair import RepairDocument
     from reat_finetune import format_comparison
 
     def side(groups):
@@ -647,10 +655,11 @@ def test_terminal_comparison_has_no_group_rows_on_a_balanced_set():
     summary = {"method": "reat", "tail_penalty": "pairwise", "sampler": "shuffle", "lr": 0.05, "best_step": 30,
                "best_epoch": 2, "budget": {"steps_total": 300, "source": "automatic", "epochs": 10},
                "timings": {"fine_tune_s": 1.0, "total_s": 2.0}, "selection": {"validation": {"missing_classes": []}}}
-    balanced = format_comparison(SimpleNamespace(summary=dict(summary, before=side(None), after=side({}))))
+    balanced = format_comparison(SimpleNamespace(repair=RepairDocument.from_json(dict(summary, before=side(None),
+                                                                                      after=side({})))))
     assert "worst-case robust" in balanced and "n/a" not in balanced
     assert not any(f"{g} robust" in balanced for g in ("head", "medium", "tail"))
-    lt = format_comparison(SimpleNamespace(summary=dict(
+    lt = format_comparison(SimpleNamespace(repair=RepairDocument.from_json(dict(
         summary, before=side({"head": 0.9, "medium": 0.5, "tail": 0.1}),
-        after=side({"head": 0.85, "medium": 0.5, "tail": 0.3}))))
+        after=side({"head": 0.85, "medium": 0.5, "tail": 0.3})))))
     assert "  tail robust" in lt and "+20.0" in lt and "head robust" in lt

@@ -23,6 +23,7 @@ from audit.contract.model import AuditResults
 from audit.contract.schema import migrate
 from audit.contract.codec import from_json
 from audit.verdict import compute_verdict, grade_on_load
+from audit.contract.repair import Evaluation
 from audit.version import __version__
 from report_fixtures import (CIFAR10, make_balanced, make_curve, make_results, typed, with_computed_verdict, with_verdict,
                              write_run)
@@ -628,8 +629,8 @@ def test_scatter_needs_spread_and_axes_label_their_ticks(tmp_path):
     ticks = [t for t in svg_texts(str(up)) if t not in ("+2.7", "+7.3")]
     assert {"+2", "+4", "+6"} <= set(ticks) or {"+2.5", "+5", "+7.5"} <= set(ticks)
     assert "+8" not in ticks or "+6" in ticks  # labels are the ticks' own values, never rounded ones
-    flat = charts.training_curves("t", [{"epoch": e, "loss": 1.0, "val_clean_acc": 1.0, "val_robust_acc": 1.0,
-                                         "lr": 0.1} for e in (1, 2, 3)], label="t")
+    flat = charts.training_curves("t", [Evaluation({"epoch": e, "loss": 1.0, "val_clean_acc": 1.0,
+                                                    "val_robust_acc": 1.0, "lr": 0.1}) for e in (1, 2, 3)], label="t")
     percents = [t for t in svg_texts(str(flat)) if t.endswith("%")]
     assert percents and max(float(t[:-1]) for t in percents) <= 100  # a flat 100% line: no axis past 100%
 

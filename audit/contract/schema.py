@@ -27,6 +27,7 @@ from .codec import DocumentError
 from .files import expand_confusions
 from .jsonfile import read_json_file
 from .model import APGDT_CANDIDATES, AuditResults
+from .repair import RepairDocument, TrainingLog
 
 LOG = logging.getLogger(__name__)
 
@@ -308,15 +309,28 @@ REPAIR_FILES = {
 }
 
 
-def load_repair_file(path: str | Path) -> dict[str, Any] | None:
-    """``repair.json`` or ``training_log.json`` of a repair folder, read within audit/contract/jsonfile.py's caps and
-    checked against audit/contract/repair_files.schema.json; None when absent. A file that is there but damaged
-    (unreadable, too large or deep, a field of the wrong type) is a :class:`ResultsError` naming the file and the
-    field: both are optional, so the message says to remove it to render without it."""
+def load_repair_file(path: str | Path) -> RepairDocument | TrainingLog | None:
+    """``repair.json`` or ``training_log.json`` of a repair folder, read within audit/contract/jsonfile.py's caps, checked
+    against audit/contract/repair_files.schema.json and typed (:mod:`audit.contract.repair`, older files upgraded); None when
+    absent. A file that is there but damaged (unreadable, too large or deep, a field of the wrong type) is a
+    :class:`ResultsError` naming the file and the field: both are optional, so the message says to remove it to
+    render without it."""
     path = Path(path)
-    definition, fix = REPAIR_FILES[path.name]
+    _, fix = REPAIR_FILES[path.name]
     if not os.path.lexists(path):
         return None
     data = read_json_file(path, ResultsError, what="repair file", fix=fix)
-    check_against(data, _validator(REPAIR_FILES_SCHEMA, definition), str(path), f"tailaudit's {path.name}", fix)
-    return data
+    return read_repair_document(data, path.name, path)
+
+
+def read_repair_document(document: Any, name: str, source: str | Path | None = None) -> RepairDocument | TrainingLog:
+    """A parsed ``repair.json`` or ``training_log.json`` (``name``), checked against its schema and typed: what
+    :func:`load_repair_file` does after reading the file, for a document already in memory."""
+    definition, fix = REPAIR_FILES[name]
+    where = str(source) if source is not None else name
+    check_against(document, _validator(REPAIR_FILES_SCHEMA, definition), where, f"tailaudit's {name}", fix)
+    model = RepairDocument if definition == "repair" else TrainingLog
+    try:
+        return model.from_json(document)
+    except DocumentError as exc:  # the schema leaves sections open; the typed documents do not
+        raise ResultsError(f"{where}: {exc}; {fix}") from None
