@@ -31,6 +31,8 @@ CONTRACT = {
     "audit.registry": "the registries that name attacks and repair methods",
     "audit.contract.model": "the typed results the repair compares before and after",
     "audit.contract.files": "the JSON writer of the training log",
+    "audit.contract.repair": "the typed repair.json and training_log.json the repair writes",
+    "audit.contract.codec": "the codec that turns those documents into JSON and back",
 }
 # the run's modules under the surface: callers above the engine go through audit.phases instead
 RUN_INTERNALS = ("audit.pipeline", "audit.engine", "audit.lifecycle", "audit.outputs", "audit.assemble",
