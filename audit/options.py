@@ -159,7 +159,7 @@ class Option:
             return ("number in " if self.kind == "float" else "numbers in ") + span + (", e.g. 8/255" if self.kind == "eps"
                                                                                       else "")
         if self.kind == "choice":
-            return " \\| ".join(self.choice_list())
+            return " | ".join(self.choice_list())
         if self.kind == "switch":
             return "switch"
         return self.metavar or "text"
@@ -315,8 +315,8 @@ def declare_audit_options() -> None:
     OPTIONS.declare(
         Option("model", "path/to/model.onnx or timm:ARCH (with --checkpoint)", group=_MODEL),
         Option("--checkpoint", "state dict for timm:ARCH (.pth/.pt/.safetensors; never unpickled)", group=_MODEL,
-          doc="read with `torch.load(weights_only=True)`, never unpickled; a dict wrapping `state_dict`/`model` and "
-              "`module.` prefixes are accepted"),
+          doc="read with `torch.load(weights_only=True)`; a dict wrapping `state_dict`/`model` and `module.` "
+              "prefixes are accepted"),
         Option("--pretrained", "timm:ARCH with the hub's pretrained weights (downloads them; its own class count)",
           group=_MODEL, field="weights", kind="switch", const="pretrained", exclusive="weights", dest="weights"),
         Option("--random-weights", "timm:ARCH with random weights, on purpose (a timm model without weights is refused)",
@@ -329,7 +329,8 @@ def declare_audit_options() -> None:
         Option("--std", "per-channel std the model expects, e.g. 0.2471,0.2435,0.2616", group=_MODEL, kind="floats",
           lo=0, hi=B.MAX_NORM_STD, lo_open=True),
         Option("--input-size", "square input size the model was trained at", group=_MODEL, kind="int", lo=1,
-          hi=10**6),
+               hi=10**6, doc="default: ONNX: the graph's; timm: the data's most common size when the architecture runs "
+                             "at it, else its config size. Images are decoded straight to the model's size (bilinear)"),
         Option("--dataset", "cifar10lt | cifar100lt | digitslt | imagefolder (default digitslt)", group=_DATA),
         Option("--imbalance", "rho = smallest/largest class (default 0.01)", commands=WITH_DATASET, group=_DATA,
           kind="float", lo=0, hi=1, lo_open=True),
@@ -385,7 +386,8 @@ def _declare_attack_options() -> None:
         Option("--independent", "run every attack on every clean-correct point (head-to-head) instead of the cascade",
           group=_ATTACKS, kind="switch"),
         Option("--seed", "attack randomness, 0 .. 2**63-1: a point's random start depends only on (seed, attack, its "
-          "test-set index)", group=_ATTACKS, kind="int", lo=0, hi="SEED_MAX"),
+          "test-set index)", group=_ATTACKS, kind="int", lo=0, hi="SEED_MAX",
+               doc="so results are identical for any `--batch-size`, batch order or split of the points"),
         Option("--subset-seed", "picks the --n-per-class subset, 0 .. 2**63-1 (default 0)", group=_DATA, kind="int",
           lo=0, hi="SEED_MAX"),
         Option("--calibration-steps", "calibration under attack: steps of the deterministic PGD after the cascade that "
@@ -421,7 +423,9 @@ def _declare_run_options() -> None:
         Option("--corruption-root", "read released CIFAR-10-C/CIFAR-100-C .npy files (or ImageNet-C folders) instead "
           "of generating", commands=("audit",), group=_CORR, metavar="DIR"),
         Option("--labels", "the model's class names in output order (one per line, or a JSON list); default: the "
-          "dataset's order", group=_MODEL, metavar="FILE"),
+          "dataset's order", group=_MODEL, metavar="FILE",
+               doc="must be exactly the dataset's class names; the wrapper re-orders the logits (and onnxruntime's) "
+                   "into the dataset's order"),
         Option("--fail-under", "CI gate: exit 3 when a figure misses its threshold; keys clean, robust, balanced, "
           "worst-class, tail (floors) and max-gap (ceiling); values 0.4 or 40%%", group=_OUT,
           metavar="KEY=VALUE,...", doc="`robust=40` is refused as ambiguous"),
@@ -443,3 +447,37 @@ def _declare_other_commands() -> None:
         Option("--out", "output folder (default: next to RESULTS)", commands=("report",), config=None),
         Option("--format", "html, pdf or html,pdf", commands=("report",), config=None, default="html,pdf"),
     )
+
+
+# -- the reference (docs/options.md) ---------------------------------------------------------------------
+def _default_text(opt: Option) -> str:
+    value = opt.default_value
+    if opt.kind == "switch":
+        return "off"
+    if value is None or value == () or value == "":
+        return "—"
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value)
+    if opt.kind in ("eps", "float") and isinstance(value, float):
+        return eps_text(value)
+    return str(value)
+
+
+def _cell(text: str) -> str:
+    return text.replace("%%", "%").replace("|", "\\|").replace("<", "&lt;").replace("\n", " ")
+
+
+def reference_table(command: str, only: Optional[Callable[[Option], bool]] = None) -> str:
+    """``command``'s options as Markdown tables, one per help group: option, values, default, meaning."""
+    lines: list[str] = []
+    opts = [o for o in OPTIONS.for_command(command) if only is None or only(o)]
+    for key in [None, *GROUPS]:
+        rows = [o for o in opts if o.group == key]
+        if not rows:
+            continue
+        lines += ["", f"**{GROUPS[key] if key else 'arguments and options'}**", "",
+                  "| option | takes | default | meaning |", "|---|---|---|---|"]
+        for o in rows:
+            meaning = o.help + (f"; {o.doc}" if o.doc else "")
+            lines.append(f"| `{o.flag}` | {_cell(o.values_text())} | {_cell(_default_text(o))} | {_cell(meaning)} |")
+    return "\n".join(lines[1:])

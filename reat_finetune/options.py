@@ -57,7 +57,8 @@ def declare_repair_options() -> None:
           kind="int", lo=1, hi="MAX_EVALUATIONS", metavar="K"),
         T("--lr", "initial SGD learning rate, momentum 0.9, weight decay 5e-4, decayed by --schedule (default: a "
           "short search over 0.2, 0.05, 0.0125, 0.003 within the budget picks it)", kind="float", lo=0,
-          hi="MAX_LR", lo_open=True),
+          hi="MAX_LR", lo_open=True, doc="the search is successive halving, at most 15% of the budget, skipped below "
+                                          "160 steps (0.05 is used); [repair.md](repair.md)"),
         T("--grad-clip", "cap the gradient norm of each update at NORM (default off; docs/repair.md)", kind="float",
           lo=0, hi="MAX_COEFFICIENT", lo_open=True, metavar="NORM"),
         T("--sampler", "batch sampling: shuffle (each image once a pass), class-balanced (every class equally "
@@ -84,11 +85,12 @@ def declare_repair_options() -> None:
         T("--val-fraction", "seeded share of each class's evaluation points set aside to pick the checkpoint; the "
           "audits report the other points (default 0.2)", kind="float", lo=0, hi=0.5, lo_open=True),
         T("--val-root", "pick the checkpoint on your own validation images, DIR/<class>/ (not training images), "
-          "instead of carving them from the evaluation data", metavar="DIR"),
+          "instead of carving them from the evaluation data", metavar="DIR",
+          doc="refused when they hold training or evaluation files"),
         T("--val-split", "the same, naming a folder under --data-root (e.g. val)", metavar="NAME"),
         T("--min-clean-kept", "a fine-tuned checkpoint must keep this share of the input model's clean accuracy on "
           "the selection images (and not collapse) to replace it; otherwise the input model is returned (default "
-          "0.8)", kind="float", lo=0, hi=1),
+          "0.8)", kind="float", lo=0, hi=1, doc="[repair.md](repair.md#checkpoint-selection), \"Eligibility\""),
         T("--guide", "lbgat: the input model guides as it is (frozen, default) or is trained alongside with "
           "Balanced Softmax at a tenth of --lr (learnable)", kind="choice", choices=GUIDES),
         T("--lbgat-beta", "lbgat: weight of KL(clean || adversarial) next to the guide's MSE (default 0: keeps the "
@@ -110,7 +112,8 @@ def declare_repair_options() -> None:
           kind="switch"),
         T("--augment", "training augmentation: none, or random flip + 4-pixel crop for natural images (default "
           "none)", kind="choice", choices=AUGMENTS),
-        T("--resume", "continue a killed or interrupted run from DIR/checkpoint.pt", metavar="DIR"),
+        T("--resume", "continue a killed or interrupted run from DIR/checkpoint.pt", metavar="DIR",
+          doc="refused for another model or dataset; ends bit-identical to an uninterrupted run with the same seed"),
         Option("--out", "output folder (default: the --resume folder, else runs/<model>-<dataset>-repair-<time>)",
                commands=("repair",), group="outputs", config="repair"),
     )
