@@ -24,7 +24,8 @@ repair's), from which the command line's parser and the checks of `AuditConfig` 
 come too: the command line and the Python API accept and refuse the same values. The README lists
 the main ones; `python cli.py COMMAND --help` prints them. A default is the config field's default
 (`docs/python_api.md`); "—" means none (the help text says what is used then). Numbers accept
-fractions such as `8/255`; the limits are in [bad_input.md](bad_input.md#bounds)."""
+fractions such as `8/255`; the limits are in [bad_input.md](bad_input.md#bounds). Every command
+also takes `--debug` (tracebacks on errors, debug logging)."""
 
 AUDIT = """## `audit MODEL --dataset NAME [options]`
 
