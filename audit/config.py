@@ -11,7 +11,8 @@ from .attacks import ATTACKS, SUITES
 from .errors import ConfigError
 from .gate import Condition, parse_fail_under
 from .options import OPTIONS, check_config, declare_audit_options, register_config
-from .values import NO_ATTACKS, NORMS, AttackSpec, check_field_types, eps_text, type_name, parse_number, parse_number_list
+from .values import (NO_ATTACKS, NORMS, AttackSpec, check_field_types, eps_text, parse_number, parse_number_list,
+                     type_name)
 
 __all__ = ["AuditConfig", "AttackSpec", "NORMS", "parse_number", "parse_number_list"]
 
@@ -268,7 +269,7 @@ class AuditConfig:
         d["eps_text"] = self.eps_text
         d["attacks"] = list(self.attacks) if self.attacks is not None else None
         d["temperatures"] = list(self.temperatures) if self.temperatures is not None else None
-        d["eps_curve"] = [eps_text(parse_number(v, "--eps")) for v in self.eps_curve]  # as the command line wrote them
+        d["eps_curve"] = [eps_text(parse_number(v, "--eps")) for v in self.eps_curve]  # texts, as results always had
         d["corruptions"] = list(self.corruptions)
         d["severities"] = list(self.severities)
         return d

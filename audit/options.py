@@ -81,7 +81,8 @@ class Option:
     # -- values --------------------------------------------------------------------------
     def limits(self) -> tuple[Any, Any]:
         """(lo, hi) with names resolved from audit/bounds.py."""
-        return tuple(getattr(B, b) if isinstance(b, str) else b for b in (self.lo, self.hi))  # type: ignore[return-value]
+        lo, hi = (getattr(B, b) if isinstance(b, str) else b for b in (self.lo, self.hi))
+        return lo, hi
 
     def choice_list(self) -> list[str]:
         c = self.choices() if callable(self.choices) else self.choices
@@ -156,8 +157,8 @@ class Option:
             return f"whole number {lo}..{hi}"
         if self.kind in ("float", "floats", "eps"):
             span = f"{'(' if self.lo_open else '['}{lo:g}, {hi:g}{')' if self.hi_open else ']'}"
-            return ("number in " if self.kind == "float" else "numbers in ") + span + (", e.g. 8/255" if self.kind == "eps"
-                                                                                      else "")
+            example = ", e.g. 8/255" if self.kind == "eps" else ""
+            return ("number in " if self.kind == "float" else "numbers in ") + span + example
         if self.kind == "choice":
             return " | ".join(self.choice_list())
         if self.kind == "switch":
@@ -279,7 +280,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str,
 
 
 # -- the audit's options ---------------------------------------------------------------------------------
-_MODEL, _DATA, _THREAT, _ATTACKS, _CORR, _OUT, _RUN = "model", "data", "threat", "attacks", "corruptions", "outputs", "run"
+_MODEL, _DATA, _THREAT, _ATTACKS = "model", "data", "threat", "attacks"
+_CORR, _OUT, _RUN = "corruptions", "outputs", "run"
 AUDIT_REPAIR, WITH_DATASET = ("audit", "repair"), ("audit", "repair", "dataset")
 
 
@@ -315,37 +317,38 @@ def declare_audit_options() -> None:
     OPTIONS.declare(
         Option("model", "path/to/model.onnx or timm:ARCH (with --checkpoint)", group=_MODEL),
         Option("--checkpoint", "state dict for timm:ARCH (.pth/.pt/.safetensors; never unpickled)", group=_MODEL,
-          doc="read with `torch.load(weights_only=True)`; a dict wrapping `state_dict`/`model` and `module.` "
-              "prefixes are accepted"),
+               doc="read with `torch.load(weights_only=True)`; a dict wrapping `state_dict`/`model` and `module.` "
+                   "prefixes are accepted"),
         Option("--pretrained", "timm:ARCH with the hub's pretrained weights (downloads them; its own class count)",
-          group=_MODEL, field="weights", kind="switch", const="pretrained", exclusive="weights", dest="weights"),
-        Option("--random-weights", "timm:ARCH with random weights, on purpose (a timm model without weights is refused)",
-          group=_MODEL, field="weights", kind="switch", const="random", exclusive="weights", dest="weights"),
+               group=_MODEL, field="weights", kind="switch", const="pretrained", exclusive="weights", dest="weights"),
+        Option("--random-weights", "timm:ARCH with random weights, on purpose (a timm model without weights is "
+               "refused)",
+               group=_MODEL, field="weights", kind="switch", const="random", exclusive="weights", dest="weights"),
         Option("--force", "run the attacks even when the clean check finds the model cannot be graded on this data (it "
-          "stops with exit code 4 otherwise)", group=_RUN, kind="switch"),
+               "stops with exit code 4 otherwise)", group=_RUN, kind="switch"),
         Option("--num-classes", "default: the dataset's class count", group=_MODEL, kind="int", lo=1, hi="MAX_CLASSES"),
         Option("--mean", "per-channel mean the model expects, e.g. 0.4914,0.4822,0.4465 (folded into the wrapper)",
-          group=_MODEL, kind="floats", lo=-B.MAX_NORM_STD, hi=B.MAX_NORM_STD),
+               group=_MODEL, kind="floats", lo=-B.MAX_NORM_STD, hi=B.MAX_NORM_STD),
         Option("--std", "per-channel std the model expects, e.g. 0.2471,0.2435,0.2616", group=_MODEL, kind="floats",
-          lo=0, hi=B.MAX_NORM_STD, lo_open=True),
+               lo=0, hi=B.MAX_NORM_STD, lo_open=True),
         Option("--input-size", "square input size the model was trained at", group=_MODEL, kind="int", lo=1,
                hi=10**6, doc="default: ONNX: the graph's; timm: the data's most common size when the architecture runs "
                              "at it, else its config size. Images are decoded straight to the model's size (bilinear)"),
         Option("--dataset", "cifar10lt | cifar100lt | digitslt | imagefolder (default digitslt)", group=_DATA),
         Option("--imbalance", "rho = smallest/largest class (default 0.01)", commands=WITH_DATASET, group=_DATA,
-          kind="float", lo=0, hi=1, lo_open=True),
+               kind="float", lo=0, hi=1, lo_open=True),
         Option("--data-root", "folder with the data (torchvision CIFAR layout or train/<class>/, test/<class>/)",
-          commands=WITH_DATASET, group=_DATA),
+               commands=WITH_DATASET, group=_DATA),
         Option("--class-counts", "JSON file with the training counts the model was really trained on, per class: for "
-          "cifar10lt/cifar100lt (instead of tailaudit's own sampled long-tail profile, which page 1 otherwise "
-          "describes as such) and for an imagefolder with only an evaluation folder", commands=WITH_DATASET,
-          group=_DATA),
+               "cifar10lt/cifar100lt (instead of tailaudit's own sampled long-tail profile, which page 1 otherwise "
+               "describes as such) and for an imagefolder with only an evaluation folder", commands=WITH_DATASET,
+               group=_DATA),
         Option("--no-download", "never try to download datasets", commands=WITH_DATASET, group=_DATA, field="download",
-          kind="switch", const=False, dest="download"),
+               kind="switch", const=False, dest="download"),
         Option("--n-per-class", "stratified seeded subset: K test images per class", group=_DATA, kind="int", lo=1,
-          hi="MAX_N_PER_CLASS"),
+               hi="MAX_N_PER_CLASS"),
         Option("--groups", "head/medium/tail rule: thirds of classes by count, or shots (>100, <20)",
-          commands=WITH_DATASET, group=_DATA, field="group_rule", kind="choice", choices=("thirds", "shots")),
+               commands=WITH_DATASET, group=_DATA, field="group_rule", kind="choice", choices=("thirds", "shots")),
     )
     _declare_attack_options()
     _declare_run_options()
@@ -355,44 +358,45 @@ def declare_audit_options() -> None:
 def _declare_attack_options() -> None:
     OPTIONS.declare(
         Option("--suite", f"attack suite (default quick). {_suite_help()}", group=_ATTACKS, kind="choice",
-          choices=_suites),
+               choices=_suites),
         Option("--attacks", f"explicit comma-separated cascade instead of a suite, from: {_attack_kinds()}; or none "
-          "with --corruptions for a corruption-only audit (docs/corruptions.md)", group=_ATTACKS, kind="names"),
+               "with --corruptions for a corruption-only audit (docs/corruptions.md)", group=_ATTACKS, kind="names"),
         Option("--steps", "iterations of every gradient attack (default: each attack's own, PGD 20, APGD 100; at most "
-          f"{B.MAX_STEPS})", group=_ATTACKS, kind="int", lo=1, hi="MAX_STEPS"),
+               f"{B.MAX_STEPS})", group=_ATTACKS, kind="int", lo=1, hi="MAX_STEPS"),
         Option("--restarts", f"APGD runs per point (default 1; thorough 5; at most {B.MAX_RESTARTS})", group=_ATTACKS,
-          kind="int", lo=1, hi="MAX_RESTARTS"),
+               kind="int", lo=1, hi="MAX_RESTARTS"),
         Option("--queries", f"Square queries per point (default 5000; at most {B.MAX_QUERIES})", group=_ATTACKS,
-          kind="int", lo=1, hi="MAX_QUERIES"),
+               kind="int", lo=1, hi="MAX_QUERIES"),
         Option("--probe", "Square: a point stops after this many queries unless Square is doing better on it than the "
-          f"gradient attacks did (standard suite {_standard_probe()}; 0 = full --queries for every point)",
-          group=_ATTACKS, kind="int", lo=0, hi="MAX_QUERIES"),
+               f"gradient attacks did (standard suite {_standard_probe()}; 0 = full --queries for every point)",
+               group=_ATTACKS, kind="int", lo=0, hi="MAX_QUERIES"),
         Option("--targets", f"APGD-T target classes (default 9, C-1 when fewer; at most {B.MAX_TARGETS})",
-          group=_ATTACKS, kind="int", lo=1, hi="MAX_TARGETS"),
+               group=_ATTACKS, kind="int", lo=1, hi="MAX_TARGETS"),
         Option("--target-ranking", "how APGD-T picks its --targets classes: logit = highest clean logits (AutoAttack, "
-          "the default); malt = MALT's estimated distance to each class boundary over --rank-candidates",
-          group=_ATTACKS, kind="choice", choices=("logit", "malt")),
+               "the default); malt = MALT's estimated distance to each class boundary over --rank-candidates",
+               group=_ATTACKS, kind="choice", choices=("logit", "malt")),
         Option("--rank-candidates", "MALT: classes ranked per point, the top ones by clean logit (default 100; one "
-          "gradient each)", group=_ATTACKS, kind="int", lo=1, hi="MAX_TARGETS"),
+               "gradient each)", group=_ATTACKS, kind="int", lo=1, hi="MAX_TARGETS"),
         Option("--norm", "threat model: linf limits every pixel's change to --eps; l2 limits the whole image's change "
-          "(default linf)", group=_THREAT, kind="choice", choices=NORMS),
+               "(default linf)", group=_THREAT, kind="choice", choices=NORMS),
         Option("--eps", "radius of the threat model in [0,1] pixels (accepts 8/255); several (1/255,2/255,4/255,8/255) "
-          "audit a robustness curve, the largest is the headline", group=_THREAT, kind="eps", lo=0, hi=1,
-          lo_open=True),
+               "audit a robustness curve, the largest is the headline", group=_THREAT, kind="eps", lo=0, hi=1,
+               lo_open=True),
         Option("--step-size", "PGD step size alpha (default eps/4, i.e. 2/255 at 8/255)", group=_ATTACKS, kind="float",
-          lo=0, hi=1, lo_open=True),
+               lo=0, hi=1, lo_open=True),
         Option("--temperature", "Temperature-PGD T, one value or a list to sweep (default 0.5; thorough 0.1,0.5,2,5)",
-          group=_ATTACKS, field="temperatures", kind="floats", lo=B.TEMPERATURE_RANGE[0], hi=B.TEMPERATURE_RANGE[1]),
+               group=_ATTACKS, field="temperatures", kind="floats", lo=B.TEMPERATURE_RANGE[0],
+               hi=B.TEMPERATURE_RANGE[1]),
         Option("--independent", "run every attack on every clean-correct point (head-to-head) instead of the cascade",
-          group=_ATTACKS, kind="switch"),
+               group=_ATTACKS, kind="switch"),
         Option("--seed", "attack randomness, 0 .. 2**63-1: a point's random start depends only on (seed, attack, its "
-          "test-set index)", group=_ATTACKS, kind="int", lo=0, hi="SEED_MAX",
+               "test-set index)", group=_ATTACKS, kind="int", lo=0, hi="SEED_MAX",
                doc="so results are identical for any `--batch-size`, batch order or split of the points"),
         Option("--subset-seed", "picks the --n-per-class subset, 0 .. 2**63-1 (default 0)", group=_DATA, kind="int",
-          lo=0, hi="SEED_MAX"),
+               lo=0, hi="SEED_MAX"),
         Option("--calibration-steps", "calibration under attack: steps of the deterministic PGD after the cascade that "
-          "measures how confident the attacked answers can be made (default 20; 0 = clean calibration only)",
-          group=_ATTACKS, kind="int", lo=0, hi="MAX_STEPS", metavar="N"),
+               "measures how confident the attacked answers can be made (default 20; 0 = clean calibration only)",
+               group=_ATTACKS, kind="int", lo=0, hi="MAX_STEPS", metavar="N"),
     )
 
 
@@ -400,35 +404,37 @@ def _declare_run_options() -> None:
     OPTIONS.declare(
         Option("--device", "auto | cpu | cuda | cuda:N (auto: the GPU when torch sees one)", group=_RUN),
         Option("--batch-size", "test images attacked at once (default 256); results do not depend on it, memory does",
-          group=_RUN, kind="int", lo=1, hi="MAX_BATCH"),
+               group=_RUN, kind="int", lo=1, hi="MAX_BATCH"),
         Option("--amp", "bf16 autocast for the attack (GPU)", group=_RUN, kind="choice", choices=("off", "bf16")),
         Option("--quiet", "no progress bar", group=_RUN, kind="switch"),
         Option("--threads", "CPU threads for torch (intra- and inter-op); recorded in results. Identical results need "
-          "the same threads, device and library versions", group=_RUN, kind="int", lo=1, hi="MAX_THREADS",
-          doc="default half the usable cores; recorded in `results.json` (`config.threads`, "
-              "`environment.torch_threads`)"),
-        Option("--allow-large-input", f"allow model inputs above {B.MAX_INPUT_SIDE} pixels a side (memory grows with it)",
-          group=_RUN, kind="switch"),
+               "the same threads, device and library versions", group=_RUN, kind="int", lo=1, hi="MAX_THREADS",
+               doc="default half the usable cores; recorded in `results.json` (`config.threads`, "
+                   "`environment.torch_threads`)"),
+        Option("--allow-large-input", f"allow model inputs above {B.MAX_INPUT_SIDE} pixels a side (memory grows "
+               "with it)",
+               group=_RUN, kind="switch"),
         Option("--workers", "DataLoader processes decoding images (default 0: in the main process); pinned memory on "
-          "GPU", group=_RUN, kind="int", lo=0, hi="MAX_WORKERS"),
-        Option("--black-box", "ONNX only: no gradients, Square on onnxruntime alone (an upper bound; automatic when the "
-          "model cannot be converted)", commands=("audit",), group=_ATTACKS, kind="switch"),
+               "GPU", group=_RUN, kind="int", lo=0, hi="MAX_WORKERS"),
+        Option("--black-box", "ONNX only: no gradients, Square on onnxruntime alone (an upper bound; automatic when "
+               "the "
+               "model cannot be converted)", commands=("audit",), group=_ATTACKS, kind="switch"),
         Option("--sanity", "also check that robust accuracy falls to about zero at a huge radius (gradient masking)",
-          commands=("audit",), group=_ATTACKS, kind="switch"),
+               commands=("audit",), group=_ATTACKS, kind="switch"),
         Option("--corruptions", "also audit natural corruptions per class: common (the 15 of ImageNet-C/CIFAR-10-C), "
-          "all (+ speckle_noise, gaussian_blur, spatter, saturate) or names (default: off)", commands=("audit",),
-          group=_CORR, metavar="common|all|NAME[,NAME...]"),
+               "all (+ speckle_noise, gaussian_blur, spatter, saturate) or names (default: off)", commands=("audit",),
+               group=_CORR, metavar="common|all|NAME[,NAME...]"),
         Option("--severity", "corruption severities, one, a list (1,3,5) or all (default all)", commands=("audit",),
-          group=_CORR, field="severities", metavar="1..5|all"),
+               group=_CORR, field="severities", metavar="1..5|all"),
         Option("--corruption-root", "read released CIFAR-10-C/CIFAR-100-C .npy files (or ImageNet-C folders) instead "
-          "of generating", commands=("audit",), group=_CORR, metavar="DIR"),
+               "of generating", commands=("audit",), group=_CORR, metavar="DIR"),
         Option("--labels", "the model's class names in output order (one per line, or a JSON list); default: the "
-          "dataset's order", group=_MODEL, metavar="FILE",
+               "dataset's order", group=_MODEL, metavar="FILE",
                doc="must be exactly the dataset's class names; the wrapper re-orders the logits (and onnxruntime's) "
                    "into the dataset's order"),
         Option("--fail-under", "CI gate: exit 3 when a figure misses its threshold; keys clean, robust, balanced, "
-          "worst-class, tail (floors) and max-gap (ceiling); values 0.4 or 40%%", group=_OUT,
-          metavar="KEY=VALUE,...", doc="`robust=40` is refused as ambiguous"),
+               "worst-class, tail (floors) and max-gap (ceiling); values 0.4 or 40%%", group=_OUT,
+               metavar="KEY=VALUE,...", doc="`robust=40` is refused as ambiguous"),
         Option("--out", "output folder (default runs/<model>-<dataset>-<time>)", commands=("audit",), group=_OUT),
         Option("--no-html", "do not write report.html", group=_OUT, config=None, kind="switch"),
         Option("--no-pdf", "do not write report.pdf", group=_OUT, config=None, kind="switch"),
@@ -440,10 +446,10 @@ def _declare_other_commands() -> None:
         Option("name", "cifar10lt | cifar100lt | digitslt | imagefolder", commands=("dataset",), config=None),
         Option("--json", "print JSON", commands=("dataset",), config=None, kind="switch"),
         Option("results", "results.json (with --compare: the repair's before run, or the first model)",
-          commands=("report",), config=None),
+               commands=("report",), config=None),
         Option("--compare", "more results.json files: a repair's after run (a before/after report), or other models "
-          "audited on the same points (a side-by-side model comparison, up to 8 models)", commands=("report",),
-          config=None, metavar="RESULTS", nargs="+"),
+               "audited on the same points (a side-by-side model comparison, up to 8 models)", commands=("report",),
+               config=None, metavar="RESULTS", nargs="+"),
         Option("--out", "output folder (default: next to RESULTS)", commands=("report",), config=None),
         Option("--format", "html, pdf or html,pdf", commands=("report",), config=None, default="html,pdf"),
     )
