@@ -1,7 +1,6 @@
 """Dataclass configs for an audit; they are dumped verbatim into ``results.json``."""
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -10,8 +9,10 @@ from typing import Any, Optional, Sequence, Union
 from . import bounds as B
 from .attacks import ATTACKS, SUITES
 from .errors import ConfigError
-from .gate import parse_fail_under
-from .values import NO_ATTACKS, NORMS, AttackSpec, check_field_types, eps_text, type_name, parse_eps_list, parse_number, parse_number_list
+from .gate import Condition, parse_fail_under
+from .options import OPTIONS, check_config, declare_audit_options, register_config
+from .values import (NO_ATTACKS, NORMS, AttackSpec, check_field_types, eps_text, parse_number, parse_number_list,
+                     type_name)
 
 __all__ = ["AuditConfig", "AttackSpec", "NORMS", "parse_number", "parse_number_list"]
 
@@ -61,7 +62,8 @@ class AuditConfig:
     threads: Optional[int] = None
     labels: Optional[str] = None  # --labels FILE: class names in the model's output order
     fail_under: Optional[str] = None  # --fail-under KEY=VALUE,...: the CI gate (audit/gate.py)
-    eps_curve: Sequence[str] = ()  # --eps with several budgets: their texts, ascending (audit/curve.py)
+    # --eps with several budgets: their radii, ascending (audit/curve.py); texts such as "8/255" are read too
+    eps_curve: Sequence[Union[float, str]] = ()
     workers: int = 0  # DataLoader processes decoding images (results do not depend on it)
     force: bool = False  # --force: run the attacks even when the clean check says the model cannot be graded
     weights: Optional[str] = None  # timm:ARCH without --checkpoint: "pretrained" (the hub's) or "random"
@@ -84,48 +86,28 @@ class AuditConfig:
         """Reject impossible settings with one actionable sentence each (bounds in audit/bounds.py)."""
         check_field_types(self)
         self._validate_objects()
-        if self.norm not in NORMS:
-            raise ConfigError(f"--norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
-        if not math.isfinite(self.eps) or not (0.0 <= self.eps <= 1.0) or (
-                self.eps == 0.0 and not self.extra.get("allow_zero_eps")):
-            raise ConfigError(f"--eps must be in (0, 1] (pixels are in [0, 1]), got {self.eps_text}; try 8/255")
-        B.optional_check_int(self.steps, "--steps", 1, B.MAX_STEPS)
-        if self.step_size is not None:
-            B.check_float(self.step_size, "--step-size", 0, 1, lo_open=True)
-        B.check_int(self.batch_size, "--batch-size", 1, B.MAX_BATCH)
-        B.optional_check_int(self.n_per_class, "--n-per-class", 1, B.MAX_N_PER_CLASS)
-        B.optional_check_int(self.num_classes, "--num-classes", 1, B.MAX_CLASSES)
-        B.optional_check_int(self.threads, "--threads", 1, B.MAX_THREADS)
-        B.check_int(self.seed, "--seed", 0, B.SEED_MAX)
-        B.check_int(self.calibration_steps, "--calibration-steps", 0, B.MAX_STEPS)
+        zero_ok = self.eps == 0.0 and bool(self.extra.get("allow_zero_eps"))  # the sanity run's clean pass
+        self.eps_curve = OPTIONS.get("--eps").check(self.eps_curve) if self.eps_curve else ()
+        check_config(self, "audit", skip=("eps",) if zero_ok else ())  # bounds and choices: audit/options.py
         if self.input_size is not None:
-            B.check_int(self.input_size, "--input-size", 1, 10**6)
             B.check_input_size((3, self.input_size, self.input_size), f"--input-size {self.input_size}",
                                self.allow_large_input)
-        if not math.isfinite(self.imbalance) or not (0 < self.imbalance <= 1):
-            raise ConfigError(f"--imbalance must be in (0, 1] (smallest/largest class), got {self.imbalance}")
-        for t in self.temperatures or ():
-            B.check_float(t, "--temperature", *B.TEMPERATURE_RANGE)
-        for what, vals, positive in (("--mean", self.mean, False), ("--std", self.std, True)):
-            for v in vals or ():
-                if not math.isfinite(v) or abs(v) > B.MAX_NORM_STD or (positive and v <= 0):
-                    need = "positive finite numbers (one per channel)" if positive else "finite numbers"
-                    raise ConfigError(f"{what} must be {need}, got {v:g}; e.g. {what} "
-                                      f"{'0.2471,0.2435,0.2616' if positive else '0.4914,0.4822,0.4465'}")
         if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
             raise ConfigError(f"--mean has {len(self.mean)} values but --std has {len(self.std)}; give one "
                               "value per channel to both")
-        if self.amp not in ("off", "bf16"):
-            raise ConfigError(f"--amp must be off or bf16, got {self.amp!r}")
         self._validate_attacks()
-        if self.group_rule not in ("thirds", "shots"):
-            raise ConfigError(f"--groups must be thirds or shots, got {self.group_rule!r}")
         self._validate_weights()
-        if self.fail_under:
-            parse_fail_under(self.fail_under)
-        if self.eps_curve:
-            parse_eps_list(",".join(self.eps_curve))
+        self.gate_conditions()
         self._validate_corruptions()
+
+    def gate_conditions(self) -> Optional[list[Condition]]:
+        """--fail-under's conditions, parsed once (the text stays the field: results.json echoes it)."""
+        if not self.fail_under:
+            return None
+        cached = self.__dict__.get("_gate")
+        if cached is None or cached[0] != self.fail_under:
+            cached = self.__dict__["_gate"] = (self.fail_under, parse_fail_under(self.fail_under))
+        return list(cached[1])
 
     def _validate_corruptions(self) -> None:
         """--corruptions/--severity/--corruption-root: known names, severities 1..5, the root only with names."""
@@ -228,7 +210,7 @@ class AuditConfig:
         if self.fail_under:
             from .gate import check_attack_free
 
-            check_attack_free(parse_fail_under(self.fail_under))
+            check_attack_free(self.gate_conditions())
 
     def attack_specs(self, *, black_box: Optional[bool] = None) -> list[AttackSpec]:
         """Expand the suite (or ``attacks``), the budget flags and ``temperatures`` into the ordered cascade.
@@ -287,7 +269,7 @@ class AuditConfig:
         d["eps_text"] = self.eps_text
         d["attacks"] = list(self.attacks) if self.attacks is not None else None
         d["temperatures"] = list(self.temperatures) if self.temperatures is not None else None
-        d["eps_curve"] = list(self.eps_curve)
+        d["eps_curve"] = [eps_text(parse_number(v, "--eps")) for v in self.eps_curve]  # texts, as results always had
         d["corruptions"] = list(self.corruptions)
         d["severities"] = list(self.severities)
         return d
@@ -302,3 +284,7 @@ def _object_name(value: Any, prefix: str) -> str:
         return value.name
     obj = getattr(value, "dataset", value)  # a DataLoader is named by its dataset
     return f"{prefix}{type(obj).__qualname__}"
+
+
+register_config("audit", AuditConfig)
+declare_audit_options()

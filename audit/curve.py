@@ -15,7 +15,7 @@ import numpy as np
 
 from .config import AuditConfig
 from .records import PointRecords
-from .values import parse_eps_list
+from .values import eps_text
 from .metrics import group_means, per_class_accuracy
 
 
@@ -64,7 +64,7 @@ def run_curve(config: AuditConfig, eval_idx: np.ndarray,
     ``run(cfg, indices)`` audits the test-set ``indices`` with ``cfg`` (one budget). The returned
     records cover all of ``eval_idx``; their timings and attack counts add up over the budgets.
     """
-    budgets = parse_eps_list(",".join(config.eps_curve))
+    budgets = [(float(v), eps_text(float(v))) for v in sorted(config.eps_curve)]  # validated floats
     curve: list[dict[str, Any]] = []
     runs: list[PointRecords] = []
     current: Optional[PointRecords] = None

@@ -41,7 +41,7 @@ from .engine import Evaluator, adapt_images
 from .contract.files import atomic_write, out_dir_guard, output_error
 from .contract.model import AuditResults
 from .errors import ResultsError
-from .gate import check_available, parse_fail_under
+from .gate import check_available
 from .labels import clean_confusion
 from .lifecycle import Renderer, created_now, default_out_dir, environment, render_into, resolve_device
 from .metrics import per_class_accuracy
@@ -109,9 +109,10 @@ def fit_images(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return adapt_images(x, size)
 
 
-def check_gate(fail_under: str, groups: Sequence[Optional[str]]) -> None:
-    """Refuse a ``--fail-under`` condition that the run's class groups cannot answer, before any long work."""
-    check_available(parse_fail_under(fail_under), groups)
+def check_gate(config: AuditConfig, groups: Sequence[Optional[str]]) -> None:
+    """Refuse a ``--fail-under`` condition that the run's class groups cannot answer, before any long work (the
+    conditions are the config's, parsed once)."""
+    check_available(config.gate_conditions(), groups)
 
 
 # -- evaluate ----------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from .records import PointRecords
 from .data.loading import Indexed as _Indexed, loader_options
 from .errors import ConfigError, ModelLoadError
 from .exports import CSV_NAME, MD_NAME, per_class_csv, summary_markdown
-from .gate import check_available, evaluate_gate, parse_fail_under
+from .gate import check_available, evaluate_gate
 from .labels import read_label_order
 from .models import LoadedModel, check_finite_logits, load_model
 from .lifecycle import Renderer, check_ranks_agree, default_out_dir, output_folder, render_into, start
@@ -139,7 +139,7 @@ def _audit_into(out_dir: Optional[Path], config: AuditConfig, specs: list, attac
                 t_start: float, progress: Optional[bool], reports: Callable[[RunFiles, Path], Any],
                 prepared: Prepared) -> AuditRun:
     data, model, eval_idx = prepared
-    gate = parse_fail_under(config.fail_under) if config.fail_under else None
+    gate = config.gate_conditions()
     if gate:
         check_available(gate, class_groups(list(data.train_counts), config.group_rule))
     if config.eps_curve and distributed.current() is not None:

@@ -139,7 +139,7 @@ def _fits(value: Any, hint: Any) -> bool:
 
 # one example per argument whose refusal reads better with one (a fraction is a Python number too)
 EXAMPLES = {"eps": "eps=8/255", "train_eps": "train_eps=8/255", "step_size": "step_size=2/255",
-            "steps": "steps=20", "eps_curve": 'eps_curve=("1/255", "2/255")', "attacks": 'attacks=["pgd", "square"]',
+            "steps": "steps=20", "eps_curve": "eps_curve=(1/255, 2/255)", "attacks": 'attacks=["pgd", "square"]',
             "mean": "mean=(0.4914, 0.4822, 0.4465)", "std": "std=(0.2471, 0.2435, 0.2616)",
             "corruptions": 'corruptions="common"', "severities": "severities=(1, 3, 5)"}
 
@@ -156,7 +156,7 @@ def check_field_types(config: Any, error: type[Exception] = ConfigError) -> None
         example = f" (e.g. {EXAMPLES[f.name]})" if f.name in EXAMPLES else ""
         extra = ""
         if f.name in ("eps", "train_eps") and isinstance(value, (list, tuple)):
-            extra = ("; for a robustness curve over several budgets pass eps_curve=(\"1/255\", \"2/255\") with eps "
+            extra = ("; for a robustness curve over several budgets pass eps_curve=(1/255, 2/255) with eps "
                      "the largest")
         raise error(f"{f.name}= must be {expected}{example}, got {type_name(value)}{extra}")
 

@@ -7,14 +7,11 @@ from typing import Any, Optional, Sequence
 
 from audit.config import AttackSpec, AuditConfig
 
-from .errors import RepairError
-from .schedules import SCHEDULES as EPS_SCHEDULES
+from audit.options import check_config, register_config
 
-PENALTIES = ("pairwise", "reference", "off")
-SCHEDULES = ("cosine", "step")
-SAMPLERS = ("auto", "shuffle", "class-balanced")
-AUGMENTS = ("none", "flip-crop")
-FORMATS = ("html", "pdf")
+from .errors import RepairError
+from .options import (AUGMENTS, EPS_SCHEDULES, FORMATS, GUIDES, PENALTIES, SAMPLERS, SCHEDULES,  # noqa: F401
+                      SMOOTHING_SHAPES, SMOOTHINGS, declare_repair_options)
 
 # Fields that change the trained weights: a --resume must agree on all of them.
 TRAINING_KEYS = ("method", "epochs", "steps_total", "evaluations", "sampler", "trades_beta",
@@ -23,9 +20,6 @@ TRAINING_KEYS = ("method", "epochs", "steps_total", "evaluations", "sampler", "t
                  "augment", "amp", "seed", "norm", "min_clean_kept", "guide", "lbgat_beta", "smoothing",
                  "smoothing_head", "smoothing_tail", "smoothing_shape", "eps_schedule", "eps_per_class",
                  "shift_bn")
-GUIDES = ("frozen", "learnable")
-SMOOTHINGS = ("off", "label-aware")
-SMOOTHING_SHAPES = ("concave", "linear", "convex")
 MIN_CLEAN_KEPT = 0.8  # a fine-tuned checkpoint keeps at least this share of the input's validation clean accuracy
 
 
@@ -153,80 +147,22 @@ class RepairConfig:
             self.audit.validate()
         except ConfigError as exc:
             raise RepairError(str(exc)) from None
-        from audit.registry import METHODS
-
-        from . import methods as _methods  # noqa: F401  (fills the registry)
-
-        if self.method not in METHODS:
-            raise RepairError(f"--method {self.method!r} is unknown; choose one of: {', '.join(METHODS.names())}")
-        if self.lr is not None and (not _finite(self.lr) or self.lr <= 0 or self.lr > 10):
-            raise RepairError(f"--lr must be a positive learning rate (e.g. 0.01 for fine-tuning), got {self.lr}")
-        if self.grad_clip is not None and (not _finite(self.grad_clip) or self.grad_clip <= 0):
-            raise RepairError(f"--grad-clip must be a positive gradient norm (e.g. 1), got {self.grad_clip}")
+        check_config(self, "repair", RepairError)  # bounds and choices: the declared options (reat_finetune/options.py)
         if self.epochs is not None and self.steps_total is not None:
             raise RepairError("--epochs and --train-steps-total both set the fine-tuning budget; give one of them "
                               "(or neither, for the automatic budget)")
-        if self.epochs is not None and (isinstance(self.epochs, bool) or not isinstance(self.epochs, int)
-                                        or not 1 <= self.epochs <= 100_000):
-            raise RepairError(f"--epochs must be a whole number of epochs >= 1 (e.g. 10), got {self.epochs}")
-        if self.steps_total is not None and (isinstance(self.steps_total, bool) or not isinstance(self.steps_total, int)
-                                             or not 1 <= self.steps_total <= 100_000_000):
-            raise RepairError(f"--train-steps-total must be a whole number of optimizer steps >= 1 (e.g. 500), "
-                              f"got {self.steps_total}")
-        if isinstance(self.evaluations, bool) or not isinstance(self.evaluations, int) or not 1 <= self.evaluations <= 1000:
-            raise RepairError(f"--evaluations must be a whole number in 1..1000 (e.g. 10), got {self.evaluations}")
-        if self.sampler not in SAMPLERS:
-            raise RepairError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
-        if not _finite(self.trades_beta) or self.trades_beta < 0:
-            raise RepairError(f"--trades-beta must be >= 0, got {self.trades_beta}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 2:
-            raise RepairError(f"--batch-size-train must be at least 2 (BatchNorm needs two images), got {self.batch_size}")
         if not _finite(self.momentum) or not 0 <= self.momentum < 1:
             raise RepairError(f"momentum must be in [0, 1), got {self.momentum}")
         if not _finite(self.weight_decay) or self.weight_decay < 0:
             raise RepairError(f"weight decay must be >= 0, got {self.weight_decay}")
-        if self.schedule not in SCHEDULES:
-            raise RepairError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if not _finite(self.eps) or not 0 < self.eps <= 1:
-            raise RepairError(f"--train-eps must be in (0, 1] (pixels are in [0, 1]), got {self.eps}")
-        if not isinstance(self.train_steps, int) or self.train_steps < 1:
-            raise RepairError(f"--train-steps must be at least 1, got {self.train_steps}")
-        if not _finite(self.step_size) or not 0 < self.step_size <= 1:
-            raise RepairError(f"--train-step-size must be in (0, 1], got {self.step_size}")
-        if self.tail_penalty is not None and self.tail_penalty not in PENALTIES:
-            raise RepairError(f"--tail-penalty must be one of {', '.join(PENALTIES)}, got {self.tail_penalty!r}")
         if self.tail_penalty in ("pairwise", "reference") and self.method != "reat":
             raise RepairError(f"--tail-penalty {self.tail_penalty} belongs to --method reat; {self.method} trains "
                               "without a feature penalty (drop the flag or use --method reat)")
-        if not _finite(self.tail_lambda) or self.tail_lambda < 0:
-            raise RepairError(f"--tail-lambda must be >= 0, got {self.tail_lambda}")
-        if not _finite(self.margin) or self.margin < 0:
-            raise RepairError(f"--margin must be >= 0, got {self.margin}")
-        if not _finite(self.val_fraction) or not 0 < self.val_fraction <= 0.5:
-            raise RepairError(f"--val-fraction must be in (0, 0.5], got {self.val_fraction}")
         if self.val_root is not None and self.val_split is not None:
             raise RepairError("--val-root and --val-split both name the validation images; give one of them")
         if self.val_split is not None and not self.audit.data_root:
             raise RepairError(f"--val-split {self.val_split} names a folder under --data-root; give --data-root DIR "
                               "(or the whole path with --val-root DIR)")
-        if not _finite(self.min_clean_kept) or not 0 <= self.min_clean_kept <= 1:
-            raise RepairError(f"--min-clean-kept must be a share in [0, 1] (e.g. 0.8 = keep 80% of the input's "
-                              f"clean accuracy), got {self.min_clean_kept}")
-        if self.guide not in GUIDES:
-            raise RepairError(f"--guide must be one of {', '.join(GUIDES)}, got {self.guide!r}")
-        if not _finite(self.lbgat_beta) or not 0 <= self.lbgat_beta <= 100:
-            raise RepairError(f"--lbgat-beta must be in [0, 100] (0 keeps the most clean accuracy), got {self.lbgat_beta}")
-        if self.smoothing not in SMOOTHINGS:
-            raise RepairError(f"--smoothing must be one of {', '.join(SMOOTHINGS)}, got {self.smoothing!r}")
-        for flag, v in (("--smoothing-head", self.smoothing_head), ("--smoothing-tail", self.smoothing_tail)):
-            if not _finite(v) or not 0 <= v < 1:
-                raise RepairError(f"{flag} must be a smoothing share in [0, 1), got {v}")
-        if self.smoothing_shape not in SMOOTHING_SHAPES:
-            raise RepairError(f"--smoothing-shape must be one of {', '.join(SMOOTHING_SHAPES)}, got {self.smoothing_shape!r}")
-        if self.eps_schedule not in EPS_SCHEDULES:
-            raise RepairError(f"--eps-schedule must be one of {', '.join(EPS_SCHEDULES)}, got {self.eps_schedule!r}")
-        if self.augment not in AUGMENTS:
-            raise RepairError(f"--augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
         bad = [f for f in self.formats if f not in FORMATS]
         if bad:
             raise RepairError(f"report formats must be html and/or pdf, got {', '.join(bad)}")
@@ -253,3 +189,7 @@ def _finite(v: Any) -> bool:
         return math.isfinite(float(v))
     except (TypeError, ValueError):
         return False
+
+
+register_config("repair", RepairConfig)
+declare_repair_options()

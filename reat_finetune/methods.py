@@ -23,8 +23,8 @@ weighting, which cannot change such steps, is computed and logged but not applie
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +71,29 @@ def label_loss(logits: torch.Tensor, y: torch.Tensor, ctx: LossContext, balanced
     return F.cross_entropy(z, y)
 
 
+@dataclass(frozen=True)
+class MethodParams:
+    """A method's settings (as attacks have ``Params``), built from the repair's config before any hook runs.
+
+    Each field is the :class:`~.config.RepairConfig` field of the same name, unless its metadata names
+    another (``config``); RepairConfig checks them against the declared options (reat_finetune/options.py).
+    """
+
+    eps_schedule: str = "constant"  # the training radius's schedule (reat_finetune/schedules.py)
+    eps_per_class: bool = False  # RobustLT's class-wise radii
+
+    @classmethod
+    def from_config(cls, config: Any) -> "MethodParams":
+        """The settings this method reads from ``config`` (a RepairConfig)."""
+        return cls(**{f.name: getattr(config, f.metadata.get("config", f.name)) for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class LBGATParams(MethodParams):
+    guide: str = "frozen"  # the input model as a frozen or learnable guide
+    beta: float = field(default=0.0, metadata={"config": "lbgat_beta"})  # weight of KL(clean || adversarial)
+
+
 class RepairMethod:
     """Base: plain cross-entropy, no penalty, no RBL counts.
 
@@ -85,15 +108,19 @@ class RepairMethod:
     default_penalty = "off"
     description = ""
 
+    Params: ClassVar[type[MethodParams]] = MethodParams
     uses_clean_logits = False  # the loss also needs the model's logits on the clean batch (train mode)
     attack_class: type = PGD  # the training attack (ScheduledPGD when an ε schedule is on)
     scheduled_class: type = ScheduledPGD
 
+    def __init__(self, params: Optional[MethodParams] = None) -> None:
+        self.params = params if params is not None else self.Params()
+        self.class_factors: Optional[Any] = None  # class-wise radius factors (set by :meth:`configure`)
+
     def configure(self, config: Any, train_counts: Sequence[int]) -> None:
-        """Hook: take the run's settings (ε schedule, class-wise radii, method options) before training."""
-        self.eps_schedule = getattr(config, "eps_schedule", "constant")
-        self.class_factors = class_eps_factors(train_counts) if getattr(config, "eps_per_class", False) else None
-        self.config = config
+        """Hook: the run's settings (:attr:`params` from ``config``) and class-wise radii from the training counts."""
+        self.params = self.Params.from_config(config)
+        self.class_factors = class_eps_factors(train_counts) if self.params.eps_per_class else None
 
     @property
     def needs_features(self) -> bool:
@@ -101,7 +128,7 @@ class RepairMethod:
 
     @property
     def scheduled(self) -> bool:
-        return getattr(self, "eps_schedule", "constant") != "constant" or getattr(self, "class_factors", None) is not None
+        return self.params.eps_schedule != "constant" or self.class_factors is not None
 
     def training_attack(self, spec: AttackSpec) -> Attack:
         """The attack that makes the training batch's adversarial examples (PGD on cross-entropy)."""
@@ -140,7 +167,7 @@ class RepairMethod:
         if attack is None:
             attack = self._attack = self.training_attack(spec)
         if isinstance(attack, PerSampleEps):
-            attack.scale = eps_scale(self.eps_schedule, step, total)
+            attack.scale = eps_scale(self.params.eps_schedule, step, total)
             attack.class_factors = self.class_factors
         return attack
 
@@ -223,9 +250,6 @@ def kl_clean_adv(clean_logits: torch.Tensor, adv_logits: torch.Tensor) -> torch.
                     reduction="batchmean", log_target=True)
 
 
-GUIDES = ("frozen", "learnable")
-
-
 @register_method("lbgat")
 class LBGAT(KLTrained):
     """Learnable Boundary Guided AT with the user's model as the guide (docs/repair.md, "LBGAT").
@@ -238,14 +262,16 @@ class LBGAT(KLTrained):
 
     name = "lbgat"
     description = "LBGAT: adversarial logits pulled to the input model's clean logits (MSE) + beta * KL"
+    Params = LBGATParams
+    params: LBGATParams
 
     @property
     def learnable(self) -> bool:
-        return getattr(getattr(self, "config", None), "guide", "frozen") == "learnable"
+        return self.params.guide == "learnable"
 
     @property
     def beta(self) -> float:
-        return float(getattr(getattr(self, "config", None), "lbgat_beta", 0.0))
+        return float(self.params.beta)
 
     def make_guide(self, model: torch.nn.Module) -> Optional[torch.nn.Module]:
         guide = copy.deepcopy(model)
@@ -347,9 +373,12 @@ class ResLT(HeadMethod):
         return loss, loss.detach() * 0.0
 
 
-def get_method(name: str) -> RepairMethod:
-    """An instance of the registered method ``name`` (ConfigError listing the known ones otherwise)."""
-    return METHODS.get(name)()
+def get_method(name: str, config: Any = None) -> RepairMethod:
+    """An instance of the registered method ``name`` (ConfigError listing the known ones otherwise), with its
+    :class:`MethodParams` built from ``config`` (a RepairConfig) when given, before any hook runs."""
+    cls = METHODS.get(name)
+    return cls(cls.Params.from_config(config) if config is not None else None)
 
 
-__all__ = ["ATBSL", "HeadMethod", "LBGAT", "MiSLAS", "ResLT", "LossContext", "PGDAT", "REAT", "RepairMethod", "TRADESBSL", "get_method", "label_loss"]
+__all__ = ["ATBSL", "HeadMethod", "LBGAT", "LBGATParams", "MethodParams", "MiSLAS", "ResLT", "LossContext", "PGDAT",
+           "REAT", "RepairMethod", "TRADESBSL", "get_method", "label_loss"]

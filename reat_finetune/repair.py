@@ -192,7 +192,7 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
         raise RepairError(f"dataset {data.name} has no training images; repair fine-tunes on the long-tailed "
                           "training split: give --data-root with train/<class>/ folders (an evaluation folder "
                           "plus --class-counts is enough for an audit, not for a repair)")
-    method = get_method(config.method)
+    method = get_method(config.method, config)  # its Params from the config, before any hook
     penalty = config.resolved_penalty(method.default_penalty) if method.needs_features else "off"
     C = len(data.class_names)
     labels = np.asarray(data.train_labels, dtype=np.int64)
@@ -219,7 +219,7 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
     feature_warnings.extend(late_warnings)
     groups = class_groups(list(data.train_counts), rule=config.audit.group_rule)  # no tail when balanced
     if config.audit.fail_under:  # the gate judges the after-audit; refuse impossible conditions now
-        check_gate(config.audit.fail_under, groups)
+        check_gate(config.audit, groups)
     fp = fingerprint(
         model={"sha256": loaded.sha256 or f"random-init:{loaded.spec}", "spec": loaded.spec, "format": loaded.format,
                "arch": loaded.arch},

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import re
 from typing import Iterator
 
@@ -18,16 +19,35 @@ __all__ = ["MAX_MESSAGE", "for_python", "python_errors"]
 
 MAX_MESSAGE = 1000  # characters of a refusal raised to Python; a longer one is cut (it quotes some input)
 
-# flags whose argument is not the flag's own name with '_' for '-' (--batch-size -> batch_size=)
-ARGUMENTS = {"groups": "group_rule", "temperature": "temperatures", "train-steps-total": "steps_total",
-             "batch-size-train": "RepairConfig batch_size", "train-steps": "train_steps", "compare": "compare"}
-# flags without a value, as the setting that means the same in Python
-SWITCHES = {"force": "force=True", "black-box": "black_box=True", "sanity": "sanity=True",
-            "independent": "independent=True", "allow-large-input": "allow_large_input=True",
-            "pretrained": 'weights="pretrained"', "random-weights": 'weights="random"', "no-download": "download=False",
-            "no-html": 'formats without "html"', "no-pdf": 'formats without "pdf"', "eps-per-class": "eps_per_class=True",
-            "shift-bn": "shift_bn=True", "no-sync-bn": "sync_bn=False", "quiet": "quiet=True",
-            "debug": "the exception's traceback (logging at DEBUG level)", "json": "AuditResults.to_json()"}
+# the command line's own flags, as what means the same to a Python caller (every other flag: audit/options.py)
+EXTRA_ARGUMENTS = {"compare": "compare", "train-steps": "train_steps"}
+EXTRA_SWITCHES = {"no-html": 'formats without "html"', "no-pdf": 'formats without "pdf"',
+                  "debug": "the exception's traceback (logging at DEBUG level)", "json": "AuditResults.to_json()"}
+
+
+@functools.lru_cache(maxsize=1)
+def _tables() -> tuple[dict[str, str], dict[str, str]]:
+    """(flag -> Python argument where the names differ, switch -> the setting that means the same), from the one
+    declaration of each option: ``--groups`` -> ``group_rule``, ``--no-download`` -> ``download=False``."""
+    from audit.config import AuditConfig
+    from audit.options import OPTIONS
+    from reat_finetune import config as _repair  # noqa: F401  (declares the repair's options)
+
+    audit_fields = set(AuditConfig.__dataclass_fields__)
+    arguments, switches = dict(EXTRA_ARGUMENTS), dict(EXTRA_SWITCHES)
+    seen = set(arguments) | set(switches)
+    for opt in OPTIONS:
+        flag = opt.flag.lstrip("-")
+        if opt.config is None or opt.positional or flag in seen:
+            continue
+        seen.add(flag)  # a flag declared for two commands (--out) reads as the first
+        name = f"RepairConfig {opt.name}" if opt.config == "repair" and opt.name in audit_fields else opt.name
+        if opt.kind == "switch":
+            switches[flag] = f"{opt.name}={json.dumps(opt.const) if isinstance(opt.const, str) else opt.const}"
+        elif name != flag.replace("-", "_"):
+            arguments[flag] = name
+    return arguments, switches
+
 
 _NUM = r"[0-9][0-9./eE+-]*"
 _FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)"
@@ -41,25 +61,24 @@ _PLACEHOLDER = re.compile(r"^[A-Z][A-Z0-9_=.,\[\]]*$")
 def _choices() -> frozenset[str]:
     """Every word a flag takes as its value (devices, suites, datasets, methods, ...): those are quoted."""
     from audit import data as _data  # noqa: F401  (fills DATASETS)
-    from audit.attacks import ATTACKS, SUITES
-    from audit.registry import DATASETS, METHODS
-    from audit.values import NORMS
-    from reat_finetune import config as rc
-    from reat_finetune import methods as _methods  # noqa: F401  (fills METHODS)
+    from audit.attacks import ATTACKS
+    from audit.options import OPTIONS
+    from audit.registry import DATASETS
 
-    words = {"auto", "cpu", "cuda", "off", "bf16", "thirds", "shots", "logit", "malt", "html", "pdf"}
-    for group in (ATTACKS.names(), SUITES.names(), DATASETS.names(), METHODS.names(), NORMS, rc.PENALTIES,
-                  rc.SCHEDULES, rc.SAMPLERS, rc.AUGMENTS, rc.GUIDES, rc.SMOOTHINGS, rc.SMOOTHING_SHAPES,
-                  rc.EPS_SCHEDULES):
-        words.update(str(w) for w in group)
+    _tables()  # declares every option
+    words = {"auto", "cpu", "cuda", "html", "pdf", *ATTACKS.names(), *DATASETS.names()}
+    for opt in OPTIONS:
+        if opt.kind == "choice":
+            words.update(opt.choice_list())
     return frozenset(words)
 
 
 def _argument(match: re.Match[str]) -> str:
     flag, value = match.group(1), match.group(2)
-    if flag in SWITCHES:
-        return SWITCHES[flag] + (f" {value}" if value else "")
-    name = ARGUMENTS.get(flag, flag.replace("-", "_"))
+    arguments, switches = _tables()
+    if flag in switches:
+        return switches[flag] + (f" {value}" if value else "")
+    name = arguments.get(flag, flag.replace("-", "_"))
     if value is None:
         return f"{name}="
     word = value.rstrip(".")

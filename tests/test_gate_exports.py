@@ -309,8 +309,11 @@ def test_eps_curve_is_monotone_and_matches_single_budget_runs(tmp_path):
 
 
 def test_eps_list_refuses_duplicates(tmp_path, capsys):
-    assert audit(tmp_path / "d", "--eps", "0.1,1/10") == 2
-    assert "twice" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # refused by the parser, before anything runs
+        audit(tmp_path / "d", "--eps", "0.1,1/10")
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "twice" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "d").exists()
 
 
 # -- repair: the gate judges the after-audit; --labels survives fine-tuning and export ---------------------
