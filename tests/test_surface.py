@@ -21,6 +21,7 @@ SURFACE = {
     "audit.attacks": "the attacks' package face: the training attacks build on its PGD, noise and projections",
     "audit.models": "the models' package face: the wrapped model, its last layer, the formats the export writes",
     "audit.config": "AuditConfig: the settings of the before and after audits that a RepairConfig holds",
+    "audit.options": "the option declarations the repair's own options extend (one table for both commands)",
     "audit.distributed": "the run's torchrun process group, shared by the audit's shards and the repair's DDP",
 }
 # the results contract at the bottom (audit/contract/) and the value types under it
