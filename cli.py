@@ -99,7 +99,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def _gate_exit(results: "AuditResults") -> int:
     """0, or 3 with one stderr line per failing --fail-under condition."""
-    from audit.gate import EXIT_GATE, gate_failures
+    from audit.checks.gate import EXIT_GATE, gate_failures
     from audit.textsafe import terminal_safe
 
     gate = results.gate
@@ -174,7 +174,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _is_main() -> bool:
-    from audit import distributed
+    from audit.run import distributed
 
     return distributed.is_main()
 
@@ -189,7 +189,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     debug = args.debug or "--debug" in argv
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s: %(message)s",
                         stream=sys.stderr)
-    from audit import distributed
+    from audit.run import distributed
 
     quiet_rank = distributed.launcher_rank() != 0  # [distributed] other ranks print nothing but errors
     level = (logging.ERROR if quiet_rank else logging.DEBUG if debug

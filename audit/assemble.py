@@ -16,15 +16,15 @@ import torch
 from .calibration import calibration_results, procedure as calibration_procedure
 from .config import AuditConfig
 from .data import LTDataset, class_groups, groups_to_indices, is_balanced
-from .records import PointRecords
+from .run.records import PointRecords
 from .inputs import input_info, input_warnings
-from .labels import check_label_order, clean_confusion, label_warning
-from .lifecycle import created_now
+from .checks.labels import check_label_order, clean_confusion, label_warning
+from .run.lifecycle import created_now
 from .metrics import adversarial_confusion, cross_class_summary, per_class_accuracy, spearman
 from .contract.figures import wilson_interval
 from .models import LoadedModel, final_linear_of
 from .contract.schema import SCHEMA_VERSION
-from .lifecycle import environment
+from .run.lifecycle import environment
 from .contract.model import (AttackEntry, AuditResults, Calibration, ClassCalibration, ClassResult, ClassSummary,
                              Confusion, DatasetInfo, InputFit, LabelCheck, ModelInfo, Sanity, Spearman, Summary,
                              ThreatModel, Timings, Tool)
@@ -38,7 +38,7 @@ def build_results(config: AuditConfig, specs: Sequence[Any], data: LTDataset, mo
                   eval_idx: np.ndarray, records: PointRecords, device: torch.device, timings: dict[str, float],
                   large_eps: Optional[dict[str, Any]] = None) -> AuditResults:
     """The typed results of one audit (no verdict or gate yet: the pipeline adds them)."""
-    from .sanity import sanity_section
+    from .checks.sanity import sanity_section
 
     C = len(data.class_names)
     counts = [int(c) for c in data.train_counts]

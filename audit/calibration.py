@@ -14,10 +14,10 @@ Three parts, read top to bottom:
   or away from the true class while the answer stays correct (points the cascade left robust). The
   attacked prediction stays the cascade's; its confidence is what the procedure reached, a lower
   bound on what an attacker can reach;
-* **the verdict rule** :func:`rare_confidently_wrong` (called by ``audit.verdict.compute_verdict``).
+* **the verdict rule** :func:`rare_confidently_wrong` (called by ``audit.checks.verdict.compute_verdict``).
 
 "Confidence" is the largest softmax probability of the model's logits; every forward pass goes
-through the :class:`~audit.engine.Evaluator`'s model (the pixels -> logits wrapper), in fp32.
+through the :class:`~audit.run.engine.Evaluator`'s model (the pixels -> logits wrapper), in fp32.
 """
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ from .contract.model import AuditResults, CalibrationBlock, ClassResult
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from .engine import Evaluator
-    from .records import PointRecords
+    from .run.engine import Evaluator
+    from .run.records import PointRecords
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ def confidence_pass(evaluator: "Evaluator", batches: Iterable[tuple["torch.Tenso
     import torch
 
     from .attacks.base import ascent_direction, project
-    from .engine import adapt_images
+    from .run.engine import adapt_images
 
     t0 = time.perf_counter()
     n = len(records.label)

@@ -9,7 +9,7 @@ from typing import Any, Optional, Sequence, Union
 from . import bounds as B
 from .attacks import ATTACKS, SUITES
 from .errors import ConfigError
-from .gate import Condition, parse_fail_under
+from .checks.gate import Condition, parse_fail_under
 from .options import OPTIONS, check_config, declare_audit_options, register_config
 from .values import (NO_ATTACKS, NORMS, AttackSpec, check_field_types, eps_text, parse_number, parse_number_list,
                      type_name)
@@ -61,7 +61,7 @@ class AuditConfig:
     allow_large_input: bool = False
     threads: Optional[int] = None
     labels: Optional[str] = None  # --labels FILE: class names in the model's output order
-    fail_under: Optional[str] = None  # --fail-under KEY=VALUE,...: the CI gate (audit/gate.py)
+    fail_under: Optional[str] = None  # --fail-under KEY=VALUE,...: the CI gate (audit/checks/gate.py)
     # --eps with several budgets: their radii, ascending (audit/curve.py); texts such as "8/255" are read too
     eps_curve: Sequence[Union[float, str]] = ()
     workers: int = 0  # DataLoader processes decoding images (results do not depend on it)
@@ -208,7 +208,7 @@ class AuditConfig:
             flag = "--sanity" if self.sanity else "--black-box" if self.black_box else "several --eps"
             raise ConfigError(f"--attacks none runs no attack, so {flag} has nothing to act on; drop it")
         if self.fail_under:
-            from .gate import check_attack_free
+            from .checks.gate import check_attack_free
 
             check_attack_free(self.gate_conditions())
 

@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from .config import AuditConfig
-from .records import PointRecords
+from .run.records import PointRecords
 from .values import eps_text
 from .metrics import group_means, per_class_accuracy
 

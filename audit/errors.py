@@ -59,7 +59,7 @@ class ResultsError(TailAuditError):
 
 class UngradableModel(TailAuditError):
     """The model does not work on the data as given (chance-level, collapsed or permuted answers), found by
-    the clean check before any attack (audit/precheck.py). Exit code 4, distinct from bad input (2) and the
+    the clean check before any attack (audit/checks/precheck.py). Exit code 4, distinct from bad input (2) and the
     CI gate (3)."""
 
     exit_code = 4

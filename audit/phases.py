@@ -2,7 +2,7 @@
 
 A caller above the engine (``reat_finetune``, ``tailaudit``, ``bench/``) runs an audit through the
 names here, the package faces :mod:`audit.attacks` and :mod:`audit.models`, the run's process
-group :mod:`audit.distributed`, and the results contract; never through the engine's own modules,
+group :mod:`audit.run.distributed`, and the results contract; never through the engine's own modules,
 so the engine can be rearranged without touching its callers (docs/architecture.md, "The audit's
 public surface"; tests/test_surface.py keeps it so). Each phase runs the engine's own code, never
 a second copy of it:
@@ -16,7 +16,7 @@ a second copy of it:
   corruptions) and assembles and writes its results; :func:`score_points` runs the same cascade on
   given batches of a model in training (in eval mode) and returns typed per-class figures;
 - **assemble**: :func:`created_now`, :func:`environment`, the verdict's :func:`chance_floor`;
-- **write**: :class:`RunFiles` publishes a run's files as one set (audit/outputs.py),
+- **write**: :class:`RunFiles` publishes a run's files as one set (audit/run/outputs.py),
   :func:`write_atomic` one file whole or not at all.
 """
 from __future__ import annotations
@@ -32,23 +32,24 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequenc
 import numpy as np
 import torch
 
-from . import lifecycle, pipeline
+from . import pipeline
+from .run import lifecycle
 from .attacks import create_attack
 from .config import AuditConfig
 from .data import LTDataset, class_groups
 from .data.core import ImageFileDataset, scan_image_folder
-from .engine import Evaluator, adapt_images
+from .run.engine import Evaluator, adapt_images
 from .contract.files import atomic_write, out_dir_guard, output_error
 from .contract.model import AuditResults
 from .errors import ResultsError
-from .gate import check_available
-from .labels import clean_confusion
-from .lifecycle import Renderer, created_now, default_out_dir, environment, render_into, resolve_device
+from .checks.gate import check_available
+from .checks.labels import clean_confusion
+from .run.lifecycle import Renderer, created_now, default_out_dir, environment, render_into, resolve_device
 from .metrics import per_class_accuracy
-from .outputs import PARTIAL, RunFiles, keep_previous_run, with_reports
+from .run.outputs import PARTIAL, RunFiles, keep_previous_run, with_reports
 from .pipeline import AuditRun, Prepared
 from .values import AttackSpec
-from .verdict import CHANCE_MARGIN, grade_on_load, load_graded, prediction_collapse
+from .checks.verdict import CHANCE_MARGIN, grade_on_load, load_graded, prediction_collapse
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def run_folder(out: Path, files: Sequence[str], formats: Sequence[str], *, keep_
 
     Refuses when ``files`` and the ``formats`` reports would replace files tailaudit did not write;
     ``keep_previous``: a finished run of many files (a repair) stays whole in the folder until this one
-    has finished (audit/outputs.py), ``resume`` continuing it.
+    has finished (audit/run/outputs.py), ``resume`` continuing it.
     """
     with lifecycle.output_folder(out, with_reports(files, formats)) as made:
         every = with_reports(files, ("html", "pdf"))
@@ -191,7 +192,8 @@ def _comparable_config(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def chance_floor(num_classes: int) -> float:
-    """Accuracy "clearly above chance" for ``num_classes`` classes: the audit verdict's rule (audit/verdict.py)."""
+    """Accuracy "clearly above chance" for ``num_classes`` classes: the audit verdict's rule
+    (audit/checks/verdict.py)."""
     return 1.0 / num_classes + CHANCE_MARGIN * (1.0 - 1.0 / num_classes)
 
 

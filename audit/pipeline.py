@@ -12,29 +12,29 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from . import distributed
+from .run import distributed
 from .attacks import create_attack
 from .calibration import confidence_pass
 from .config import AuditConfig
 from .curve import run_curve
 from .data import LTDataset, class_groups, groups_to_indices, load_dataset, stratified_subset
-from .engine import Evaluator, adapt_images
-from .records import PointRecords
+from .run.engine import Evaluator, adapt_images
+from .run.records import PointRecords
 from .data.loading import Indexed as _Indexed, loader_options
 from .errors import ConfigError, ModelLoadError
 from .exports import CSV_NAME, MD_NAME, per_class_csv, summary_markdown
-from .gate import check_available, evaluate_gate
-from .labels import read_label_order
+from .checks.gate import check_available, evaluate_gate
+from .checks.labels import read_label_order
 from .models import LoadedModel, check_finite_logits, load_model
-from .lifecycle import Renderer, check_ranks_agree, default_out_dir, output_folder, render_into, start
-from .outputs import AUDIT_FILES, RunFiles, with_reports
-from .precheck import stop_if_ungradable
+from .run.lifecycle import Renderer, check_ranks_agree, default_out_dir, output_folder, render_into, start
+from .run.outputs import AUDIT_FILES, RunFiles, with_reports
+from .checks.precheck import stop_if_ungradable
 from .bounds import MAX_JSON_BYTES
 from .contract.files import DENSE_CLASSES_MAX, compact_confusions, null_infinities, write_text
 from .contract.model import AuditResults, CurvePoint
 from .contract.schema import check_written, read_results
 from .contract.codec import from_json
-from .verdict import compute_verdict
+from .checks.verdict import compute_verdict
 from .assemble import build_results
 from .corruptions.run import attach_corruptions, prepare_points, run_phase
 
@@ -174,7 +174,7 @@ def _audit_into(out_dir: Optional[Path], config: AuditConfig, specs: list, attac
 
     corrupted = prepare_points(config, data, shard_idx, size)  # --corruptions: checked before any attack
     show = (not config.quiet) if progress is None else progress
-    if not config.force:  # a model that cannot be graded stops here, before the first attack (audit/precheck.py)
+    if not config.force:  # a model that cannot be graded stops here, before the first attack (audit/checks/precheck.py)
         stop_if_ungradable(evaluator, model, data, eval_idx, dataset_name=config.dataset_name,
                            batch_size=config.batch_size, workers=config.workers)
     bar = distributed.GlobalProgress(len(eval_idx), enabled=show) if evaluator.dist else None  # [distributed]
@@ -196,7 +196,7 @@ def _audit_into(out_dir: Optional[Path], config: AuditConfig, specs: list, attac
             progress=show and bar is None)
     large_eps = None
     if config.sanity and distributed.is_main():  # [distributed] rank 0 checks the points a plain run checks
-        from .sanity import LARGE_EPS_POINTS, run_large_eps
+        from .checks.sanity import LARGE_EPS_POINTS, run_large_eps
 
         first = DataLoader(_Indexed(data.test, eval_idx[:LARGE_EPS_POINTS]), batch_size=config.batch_size,
                            shuffle=False, **loader_options(config.workers, device))
@@ -267,7 +267,7 @@ def _document(results: AuditResults) -> tuple[AuditResults, dict[str, Any]]:
 def write_outputs(out_dir: Path, results: AuditResults, document: dict[str, Any], records: PointRecords,
                   reports: Optional[Callable[[RunFiles, Path], Any]] = None) -> None:
     """points.json, examples.npz, per_class.csv, summary.md, results.json (``document``, the serialised
-    ``results``) and the reports, committed together (audit/outputs.py)."""
+    ``results``) and the reports, committed together (audit/run/outputs.py)."""
     with RunFiles(out_dir) as files:
         files.add_json("points.json", records.to_json(), indent=None)
         if records.examples:

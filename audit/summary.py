@@ -6,7 +6,7 @@ from typing import Any
 from .contract.model import AuditResults, Calibration, CalibrationBlock
 from .textsafe import inline_safe
 from .contract.figures import counts_are_sampled, headline_interval, interval_text, ranking_sentences, repair_command
-from .verdict import weakest_with_intervals
+from .checks.verdict import weakest_with_intervals
 
 
 def _pct(v: Any) -> str:

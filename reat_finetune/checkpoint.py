@@ -62,7 +62,7 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> Path:
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (tensors and plain data only)."""
     path = Path(path)
-    if path.is_dir():  # a run that failed or was interrupted left its checkpoint in PARTIAL (audit/outputs.py)
+    if path.is_dir():  # a run that failed or was interrupted left its checkpoint in PARTIAL (audit/run/outputs.py)
         partial = path / PARTIAL / CHECKPOINT_NAME
         path = partial if partial.is_file() else path / CHECKPOINT_NAME
     if not path.is_file():

@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from audit import distributed
+from audit.run import distributed
 
 from .errors import RepairError
 

@@ -17,7 +17,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from audit import distributed
+from audit.run import distributed
 from audit.version import __version__
 from audit.models import final_linear_of
 from audit.phases import (LTDataset, Renderer, RunFiles, check_gate, class_groups, created_now, default_out_dir,

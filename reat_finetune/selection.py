@@ -17,7 +17,7 @@ at least the input's; the highest wins, ties going to the later checkpoint. Elig
 
 * balanced clean accuracy on the selection split at least ``min_clean_kept`` (default 0.8) times
   the input model's on the same images (:meth:`Floors.of_input`);
-* no prediction collapse (the audit verdict's rule, :func:`audit.verdict.prediction_collapse`,
+* no prediction collapse (the audit verdict's rule, :func:`audit.checks.verdict.prediction_collapse`,
   on the selection confusion matrix) and balanced clean accuracy clearly above chance (the
   verdict's ``not-meaningful`` margin) when the input model was;
 * when classes are missing from the selection split, a guard stands in for them: their own

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from audit.attacks import Attack, BatchNoise
 from audit.values import AttackSpec
-from audit.distributed import launched, launcher_rank
+from audit.run.distributed import launched, launcher_rank
 from audit.phases import fit_images, score_points
 from audit.contract.files import write_json
 from audit.contract.codec import from_json

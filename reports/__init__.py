@@ -8,7 +8,7 @@ Public API (used by ``cli.py audit``, ``cli.py report`` and the repair command):
     check_comparable(before, after)
 
 Reports depend on the torch-free results contract (``audit.contract``) alone. A file written before verdicts
-were stored is graded by ``grade`` (``audit.verdict.grade_on_load``), which the application layer hands in
+were stored is graded by ``grade`` (``audit.checks.verdict.grade_on_load``), which the application layer hands in
 (``tailaudit.api.report_renderer``).
 """
 from __future__ import annotations

@@ -17,7 +17,7 @@ __all__ = ["check_comparable", "coerce_results", "load_results", "resolve_inside
 
 Results = AuditResults | Mapping[str, Any]  # typed results, or a parsed results.json (checked, then migrated)
 # fills the verdict of a file written before verdicts were stored: the verdict rules live on the audit side
-# (audit.verdict.grade_on_load), so the application layer hands them in, as the engines are handed the renderer
+# (audit.checks.verdict.grade_on_load), so the application layer hands them in, as the engines are handed the renderer
 Grader = Callable[[AuditResults], AuditResults]
 
 
@@ -43,7 +43,7 @@ def coerce_results(results: str | Path | Results, default_dir: Path,
 
     Results in memory have no folder of their own: their side files are looked up in ``default_dir``
     (the output folder). A file or parsed document that predates stored verdicts is graded by ``grade``
-    (the application layer's ``audit.verdict.grade_on_load``); without one it is refused. Typed results are
+    (the application layer's ``audit.checks.verdict.grade_on_load``); without one it is refused. Typed results are
     taken as they are.
     """
     if isinstance(results, (str, Path)):

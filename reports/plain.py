@@ -1,7 +1,7 @@
 """Page 1 in plain words: the verdict, what it means, classes at risk, critical warnings, the gate, a glossary.
 
-The verdict is the one in ``results.verdict``, computed once by the audit (audit/verdict.py);
-files written before verdicts were stored get theirs when they are loaded (``audit.verdict.grade_on_load``,
+The verdict is the one in ``results.verdict``, computed once by the audit (audit/checks/verdict.py);
+files written before verdicts were stored get theirs when they are loaded (``audit.checks.verdict.grade_on_load``,
 handed to the renderer by the application layer). This module only lays it out.
 """
 from __future__ import annotations

@@ -141,7 +141,7 @@ def render_report(
     folder's ``training_log.json`` for the training section. Any other set of files (different models, or more
     than two) makes a side-by-side model comparison: never "before" and "after".
 
-    A file written before verdicts were stored is graded by ``grade`` (``audit.verdict.grade_on_load``, handed
+    A file written before verdicts were stored is graded by ``grade`` (``audit.checks.verdict.grade_on_load``, handed
     in by the application layer: the reports hold no verdict rules) and refused without it.
 
     Files are written atomically as ``out_dir/basename.html`` and ``.pdf``; returns

@@ -1,6 +1,6 @@
 """Plain-language sentences generated from the figures in results.json (the reports' "findings").
 
-They describe; they do not grade: the one verdict is ``results.verdict`` (audit/verdict.py,
+They describe; they do not grade: the one verdict is ``results.verdict`` (audit/checks/verdict.py,
 laid out by :mod:`reports.plain`).
 """
 from __future__ import annotations
@@ -20,9 +20,10 @@ def quote(name: Any) -> str:
 
 
 def stored_verdict(results: AuditResults) -> Verdict:
-    """The run's one verdict (``audit.verdict.grade_on_load`` grades a file written before verdicts were stored)."""
+    """The run's one verdict (``audit.checks.verdict.grade_on_load`` grades a file written before verdicts were
+    stored)."""
     if results.verdict is None:
-        raise ValueError("results without a verdict: grade them with audit.verdict.grade_on_load")
+        raise ValueError("results without a verdict: grade them with audit.checks.verdict.grade_on_load")
     return results.verdict
 
 

@@ -8,7 +8,7 @@
 
 Layers (docs/architecture.md, kept by tests/test_layers.py): value types and the results contract at the bottom
 (``audit.values``, ``audit.errors``, ``audit.bounds``, ``audit.contract``); attacks, models and data
-on them; the audit engine (``audit.engine``, ``audit.pipeline``); the repair engine
+on them; the audit engine (``audit.run.engine``, ``audit.pipeline``); the repair engine
 (``reat_finetune``); ``reports`` reading results files only; and this package on top. ``cli.py``
 is a thin shell over it.
 """

@@ -22,7 +22,7 @@ __all__ = ["AuditRun", "RepairRun", "render", "report_renderer", "run_audit", "r
 
 def report_renderer(results: Any, out_dir: str | Path, **options: Any) -> dict[str, Path]:
     """``reports.render_report`` as every entry point calls it (the ``Renderer`` the engines are handed): a file
-    from before stored verdicts is graded by the audit's rules (``audit.verdict.grade_on_load``; the reports,
+    from before stored verdicts is graded by the audit's rules (``audit.checks.verdict.grade_on_load``; the reports,
     torch-free, hold none)."""
     return reports.render_report(results, out_dir, grade=grade_on_load, **options)
 

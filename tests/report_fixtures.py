@@ -17,7 +17,7 @@ import numpy as np
 from audit.metrics import cross_class_summary, spearman
 from audit.contract.figures import wilson_interval
 from audit.contract.model import AuditResults
-from audit.verdict import compute_verdict, grade_on_load
+from audit.checks.verdict import compute_verdict, grade_on_load
 from reports.load import typed_results
 
 ATTACKS = [
@@ -211,12 +211,13 @@ def with_verdict(results: dict[str, Any], code: str, headline: str, reasons: Seq
 
 def typed(results: dict[str, Any]) -> AuditResults:
     """A fixture's dict as the reports read it in the application: checked against the schema and migrated
-    (audit/contract/schema.py), graded if it has no verdict (audit/verdict.py, as tailaudit hands the reports)."""
+    (audit/contract/schema.py), graded if it has no verdict (audit/checks/verdict.py, as tailaudit hands the
+    reports)."""
     return grade_on_load(typed_results(results))
 
 
 def with_computed_verdict(results: dict[str, Any]) -> dict[str, Any]:
-    """Store the verdict the rules (audit/verdict.py) give these figures, as the audit does."""
+    """Store the verdict the rules (audit/checks/verdict.py) give these figures, as the audit does."""
     results["verdict"] = compute_verdict(AuditResults.from_json(results)).to_json()
     return results
 

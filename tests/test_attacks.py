@@ -8,7 +8,7 @@ from torch import nn
 
 from audit.attacks import PointNoise, create_attack, make_spec
 from audit.config import AuditConfig
-from audit.engine import Evaluator
+from audit.run.engine import Evaluator
 from audit.errors import ConfigError
 
 

@@ -21,13 +21,13 @@ from torch import nn
 import cli
 from audit import calibration as cal
 from audit.attacks import create_attack, make_spec
-from audit.engine import Evaluator
+from audit.run.engine import Evaluator
 from audit.errors import ConfigError, ResultsError
 from audit.exports import per_class_csv, summary_markdown
-from audit.merge import concat_records
+from audit.run.merge import concat_records
 from audit.contract.figures import wilson_interval
 from audit.contract.schema import load_results, migrate, validate_results
-from audit.verdict import compute_verdict, grade_on_load
+from audit.checks.verdict import compute_verdict, grade_on_load
 from report_fixtures import make_results, write_run
 from tailaudit.api import report_renderer as render_report  # with the audit's grader, as tailaudit renders
 from support import DEMO, OLDER_RESULTS
@@ -189,7 +189,7 @@ def test_procedure_is_deterministic_and_independent_of_batch_size_order_and_shar
         for f in ("cal_attacked_pred", "cal_flipped", "cal_unreached"):
             assert np.array_equal(getattr(rec, f), getattr(ref, f)), f
     a, b = _run(model, x[:13], y[:13], ids[:13], 5), _run(model, x[13:], y[13:], ids[13:], 9)
-    joined = concat_records([a, b], examples_per_class=2)  # how torchrun's shards are joined (audit/merge.py)
+    joined = concat_records([a, b], examples_per_class=2)  # how torchrun's shards are joined (audit/run/merge.py)
     assert np.allclose(joined.cal_attacked_conf, ref.cal_attacked_conf, atol=1e-6)
     assert np.array_equal(joined.cal_attacked_pred, ref.cal_attacked_pred)
     r = torch.arange(len(y) - 1, -1, -1)

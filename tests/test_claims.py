@@ -20,7 +20,7 @@ from audit.metrics import cross_class_summary
 from audit.contract.figures import wilson_interval
 from audit.contract.schema import migrate
 from audit.summary import format_summary
-from audit.verdict import compute_verdict, grade_on_load
+from audit.checks.verdict import compute_verdict, grade_on_load
 from audit.contract.figures import points_to_separate, ranking_sentences
 from report_fixtures import make_results, typed, with_computed_verdict, write_run
 from tailaudit.api import report_renderer as render_report  # with the audit's grader, as tailaudit renders

@@ -1,7 +1,7 @@
 """Publishing a run's files into a folder that holds a previous run is atomic as a set (issue 29, item 2).
 
 SIGINT, SIGTERM or SIGKILL is delivered at every step of the switch (the ``TAILAUDIT_TEST_COMMIT_SIGNAL``
-seam in audit/outputs.py); the folder then holds the old set or the new one, never a mixture, once the
+seam in audit/run/outputs.py); the folder then holds the old set or the new one, never a mixture, once the
 next run has started (a killed switch is rolled back from its journal).
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from audit.outputs import JOURNAL, STEP_ENV, recover_commit
+from audit.run.outputs import JOURNAL, STEP_ENV, recover_commit
 from support import DEMO, ROOT
 
 NAMES = ["results.json", "points.json", "examples.npz", "per_class.csv", "summary.md"]
@@ -28,7 +28,7 @@ MATRIX = r"""
 import json, os, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
-from audit.outputs import RunFiles, STEP_ENV, JOURNAL
+from audit.run.outputs import RunFiles, STEP_ENV, JOURNAL
 base, old, new = Path(sys.argv[1]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
 
 def publish(out, files):

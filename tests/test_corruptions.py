@@ -11,7 +11,7 @@ from audit.corruptions.evaluate import class_figures, corruption_pass, join_reco
 from audit.corruptions.generate import corrupt_tensor, corrupt_uint8, point_state
 from audit.corruptions.official import official_points
 from audit.corruptions.points import GeneratedPoints
-from audit.engine import Evaluator
+from audit.run.engine import Evaluator
 from audit.errors import ConfigError, DatasetError
 from support import DEMO, TINY_AUDIT, run_main
 

@@ -20,9 +20,9 @@ from PIL import Image
 
 import cli
 from tailaudit import AuditConfig, run_audit
-from audit.distributed import shard_bounds
-from audit.records import PointRecords
-from audit.merge import concat_records
+from audit.run.distributed import shard_bounds
+from audit.run.records import PointRecords
+from audit.run.merge import concat_records
 from support import DEMO, ROOT
 
 pytestmark = pytest.mark.slow  # the end-to-end tier (conftest.py)
@@ -239,7 +239,7 @@ def _ddp_worker(rank: int, port: int, out: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
-    from audit import distributed
+    from audit.run import distributed
     from reat_finetune import RepairConfig, repair
     from tailaudit import run_repair
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 import cli
 from audit.errors import ConfigError
-from audit.gate import evaluate_gate, parse_fail_under
+from audit.checks.gate import evaluate_gate, parse_fail_under
 from audit.contract.model import AuditResults
 from audit.inputs import input_info, input_warnings
 from audit.contract.model import LABELS
@@ -358,7 +358,7 @@ def test_weight_norms_follow_the_labels_order(tmp_path):
 
 
 def test_label_check_names_real_outputs_when_a_wrong_labels_order_was_applied():
-    from audit.labels import check_label_order
+    from audit.checks.labels import check_label_order
 
     names = [str(c) for c in range(10)]
     wrong = [(c + 3) % 10 for c in range(10)]  # a --labels order that is not the model's: column c = output wrong[c]

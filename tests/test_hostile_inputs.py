@@ -26,7 +26,7 @@ from PIL import Image
 
 import cli
 from audit import bounds
-from audit.outputs import MANIFEST
+from audit.run.outputs import MANIFEST
 from support import DEMO, ROOT, run_main
 
 FAST = ["--n-per-class", "2", "--steps", "1", "--quiet", "--no-html", "--no-pdf"]
@@ -359,7 +359,7 @@ def test_own_results_validate_against_the_schema(demo_results):
     extended["summary"] = dict(extended["summary"], curve=[{"eps": 0.1, "robust": 0.4}])
     jsonschema.validate(extended, schema, cls=jsonschema.Draft202012Validator)
     assert set(json.loads(json.dumps(schema))["required"]) <= set(demo_results)
-    with pytest.raises(jsonschema.ValidationError):  # the verdict's own keys are typed (audit/verdict.py)
+    with pytest.raises(jsonschema.ValidationError):  # the verdict's own keys are typed (audit/checks/verdict.py)
         jsonschema.validate(dict(demo_results, verdict={"code": "excellent", "headline": "h", "reasons": [],
                                                         "actions": []}), schema, cls=jsonschema.Draft202012Validator)
 
@@ -370,7 +370,7 @@ def test_results_checked_against_the_schema_before_they_are_written(tmp_path, mo
 
     import audit.pipeline
     from audit.contract.model import Verdict
-    from audit.verdict import compute_verdict
+    from audit.checks.verdict import compute_verdict
 
     class Broken(Verdict):  # a verdict whose JSON the schema refuses
         def to_json(self):
@@ -627,7 +627,7 @@ def test_staging_left_by_a_killed_run_is_swept_by_the_next_one(tmp_path):
     import subprocess
     import sys
 
-    from audit.outputs import RunFiles, _staging_prefix
+    from audit.run.outputs import RunFiles, _staging_prefix
 
     out = tmp_path / "run"
     out.mkdir()

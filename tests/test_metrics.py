@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from audit.records import PointRecords
+from audit.run.records import PointRecords
 from audit.metrics import adversarial_confusion, cross_class_summary, per_class_accuracy, spearman
 from audit.contract.figures import wilson_interval
 

@@ -2,7 +2,7 @@
 
 ``tests/data/older_results`` holds real files: the bundled digits CNN audited (and repaired) by
 the code at the commit each name ends with, dated by that commit. The oldest predates stored
-verdicts, so it is graded once, when loaded (``audit.verdict.grade_on_load``; the contract's loader leaves
+verdicts, so it is graded once, when loaded (``audit.checks.verdict.grade_on_load``; the contract's loader leaves
 the verdict out and says the file needs grading).
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import cli
 from audit.contract.model import CODES, Verdict
 from audit.contract.schema import load_results, needs_grading, validate_results
 from audit.errors import ResultsError
-from audit.verdict import compute_verdict, load_graded
+from audit.checks.verdict import compute_verdict, load_graded
 from audit.version import __version__
 from reports import render_report
 from reports.fmt import pct
@@ -67,7 +67,7 @@ def test_older_repair_re_renders_as_a_comparison(folder, tmp_path, capsys):
 
 def test_the_reports_alone_refuse_an_ungraded_file_in_one_line(tmp_path):
     """The reports hold no verdict rules: given a file from before stored verdicts and no grader, they say how to
-    render it (the application layer hands them audit.verdict.grade_on_load) and write nothing."""
+    render it (the application layer hands them audit.checks.verdict.grade_on_load) and write nothing."""
     unstored = next(p for p in AUDITS if "verdict" not in json.loads(p.read_text()))
     with pytest.raises(ResultsError, match=r"before verdicts were stored.*cli\.py report") as info:
         render_report(unstored, tmp_path / "out", formats=["html"])

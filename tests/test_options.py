@@ -14,7 +14,7 @@ import pytest
 from support import ROOT
 
 import cli
-from audit import gate
+from audit.checks import gate
 from audit.config import AuditConfig
 from audit.errors import TailAuditError
 from audit.options import OPTIONS, Option, config_values

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import cli
-from audit.outputs import _ASIDE_DONE, LOCK, PARTIAL, PREVIOUS, keep_previous_run, recover_killed_run
+from audit.run.outputs import _ASIDE_DONE, LOCK, PARTIAL, PREVIOUS, keep_previous_run, recover_killed_run
 from support import DEMO, ROOT
 
 FAST = ["--n-per-class", "2", "--steps", "1", "--quiet", "--no-html", "--no-pdf"]
@@ -27,7 +27,7 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 def _hold_lock(folder: Path) -> subprocess.Popen:
     code = ("import sys, time; sys.path.insert(0, sys.argv[2]); from pathlib import Path\n"
-            "from audit.outputs import folder_lock\n"
+            "from audit.run.outputs import folder_lock\n"
             "with folder_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(120)\n")
     proc = subprocess.Popen([sys.executable, "-c", code, str(folder), str(ROOT)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
@@ -162,7 +162,7 @@ def test_files_read_back_on_resume_are_bounded(tmp_path, caplog):
 
     from audit.config import AuditConfig
     from audit.phases import reusable_results
-    from audit.outputs import MANIFEST, MAX_MANIFEST_BYTES, read_manifest
+    from audit.run.outputs import MANIFEST, MAX_MANIFEST_BYTES, read_manifest
     from reat_finetune import RepairError
     from reat_finetune.checkpoint import load_checkpoint
 
@@ -185,14 +185,14 @@ def test_commit_says_removed_only_for_files_it_removed(tmp_path, caplog):
     run must not log that it removed them as an earlier run's files (it removed nothing)."""
     import logging
 
-    from audit.outputs import RunFiles, claim
+    from audit.run.outputs import RunFiles, claim
 
     (tmp_path / "before").mkdir()
     claim(tmp_path, ["before", "repaired.safetensors", "old.json"])
     (tmp_path / "old.json").write_text("{}")
     files = RunFiles(tmp_path)
     files.add_json("results.json", {"a": 1})
-    with caplog.at_level(logging.INFO, logger="audit.outputs"):
+    with caplog.at_level(logging.INFO, logger="audit.run.outputs"):
         files.commit()
     removed = [r.getMessage() for r in caplog.records if "removed" in r.getMessage()]
     assert removed == [f"removed {tmp_path / 'old.json'}, written by an earlier run into this folder"]

@@ -1,4 +1,4 @@
-"""The clean check before any attack (audit/precheck.py): a model that cannot be graded stops early, with its
+"""The clean check before any attack (audit/checks/precheck.py): a model that cannot be graded stops early, with its
 likely cause, exit code 4 and nothing written; timm architectures without weights are refused."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import cli
 from audit.config import AuditConfig
 from audit.errors import ConfigError, ModelLoadError, UngradableModel
 from audit.models import load_model
-from audit.precheck import sample_points
+from audit.checks.precheck import sample_points
 from support import DEMO
 from tailaudit import run_audit
 

@@ -10,8 +10,8 @@ from torch import nn
 
 import cli
 from audit.attacks import BatchNoise, create_attack, make_spec
-from audit.engine import Evaluator
-from audit.progress import CascadeProgress, Counted
+from audit.run.engine import Evaluator
+from audit.run.progress import CascadeProgress, Counted
 from support import DEMO, run_main
 
 

@@ -22,7 +22,7 @@ from audit.contract.figures import wilson_interval
 from audit.contract.model import AuditResults
 from audit.contract.schema import migrate
 from audit.contract.codec import from_json
-from audit.verdict import compute_verdict, grade_on_load
+from audit.checks.verdict import compute_verdict, grade_on_load
 from audit.contract.repair import Evaluation
 from audit.version import __version__
 from report_fixtures import (CIFAR10, make_balanced, make_curve, make_results, typed, with_computed_verdict, with_verdict,
@@ -184,7 +184,7 @@ def test_one_verdict_from_results(full, tmp_path):
     assert text.count(STATEMENT) == 1 and text.count("Partly robust") == 1  # one grade on the page
     # the band rule of older reports would call this run "Weakly robust": the report shows the results' verdict only
     assert "Weakly robust" not in text and 'class="badge fair"' in html
-    unstored = make_results(10)  # a file from before stored verdicts: graded once, on load, by audit/verdict.py
+    unstored = make_results(10)  # a file from before stored verdicts: graded once, on load, by audit/checks/verdict.py
     old = resolve_verdict(grade_on_load(migrate(unstored)))
     assert old["code"] == compute_verdict(AuditResults.from_json(unstored)).code
     assert old["computed_on_load"] == __version__

@@ -12,7 +12,7 @@ from audit.errors import ResultsError
 from audit.contract.model import AuditResults, ClassResult, Verdict
 from audit.contract.schema import check_written, load_results, migrate
 from audit.contract.codec import DocumentError
-from audit.verdict import grade_on_load, load_graded
+from audit.checks.verdict import grade_on_load, load_graded
 
 OLDER = sorted((ROOT / "tests" / "data" / "older_results").rglob("*.json"))
 OLDER_RESULTS = [p for p in OLDER if p.name.startswith("audit-") or p.name == "results.json"]

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from audit.attacks import create_attack, make_spec
-from audit.engine import Evaluator
-from audit.sanity import run_large_eps, sanity_section
+from audit.run.engine import Evaluator
+from audit.checks.sanity import run_large_eps, sanity_section
 
 CLASSES = [f"c{i}" for i in range(10)]
 

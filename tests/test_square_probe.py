@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from audit.attacks import PointNoise, create_attack, make_spec
-from audit.engine import Evaluator
-from audit.sanity import sanity_section
+from audit.run.engine import Evaluator
+from audit.checks.sanity import sanity_section
 
 CLASSES = [f"c{i}" for i in range(10)]
 

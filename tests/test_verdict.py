@@ -15,7 +15,7 @@ from audit.data import class_groups, groups_to_indices
 from audit.metrics import cross_class_summary
 from audit.contract.figures import wilson_interval
 from audit.contract.model import CODES, LABELS, AuditResults, Verdict
-from audit.verdict import BANDS, band, compute_verdict as _compute_verdict, prediction_collapse
+from audit.checks.verdict import BANDS, band, compute_verdict as _compute_verdict, prediction_collapse
 from audit.contract.figures import repair_command
 
 GRADES = [LABELS[c] for c in CODES if c != "not-meaningful"]  # "Robust", "Partly robust", ...

@@ -10,6 +10,6 @@ At the bottom of the layers (docs/architecture.md) and torch-free: the reports d
 - :mod:`audit.contract.files`: atomic writes, the JSON text, compact confusion matrices, the output folder;
 - :mod:`audit.contract.figures`: how stored figures are read (Wilson intervals, rankings, upper bounds).
 
-Grading a file written before verdicts were stored needs the verdict rules, which sit above (``audit.verdict``,
+Grading a file written before verdicts were stored needs the verdict rules, which sit above (``audit.checks.verdict``,
 ``grade_on_load``); the contract only says that a file needs it (``schema.needs_grading``).
 """

@@ -2,7 +2,7 @@
 points can rank them, upper bounds, the corruption findings and the repair command for an audit.
 
 Pure functions of :class:`~audit.contract.model.AuditResults` (no torch, no attack): the verdict rules
-(audit/verdict.py), the terminal summary, the exports and the reports read a stored audit through them, so
+(audit/checks/verdict.py), the terminal summary, the exports and the reports read a stored audit through them, so
 every page states a figure with the same interval.
 """
 from __future__ import annotations

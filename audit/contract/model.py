@@ -44,11 +44,11 @@ def _key(name: str, default: Any = dataclasses.MISSING) -> Any:
 
 @dataclass(frozen=True)
 class Verdict:
-    """The one verdict of an audit, as ``results["verdict"]`` stores it (computed by audit/verdict.py).
+    """The one verdict of an audit, as ``results["verdict"]`` stores it (computed by audit/checks/verdict.py).
 
     ``band`` is the grade before a rare-class or uneven qualifier lowered it, ``survival`` the share
     of correct answers that survive (both None when not meaningful). ``computed_on_load`` names the
-    tailaudit version that graded a file written before verdicts were stored (``audit.verdict.grade_on_load``);
+    tailaudit version that graded a file written before verdicts were stored (``audit.checks.verdict.grade_on_load``);
     it is never written. The label is the code in words (:data:`LABELS`), derived, not stored twice.
     """
 
@@ -281,7 +281,7 @@ class LargeEps:
 
 @dataclass(kw_only=True)
 class Sanity:
-    """Gradient-masking checks per class (audit/sanity.py)."""
+    """Gradient-masking checks per class (audit/checks/sanity.py)."""
 
     zero_gradient: ZeroGradient = field(default_factory=ZeroGradient)
     square_only: SquareOnly = field(default_factory=SquareOnly)
@@ -502,7 +502,7 @@ class OutputMap:
 
 @dataclass(kw_only=True)
 class LabelCheck:
-    """The clean confusion matrix suggests the outputs are in another order (audit/labels.py)."""
+    """The clean confusion matrix suggests the outputs are in another order (audit/checks/labels.py)."""
 
     suspected: bool
     accuracy_now: Optional[float] = None

@@ -3,7 +3,7 @@ the structural checks a report relies on, and the migration of files older taila
 
 Torch-free and free of the verdict rules: a file written before verdicts were stored loads here with
 ``verdict`` None (:func:`needs_grading` says so) and is graded on the audit side
-(``audit.verdict.grade_on_load``), which the application layer applies when it loads results.
+(``audit.checks.verdict.grade_on_load``), which the application layer applies when it loads results.
 
 Every ``results.json`` is checked here twice: when a run writes it (:func:`check_written`, so
 a tailaudit bug can never ship a file its own reports refuse) and when anything reads it
@@ -252,7 +252,7 @@ def migrate(results: Mapping[str, Any], source: str | Path | None = None) -> Aud
     Files written before APGD-T recorded its target ranking get AutoAttack's rule (the only one
     there was), so they compare with newer runs. Schema-1 files written before verdicts were stored
     (tailaudit 0.1 before its verdict rules) keep ``verdict`` None here (:func:`needs_grading`); the audit
-    side grades them (``audit.verdict.grade_on_load``: ``verdict.computed_on_load`` names the version that
+    side grades them (``audit.checks.verdict.grade_on_load``: ``verdict.computed_on_load`` names the version that
     computed it, and reports say so), so a report shows one verdict from one source.
     The caller's object is never changed.
     """

@@ -28,7 +28,7 @@ from ..contract.figures import wilson_interval
 from .registry import FAMILY
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..engine import Evaluator
+    from ..run.engine import Evaluator
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ Job = tuple[str, int]  # (corruption name, severity)
 
 def model_input(x: torch.Tensor, input_size: Sequence[int]) -> torch.Tensor:
     """One image resized to the model's input exactly as the attacks see it (the engine's ``adapt_images``)."""
-    from ..engine import adapt_images
+    from ..run.engine import adapt_images
 
     return adapt_images(x[None].float(), input_size)[0]
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import numpy as np
 from torch.utils.data import DataLoader
 
-from .. import distributed
+from ..run import distributed
 from ..data.loading import loader_options
 from .evaluate import CorruptionRecords, class_figures, corruption_pass, join_records, summary_figures
 from .generate import MIN_SIDE, library_version, warm_up, working_side
@@ -22,7 +22,7 @@ from .points import GeneratedPoints, JobPoints
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import AuditConfig
     from ..data import LTDataset
-    from ..engine import Evaluator
+    from ..run.engine import Evaluator
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def attach_corruptions(results: Any, config: "AuditConfig", records: CorruptionR
                        data: "LTDataset", input_size: Sequence[int]) -> None:
     """Put the figures into the typed results: ``per_class[i].corruptions`` and ``summary.corruptions``.
 
-    ``points`` are the audit's joined :class:`~audit.records.PointRecords` (labels, clean verdicts)."""
+    ``points`` are the audit's joined :class:`~audit.run.records.PointRecords` (labels, clean verdicts)."""
     from ..data import class_groups, groups_to_indices
 
     where = {int(j): p for p, j in enumerate(points.index)}

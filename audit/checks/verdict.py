@@ -13,13 +13,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .calibration import rare_confidently_wrong
-from .contract.figures import (MAX_RESIZE, class_interval, corruption_findings, counts_are_sampled, headline_interval,
+from ..calibration import rare_confidently_wrong
+from ..contract.figures import (MAX_RESIZE, class_interval, corruption_findings, counts_are_sampled, headline_interval,
                                indistinct_weakest, interval_text, is_upper_bound, ranked_classes, wilson_interval)
-from .contract.figures import listed as _listed, pct_text as _pct, quoted_names as _names
-from .contract.model import LABELS, AuditResults, ClassResult, InputFit, LabelCheck, Verdict
-from .contract.schema import load_results, needs_grading
-from .version import __version__
+from ..contract.figures import listed as _listed, pct_text as _pct, quoted_names as _names
+from ..contract.model import LABELS, AuditResults, ClassResult, InputFit, LabelCheck, Verdict
+from ..contract.schema import load_results, needs_grading
+from ..version import __version__
 
 # (lowest share of clean-correct answers that survive, code): worst-case robust / clean accuracy
 BANDS: tuple[tuple[float, str], ...] = ((0.8, "robust"), (0.5, "partly-robust"), (0.2, "weakly-robust"),
@@ -94,7 +94,7 @@ def clean_problems(k: int, n: int, confusion: Optional[Sequence[Sequence[int]]],
                    label_check: Optional[LabelCheck] = None) -> list[str]:
     """Why ``k`` correct clean answers of ``n`` (with this clean confusion matrix and label check) cannot be graded:
     chance-level accuracy, collapsed predictions, a permuted label order (first: the most likely cause). The
-    verdict and the check before any attack (audit/precheck.py) apply these same rules."""
+    verdict and the check before any attack (audit/checks/precheck.py) apply these same rules."""
     C = len(names)
     out = []
     lo, _ = wilson_interval(k, n)

@@ -54,7 +54,7 @@ class _Line:
 
 
 class CascadeProgress:
-    """Progress of :meth:`audit.engine.Evaluator.cascade` on ``stream`` (stderr); a no-op when disabled."""
+    """Progress of :meth:`audit.run.engine.Evaluator.cascade` on ``stream`` (stderr); a no-op when disabled."""
 
     def __init__(self, names: Sequence[str], budgets: Sequence[int], n_total: int, *, enabled: bool,
                  units: Optional[Sequence[str]] = None, stream: Optional[IO[str]] = None, log_every: float = 15.0,

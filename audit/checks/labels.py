@@ -12,11 +12,11 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .bounds import MAX_CLASSES
-from .errors import ConfigError
-from .contract.jsonfile import parse_json, read_text
-from .contract.figures import wilson_interval
-from .contract.model import LabelCheck, OutputMap
+from ..bounds import MAX_CLASSES
+from ..errors import ConfigError
+from ..contract.jsonfile import parse_json, read_text
+from ..contract.figures import wilson_interval
+from ..contract.model import LabelCheck, OutputMap
 
 MAX_LABELS_BYTES = MAX_CLASSES * 256  # one name a line, up to 256 bytes each for the most classes allowed
 

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
 
 import torch
 
-from .errors import ConfigError, TailAuditError
+from ..errors import ConfigError, TailAuditError
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-from .errors import ConfigError
-from .contract.model import AuditResults, Gate, GateCondition, Summary
+from ..errors import ConfigError
+from ..contract.model import AuditResults, Gate, GateCondition, Summary
 
 EXIT_GATE = 3
 

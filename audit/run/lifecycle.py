@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from . import distributed
-from .errors import ConfigError
+from ..errors import ConfigError
 from .outputs import AUDIT_FILES, RunFiles, folder_lock, recover_commit, refuse_foreign_files, with_reports
-from .contract.files import OutputError, out_dir_guard, output_error
+from ..contract.files import OutputError, out_dir_guard, output_error
 
 log = logging.getLogger(__name__)
 

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .attacks import Attack, PointNoise
-from .attacks.base import logit_margin
+from ..attacks import Attack, PointNoise
+from ..attacks.base import logit_margin
 from . import distributed
-from .errors import DatasetError, ModelLoadError
+from ..errors import DatasetError, ModelLoadError
 from .merge import concat_records
-from .models.wrapper import Scorer, ScorerClassifier
+from ..models.wrapper import Scorer, ScorerClassifier
 from .progress import CascadeProgress, Counted
 from .records import PointRecords
 
@@ -146,7 +146,7 @@ class Evaluator:
              on_wait: Optional[Callable[[], None]] = None) -> Optional[PointRecords]:
         """The whole run's records: ``records`` in a plain run; under torchrun, once every rank finished its shard,
         the shards joined in rank order on rank 0 (None on the others). A rank that failed makes this raise
-        :class:`~audit.distributed.PeerFailed`."""
+        :class:`~audit.run.distributed.PeerFailed`."""
         if self.dist is None:
             return records
         distributed.wait_for_peers("shards", on_wait)

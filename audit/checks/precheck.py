@@ -1,6 +1,6 @@
 """Before any attack: can the model be graded on this data at all?
 
-The verdict's not-meaningful rules (audit/verdict.py, :func:`~audit.verdict.clean_problems`) are
+The verdict's not-meaningful rules (audit/checks/verdict.py, :func:`~audit.checks.verdict.clean_problems`) are
 applied to a clean pass over a stratified sample of the evaluation points. When they fire, the
 audit stops before the first attack with :class:`~audit.errors.UngradableModel` (exit code 4)
 and a message naming the most likely cause, found by trying the usual fixes on the same points:
@@ -18,16 +18,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .data import LTDataset
-from .data.loading import Indexed, loader_options
-from .engine import Evaluator
-from .records import PointRecords
-from .errors import UngradableModel
-from .inputs import input_info
+from ..data import LTDataset
+from ..data.loading import Indexed, loader_options
+from ..run.engine import Evaluator
+from ..run.records import PointRecords
+from ..errors import UngradableModel
+from ..inputs import input_info
 from .labels import check_label_order, clean_confusion
-from .contract.figures import wilson_interval
-from .models import LoadedModel
-from .models.wrapper import PixelClassifier
+from ..contract.figures import wilson_interval
+from ..models import LoadedModel
+from ..models.wrapper import PixelClassifier
 from .verdict import clean_problems, input_reasons
 
 log = logging.getLogger(__name__)

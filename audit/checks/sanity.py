@@ -19,8 +19,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .engine import Evaluator
-from .values import AttackSpec
+from ..run.engine import Evaluator
+from ..values import AttackSpec
 
 ZERO_GRAD_SHARE = 0.05  # flag a class when more than 5% of its attacked points had a zero gradient
 JITTER_TOL = 1e-4  # relative logit difference that counts as a randomised forward pass
@@ -40,7 +40,7 @@ def _names(counts: Sequence[int], class_names: Sequence[str]) -> list[str]:
 def sanity_section(records: Any, specs: Sequence[AttackSpec], class_names: Sequence[str],
                    large_eps: Optional[dict[str, Any]] = None) -> tuple[dict[str, Any], list[str]]:
     """Build ``results["sanity"]`` and its warning lines from the cascade's per-point records."""
-    from .attacks import ATTACKS
+    from ..attacks import ATTACKS
 
     C = len(class_names)
     labels = records.label
@@ -122,7 +122,7 @@ def sanity_section(records: Any, specs: Sequence[AttackSpec], class_names: Seque
 
 def large_eps_spec(specs: Sequence[AttackSpec], norm: str, input_numel: int) -> AttackSpec:
     """The check's attack: APGD-CE-50 (Square-1000 when only score-based attacks run) at a huge radius."""
-    from .attacks import ATTACKS, make_spec
+    from ..attacks import ATTACKS, make_spec
 
     eps = LARGE_EPS.get(norm, 0.5 * float(np.sqrt(input_numel)))
     if all(ATTACKS.get(s.kind).gradient_free for s in specs):
@@ -133,7 +133,7 @@ def large_eps_spec(specs: Sequence[AttackSpec], norm: str, input_numel: int) -> 
 def run_large_eps(evaluator: Evaluator, batches: Any, specs: Sequence[AttackSpec], class_names: Sequence[str], *,
                   norm: str, seed: int, max_points: int = LARGE_EPS_POINTS) -> dict[str, Any]:
     """``--sanity``: attack up to ``max_points`` evaluation points at a huge radius; robust accuracy must be ~0."""
-    from .attacks import create_attack
+    from ..attacks import create_attack
 
     spec = large_eps_spec(specs, norm, int(np.prod(evaluator.input_size)))
     taken, n = [], 0

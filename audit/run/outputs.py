@@ -23,10 +23,10 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
-from .contract.files import OutputError, atomic_write, output_error, write_json, write_npz
-from .contract.jsonfile import parse_json, read_text
-from .contract.codec import from_json, to_json
-from .contract.repair import Manifest
+from ..contract.files import OutputError, atomic_write, output_error, write_json, write_npz
+from ..contract.jsonfile import parse_json, read_text
+from ..contract.codec import from_json, to_json
+from ..contract.repair import Manifest
 
 log = logging.getLogger(__name__)
 
