@@ -38,7 +38,7 @@ from .errors import RepairError
 from .heads import ResLTHead, ScaledLinear, feature_stats, fold_head, require_linear, swap_head
 from .losses import KLAttack, tail_penalty_pairwise, tail_penalty_reference
 from .schedules import PerSampleEps, class_eps_factors, eps_scale
-from .smoothing import label_aware_eps, smoothed_cross_entropy
+from .smoothing import smoothed_cross_entropy
 
 
 class ScheduledPGD(PerSampleEps, PGD):

@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-import cli
 from audit.attacks import BatchNoise, create_attack, make_spec
 from audit.engine import Evaluator
 from audit.progress import CascadeProgress, Counted
