@@ -130,7 +130,8 @@ def cmd_repair(args: argparse.Namespace) -> int:
     if not _is_main():  # [distributed] rank 0 prints
         return 0
     print(terminal_safe(format_comparison(run)))
-    after = [ln for ln in verdict_lines(run.after)[1:] if "next: Repair it" not in ln and "repair command:" not in ln]  # not the repaired file again
+    after = [ln for ln in verdict_lines(run.after)[1:]  # not the repaired file again
+             if "next: Repair it" not in ln and "repair command:" not in ln]
     print(terminal_safe("\n".join(["", "audit of the model handed back:"] + after)))
     for path in run.reports.values():
         print(terminal_safe(f"report: {path}"))

@@ -143,7 +143,8 @@ def _summary(records: PointRecords, acc: dict, counts: list[int], groups: dict[s
     attacked = "worst_case" in acc  # False for --attacks none: no robust figure, no adversarial confusion
     rho = spearman(norms, acc["worst_case"][0]) if norms is not None and attacked else None
     return Summary(clean=clean, robust=robust,
-                   head_tail_gap={"clean": gap(clean), **({"worst_case": gap(robust["worst_case"])} if attacked else {})},
+                   head_tail_gap={"clean": gap(clean),
+                                  **({"worst_case": gap(robust["worst_case"])} if attacked else {})},
                    weight_norm_spearman=from_json(Spearman, rho) if rho is not None else None,
                    confusion=_adversarial_confusion(records, C) if attacked else None,
                    clean_confusion=clean_confusion(records.label, records.clean_pred, C).tolist())
@@ -182,7 +183,8 @@ def _warnings(model: LoadedModel, records: PointRecords, config: AuditConfig, su
     """Every check's warning, in the order a reader should meet them, each also logged."""
     model_warnings = list(model.info.get("warnings", []))
     said_probabilities = any("outputs probabilities" in w for w in model_warnings)
-    warnings = model_warnings + [w for w in records.warnings if not (said_probabilities and "outputs probabilities" in w)]
+    warnings = model_warnings + [w for w in records.warnings
+                                 if not (said_probabilities and "outputs probabilities" in w)]
     warnings += records.sanity_warnings(config.independent)
     norm_warning, sanity_warnings, calibration_warnings = more
     warnings += norm_warning + sanity_warnings + calibration_warnings + input_warnings(inp)

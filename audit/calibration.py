@@ -215,7 +215,8 @@ def confidence_pass(evaluator: "Evaluator", batches: Iterable[tuple["torch.Tenso
         k = int(x.shape[0])
         sl = slice(pos, pos + k)
         if not np.array_equal(np.asarray(ids), records.index[sl]):
-            raise RuntimeError("the calibration pass got other points than the cascade; this is a bug, please report it")
+            raise RuntimeError("the calibration pass got other points than the cascade; "
+                               "this is a bug, please report it")
         x0 = adapt_images(x.to(device).float(), evaluator.input_size)
         yy = torch.as_tensor(records.label[sl], device=device)
         tt = torch.as_tensor(target_all[sl], device=device)

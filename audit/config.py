@@ -70,7 +70,8 @@ class AuditConfig:
     calibration_steps: int = 20  # PGD steps of the attacked-confidence pass (audit/calibration.py); 0: clean only
     # --corruptions: "common", "all" or names (audit/corruptions/); () = off; a list of names after validation
     corruptions: Union[str, Sequence[str]] = ()
-    severities: Union[str, int, Sequence[int]] = (1, 2, 3, 4, 5)  # --severity: 1..5, a list or "all"; a tuple after validation
+    # --severity: 1..5, a list or "all"; a tuple after validation
+    severities: Union[str, int, Sequence[int]] = (1, 2, 3, 4, 5)
     corruption_root: Optional[str] = None  # --corruption-root: released CIFAR-10-C/-100-C .npy or ImageNet-C folders
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -140,9 +141,9 @@ class AuditConfig:
         if not isinstance(self.dataset, str) and not is_dataset_object(self.dataset):
             pairs = isinstance(self.dataset, (list, tuple)) and bool(self.dataset)
             raise ConfigError("dataset= must be a dataset name or a torch Dataset / DataLoader, got "
-                              f"{type_name(self.dataset)}" + ("; put (image, label) pairs in a Dataset, e.g. "
-                                                                 "TensorDataset(torch.stack(images), torch.tensor(labels))"
-                                                                 if pairs else ""))
+                              f"{type_name(self.dataset)}"
+                              + ("; put (image, label) pairs in a Dataset, e.g. "
+                                 "TensorDataset(torch.stack(images), torch.tensor(labels))" if pairs else ""))
 
     def default_step_size(self) -> float:
         """alpha: 2/255 for the CIFAR default 8/255 at 20 steps; otherwise eps/4 (L-inf) or eps/4 (L2)."""
@@ -174,8 +175,8 @@ class AuditConfig:
             raise ConfigError("--pretrained and --random-weights go with timm:ARCH models; an ONNX file or a module "
                               "carries its own weights")
         if timm_arch and self.weights and self.checkpoint:
-            raise ConfigError(f"--checkpoint and --{'pretrained' if self.weights == 'pretrained' else 'random-weights'} "
-                              "exclude each other; keep one")
+            flag = "pretrained" if self.weights == "pretrained" else "random-weights"
+            raise ConfigError(f"--checkpoint and --{flag} exclude each other; keep one")
         if timm_arch and not self.weights and not self.checkpoint:
             raise ConfigError(f"{self.model} has no trained weights without --checkpoint: pass --checkpoint FILE (the "
                               "trained weights), --pretrained for the hub's weights (downloads them), or "

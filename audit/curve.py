@@ -80,9 +80,12 @@ def run_curve(config: AuditConfig, eval_idx: np.ndarray,
         rec = run(cfg, eval_idx[positions])
         runs.append(rec)
         current = rec if current is None else merge(current, rec, positions)
-        totals["secs"] = list(rec.attack_seconds) if totals["secs"] is None else [a + b for a, b in zip(totals["secs"], rec.attack_seconds)]
-        totals["zero"] = list(rec.zero_grad) if totals["zero"] is None else [a + b for a, b in zip(totals["zero"], rec.zero_grad)]
-        totals["attacked"] = list(rec.attacked) if totals["attacked"] is None else [a + b for a, b in zip(totals["attacked"], rec.attacked)]
+        totals["secs"] = (list(rec.attack_seconds) if totals["secs"] is None
+                          else [a + b for a, b in zip(totals["secs"], rec.attack_seconds)])
+        totals["zero"] = (list(rec.zero_grad) if totals["zero"] is None
+                          else [a + b for a, b in zip(totals["zero"], rec.zero_grad)])
+        totals["attacked"] = (list(rec.attacked) if totals["attacked"] is None
+                              else [a + b for a, b in zip(totals["attacked"], rec.attacked)])
         totals["clean"] += rec.clean_seconds
         totals["rescored"] += rec.rescored
         totals["rejected"] += rec.rescore_disagreed
@@ -90,7 +93,8 @@ def run_curve(config: AuditConfig, eval_idx: np.ndarray,
         curve.append(curve_point(current, eps, text, config.independent, groups, num_classes, len(positions)))
     assert current is not None
     current.attack_seconds, current.zero_grad, current.attacked = totals["secs"], totals["zero"], totals["attacked"]
-    current.clean_seconds, current.rescored, current.rescore_disagreed = totals["clean"], totals["rescored"], totals["rejected"]
+    current.clean_seconds, current.rescored = totals["clean"], totals["rescored"]
+    current.rescore_disagreed = totals["rejected"]
     current.warnings = warnings
     current.examples = _merge_examples(runs, config.examples_per_class)
     return current, curve

@@ -6,7 +6,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 
-def per_class_accuracy(correct: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def per_class_accuracy(correct: np.ndarray, labels: np.ndarray,
+                       num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return (accuracy, correct count, point count) per class; accuracy is NaN for empty classes."""
     n = np.bincount(labels, minlength=num_classes)
     k = np.bincount(labels, weights=correct.astype(np.float64), minlength=num_classes).astype(np.int64)

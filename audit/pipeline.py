@@ -149,12 +149,13 @@ def _audit_into(out_dir: Optional[Path], config: AuditConfig, specs: list, attac
     for p in module.parameters():
         p.requires_grad_(False)
     bn_before = _bn_fingerprint(module)
-    if not model.gradient_access and not config.black_box and not config.attack_free:  # conversion failed: black-box mode, noted by the loader
+    # conversion failed: black-box mode, noted by the loader
+    if not model.gradient_access and not config.black_box and not config.attack_free:
         try:
             specs = config.attack_specs(black_box=True)
         except ConfigError:
-            raise ModelLoadError(f"{config.model_name} cannot be converted to PyTorch for gradients, so only score-based "
-                                 "attacks can run on it: use --attacks square or a --suite") from None
+            raise ModelLoadError(f"{config.model_name} cannot be converted to PyTorch for gradients, so only "
+                                 "score-based attacks can run on it: use --attacks square or a --suite") from None
         attacks = [create_attack(s) for s in specs]
     load_s = time.perf_counter() - t_start
 
@@ -204,7 +205,8 @@ def _audit_into(out_dir: Optional[Path], config: AuditConfig, specs: list, attac
     # calibration (audit/calibration.py): every rank on its own shard's points, joined with the records below
     records = confidence_pass(evaluator, DataLoader(_Indexed(data.test, records.index), batch_size=config.batch_size,
                                                     shuffle=False, **loader_options(config.workers, device)),
-                              records, steps=config.calibration_steps if model.gradient_access and not config.attack_free else 0,
+                              records,
+                              steps=config.calibration_steps if model.gradient_access and not config.attack_free else 0,
                               norm=config.norm, eps=config.eps)
     corruption_records = (run_phase(config, evaluator, corrupted, n_points=len(eval_idx), progress=show)
                           if corrupted is not None else None)

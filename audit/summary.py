@@ -110,7 +110,8 @@ def corruption_lines(results: AuditResults) -> list[str]:
     per = c.get("per_corruption") or {}
     hardest = min(per, key=lambda n: per[n].get("mean_accuracy") if per[n].get("mean_accuracy") is not None else 2,
                   default=None)
-    line = (f"corruptions ({len(c.get('names') or [])}, severities {','.join(str(v) for v in c.get('severities') or [])}, "
+    severities = ",".join(str(v) for v in c.get("severities") or [])
+    line = (f"corruptions ({len(c.get('names') or [])}, severities {severities}, "
             f"{c.get('parameters')} parameters): mean accuracy {_pct(c.get('mean_accuracy')).strip()} vs clean "
             f"{_pct(c.get('clean_accuracy')).strip()}")
     if hardest is not None:

@@ -67,8 +67,9 @@ def main() -> None:
 
     best, results = alternate({"torchattacks": run_ta, "ours (cascade)": lambda: run_ours(True),
                                "ours (no cascade)": lambda: run_ours(False)}, args.repeats)
-    print(f"model {args.arch} (standard training), {len(y)} CIFAR-10 test images, clean acc {clean.float().mean():.3f}, "
-          f"L-inf eps {args.eps:.4f}, PGD-{args.steps}, device {args.device}, threads {torch.get_num_threads()}")
+    print(f"model {args.arch} (standard training), {len(y)} CIFAR-10 test images, "
+          f"clean acc {clean.float().mean():.3f}, L-inf eps {args.eps:.4f}, PGD-{args.steps}, device {args.device}, "
+          f"threads {torch.get_num_threads()}")
     for k, v in best.items():
         print(f"{k:<20} {v:7.2f} s   robust acc {results[k].float().mean():.3f}")
     print(f"speed-up with cascade vs torchattacks: {best['torchattacks'] / best['ours (cascade)']:.2f}x")

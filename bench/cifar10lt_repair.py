@@ -59,7 +59,8 @@ SETTINGS = {  # name: RepairConfig keywords beyond the shared ones; ε schedule 
     "PGD-AT": {"method": "pgd-at", "sampler": "shuffle", "eps_schedule": "constant"},
     "REAT reference": {"method": "reat", "tail_penalty": "reference", "sampler": "shuffle", "eps_schedule": "constant"},
     "REAT off": {"method": "reat", "tail_penalty": "off", "sampler": "shuffle", "eps_schedule": "constant"},
-    "REAT class-balanced": {"method": "reat", "tail_penalty": "pairwise", "sampler": "class-balanced", "eps_schedule": "constant"},
+    "REAT class-balanced": {"method": "reat", "tail_penalty": "pairwise", "sampler": "class-balanced",
+                            "eps_schedule": "constant"},
     "LBGAT frozen": {"method": "lbgat", "guide": "frozen", "eps_schedule": "constant"},
     "LBGAT learnable": {"method": "lbgat", "guide": "learnable", "eps_schedule": "constant"},
     "MiSLAS": {"method": "mislas", "eps_schedule": "constant"},
@@ -165,8 +166,9 @@ def row(name: str, res: AuditResults, seconds: float | None, hw: str, summary: d
          "gap": gap, "worst_class": wc.worst, "seconds": seconds, "hardware": hw,
          "fine_tune_s": None, "budget": None, "kept_step": None, "clean_kept": None, "ece": None, "outcome": None}
     if summary is not None:
-        r.update(fine_tune_s=summary["timings"]["fine_tune_s"], budget=summary["budget"], kept_step=summary["best_step"],
-                 lr=summary["lr"], clean_kept=summary["outcome"]["clean_kept"], outcome=summary["outcome"]["code"])
+        r.update(fine_tune_s=summary["timings"]["fine_tune_s"], budget=summary["budget"],
+                 kept_step=summary["best_step"], lr=summary["lr"], clean_kept=summary["outcome"]["clean_kept"],
+                 outcome=summary["outcome"]["code"])
     return r
 
 
@@ -185,7 +187,8 @@ def table(rows: list[dict]) -> str:
         std = (f"{100 * st['worst_case']:.1f} / " + (f"{100 * st['tail']:.1f}" if st.get("tail") is not None else "-")
                if st else "-")
         lines.append(f"| {r['method']} | {100 * r['clean']:.1f} | {kept_share} | " + " | ".join(
-            f"{100 * r[k]:.1f}" if r[k] is not None else "-" for k in ("pgd20", "worst_case", "head", "medium", "tail", "gap", "worst_class"))
+            f"{100 * r[k]:.1f}" if r[k] is not None else "-"
+            for k in ("pgd20", "worst_case", "head", "medium", "tail", "gap", "worst_class"))
             + f" | {ece} | {r.get('outcome') or '-'} | {kept} | {std} | {ft} | {t} | {r['hardware']} |")
     return "\n".join(lines)
 

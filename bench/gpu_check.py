@@ -128,7 +128,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--skip-demo", action="store_true")
-    ap.add_argument("--cpu-dry-run", action="store_true", help="run every step on the CPU with batch 8 (checks the script)")
+    ap.add_argument("--cpu-dry-run", action="store_true",
+                    help="run every step on the CPU with batch 8 (checks the script)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     global BATCH
@@ -152,11 +153,13 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             res["demo"] = {f"{d}{i}": demo_repair(d, Path(tmp) / f"{d}{i}") for i, d in enumerate(devices)}
         for d, r in res["demo"].items():
-            print(f"demo repair on {d[:-1]}: {r['outcome']}, after-audit verdict {r['verdict_after']}, worst-case robust "
-                  f"{100 * r['robust_before']:.1f}% -> {100 * r['robust_after']:.1f}%, fine-tuning {r['fine_tune_s']:.1f} s")
+            print(f"demo repair on {d[:-1]}: {r['outcome']}, after-audit verdict {r['verdict_after']}, "
+                  f"worst-case robust {100 * r['robust_before']:.1f}% -> {100 * r['robust_after']:.1f}%, "
+                  f"fine-tuning {r['fine_tune_s']:.1f} s")
         g, c = res["demo"][f"{devices[0]}0"], res["demo"][f"{devices[1]}1"]
         ok = (g["outcome"], g["verdict_after"]) == (c["outcome"], c["verdict_after"])
-        print(f"same outcome and verdict on {devices[0]} and {devices[1]}" if ok else f"DIFFERENT outcome or verdict on {devices[0]} and {devices[1]}")
+        print(f"same outcome and verdict on {devices[0]} and {devices[1]}" if ok
+              else f"DIFFERENT outcome or verdict on {devices[0]} and {devices[1]}")
     res["seconds"] = time.perf_counter() - t0
     print(f"gpu_check took {res['seconds']:.0f} s on {res['gpu']}")
     if args.json:

@@ -46,7 +46,8 @@ def main() -> None:
 
     def run(model):
         for i in range(0, len(y), bs):
-            attack.run(model, x[i:i + bs], y[i:i + bs], noise=PointNoise.for_points(0, "pgd", range(i, i + len(y[i:i + bs]))), early_stop=False)
+            noise = PointNoise.for_points(0, "pgd", range(i, i + len(y[i:i + bs])))
+            attack.run(model, x[i:i + bs], y[i:i + bs], noise=noise, early_stop=False)
 
     with torch.no_grad():
         diff = (native(x[:64]) - conv(x[:64])).abs().max().item()

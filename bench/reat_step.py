@@ -61,7 +61,8 @@ def main() -> None:
     autocast = (lambda: torch.autocast(device_type=dev.type, dtype=torch.bfloat16)) if args.amp == "bf16" else None
     ctxs = {
         "pgd-at": LossContext(log_prior(counts).to(dev), is_tail, tail_class_weights(counts).to(dev), "off", 1.0, 0.1),
-        "reat": LossContext(log_prior(counts).to(dev), is_tail, tail_class_weights(counts).to(dev), "pairwise", 1.0, 0.1),
+        "reat": LossContext(log_prior(counts).to(dev), is_tail, tail_class_weights(counts).to(dev), "pairwise",
+                            1.0, 0.1),
     }
     methods = {"pgd-at": get_method("pgd-at"), "reat": get_method("reat")}
     opt = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
@@ -78,7 +79,8 @@ def main() -> None:
     step("pgd-at")(), step("reat")()  # warm-up
     best, _ = alternate({"pgd-at": step("pgd-at"), "reat": step("reat")}, args.repeats)
     ratio = best["reat"] / best["pgd-at"]
-    hw = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    hw = (torch.cuda.get_device_name(dev) if dev.type == "cuda"
+          else f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
     anchors = int(is_tail[y].sum())
     print(f"model timm:{args.arch} at {args.size}x{args.size}, batch {args.batch} ({anchors} tail anchors), "
           f"10-step L-inf PGD, amp {args.amp}, {hw}")

@@ -436,7 +436,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     state_path = args.out / "state.json"
-    state = json.loads(state_path.read_text()) if (args.resume or args.table_only is not None) and state_path.exists() else {}
+    reuse = (args.resume or args.table_only is not None) and state_path.exists()
+    state = json.loads(state_path.read_text()) if reuse else {}
     for extra in args.table_only or []:  # runs split over processes: their finished records join this one
         for name, st in json.loads(extra.read_text()).items():
             mine = state.setdefault(name, {k: v for k, v in st.items() if k != "repairs"} | {"repairs": {}})

@@ -172,7 +172,8 @@ def autoattacks(model: torch.nn.Module, eps: float, which: str, n_classes: int =
     if which in ("published", "both"):
         out["autoattack_published"] = [
             ("apgd-ce", torchattacks.APGD(model, norm="Linf", eps=eps, steps=100, n_restarts=1, loss="ce", seed=0)),
-            ("apgd-t", torchattacks.APGDT(model, norm="Linf", eps=eps, steps=100, n_restarts=1, n_classes=n_classes, seed=0)),
+            ("apgd-t", torchattacks.APGDT(model, norm="Linf", eps=eps, steps=100, n_restarts=1, n_classes=n_classes,
+                                          seed=0)),
             ("fab-t", torchattacks.FAB(model, norm="Linf", eps=eps, steps=100, n_restarts=1, multi_targeted=True,
                                        n_classes=n_classes, seed=0)),
             ("square", torchattacks.Square(model, norm="Linf", eps=eps, n_queries=5000, n_restarts=1, seed=0)),
@@ -283,7 +284,8 @@ def main() -> None:
     ap.add_argument("--mask", action="store_true",
                     help="put the models behind 5-bit input rounding (gradient masking: zero input gradients)")
     ap.add_argument("--autoattack", default="both", choices=["torchattacks", "published", "both", "none"],
-                    help="torchattacks' AutoAttack class defaults (10 iterations), the published settings (100), or both")
+                    help="torchattacks' AutoAttack class defaults (10 iterations), the published settings (100), "
+                         "or both")
     ap.add_argument("--probe", type=int, help="Square's probe for ours (default: the standard suite's 500; 0 = off)")
     ap.add_argument("--json", help="also write the figures here")
     ap.add_argument("--target-ranking", choices=["logit", "malt"], help="ours: APGD-T's target ranking")
@@ -332,7 +334,8 @@ def main() -> None:
                 a = r[name]
                 print(f"| {kind}-trained | {r['clean_acc']:.1%} | {r['ours_robust_acc']:.1%} | "
                       f"{name.replace('autoattack_', '')} | {a['robust_acc']:.1%} | {a['broken_by_autoattack_only']} | "
-                      f"{a['broken_by_ours_only']} | {r['ours_s']:.0f} s | {a['seconds']:.0f} s | {a['time_ratio']:.2f} |")
+                      f"{a['broken_by_ours_only']} | {r['ours_s']:.0f} s | {a['seconds']:.0f} s | "
+                      f"{a['time_ratio']:.2f} |")
 
     for kind in ("standard", "pgd"):
         if kind not in out:

@@ -16,7 +16,8 @@ from .options import (AUGMENTS, EPS_SCHEDULES, FORMATS, GUIDES, PENALTIES, SAMPL
 # Fields that change the trained weights: a --resume must agree on all of them.
 TRAINING_KEYS = ("method", "epochs", "steps_total", "evaluations", "sampler", "trades_beta",
                  "lr", "batch_size", "momentum", "weight_decay", "schedule", "train_eps",
-                 "train_steps", "train_step_size", "tail_penalty", "tail_lambda", "margin", "val_fraction", "val_root", "val_split", "grad_clip",
+                 "train_steps", "train_step_size", "tail_penalty", "tail_lambda", "margin", "val_fraction", "val_root",
+                 "val_split", "grad_clip",
                  "augment", "amp", "seed", "norm", "min_clean_kept", "guide", "lbgat_beta", "smoothing",
                  "smoothing_head", "smoothing_tail", "smoothing_shape", "eps_schedule", "eps_per_class",
                  "shift_bn")
@@ -68,7 +69,8 @@ class RepairConfig:
     smoothing_head: float = 0.3
     smoothing_tail: float = 0.0
     smoothing_shape: str = "concave"
-    eps_schedule: str = "warmup"  # chosen by the CIFAR-10-LT comparison (docs/benchmarks.md "Repair", docs/repair.md "ε schedules")
+    # eps_schedule: chosen by the CIFAR-10-LT comparison (docs/benchmarks.md "Repair", docs/repair.md "ε schedules")
+    eps_schedule: str = "warmup"
     eps_per_class: bool = False
     shift_bn: bool = False  # re-estimate BatchNorm statistics on class-balanced clean batches before export
     out: Optional[str] = None

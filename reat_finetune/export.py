@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import shutil
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field

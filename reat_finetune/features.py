@@ -87,7 +87,8 @@ def _timm_ok(pm: PixelClassifier, probe: torch.Tensor) -> bool:
     except Exception as exc:  # noqa: BLE001 - any failure means "not usable"
         log.debug("timm pre-logits path fails: %s", exc)
         return False
-    return got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-5 * max(1.0, float(want.abs().max())))
+    return got.shape == want.shape and torch.allclose(got, want, rtol=1e-4,
+                                                      atol=1e-5 * max(1.0, float(want.abs().max())))
 
 
 def build_feature_model(loaded: LoadedModel, probe: torch.Tensor, *, explicit_penalty: Optional[str],

@@ -64,7 +64,8 @@ def fold_head(head: nn.Module) -> nn.Linear:
 
 
 class ScaledLinear(nn.Module):
-    """``s * linear(x)`` with a learnable per-class scale ``s`` (MiSLAS's learnable weight scaling), ``s = 1`` at start."""
+    """``s * linear(x)`` with a learnable per-class scale ``s`` (MiSLAS's learnable weight scaling), ``s = 1`` at
+    start."""
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()

@@ -38,7 +38,7 @@ from .errors import RepairError
 from .heads import ResLTHead, ScaledLinear, feature_stats, fold_head, require_linear, swap_head
 from .losses import KLAttack, tail_penalty_pairwise, tail_penalty_reference
 from .schedules import PerSampleEps, class_eps_factors, eps_scale
-from .smoothing import label_aware_eps, smoothed_cross_entropy
+from .smoothing import smoothed_cross_entropy
 
 
 class ScheduledPGD(PerSampleEps, PGD):
@@ -171,7 +171,8 @@ class RepairMethod:
             attack.class_factors = self.class_factors
         return attack
 
-    def prepare_attack(self, attack: Attack, model: torch.nn.Module, x: torch.Tensor, autocast=None) -> None:  # noqa: ANN001
+    def prepare_attack(self, attack: Attack, model: torch.nn.Module, x: torch.Tensor,
+                       autocast=None) -> None:  # noqa: ANN001
         """Called with the eval-mode model before each batch's attack (TRADES: the clean predictions)."""
 
     def outer_loss(self, logits: torch.Tensor, y: torch.Tensor, ctx: LossContext) -> torch.Tensor:
@@ -221,7 +222,8 @@ class KLTrained(RepairMethod):
     attack_class, scheduled_class = KLAttack, ScheduledKL
 
     @torch.no_grad()
-    def prepare_attack(self, attack: Attack, model: torch.nn.Module, x: torch.Tensor, autocast=None) -> None:  # noqa: ANN001
+    def prepare_attack(self, attack: Attack, model: torch.nn.Module, x: torch.Tensor,
+                       autocast=None) -> None:  # noqa: ANN001
         import contextlib
 
         with (autocast or contextlib.nullcontext)():

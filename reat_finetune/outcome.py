@@ -42,7 +42,8 @@ def _dir(tests: Optional[Mapping[str, Any]], key: str) -> str:
 
 def _clean_loss_words(d_clean: Optional[float], clean_b: Optional[float], clean_a: Optional[float],
                       class_changes: Sequence[tuple[str, float]]) -> str:
-    """'; clean accuracy fell 10.5 points (82.0% → 71.5%), most in “cat” (−35 points) ...' when above 5 points."""
+    """'; clean accuracy fell 10.5 points (82.0% → 71.5%), most in “cat” (−35 points) ...' when above 5
+    points."""
     if d_clean is None or d_clean > -CLEAN_LOSS_NAMED:
         return ""
     worst = [(n, d) for n, d in sorted(class_changes, key=lambda x: x[1]) if d < 0][:3]

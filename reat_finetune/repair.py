@@ -116,7 +116,8 @@ def _eval_images(data: LTDataset, n: int, size: tuple[int, int, int]) -> torch.T
 
 
 def _training_copy(loaded: Any, method: Any, config: RepairConfig, counts: list[int], batches: list[torch.Tensor],
-                   groups: list[Optional[str]]) -> tuple[torch.nn.Module, Optional[torch.nn.Module], torch.optim.Optimizer]:
+                   groups: list[Optional[str]],
+                   ) -> tuple[torch.nn.Module, Optional[torch.nn.Module], torch.optim.Optimizer]:
     """Copies of the model, method and optimizer built as the trainer builds them, for the resume check:
     (net, learnable guide or None, optimizer)."""
     memo: dict[int, Any] = {}
@@ -209,7 +210,8 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
     small = selection_size_warning(vplan.per_class_counts, data.class_names, config.min_clean_kept, sel.source)
     sampler, sampler_rule = resolve_sampler(config.sampler, split_counts)
     if config.sampler == "auto" and method.preferred_sampler:
-        sampler, sampler_rule = method.preferred_sampler, f"auto: {method.name} trains on {method.preferred_sampler} batches"
+        sampler = method.preferred_sampler
+        sampler_rule = f"auto: {method.name} trains on {method.preferred_sampler} batches"
     guard_idx = train_idx[np.isin(labels[train_idx], vplan.missing)]
     fm, feature_warnings = build_feature_model(loaded, _probe_images(data, train_idx, 8, size).to(device),
                                                explicit_penalty=config.tail_penalty, need_features=penalty != "off")
@@ -223,7 +225,8 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
     fp = fingerprint(
         model={"sha256": loaded.sha256 or f"random-init:{loaded.spec}", "spec": loaded.spec, "format": loaded.format,
                "arch": loaded.arch},
-        dataset={"name": data.name, "classes": list(data.class_names), "train_counts": [int(c) for c in data.train_counts],
+        dataset={"name": data.name, "classes": list(data.class_names),
+                 "train_counts": [int(c) for c in data.train_counts],
                  "imbalance": config.audit.imbalance, "n_train_total": int(len(labels)),
                  "train_labels_sha256": labels_digest(labels), "image_shape": list(data.image_shape)},
         training={**config.training_dict(), "budget_steps": budget.steps_total,
@@ -270,8 +273,8 @@ def _repair_into(out: Path, config: RepairConfig, hooks: Optional[TrainHooks], s
         search=search,
     )
     log.info("fine-tuning with %s (tail penalty %s, features: %s, %s sampling) on %d images for %d steps (%s), "
-             "selecting on %d unseen images (%s)%s", method.name, penalty, setup.feature_source, sampler, len(train_idx),
-             budget.steps_total, budget.rule, len(val_idx), sel.words,
+             "selecting on %d unseen images (%s)%s", method.name, penalty, setup.feature_source, sampler,
+             len(train_idx), budget.steps_total, budget.rule, len(val_idx), sel.words,
              f" + a guard on {len(guard_idx)} training images of {len(vplan.missing)} class(es) without validation "
              "images" if vplan.missing else "")
     result = fine_tune(setup, config, out_dir=out, resume=resume_state, hooks=hooks, progress=show)

@@ -210,7 +210,8 @@ def _check_optimizer(opt: torch.optim.Optimizer, saved: Mapping[str, Any], path:
     for g in sg:
         for key in ("lr", "momentum", "weight_decay"):
             if key in g and (not isinstance(g[key], NUM) or isinstance(g[key], bool)):
-                raise damaged(path, f"checkpoint.optimizer.param_groups.{key} should be a number, found {_kind(g[key])}")
+                raise damaged(path, f"checkpoint.optimizer.param_groups.{key} should be a number, "
+                                    f"found {_kind(g[key])}")
     for pid, entry in saved["state"].items():
         if pid not in ids:
             raise damaged(path, f"checkpoint.optimizer.state has parameter {pid}, which no group lists")
@@ -220,7 +221,8 @@ def _check_optimizer(opt: torch.optim.Optimizer, saved: Mapping[str, Any], path:
                 raise damaged(path, f"checkpoint.optimizer.state[{pid}].{name} has shape {tuple(v.shape)}, its "
                                     f"parameter {tuple(p.shape)}")
             if isinstance(v, torch.Tensor) and v.numel() > 1 and not v.is_floating_point():
-                raise damaged(path, f"checkpoint.optimizer.state[{pid}].{name} should be a float tensor, found {v.dtype}")
+                raise damaged(path, f"checkpoint.optimizer.state[{pid}].{name} should be a float tensor, "
+                                    f"found {v.dtype}")
     try:
         copy.deepcopy(opt).load_state_dict(saved)
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:

@@ -73,8 +73,8 @@ def selection_size_warning(counts: Sequence[int], class_names: Sequence[str], mi
     where = ("raise --n-per-class or --val-fraction, or give a validation folder with --val-root DIR"
              if source == "evaluation" else "add images to the --val-root folder")
     return (f"the selection split has fewer than {MIN_SELECTION_PER_CLASS} images in {len(low)} class(es) "
-            f"(e.g. “{low[0]}”: {min(present)}): the {min_clean_kept:.0%} clean floor and the checkpoint comparison "
-            f"are noisy there; {where}")
+            f"(e.g. “{low[0]}”: {min(present)}): the {min_clean_kept:.0%} clean floor and the checkpoint "
+            f"comparison are noisy there; {where}")
 
 
 @dataclass
@@ -239,5 +239,6 @@ def seen_reasons(entries: Sequence[dict[str, Any]], floors: Optional[Floors]) ->
                    f"of {len(tried)} evaluations")
     eligible = [e for e in tried if e.get("eligible")]
     if eligible:
-        out.append(f"{len(eligible)} eligible checkpoint(s) were less robust on the selection images than the input model")
+        out.append(f"{len(eligible)} eligible checkpoint(s) were less robust on the selection images than the "
+                   "input model")
     return out

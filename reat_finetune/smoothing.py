@@ -19,7 +19,8 @@ SHAPES = ("concave", "linear", "convex")
 
 
 def label_aware_eps(counts: Sequence[int], head: float, tail: float, shape: str = "concave") -> torch.Tensor:
-    """Per-class smoothing ``eps_y`` from the training counts (``head`` for the largest class, ``tail`` the smallest)."""
+    """Per-class smoothing ``eps_y`` from the training counts (``head`` for the largest class, ``tail`` the
+    smallest)."""
     n = torch.as_tensor([float(c) for c in counts], dtype=torch.float64)
     span = float(n.max() - n.min())
     u = (n - n.min()) / span if span > 0 else torch.ones_like(n)

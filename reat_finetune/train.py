@@ -703,8 +703,8 @@ class Trainer:
         note = None
         if st.kept.step == 0:
             why = seen_reasons(st.log, st.floors)
-            note = ("no fine-tuned checkpoint beat the input model on the selection images while keeping its clean accuracy "
-                    "and spread of predictions; the input model is returned unchanged")
+            note = ("no fine-tuned checkpoint beat the input model on the selection images while keeping its clean "
+                    "accuracy and spread of predictions; the input model is returned unchanged")
             if why:
                 note += f" (seen: {'; '.join(why)})"
             self.warnings.append(note)

@@ -58,7 +58,8 @@ def kpis(results: AuditResults) -> list[dict[str, str]]:
     names = [short_name(a) for a in results.attacks]
     for i, col in enumerate(attack_columns(results)):
         node = s.robust.get(col["name"])
-        note = ("first attack" if i == 0 else "after " + " → ".join(names[:i + 1])) if cascade else "this attack alone"
+        note = (("first attack" if i == 0 else "after " + " → ".join(names[:i + 1])) if cascade
+                else "this attack alone")
         out.append({"label": "Robust, " + col["label"], "value": pct(node.headline if node else None), "note": note})
     out.append({"label": "Robust, worst case", "value": pct(wc.headline), "note": "after " + " → ".join(names)})
     out.append({"label": "Balanced robust accuracy", "value": pct(wc.mean), "note": "mean over classes"})
@@ -258,7 +259,8 @@ def _attack_row(i: int, a: AttackEntry, t: Timings) -> dict[str, Any]:
     step, temperature = a.param("step_size"), a.param("temperature")
     return {
         "order": i + 1, "name": a.name, "label": attack_label(a), "kind": a.kind, "budget": attack_budget(a),
-        "step_size": (f"{step:.5g}" + (f" ({over_255(step)})" if over_255(step) else "")) if step is not None else "–",
+        "step_size": ((f"{step:.5g}" + (f" ({over_255(step)})" if over_255(step) else "")) if step is not None
+                      else "–"),
         "random_start": "yes" if a.param("random_start") else "no",
         "temperature": f"{temperature:g}" if temperature is not None else "–",
         "time": seconds((t.attacks_s or {}).get(a.name)),

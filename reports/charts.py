@@ -43,7 +43,8 @@ def group_colour(group: str | None) -> str:
     """Colour of a head / medium / tail (or many / medium / few) group."""
     if not group:
         return OTHER_GROUP
-    return GROUP_COLOURS.get(group, {"many": GROUP_COLOURS["head"], "few": GROUP_COLOURS["tail"]}.get(group, OTHER_GROUP))
+    aliases = {"many": GROUP_COLOURS["head"], "few": GROUP_COLOURS["tail"]}
+    return GROUP_COLOURS.get(group, aliases.get(group, OTHER_GROUP))
 
 
 def _group_legend(groups: Sequence[str]) -> list[Patch]:

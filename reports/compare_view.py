@@ -120,7 +120,8 @@ def _charts(before: AuditResults, after: AuditResults, deltas: list[dict[str, An
         "c-group-delta", labels,
         [("robust", [g["d_robust_raw"] * 100 for g in groups], charts.ROBUST),
          ("clean", [g["d_clean_raw"] * 100 for g in groups], charts.CLEAN)],
-        label="Change per group", percent=False, title="change per group (points)") if groups and not unchanged else None
+        label="Change per group", percent=False,
+        title="change per group (points)") if groups and not unchanged else None
     shown = by_count(weakest(after, TOP)) if large else by_count(after.per_class)
     out["per_class"] = charts.class_bars(
         "c-per-class", [r.name for r in shown], [r.group for r in shown], strip_counts(after, shown),
@@ -245,7 +246,8 @@ def compare_context(before: AuditResults, before_dir: Path, after: AuditResults,
     balanced = is_balanced(after)
     critical = critical_warnings(before, "before") + critical_warnings(after, "after")
     if training and training["missing"]:
-        critical.append({"title": "Some rare classes could not be checked separately", "text": training["plain_missing"]})
+        critical.append({"title": "Some rare classes could not be checked separately",
+                         "text": training["plain_missing"]})
     outcome = repair_outcome(repair)
     critical += overstated_warning(after)
     va = {**va, "actions": _after_actions(va)}
@@ -255,8 +257,9 @@ def compare_context(before: AuditResults, before_dir: Path, after: AuditResults,
         "running": f"before/after: {models}",
         "headline": run_headline(after),
         "before_spec": spec_b, "after_spec": spec_a,
-        "page1": {"before": vb, "after": va, "outcome": outcome, "changes": change_sentences(before, after) if va["meaningful"]
-                  and vb["meaningful"] else [], "budget": budget_sentence(after),
+        "page1": {"before": vb, "after": va, "outcome": outcome,
+                  "changes": change_sentences(before, after) if va["meaningful"] and vb["meaningful"] else [],
+                  "budget": budget_sentence(after),
                   "critical": critical, "at_risk": at_risk(after) if va["meaningful"] else [],
                   "at_risk_title": "Weakest classes after, and why" if va["code"] == "robust"
                   else "Classes still at risk, and why",

@@ -54,8 +54,10 @@ def audit_section(results: AuditResults, prefix: str = "a") -> Optional[dict[str
         w = p.get("worst_class")
         weakest.append({"name": n.replace("_", " "), "family": p.get("family", ""), "mean": pct(p.get("mean_accuracy")),
                         "lost": points(p.get("relative_error")),
-                        "weakest": classes[w] if w is not None else "n/a", "weakest_acc": pct(p.get("worst_class_accuracy")),
-                        "head": pct((p.get("groups") or {}).get("head")), "tail": pct((p.get("groups") or {}).get("tail"))})
+                        "weakest": classes[w] if w is not None else "n/a",
+                        "weakest_acc": pct(p.get("worst_class_accuracy")),
+                        "head": pct((p.get("groups") or {}).get("head")),
+                        "tail": pct((p.get("groups") or {}).get("tail"))})
     groups = []
     attacked = "worst_case" in results.summary.robust  # False for --attacks none: no "under attack" column
     clean_g = results.summary.clean.groups or {}

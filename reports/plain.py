@@ -242,7 +242,8 @@ def _main_flow(index: int, conf: Confusion | None) -> tuple[list[int], int, int 
 
 
 def _flow_text(flow: tuple[list[int], int, int | None], names: Sequence[Any]) -> str:
-    """'of its 11 broken images, attacks turn 3 into “3” and 3 into “5”', naming every class tied for most (counts that are true)."""
+    """'of its 11 broken images, attacks turn 3 into “3” and 3 into “5”', naming every class tied for most
+    (counts that are true)."""
     targets, k, total = flow
     shown = [quote(names[t]) for t in targets[:3] if 0 <= t < len(names)]
     more = f" (and {len(targets) - 3} more classes)" if len(targets) > 3 else ""

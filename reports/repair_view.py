@@ -217,7 +217,8 @@ def repair_view(log: TrainingLog | Mapping[str, Any] | None, repair: RepairDocum
     composition = []
     if val_counts and len(val_counts) == len(classes):
         composition = [{"name": str(classes[i]), "val": count(c),
-                        "train": count(train_counts[i]) if train_counts and len(train_counts) == len(classes) else "–",
+                        "train": (count(train_counts[i]) if train_counts and len(train_counts) == len(classes)
+                                  else "–"),
                         "missing": not c} for i, c in enumerate(val_counts)]
 
     sentence = _done_sentence(method, budget, lr, sel, chosen, raw_budget)

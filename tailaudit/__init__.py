@@ -23,5 +23,5 @@ from reat_finetune.config import RepairConfig
 
 from .api import AuditRun, RepairRun, render, run_audit, run_repair
 
-__all__ = ["AttackSpec", "AuditConfig", "AuditResults", "AuditRun", "LoadedModel", "RepairConfig", "RepairRun", "TailAuditError",
-           "__version__", "render", "run_audit", "run_repair"]
+__all__ = ["AttackSpec", "AuditConfig", "AuditResults", "AuditRun", "LoadedModel", "RepairConfig", "RepairRun",
+           "TailAuditError", "__version__", "render", "run_audit", "run_repair"]

@@ -71,7 +71,6 @@ def make_results(
               "tail": sorted(order[n_classes - third:])}
     group_of = {i: g for g, idx in groups.items() for i in idx}
     n_eval_class = n_per_class or (50 if n_classes <= 10 else 20 if n_classes <= 100 else 10)
-    names_attacks = [a["name"] for a in ATTACKS]
 
     per_class: list[dict[str, Any]] = []
     matrix = np.zeros((n_classes, n_classes), dtype=int)
@@ -237,7 +236,8 @@ def make_balanced(results: dict[str, Any], per_class: int = 5000) -> dict[str, A
     return results
 
 
-def make_curve(results: dict[str, Any], eps_texts: Sequence[str] = ("1/255", "2/255", "4/255", "8/255")) -> dict[str, Any]:
+def make_curve(results: dict[str, Any],
+               eps_texts: Sequence[str] = ("1/255", "2/255", "4/255", "8/255")) -> dict[str, Any]:
     """A robustness curve that ends at the results' own figures (largest eps) and rises towards small eps."""
     s = results["summary"]
     wc = s["robust"]["worst_case"]

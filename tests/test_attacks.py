@@ -181,7 +181,8 @@ def test_temperature_pgd_needs_temperature_and_config_names():
 
 
 def _cascade_in_batches(model, x, y, ids, batch, seed=0, eps=0.01):
-    attacks = [create_attack(_spec("pgd", "linf", eps, steps=5)), create_attack(_spec("temp-pgd", "linf", eps, steps=5, t=0.5))]
+    attacks = [create_attack(_spec("pgd", "linf", eps, steps=5)),
+               create_attack(_spec("temp-pgd", "linf", eps, steps=5, t=0.5))]
     batches = [(x[i:i + batch], y[i:i + batch], ids[i:i + batch]) for i in range(0, len(y), batch)]
     return Evaluator(model, 10, x.shape[1:], torch.device("cpu")).cascade(batches, attacks, n_total=len(y), seed=seed)
 
@@ -237,7 +238,8 @@ def test_every_attack_is_invariant_to_batch_size_and_sharding(kind, norm):
 
     def run(xs, ys, ii, batch):
         batches = [(xs[i:i + batch], ys[i:i + batch], ii[i:i + batch]) for i in range(0, len(ys), batch)]
-        return Evaluator(model, 10, x.shape[1:], torch.device("cpu")).cascade(batches, [attack], n_total=len(ys), seed=3)
+        evaluator = Evaluator(model, 10, x.shape[1:], torch.device("cpu"))
+        return evaluator.cascade(batches, [attack], n_total=len(ys), seed=3)
 
     ref = run(x, y, ids, 30)
     assert 0 < int(ref.broken().sum()) < int(ref.clean_correct.sum())  # informative

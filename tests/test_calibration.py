@@ -94,7 +94,8 @@ def test_every_figure_matches_a_recomputation_from_points_json(tiny_audit):
     proc = results["summary"]["calibration"]["procedure"]
     assert proc["steps"] == 20 and proc["bins"] == 15 and proc["attacked"] and proc["random_start"] is False
     assert proc["step_size"] == pytest.approx(2.5 * results["threat_model"]["eps"] / 20)
-    for side, pred, conf in (("clean", clean_pred, c["clean_conf"]), ("attacked", c["attacked_pred"], c["attacked_conf"])):
+    for side, pred, conf in (("clean", clean_pred, c["clean_conf"]),
+                             ("attacked", c["attacked_pred"], c["attacked_conf"])):
         assert all(0.0 <= v <= 1.0 for v in conf)
         ok = [p == y for p, y in zip(pred, labels)]
         summary = results["summary"]["calibration"][side]
@@ -312,7 +313,8 @@ def test_exports_carry_calibration_only_when_measured():
     md = summary_markdown(grade_on_load(migrate(results)))
     assert "Calibration" in md and "tail classes wrong with confidence \\> 0.9" in md and "lower bound" in md
     plain = make_results(10)
-    assert "clean_ece" not in per_class_csv(migrate(plain)) and "Calibration" not in summary_markdown(grade_on_load(migrate(plain)))
+    assert "clean_ece" not in per_class_csv(migrate(plain))
+    assert "Calibration" not in summary_markdown(grade_on_load(migrate(plain)))
 
 
 # ------------------------------------------------------------------ reports

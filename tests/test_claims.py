@@ -73,7 +73,8 @@ def test_a_weakest_class_that_stands_apart_is_not_grouped_and_equal_rates_are_ne
     assert "no sample size would rank them" in " ".join(ranking_sentences(tied))
     zeros = typed(_twenty_per_class([0.05, 0.6, 0.0, 0.0, 0.0, 0.6, 0.6, 0.6, 0.6, 0.6]))
     v = compute_verdict(zeros)  # five classes the intervals cannot rank: none is named "the weakest class"
-    assert "the weakest classes “bird”, “cat”, “deer” and “airplane” keep only 0.0%–5.0%" in v.headline, v.headline
+    assert ("the weakest classes “bird”, “cat”, “deer” and “airplane” keep only 0.0%–5.0%"
+            in v.headline), v.headline
     assert not any("the weakest class “" in r for r in v.reasons)
     assert any("“bird”, “cat”, “deer” and “airplane”" in a for a in v.actions)
 
@@ -171,7 +172,8 @@ def test_blind_gradient_attacks_give_no_grade(tmp_path, capsys):
 def test_a_failed_large_radius_check_gives_no_grade():
     res = make_results(10)
     res["sanity"] = {"zero_gradient": {"per_attack": {}, "flagged_classes": []},
-                     "square_only": {"attacks": [], "points": 0, "per_class": [0] * 10, "classes": [], "checked": False},
+                     "square_only": {"attacks": [], "points": 0, "per_class": [0] * 10, "classes": [],
+                                     "checked": False},
                      "randomised": {"points": 0, "per_class": [0] * 10, "classes": [], "max_abs_logit_diff": 0.0},
                      "large_eps": {"norm": "linf", "eps": 0.5, "n": 80, "robust_acc": 0.7, "robust_per_class": [7] * 10,
                                    "classes": ["cat"], "passed": False}, "passed": False}

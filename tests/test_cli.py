@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-import cli
 from support import DEMO, ROOT
 
 
@@ -50,7 +49,8 @@ def test_cli_audit_end_to_end_on_digits(demo_run):
         assert lo <= r["worst_case"] <= hi
         assert c["n_eval"] == 50
     s = res["summary"]
-    assert s["robust"]["worst_case"]["mean"] == pytest.approx(np.mean([c["robust_acc"]["worst_case"] for c in res["per_class"]]))
+    per_class_worst = [c["robust_acc"]["worst_case"] for c in res["per_class"]]
+    assert s["robust"]["worst_case"]["mean"] == pytest.approx(np.mean(per_class_worst))
     assert s["robust"]["worst_case"]["overall"] < s["clean"]["overall"]  # eps 0.1 breaks a digits CNN
     # per-point records agree with the per-class figures
     pts = json.loads((out / "points.json").read_text())
@@ -117,7 +117,8 @@ BAD = [
     ("class count", lambda d: ["audit", str(_make_bad_onnx(d / "five.onnx", "five_classes"))], "class"),
     ("checkpoint for onnx", lambda d: ["audit", str(DEMO), "--checkpoint", str(d / "x.pth")], "checkpoint"),
     ("pth as model", lambda d: ["audit", str(_touch(d / "w.pth"))], "timm:"),
-    ("unknown timm arch", lambda d: ["audit", "timm:resnet_does_not_exist", "--random-weights"], "timm has no architecture"),
+    ("unknown timm arch", lambda d: ["audit", "timm:resnet_does_not_exist", "--random-weights"],
+     "timm has no architecture"),
     ("timm arch without weights", lambda d: ["audit", "timm:resnet18"], "has no trained weights without --checkpoint"),
     ("missing checkpoint", lambda d: ["audit", "timm:resnet10t", "--checkpoint", str(d / "none.pth")], "not found"),
     ("input size it cannot serve", lambda d: ["audit", "timm:test_vit", "--checkpoint", str(_vit_checkpoint(d)),

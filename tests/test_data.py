@@ -251,7 +251,8 @@ def test_cifar_class_counts_give_the_models_real_training_counts(tmp_path):
     data = load_dataset("cifar10lt", imbalance=0.1, data_root=tmp_path, class_counts=counts, download=False)
     assert data.train_counts == [real[n] for n in CIFAR10_NAMES]
     assert data.info["profile"] == "given" and data.info["counts_source"] == str(counts)
-    assert data.info["sampled_counts"] == [60, 46, 35, 27, 21, 16, 12, 10, 7, 6] == np.bincount(data.train_labels).tolist()
+    assert (data.info["sampled_counts"] == [60, 46, 35, 27, 21, 16, 12, 10, 7, 6]
+            == np.bincount(data.train_labels).tolist())
     counts.write_text(json.dumps([1, 2]))
     with pytest.raises(DatasetError, match="list 2 counts for 10 class"):
         load_dataset("cifar10lt", data_root=tmp_path, class_counts=counts, download=False)
@@ -308,7 +309,8 @@ def test_python2_style_batch(tmp_path):
 
 def test_cifar_bad_batch_shape(tmp_path):
     write_cifar10_batches(tmp_path)
-    write_pickle(tmp_path / "cifar-10-batches-py" / "test_batch", {"labels": [1, 2], "data": np.zeros((2, 10), np.uint8)}, False)
+    write_pickle(tmp_path / "cifar-10-batches-py" / "test_batch",
+                 {"labels": [1, 2], "data": np.zeros((2, 10), np.uint8)}, False)
     with pytest.raises(DatasetError, match="expected uint8 N x 3072"):
         load_dataset("cifar10lt", data_root=tmp_path, download=False)
 
@@ -345,7 +347,8 @@ def test_digitslt():
     assert data.info["train_pool_counts"] == [n - 50 for n in [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]]
     n_max = min(data.info["train_pool_counts"])
     assert n_max == 124
-    assert data.train_counts == [int(n_max * 0.01 ** (i / 9)) for i in range(10)] == [124, 74, 44, 26, 16, 9, 5, 3, 2, 1]
+    assert (data.train_counts == [int(n_max * 0.01 ** (i / 9)) for i in range(10)]
+            == [124, 74, 44, 26, 16, 9, 5, 3, 2, 1])
     assert np.bincount(data.train_labels, minlength=10).tolist() == data.train_counts
     assert len(data.test) == 500 and np.bincount(data.test_labels).tolist() == [50] * 10
     test_x = torch.stack([data.test[i][0] for i in range(len(data.test))])

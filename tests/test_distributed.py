@@ -215,8 +215,8 @@ def test_workers_give_the_same_results(tmp_path):
     runs = []
     for workers in (0, 2):
         cfg = AuditConfig(model="timm:test_resnet", weights="random", force=True, dataset="imagefolder",
-                          data_root=str(root), steps=2, eps=0.1, batch_size=5, quiet=True, device="cpu", workers=workers,
-                          out=str(tmp_path / f"w{workers}"))
+                          data_root=str(root), steps=2, eps=0.1, batch_size=5, quiet=True, device="cpu",
+                          workers=workers, out=str(tmp_path / f"w{workers}"))
         torch.manual_seed(0)
         runs.append(run_audit(cfg))
     assert runs[1].results.config["workers"] == 2
@@ -302,7 +302,8 @@ def test_sync_batchnorm_swap_shares_tensors_and_is_undone():
                               torch.nn.Sequential(torch.nn.Flatten(), torch.nn.BatchNorm1d(4 * 36)))
     bn = net[1]
     swaps = convert_sync_batchnorm(net)
-    assert len(swaps) == 2 and isinstance(net[1], torch.nn.SyncBatchNorm) and isinstance(net[2][1], torch.nn.SyncBatchNorm)
+    assert (len(swaps) == 2 and isinstance(net[1], torch.nn.SyncBatchNorm)
+            and isinstance(net[2][1], torch.nn.SyncBatchNorm))
     assert net[1].weight is bn.weight and net[1].running_mean is bn.running_mean
     with torch.no_grad():
         net[1].running_mean.add_(1.0)

@@ -41,7 +41,8 @@ def test_fail_under_parsing_fractions_and_percent():
     conds = parse_fail_under("robust=0.3, tail=25%,max-gap=40%")
     assert [(c.key, c.threshold) for c in conds] == [("robust", 0.3), ("tail", 0.25), ("max-gap", 0.4)]
     for bad, needle in (("robust=50", "ambiguous"), ("robust=1", "ambiguous"), ("speed=0.5", "not a condition"),
-                        ("robust", "not a condition"), ("robust=abc", "not a number"), ("robust=0.2,robust=0.3", "twice"),
+                        ("robust", "not a condition"), ("robust=abc", "not a number"),
+                        ("robust=0.2,robust=0.3", "twice"),
                         ("robust=150%", "between"), ("", "empty"), ("robust=nan", "finite")):
         with pytest.raises(ConfigError, match=needle):
             parse_fail_under(bad)
@@ -57,7 +58,8 @@ def test_gate_exit_codes_and_section(demo, tmp_path, capsys):
     assert rc == 3
     gate = json.loads((out / "results.json").read_text())["gate"]
     assert gate["passed"] is False
-    assert [(c["key"], c["passed"]) for c in gate["conditions"]] == [("clean", True), ("robust", False), ("max-gap", False)]
+    assert ([(c["key"], c["passed"]) for c in gate["conditions"]]
+            == [("clean", True), ("robust", False), ("max-gap", False)])
     assert gate["conditions"][1]["value"] == pytest.approx(wc["overall"])
     failing = [ln for ln in err.splitlines() if ln.startswith("tailaudit: gate failed")]
     assert len(failing) == 2 and "robust" in failing[0] and "max-gap" in failing[1] and "at most" in failing[1]
@@ -125,7 +127,8 @@ def test_summary_markdown_has_verdict_figures_and_weakest_classes(demo):
     wc = res["summary"]["robust"]["worst_case"]
     n = res["dataset"]["n_eval"]
     lo, hi = wilson_interval(round(wc["overall"] * n), n)
-    assert f"| worst-case robust accuracy | {100 * wc['overall']:.1f}% (95% interval {100 * lo:.1f}–{100 * hi:.1f}%) |" in md
+    assert (f"| worst-case robust accuracy | {100 * wc['overall']:.1f}% "
+            f"(95% interval {100 * lo:.1f}–{100 * hi:.1f}%) |") in md
     assert f"| clean accuracy | {100 * res['summary']['clean']['overall']:.1f}% |" in md
     weakest = sorted(res["per_class"], key=lambda r: (r["robust_acc"]["worst_case"], r["index"]))[0]
     assert f"| {weakest['name']} | {weakest['train_count']} | {weakest['group']} |" in md
@@ -164,7 +167,8 @@ def test_permuted_label_order_is_detected_and_labels_fixes_it(demo, tmp_path, ca
     assert audit(out, model=model) == 4  # stopped by the clean check, before any attack, nothing written
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and not out.exists()
-    assert "Most likely cause: the label order" in err and "--labels FILE" in err and "(3, 7, 0, 9, 1, 5, 2, 8, 6, 4)" in err
+    assert "Most likely cause: the label order" in err and "--labels FILE" in err
+    assert "(3, 7, 0, 9, 1, 5, 2, 8, 6, 4)" in err
     assert audit(out, "--force", model=model) == 0  # --force: the attacks run, and the verdict still gives no grade
     res = json.loads((out / "results.json").read_text())
     lc = res["label_check"]

@@ -24,7 +24,6 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-import cli
 from audit import bounds
 from audit.run.outputs import MANIFEST
 from support import DEMO, ROOT, run_main

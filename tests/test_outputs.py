@@ -22,7 +22,8 @@ FAST = ["--n-per-class", "2", "--steps", "1", "--quiet", "--no-html", "--no-pdf"
 def snapshot(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` (hidden work folders and the lock aside) with its sha256."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*"))
-            if p.is_file() and not any(part.startswith((PARTIAL, PREVIOUS, LOCK)) for part in p.relative_to(folder).parts)}
+            if p.is_file()
+            and not any(part.startswith((PARTIAL, PREVIOUS, LOCK)) for part in p.relative_to(folder).parts)}
 
 
 def _hold_lock(folder: Path) -> subprocess.Popen:

@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-import cli
 from audit.attacks import BatchNoise, create_attack, make_spec
 from audit.run.engine import Evaluator
 from audit.run.progress import CascadeProgress, Counted

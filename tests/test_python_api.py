@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -52,7 +53,8 @@ def notebook(tmp_path_factory):
         nn.functional.cross_entropy(net((xs - MEAN[0]) / STD[0]), ys).backward()
         opt.step()
     net.eval()
-    test = TensorDataset(torch.stack([data.test[i][0] for i in range(len(data.test))]), torch.as_tensor(data.test_labels))
+    test = TensorDataset(torch.stack([data.test[i][0] for i in range(len(data.test))]),
+                         torch.as_tensor(data.test_labels))
     onnx_path = tmp_path_factory.mktemp("onnx") / "smallnet.onnx"
     torch.onnx.export(net, (torch.zeros(1, 1, 8, 8),), str(onnx_path), opset_version=13, dynamo=False,
                       dynamic_axes={"input.1": {0: "n"}}, input_names=["input.1"])

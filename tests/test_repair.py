@@ -47,7 +47,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def cheap_config(out: Path | None, model: Path = DEMO, imbalance: float = 0.01, **kw) -> RepairConfig:
-    """A repair of the demo model with a tiny audit (5 points per class, 3 PGD steps); ``out`` None: the --resume folder."""
+    """A repair of the demo model with a tiny audit (5 points per class, 3 PGD steps); ``out`` None: the --resume
+    folder."""
     audit = AuditConfig(model=str(model), dataset="digitslt", eps=0.1, attacks=("pgd",), steps=3,
                         n_per_class=5, quiet=True, device="cpu", imbalance=imbalance)
     kw.setdefault("epochs", 2)
@@ -203,7 +204,8 @@ def test_reference_collapse_pushes_same_class_apart_pairwise_pulls_together():
     moved = {}
     for mode in ("pairwise", "reference"):
         f = f0.clone().requires_grad_(True)
-        loss = tail_penalty_pairwise(f, y, tail, v, 0.1) if mode == "pairwise" else tail_penalty_reference(f, y, tail, v)
+        loss = (tail_penalty_pairwise(f, y, tail, v, 0.1) if mode == "pairwise"
+                else tail_penalty_reference(f, y, tail, v))
         (g,) = torch.autograd.grad(loss, f)
         moved[mode] = mean_kl(f0 - 0.05 * g / g.norm()) - mean_kl(f0)
     assert moved["pairwise"] < 0 < moved["reference"]
@@ -583,7 +585,7 @@ def test_api_rejects_nonsense_learning_rate_and_epochs(tmp_path):
 def _one_line_exit_2(proc: subprocess.CompletedProcess, needle: str) -> None:
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    err = [l for l in lines if l.startswith("tailaudit: error:")]
+    err = [ln for ln in lines if ln.startswith("tailaudit: error:")]
     assert len(err) == 1 and needle in err[0], proc.stderr
     assert "Traceback" not in proc.stderr
 

@@ -63,7 +63,8 @@ def test_injected_divergence_is_caught_recorded_and_recovered(tmp_path):
     run = run_repair(cheap_config(tmp_path / "r", epochs=None, steps_total=20, evaluations=4, lr=10.0))
     log = json.loads((run.out_dir / "training_log.json").read_text())
     events = log["divergences"]
-    assert events and events[0]["restored_step"] == 0 and events[0]["lr_to"] == pytest.approx(LOWER * events[0]["lr_from"])
+    assert events and events[0]["restored_step"] == 0
+    assert events[0]["lr_to"] == pytest.approx(LOWER * events[0]["lr_from"])
     assert all(e["sentence"].startswith("training diverged at step") for e in events)
     assert [e["sentence"] for e in events] == [w for w in log["warnings"] if w.startswith("training diverged")]
     last = log["epochs"][-1]

@@ -157,8 +157,8 @@ def test_head_methods_refuse_a_model_without_a_final_linear(tmp_path):
     from test_repair import _export, cheap_config
 
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 10, 3, padding=1),
-                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(8, 10, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
     model = _export(net, tmp_path / "nolinear.onnx")
     for method in ("mislas", "reslt"):
         with pytest.raises(RepairError, match="final linear layer"):

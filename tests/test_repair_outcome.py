@@ -19,9 +19,9 @@ from reat_finetune.significance import mcnemar, paired_tests, read_points
 from reports.repair_view import repair_view
 from test_report_pages import page_text, visible_text
 
-OVERSTATED = ("the calibration pass (a 10-step PGD from the clean image) misclassified 3 points that every attack of the "
-              "cascade left robust (“cat” (3)): the cascade missed them, so robust accuracy is overstated there; the "
-              "reported accuracy still follows the cascade: confirm with a stronger --suite")
+OVERSTATED = ("the calibration pass (a 10-step PGD from the clean image) misclassified 3 points that every attack "
+              "of the cascade left robust (“cat” (3)): the cascade missed them, so robust accuracy is overstated "
+              "there; the reported accuracy still follows the cascade: confirm with a stronger --suite")
 
 
 def test_mcnemar_exact_by_hand():

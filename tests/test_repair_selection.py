@@ -27,14 +27,16 @@ def test_selection_split_is_unseen_and_not_reported(tmp_path):
     split = run.summary["split"]
     sel = np.asarray(split["selection_indices"])
     assert split["selection_source"] == "evaluation" and len(sel) == split["n_val"] == 10  # 1 of each class's 5
-    reported = {name: json.loads((run.out_dir / name / "points.json").read_text())["index"] for name in ("before", "after")}
+    reported = {name: json.loads((run.out_dir / name / "points.json").read_text())["index"]
+                for name in ("before", "after")}
     assert reported["before"] == reported["after"] and len(reported["after"]) == split["n_audit"] == 40
     assert not set(sel) & set(reported["after"])
     data = load_dataset("digitslt")
     train = {data.train[i][0].numpy().tobytes() for i in range(len(data.train))}
     assert not [i for i in sel if data.test[int(i)][0].numpy().tobytes() in train]
     floors = run.training_log["selection"]["floors"]
-    assert floors["reference_source"] == "selection" and floors["reference"] == run.training_log["epochs"][0]["val_clean_acc"]
+    assert floors["reference_source"] == "selection"
+    assert floors["reference"] == run.training_log["epochs"][0]["val_clean_acc"]
     # 1 image per class is too few for the floor to mean anything: said, with what to do
     assert any("fewer than 10 images" in w and "--val-root" in w for w in run.summary["warnings"])
 

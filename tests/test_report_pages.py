@@ -25,8 +25,8 @@ from audit.contract.codec import from_json
 from audit.checks.verdict import compute_verdict, grade_on_load
 from audit.contract.repair import Evaluation
 from audit.version import __version__
-from report_fixtures import (CIFAR10, make_balanced, make_curve, make_results, typed, with_computed_verdict, with_verdict,
-                             write_run)
+from report_fixtures import (CIFAR10, make_balanced, make_curve, make_results, typed, with_computed_verdict,
+                             with_verdict, write_run)
 from reports import charts
 from tailaudit.api import report_renderer as render_report  # with the audit's grader, as tailaudit renders
 from reports.charts import _count_label
@@ -152,7 +152,8 @@ def repair_folder(tmp_path_factory):
 def test_page1_answers_in_plain_words(full):
     results, files = full["results"], full["files"]
     page1 = page_text(files["pdf"], 1)
-    for needle in ["Partly robust " + STATEMENT, "What this means", "Partly robust", "Repair the model: python cli.py repair", *ACTIONS[1:],
+    for needle in ["Partly robust " + STATEMENT, "What this means", "Partly robust",
+                   "Repair the model: python cli.py repair", *ACTIONS[1:],
                    "What to do next",
                    "Classes at risk, and why", "The 3 rarest classes are 31 points less robust",
                    # the critical warning, on page 1
@@ -304,7 +305,8 @@ def test_repair_outcome_is_page_ones_only_grade(repair_folder, tmp_path, code, l
         (folder / sub).mkdir(parents=True)
         (folder / sub / "results.json").write_text(
             (repair_folder["folder"] / sub / "results.json").read_text(encoding="utf-8"), encoding="utf-8")
-    headline = {"input-kept": "Repair did not help, so the input model is returned unchanged: <b>nothing</b> qualified.",
+    headline = {"input-kept": "Repair did not help, so the input model is returned unchanged: "
+                              "<b>nothing</b> qualified.",
                 "improved": "Improved: robust accuracy 30.0% → 38.0%."}[code]
     summary = {**repair_folder["summary"], "outcome": {
         "code": code, "headline": headline, "reasons": ["worst-case robust accuracy 30.0% → 38.0%"],
@@ -315,7 +317,8 @@ def test_repair_outcome_is_page_ones_only_grade(repair_folder, tmp_path, code, l
                      str(folder / "after" / "results.json"), "--out", str(folder)]) == 0
     page1 = page_text(folder / "report.pdf", 1)
     assert f"Repair: {label}" in page1 and headline.replace("<b>", "").replace("</b>", "")[:40] in page1
-    badges = re.findall(r'<span class="badge[^"]*">([^<]*)</span>', (folder / "report.html").read_text(encoding="utf-8"))
+    html = (folder / "report.html").read_text(encoding="utf-8")
+    badges = re.findall(r'<span class="badge[^"]*">([^<]*)</span>', html)
     assert badges[:1] == [f"Repair: {label}"] and not any(b.startswith(("before:", "after:")) for b in badges)
     assert "Repair it with" not in page1 and "cli.py repair" not in page1
     assert "Try a longer budget" in page1
@@ -375,7 +378,8 @@ def test_before_after_bars_carry_values_including_zero(repair_folder):
     labels = svg_texts(svg)
     expected = [f"{r['robust_acc']['worst_case'] * 100:.0f}" for r in before["per_class"] + after["per_class"]]
     value_labels = [t for t in labels if re.fullmatch(r"\d+", t)]
-    for tick in {_count_label(min(before["dataset"]["train_counts"])), _count_label(max(before["dataset"]["train_counts"]))}:
+    train_counts = before["dataset"]["train_counts"]
+    for tick in {_count_label(min(train_counts)), _count_label(max(train_counts))}:
         if re.fullmatch(r"\d+", tick):
             value_labels.remove(tick)  # the training-count strip's axis
     assert sorted(value_labels) == sorted(expected)  # one label per bar, matching its height
@@ -389,7 +393,8 @@ def test_stronger_attack_labels_match_bar_heights(full):
     results = full["results"]
     svg = svg_of(html, "Extra points the later attacks broke, per class")
     labels = [t for t in svg_texts(svg) if re.fullmatch(r"\d+(\.\d)?", t)]
-    extra = [round((r["robust_acc"]["pgd"] - r["robust_acc"]["worst_case"]) * r["n_eval"]) for r in results["per_class"]]
+    extra = [round((r["robust_acc"]["pgd"] - r["robust_acc"]["worst_case"]) * r["n_eval"])
+             for r in results["per_class"]]
     heights = sorted(f"{e / r['n_eval'] * 100:.1f}" if e else "0" for e, r in zip(extra, results["per_class"]))
     ticks = [t for t in labels if t not in heights]
     assert sorted(t for t in labels if t in heights) == heights, (labels, heights)
@@ -397,7 +402,8 @@ def test_stronger_attack_labels_match_bar_heights(full):
 
 
 def test_change_axis_fits_the_data():
-    up = charts.group_bars("g", ["head (3)", "tail (3)"], [("robust", [2.7, 9.3], ROBUST), ("clean", [1.0, 0.0], CLEAN)],
+    up = charts.group_bars("g", ["head (3)", "tail (3)"],
+                           [("robust", [2.7, 9.3], ROBUST), ("clean", [1.0, 0.0], CLEAN)],
                            label="up", percent=False)
     assert negative_ticks(str(up)) == [] and "0" in svg_texts(str(up))
     bars = charts.class_bars("b", ["a", "b", "c"], ["head", "medium", "tail"], [500, 50, 5],
@@ -432,7 +438,8 @@ def test_new_sections_in_chromium(full, repair_folder, chance, browser):  # noqa
               "Check before trusting these figures", "Robustness against the attack budget"]),
             (repair_folder["html"], "compare-repair.png",
              ["What was done", "Training: what the repair did", "Classes still at risk, and why"]),
-            (chance["files"]["html"], "report-not-meaningful.png", ["Result not meaningful", "The label order looks wrong"])):
+            (chance["files"]["html"], "report-not-meaningful.png",
+             ["Result not meaningful", "The label order looks wrong"])):
         info = open_in_browser(browser, html, shot)
         assert info["errors"] == [] and info["requests"] == [] and info["dialogs"] == []
         assert all(w > 50 and h > 50 for w, h in info["boxes"]), info["boxes"]
@@ -547,7 +554,8 @@ def as_standard_suite(results: dict) -> dict:
     specs = [s.to_dict() for s in AuditConfig(model="m.onnx", suite="standard").attack_specs()]
     names = [a["name"] for a in specs]
     for r in results["per_class"]:
-        n, clean, worst = r["n_eval"], round(r["clean_acc"] * r["n_eval"]), round(r["robust_acc"]["worst_case"] * r["n_eval"])
+        n = r["n_eval"]
+        clean, worst = round(r["clean_acc"] * n), round(r["robust_acc"]["worst_case"] * n)
         ks = [clean - (clean - worst) * (i + 1) // len(names) for i in range(len(names))]
         r["robust_acc"] = {**{a: k / n for a, k in zip(names, ks)}, "worst_case": worst / n}
         r["robust_ci95"] = {**{a: list(wilson_interval(k, n)) for a, k in zip(names, ks)},
@@ -638,8 +646,8 @@ def test_scatter_needs_spread_and_axes_label_their_ticks(tmp_path):
 def test_commands_do_not_wrap_at_dashes_and_no_page_repeats_the_glossary(full):
     html = full["files"]["html"].read_text(encoding="utf-8")
     assert '<span class="nw">--dataset</span>' in html
-    raw = subprocess.run(["pdftotext", "-enc", "UTF-8", "-layout", "-f", "1", "-l", "1", str(full["files"]["pdf"]), "-"],
-                         capture_output=True, text=True, check=True).stdout
+    raw = subprocess.run(["pdftotext", "-enc", "UTF-8", "-layout", "-f", "1", "-l", "1",
+                          str(full["files"]["pdf"]), "-"], capture_output=True, text=True, check=True).stdout
     assert not re.search(r"-\s*\n\s*-?dataset", raw)
     assert "How to read the figures" not in html
     n_pages = len(re.findall(r"\f", subprocess.run(["pdftotext", str(full["files"]["pdf"]), "-"], capture_output=True,

@@ -110,7 +110,8 @@ def xss_run(tmp_path_factory):
 def browser():
     if CHROMIUM is None:
         pytest.skip("chromium is not installed and could not be installed here; run scripts/system_deps.sh")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="playwright is not installed (pip install -e '.[dev]')")
     with sync_api.sync_playwright() as pw:
         chrome = pw.chromium.launch(
             executable_path=CHROMIUM, headless=True,

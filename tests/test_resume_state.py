@@ -36,7 +36,8 @@ def finished(tmp_path_factory) -> Path:
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else b"<dir>") for p in sorted(folder.rglob("*"))}
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else b"<dir>")
+            for p in sorted(folder.rglob("*"))}
 
 
 def _optimizer_types(ck: dict) -> None:
@@ -50,7 +51,8 @@ def _weights_shape(ck: dict) -> None:
 
 
 CASES: dict[str, tuple[Callable[[dict], None], str]] = {
-    "fingerprint-list": (lambda ck: ck.__setitem__("fingerprint", [1, 2, 3]), "checkpoint.fingerprint should be a mapping"),
+    "fingerprint-list": (lambda ck: ck.__setitem__("fingerprint", [1, 2, 3]),
+                         "checkpoint.fingerprint should be a mapping"),
     "world-size-text": (lambda ck: ck.__setitem__("world_size", "two"), "checkpoint.world_size should be an int"),
     "rng-size": (lambda ck: ck["rng"].__setitem__("torch", torch.zeros(100, dtype=torch.uint8)),
                  "checkpoint.rng.torch should hold 5056 values"),

@@ -33,7 +33,8 @@ def test_linf_linear_model_breaks_exactly_the_breakable_points():
 @pytest.mark.parametrize("norm,eps", [("linf", 4 / 255), ("l2", 0.3)])
 def test_stays_in_ball_records_first_fool_and_model_agrees(norm, eps):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 10)).eval()
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 8 * 8, 10)).eval()
     x = torch.rand(40, 3, 16, 16)
     with torch.no_grad():
         y = model(x).argmax(1)
@@ -67,7 +68,8 @@ def test_runs_on_a_numpy_scorer_with_the_same_result():
 def test_at_least_as_strong_as_torchattacks_square(norm, eps):
     torchattacks = pytest.importorskip("torchattacks")
     torch.manual_seed(5)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16 * 16, 10)).eval()
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8 * 16 * 16, 10)).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     x = torch.rand(48, 3, 32, 32)

@@ -40,7 +40,8 @@ def fixture(clean: Sequence[float], robust: Sequence[float], counts: Sequence[in
 
     summary["head_tail_gap"] = {"clean": gap(summary["clean"]), "worst_case": gap(summary["robust"]["worst_case"])}
     if confusion is None:  # correct answers on the diagonal, the rest spread evenly
-        confusion = [[ck[t] if p == t else (n - ck[t]) // (C - 1) + (1 if p == (t + 1) % C and (n - ck[t]) % (C - 1) else 0)
+        confusion = [[ck[t] if p == t
+                      else (n - ck[t]) // (C - 1) + (1 if p == (t + 1) % C and (n - ck[t]) % (C - 1) else 0)
                       for p in range(C)] for t in range(C)]
     summary["clean_confusion"] = confusion
     per_class = [{"index": i, "name": f"c{i}", "train_count": counts[i], "group": group_of[i], "n_eval": n,
@@ -113,7 +114,7 @@ def test_clearly_above_chance_is_graded():
 
 
 def test_collapse_onto_one_class_is_not_meaningful():
-    C, n = 10, 100
+    C = 10
     conf = [[0] * C for _ in range(C)]
     for t in range(C):  # 60% of every class predicted as class 3, the rest right
         conf[t][3] += 60

@@ -38,7 +38,8 @@ def installed(tmp_path_factory) -> tuple[Path, dict]:
     wheel = next((tmp / "dist").glob("tailaudit-*.whl"))
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
-    assert {"audit/contract/results.schema.json", "audit/contract/repair_files.schema.json", "reports/templates/report.css", "cli.py"} <= names
+    assert {"audit/contract/results.schema.json", "audit/contract/repair_files.schema.json",
+            "reports/templates/report.css", "cli.py"} <= names
     target = tmp / "site"
     _run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)], tmp, os.environ)
     return target, {**os.environ, "PYTHONPATH": str(target)}
@@ -50,7 +51,10 @@ def test_wheel_audits_reports_and_repairs_from_another_folder(installed, tmp_pat
     work.mkdir()
     model = work / "model.onnx"
     shutil.copy(ROOT / "examples" / "digits_cnn.onnx", model)
-    where = _run([sys.executable, "-c", "import cli, audit, reports, reat_finetune, tailaudit, audit.contract.schema; print(cli.__file__, audit.__file__, reports.__file__, reat_finetune.__file__, tailaudit.__file__, audit.contract.schema.SCHEMA_FILE)"], work, env)
+    script = ("import cli, audit, reports, reat_finetune, tailaudit, audit.contract.schema; "
+              "print(cli.__file__, audit.__file__, reports.__file__, reat_finetune.__file__, tailaudit.__file__, "
+              "audit.contract.schema.SCHEMA_FILE)")
+    where = _run([sys.executable, "-c", script], work, env)
     assert all(Path(p).resolve().is_relative_to(target.resolve()) for p in where.stdout.split())
     cheap = ["--dataset", "digitslt", "--n-per-class", "3", "--attacks", "pgd", "--steps", "2", "--no-pdf", "--quiet"]
     _run([sys.executable, "-m", "cli", "audit", str(model), *cheap, "--out", "a"], work, env)

@@ -49,7 +49,8 @@ class AttackParams:
             if v is None:
                 continue
             if not (lo <= v <= hi):
-                raise ConfigError(f"{flag} for {attack} must be between {lo:g} and {hi:g} (documented bound), got {v:g}")
+                raise ConfigError(f"{flag} for {attack} must be between {lo:g} and {hi:g} (documented bound), "
+                                  f"got {v:g}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

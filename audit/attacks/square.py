@@ -291,7 +291,8 @@ class Square(Attack):
         def keep_only(keep: torch.Tensor) -> None:
             nonlocal idx, xa, xba, ya, ma, pa, done_a, buf
             write_back()
-            idx, xa, xba, ya, ma, pa, done_a = idx[keep], xa[keep], xba[keep], ya[keep], ma[keep], pa[keep], done_a[keep]
+            idx, xa, xba, ya = idx[keep], xa[keep], xba[keep], ya[keep]
+            ma, pa, done_a = ma[keep], pa[keep], done_a[keep]
             if buf.numel():
                 buf = buf[keep]
 

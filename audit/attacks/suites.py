@@ -7,7 +7,8 @@
   probes 500 queries and goes on to 5000 where it beats the gradient attacks ("Square's probe"),
   and where no gradient attack had a non-zero gradient it reruns up to twice from fresh starts on the
   points its first run left robust ("Square's reruns where the gradients are blind").
-  These choices were measured against published AutoAttack (docs/benchmarks.md, "Attack suites vs AutoAttack"; docs/attacks.md).
+  These choices were measured against published AutoAttack (docs/benchmarks.md, "Attack suites vs
+  AutoAttack"; docs/attacks.md).
 * ``thorough``: APGD-CE and APGD-T with more restarts, a Temperature-PGD sweep
   (T = 0.1, 0.5, 2, 5) and Square with 20000 queries.
 
@@ -52,9 +53,10 @@ register_suite(Suite(
          "--suite standard"))
 register_suite(Suite(
     "standard", "APGD-CE-100 -> APGD-T (the 3 nearest targets by MALT's ranking x 100) -> Temperature-PGD-20 -> "
-                "Square-5000 (full budget where it beats the gradient attacks after 500; up to 2 independent reruns where "
-                "every input gradient was zero): AutoAttack-level",
-    (("apgd-ce", {}), ("apgd-t", {"ranking": "malt", "targets": 3}), ("temp-pgd", {}), ("square", {"probe": 500, "reruns": 2})),
+                "Square-5000 (full budget where it beats the gradient attacks after 500; up to 2 independent "
+                "reruns where every input gradient was zero): AutoAttack-level",
+    (("apgd-ce", {}), ("apgd-t", {"ranking": "malt", "targets": 3}), ("temp-pgd", {}),
+     ("square", {"probe": 500, "reruns": 2})),
     comparable_with_autoattack=True))
 register_suite(Suite(
     "thorough", "APGD-CE (5 restarts) -> APGD-T (3 restarts) -> Temperature-PGD sweep T = 0.1, 0.5, 2, 5 -> "

@@ -78,8 +78,8 @@ def check_label_order(confusion: np.ndarray, class_names: Sequence[str],
     Solves the assignment (``scipy.optimize.linear_sum_assignment``) that maximises the clean
     accuracy after re-mapping. Suspected when the re-mapped accuracy is at least 50%, beats the
     current one by at least 20 points, and their 95% Wilson intervals do not overlap (an
-    assignment fitted to a chance-level model on few points finds 30% by luck). ``order`` is the ``--labels`` order already applied, so the
-    suggested mapping names the model's real output indices.
+    assignment fitted to a chance-level model on few points finds 30% by luck). ``order`` is the
+    ``--labels`` order already applied, so the suggested mapping names the model's real output indices.
     """
     from scipy.optimize import linear_sum_assignment
 

@@ -59,8 +59,8 @@ class Gradability:
         """One line: what is wrong, the likely cause and its fix, and that no attack ran."""
         cause = self.cause or ("check the label order (--labels FILE), that --dataset is the model's data, the "
                                "preprocessing (--mean/--std, --input-size) and that the weights are the trained ones")
-        return (f"the model cannot be graded on {dataset}: {'; '.join(self.problems)} (on {self.n} clean test images). Most "
-                f"likely cause: {cause}. No attack was run; pass --force to run the attacks anyway")
+        return (f"the model cannot be graded on {dataset}: {'; '.join(self.problems)} (on {self.n} clean test "
+                f"images). Most likely cause: {cause}. No attack was run; pass --force to run the attacks anyway")
 
 
 def sample_points(eval_idx: np.ndarray, labels: np.ndarray, num_classes: int, limit: int = SAMPLE) -> np.ndarray:
@@ -112,8 +112,8 @@ def _normalisation_cause(model: LoadedModel, evaluator: Evaluator, data: LTDatas
     if not name or wilson_interval(round(acc * n), n)[0] <= wilson_interval(round(now * n), n)[1]:
         return None
     if mean is None:
-        return (f"the model normalises its input itself: clean accuracy is {100 * now:.1f}% with the given --mean/--std "
-                f"but {100 * acc:.1f}% without them; drop --mean and --std")
+        return (f"the model normalises its input itself: clean accuracy is {100 * now:.1f}% with the given "
+                f"--mean/--std but {100 * acc:.1f}% without them; drop --mean and --std")
     values = lambda v: ",".join(f"{x:g}" for x in v)  # noqa: E731
     return (f"the model expects normalised input: clean accuracy is {100 * now:.1f}% on [0, 1] pixels but "
             f"{100 * acc:.1f}% with {name} normalisation; pass --mean {values(mean)} --std {values(std)}, or the "

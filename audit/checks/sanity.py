@@ -64,7 +64,8 @@ def sanity_section(records: Any, specs: Sequence[AttackSpec], class_names: Seque
         zg[spec.name] = {"points": int(m.sum()), "per_class": per, "flagged_classes": bad}
     zero_section = {"per_attack": zg, "flagged_classes": sorted(flagged, key=list(class_names).index)}
     if flagged:
-        warnings.append(f"zero input gradients (gradient masking?) in classes {', '.join(zero_section['flagged_classes'])}: "
+        flagged_names = ", ".join(zero_section["flagged_classes"])
+        warnings.append(f"zero input gradients (gradient masking?) in classes {flagged_names}: "
                         "their robust accuracy is an upper bound")
 
     # 2. points only a score-based attack broke
@@ -113,8 +114,9 @@ def sanity_section(records: Any, specs: Sequence[AttackSpec], class_names: Seque
     out: dict[str, Any] = {"zero_gradient": zero_section, "square_only": square_section, "randomised": rand_section,
                            "large_eps": large_eps}
     if large_eps is not None and not large_eps["passed"]:
-        warnings.append(f"at a huge radius ({large_eps['norm']} eps {large_eps['eps']:.3g}) {large_eps['robust_acc']:.0%} "
-                        f"of the checked points stay robust (classes {', '.join(large_eps['classes'])}); it should be "
+        warnings.append(f"at a huge radius ({large_eps['norm']} eps {large_eps['eps']:.3g}) "
+                        f"{large_eps['robust_acc']:.0%} of the checked points stay robust "
+                        f"(classes {', '.join(large_eps['classes'])}); it should be "
                         "about 0: the attacks do not work on this model (gradient masking)")
     out["passed"] = not warnings
     return out, warnings

@@ -326,13 +326,13 @@ def corruption_sentences(results: AuditResults) -> list[str]:
     f = corruption_findings(results)
     if f is None:
         return []
-    out = [f"the worst corruption is {f['worst'].replace('_', ' ')}, {_pct(f['worst_accuracy'])} accuracy averaged over "
-           "its severities"]
+    out = [f"the worst corruption is {f['worst'].replace('_', ' ')}, {_pct(f['worst_accuracy'])} accuracy "
+           "averaged over its severities"]
     w = f["weakest"]
     if w is not None:
         ci = interval_text(w["ci95"])
-        out.append(f"the weakest class there is “{w['class']}” at {_pct(w['accuracy'])}{f' ({ci})' if ci else ''} at severity "
-                   f"{w['severity']} ({w['n']} test images)")
+        out.append(f"the weakest class there is “{w['class']}” at {_pct(w['accuracy'])}{f' ({ci})' if ci else ''} "
+                   f"at severity {w['severity']} ({w['n']} test images)")
     drop = f["group_drop"]
     if drop.get("head") is not None and drop.get("tail") is not None:
         out.append(f"head classes lose {100 * drop['head']:.1f} points under corruption, tail classes "

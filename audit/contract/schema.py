@@ -310,11 +310,11 @@ REPAIR_FILES = {
 
 
 def load_repair_file(path: str | Path) -> RepairDocument | TrainingLog | None:
-    """``repair.json`` or ``training_log.json`` of a repair folder, read within audit/contract/jsonfile.py's caps, checked
-    against audit/contract/repair_files.schema.json and typed (:mod:`audit.contract.repair`, older files upgraded); None when
-    absent. A file that is there but damaged (unreadable, too large or deep, a field of the wrong type) is a
-    :class:`ResultsError` naming the file and the field: both are optional, so the message says to remove it to
-    render without it."""
+    """``repair.json`` or ``training_log.json`` of a repair folder, read within audit/contract/jsonfile.py's caps,
+    checked against audit/contract/repair_files.schema.json and typed (:mod:`audit.contract.repair`, older files
+    upgraded); None when absent. A file that is there but damaged (unreadable, too large or deep, a field of the
+    wrong type) is a :class:`ResultsError` naming the file and the field: both are optional, so the message says to
+    remove it to render without it."""
     path = Path(path)
     _, fix = REPAIR_FILES[path.name]
     if not os.path.lexists(path):

@@ -54,7 +54,8 @@ def _scores(evaluator: "Evaluator", x: torch.Tensor) -> torch.Tensor:
         return evaluator.model(x.to(evaluator.device).float()).float().cpu()
 
 
-def corruption_pass(evaluator: "Evaluator", batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
+def corruption_pass(evaluator: "Evaluator",
+                    batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
                     jobs: Sequence[tuple[str, int]], index: np.ndarray) -> CorruptionRecords:
     """Score the corrupted points ``batches`` yields (pixels, labels, test-set indices, job numbers), in any order."""
     t0 = time.perf_counter()
@@ -140,7 +141,8 @@ def summary_figures(rec: CorruptionRecords, label: np.ndarray, clean_correct: np
         mean = float(np.mean(accs)) if accs else None
         worst = int(np.nanargmin(class_mean)) if not np.all(np.isnan(class_mean)) else None
         per[name] = {"family": FAMILY[name], "severities": blocks, "mean_accuracy": mean,
-                     "worst_class": worst, "worst_class_accuracy": float(class_mean[worst]) if worst is not None else None,
+                     "worst_class": worst,
+                     "worst_class_accuracy": float(class_mean[worst]) if worst is not None else None,
                      "groups": group_means(class_mean, dict(groups)),
                      "relative_error": (clean - mean) if clean is not None and mean is not None else None}
     means = [p["mean_accuracy"] for p in per.values() if p["mean_accuracy"] is not None]

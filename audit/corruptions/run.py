@@ -68,7 +68,8 @@ def run_phase(config: "AuditConfig", evaluator: "Evaluator", points: JobPoints, 
 
 
 def sections(config: "AuditConfig", records: CorruptionRecords, label: np.ndarray, clean_correct: np.ndarray,
-             num_classes: int, groups: dict[str, list[int]], input_size: Sequence[int]) -> tuple[list[dict], dict[str, Any]]:
+             num_classes: int, groups: dict[str, list[int]],
+             input_size: Sequence[int]) -> tuple[list[dict], dict[str, Any]]:
     """(per-class ``corruptions`` entries, ``summary.corruptions``) for results.json."""
     per_class = class_figures(records, label, clean_correct, num_classes)
     summary = summary_figures(records, label, clean_correct, num_classes, groups)

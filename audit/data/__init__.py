@@ -4,7 +4,8 @@ from __future__ import annotations
 from .core import IMAGE_EXTENSIONS, ArrayImageDataset, ImageFileDataset, LTDataset, default_data_root
 from .datasets import dataset_names, load_dataset, read_class_counts
 from .inmemory import from_torch
-from .longtail import GROUPS, assign_groups, class_groups, groups_to_indices, is_balanced, longtail_counts, select_longtail, stratified_subset
+from .longtail import (GROUPS, assign_groups, class_groups, groups_to_indices, is_balanced, longtail_counts,
+                       select_longtail, stratified_subset)
 from .safe_pickle import RestrictedUnpickler, load_pickle
 
 __all__ = [

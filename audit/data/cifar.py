@@ -140,7 +140,8 @@ def _class_names(spec: CifarSpec, folder: Path) -> list[str]:
     meta = _str_keys(load_pickle(path), path)
     names = meta.get(spec.meta_key)
     if not isinstance(names, (list, tuple)) or len(names) != spec.num_classes:
-        raise DatasetError(f"{path} has no list of {spec.num_classes} '{spec.meta_key}'; replace it with the official file")
+        raise DatasetError(f"{path} has no list of {spec.num_classes} '{spec.meta_key}'; "
+                           "replace it with the official file")
     return [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names]
 
 
@@ -193,13 +194,16 @@ def _load_imagefolder(spec: CifarSpec, root: Path, rho: float) -> dict[str, Any]
     }
 
 
-def load_cifar(spec: CifarSpec, *, imbalance: float, data_root: Optional[Path], class_counts: Any, download: bool) -> LTDataset:
+def load_cifar(spec: CifarSpec, *, imbalance: float, data_root: Optional[Path], class_counts: Any,
+               download: bool) -> LTDataset:
     """Load a CIFAR-LT variant; see the module docstring."""
     longtail_counts(1, spec.num_classes, imbalance)  # validate rho before reading anything
     source, where = _locate(spec, data_root, download)
-    parts = _load_torchvision(spec, where, imbalance) if source == "torchvision" else _load_imagefolder(spec, where, imbalance)
+    load = _load_torchvision if source == "torchvision" else _load_imagefolder
+    parts = load(spec, where, imbalance)
     given = read_class_counts(class_counts, parts["class_names"]) if class_counts is not None else None
-    log.debug("%s from %s (%s): %d train, %d test", spec.name, where, source, len(parts["train_labels"]), len(parts["test_labels"]))
+    log.debug("%s from %s (%s): %d train, %d test", spec.name, where, source, len(parts["train_labels"]),
+              len(parts["test_labels"]))
     return LTDataset(
         name=spec.name,
         class_names=parts["class_names"],

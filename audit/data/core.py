@@ -173,8 +173,8 @@ class ImageFileDataset(Dataset):
     data file decides how large every image becomes.
     """
 
-    def __init__(self, paths: Sequence[Path], labels: Sequence[int] | np.ndarray, size: Optional[tuple[int, int]] = None,
-                 follow_model: bool = False) -> None:
+    def __init__(self, paths: Sequence[Path], labels: Sequence[int] | np.ndarray,
+                 size: Optional[tuple[int, int]] = None, follow_model: bool = False) -> None:
         if len(paths) != len(labels):
             raise DatasetError(f"{len(paths)} images but {len(labels)} labels")
         self.paths = [Path(p) for p in paths]
@@ -259,7 +259,8 @@ def list_class_folders(folder: Path) -> list[str]:
     return names
 
 
-def scan_image_folder(folder: Path, class_names: Optional[Sequence[str]] = None) -> tuple[list[Path], np.ndarray, list[str]]:
+def scan_image_folder(folder: Path,
+                      class_names: Optional[Sequence[str]] = None) -> tuple[list[Path], np.ndarray, list[str]]:
     """Image paths and labels of ``folder/<class>/**/*`` in class then file-name order.
 
     Class order is the sorted folder names, or ``class_names`` when given (e.g. the
@@ -277,7 +278,8 @@ def scan_image_folder(folder: Path, class_names: Optional[Sequence[str]] = None)
             )
         missing = [c for c in class_names if c not in found]
         if missing:
-            log.warning("%s has no folder for %d classes (%s); they get no evaluation images", folder, len(missing), ", ".join(missing[:5]))
+            log.warning("%s has no folder for %d classes (%s); they get no evaluation images", folder, len(missing),
+                        ", ".join(missing[:5]))
     paths: list[Path] = []
     labels: list[int] = []
     for idx, name in enumerate(class_names):

@@ -8,7 +8,8 @@ from ..bounds import MAX_COUNT
 from ..errors import DatasetError
 from ..contract.jsonfile import read_json_file
 
-COUNTS_HINT = 'pass --class-counts FILE with JSON {"class": count, ...} or a list of counts in sorted class-folder order'
+COUNTS_HINT = ('pass --class-counts FILE with JSON {"class": count, ...} '
+               "or a list of counts in sorted class-folder order")
 
 
 def read_class_counts(path: Path, class_names: Sequence[str]) -> list[int]:
@@ -27,7 +28,8 @@ def read_class_counts(path: Path, class_names: Sequence[str]) -> list[int]:
         values = [raw[c] for c in class_names]
     elif isinstance(raw, list):
         if len(raw) != len(class_names):
-            raise DatasetError(f"class counts {path} list {len(raw)} counts for {len(class_names)} class folders; {COUNTS_HINT}")
+            raise DatasetError(f"class counts {path} list {len(raw)} counts for {len(class_names)} class folders; "
+                               f"{COUNTS_HINT}")
         values = raw
     else:
         raise DatasetError(f"class counts {path} is neither a JSON object nor a list; {COUNTS_HINT}")

@@ -60,7 +60,8 @@ def dataset_names() -> list[str]:
 
 
 @register_dataset("digitslt")
-def _digitslt(*, imbalance: float, data_root: Optional[Path], class_counts: Optional[Path], download: bool) -> LTDataset:
+def _digitslt(*, imbalance: float, data_root: Optional[Path], class_counts: Optional[Path],
+              download: bool) -> LTDataset:
     """scikit-learn's bundled 8x8 digits: 50 test images per class, long-tailed train from the rest."""
     if class_counts is not None:
         raise ConfigError("--class-counts goes with cifar10lt, cifar100lt and imagefolder; digitslt derives its counts "
@@ -120,9 +121,12 @@ def _target_size(paths: Sequence[Path], size: Optional[tuple[int, int]]) -> tupl
 
 
 @register_dataset("imagefolder")
-def _imagefolder(*, imbalance: float, data_root: Optional[Path], class_counts: Optional[Path], download: bool) -> LTDataset:
-    """The user's images: ``train/<class>/`` (counts as-is) plus ``test/`` or ``val/``, or an eval folder plus counts."""
-    hint = "pass --data-root DIR holding train/<class>/ and test/<class>/ (or val/), or an eval folder plus --class-counts FILE"
+def _imagefolder(*, imbalance: float, data_root: Optional[Path], class_counts: Optional[Path],
+                 download: bool) -> LTDataset:
+    """The user's images: ``train/<class>/`` (counts as-is) plus ``test/`` or ``val/``, or an eval folder plus
+    counts."""
+    hint = ("pass --data-root DIR holding train/<class>/ and test/<class>/ (or val/), "
+            "or an eval folder plus --class-counts FILE")
     if data_root is None:
         raise DatasetError(f"--dataset imagefolder needs your data; {hint}")
     root = Path(data_root)
@@ -172,6 +176,7 @@ def _imagefolder(*, imbalance: float, data_root: Optional[Path], class_counts: O
             "class_counts_file": str(class_counts) if class_counts is not None else None,
             "imbalance": (min(counts) / top) if top > 0 else None,
             "image_size_wh": list(size),
-            "resized": {"test": int(resized_test), "train": int(resized_train), "method": "bilinear to the model input size"},
+            "resized": {"test": int(resized_test), "train": int(resized_train),
+                        "method": "bilinear to the model input size"},
         },
     )

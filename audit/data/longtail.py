@@ -110,7 +110,8 @@ def class_groups(train_counts: Sequence[int], rule: str = "thirds") -> list[Opti
 
 
 def groups_to_indices(groups: Sequence[Optional[str]]) -> dict[str, list[int]]:
-    """Class indices of each group, e.g. ``{"head": [0, 1, 2], "medium": [...], "tail": [...]}``; ``{}`` when balanced."""
+    """Class indices of each group, e.g. ``{"head": [0, 1, 2], "medium": [...], "tail": [...]}``; ``{}`` when
+    balanced."""
     if all(g is None for g in groups):
         return {}
     out: dict[str, list[int]] = {g: [] for g in GROUPS}

@@ -42,7 +42,8 @@ _ALLOWED[("numpy", "ndarray")] = (("numpy",), "ndarray")
 _ALLOWED[("numpy", "dtype")] = (("numpy",), "dtype")
 _ALLOWED[("_codecs", "encode")] = (("_codecs",), "encode")
 for _mod in ("builtins", "__builtin__"):
-    for _name in ("list", "dict", "tuple", "set", "frozenset", "bytes", "bytearray", "str", "int", "float", "bool", "complex"):
+    for _name in ("list", "dict", "tuple", "set", "frozenset", "bytes", "bytearray", "str", "int", "float", "bool",
+                  "complex"):
         _ALLOWED[(_mod, _name)] = (("builtins",), _name)
 
 
@@ -245,4 +246,5 @@ def load_pickle(path: Path) -> Any:
         raise DatasetError(f"refusing to load {path}: it asks for more memory than there is; it is not a plain CIFAR "
                            "batch, replace it with the official file") from None
     except (OSError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, RecursionError) as exc:
-        raise DatasetError(f"cannot read {path} ({type(exc).__name__}: {exc}); re-download or replace the file") from None
+        raise DatasetError(f"cannot read {path} ({type(exc).__name__}: {exc}); "
+                           "re-download or replace the file") from None

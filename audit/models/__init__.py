@@ -144,12 +144,13 @@ def onnx_opset(model: Any) -> int:
 
 
 def onnx_with_weights(original: Any, net: nn.Module, wmap: Any) -> Any:
-    """A copy of the ONNX model ``original`` whose bound tensors hold ``net``'s current values (:mod:`.onnx_weights`)."""
+    """A copy of the ONNX model ``original`` whose bound tensors hold ``net``'s current values
+    (:mod:`.onnx_weights`)."""
     from .onnx_weights import write_back
 
     return write_back(original, net, wmap)
 
 
-__all__ = ["check_finite_logits", "check_finite_weights", "LoadedModel", "PixelClassifier", "Preprocessing", "load_model", "final_linear_of",
-           "parse_floats", "sha256_of", "check_archive_size", "check_parity", "converted_network", "load_onnx",
-           "load_timm", "onnx_input_shape", "onnx_opset", "onnx_with_weights"]
+__all__ = ["check_finite_logits", "check_finite_weights", "LoadedModel", "PixelClassifier", "Preprocessing",
+           "load_model", "final_linear_of", "parse_floats", "sha256_of", "check_archive_size", "check_parity",
+           "converted_network", "load_onnx", "load_timm", "onnx_input_shape", "onnx_opset", "onnx_with_weights"]

@@ -121,8 +121,9 @@ def _hub_model(timm: Any, arch: str, num_classes: int) -> Any:
     if cfg is None:
         raise ModelLoadError(f"timm has no pretrained weights for {arch!r}; pass --checkpoint FILE")
     if cfg.num_classes != num_classes:
-        raise ModelLoadError(f"timm's pretrained {arch} has {cfg.num_classes} classes but the dataset has {num_classes}; "
-                             "fine-tune it on this data and pass --checkpoint FILE, or audit it on data of its classes")
+        raise ModelLoadError(f"timm's pretrained {arch} has {cfg.num_classes} classes but the dataset has "
+                             f"{num_classes}; fine-tune it on this data and pass --checkpoint FILE, or audit it on "
+                             "data of its classes")
     online = _hub_reachable()
     try:
         with _hub_offline(not online):  # offline: the local cache only, at once, not minutes of retries

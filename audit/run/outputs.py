@@ -132,7 +132,8 @@ def _read_journal(out: Path) -> Optional[tuple[Path, list[str], list[str]]]:
     except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
     plain = all(_is_plain_name(n) or n == MANIFEST for n in new + old)
-    return (stage, new, old) if plain and _is_plain_name(stage.name) and stage.name.startswith(_STAGING_PREFIX) else None
+    ours = plain and _is_plain_name(stage.name) and stage.name.startswith(_STAGING_PREFIX)
+    return (stage, new, old) if ours else None
 
 
 def recover_commit(out_dir: Path, *, killed: bool = True) -> bool:
@@ -355,8 +356,8 @@ def folder_lock(out_dir: Path, flag: str = "--out") -> Iterator[None]:
             break
         os.close(fd)
     os.ftruncate(fd, 0)
-    os.write(fd, f"pid={os.getpid()} host={_host()} started={datetime.now(timezone.utc).isoformat(timespec='seconds')}\n"
-             .encode())
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    os.write(fd, f"pid={os.getpid()} host={_host()} started={started}\n".encode())
     try:
         yield
     finally:
