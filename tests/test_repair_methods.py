@@ -231,10 +231,10 @@ def test_repair_outcome_codes(after, kept, meaningful, tests, code):
     assert o.code == code
     assert o.headline.startswith("Repair did not help" if kept else o.label)
     assert ("Repair" not in " ".join(o.actions)) and o.actions
-    assert "McNemar" in o.significance and o.tests["worst_case"]["n"] == 200
+    assert "McNemar" in o.significance and o.tests.worst_case.n == 200
     if code == "no-change":
-        assert o.tests["worst_case"]["gained"] - o.tests["worst_case"]["lost"] == 10
-        assert not o.tests["worst_case"]["significant"] and "chance" in o.significance
+        assert o.tests.worst_case.gained - o.tests.worst_case.lost == 10
+        assert not o.tests.worst_case.significant and "chance" in o.significance
         assert "Use " not in " ".join(o.actions)
 
 
