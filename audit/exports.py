@@ -101,7 +101,7 @@ def _clean_table(results: AuditResults) -> list[str]:
     return [f"No attack ran (--attacks none): attack robustness was not measured. {ds.n_eval} test images, "
             f"{len(ds.classes)} classes" + (" (balanced training set)" if ds.balanced else "") + ".", "",
             "| figure | value |", "|---|---|", f"| clean accuracy | {_p(s.clean.overall)} |",
-            f"| mean accuracy under corruption | {_p((s.corruptions or {}).get('mean_accuracy'))} |"]
+            f"| mean accuracy under corruption | {_p(s.corruptions.mean_accuracy if s.corruptions else None)} |"]
 
 
 def _figures_table(results: AuditResults) -> list[str]:

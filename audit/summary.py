@@ -106,19 +106,20 @@ def _corruption_only_lines(results: AuditResults) -> list[str]:
 
 def corruption_lines(results: AuditResults) -> list[str]:
     """The corruption audit in two lines: mean accuracy, the hardest corruption and its weakest class, the note."""
-    c = results.summary.corruptions or {}
-    per = c.get("per_corruption") or {}
-    hardest = min(per, key=lambda n: per[n].get("mean_accuracy") if per[n].get("mean_accuracy") is not None else 2,
-                  default=None)
-    severities = ",".join(str(v) for v in c.get("severities") or [])
-    line = (f"corruptions ({len(c.get('names') or [])}, severities {severities}, "
-            f"{c.get('parameters')} parameters): mean accuracy {_pct(c.get('mean_accuracy')).strip()} vs clean "
-            f"{_pct(c.get('clean_accuracy')).strip()}")
+    c = results.summary.corruptions
+    if c is None:
+        return []
+    per = c.per_corruption
+    hardest = min(per, key=lambda n: per[n].mean_accuracy if per[n].mean_accuracy is not None else 2, default=None)
+    severities = ",".join(str(v) for v in c.severities)
+    line = (f"corruptions ({len(c.names)}, severities {severities}, "
+            f"{c.parameters} parameters): mean accuracy {_pct(c.mean_accuracy).strip()} vs clean "
+            f"{_pct(c.clean_accuracy).strip()}")
     if hardest is not None:
-        w = per[hardest].get("worst_class")
-        line += (f"; hardest {hardest} {_pct(per[hardest].get('mean_accuracy')).strip()}"
+        w = per[hardest].worst_class
+        line += (f"; hardest {hardest} {_pct(per[hardest].mean_accuracy).strip()}"
                  + (f" (weakest class {inline_safe(results.dataset.classes[w])})" if w is not None else ""))
-    return [line] + ([f"  {inline_safe(c['note'])}"] if c.get("note") else [])
+    return [line] + ([f"  {inline_safe(c.note)}"] if c.note else [])
 
 
 def calibration_line(cal: Calibration) -> str:

@@ -112,9 +112,9 @@ def _audit(per_class: int, threads: int, workers: int) -> None:
                                        force=True, threads=threads, workers=workers, quiet=True, out=f"{tmp}/run")
         run = tailaudit.run_audit(config, corruptions="common")
     c = run.results.summary.corruptions
-    rate = c["images"] / c["seconds"]
-    print(f"pipeline, {c['images']} images (common x 5 severities, {per_class * 10} test images), --threads {threads} "
-          f"--workers {workers}: {c['seconds']:.1f} s, {rate:.0f} img/s; CIFAR-10 common audit "
+    rate = c.images / c.seconds
+    print(f"pipeline, {c.images} images (common x 5 severities, {per_class * 10} test images), --threads {threads} "
+          f"--workers {workers}: {c.seconds:.1f} s, {rate:.0f} img/s; CIFAR-10 common audit "
           f"(750000 images) at this rate: {750000 / rate / 60:.1f} min")
 
 

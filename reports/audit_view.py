@@ -402,8 +402,8 @@ def _data_sentence(results: AuditResults, balanced: bool) -> str:
                  "(rarest / most common class): “rare” and the head/medium/tail groups describe that sampling "
                  "profile, not necessarily the data this model was trained on (give the real counts with "
                  "--class-counts FILE)")
-    elif (d.info or {}).get("counts_source"):
-        data += f"; training counts as given ({(d.info or {})['counts_source']})"
+    elif d.counts_source:
+        data += f"; training counts as given ({d.counts_source})"
     return data
 
 

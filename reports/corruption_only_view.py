@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from audit.contract.model import AuditResults
-from audit.contract.figures import corruption_findings
+from audit.contract.figures import CorruptionFindings, corruption_findings
 
 from . import corruption_view
 from .audit_view import _data_sentence, _evaluation_rows, _kv, _model_rows, model_title
@@ -24,21 +24,21 @@ MEANING = ("This audit scored the model on naturally corrupted images only (blur
 NOT_MEASURED = "No attack ran (--attacks none): attack robustness was not measured."
 
 
-def _kpis(results: AuditResults, f: dict[str, Any]) -> list[dict[str, str]]:
+def _kpis(results: AuditResults, f: CorruptionFindings) -> list[dict[str, str]]:
     """Page 1's figures: clean, mean under corruption, the worst corruption and its weakest class, head vs tail."""
     out = [{"label": "Clean accuracy", "value": pct(results.summary.clean.overall), "note": "no corruption"},
-           {"label": "Mean accuracy under corruption", "value": pct(f.get("mean_accuracy")),
+           {"label": "Mean accuracy under corruption", "value": pct(f.mean_accuracy),
             "note": "over corruptions and severities"},
-           {"label": "Worst corruption", "value": pct(f["worst_accuracy"]), "note": f["worst"].replace("_", " ")}]
-    w = f.get("weakest")
+           {"label": "Worst corruption", "value": pct(f.worst_accuracy), "note": f.worst.replace("_", " ")}]
+    w = f.weakest
     if w is not None:
-        out.append({"label": "Weakest class there", "value": pct(w["accuracy"]),
-                    "note": f"“{w['class']}”, severity {w['severity']}, 95% interval {interval(w['ci95'])}%, "
-                            f"{w['n']} test images"})
-    drop = f.get("group_drop") or {}
-    if drop.get("head") is not None and drop.get("tail") is not None:
+        out.append({"label": "Weakest class there", "value": pct(w.accuracy),
+                    "note": f"“{w.class_name}”, severity {w.severity}, 95% interval {interval(w.ci95)}%, "
+                            f"{w.n} test images"})
+    head, tail = f.lost("head"), f.lost("tail")
+    if head is not None and tail is not None:
         out.append({"label": "Lost under corruption: head / tail",
-                    "value": f"{points(drop['head'], signed=False)} / {points(drop['tail'], signed=False)}",
+                    "value": f"{points(head, signed=False)} / {points(tail, signed=False)}",
                     "note": "accuracy points lost from clean, common vs rare classes"})
     return out
 
@@ -47,7 +47,7 @@ def _class_rows(results: AuditResults) -> list[dict[str, Any]]:
     """Per class: clean accuracy and its interval, the mean under corruption and the class's hardest corruption."""
     rows = []
     for r in by_count(results.per_class):
-        means = {n: v.get("mean") for n, v in (r.corruptions or {}).items() if v.get("mean") is not None}
+        means = {n: v.mean for n, v in (r.corruptions or {}).items() if v.mean is not None}
         hardest = min(means, key=lambda n: means[n]) if means else None
         rows.append({"index": r.index, "name": r.name, "group": r.group or "–", "train": count(r.train_count),
                      "n": r.n_eval, "clean": num(r.clean_acc), "clean_ci": interval(r.clean_ci95),
@@ -70,7 +70,7 @@ def _method(results: AuditResults) -> dict[str, Any]:
 def corruption_only_context(results: AuditResults, folder: Path) -> dict[str, Any]:
     """Everything the corruption-only template shows (``folder`` is unused: there are no adversarial examples)."""
     verdict = dict(resolve_verdict(results), meaning=MEANING)
-    f = corruption_findings(results) or {"worst": "n/a", "worst_accuracy": None}
+    f = corruption_findings(results)
     d = results.dataset
     return {
         "kind": "audit",
@@ -81,7 +81,7 @@ def corruption_only_context(results: AuditResults, folder: Path) -> dict[str, An
         "created": results.created,
         "page1": {"verdict": verdict, "not_measured": NOT_MEASURED,
                   "data": _data_sentence(results, is_balanced(results)), "critical": critical_warnings(results),
-                  "gate": gate_rows(results), "kpis": _kpis(results, f) if f.get("worst_accuracy") is not None else []},
+                  "gate": gate_rows(results), "kpis": _kpis(results, f) if f is not None else []},
         "warnings": [str(w) for w in results.warnings or []],
         "corruptions": corruption_view.audit_section(results),
         "rows": _class_rows(results),

@@ -10,33 +10,39 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from audit.contract.model import AuditResults
+from audit.contract.model import AuditResults, ClassResult, CorruptionSummary
 
 from . import charts
 from .fmt import pct, points
 
 
-def _corr(results: Optional[AuditResults]) -> Optional[dict[str, Any]]:
+def _corr(results: Optional[AuditResults]) -> Optional[CorruptionSummary]:
     return None if results is None else results.summary.corruptions or None
 
 
-def _provenance(c: dict[str, Any]) -> str:
-    sev = ", ".join(str(s) for s in c.get("severities") or [])
-    if c.get("source") == "official":
+def _provenance(c: CorruptionSummary) -> str:
+    sev = ", ".join(str(s) for s in c.severities)
+    if c.source == "official":
         return f"Read from the released corruption files (severities {sev})."
-    side = c.get("generated_side") or []
-    inp = c.get("input_side") or []
+    side = c.generated_side or []
+    inp = c.input_side or []
     resized = (f" The model's {inp[0]}×{inp[1]} images were upsampled to {side[0]}×{side[1]} to be corrupted and "
                "resized back." if side and inp and list(side) != list(inp) else "")
-    return (f"Generated with {c.get('library')} at severities {sev}, seed {c.get('seed')}, with its "
-            f"{c.get('parameters')} parameters (harsher than CIFAR-10-C's on 32-pixel images; docs/corruptions.md)."
+    return (f"Generated with {c.library} at severities {sev}, seed {c.seed}, with its "
+            f"{c.parameters} parameters (harsher than CIFAR-10-C's on 32-pixel images; docs/corruptions.md)."
             + resized)
 
 
 def page1_note(results: AuditResults) -> Optional[str]:
     """The page-1 sentence: only when corruption tells a different story from the attacks."""
     c = _corr(results)
-    return c.get("note") if c and c.get("differs") and c.get("note") else None
+    return c.note if c and c.differs and c.note else None
+
+
+def _class_mean(row: ClassResult, name: str) -> Optional[float]:
+    """The class's accuracy under one corruption, averaged over severities (None when not measured)."""
+    cells = row.corruptions or {}
+    return cells[name].mean if name in cells else None
 
 
 def audit_section(results: AuditResults, prefix: str = "a") -> Optional[dict[str, Any]]:
@@ -44,30 +50,28 @@ def audit_section(results: AuditResults, prefix: str = "a") -> Optional[dict[str
     c = _corr(results)
     if not c:
         return None
-    names = list(c.get("names") or [])
+    names = list(c.names)
     classes = results.dataset.classes
-    matrix = [[((r.corruptions or {}).get(n) or {}).get("mean") for n in names] for r in results.per_class]
+    matrix = [[_class_mean(r, n) for n in names] for r in results.per_class]
     svg = charts.corruption_heatmap(f"{prefix}-corruptions", matrix, [r.name for r in results.per_class], names,
                                     label="Accuracy of each class under each corruption, averaged over severities")
     weakest = []
-    for n, p in (c.get("per_corruption") or {}).items():
-        w = p.get("worst_class")
-        weakest.append({"name": n.replace("_", " "), "family": p.get("family", ""), "mean": pct(p.get("mean_accuracy")),
-                        "lost": points(p.get("relative_error")),
+    for n, p in c.per_corruption.items():
+        w = p.worst_class
+        weakest.append({"name": n.replace("_", " "), "family": p.family or "", "mean": pct(p.mean_accuracy),
+                        "lost": points(p.relative_error),
                         "weakest": classes[w] if w is not None else "n/a",
-                        "weakest_acc": pct(p.get("worst_class_accuracy")),
-                        "head": pct((p.get("groups") or {}).get("head")),
-                        "tail": pct((p.get("groups") or {}).get("tail"))})
+                        "weakest_acc": pct(p.worst_class_accuracy),
+                        "head": pct(p.group("head")), "tail": pct(p.group("tail"))})
     groups = []
     attacked = "worst_case" in results.summary.robust  # False for --attacks none: no "under attack" column
-    clean_g = results.summary.clean.groups or {}
-    robust_g = (results.summary.worst_case.groups or {}) if attacked else {}
-    for g, v in (c.get("groups") or {}).items():
-        groups.append({"group": g, "clean": pct(clean_g.get(g)), "corrupted": pct(v),
-                       "lost": points((c.get("group_drop") or {}).get(g)), "attacked": pct(robust_g.get(g))})
-    return {"svg": svg, "weakest": weakest, "groups": groups, "note": c.get("note") or "",
-            "mean": pct(c.get("mean_accuracy")), "clean": pct(c.get("clean_accuracy")),
-            "rmce": points(c.get("relative_mce")), "provenance": _provenance(c), "n_classes": len(classes),
+    clean = results.summary.clean
+    for g, v in (c.groups or {}).items():
+        groups.append({"group": g, "clean": pct(clean.group(g)), "corrupted": pct(v), "lost": points(c.lost(g)),
+                       "attacked": pct(results.summary.worst_case.group(g) if attacked else None)})
+    return {"svg": svg, "weakest": weakest, "groups": groups, "note": c.note or "",
+            "mean": pct(c.mean_accuracy), "clean": pct(c.clean_accuracy),
+            "rmce": points(c.relative_mce), "provenance": _provenance(c), "n_classes": len(classes),
             "attacked": attacked}
 
 
@@ -83,11 +87,11 @@ def compare_section(before: AuditResults, after: AuditResults) -> Optional[dict[
         rows.append({"label": label, "before": pct(b), "after": pct(a), "delta": points(d),
                      "cls": "" if d is None or abs(d) < 0.0005 else ("pos" if d > 0 else "neg")})
 
-    add("Mean accuracy under corruption", cb.get("mean_accuracy"), ca.get("mean_accuracy"))
+    add("Mean accuracy under corruption", cb.mean_accuracy, ca.mean_accuracy)
     for g in ("head", "tail"):
-        if g in (cb.get("groups") or {}) and g in (ca.get("groups") or {}):
-            add(f"{g.capitalize()} classes under corruption", cb["groups"][g], ca["groups"][g])
-    pb, pa = cb.get("per_corruption") or {}, ca.get("per_corruption") or {}
+        if g in (cb.groups or {}) and g in (ca.groups or {}):
+            add(f"{g.capitalize()} classes under corruption", cb.group(g), ca.group(g))
+    pb, pa = cb.per_corruption, ca.per_corruption
     for n in [n for n in pb if n in pa]:
-        add(n.replace("_", " "), pb[n].get("mean_accuracy"), pa[n].get("mean_accuracy"))
+        add(n.replace("_", " "), pb[n].mean_accuracy, pa[n].mean_accuracy)
     return {"rows": rows}

@@ -326,26 +326,26 @@ def corruption_sentences(results: AuditResults) -> list[str]:
     f = corruption_findings(results)
     if f is None:
         return []
-    out = [f"the worst corruption is {f['worst'].replace('_', ' ')}, {_pct(f['worst_accuracy'])} accuracy "
+    out = [f"the worst corruption is {f.worst.replace('_', ' ')}, {_pct(f.worst_accuracy)} accuracy "
            "averaged over its severities"]
-    w = f["weakest"]
+    w = f.weakest
     if w is not None:
-        ci = interval_text(w["ci95"])
-        out.append(f"the weakest class there is “{w['class']}” at {_pct(w['accuracy'])}{f' ({ci})' if ci else ''} "
-                   f"at severity {w['severity']} ({w['n']} test images)")
-    drop = f["group_drop"]
-    if drop.get("head") is not None and drop.get("tail") is not None:
-        out.append(f"head classes lose {100 * drop['head']:.1f} points under corruption, tail classes "
-                   f"{100 * drop['tail']:.1f}")
+        ci = interval_text(w.ci95)
+        out.append(f"the weakest class there is “{w.class_name}” at {_pct(w.accuracy)}{f' ({ci})' if ci else ''} "
+                   f"at severity {w.severity} ({w.n} test images)")
+    head, tail = f.lost("head"), f.lost("tail")
+    if head is not None and tail is not None:
+        out.append(f"head classes lose {100 * head:.1f} points under corruption, tail classes "
+                   f"{100 * tail:.1f}")
     return out
 
 
 def _corruptions_only(results: AuditResults, extra: list[str]) -> Verdict:
     """--attacks none: no grade of attack robustness, a statement of what the corruption audit measured."""
-    f = corruption_findings(results) or {}
+    f = corruption_findings(results)
     headline = (f"Not graded for attack robustness: this audit measured natural corruptions only (--attacks none); "
-                f"attack robustness was not measured. Accuracy is {_pct(f.get('mean_accuracy'))} under corruption "
-                f"on average against {_pct(results.summary.clean.headline)} clean.")
+                f"attack robustness was not measured. Accuracy is {_pct(f.mean_accuracy if f else None)} under "
+                f"corruption on average against {_pct(results.summary.clean.headline)} clean.")
     actions = ["Run the attack audit (drop --attacks none, e.g. --suite standard) for an attack-robustness grade"]
     return Verdict(code="not-graded", headline=headline, reasons=tuple(corruption_sentences(results) + extra),
                    actions=tuple(actions))

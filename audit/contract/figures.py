@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 import os
 import shlex
-from typing import Any, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
 
 from .model import AuditResults, ClassResult
 
@@ -183,23 +184,50 @@ def is_upper_bound(results: AuditResults) -> bool:
     return (results.suite == "black-box") or (results.mode_label or "white-box") != "white-box"
 
 
-def corruption_findings(results: AuditResults) -> Optional[dict[str, Any]]:
+@dataclass(frozen=True)
+class WeakestCell:
+    """The lowest class-cell of a corruption: the class, the severity, its accuracy, 95% interval and image count."""
+
+    class_name: str
+    severity: int
+    accuracy: float
+    ci95: Optional[list[float]]
+    n: int
+
+
+@dataclass(frozen=True)
+class CorruptionFindings:
+    """What page 1 and the verdict say about a corruption audit (:func:`corruption_findings`)."""
+
+    mean_accuracy: Optional[float]
+    clean_accuracy: Optional[float]
+    worst: str  # the corruption with the lowest severity-averaged accuracy
+    worst_accuracy: float
+    weakest: Optional[WeakestCell]
+    groups: dict[str, Optional[float]] = field(default_factory=dict)  # per group name, under corruption
+    group_drop: dict[str, Optional[float]] = field(default_factory=dict)  # per group name, lost from clean
+
+    def lost(self, name: str) -> Optional[float]:
+        """Accuracy a group (head / tail) lost from clean under corruption; None without it."""
+        return self.group_drop.get(name)
+
+
+def corruption_findings(results: AuditResults) -> Optional[CorruptionFindings]:
     """The corruption audit's page-1 findings (None without corruption figures): the worst corruption (lowest
     severity-averaged accuracy), the weakest class-cell there (lowest accuracy over its severities, with the
     cell's 95% interval and image count) and the head/tail means and losses under corruption."""
-    c = results.summary.corruptions or {}
-    per = {n: p for n, p in (c.get("per_corruption") or {}).items() if p.get("mean_accuracy") is not None}
-    if not per:
+    c = results.summary.corruptions
+    per = {n: p.mean_accuracy for n, p in (c.per_corruption if c else {}).items() if p.mean_accuracy is not None}
+    if c is None or not per:
         return None
-    worst = min(per, key=lambda n: per[n]["mean_accuracy"])
-    cells = [(cell["accuracy"], r, sev, cell) for r in results.per_class
-             for sev, cell in (((r.corruptions or {}).get(worst) or {}).items())
-             if sev != "mean" and isinstance(cell, dict) and cell.get("accuracy") is not None]
+    worst = min(per, key=lambda n: per[n])
+    cells = [(cell.accuracy, r, sev, cell) for r in results.per_class
+             for sev, cell in ((r.corruptions or {})[worst].severities.items() if worst in (r.corruptions or {})
+                               else ()) if cell.accuracy is not None]
     weakest = None
     if cells:
         acc, row, sev, cell = min(cells, key=lambda t: (t[0], t[1].index))
-        weakest = {"class": row.name, "severity": int(sev), "accuracy": acc, "ci95": cell.get("ci95"),
-                   "n": row.n_eval}
-    return {"mean_accuracy": c.get("mean_accuracy"), "clean_accuracy": c.get("clean_accuracy"),
-            "worst": worst, "worst_accuracy": per[worst]["mean_accuracy"], "weakest": weakest,
-            "groups": c.get("groups") or {}, "group_drop": c.get("group_drop") or {}}
+        weakest = WeakestCell(class_name=row.name, severity=int(sev), accuracy=acc, ci95=cell.ci95, n=row.n_eval)
+    return CorruptionFindings(mean_accuracy=c.mean_accuracy, clean_accuracy=c.clean_accuracy, worst=worst,
+                              worst_accuracy=per[worst], weakest=weakest, groups=dict(c.groups or {}),
+                              group_drop=dict(c.group_drop or {}))

@@ -179,6 +179,12 @@ class DatasetInfo:
     info: Optional[dict[str, Any]] = None  # how the data were built (source, seeds, profile)
     extra: dict[str, Any] = _extra()
 
+    @property
+    def counts_source(self) -> Optional[str]:
+        """Where the training counts came from when they were given (``--class-counts``); None otherwise."""
+        source = (self.info or {}).get("counts_source")
+        return None if source is None else str(source)
+
 
 @dataclass(kw_only=True)
 class InputFit:
@@ -381,6 +387,115 @@ class ClassCalibration:
     extra: dict[str, Any] = _extra()
 
 
+# -- the corruption audit (--corruptions; audit/corruptions/) --------------------------------
+
+SEVERITY_KEYS = ("1", "2", "3", "4", "5")  # a class's corruption entry keys its cells by severity, beside "mean"
+
+
+@dataclass(kw_only=True)
+class CorruptionCell:
+    """One class at one corruption and severity: accuracy, its 95% interval, the drop from clean, ECE, confident
+    errors (wrong with confidence > 0.9)."""
+
+    accuracy: Optional[float]
+    ci95: Interval
+    drop: Optional[float] = None
+    ece: Optional[float] = None
+    confident_error: Optional[float] = None
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
+class ClassCorruption:
+    """One class under one corruption: a cell per audited severity ("1".."5") and ``mean``, the accuracy averaged
+    over them. The JSON holds both in one object (cells first), so this class writes its own form."""
+
+    json_by_hand: ClassVar[bool] = True
+
+    severities: dict[str, CorruptionCell] = field(default_factory=dict)
+    mean: Optional[float] = None
+    extra: dict[str, Any] = _extra()
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: to_json(v) for k, v in self.severities.items()}
+        out["mean"] = self.mean
+        out.update({k: to_json(v) for k, v in self.extra.items() if k not in out})
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "ClassCorruption":
+        return cls(severities={k: from_json(CorruptionCell, v, f"$.{k}") for k, v in data.items()
+                               if k in SEVERITY_KEYS},
+                   mean=data.get("mean"),
+                   extra={k: v for k, v in data.items() if k not in SEVERITY_KEYS and k != "mean"})
+
+
+@dataclass(kw_only=True)
+class SeverityFigures:
+    """One corruption at one severity over all audited points: pooled and balanced accuracy, ECE, group means."""
+
+    accuracy: Optional[float]
+    ci95: Interval
+    balanced: Optional[float] = None
+    ece: Optional[float] = None
+    confident_error: Optional[float] = None
+    groups: Optional[dict[str, Optional[float]]] = _omit()  # per group name (head / medium / tail)
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
+class CorruptionFigures:
+    """One corruption: its family, the figures per severity, the mean over severities, the weakest class (mean
+    over severities), the group means and the accuracy lost from clean (``relative_error``)."""
+
+    family: Optional[str] = _omit()
+    severities: dict[str, SeverityFigures]  # per severity "1".."5"
+    mean_accuracy: Optional[float]
+    worst_class: Optional[int] = None
+    worst_class_accuracy: Optional[float] = None
+    groups: Optional[dict[str, Optional[float]]] = _omit()  # per group name
+    relative_error: Optional[float] = None
+    extra: dict[str, Any] = _extra()
+
+    def group(self, name: str) -> Optional[float]:
+        return (self.groups or {}).get(name)
+
+
+@dataclass(kw_only=True)
+class CorruptionSummary:
+    """``summary.corruptions``: the figures over every corruption, each corruption's, and their provenance (how the
+    images were made); ``note`` compares the classes corruption and the attacks hurt (audit/corruptions/story.py).
+    Fields in the order audit/corruptions/ writes them (figures, provenance, then the note)."""
+
+    clean_accuracy: Optional[float] = None
+    mean_accuracy: Optional[float]
+    relative_mce: Optional[float] = None
+    groups: Optional[dict[str, Optional[float]]] = _omit()  # per group name: mean accuracy under corruption
+    group_drop: Optional[dict[str, Optional[float]]] = _omit()  # per group name: accuracy lost from clean
+    per_corruption: dict[str, CorruptionFigures]  # per corruption name, in registry order
+    source: str  # "generated" or "official"
+    library: Optional[str] = None
+    parameters: Optional[str] = _omit()
+    names: list[str]
+    severities: list[int]
+    seed: Optional[int] = None
+    input_side: Optional[list[int]] = None
+    generated_side: Optional[list[int]] = None
+    images: Optional[int] = _omit()
+    seconds: Optional[float] = _omit()
+    note: Optional[str] = _omit()
+    differs: Optional[bool] = _omit()
+    extra: dict[str, Any] = _extra()
+
+    def group(self, name: str) -> Optional[float]:
+        """Mean accuracy under corruption of a group (head / medium / tail); None without it."""
+        return (self.groups or {}).get(name)
+
+    def lost(self, name: str) -> Optional[float]:
+        """Accuracy a group lost from clean under corruption; None without it."""
+        return (self.group_drop or {}).get(name)
+
+
 # -- per class and summary -----------------------------------------------------------------
 
 @dataclass(kw_only=True)
@@ -399,8 +514,7 @@ class ClassResult:
     broken_by: dict[str, int] = field(default_factory=dict)
     weight_norm: Optional[float] = None
     calibration: Optional[ClassCalibration] = _omit()
-    # --corruptions: {name: {"1".."5": {accuracy, ci95, drop, ece, confident_error}, "mean": accuracy}}
-    corruptions: Optional[dict[str, dict[str, Any]]] = _omit()
+    corruptions: Optional[dict[str, ClassCorruption]] = _omit()  # --corruptions: per corruption name
     extra: dict[str, Any] = _extra()
 
     @property
@@ -465,7 +579,7 @@ class Summary:
     confusion: Optional[Confusion] = None
     clean_confusion: Optional[list[list[int]]] = _omit()
     calibration: Optional[Calibration] = _omit()
-    corruptions: Optional[dict[str, Any]] = _omit()  # --corruptions: figures and provenance (audit/corruptions/)
+    corruptions: Optional[CorruptionSummary] = _omit()  # --corruptions: figures and provenance (audit/corruptions/)
     extra: dict[str, Any] = _extra()
 
     @property

@@ -8,8 +8,8 @@ from ..contract.model import AuditResults, ClassResult
 
 def names(results: AuditResults) -> list[str]:
     """The corruptions this run audited, in registry order ([] for a run without --corruptions)."""
-    corr = results.summary.corruptions or {}
-    return list(corr.get("names") or [])
+    corr = results.summary.corruptions
+    return list(corr.names) if corr else []
 
 
 def csv_header(results: AuditResults) -> list[str]:
@@ -18,7 +18,8 @@ def csv_header(results: AuditResults) -> list[str]:
 
 def csv_cells(results: AuditResults, row: ClassResult, fmt: Callable[[Optional[float]], str]) -> list[str]:
     """The class's accuracy under each corruption, averaged over the audited severities."""
-    return [fmt(((row.corruptions or {}).get(n) or {}).get("mean")) for n in names(results)]
+    cells = row.corruptions or {}
+    return [fmt(cells[n].mean if n in cells else None) for n in names(results)]
 
 
 def markdown(results: AuditResults, md: Callable[[Any], str], pct: Callable[[Optional[float]], str]) -> list[str]:
@@ -27,17 +28,16 @@ def markdown(results: AuditResults, md: Callable[[Any], str], pct: Callable[[Opt
     if not corr:
         return []
     classes = results.dataset.classes
-    sev = ",".join(str(s) for s in corr.get("severities") or [])
-    lines = ["", f"Corruptions ({corr.get('source')}, {md(corr.get('parameters'))} parameters, severities {sev}): "
-                 f"mean accuracy {pct(corr.get('mean_accuracy'))} against {pct(corr.get('clean_accuracy'))} clean; "
-                 f"relative mCE {pct(corr.get('relative_mce'))}.", "",
+    sev = ",".join(str(s) for s in corr.severities)
+    lines = ["", f"Corruptions ({corr.source}, {md(corr.parameters)} parameters, severities {sev}): "
+                 f"mean accuracy {pct(corr.mean_accuracy)} against {pct(corr.clean_accuracy)} clean; "
+                 f"relative mCE {pct(corr.relative_mce)}.", "",
              "| corruption | accuracy | weakest class | head | tail | lost vs clean |", "|---|---:|---|---:|---:|---:|"]
-    for name, p in (corr.get("per_corruption") or {}).items():
-        w = p.get("worst_class")
-        weakest = f"{md(classes[w])} {pct(p.get('worst_class_accuracy'))}" if w is not None else "n/a"
-        g = p.get("groups") or {}
-        lines.append(f"| {md(name)} | {pct(p.get('mean_accuracy'))} | {weakest} | {pct(g.get('head'))} | "
-                     f"{pct(g.get('tail'))} | {pct(p.get('relative_error'))} |")
-    if corr.get("note"):
-        lines += ["", md(corr["note"])]
+    for name, p in corr.per_corruption.items():
+        w = p.worst_class
+        weakest = f"{md(classes[w])} {pct(p.worst_class_accuracy)}" if w is not None else "n/a"
+        lines.append(f"| {md(name)} | {pct(p.mean_accuracy)} | {weakest} | {pct(p.group('head'))} | "
+                     f"{pct(p.group('tail'))} | {pct(p.relative_error)} |")
+    if corr.note:
+        lines += ["", md(corr.note)]
     return lines

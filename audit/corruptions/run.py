@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import numpy as np
 from torch.utils.data import DataLoader
 
+from ..contract.codec import from_json
+from ..contract.model import ClassCorruption, CorruptionSummary
 from ..run import distributed
 from ..data.loading import loader_options
 from .evaluate import CorruptionRecords, class_figures, corruption_pass, join_records, summary_figures
@@ -102,8 +104,9 @@ def attach_corruptions(results: Any, config: "AuditConfig", records: CorruptionR
     groups = groups_to_indices(class_groups([int(c) for c in data.train_counts], config.group_rule))
     per_class, summary = sections(config, records, label, clean_correct, len(data.class_names), groups, input_size)
     for row, figures in zip(results.per_class, per_class):
-        row.corruptions = figures
+        row.corruptions = from_json(dict[str, ClassCorruption], figures)
     from .story import compare
 
-    summary["note"], summary["differs"] = compare(results, summary)
-    results.summary.corruptions = summary
+    typed = from_json(CorruptionSummary, summary)
+    typed.note, typed.differs = compare(results, typed)
+    results.summary.corruptions = typed

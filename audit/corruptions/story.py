@@ -7,9 +7,9 @@ otherwise the weakest class.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
-from ..contract.model import AuditResults
+from ..contract.model import AuditResults, CorruptionSummary
 
 RATIO_SPLIT = 1.5  # "rare classes lose more" when the tail loses at least 1.5x what the head loses
 MIN_LOSS = 0.01  # a group that loses under one point loses "nothing" (no ratio)
@@ -29,23 +29,23 @@ def _pts(v: float) -> str:
     return f"{100 * v:.1f} points"
 
 
-def compare(results: AuditResults, corr: dict[str, Any]) -> tuple[str, bool]:
+def compare(results: AuditResults, corr: CorruptionSummary) -> tuple[str, bool]:
     """(sentence, whether corruption tells a different story from the attacks)."""
     s = results.summary
     if "worst_case" not in s.robust:  # --attacks none: nothing to compare with; the corruption finding alone
         return corruption_only(results, corr), False
-    clean_g = s.clean.groups or {}
-    robust_g = s.worst_case.groups or {}
-    drop = corr.get("group_drop") or {}
-    if clean_g.get("head") is not None and clean_g.get("tail") is not None and drop.get("tail") is not None \
-            and drop.get("head") is not None and robust_g.get("head") is not None and robust_g.get("tail") is not None:
-        att_tail = clean_g["tail"] - robust_g["tail"]
-        att_head = clean_g["head"] - robust_g["head"]
-        c_ratio, a_ratio = _ratio(drop["tail"], drop["head"]), _ratio(att_tail, att_head)
-        c_tail_worse = c_ratio is not None and c_ratio >= RATIO_SPLIT or (c_ratio is None and drop["tail"] >= MIN_LOSS)
+    clean_tail, clean_head = s.clean.group("tail"), s.clean.group("head")
+    robust_tail, robust_head = s.worst_case.group("tail"), s.worst_case.group("head")
+    drop_tail, drop_head = corr.lost("tail"), corr.lost("head")
+    if clean_head is not None and clean_tail is not None and drop_tail is not None and drop_head is not None \
+            and robust_head is not None and robust_tail is not None:
+        att_tail = clean_tail - robust_tail
+        att_head = clean_head - robust_head
+        c_ratio, a_ratio = _ratio(drop_tail, drop_head), _ratio(att_tail, att_head)
+        c_tail_worse = c_ratio is not None and c_ratio >= RATIO_SPLIT or (c_ratio is None and drop_tail >= MIN_LOSS)
         a_tail_worse = a_ratio is not None and a_ratio >= RATIO_SPLIT or (a_ratio is None and att_tail >= MIN_LOSS)
-        sentence = (f"Under corruption the rare (tail) classes lose {_pts(drop['tail'])} of accuracy and the common "
-                    f"(head) classes {_pts(drop['head'])}{_times(c_ratio)}; under attack the tail loses "
+        sentence = (f"Under corruption the rare (tail) classes lose {_pts(drop_tail)} of accuracy and the common "
+                    f"(head) classes {_pts(drop_head)}{_times(c_ratio)}; under attack the tail loses "
                     f"{_pts(att_tail)} and the head {_pts(att_head)}{_times(a_ratio)}.")
         return sentence, c_tail_worse != a_tail_worse
     names = results.dataset.classes
@@ -57,12 +57,12 @@ def compare(results: AuditResults, corr: dict[str, Any]) -> tuple[str, bool]:
     return sentence, worst_c != worst_a
 
 
-def corruption_only(results: AuditResults, corr: dict[str, Any]) -> str:
+def corruption_only(results: AuditResults, corr: CorruptionSummary) -> str:
     """A corruption-only audit's sentence: head vs tail loss under corruption, else the weakest class."""
-    drop = corr.get("group_drop") or {}
-    if drop.get("tail") is not None and drop.get("head") is not None:
-        return (f"Under corruption the rare (tail) classes lose {_pts(drop['tail'])} of accuracy and the common "
-                f"(head) classes {_pts(drop['head'])}{_times(_ratio(drop['tail'], drop['head']))}; attack "
+    tail, head = corr.lost("tail"), corr.lost("head")
+    if tail is not None and head is not None:
+        return (f"Under corruption the rare (tail) classes lose {_pts(tail)} of accuracy and the common "
+                f"(head) classes {_pts(head)}{_times(_ratio(tail, head))}; attack "
                 "robustness was not measured.")
     worst_c = _worst_class(results)
     if worst_c is None:
@@ -75,7 +75,7 @@ def _worst_class(results: AuditResults) -> Optional[int]:
     """The class with the lowest accuracy averaged over every corruption and severity."""
     best: tuple[float, int] | None = None
     for r in results.per_class:
-        means = [v.get("mean") for v in (r.corruptions or {}).values() if v.get("mean") is not None]
+        means = [v.mean for v in (r.corruptions or {}).values() if v.mean is not None]
         if means:
             m = sum(means) / len(means)
             if best is None or m < best[0]:
