@@ -4,6 +4,7 @@ and older results without corruptions unchanged (docs/corruptions.md)."""
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 
 import numpy as np
@@ -11,7 +12,8 @@ import pytest
 
 from audit.corruptions.evaluate import CorruptionRecords, class_figures, summary_figures
 from audit.corruptions.story import compare
-from audit.contract.model import AuditResults
+from audit.contract.codec import from_json, to_json
+from audit.contract.model import AuditResults, ClassCorruption, CorruptionSummary
 from report_fixtures import make_results, with_computed_verdict, write_run
 from tailaudit.api import report_renderer as render_report  # with the audit's grader, as tailaudit renders
 
@@ -39,7 +41,8 @@ def with_corruptions(results: dict, *, tail_hit: float, seed: int = 0) -> dict:
     summary.update({"source": "generated", "library": "imagecorruptions-imaug 1.1.5", "parameters": "ImageNet-C",
                     "names": NAMES, "severities": [1, 3], "seed": 0, "input_side": [32, 32],
                     "generated_side": [32, 32], "images": int(pred.size), "seconds": 1.0})
-    summary["note"], summary["differs"] = compare(AuditResults.from_json(results), summary)
+    summary["note"], summary["differs"] = compare(AuditResults.from_json(results),
+                                                  from_json(CorruptionSummary, summary))
     results["summary"]["corruptions"] = summary
     return results
 
@@ -96,3 +99,27 @@ def test_before_after_shows_corruptions_only_when_both_runs_have_them(tmp_path):
     assert "Natural corruptions" not in html
     html = render_report(p, tmp_path / "p", formats=["html"])["html"].read_text()  # a run without: no section
     assert "Natural corruptions" not in html
+
+
+def test_corruption_figures_read_as_dataclasses_and_keep_unknown_keys():
+    """summary.corruptions and each class's corruptions are typed (audit/contract/model.py): attributes, not keys;
+    keys a newer tailaudit adds are kept and written back after the declared ones, in the same order."""
+    results = with_corruptions(with_computed_verdict(make_results(10)), tail_hit=0.3)
+    raw = results["summary"]["corruptions"]
+    raw["per_corruption"]["fog"]["newer"] = [1, 2]
+    raw["newer_key"] = {"x": 1}
+    results["per_class"][0]["corruptions"]["fog"]["newer"] = "kept"
+    typed = AuditResults.from_json(copy.deepcopy(results))
+    c = typed.summary.corruptions
+    assert isinstance(c, CorruptionSummary) and c.names == NAMES and c.severities == [1, 3] and c.source == "generated"
+    fog = c.per_corruption["fog"]
+    assert fog.family == "weather" and fog.mean_accuracy == raw["per_corruption"]["fog"]["mean_accuracy"]
+    assert fog.group("tail") == raw["per_corruption"]["fog"]["groups"]["tail"] and fog.extra == {"newer": [1, 2]}
+    assert c.lost("tail") == raw["group_drop"]["tail"] and c.extra == {"newer_key": {"x": 1}}
+    row = typed.per_class[0].corruptions["fog"]
+    assert isinstance(row, ClassCorruption) and sorted(row.severities) == ["1", "3"] and row.extra == {"newer": "kept"}
+    assert row.mean == results["per_class"][0]["corruptions"]["fog"]["mean"]
+    assert row.severities["3"].accuracy == results["per_class"][0]["corruptions"]["fog"]["3"]["accuracy"]
+    assert json.dumps(typed.to_json()["summary"]["corruptions"]) == json.dumps(raw)
+    assert json.dumps([to_json(r.corruptions) for r in typed.per_class]) == \
+        json.dumps([r["corruptions"] for r in results["per_class"]])

@@ -11,6 +11,8 @@ from audit.corruptions.evaluate import class_figures, corruption_pass, join_reco
 from audit.corruptions.generate import corrupt_tensor, corrupt_uint8, point_state
 from audit.corruptions.official import official_points
 from audit.corruptions.points import GeneratedPoints
+from audit.contract.files import json_text
+from audit.contract.schema import load_results
 from audit.run.engine import Evaluator
 from audit.errors import ConfigError, DatasetError
 from support import DEMO, TINY_AUDIT, run_main
@@ -205,6 +207,11 @@ def test_digits_demo_is_upsampled_and_exported(capsys, caplog, tmp_path):
     cell = r["per_class"][0]["corruptions"]["fog"]["1"]
     assert cell["ci95"][0] <= cell["accuracy"] <= cell["ci95"][1]
     assert cell["drop"] == pytest.approx(r["per_class"][0]["clean_acc"] - cell["accuracy"])
+    typed = load_results(out / "results.json")  # the typed figures, fields in the writer's order
+    assert typed.summary.corruptions.per_corruption["fog"].severities["1"].ci95 == \
+        r["summary"]["corruptions"]["per_corruption"]["fog"]["severities"]["1"]["ci95"]
+    assert typed.per_class[0].corruptions["fog"].severities["1"].drop == cell["drop"]
+    assert json_text(typed.to_json()) == (out / "results.json").read_text().rstrip("\n")  # read, written: same text
     header = (out / "per_class.csv").read_text().splitlines()[0]
     assert header.endswith("corruption_fog,corruption_jpeg_compression")
     assert "| jpeg\\_compression |" in (out / "summary.md").read_text()
