@@ -9,7 +9,7 @@ real JPEGs in ../shared/data, except the demo):
   flip+crop, OneCycle SGD), repaired as ``timm:resnet10t --checkpoint FILE``;
 * ``bn-free-cnn``: a plain 4-convolution CNN without normalisation layers, ONNX (opset 17);
 * ``pgd-trained-cnn``: a small CNN with BatchNorm, PGD-trained (L-inf 8/255, --pgd-steps steps)
-  from scratch, ONNX (opset 17);
+  from scratch for --pgd-epochs epochs, ONNX (opset 17);
 * ``keras-nhwc-dense``: a Keras-style graph as tf2onnx writes it (NHWC input, per-channel
   Normalization as Sub/Div inside the graph, Transpose, two Conv, Reshape to [-1, 4096], dense
   layers as MatMul + Add), written with onnx.helper from a torch network trained on the same data;
@@ -207,11 +207,13 @@ def build_bn_free(args: argparse.Namespace) -> dict:
 
 
 def build_pgd(args: argparse.Namespace) -> dict:
-    path = ZOO / "pgd-trained-cnn.onnx"
+    # 4 epochs of PGD training on the long-tailed set gave 19.9% clean, a model the audit rightly refuses to
+    # grade (near chance, predictions collapsed onto one class): the PGD model trains longer, named by its epochs
+    path = ZOO / f"pgd-trained-cnn-e{args.pgd_epochs}.onnx"
 
     def make() -> dict:
         net = SmallCNN(bn=True)
-        info = train_small(net, _normalise, args.small_epochs, pgd_steps=args.pgd_steps)
+        info = train_small(net, _normalise, args.pgd_epochs, pgd_steps=args.pgd_steps)
         _export(net, path, 17, names=True)
         return info
     return {"spec": str(path), "cli": [*NORM, *_cifar_cli(args)], "build": _cached(path, make)}
@@ -418,6 +420,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--long-epochs", type=int, default=10)
     ap.add_argument("--small-epochs", type=int, default=4, help="training epochs of the small CNNs")
     ap.add_argument("--pgd-steps", type=int, default=3, help="PGD steps per batch of the PGD-trained CNN")
+    ap.add_argument("--pgd-epochs", type=int, default=15, help="training epochs of the PGD-trained CNN")
     ap.add_argument("--smoke", action="store_true",
                     help="tiny repairs (6 steps, 5 images per class): checks the script")
     ap.add_argument("--resume", action="store_true", help="skip models and repairs <out>/state.json has finished")
