@@ -367,6 +367,7 @@ def repair(entry: Entry, built: dict, method: str, args: argparse.Namespace, out
                steps_total=(summary.get("budget") or {}).get("steps_total"), lr=summary.get("lr"),
                method=summary.get("method"), weights=((summary["model"].get("export") or {}).get("weights") or None),
                fine_tune_s=(summary.get("timings") or {}).get("fine_tune_s"))
+    rec["resumed"] = "--resume" in cmd  # then wall_s and cpu_s cover this last session only; fine_tune_s all
     return rec
 
 
@@ -381,7 +382,10 @@ def _pct(fig: Optional[dict]) -> str:
 
 
 def _cpu(r: dict) -> str:
-    return f" ({r['cpu_s'] / 60:.1f} min CPU, load {r['load_1min']})" if "cpu_s" in r else ""
+    text = f" ({r['cpu_s'] / 60:.1f} min CPU, load {r['load_1min']})" if "cpu_s" in r else ""
+    if r.get("resumed"):  # a repair resumed across sessions: the last session's times, and the whole fine-tuning
+        text += f"; resumed, last session only: fine-tuning took {(r.get('fine_tune_s') or 0) / 60:.1f} min in all"
+    return text
 
 
 def table(state: dict, args: argparse.Namespace) -> str:
