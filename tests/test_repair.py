@@ -20,7 +20,7 @@ from audit.attacks import PointNoise, create_attack, make_spec
 from audit.config import AuditConfig
 from audit.data import assign_groups, longtail_counts
 from audit.models import load_model
-from audit.results import json_text
+from audit.contract.files import json_text
 from audit.contract.schema import load_repair_file
 from reat_finetune import RepairConfig, RepairError, RepairInterrupted, TrainHooks
 from tailaudit import run_repair

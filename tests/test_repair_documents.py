@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from audit.contract.repair import Manifest, RepairDocument, TrainingLog, upgrade
-from audit.results import json_text
+from audit.contract.files import json_text
 from audit.contract.schema import load_repair_file
 from audit.contract.codec import from_json, to_json
 

@@ -140,7 +140,7 @@ class RepairSettings(OpenSection):
 
 
 class Environment(OpenSection):
-    """Versions and device a repair ran with (``audit.results.environment`` plus the distributed setup)."""
+    """Versions and device a repair ran with (``audit.run.lifecycle.environment`` plus the distributed setup)."""
 
     @property
     def device(self) -> Optional[str]:
