@@ -59,7 +59,6 @@ class LossContext:
     penalty: str  # pairwise | reference | off
     tail_lambda: float
     margin: float
-    trades_beta: float = 6.0
     smoothing: Optional[torch.Tensor] = None  # (C,) label-aware smoothing per class, or None
 
 
@@ -92,6 +91,11 @@ class MethodParams:
 class LBGATParams(MethodParams):
     guide: str = "frozen"  # the input model as a frozen or learnable guide
     beta: float = field(default=0.0, metadata={"config": "lbgat_beta"})  # weight of KL(clean || adversarial)
+
+
+@dataclass(frozen=True)
+class TRADESParams(MethodParams):
+    beta: float = field(default=6.0, metadata={"config": "trades_beta"})  # weight of KL(clean || adversarial)
 
 
 class RepairMethod:
@@ -236,6 +240,7 @@ class TRADESBSL(KLTrained):
 
     name = "trades-bsl"
     description = "TRADES-BSL: Balanced Softmax on clean logits + beta * KL(clean || adversarial)"
+    Params = TRADESParams
 
     def loss(self, logits: torch.Tensor, features: Optional[torch.Tensor], y: torch.Tensor,
              ctx: LossContext, clean_logits: Optional[torch.Tensor] = None,
@@ -243,7 +248,7 @@ class TRADESBSL(KLTrained):
         if clean_logits is None:
             raise ValueError("trades-bsl needs the clean logits")
         natural = label_loss(clean_logits, y, ctx, balanced=True)
-        return natural + ctx.trades_beta * kl_clean_adv(clean_logits, logits), natural.detach() * 0.0
+        return natural + self.params.beta * kl_clean_adv(clean_logits, logits), natural.detach() * 0.0
 
 
 def kl_clean_adv(clean_logits: torch.Tensor, adv_logits: torch.Tensor) -> torch.Tensor:
@@ -383,4 +388,4 @@ def get_method(name: str, config: Any = None) -> RepairMethod:
 
 
 __all__ = ["ATBSL", "HeadMethod", "LBGAT", "LBGATParams", "MethodParams", "MiSLAS", "ResLT", "LossContext", "PGDAT",
-           "REAT", "RepairMethod", "TRADESBSL", "get_method", "label_loss"]
+           "REAT", "RepairMethod", "TRADESBSL", "TRADESParams", "get_method", "label_loss"]

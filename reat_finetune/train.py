@@ -474,7 +474,7 @@ class Trainer:
             log_n=torch.tensor(np.log(np.maximum(np.asarray(prior, dtype=np.float64), 1.0)),
                                dtype=torch.float32, device=self.dev),
             is_tail=setup.is_tail.to(self.dev), v=setup.v.to(self.dev), penalty=setup.penalty,
-            tail_lambda=float(config.tail_lambda), margin=float(config.margin), trades_beta=float(config.trades_beta))
+            tail_lambda=float(config.tail_lambda), margin=float(config.margin))
         method = setup.method
         method.configure(config, setup.train_counts)  # hook: ε schedule, class-wise radii, method options
         if config.smoothing == "label-aware" or method.default_smoothing:

@@ -388,16 +388,20 @@ def test_class_balanced_order_and_trades_pieces():
     att.reference = F.softmax(z, 1)
     assert torch.allclose(att.loss(z, torch.zeros(4, dtype=torch.long)), torch.zeros(4), atol=1e-6)
     assert (att.loss(z.flip(1), torch.zeros(4, dtype=torch.long)) > 0).all()
-    # TRADES-BSL loss = BSL(clean) + beta * batch-mean KL(p_clean || p_adv), by hand
-    m = get_method("trades-bsl")
+    # TRADES-BSL loss = BSL(clean) + beta * batch-mean KL(p_clean || p_adv), by hand; beta is the method's
+    # Params field, read from the config's trades_beta (default 6)
     counts = torch.tensor([50.0, 5.0, 1.0, 1.0, 1.0])
     ctx = LossContext(log_n=counts.log(), is_tail=torch.zeros(5, dtype=torch.bool), v=torch.ones(5), penalty="off",
-                      tail_lambda=0.0, margin=0.1, trades_beta=6.0)
+                      tail_lambda=0.0, margin=0.1)
     adv, y4 = torch.randn(4, 5), torch.tensor([0, 1, 2, 3])
-    loss, _ = m.loss(adv, None, y4, ctx, clean_logits=z)
     pc = F.softmax(z, 1)
     kl = (pc * (pc.log() - F.log_softmax(adv, 1))).sum(1).mean()
-    assert float(loss) == pytest.approx(float(F.cross_entropy(z + counts.log(), y4) + 6.0 * kl), rel=1e-5)
+    for beta, method in ((6.0, get_method("trades-bsl")), (2.5, get_method("trades-bsl", RepairConfig(
+            audit=AuditConfig(model="m.onnx", dataset="digitslt"), method="trades-bsl", trades_beta=2.5)))):
+        assert method.params.beta == beta
+        loss, _ = method.loss(adv, None, y4, ctx, clean_logits=z)
+        want = F.cross_entropy(z + counts.log(), y4) + beta * kl
+        assert float(loss) == pytest.approx(float(want), rel=1e-5)
 
 
 def test_learning_rate_schedules():
