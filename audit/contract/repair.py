@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping, Optional
+from typing import Any, Callable, ClassVar, Mapping, Optional
 
 from .codec import from_json, to_json
 
@@ -38,6 +38,20 @@ def _number(v: Any) -> Optional[float]:
 
 def _text(v: Any) -> Optional[str]:
     return v if isinstance(v, str) else None
+
+
+class _Key:
+    """A key of an open section read as a typed attribute (``lr = _Key(_number)`` reads ``values["lr"]``, None
+    when absent or of another type): one declaration per key instead of a property each."""
+
+    def __init__(self, convert: Callable[[Any], Any], key: Optional[str] = None) -> None:
+        self.convert, self.key = convert, key
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.key = self.key or name
+
+    def __get__(self, section: Any, owner: Optional[type] = None) -> Any:
+        return self if section is None else self.convert(section.values.get(self.key))
 
 
 @dataclass(frozen=True)
@@ -64,29 +78,12 @@ class OpenSection:
 class RepairSettings(OpenSection):
     """``repair.json`` → ``config``: the repair's settings as ``RepairConfig.to_dict`` wrote them."""
 
-    @property
-    def method(self) -> Optional[str]:
-        return _text(self._value("method"))
-
-    @property
-    def epochs(self) -> Optional[int]:
-        return _number(self._value("epochs"))  # type: ignore[return-value]
-
-    @property
-    def lr(self) -> Optional[float]:
-        return _number(self._value("lr"))
-
-    @property
-    def schedule(self) -> Optional[str]:
-        return _text(self._value("schedule"))
-
-    @property
-    def batch_size(self) -> Optional[int]:
-        return _number(self._value("batch_size"))  # type: ignore[return-value]
-
-    @property
-    def train_steps(self) -> Optional[int]:
-        return _number(self._value("train_steps"))  # type: ignore[return-value]
+    method = _Key(_text)  # Optional[str]
+    epochs = _Key(_number)  # Optional[int]
+    lr = _Key(_number)  # Optional[float]
+    schedule = _Key(_text)  # Optional[str]
+    batch_size = _Key(_number)  # Optional[int]
+    train_steps = _Key(_number)  # Optional[int]
 
     @property
     def train_eps(self) -> Any:
@@ -106,57 +103,31 @@ class RepairSettings(OpenSection):
     def resolved_train_step_size(self) -> Optional[float]:
         return _number((self._value("resolved") or {}).get("train_step_size"))
 
-    @property
-    def eps_schedule(self) -> Optional[str]:
-        return _text(self._value("eps_schedule"))
+    eps_schedule = _Key(_text)  # Optional[str]
 
     @property
     def eps_per_class(self) -> bool:
         return self._value("eps_per_class") is True
 
-    @property
-    def smoothing(self) -> Optional[str]:
-        return _text(self._value("smoothing"))
-
-    @property
-    def smoothing_head(self) -> Optional[float]:
-        return _number(self._value("smoothing_head"))
-
-    @property
-    def smoothing_tail(self) -> Optional[float]:
-        return _number(self._value("smoothing_tail"))
-
-    @property
-    def smoothing_shape(self) -> Optional[str]:
-        return _text(self._value("smoothing_shape"))
-
-    @property
-    def guide(self) -> Optional[str]:
-        return _text(self._value("guide"))
-
-    @property
-    def lbgat_beta(self) -> Optional[float]:
-        return _number(self._value("lbgat_beta"))
+    smoothing = _Key(_text)  # Optional[str]
+    smoothing_head = _Key(_number)  # Optional[float]
+    smoothing_tail = _Key(_number)  # Optional[float]
+    smoothing_shape = _Key(_text)  # Optional[str]
+    guide = _Key(_text)  # Optional[str]
+    lbgat_beta = _Key(_number)  # Optional[float]
 
 
 class Environment(OpenSection):
     """Versions and device a repair ran with (``audit.run.lifecycle.environment`` plus the distributed setup)."""
 
-    @property
-    def device(self) -> Optional[str]:
-        return _text(self._value("device"))
-
-    @property
-    def device_name(self) -> Optional[str]:
-        return _text(self._value("device_name"))
+    device = _Key(_text)  # Optional[str]
+    device_name = _Key(_text)  # Optional[str]
 
 
 class LrSearch(OpenSection):
     """The learning-rate search's record (``lr_search``): its grid and the steps it took, among others."""
 
-    @property
-    def steps(self) -> Optional[int]:
-        return _number(self._value("steps"))  # type: ignore[return-value]
+    steps = _Key(_number)  # Optional[int]
 
     @property
     def grid(self) -> list[float]:
@@ -166,45 +137,20 @@ class LrSearch(OpenSection):
 class Divergence(OpenSection):
     """One recovery from a diverged training step (``divergences[i]``)."""
 
-    @property
-    def lr_to(self) -> Optional[float]:
-        return _number(self._value("lr_to"))
-
-    @property
-    def why(self) -> Optional[str]:
-        return _text(self._value("why"))
+    lr_to = _Key(_number)  # Optional[float]
+    why = _Key(_text)  # Optional[str]
 
 
 class Evaluation(OpenSection):
     """One evaluation of the training log (``epochs[i]``; step 0 is the input model): keys vary by method."""
 
-    @property
-    def epoch(self) -> Optional[float]:
-        return _number(self._value("epoch"))
-
-    @property
-    def step(self) -> Optional[int]:
-        return _number(self._value("step"))  # type: ignore[return-value]
-
-    @property
-    def lr(self) -> Optional[float]:
-        return _number(self._value("lr"))
-
-    @property
-    def time_s(self) -> Optional[float]:
-        return _number(self._value("time_s"))
-
-    @property
-    def loss(self) -> Optional[float]:
-        return _number(self._value("loss"))
-
-    @property
-    def val_clean_acc(self) -> Optional[float]:
-        return _number(self._value("val_clean_acc"))
-
-    @property
-    def val_robust_acc(self) -> Optional[float]:
-        return _number(self._value("val_robust_acc"))
+    epoch = _Key(_number)  # Optional[float]
+    step = _Key(_number)  # Optional[int]
+    lr = _Key(_number)  # Optional[float]
+    time_s = _Key(_number)  # Optional[float]
+    loss = _Key(_number)  # Optional[float]
+    val_clean_acc = _Key(_number)  # Optional[float]
+    val_robust_acc = _Key(_number)  # Optional[float]
 
 
 @dataclass(kw_only=True)
