@@ -21,9 +21,11 @@ The small CNNs train for --small-epochs epochs (Adam, flip+crop) on all 12 406 t
 Each model is then repaired by ``cli.py repair`` as a user would run it: every repair default
 (method, budget, learning rate, selection), ``--threads`` and the quick suite on
 ``--n-per-class`` test images per class (``--methods`` adds other methods with their own
-defaults). From the before/after audits: clean, worst-case robust and tail worst-case
-accuracy with 95 % Wilson intervals on the pooled test points, the outcome, the kept step,
-the share of values that trained (ONNX), and the wall time. State per model is kept in
+defaults, and the variants in ``VARIANTS``, e.g. ``eps-constant``: the default method with a
+constant training radius, to measure whether the ε schedule matters). From the before/after
+audits: clean, worst-case robust and tail worst-case accuracy with 95 % Wilson intervals on the
+pooled test points, the outcome, the kept step, the share of values that trained (ONNX), and the
+wall time. State per model is kept in
 ``<out>/state.json`` after every phase; ``--resume`` skips what is finished. Prints a markdown
 table and writes it to ``<out>/table.md``.
 
@@ -340,13 +342,20 @@ def _child_cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+#: named variants of the default repair for --methods: the options they add to ``cli.py repair``.
+VARIANTS: dict[str, list[str]] = {"eps-constant": ["--eps-schedule", "constant"]}
+
+
 def repair(entry: Entry, built: dict, method: str, args: argparse.Namespace, out: Path) -> dict:
-    """``cli.py repair`` on the model with every default (``method``: "default" or a --method); returns its record."""
+    """``cli.py repair`` on the model with every default (``method``: "default", a --method, or a ``VARIANTS``
+    key); returns its record."""
     cmd = [sys.executable, str(ROOT / "cli.py"), "repair", built["spec"], *built["cli"], "--threads", str(args.threads),
            "--out", str(out), "--no-html", "--no-pdf", "--quiet"]
     if args.n_per_class:
         cmd += ["--n-per-class", str(args.n_per_class)]
-    if method != "default":
+    if method in VARIANTS:
+        cmd += VARIANTS[method]
+    elif method != "default":
         cmd += ["--method", method]
     if args.smoke:
         cmd += ["--train-steps-total", "6", "--evaluations", "2"]
@@ -417,7 +426,8 @@ def table(state: dict, args: argparse.Namespace) -> str:
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", help="comma-separated subset (default: all)")
-    ap.add_argument("--methods", default="default", help="comma-separated: default (no --method) and/or methods")
+    ap.add_argument("--methods", default="default",
+                    help=f"comma-separated: default (no --method), methods, and/or variants ({', '.join(VARIANTS)})")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--n-per-class", type=int, default=100, help="test images per class in the audits (0: CLI default)")
     ap.add_argument("--short-epochs", type=int, default=3)
