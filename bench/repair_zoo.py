@@ -58,6 +58,7 @@ from torch import nn
 from _common import CACHE, ROOT, cifar10_root
 from cifar10lt_repair import MEAN, STD, lt_train_tensors, standard_lt_model
 
+from reat_finetune.significance import mcnemar, p_words, read_points
 from reat_finetune.train import augment
 
 log = logging.getLogger("bench.zoo")
@@ -380,6 +381,36 @@ def repair(entry: Entry, built: dict, method: str, args: argparse.Namespace, out
     return rec
 
 
+def _after_folder(rec: dict) -> Path:
+    """Where a repair record's after-audit lies (its --out, relative to the repository root)."""
+    out = Path(rec["cmd"][rec["cmd"].index("--out") + 1])
+    return (out if out.is_absolute() else ROOT / out) / "after"
+
+
+def compare_with_default(state: dict) -> None:
+    """Each other method's or variant's after-audit against the default repair's, on the same points (McNemar on
+    the worst case): whether it does better or worse than the default can tell. Kept in the record once computed."""
+    for st in state.values():
+        base = st.get("repairs", {}).get("default")
+        if not base or base.get("rc") != 0:
+            continue
+        for method, rec in st["repairs"].items():
+            if method == "default" or rec.get("rc") != 0 or "vs_default" in rec:
+                continue
+            mine, theirs = read_points(_after_folder(rec)), read_points(_after_folder(base))
+            if mine is None or theirs is None:
+                continue
+            common, ia, ib = np.intersect1d(mine.index, theirs.index, assume_unique=True, return_indices=True)
+            rec["vs_default"] = mcnemar(theirs.robust[ib], mine.robust[ia]).to_dict()
+
+
+def _vs_default(r: dict) -> str:
+    t = r.get("vs_default")
+    if not t:
+        return "-"
+    return f"{100 * (t['after'] - t['before']) / t['n']:+.1f} (+{t['gained']} / −{t['lost']}, {p_words(t['p_value'])})"
+
+
 # --------------------------------------------------------------------------- table
 
 
@@ -401,25 +432,26 @@ def table(state: dict, args: argparse.Namespace) -> str:
     head = ("| model | kind | built (images, epochs, s) | method | clean before | clean after | worst case before "
             "| worst case after | tail wc before | tail wc after | outcome | kept step / budget "
             "| values trained (share onnx2torch alone trained) "
-            "| wall time (CPU time, load at end) | threads |")
-    lines = [head, "|" + "---|" * 15]
+            "| wall time (CPU time, load at end) | threads | worst case after vs the default's after |")
+    lines = [head, "|" + "---|" * 16]
     for name, st in state.items():
         b = st.get("build", {})
         built = f"{b.get('images') or '-'}, {b.get('epochs') or '-'}, {b.get('train_s') or '-'}"
         for method, r in st.get("repairs", {}).items():
             if r.get("rc") != 0:
                 lines.append(f"| {name} | {st.get('kind')} | {built} | {method} | failed (rc {r.get('rc')}): "
-                             f"{r.get('error', '')} |" + " |" * 10)
+                             f"{r.get('error', '')} |" + " |" * 11)
                 continue
             w = r.get("weights") or {}
             share = (f"{w['trainable_values']:,} ({100 * w['converter_values'] / w['trainable_values']:.0f}% before)"
                      if w.get("trainable_values") else "all (timm)")
             bf, af = r["before"], r["after"]
-            lines.append(f"| {name} | {st.get('kind')} | {built} | {r.get('method') or method} | "
+            label = f"{r.get('method')}, {method}" if method in VARIANTS else (r.get('method') or method)
+            lines.append(f"| {name} | {st.get('kind')} | {built} | {label} | "
                          f"{_pct(bf['clean'])} | {_pct(af['clean'])} | {_pct(bf['worst_case'])} | "
                          f"{_pct(af['worst_case'])} | {_pct(bf['tail_worst_case'])} | {_pct(af['tail_worst_case'])} | "
                          f"{r['outcome']} | {r.get('kept_step')} / {r.get('steps_total')} | {share} | "
-                         f"{r['wall_s'] / 60:.1f} min{_cpu(r)} | {args.threads} |")
+                         f"{r['wall_s'] / 60:.1f} min{_cpu(r)} | {args.threads} | {_vs_default(r)} |")
     return "\n".join(lines)
 
 
@@ -480,6 +512,8 @@ def main() -> None:
                 continue
             st["repairs"][method] = repair(entry, built, method, args, args.out / f"{entry.name}-{method}")
             state_path.write_text(json.dumps(state, indent=1))
+    compare_with_default(state)
+    state_path.write_text(json.dumps(state, indent=1))
     md = table(state, args)
     header = (f"Repair zoo, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()} CPU, "
               f"--threads {args.threads}, quick suite on {args.n_per_class or 'all'} test images per class"
