@@ -344,7 +344,8 @@ def _child_cpu_s() -> float:
 
 
 #: named variants of the default repair for --methods: the options they add to ``cli.py repair``.
-VARIANTS: dict[str, list[str]] = {"eps-constant": ["--eps-schedule", "constant"]}
+VARIANTS: dict[str, list[str]] = {"eps-constant": ["--eps-schedule", "constant"],
+                                  "lbgat-learnable": ["--method", "lbgat", "--guide", "learnable"]}
 
 
 def repair(entry: Entry, built: dict, method: str, args: argparse.Namespace, out: Path) -> dict:
@@ -446,7 +447,7 @@ def table(state: dict, args: argparse.Namespace) -> str:
             share = (f"{w['trainable_values']:,} ({100 * w['converter_values'] / w['trainable_values']:.0f}% before)"
                      if w.get("trainable_values") else "all (timm)")
             bf, af = r["before"], r["after"]
-            label = f"{r.get('method')}, {method}" if method in VARIANTS else (r.get('method') or method)
+            label = f"{method} ({' '.join(VARIANTS[method])})" if method in VARIANTS else (r.get("method") or method)
             lines.append(f"| {name} | {st.get('kind')} | {built} | {label} | "
                          f"{_pct(bf['clean'])} | {_pct(af['clean'])} | {_pct(bf['worst_case'])} | "
                          f"{_pct(af['worst_case'])} | {_pct(bf['tail_worst_case'])} | {_pct(af['tail_worst_case'])} | "
