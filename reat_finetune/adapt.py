@@ -111,17 +111,26 @@ def run_search(plan: SearchPlan, train: Callable[[float, int, Optional[dict]], t
             states[lr] = new
         rounds.append({"steps": steps, "trials": trials})
         ranked = sorted(trials, key=trial_key, reverse=True)
-        if len(alive) <= 2:
+        healthy = [t for t in ranked if not t.get("diverged")]  # a diverged rate never goes on to the next round
+        if len(alive) <= 2 or not healthy:
             break
-        alive = [(t["lr"], states[t["lr"]]) for t in ranked[: len(alive) // 2]]
+        alive = [(t["lr"], states[t["lr"]]) for t in healthy[: len(alive) // 2]]
         steps *= 2
     restore(start)
     best = ranked[0]
     chosen = best["lr"] if not best.get("diverged") else min(plan.grid)
     return {**plan.to_dict(), "method": "successive halving", "rounds": rounds, "chosen_lr": chosen,
-            "chosen_because": ("every rate diverged: the smallest is used" if best.get("diverged") else
-                               "eligible on the selection images, then highest worst-case robust accuracy, then "
-                               "clean accuracy")}
+            "chosen_because": _because(best)}
+
+
+def _because(best: dict[str, Any]) -> str:
+    """Why the search chose its rate, in the words the record keeps."""
+    if best.get("diverged"):
+        return "every rate diverged: the smallest is used"
+    if not best.get("eligible"):
+        return ("no rate kept the clean floor on the selection images without collapsing: the most robust rate "
+                "that did not diverge is used")
+    return "eligible on the selection images, then highest worst-case robust accuracy, then clean accuracy"
 
 
 def selection_subset(labels: np.ndarray, per_class: int = SEARCH_PER_CLASS) -> np.ndarray:

@@ -47,6 +47,25 @@ def test_successive_halving_keeps_the_better_half_and_skips_diverged_rates():
     assert max(tie, key=trial_key)["lr"] == 0.05
 
 
+def test_a_diverged_rate_never_goes_on_and_an_ineligible_choice_says_so():
+    """Three rates diverge and one trains but misses the clean floor (the zoo's Keras-style net with LBGAT's
+    learnable guide): only the healthy rate trains on, and the record says none was eligible."""
+    calls = []
+
+    def train(lr, steps, state):
+        calls.append((lr, steps))
+        return {"lr": lr}, (None if lr == 0.0125 else "the loss spiked")
+
+    rec = run_search(SearchPlan((0.2, 0.05, 0.0125, 0.003125), 3, "test"), train,
+                     lambda: {"val_robust_acc": 0.05, "val_clean_acc": 0.1, "eligible": False}, lambda s: None,
+                     lambda: {"lr": None})
+    assert calls[4:] == [(0.0125, 6)] and rec["chosen_lr"] == 0.0125
+    assert rec["chosen_because"].startswith("no rate kept the clean floor")
+    everything_diverged = run_search(SearchPlan((0.2, 0.05), 3, "test"), lambda lr, n, s: ({}, "nan"),
+                                     lambda: {}, lambda s: None, lambda: {})
+    assert everything_diverged["chosen_lr"] == 0.05 and "every rate diverged" in everything_diverged["chosen_because"]
+
+
 def test_watch_spikes_non_finite_and_collapse():
     w = Watch()
     assert w.check(2.0) is None and w.check(2.2) is None
