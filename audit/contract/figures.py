@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 import os
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from .model import AuditResults, ClassResult
+from .model import AuditResults, ClassResult, CorruptionSummary
 
 Interval = tuple[float, float]
 SEPARATE_MAX_N = 5000  # the largest --n-per-class the sample-size sentence suggests; beyond: "too close to rank"
@@ -197,19 +197,21 @@ class WeakestCell:
 
 @dataclass(frozen=True)
 class CorruptionFindings:
-    """What page 1 and the verdict say about a corruption audit (:func:`corruption_findings`)."""
+    """What page 1 and the verdict say about a corruption audit (:func:`corruption_findings`): the worst corruption
+    and its weakest class-cell, read from ``summary`` (whose means and group losses they pass on)."""
 
-    mean_accuracy: Optional[float]
-    clean_accuracy: Optional[float]
+    summary: CorruptionSummary
     worst: str  # the corruption with the lowest severity-averaged accuracy
     worst_accuracy: float
     weakest: Optional[WeakestCell]
-    groups: dict[str, Optional[float]] = field(default_factory=dict)  # per group name, under corruption
-    group_drop: dict[str, Optional[float]] = field(default_factory=dict)  # per group name, lost from clean
+
+    @property
+    def mean_accuracy(self) -> Optional[float]:
+        return self.summary.mean_accuracy
 
     def lost(self, name: str) -> Optional[float]:
         """Accuracy a group (head / tail) lost from clean under corruption; None without it."""
-        return self.group_drop.get(name)
+        return self.summary.lost(name)
 
 
 def corruption_findings(results: AuditResults) -> Optional[CorruptionFindings]:
@@ -228,6 +230,4 @@ def corruption_findings(results: AuditResults) -> Optional[CorruptionFindings]:
     if cells:
         acc, row, sev, cell = min(cells, key=lambda t: (t[0], t[1].index))
         weakest = WeakestCell(class_name=row.name, severity=int(sev), accuracy=acc, ci95=cell.ci95, n=row.n_eval)
-    return CorruptionFindings(mean_accuracy=c.mean_accuracy, clean_accuracy=c.clean_accuracy, worst=worst,
-                              worst_accuracy=per[worst], weakest=weakest, groups=dict(c.groups or {}),
-                              group_drop=dict(c.group_drop or {}))
+    return CorruptionFindings(summary=c, worst=worst, worst_accuracy=per[worst], weakest=weakest)
