@@ -58,7 +58,7 @@ from torch import nn
 from _common import CACHE, ROOT, cifar10_root
 from cifar10lt_repair import MEAN, STD, lt_train_tensors, standard_lt_model
 
-from reat_finetune.significance import mcnemar, p_words, read_points
+from reat_finetune.significance import p_words, paired_tests, read_points
 from reat_finetune.train import augment
 
 log = logging.getLogger("bench.zoo")
@@ -399,10 +399,9 @@ def compare_with_default(state: dict) -> None:
             if method == "default" or rec.get("rc") != 0 or "vs_default" in rec:
                 continue
             mine, theirs = read_points(_after_folder(rec)), read_points(_after_folder(base))
-            if mine is None or theirs is None:
-                continue
-            common, ia, ib = np.intersect1d(mine.index, theirs.index, assume_unique=True, return_indices=True)
-            rec["vs_default"] = mcnemar(theirs.robust[ib], mine.robust[ia]).to_dict()
+            tests = paired_tests(theirs, mine, tail_classes=()) if mine is not None and theirs is not None else None
+            if tests is not None:
+                rec["vs_default"] = tests["worst_case"]
 
 
 def _vs_default(r: dict) -> str:
